@@ -1,0 +1,29 @@
+# make demo: install if needed, train on the built-in dataset, write a sample grid.
+# make test: install if needed, run the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/ganctl train
+	$(BIN)/ganctl sample -n 64 demo.png
+	@echo "demo grid: $(CURDIR)/demo.png"
+
+lint: install
+	$(BIN)/python -m ruff check ganctl tests benchmarks
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

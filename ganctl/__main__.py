@@ -1,0 +1,3 @@
+from ganctl.cli import run
+
+run()

@@ -1,0 +1,269 @@
+"""The `ganctl` command line: parse, call the engine, turn errors into exit codes.
+
+Exit codes: 0 done; 1 a one-line error on stderr (traceback only with --debug); 2 a bad
+command line (Typer's usage error); 130/143 stopped by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ganctl import __version__
+
+app = typer.Typer(
+    name="ganctl",
+    help="Train and sample GANs. Example: `ganctl train` then `ganctl sample -n 64 out.png`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+T = TypeVar("T")
+
+# --- shared options -------------------------------------------------------------------------------
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, "
+                                    "nothing else (progress goes to stderr).")]
+Device = Annotated[Optional[str], typer.Option(
+    help="auto | cpu | cuda | cuda:K | mps. auto: the CUDA GPU with most free memory, "
+         "else mps, else cpu.")]
+Steps = Annotated[Optional[int], typer.Option(min=1, help="Total length of the run in steps "
+                                              "(also on resume: the run ends at this step).")]
+SampleEvery = Annotated[Optional[int], typer.Option(min=1, help="Write a sample grid every N steps.")]
+CkptEvery = Annotated[Optional[int], typer.Option(min=1, help="Write a checkpoint every N steps.")]
+LogEvery = Annotated[Optional[int], typer.Option(min=1, help="Log metrics every N steps.")]
+Keep = Annotated[Optional[int], typer.Option(min=0, help="Keep the newest N checkpoints "
+                                             "(0 keeps all).")]
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
+    """Run an engine call; expected errors become one line on stderr and exit 1."""
+    from ganctl.errors import GanctlError
+
+    try:
+        return fn(*args)
+    except GanctlError as e:
+        if debug:
+            traceback.print_exc()
+        _fail(str(e))
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except Exception as e:  # a bug: still one line, unless asked for the traceback
+        if debug:
+            raise
+        _fail(f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+    raise AssertionError("unreachable")
+
+
+def _console(json_mode: bool) -> Console:
+    # With --json, stdout carries the JSON document alone: everything human goes to stderr.
+    return Console(stderr=json_mode, highlight=False)
+
+
+def _emit(json_mode: bool, result: dict[str, Any], human: str) -> None:
+    if json_mode:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(human)
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ganctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Train and sample GANs from the command line."""
+
+
+# --- train ----------------------------------------------------------------------------------------------
+
+@app.command()
+def train(
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: the built-in "
+                                                   "'shapes', no download).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Model architecture (dcgan).")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="Objective (bce: the seed's BCE with "
+                                                "non-saturating G loss).")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Image size: 32 or 64 "
+                                                      "(default: from the dataset).")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1 or 3 (default: from the dataset).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per step.")] = None,
+    steps: Steps = None,
+    z_dim: Annotated[Optional[int], typer.Option(min=1, help="Latent size (default 100).")] = None,
+    g_width: Annotated[Optional[int], typer.Option(min=1, help="G's base channel count (ngf).")] = None,
+    d_width: Annotated[Optional[int], typer.Option(min=1, help="D's base channel count (ndf).")] = None,
+    lr_g: Annotated[Optional[float], typer.Option(help="G's Adam learning rate (2e-4).")] = None,
+    lr_d: Annotated[Optional[float], typer.Option(help="D's Adam learning rate (2e-4).")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help="Decay of G_ema (0.999).")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="Seed of weights, data order "
+                                                "and noise.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: "
+                                                "./runs/NNNN-<dataset>-<arch>; env GANCTL_RUNS "
+                                                "moves ./runs).")] = None,
+    device: Device = None,
+    sample_every: SampleEvery = None,
+    ckpt_every: CkptEvery = None,
+    log_every: LogEvery = None,
+    keep: Keep = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A TOML (or JSON) file of "
+                                                   "config keys; flags override it.")] = None,
+    json_mode: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Train a GAN; writes a run directory with config, metrics, sample grids and checkpoints.
+
+    Example: ganctl train --dataset shapes --steps 1500 --out runs/demo
+    """
+    from ganctl import train as engine
+    from ganctl.config import load_config_file
+
+    flags = _given(dataset=dataset, arch=arch, loss=loss, resolution=resolution,
+                   channels=channels, batch_size=batch_size, steps=steps, z_dim=z_dim,
+                   g_width=g_width, d_width=d_width, lr_g=lr_g, lr_d=lr_d, ema_decay=ema_decay,
+                   seed=seed, device=device, sample_every=sample_every, ckpt_every=ckpt_every,
+                   log_every=log_every, keep=keep)
+    values = {**(_call(debug, load_config_file, config) if config else {}), **flags}
+    resolved = _call(debug, engine.resolve_config, values)
+    log = engine.RunLog(_console(json_mode))
+    result = _call(debug, engine.train, resolved, out, log)
+    _emit(json_mode, result, _done_message(result))
+
+
+def _done_message(result: dict[str, Any]) -> str:
+    lines = [f"done: step {result['step']}/{result['steps']} in {result['seconds']:.1f}s, "
+             f"run {result['run_dir']}"]
+    if result["samples"]:
+        lines.append(f"samples: {result['samples']}")
+    lines.append(f"checkpoint: {result['checkpoint']}")
+    lines.append(f"next: ganctl sample -n 64 out.png --ckpt {result['run_dir']}")
+    return "\n".join(lines)
+
+
+# --- resume ---------------------------------------------------------------------------------------------
+
+@app.command()
+def resume(
+    target: Annotated[Optional[str], typer.Argument(
+        metavar="[RUN_DIR|CKPT]", help="Run directory or checkpoint (default: the newest run "
+        "under ./runs).", show_default=False)] = None,
+    steps: Steps = None,
+    device: Device = None,
+    sample_every: SampleEvery = None,
+    ckpt_every: CkptEvery = None,
+    log_every: LogEvery = None,
+    keep: Keep = None,
+    json_mode: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Continue a run from its newest checkpoint with the config stored in it.
+
+    Example: ganctl resume runs/0003-shapes-dcgan --steps 3000
+    """
+    from ganctl import train as engine
+
+    overrides = _given(steps=steps, device=device, sample_every=sample_every,
+                       ckpt_every=ckpt_every, log_every=log_every, keep=keep)
+    log = engine.RunLog(_console(json_mode))
+    result = _call(debug, engine.resume, target, overrides, log)
+    _emit(json_mode, result, _done_message(result))
+
+
+# --- sample ---------------------------------------------------------------------------------------------
+
+@app.command()
+def sample(
+    out: Annotated[Path, typer.Argument(metavar="OUT.png", help="Where to write the grid.")],
+    n: Annotated[int, typer.Option("-n", "--num", min=1, max=4096,
+                                   help="Number of images (ceil(sqrt(n)) per row).")] = 64,
+    ckpt: Annotated[Optional[str], typer.Option(
+        "--ckpt", metavar="CKPT|RUN_DIR", help="Checkpoint or run directory (default: the "
+        "newest checkpoint under ./runs).")] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Image i uses latent seed SEED+i.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K | mps.")] = "auto",
+    json_mode: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Write a grid of n samples from a checkpoint's EMA generator as a PNG.
+
+    Example: ganctl sample -n 64 out.png --ckpt runs/0001-shapes-dcgan --seed 7
+    """
+    from ganctl import checkpoint
+    from ganctl.device import describe, resolve_device
+    from ganctl.sample import sample_grid
+
+    path = _call(debug, checkpoint.resolve_checkpoint, ckpt)
+    dev = _call(debug, resolve_device, device)
+    if ckpt is None and not json_mode:
+        typer.echo(f"using newest checkpoint {path}", err=True)
+    r = _call(debug, sample_grid, path, out, n, seed, dev)
+    _emit(json_mode, r, f"wrote {r['out']}: {n} images ({r['width']}x{r['height']} px) from "
+                        f"{r['checkpoint']} (step {r['step']}), seeds {seed}-{seed + n - 1}, "
+                        f"device {describe(dev)}")
+
+
+# --- inspect --------------------------------------------------------------------------------------------
+
+@app.command()
+def inspect(
+    target: Annotated[Optional[str], typer.Argument(
+        metavar="[CKPT|RUN_DIR]", help="Checkpoint or run directory (default: the newest "
+        "checkpoint under ./runs).", show_default=False)] = None,
+    json_mode: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Show a checkpoint's step, config, parameter counts and last losses (header only).
+
+    Example: ganctl inspect runs/0001-shapes-dcgan --json
+    """
+    from ganctl import checkpoint
+    from ganctl.info import describe_checkpoint
+
+    path = _call(debug, checkpoint.resolve_checkpoint, target)
+    info = _call(debug, describe_checkpoint, path)
+    if json_mode:
+        typer.echo(json.dumps(info))
+        return
+    table = Table(title=str(path), show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("version", f"{info['version']} (schema {info['schema']})")
+    table.add_row("step", str(info["step"]))
+    table.add_row("created", str(info["created"]))
+    table.add_row("file size", f"{info['file_size'] / 1e6:.2f} MB")
+    table.add_row("params", f"G {info['params']['G']:,}  D {info['params']['D']:,}")
+    for key, value in info["config"].items():
+        table.add_row(key, str(value))
+    for key, value in (info["metrics"] or {}).items():
+        table.add_row(f"last {key}", str(value))
+    Console(highlight=False).print(table)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,153 @@
+"""The run configuration: one typed, frozen dataclass, validated at construction.
+
+Precedence when a run starts: built-in defaults < dataset preset < config file < flags.
+The resolved config is written to the run's config.json and into every checkpoint, so a
+model is rebuilt from the file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ganctl.errors import ConfigError
+
+# Fields that `ganctl resume` may change: run length, intervals and where it runs.
+# Everything else is fixed by the checkpoint so the run continues as it started.
+RESUME_OVERRIDABLE = frozenset(
+    {"steps", "log_every", "sample_every", "ckpt_every", "keep", "device"}
+)
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Config:
+    # data
+    dataset: str = "shapes"
+    resolution: int = 32
+    channels: int = 3
+    # model
+    arch: str = "dcgan"
+    z_dim: int = 100
+    g_width: int = 64  # DCGAN's ngf: channels of G's last hidden layer
+    d_width: int = 64  # DCGAN's ndf: channels of D's first layer
+    # objective and optimiser (the seed article: Adam, lr 2e-4, betas (0.5, 0.999))
+    loss: str = "bce"
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    ema_decay: float = 0.999  # G_ema <- decay * G_ema + (1 - decay) * G
+    batch_size: int = 64
+    steps: int = 2000  # total length of the run, for train and resume alike
+    seed: int = 0
+    # intervals and where it runs (these may change on resume)
+    log_every: int = 50
+    sample_every: int = 500
+    ckpt_every: int = 1000
+    keep: int = 3  # newest checkpoints kept; 0 keeps all
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+            if f.type == "float":  # 1 in a TOML file means 1.0; keep config.json typed
+                object.__setattr__(self, f.name, float(getattr(self, f.name)))
+        _positive(self, "resolution", "z_dim", "g_width", "d_width", "batch_size", "steps",
+                  "log_every", "sample_every", "ckpt_every")
+        if self.resolution & (self.resolution - 1):
+            raise ConfigError(
+                f"resolution {self.resolution} is not a power of two; use 32 or 64"
+            )
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2", "ema_decay"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.keep < 0:
+            raise ConfigError(f"keep must be >= 0 (0 keeps every checkpoint), got {self.keep}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if not _DEVICE_RE.match(self.device):
+            raise ConfigError(
+                f"device {self.device!r} is not one of auto, cpu, cuda, cuda:K, mps"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> Config:
+        check_keys(values, source)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(Config))
+
+
+def check_keys(values: dict[str, Any], source: str) -> None:
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r} in {source}; known keys: {', '.join(FIELD_NAMES)}"
+        )
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a flat TOML (or JSON) file of config keys; validates the keys, not the values."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; check the path") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    try:
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid {_kind(path)}: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a table of key = value")
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            raise ConfigError(
+                f"config file {path}: [{key}] is a table; write flat `key = value` lines"
+            )
+    check_keys(values, str(path))
+    return values
+
+
+def _kind(path: Path) -> str:
+    return "JSON" if path.suffix == ".json" else "TOML"
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    expected = {"int": int, "float": (int, float), "str": str}[str(annotation)]
+    if isinstance(value, bool) or not isinstance(value, expected):
+        want = {"int": "an integer", "float": "a number", "str": "a string"}[str(annotation)]
+        raise ConfigError(f"{name} must be {want}, got {value!r}")
+
+
+def _positive(config: Config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")

@@ -1,0 +1,31 @@
+"""The one exception family the CLI turns into exit code 1.
+
+Every expected failure (bad config, missing checkpoint, absent device, ...) raises a
+subclass of GanctlError whose message is one line that says what is wrong and what to do.
+"""
+
+
+class GanctlError(Exception):
+    """An expected failure: the CLI prints `error: <message>` and exits 1."""
+
+    exit_code = 1
+
+
+class ConfigError(GanctlError):
+    """A config value, file or combination that cannot be used."""
+
+
+class DeviceError(GanctlError):
+    """The requested device does not exist on this machine."""
+
+
+class DataError(GanctlError):
+    """A dataset that cannot be found or read."""
+
+
+class CheckpointError(GanctlError):
+    """A checkpoint or run directory that is missing, unreadable or not ganctl's."""
+
+
+class RunError(GanctlError):
+    """A run directory that cannot be used as asked (exists already, not writable, ...)."""

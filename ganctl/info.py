@@ -1,0 +1,36 @@
+"""What `ganctl inspect` reports about a checkpoint, read from its header alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ganctl import checkpoint
+from ganctl.config import Config
+from ganctl.errors import CheckpointError, ConfigError
+from ganctl.models import build_models
+
+
+def describe_checkpoint(path: Path) -> dict[str, Any]:
+    header = checkpoint.read_header(path)
+    try:
+        config = Config.from_dict(header.config, source=f"{path} metadata")
+    except ConfigError as e:
+        raise CheckpointError(f"{path} holds a config this ganctl cannot use: {e}") from None
+    with torch.device("meta"):  # structure only: no memory, no weights read
+        G, D = build_models(config)
+    return {
+        "path": str(path),
+        "version": header.metadata.get("ganctl.version"),
+        "schema": int(header.metadata["ganctl.schema"]),
+        "step": header.step,
+        "created": header.metadata.get("ganctl.created"),
+        "file_size": header.file_size,
+        "params": {"G": sum(p.numel() for p in G.parameters()),
+                   "D": sum(p.numel() for p in D.parameters())},
+        "dataset_fingerprint": header.metadata.get("ganctl.dataset_fingerprint"),
+        "config": config.to_dict(),
+        "metrics": header.metrics,
+    }

@@ -1,0 +1,92 @@
+"""What a run tells its user: metrics.jsonl, a rich progress bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+METRICS = "metrics.jsonl"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def format_record(r: dict[str, Any]) -> str:
+    return (f"loss_D {r['loss_D']:.3f}  loss_G {r['loss_G']:.3f}  D(x) {r['D_real']:.2f}  "
+            f"D(G(z)) {r['D_fake']:.2f}  {r['img_per_s']:.0f} img/s")
+
+
+class RunLog:
+    """Appends each logged record to metrics.jsonl and shows progress on `console`."""
+
+    def __init__(self, console: Console) -> None:
+        self.path: Path | None = None  # set by attach() once the run directory exists
+        self.console = console
+        self._progress: Progress | None = None
+        self._task = None
+        self._total = 0
+        self._start_step = 0
+        self._t0 = time.perf_counter()
+
+    def attach(self, run_dir: Path) -> None:
+        self.path = run_dir / METRICS
+
+    def info(self, message: str) -> None:
+        self.console.print(message, highlight=False, markup=False, soft_wrap=True)
+
+    def start(self, step: int, total: int) -> None:
+        self._total, self._start_step, self._t0 = total, step, time.perf_counter()
+        if self.console.is_terminal:
+            self._progress = Progress(
+                TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+                console=self.console, transient=False)
+            self._task = self._progress.add_task("train", total=total, completed=step, stats="")
+            self._progress.start()
+
+    def advance(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def record(self, record: dict[str, Any]) -> None:
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        if self._progress is not None:
+            self._progress.update(self._task, completed=record["step"],
+                                  stats=format_record(record))
+        else:
+            self.info(f"step {record['step']}/{self._total}  {format_record(record)}  "
+                      f"eta {format_duration(self._eta(record['step']))}")
+
+    def _eta(self, step: int) -> float:
+        done = step - self._start_step
+        elapsed = time.perf_counter() - self._t0
+        return elapsed / done * (self._total - step) if done > 0 else 0.0
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+    return records

@@ -1,0 +1,104 @@
+"""DCGAN (Radford et al. 2016), as in the seed article: BatchNorm, ReLU in G, LeakyReLU(0.2)
+in D, tanh output, weights drawn from N(0, 0.02).
+
+G's first layer is a Linear from z to a 4x4 feature map rather than a ConvTranspose on a
+(N, z_dim, 1, 1) input: the two compute the same function, but the 1x1 input breaks
+torch.compile's backward in channels_last.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ganctl.config import Config
+from ganctl.errors import ConfigError
+
+RESOLUTIONS = (32, 64, 128)
+BASE = 4  # spatial size of G's first feature map and D's last one
+
+
+def _num_up(resolution: int) -> int:
+    if resolution not in RESOLUTIONS:
+        raise ConfigError(
+            f"dcgan does not support resolution {resolution}; use one of "
+            f"{', '.join(map(str, RESOLUTIONS))}"
+        )
+    return int(math.log2(resolution // BASE))
+
+
+class Generator(nn.Module):
+    def __init__(self, z_dim: int, resolution: int, channels: int, width: int) -> None:
+        super().__init__()
+        n = _num_up(resolution)
+        c = width * 2 ** (n - 1)  # channels at 4x4: ngf*8 for 64x64, ngf*4 for 32x32
+        self.base_channels = c
+        self.fc = nn.Linear(z_dim, c * BASE * BASE, bias=False)
+        self.bn0 = nn.BatchNorm2d(c)
+        blocks: list[nn.Module] = []
+        for _ in range(n - 1):
+            blocks += [
+                nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c // 2),
+                nn.ReLU(inplace=True),
+            ]
+            c //= 2
+        blocks += [nn.ConvTranspose2d(c, channels, 4, stride=2, padding=1, bias=False), nn.Tanh()]
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z).view(z.shape[0], self.base_channels, BASE, BASE)  # (B, C, 4, 4)
+        x = torch.relu(self.bn0(x))
+        return self.blocks(x)  # (B, channels, R, R) in [-1, 1]
+
+
+class Discriminator(nn.Module):
+    def __init__(self, resolution: int, channels: int, width: int) -> None:
+        super().__init__()
+        n = _num_up(resolution)
+        layers: list[nn.Module] = [
+            nn.Conv2d(channels, width, 4, stride=2, padding=1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        c = width
+        for _ in range(n - 1):
+            layers += [
+                nn.Conv2d(c, c * 2, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            c *= 2
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c * BASE * BASE, 1, bias=False)  # = DCGAN's final 4x4 valid conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).flatten(1)  # (B, C*4*4)
+        return self.fc(h).squeeze(1)  # (B,) logits
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN init: conv/linear weights ~ N(0, 0.02), BatchNorm gamma ~ N(1, 0.02), beta = 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def check(config: Config) -> None:
+    _num_up(config.resolution)
+
+
+def build(config: Config) -> tuple[Generator, Discriminator]:
+    G = Generator(config.z_dim, config.resolution, config.channels, config.g_width)
+    D = Discriminator(config.resolution, config.channels, config.d_width)
+    init_weights(G)
+    init_weights(D)
+    return G, D
+
+
+def build_generator(config: Config) -> Generator:
+    return Generator(config.z_dim, config.resolution, config.channels, config.g_width)

@@ -1,0 +1,87 @@
+"""Run directories: ./runs/<NNNN>-<dataset>-<arch>/ with config.json, metrics.jsonl, samples/
+and checkpoints/. Nothing here deletes a run; an existing run is never written into by train."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ganctl.checkpoint import CKPT_DIR, atomic_write, runs_root
+from ganctl.config import Config
+from ganctl.errors import RunError
+from ganctl.logging import METRICS
+
+CONFIG = "config.json"
+SAMPLES = "samples"
+_INDEX_RE = re.compile(r"^(\d+)-")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_.") or "data"
+
+
+def _mkdir(path: Path, **kwargs: bool) -> None:
+    try:
+        path.mkdir(**kwargs)
+    except PermissionError:
+        raise RunError(f"cannot create {path}: permission denied; choose another --out "
+                       "or set GANCTL_RUNS to a writable directory") from None
+    except NotADirectoryError:
+        raise RunError(f"cannot create {path}: a parent is a file, not a directory") from None
+    except OSError as e:
+        if isinstance(e, FileExistsError):
+            raise
+        raise RunError(f"cannot create {path}: {e.strerror}") from None
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG).is_file() or (path / CKPT_DIR).is_dir()
+
+
+def create_run_dir(out: Path | None, config: Config) -> Path:
+    """A new, empty run directory: `out` if given, else the next free number under the root."""
+    if out is not None:
+        if out.exists():
+            if is_run_dir(out):
+                raise RunError(f"{out} already holds a run; continue it with `ganctl resume "
+                               f"{out}` or choose another --out")
+            if not out.is_dir() or any(out.iterdir()):
+                raise RunError(f"--out {out} exists and is not an empty directory; "
+                               "choose a new directory")
+        _mkdir(out, parents=True, exist_ok=True)
+        run_dir = out
+    else:
+        root = runs_root()
+        _mkdir(root, parents=True, exist_ok=True)
+        used = [int(m.group(1)) for p in root.iterdir() if (m := _INDEX_RE.match(p.name))]
+        index = max(used, default=0) + 1
+        while True:  # another process may take a number between our scan and our mkdir
+            run_dir = root / f"{index:04d}-{_slug(config.dataset)}-{_slug(config.arch)}"
+            try:
+                _mkdir(run_dir, parents=False, exist_ok=False)
+                break
+            except FileExistsError:
+                index += 1
+    _mkdir(run_dir / CKPT_DIR, exist_ok=True)
+    _mkdir(run_dir / SAMPLES, exist_ok=True)
+    return run_dir
+
+
+def write_config(run_dir: Path, config: Config) -> None:
+    atomic_write(run_dir / CONFIG, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop records logged after `step`: a resumed run replays those steps and logs them again."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by a crash
+    atomic_write(path, "".join(kept).encode())

@@ -1,0 +1,106 @@
+"""Latents from seeds, generation, grids and PNG output.
+
+One latent per seed: z for seed s is drawn from its own generator on the CPU, so an image
+depends on its seed alone, never on the batch it was generated in or on the device.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ganctl import checkpoint
+from ganctl.config import Config
+from ganctl.errors import CheckpointError, ConfigError
+from ganctl.models import build_generator
+
+GRID_PADDING = 2  # pixels between and around the images of a grid
+GENERATE_BATCH = 256
+
+
+def latents_from_seeds(seeds: list[int] | range, z_dim: int) -> torch.Tensor:
+    """(n, z_dim) standard normal latents, row i drawn from a generator seeded with seeds[i]."""
+    rows = [torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Images for latents z as uint8 (n, C, H, W), generated in eval mode in fixed-size chunks."""
+    was_training = G.training
+    G.eval()
+    out = [to_uint8(G(chunk.to(device)).cpu()) for chunk in z.split(GENERATE_BATCH)]
+    G.train(was_training)
+    return torch.cat(out)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> [0, 255] uint8."""
+    return ((x.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def make_grid(images: torch.Tensor, padding: int = GRID_PADDING) -> torch.Tensor:
+    """(n, C, H, W) uint8 -> (H', W', C) uint8 grid, ceil(sqrt(n)) images per row, black gaps."""
+    n, c, h, w = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = torch.zeros(rows * (h + padding) + padding, cols * (w + padding) + padding, c,
+                       dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y, x = padding + r * (h + padding), padding + k * (w + padding)
+        grid[y:y + h, x:x + w] = images[i].permute(1, 2, 0)  # (H, W, C)
+    return grid
+
+
+def png_bytes(grid: torch.Tensor) -> bytes:
+    array = grid.numpy()
+    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_grid(images: torch.Tensor, path: Path) -> tuple[int, int]:
+    """Write images as a PNG grid atomically; returns the grid's (width, height) in pixels."""
+    grid = make_grid(images)
+    checkpoint.atomic_write(Path(path), png_bytes(grid))
+    return grid.shape[1], grid.shape[0]
+
+
+@dataclass(frozen=True)
+class LoadedGenerator:
+    G: nn.Module  # the EMA generator, in eval mode, on the device
+    config: Config
+    header: checkpoint.Header
+
+
+def load_generator(ckpt: Path, device: torch.device) -> LoadedGenerator:
+    """Rebuild G_ema from a checkpoint's metadata and load its weights."""
+    header = checkpoint.read_header(ckpt)
+    try:
+        config = Config.from_dict(header.config, source=f"{ckpt} metadata")
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt} holds a config this ganctl cannot use: {e}") from None
+    G = build_generator(config)
+    checkpoint.load_module(G, checkpoint.load_tensors(ckpt, ("G_ema.",)), "G_ema")
+    return LoadedGenerator(G.to(device).eval(), config, header)
+
+
+def sample_grid(ckpt: Path, out: Path, n: int, seed: int, device: torch.device) -> dict:
+    """Write an n-image grid from checkpoint `ckpt` to `out`; seeds seed..seed+n-1."""
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"output {out} must end in .png (sample grids are PNG)")
+    if not out.parent.exists():
+        raise ConfigError(f"output directory {out.parent} does not exist; create it first")
+    loaded = load_generator(ckpt, device)
+    z = latents_from_seeds(range(seed, seed + n), loaded.config.z_dim)
+    width, height = save_grid(generate(loaded.G, z, device), out)
+    return {"out": str(out), "checkpoint": str(ckpt), "step": loaded.header.step, "n": n,
+            "seed": seed, "width": width, "height": height, "device": str(device)}

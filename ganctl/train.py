@@ -1,0 +1,280 @@
+"""Training: the state, one step, EMA, checkpoints and the loop.
+
+The step is a pure function of (state, batch, z) that returns its statistics as a device
+tensor; logging, sampling and checkpointing happen outside it, and device values are read
+only every `log_every` steps, so a GPU never waits for the host in the steady state.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ganctl import checkpoint, run
+from ganctl.config import RESUME_OVERRIDABLE, Config
+from ganctl.data import Batches, load_dataset, preset
+from ganctl.device import describe, resolve_device
+from ganctl.errors import CheckpointError, ConfigError
+from ganctl.logging import RunLog
+from ganctl.losses import DLoss, GLoss, get_losses
+from ganctl.models import build_models, check_config
+from ganctl.sample import generate, latents_from_seeds, save_grid
+
+SAMPLE_SEEDS = range(64)  # the fixed noise of the grids written during training: the seed's 8x8
+EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step) up to config.ema_decay
+STATS = ("loss_D", "loss_G", "D_real", "D_fake")
+
+
+@dataclass
+class TrainState:
+    config: Config
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    batches: Batches
+    noise: torch.Generator  # draws every z of training, on the device
+    step: int = 0
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+def resolve_config(values: dict[str, Any]) -> Config:
+    """defaults < dataset preset < `values` (file and flags, already merged) -> a checked Config."""
+    dataset = values.get("dataset", Config.dataset)
+    config = Config.from_dict({**preset(dataset), **values})
+    check_config(config)
+    get_losses(config.loss)
+    return config
+
+
+# --- state -----------------------------------------------------------------------------------------
+
+def init_state(config: Config, device: torch.device, images: torch.Tensor) -> TrainState:
+    torch.manual_seed(config.seed)  # initial weights
+    G, D = build_models(config)
+    G, D = G.to(device), D.to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    betas = (config.beta1, config.beta2)
+    return TrainState(
+        config=config, G=G, D=D, G_ema=G_ema,
+        opt_G=torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=betas),
+        opt_D=torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=betas),
+        batches=Batches(images, config.batch_size, config.seed, device),
+        noise=torch.Generator(device=device).manual_seed(config.seed),
+    )
+
+
+def state_tensors(state: TrainState) -> dict[str, torch.Tensor]:
+    """Everything needed to continue the run exactly, as named tensors."""
+    epoch, index = state.batches.state()
+    return {
+        **checkpoint.module_tensors(state.G, "G"),
+        **checkpoint.module_tensors(state.D, "D"),
+        **checkpoint.module_tensors(state.G_ema, "G_ema"),
+        **checkpoint.optimizer_tensors(state.opt_G, "opt_G"),
+        **checkpoint.optimizer_tensors(state.opt_D, "opt_D"),
+        "rng.noise": state.noise.get_state(),
+        "rng.torch": torch.get_rng_state(),
+        "state.step": torch.tensor(state.step, dtype=torch.int64),
+        "state.data_epoch": torch.tensor(epoch, dtype=torch.int64),
+        "state.data_index": torch.tensor(index, dtype=torch.int64),
+    }
+
+
+def load_state(state: TrainState, tensors: dict[str, torch.Tensor]) -> None:
+    for name in ("G", "D", "G_ema"):
+        checkpoint.load_module(getattr(state, name), tensors, name)
+    checkpoint.load_optimizer(state.opt_G, tensors, "opt_G")
+    checkpoint.load_optimizer(state.opt_D, tensors, "opt_D")
+    try:
+        state.noise.set_state(tensors["rng.noise"])
+        torch.set_rng_state(tensors["rng.torch"])
+        state.step = int(tensors["state.step"])
+        state.batches.load_state(int(tensors["state.data_epoch"]),
+                                 int(tensors["state.data_index"]))
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint lacks tensor {e.args[0]!r}; it is incomplete") from None
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint's training state is damaged: {e}") from None
+
+
+# --- one step ----------------------------------------------------------------------------------------
+
+def train_step(state: TrainState, real: torch.Tensor, z: torch.Tensor,
+               d_loss: DLoss, g_loss: GLoss) -> torch.Tensor:
+    """One D update then one G update on the same fakes; returns STATS as a (4,) device tensor."""
+    G, D = state.G, state.D
+    fake = G(z)  # (B, C, H, W)
+
+    real_logits = D(real)
+    fake_logits = D(fake.detach())
+    loss_D = d_loss(real_logits, fake_logits)  # L_D = -log D(x) - log(1 - D(G(z)))
+    state.opt_D.zero_grad(set_to_none=True)
+    loss_D.backward()
+    state.opt_D.step()
+
+    D.requires_grad_(False)  # G's update needs gradients through D, not of D's weights
+    loss_G = g_loss(D(fake))  # non-saturating: L_G = -log D(G(z))
+    state.opt_G.zero_grad(set_to_none=True)
+    loss_G.backward()
+    state.opt_G.step()
+    D.requires_grad_(True)
+
+    return torch.stack([loss_D, loss_G, torch.sigmoid(real_logits).mean(),
+                        torch.sigmoid(fake_logits).mean()]).detach()
+
+
+@torch.no_grad()
+def update_ema(G_ema: nn.Module, G: nn.Module, step: int, decay: float) -> None:
+    # G_ema <- beta * G_ema + (1 - beta) * G, beta warming up so early samples track G
+    beta = min(decay, (1 + step) / (EMA_WARMUP + step))
+    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)  # BatchNorm running statistics follow G
+
+
+class Meter:
+    """Sums step statistics on the device; reads them back only when a record is made."""
+
+    def __init__(self, device: torch.device, batch_size: int) -> None:
+        self.total = torch.zeros(len(STATS), device=device)
+        self.batch_size = batch_size
+        self.steps = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, stats: torch.Tensor) -> None:
+        self.total += stats
+        self.steps += 1
+
+    def record(self, step: int) -> dict[str, Any]:
+        values = (self.total / max(self.steps, 1)).tolist()  # the one host sync per interval
+        elapsed = time.perf_counter() - self.t0
+        rec: dict[str, Any] = {"step": step, "time": round(time.time(), 3)}
+        rec.update({k: round(v, 5) for k, v in zip(STATS, values)})
+        rec["img_per_s"] = round(self.steps * self.batch_size / max(elapsed, 1e-9), 1)
+        self.total.zero_()
+        self.steps = 0
+        self.t0 = time.perf_counter()
+        return rec
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def write_samples(state: TrainState, run_dir: Path, fixed_z: torch.Tensor) -> Path:
+    path = run_dir / run.SAMPLES / f"step-{state.step:09d}.png"
+    save_grid(generate(state.G_ema, fixed_z, fixed_z.device), path)
+    return path
+
+
+def save_checkpoint(state: TrainState, run_dir: Path, metrics: dict[str, Any] | None,
+                    fingerprint: str) -> Path:
+    ckpt_dir = run_dir / checkpoint.CKPT_DIR
+    path = ckpt_dir / checkpoint.checkpoint_name(state.step)
+    extra = {
+        "ganctl.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ganctl.dataset_fingerprint": fingerprint,
+    }
+    if metrics is not None:
+        extra["ganctl.metrics"] = json.dumps(metrics)
+    checkpoint.save(path, state_tensors(state), state.config.to_json(), state.step, extra)
+    checkpoint.set_latest(ckpt_dir, path.name)  # only once the file is complete
+    checkpoint.prune(ckpt_dir, state.config.keep)
+    return path
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str) -> dict[str, Any]:
+    """Train from state.step to config.steps, logging, sampling and checkpointing on schedule."""
+    config = state.config
+    device = state.batches.images.device
+    d_loss, g_loss = get_losses(config.loss)
+    fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.z_dim).to(device)
+    meter = Meter(device, config.batch_size)
+    last: dict[str, Any] | None = None
+    ckpt = sample = None
+    t0 = time.perf_counter()
+    log.start(state.step, config.steps)
+    try:
+        while state.step < config.steps:
+            real = state.batches.next()
+            z = torch.randn(config.batch_size, config.z_dim, generator=state.noise, device=device)
+            meter.add(train_step(state, real, z, d_loss, g_loss))
+            state.step += 1
+            update_ema(state.G_ema, state.G, state.step, config.ema_decay)
+            log.advance(state.step)
+            done = state.step == config.steps
+            if done or state.step % config.log_every == 0:
+                last = meter.record(state.step)
+                log.record(last)
+            if done or state.step % config.sample_every == 0:
+                sample = write_samples(state, run_dir, fixed_z)
+            if done or state.step % config.ckpt_every == 0:
+                ckpt = save_checkpoint(state, run_dir, last, fingerprint)
+    finally:
+        log.close()
+    return {"run_dir": str(run_dir), "checkpoint": str(ckpt) if ckpt else None,
+            "samples": str(sample) if sample else None, "step": state.step,
+            "steps": config.steps, "device": str(device),
+            "seconds": round(time.perf_counter() - t0, 2), "metrics": last}
+
+
+def train(config: Config, out: Path | None, log: RunLog) -> dict[str, Any]:
+    """Start a new run of `config` in `out` (or the next numbered run dir) and train it."""
+    device = resolve_device(config.device)
+    data = load_dataset(config)
+    run_dir = run.create_run_dir(out, config)
+    run.write_config(run_dir, config)
+    log.attach(run_dir)
+    log.info(f"run {run_dir}: {config.arch} {config.resolution}x{config.resolution}x"
+             f"{config.channels} on {config.dataset} ({len(data.images)} images), "
+             f"device {describe(device)}")
+    state = init_state(config, device, data.images)
+    return fit(state, run_dir, log, data.fingerprint)
+
+
+def resume(target: str | None, overrides: dict[str, Any], log: RunLog) -> dict[str, Any]:
+    """Continue a run from its newest checkpoint (or the given one) up to config.steps."""
+    bad = sorted(set(overrides) - RESUME_OVERRIDABLE)
+    if bad:
+        raise ConfigError(f"resume cannot change {bad[0]!r}; only "
+                          f"{', '.join(sorted(RESUME_OVERRIDABLE))} may change")
+    if target is None:
+        ckpt = checkpoint.newest_checkpoint(checkpoint.runs_root())
+    else:
+        ckpt = checkpoint.resolve_checkpoint(target)
+    run_dir = checkpoint.run_dir_of(ckpt)
+    header = checkpoint.read_header(ckpt)
+    try:
+        config = Config.from_dict(header.config, source=f"{ckpt} metadata").replace(**overrides)
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt}: {e}") from None
+    if config.steps < header.step:
+        raise ConfigError(f"{ckpt} is at step {header.step}, past --steps {config.steps}; "
+                          "--steps is the run's total length, pass a larger one")
+    device = resolve_device(config.device)
+    data = load_dataset(config)
+    state = init_state(config, device, data.images)
+    load_state(state, checkpoint.load_tensors(ckpt))
+    run.trim_metrics(run_dir, state.step)
+    run.write_config(run_dir, config)
+    log.attach(run_dir)
+    log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "
+             f"device {describe(device)}")
+    if state.step == config.steps:
+        log.info(f"run is already complete at step {state.step}; pass a larger --steps to "
+                 "train further")
+        return {"run_dir": str(run_dir), "checkpoint": str(ckpt), "samples": None,
+                "step": state.step, "steps": config.steps, "device": str(device),
+                "seconds": 0.0, "metrics": header.metrics}
+    return fit(state, run_dir, log, data.fingerprint)
