@@ -249,7 +249,9 @@ def inspect(
     if json_mode:
         typer.echo(json.dumps(info))
         return
-    table = Table(title=str(path), show_header=False)
+    console = Console(highlight=False)
+    console.print(f"checkpoint {path}", markup=False, soft_wrap=True)
+    table = Table(show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
     table.add_row("version", f"{info['version']} (schema {info['schema']})")
@@ -261,7 +263,7 @@ def inspect(
         table.add_row(key, str(value))
     for key, value in (info["metrics"] or {}).items():
         table.add_row(f"last {key}", str(value))
-    Console(highlight=False).print(table)
+    console.print(table)
 
 
 def run() -> None:

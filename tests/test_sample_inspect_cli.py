@@ -1,0 +1,99 @@
+import json
+import os
+
+import pytest
+import torch
+from conftest import invoke
+from PIL import Image
+
+from ganctl.config import Config
+from ganctl.models import build_models
+
+
+def test_sample_64_is_the_seed_8x8_grid(trained_run, workdir):
+    result = invoke("sample", "-n", "64", "out.png")
+    assert result.exit_code == 0, result.output
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    assert f"using newest checkpoint {ckpt.relative_to(workdir)}" in result.stderr
+    image = Image.open(workdir / "out.png")
+    # 8 images of 32 px per side with 2 px gaps around and between: 8 * 34 + 2
+    assert (image.format, image.mode, image.size) == ("PNG", "RGB", (274, 274))
+
+
+def test_grid_shape_for_n_not_square(trained_run, workdir):
+    assert invoke("sample", "-n", "10", "ten.png", "--ckpt", trained_run).exit_code == 0
+    assert Image.open(workdir / "ten.png").size == (4 * 34 + 2, 3 * 34 + 2)  # 4 per row, 3 rows
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(trained_run, workdir):
+    for name, seed in (("a.png", 7), ("b.png", 7), ("c.png", 8)):
+        assert invoke("sample", "-n", "16", name, "--seed", seed).exit_code == 0
+    a, b, c = ((workdir / n).read_bytes() for n in ("a.png", "b.png", "c.png"))
+    assert a == b and a != c
+
+
+def test_an_image_depends_on_its_seed_not_its_batch(trained_run, workdir):
+    """Seed 7 is image 0 of a grid from --seed 7 and image 3 of a grid from --seed 4."""
+    assert invoke("sample", "-n", "1", "one.png", "--seed", 7).exit_code == 0
+    assert invoke("sample", "-n", "4", "four.png", "--seed", 4).exit_code == 0
+    one = torch.from_numpy(__import__("numpy").array(Image.open(workdir / "one.png")))
+    four = torch.from_numpy(__import__("numpy").array(Image.open(workdir / "four.png")))
+    tile = one[2:34, 2:34]
+    assert torch.equal(four[36:68, 36:68], tile)  # row 1, column 1 of a 2x2 grid
+
+
+def test_sample_json(trained_run, workdir):
+    result = invoke("sample", "-n", "4", "s.png", "--ckpt", trained_run, "--json")
+    doc = json.loads(result.stdout)
+    assert doc["step"] == 4 and doc["n"] == 4 and doc["out"] == "s.png"
+    assert (doc["width"], doc["height"]) == (70, 70)
+
+
+@pytest.mark.parametrize("out, fragment", [("x.jpg", "must end in .png"),
+                                           ("no/such/dir/x.png", "does not exist")])
+def test_sample_bad_output(trained_run, out, fragment):
+    result = invoke("sample", out)
+    assert result.exit_code == 1 and fragment in result.stderr
+
+
+def test_inspect_json_reports_the_header(trained_run, workdir):
+    result = invoke("inspect", trained_run, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    config = json.loads((trained_run / "config.json").read_text())
+    assert info["step"] == 4 and info["config"] == config
+    assert info["file_size"] == os.path.getsize(ckpt)
+    assert info["version"] == __import__("ganctl").__version__ and info["schema"] == 1
+    G, D = build_models(Config.from_dict(config))
+    assert info["params"] == {"G": sum(p.numel() for p in G.parameters()),
+                              "D": sum(p.numel() for p in D.parameters())}
+    last = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert info["metrics"] == last
+    assert info["created"].endswith("+00:00")
+
+
+def test_inspect_table_and_default_target(trained_run):
+    result = invoke("inspect")
+    assert result.exit_code == 0, result.output
+    for text in ("step", "params", "loss_D", "dcgan", "step-000000004.safetensors"):
+        assert text in result.stdout
+
+
+def test_inspect_an_older_checkpoint_file(trained_run):
+    result = invoke("inspect", trained_run / "checkpoints" / "step-000000002.safetensors",
+                    "--json")
+    assert json.loads(result.stdout)["step"] == 2
+
+
+def test_foreign_and_garbage_files_are_refused(workdir):
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, str(workdir / "other.safetensors"))
+    (workdir / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    (workdir / "tiny.safetensors").write_bytes(b"abc")
+    for name, fragment in (("other", "not a ganctl checkpoint"), ("junk", "corrupted header"),
+                           ("tiny", "truncated")):
+        for command in (["inspect", f"{name}.safetensors"],
+                        ["sample", "x.png", "--ckpt", f"{name}.safetensors"]):
+            result = invoke(*command)
+            assert result.exit_code == 1 and fragment in result.stderr, result.output
