@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -34,15 +34,15 @@ T = TypeVar("T")
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, "
                                     "nothing else (progress goes to stderr).")]
-Device = Annotated[Optional[str], typer.Option(
+Device = Annotated[str | None, typer.Option(
     help="auto | cpu | cuda | cuda:K | mps. auto: the CUDA GPU with most free memory, "
          "else mps, else cpu.")]
-Steps = Annotated[Optional[int], typer.Option(min=1, help="Total length of the run in steps "
+Steps = Annotated[int | None, typer.Option(min=1, help="Total length of the run in steps "
                                               "(also on resume: the run ends at this step).")]
-SampleEvery = Annotated[Optional[int], typer.Option(min=1, help="Write a sample grid every N steps.")]
-CkptEvery = Annotated[Optional[int], typer.Option(min=1, help="Write a checkpoint every N steps.")]
-LogEvery = Annotated[Optional[int], typer.Option(min=1, help="Log metrics every N steps.")]
-Keep = Annotated[Optional[int], typer.Option(min=0, help="Keep the newest N checkpoints "
+SampleEvery = Annotated[int | None, typer.Option(min=1, help="Write a sample grid every N steps.")]
+CkptEvery = Annotated[int | None, typer.Option(min=1, help="Write a checkpoint every N steps.")]
+LogEvery = Annotated[int | None, typer.Option(min=1, help="Log metrics every N steps.")]
+Keep = Annotated[int | None, typer.Option(min=0, help="Keep the newest N checkpoints "
                                              "(0 keeps all).")]
 
 
@@ -105,25 +105,25 @@ def main(
 
 @app.command()
 def train(
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name (default: the built-in "
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the built-in "
                                                    "'shapes', no download).")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="Model architecture (dcgan).")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="Objective (bce: the seed's BCE with "
+    arch: Annotated[str | None, typer.Option(help="Model architecture (dcgan).")] = None,
+    loss: Annotated[str | None, typer.Option(help="Objective (bce: the seed's BCE with "
                                                 "non-saturating G loss).")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Image size: 32 or 64 "
+    resolution: Annotated[int | None, typer.Option(help="Image size: 32 or 64 "
                                                       "(default: from the dataset).")] = None,
-    channels: Annotated[Optional[int], typer.Option(help="1 or 3 (default: from the dataset).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per step.")] = None,
+    channels: Annotated[int | None, typer.Option(help="1 or 3 (default: from the dataset).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step.")] = None,
     steps: Steps = None,
-    z_dim: Annotated[Optional[int], typer.Option(min=1, help="Latent size (default 100).")] = None,
-    g_width: Annotated[Optional[int], typer.Option(min=1, help="G's base channel count (ngf).")] = None,
-    d_width: Annotated[Optional[int], typer.Option(min=1, help="D's base channel count (ndf).")] = None,
-    lr_g: Annotated[Optional[float], typer.Option(help="G's Adam learning rate (2e-4).")] = None,
-    lr_d: Annotated[Optional[float], typer.Option(help="D's Adam learning rate (2e-4).")] = None,
-    ema_decay: Annotated[Optional[float], typer.Option(help="Decay of G_ema (0.999).")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=0, help="Seed of weights, data order "
+    z_dim: Annotated[int | None, typer.Option(min=1, help="Latent size (default 100).")] = None,
+    g_width: Annotated[int | None, typer.Option(min=1, help="G's base channel count (ngf).")] = None,
+    d_width: Annotated[int | None, typer.Option(min=1, help="D's base channel count (ndf).")] = None,
+    lr_g: Annotated[float | None, typer.Option(help="G's Adam learning rate (2e-4).")] = None,
+    lr_d: Annotated[float | None, typer.Option(help="D's Adam learning rate (2e-4).")] = None,
+    ema_decay: Annotated[float | None, typer.Option(help="Decay of G_ema (0.999).")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Seed of weights, data order "
                                                 "and noise.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: "
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: "
                                                 "./runs/NNNN-<dataset>-<arch>; env GANCTL_RUNS "
                                                 "moves ./runs).")] = None,
     device: Device = None,
@@ -131,7 +131,7 @@ def train(
     ckpt_every: CkptEvery = None,
     log_every: LogEvery = None,
     keep: Keep = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="A TOML (or JSON) file of "
+    config: Annotated[Path | None, typer.Option("--config", help="A TOML (or JSON) file of "
                                                    "config keys; flags override it.")] = None,
     json_mode: Json = False,
     debug: Debug = False,
@@ -169,7 +169,7 @@ def _done_message(result: dict[str, Any]) -> str:
 
 @app.command()
 def resume(
-    target: Annotated[Optional[str], typer.Argument(
+    target: Annotated[str | None, typer.Argument(
         metavar="[RUN_DIR|CKPT]", help="Run directory or checkpoint (default: the newest run "
         "under ./runs).", show_default=False)] = None,
     steps: Steps = None,
@@ -201,7 +201,7 @@ def sample(
     out: Annotated[Path, typer.Argument(metavar="OUT.png", help="Where to write the grid.")],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=4096,
                                    help="Number of images (ceil(sqrt(n)) per row).")] = 64,
-    ckpt: Annotated[Optional[str], typer.Option(
+    ckpt: Annotated[str | None, typer.Option(
         "--ckpt", metavar="CKPT|RUN_DIR", help="Checkpoint or run directory (default: the "
         "newest checkpoint under ./runs).")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Image i uses latent seed SEED+i.")] = 0,
@@ -231,7 +231,7 @@ def sample(
 
 @app.command()
 def inspect(
-    target: Annotated[Optional[str], typer.Argument(
+    target: Annotated[str | None, typer.Argument(
         metavar="[CKPT|RUN_DIR]", help="Checkpoint or run directory (default: the newest "
         "checkpoint under ./runs).", show_default=False)] = None,
     json_mode: Json = False,

@@ -11,7 +11,7 @@ import copy
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ def update_ema(G_ema: nn.Module, G: nn.Module, step: int, decay: float) -> None:
     # G_ema <- beta * G_ema + (1 - beta) * G, beta warming up so early samples track G
     beta = min(decay, (1 + step) / (EMA_WARMUP + step))
     torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - beta)
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+    for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
         b_ema.copy_(b)  # BatchNorm running statistics follow G
 
 
@@ -160,7 +160,7 @@ class Meter:
         values = (self.total / max(self.steps, 1)).tolist()  # the one host sync per interval
         elapsed = time.perf_counter() - self.t0
         rec: dict[str, Any] = {"step": step, "time": round(time.time(), 3)}
-        rec.update({k: round(v, 5) for k, v in zip(STATS, values)})
+        rec.update({k: round(v, 5) for k, v in zip(STATS, values, strict=True)})
         rec["img_per_s"] = round(self.steps * self.batch_size / max(elapsed, 1e-9), 1)
         self.total.zero_()
         self.steps = 0
@@ -181,7 +181,7 @@ def save_checkpoint(state: TrainState, run_dir: Path, metrics: dict[str, Any] | 
     ckpt_dir = run_dir / checkpoint.CKPT_DIR
     path = ckpt_dir / checkpoint.checkpoint_name(state.step)
     extra = {
-        "ganctl.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ganctl.created": datetime.now(UTC).isoformat(timespec="seconds"),
         "ganctl.dataset_fingerprint": fingerprint,
     }
     if metrics is not None:

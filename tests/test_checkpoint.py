@@ -9,8 +9,8 @@ from ganctl import checkpoint
 from ganctl.config import Config
 from ganctl.data import shapes
 from ganctl.errors import CheckpointError
-from ganctl.train import init_state, load_state, state_tensors, train_step
 from ganctl.losses import bce_d_loss, bce_g_loss
+from ganctl.train import init_state, load_state, state_tensors, train_step
 
 CONFIG = Config(batch_size=8, g_width=8, d_width=8, device="cpu")
 
