@@ -29,3 +29,11 @@ class CheckpointError(GanctlError):
 
 class RunError(GanctlError):
     """A run directory that cannot be used as asked (exists already, not writable, ...)."""
+
+
+def lookup(registry: dict, name: str, what: str, error: type[GanctlError] = ConfigError):
+    """registry[name], or `error` naming the choices: unknown <what> 'x'; choose one of a, b."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise error(f"unknown {what} {name!r}; choose one of {', '.join(sorted(registry))}") from None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ganctl.errors import ConfigError
+from ganctl.errors import lookup
 
 
 def bce_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -31,9 +31,4 @@ LOSSES: dict[str, tuple[DLoss, GLoss]] = {"bce": (bce_d_loss, bce_g_loss)}
 
 
 def get_losses(name: str) -> tuple[DLoss, GLoss]:
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown loss {name!r}; choose one of {', '.join(sorted(LOSSES))}"
-        ) from None
+    return lookup(LOSSES, name, "loss")

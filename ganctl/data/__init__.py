@@ -15,7 +15,7 @@ import torch
 from ganctl.config import Config
 from ganctl.data import shapes
 from ganctl.data.batches import Batches
-from ganctl.errors import DataError
+from ganctl.errors import DataError, lookup
 
 __all__ = ["Batches", "DATASETS", "ImageSet", "load_dataset", "preset"]
 
@@ -52,12 +52,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def _spec(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise DataError(
-            f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}"
-        ) from None
+    return lookup(DATASETS, name, "dataset", DataError)
 
 
 def preset(name: str) -> dict[str, Any]:

@@ -11,19 +11,14 @@ from types import ModuleType
 from torch import nn
 
 from ganctl.config import Config
-from ganctl.errors import ConfigError
+from ganctl.errors import lookup
 from ganctl.models import dcgan
 
 ARCHS: dict[str, ModuleType] = {"dcgan": dcgan}
 
 
 def _arch(name: str) -> ModuleType:
-    try:
-        return ARCHS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown arch {name!r}; choose one of {', '.join(sorted(ARCHS))}"
-        ) from None
+    return lookup(ARCHS, name, "arch")
 
 
 def build_models(config: Config) -> tuple[nn.Module, nn.Module]:
