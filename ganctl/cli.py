@@ -44,6 +44,18 @@ CkptEvery = Annotated[int | None, typer.Option(min=1, help="Write a checkpoint e
 LogEvery = Annotated[int | None, typer.Option(min=1, help="Log metrics every N steps.")]
 Keep = Annotated[int | None, typer.Option(min=0, help="Keep the newest N checkpoints "
                                              "(0 keeps all).")]
+DatasetOpt = Annotated[str | None, typer.Option(
+    "--dataset", help="celeba, cifar10, cifar100, mnist, fashion-mnist, svhn, shapes (built in, "
+    "the default), or a folder / .zip of images.")]
+DataDir = Annotated[str | None, typer.Option(
+    help="Where named datasets live (default: env GANCTL_DATA_DIR, else ~/.cache/ganctl/datasets).")]
+Split = Annotated[str | None, typer.Option(help="Dataset split (default: train).")]
+Download = Annotated[bool, typer.Option("--download/--no-download",
+                                        help="Download a named dataset that is missing.")]
+Crop = Annotated[str | None, typer.Option(help="Non-square images: center (crop) or none (pad).")]
+Resolution = Annotated[int | None, typer.Option(help="Image size: 32 or 64 (default: from the "
+                                                "dataset).")]
+Channels = Annotated[int | None, typer.Option(help="1 or 3 (default: from the dataset).")]
 
 
 def _fail(message: str) -> None:
@@ -105,14 +117,18 @@ def main(
 
 @app.command()
 def train(
-    dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the built-in "
-                                                   "'shapes', no download).")] = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDir = None,
+    split: Split = None,
+    download: Download = True,
+    crop: Crop = None,
+    mirror: Annotated[bool | None, typer.Option(
+        "--mirror/--no-mirror", help="Flip a random half of the images horizontally.")] = None,
     arch: Annotated[str | None, typer.Option(help="Model architecture (dcgan).")] = None,
     loss: Annotated[str | None, typer.Option(help="Objective (bce: the seed's BCE with "
                                                 "non-saturating G loss).")] = None,
-    resolution: Annotated[int | None, typer.Option(help="Image size: 32 or 64 "
-                                                      "(default: from the dataset).")] = None,
-    channels: Annotated[int | None, typer.Option(help="1 or 3 (default: from the dataset).")] = None,
+    resolution: Resolution = None,
+    channels: Channels = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step.")] = None,
     steps: Steps = None,
     z_dim: Annotated[int | None, typer.Option(min=1, help="Latent size (default 100).")] = None,
@@ -143,7 +159,8 @@ def train(
     from ganctl import train as engine
     from ganctl.config import load_config_file
 
-    flags = _given(dataset=dataset, arch=arch, loss=loss, resolution=resolution,
+    flags = _given(dataset=dataset, data_dir=data_dir, split=split, crop=crop, mirror=mirror,
+                   arch=arch, loss=loss, resolution=resolution,
                    channels=channels, batch_size=batch_size, steps=steps, z_dim=z_dim,
                    g_width=g_width, d_width=d_width, lr_g=lr_g, lr_d=lr_d, ema_decay=ema_decay,
                    seed=seed, device=device, sample_every=sample_every, ckpt_every=ckpt_every,
@@ -151,7 +168,7 @@ def train(
     values = {**(_call(debug, load_config_file, config) if config else {}), **flags}
     resolved = _call(debug, engine.resolve_config, values)
     log = engine.RunLog(_console(json_mode))
-    result = _call(debug, engine.train, resolved, out, log)
+    result = _call(debug, engine.train, resolved, out, log, download)
     _emit(json_mode, result, _done_message(result))
 
 
@@ -178,6 +195,11 @@ def resume(
     ckpt_every: CkptEvery = None,
     log_every: LogEvery = None,
     keep: Keep = None,
+    data_dir: DataDir = None,
+    download: Download = True,
+    allow_data_change: Annotated[bool, typer.Option(
+        "--allow-data-change", help="Continue even though the dataset changed since the run "
+        "started.")] = False,
     json_mode: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -188,9 +210,9 @@ def resume(
     from ganctl import train as engine
 
     overrides = _given(steps=steps, device=device, sample_every=sample_every,
-                       ckpt_every=ckpt_every, log_every=log_every, keep=keep)
+                       ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir)
     log = engine.RunLog(_console(json_mode))
-    result = _call(debug, engine.resume, target, overrides, log)
+    result = _call(debug, engine.resume, target, overrides, log, download, allow_data_change)
     _emit(json_mode, result, _done_message(result))
 
 
@@ -264,6 +286,76 @@ def inspect(
     for key, value in (info["metrics"] or {}).items():
         table.add_row(f"last {key}", str(value))
     console.print(table)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+data_app = typer.Typer(help="Prepare and describe datasets (the decode cache).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _data_report(dataset: str | None, data_dir: str | None, split: str | None,
+                 resolution: int | None, channels: int | None, crop: str | None,
+                 download: bool, json_mode: bool, debug: bool) -> dict[str, Any]:
+    from ganctl.data import load_dataset
+    from ganctl.logging import RunLog
+    from ganctl.train import resolve_config
+
+    values = _given(dataset=dataset, data_dir=data_dir, split=split, resolution=resolution,
+                    channels=channels, crop=crop, batch_size=1)
+    config = _call(debug, resolve_config, values)
+    log = RunLog(_console(json_mode))
+    data = _call(debug, load_dataset, config, download, log.task)
+    report = data.report
+    return {"dataset": config.dataset, "split": config.split or None,
+            "count": len(data.images), "resolution": config.resolution,
+            "channels": config.channels, "crop": config.crop, "classes": data.classes,
+            "skipped": report.get("skipped", 0),
+            "skipped_by_reason": report.get("skipped_by_reason", {}),
+            "fingerprint": data.fingerprint, "cache": report.get("cache"),
+            "bytes": int(data.images.nbytes if hasattr(data.images, "nbytes") else 0)}
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: DatasetOpt = None, data_dir: DataDir = None, split: Split = None,
+    resolution: Resolution = None, channels: Channels = None, crop: Crop = None,
+    download: Download = True, json_mode: Json = False, debug: Debug = False,
+) -> None:
+    """Decode a dataset into the cache ahead of training (downloading it if needed).
+
+    Example: ganctl data prepare --dataset celeba --resolution 64
+    """
+    r = _data_report(dataset, data_dir, split, resolution, channels, crop, download, json_mode,
+                     debug)
+    _emit(json_mode, r, f"ready: {r['dataset']} {r['count']} images "
+                        f"{r['resolution']}x{r['resolution']}x{r['channels']} "
+                        f"({r['bytes'] / 1e6:.1f} MB) in {r['cache'] or 'memory (built in)'}")
+
+
+@data_app.command("info")
+def data_info(
+    dataset: DatasetOpt = None, data_dir: DataDir = None, split: Split = None,
+    resolution: Resolution = None, channels: Channels = None, crop: Crop = None,
+    download: Download = True, json_mode: Json = False, debug: Debug = False,
+) -> None:
+    """Count, resolution, channels, classes and skipped files of a dataset (decoding it once).
+
+    Example: ganctl data info --dataset ./my_images --json
+    """
+    r = _data_report(dataset, data_dir, split, resolution, channels, crop, download, json_mode,
+                     debug)
+    classes = ", ".join(r["classes"][:20]) + (" ..." if len(r["classes"]) > 20 else "")
+    skipped = ", ".join(f"{n} {why}" for why, n in r["skipped_by_reason"].items())
+    lines = [f"dataset     {r['dataset']}" + (f" ({r['split']})" if r["split"] else ""),
+             f"images      {r['count']}",
+             f"resolution  {r['resolution']}x{r['resolution']}, {r['channels']} channel(s), "
+             f"crop {r['crop']}",
+             f"classes     {len(r['classes'])}" + (f": {classes}" if classes else ""),
+             f"skipped     {r['skipped']}" + (f" ({skipped})" if skipped else ""),
+             f"cache       {r['cache'] or 'none (generated in memory)'}",
+             f"fingerprint {r['fingerprint']}"]
+    _emit(json_mode, r, "\n".join(lines))
 
 
 def run() -> None:

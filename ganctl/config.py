@@ -19,9 +19,11 @@ from ganctl.errors import ConfigError
 
 # Fields that `ganctl resume` may change: run length, intervals and where it runs.
 # Everything else is fixed by the checkpoint so the run continues as it started.
+# data_dir too: the data may live elsewhere on another machine (its fingerprint is checked).
 RESUME_OVERRIDABLE = frozenset(
-    {"steps", "log_every", "sample_every", "ckpt_every", "keep", "device"}
+    {"steps", "log_every", "sample_every", "ckpt_every", "keep", "device", "data_dir"}
 )
+CROPS = ("center", "none")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -29,9 +31,13 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 @dataclass(frozen=True)
 class Config:
     # data
-    dataset: str = "shapes"
+    dataset: str = "shapes"  # a name (see `ganctl data info --help`) or a folder / .zip of images
+    data_dir: str = ""  # where named datasets live; "" = env GANCTL_DATA_DIR or the user cache
+    split: str = ""  # "" = the dataset's training split
     resolution: int = 32
     channels: int = 3
+    crop: str = "center"  # non-square images: "center" crops to a square, "none" pads
+    mirror: bool = False  # flip a random half of each epoch's images horizontally
     # model
     arch: str = "dcgan"
     z_dim: int = 100
@@ -65,6 +71,8 @@ class Config:
             raise ConfigError(
                 f"resolution {self.resolution} is not a power of two; use 32 or 64"
             )
+        if self.crop not in CROPS:
+            raise ConfigError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
         for name in ("lr_g", "lr_d"):
@@ -140,9 +148,11 @@ def _kind(path: Path) -> str:
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:
-    expected = {"int": int, "float": (int, float), "str": str}[str(annotation)]
-    if isinstance(value, bool) or not isinstance(value, expected):
-        want = {"int": "an integer", "float": "a number", "str": "a string"}[str(annotation)]
+    kind = str(annotation)
+    expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[kind]
+    if (isinstance(value, bool) and kind != "bool") or not isinstance(value, expected):
+        want = {"int": "an integer", "float": "a number", "str": "a string",
+                "bool": "true or false"}[kind]
         raise ConfigError(f"{name} must be {want}, got {value!r}")
 
 

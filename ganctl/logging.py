@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 METRICS = "metrics.jsonl"
 
@@ -42,6 +43,34 @@ class RunLog:
 
     def info(self, message: str) -> None:
         self.console.print(message, highlight=False, markup=False, soft_wrap=True)
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        """A progress display for a long job of `total` items; call the result with each advance."""
+        self.info(f"{description}: {total} items")
+        done = 0
+        if self.console.is_terminal:
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeRemainingColumn(), console=self.console, transient=True)
+            task_id = bar.add_task(description.split(" into ")[0], total=total)
+            bar.start()
+
+            def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                bar.update(task_id, completed=done)
+                if done >= total:
+                    bar.stop()
+            return advance
+
+        next_report = max(total // 10, 1)
+
+        def advance_plain(n: int) -> None:
+            nonlocal done, next_report
+            done += n
+            if done >= next_report or done >= total:
+                self.info(f"  {done}/{total} ({100 * done // max(total, 1)}%)")
+                next_report = done + max(total // 10, 1)
+        return advance_plain
 
     def start(self, step: int, total: int) -> None:
         self._total, self._start_step, self._t0 = total, step, time.perf_counter()

@@ -13,6 +13,7 @@ from ganctl.errors import RunError
 from ganctl.logging import METRICS
 
 CONFIG = "config.json"
+DATA_REPORT = "data_report.json"
 SAMPLES = "samples"
 _INDEX_RE = re.compile(r"^(\d+)-")
 

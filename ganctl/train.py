@@ -15,14 +15,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ganctl import checkpoint, run
 from ganctl.config import RESUME_OVERRIDABLE, Config
-from ganctl.data import Batches, load_dataset, preset
+from ganctl.data import Batches, ImageSet, load_dataset, preset
+from ganctl.data.cache import skip_summary
 from ganctl.device import describe, resolve_device
-from ganctl.errors import CheckpointError, ConfigError
+from ganctl.errors import CheckpointError, ConfigError, DataError
 from ganctl.logging import RunLog
 from ganctl.losses import DLoss, GLoss, get_losses
 from ganctl.models import build_models, check_config
@@ -51,7 +53,7 @@ class TrainState:
 def resolve_config(values: dict[str, Any]) -> Config:
     """defaults < dataset preset < `values` (file and flags, already merged) -> a checked Config."""
     dataset = values.get("dataset", Config.dataset)
-    config = Config.from_dict({**preset(dataset), **values})
+    config = Config.from_dict({**preset(dataset, values), **values})
     check_config(config)
     get_losses(config.loss)
     return config
@@ -59,7 +61,8 @@ def resolve_config(values: dict[str, Any]) -> Config:
 
 # --- state -----------------------------------------------------------------------------------------
 
-def init_state(config: Config, device: torch.device, images: torch.Tensor) -> TrainState:
+def init_state(config: Config, device: torch.device, images: np.ndarray | torch.Tensor
+               ) -> TrainState:
     torch.manual_seed(config.seed)  # initial weights
     G, D = build_models(config)
     G, D = G.to(device), D.to(device)
@@ -69,7 +72,7 @@ def init_state(config: Config, device: torch.device, images: torch.Tensor) -> Tr
         config=config, G=G, D=D, G_ema=G_ema,
         opt_G=torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=betas),
         opt_D=torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=betas),
-        batches=Batches(images, config.batch_size, config.seed, device),
+        batches=Batches(images, config.batch_size, config.seed, device, mirror=config.mirror),
         noise=torch.Generator(device=device).manual_seed(config.seed),
     )
 
@@ -197,7 +200,7 @@ def save_checkpoint(state: TrainState, run_dir: Path, metrics: dict[str, Any] | 
 def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str) -> dict[str, Any]:
     """Train from state.step to config.steps, logging, sampling and checkpointing on schedule."""
     config = state.config
-    device = state.batches.images.device
+    device = state.batches.device
     d_loss, g_loss = get_losses(config.loss)
     fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.z_dim).to(device)
     meter = Meter(device, config.batch_size)
@@ -222,6 +225,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str) -> dict
             if done or state.step % config.ckpt_every == 0:
                 ckpt = save_checkpoint(state, run_dir, last, fingerprint)
     finally:
+        state.batches.close()
         log.close()
     return {"run_dir": str(run_dir), "checkpoint": str(ckpt) if ckpt else None,
             "samples": str(sample) if sample else None, "step": state.step,
@@ -229,13 +233,27 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str) -> dict
             "seconds": round(time.perf_counter() - t0, 2), "metrics": last}
 
 
-def train(config: Config, out: Path | None, log: RunLog) -> dict[str, Any]:
+def _load_data(config: Config, log: RunLog, download: bool) -> ImageSet:
+    return load_dataset(config, download=download, progress=log.task)
+
+
+def _write_data_report(run_dir: Path, config: Config, data: ImageSet, log: RunLog) -> None:
+    report = {"dataset": config.dataset, "split": config.split, "resolution": config.resolution,
+              "channels": config.channels, "crop": config.crop, "fingerprint": data.fingerprint,
+              "classes": data.classes, **data.report}
+    checkpoint.atomic_write(run_dir / run.DATA_REPORT, (json.dumps(report, indent=1) + "\n").encode())
+    if summary := skip_summary(data.report):
+        log.info(f"{summary}: see {run_dir / run.DATA_REPORT}")
+
+
+def train(config: Config, out: Path | None, log: RunLog, download: bool = True) -> dict[str, Any]:
     """Start a new run of `config` in `out` (or the next numbered run dir) and train it."""
     device = resolve_device(config.device)
-    data = load_dataset(config)
+    data = _load_data(config, log, download)
     run_dir = run.create_run_dir(out, config)
     run.write_config(run_dir, config)
     log.attach(run_dir)
+    _write_data_report(run_dir, config, data, log)
     log.info(f"run {run_dir}: {config.arch} {config.resolution}x{config.resolution}x"
              f"{config.channels} on {config.dataset} ({len(data.images)} images), "
              f"device {describe(device)}")
@@ -243,7 +261,8 @@ def train(config: Config, out: Path | None, log: RunLog) -> dict[str, Any]:
     return fit(state, run_dir, log, data.fingerprint)
 
 
-def resume(target: str | None, overrides: dict[str, Any], log: RunLog) -> dict[str, Any]:
+def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download: bool = True,
+           allow_data_change: bool = False) -> dict[str, Any]:
     """Continue a run from its newest checkpoint (or the given one) up to config.steps."""
     bad = sorted(set(overrides) - RESUME_OVERRIDABLE)
     if bad:
@@ -263,15 +282,25 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog) -> dict[s
         raise ConfigError(f"{ckpt} is at step {header.step}, past --steps {config.steps}; "
                           "--steps is the run's total length, pass a larger one")
     device = resolve_device(config.device)
-    data = load_dataset(config)
+    data = _load_data(config, log, download)
+    recorded = header.metadata.get("ganctl.dataset_fingerprint")
+    if recorded and recorded != data.fingerprint:
+        if not allow_data_change:
+            raise DataError(f"dataset {config.dataset!r} changed since this run started "
+                            f"(fingerprint {recorded} -> {data.fingerprint}); resume with "
+                            "--allow-data-change to train on it anyway")
+        log.info(f"dataset changed since the run started ({recorded} -> {data.fingerprint}); "
+                 "continuing as --allow-data-change asks")
     state = init_state(config, device, data.images)
     load_state(state, checkpoint.load_tensors(ckpt))
     run.trim_metrics(run_dir, state.step)
     run.write_config(run_dir, config)
     log.attach(run_dir)
+    _write_data_report(run_dir, config, data, log)
     log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "
              f"device {describe(device)}")
     if state.step == config.steps:
+        state.batches.close()
         log.info(f"run is already complete at step {state.step}; pass a larger --steps to "
                  "train further")
         return {"run_dir": str(run_dir), "checkpoint": str(ckpt), "samples": None,

@@ -1,70 +1,267 @@
-"""Dataset registry: name -> how to load it as one uint8 tensor, and its preset defaults.
+"""Datasets: the registry of names, image folders and zips, and loading through the cache.
 
-A dataset is loaded whole as (N, C, H, W) uint8 at the run's resolution and channels;
-batches are drawn from that array (see batches.py), on the training device.
+`--dataset NAME` is one of DATASETS (torchvision's on-disk layouts under the data dir,
+downloaded when missing unless --no-download); `--dataset PATH` is a folder or .zip of
+images. Everything but the built-in shapes is decoded once into the decode cache (cache.py)
+and trained from there.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ganctl.config import Config
-from ganctl.data import shapes
+from ganctl.data import cache, shapes, sources
 from ganctl.data.batches import Batches
+from ganctl.data.decode import Skip, is_gray, open_image
 from ganctl.errors import DataError, lookup
 
-__all__ = ["Batches", "DATASETS", "ImageSet", "load_dataset", "preset"]
+__all__ = ["Batches", "DATASETS", "ImageSet", "load_dataset", "open_source", "preset"]
+
+MNIST_CLASSES = [str(d) for d in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+# what a real dataset brings when nobody says otherwise
+REAL_PRESET = {"steps": 20000, "sample_every": 1000, "ckpt_every": 2000, "log_every": 100}
+FOLDER_PRESET = {"resolution": 64, **REAL_PRESET}
+CHANNEL_PROBE = 64  # files looked at to decide a folder's default channels
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    images: torch.Tensor  # (N, C, H, W) uint8
-    fingerprint: str  # changes when the images do
+    images: np.ndarray | torch.Tensor  # (N, C, H, W) uint8
+    fingerprint: str  # changes when the images (or how they were decoded) do
+    labels: np.ndarray | None = None  # (N,) int64, -1 where there is no class
+    classes: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)  # count, skipped files, cache path
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    load: Callable[[Config], ImageSet]
-    # Defaults this dataset brings, under the config file and the flags.
+    open: Callable[[Path, str], sources.Source] | None  # (data dir, split) -> source
+    download: Callable[[Path, str], None] | None = None
+    splits: tuple[str, ...] = ()
     preset: dict[str, Any] = field(default_factory=dict)
+    how_to_get: str = ""
     description: str = ""
 
 
-def _load_shapes(config: Config) -> ImageSet:
-    images = shapes.render(config.resolution, config.channels)
-    fingerprint = f"shapes-v{shapes.VERSION}-n{shapes.SIZE}-s{shapes.SEED}"
-    return ImageSet(images, fingerprint)
+# --- downloads (torchvision's utilities and file lists; imported only when used) ----------------
+
+def _download_cifar(cls_name: str) -> Callable[[Path, str], None]:
+    def download(root: Path, split: str) -> None:
+        import torchvision.datasets as tvd
+        from torchvision.datasets.utils import download_and_extract_archive
+        cls = getattr(tvd, cls_name)
+        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+    return download
+
+
+def _download_mnist(cls_name: str) -> Callable[[Path, str], None]:
+    def download(root: Path, split: str) -> None:
+        import torchvision.datasets as tvd
+        from torchvision.datasets.utils import download_and_extract_archive
+        cls = getattr(tvd, cls_name)
+        raw = root / cls_name / "raw"
+        for filename, md5 in cls.resources:
+            errors = []
+            for mirror in cls.mirrors:
+                try:
+                    download_and_extract_archive(mirror + filename, str(raw), filename=filename, md5=md5)
+                    break
+                except Exception as e:  # next mirror
+                    errors.append(f"{mirror}: {e}")
+            else:
+                raise OSError("; ".join(errors))
+    return download
+
+
+def _download_svhn(root: Path, split: str) -> None:
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import download_url
+    url, filename, md5 = tvd.SVHN.split_list[split]
+    download_url(url, str(root), filename, md5)
+
+
+def _download_celeba(root: Path, split: str) -> None:
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import download_file_from_google_drive
+    folder = root / tvd.CelebA.base_folder
+    for file_id, md5, filename in tvd.CelebA.file_list:
+        if filename in ("img_align_celeba.zip", "list_eval_partition.txt"):
+            download_file_from_google_drive(file_id, str(folder), filename, md5)
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+def _mnist(folder: str, classes: list[str]) -> Callable[[Path, str], sources.Source]:
+    return lambda root, split: sources.mnist_source(
+        folder.lower(), [root / folder / "raw", root / folder.lower(), root], split, classes)
+
+
+def _cifar10(root: Path, split: str) -> sources.Source:
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    return sources.cifar_source("cifar10", root / "cifar-10-batches-py", files, "batches.meta",
+                                "labels", "label_names", split)
+
+
+def _cifar100(root: Path, split: str) -> sources.Source:
+    return sources.cifar_source("cifar100", root / "cifar-100-python", [split], "meta",
+                                "fine_labels", "fine_label_names", split)
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "shapes": DatasetSpec(
-        load=_load_shapes,
+        open=None,
         # small enough that `ganctl train` shows learning on a laptop CPU in minutes
         preset={"resolution": 32, "channels": 3, "g_width": 32, "d_width": 32, "steps": 1500,
                 "sample_every": 250, "ckpt_every": 500},
-        description="built-in coloured shapes, generated on the fly (no download)",
-    ),
+        description="built-in coloured shapes, generated on the fly (no download)"),
+    "celeba": DatasetSpec(
+        open=lambda root, split: sources.celeba_source("celeba", root / "celeba", split),
+        download=_download_celeba, splits=("train", "valid", "test", "all"),
+        preset={"resolution": 64, "channels": 3, **REAL_PRESET},
+        how_to_get="CelebA's Google Drive often refuses downloads (quota): get img_align_celeba.zip "
+                   "and list_eval_partition.txt from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
+                   "into DIR/celeba/",
+        description="CelebA aligned faces, center crop 178, 202,599 images"),
+    "cifar10": DatasetSpec(
+        open=_cifar10, download=_download_cifar("CIFAR10"), splits=("train", "test"),
+        preset={"resolution": 32, "channels": 3, **REAL_PRESET},
+        how_to_get="get cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+                   "and extract it in DIR",
+        description="CIFAR-10, 32x32 colour, 10 classes"),
+    "cifar100": DatasetSpec(
+        open=_cifar100, download=_download_cifar("CIFAR100"), splits=("train", "test"),
+        preset={"resolution": 32, "channels": 3, **REAL_PRESET},
+        how_to_get="get cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+                   "and extract it in DIR",
+        description="CIFAR-100, 32x32 colour, 100 classes"),
+    "mnist": DatasetSpec(
+        open=_mnist("MNIST", MNIST_CLASSES), download=_download_mnist("MNIST"),
+        splits=("train", "test"), preset={"resolution": 32, "channels": 1, **REAL_PRESET},
+        how_to_get="get the four *-ubyte.gz files of MNIST into DIR/MNIST/raw/",
+        description="MNIST digits, 28x28 grey, resized to 32"),
+    "fashion-mnist": DatasetSpec(
+        open=_mnist("FashionMNIST", FASHION_CLASSES), download=_download_mnist("FashionMNIST"),
+        splits=("train", "test"), preset={"resolution": 32, "channels": 1, **REAL_PRESET},
+        how_to_get="get the four *-ubyte.gz files of Fashion-MNIST into DIR/FashionMNIST/raw/",
+        description="Fashion-MNIST, 28x28 grey, resized to 32"),
+    "svhn": DatasetSpec(
+        open=lambda root, split: sources.svhn_source("svhn", root / f"{split}_32x32.mat", split),
+        download=_download_svhn, splits=("train", "test", "extra"),
+        preset={"resolution": 32, "channels": 3, **REAL_PRESET},
+        how_to_get="get train_32x32.mat (and test_32x32.mat) from http://ufldl.stanford.edu/housenumbers/ "
+                   "into DIR (reading it needs scipy)",
+        description="SVHN house numbers, 32x32 colour"),
 }
+
+
+def default_data_dir() -> Path:
+    if env := os.environ.get("GANCTL_DATA_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ganctl" / "datasets"
+
+
+def data_dir_of(config: Config) -> Path:
+    return Path(config.data_dir) if config.data_dir else default_data_dir()
+
+
+def is_path(name: str) -> bool:
+    return name not in DATASETS
 
 
 def _spec(name: str) -> DatasetSpec:
     return lookup(DATASETS, name, "dataset", DataError)
 
 
-def preset(name: str) -> dict[str, Any]:
-    """The defaults dataset `name` brings (resolution, channels, run length ...)."""
-    return dict(_spec(name).preset)
+def _path_source(name: str) -> sources.Source:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return sources.folder_source(name, path)
+    if path.is_file() and path.suffix.lower() == ".zip":
+        return sources.zip_source(name, path)
+    if path.exists():
+        raise DataError(f"--dataset {name} is a file but not a .zip; pass a folder of images or a zip")
+    raise DataError(f"unknown dataset {name!r}: not one of {', '.join(sorted(DATASETS))}, and no "
+                    "such folder or .zip")
 
 
-def load_dataset(config: Config) -> ImageSet:
-    data = _spec(config.dataset).load(config)
-    if data.images.shape[0] < config.batch_size:
-        raise DataError(
-            f"dataset {config.dataset!r} has {data.images.shape[0]} images, fewer than "
-            f"batch_size {config.batch_size}; lower --batch-size"
-        )
+def open_source(config: Config, download: bool = True) -> sources.Source:
+    """The raw source of a non-built-in dataset, downloading a named one if it is missing."""
+    if is_path(config.dataset):
+        if config.split:
+            raise DataError(f"--split applies to named datasets; {config.dataset} is a path")
+        return _path_source(config.dataset)
+    spec = _spec(config.dataset)
+    assert spec.open is not None
+    root = data_dir_of(config)
+    split = config.split or spec.splits[0]
+    if split not in spec.splits:
+        raise DataError(f"{config.dataset} has no split {split!r}; choose one of {', '.join(spec.splits)}")
+    try:
+        return spec.open(root, split)
+    except DataError as missing:
+        if not download or spec.download is None:
+            raise DataError(f"{missing}; {spec.how_to_get.replace('DIR', str(root))} "
+                            "(or drop --no-download)") from None
+        try:
+            spec.download(root, split)
+        except Exception as e:  # network, quota, checksum, missing gdown ...
+            raise DataError(f"{missing}, and downloading it failed ({type(e).__name__}: {e}); "
+                            f"{spec.how_to_get.replace('DIR', str(root))}") from None
+        return spec.open(root, split)
+
+
+def _probe_channels(source: sources.Source) -> int:
+    """3 unless every one of the first few readable images is grayscale."""
+    seen = 0
+    for i in range(len(source)):
+        if seen >= CHANNEL_PROBE:
+            break
+        try:
+            image = open_image(source.read(i))  # type: ignore[arg-type]
+        except (Skip, OSError):
+            continue
+        if not is_gray(image):
+            return 3
+        seen += 1
+    return 1 if seen else 3
+
+
+def preset(name: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The defaults dataset `name` brings; for a folder or zip, channels come from its images."""
+    if not is_path(name):
+        return dict(_spec(name).preset)
+    values = values or {}
+    out = dict(FOLDER_PRESET)
+    if "channels" not in values:
+        out["channels"] = _probe_channels(_path_source(name))
+    return out
+
+
+def load_dataset(config: Config, download: bool = True,
+                 progress: Callable[[str, int], cache.Progress] | None = None) -> ImageSet:
+    """The dataset at the config's resolution, channels and crop, decoded through the cache."""
+    if config.dataset == "shapes":
+        images = shapes.render(config.resolution, config.channels)
+        fingerprint = f"shapes-v{shapes.VERSION}-n{shapes.SIZE}-s{shapes.SEED}"
+        data = ImageSet(images, fingerprint, report={"count": len(images), "skipped": 0})
+    else:
+        source = open_source(config, download)
+        decoded = cache.load_or_build(source, config.resolution, config.channels, config.crop,
+                                      progress_factory=progress)
+        report = {**decoded.meta, "cache": str(decoded.path)}
+        data = ImageSet(decoded.images, decoded.fingerprint, decoded.labels, decoded.classes, report)
+    if len(data.images) < config.batch_size:
+        raise DataError(f"dataset {config.dataset!r} has {len(data.images)} images, fewer than "
+                        f"batch_size {config.batch_size}; lower --batch-size")
     return data

@@ -1,42 +1,143 @@
-"""Random batches from an in-memory uint8 image array, reproducible and resumable.
+"""Random batches from a uint8 image array, reproducible and resumable.
 
-The order is a pure function of (seed, epoch): each epoch is a fresh permutation from a
-generator seeded with both, so the position (epoch, index) is the whole sampler state and
-a resumed run draws exactly the batches the uninterrupted run would have.
+The order is a pure function of (seed, epoch): each epoch is a fresh permutation (and, with
+mirroring, a fresh set of horizontal flips) from a generator seeded with both, so the position
+(epoch, index) is the whole sampler state and a resumed run draws exactly the batches the
+uninterrupted run would have.
+
+Where the array fits, it is copied once to the training device and batches are gathered,
+flipped and scaled there with no per-step host work ("resident"). Otherwise a background
+thread gathers each batch from the memory-mapped array into pinned memory and copies it
+asynchronously ("streamed").
 """
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
+
+import numpy as np
 import torch
 
 _EPOCH_STRIDE = 1_000_003  # a prime: (seed, epoch) -> distinct generator seeds
+RESIDENT_FRACTION = 0.5  # of the device's free memory (or the host's available RAM)
+PREFETCH = 4  # batches a streaming loader keeps ready
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def fits_on(device: torch.device, nbytes: int) -> bool:
+    return nbytes <= RESIDENT_FRACTION * _free_bytes(device)
 
 
 class Batches:
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int,
-                 device: torch.device) -> None:
-        self.images = images.to(device)  # (N, C, H, W) uint8, resident on the device
+    def __init__(self, images: np.ndarray | torch.Tensor, batch_size: int, seed: int,
+                 device: torch.device, mirror: bool = False, resident: bool | None = None) -> None:
+        self.count = len(images)
         self.batch_size = batch_size
         self.seed = seed
-        self.epoch = 0
-        self.index = 0  # position within the current epoch's permutation
-        self._perm = self._permutation(0)
+        self.device = device
+        self.mirror = mirror
+        nbytes = images.nbytes if isinstance(images, np.ndarray) else images.numel()
+        self.resident = fits_on(device, nbytes) if resident is None else resident
+        if self.resident:
+            tensor = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
+            self.images: np.ndarray | torch.Tensor = tensor.to(device)  # (N, C, H, W) uint8
+        else:
+            self.images = images.numpy() if isinstance(images, torch.Tensor) else images
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
+        self.load_state(0, 0)
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
+    # --- order ------------------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * _EPOCH_STRIDE + epoch)
-        return torch.randperm(len(self.images), generator=g).to(self.images.device)
+        perm = torch.randperm(self.count, generator=g)
+        flips = torch.rand(self.count, generator=g) < 0.5 if self.mirror else torch.zeros(
+            self.count, dtype=torch.bool)
+        return perm, flips
 
     def state(self) -> tuple[int, int]:
         return self.epoch, self.index
 
     def load_state(self, epoch: int, index: int) -> None:
+        self.close()
         self.epoch, self.index = epoch, index
-        self._perm = self._permutation(epoch)
+        perm, flips = self._epoch_order(epoch)
+        if self.resident:
+            self._perm, self._flips = perm.to(self.device), flips.to(self.device)
+        else:
+            self._start_loader(epoch, index)
 
-    def next(self) -> torch.Tensor:
-        """The next batch as float in [-1, 1], (B, C, H, W); the last partial batch is dropped."""
-        if self.index + self.batch_size > len(self.images):
-            self.load_state(self.epoch + 1, 0)
-        idx = self._perm[self.index:self.index + self.batch_size]
+    def _advance(self) -> tuple[int, int, int]:
+        """(epoch, start, stop) of the next batch; the last partial batch of an epoch is dropped."""
+        if self.index + self.batch_size > self.count:
+            self.epoch, self.index = self.epoch + 1, 0
+            if self.resident:
+                perm, flips = self._epoch_order(self.epoch)
+                self._perm, self._flips = perm.to(self.device), flips.to(self.device)
+        start = self.index
         self.index += self.batch_size
-        return self.images[idx].float().div_(127.5).sub_(1.0)
+        return self.epoch, start, self.index
+
+    # --- batches ------------------------------------------------------------------------------------
+    def next(self) -> torch.Tensor:
+        """The next batch as float in [-1, 1], (B, C, H, W), on the device."""
+        _, start, stop = self._advance()
+        if self.resident:
+            idx = self._perm[start:stop]
+            x, flip = self.images[idx], self._flips[idx]  # type: ignore[index]
+        else:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            x, flip = item
+        x = x.float().div_(127.5).sub_(1.0)
+        if self.mirror:
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x
+
+    def _start_loader(self, epoch: int, index: int) -> None:
+        self._stop = threading.Event()
+        self._queue = queue.Queue(maxsize=PREFETCH)
+        self._thread = threading.Thread(target=self._load, args=(epoch, index, self._stop,
+                                                                 self._queue), daemon=True)
+        self._thread.start()
+
+    def _load(self, epoch: int, index: int, stop: threading.Event, out: queue.Queue) -> None:
+        pin = self.device.type == "cuda"
+        try:
+            perm, flips = self._epoch_order(epoch)
+            while not stop.is_set():
+                if index + self.batch_size > self.count:
+                    epoch, index = epoch + 1, 0
+                    perm, flips = self._epoch_order(epoch)
+                idx = perm[index:index + self.batch_size]
+                index += self.batch_size
+                x = torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()]))
+                if pin:
+                    x = x.pin_memory()
+                item = (x.to(self.device, non_blocking=True), flips[idx].to(self.device))
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # surfaces in next()
+            out.put(e)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None

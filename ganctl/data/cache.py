@@ -1,0 +1,204 @@
+"""The decode cache: every image decoded and resized once into a memory-mapped uint8 .npy.
+
+A cache is keyed by the source's fingerprint and the decode settings (resolution, channels,
+crop), so a changed source or setting makes a new one and an unchanged one is reused. Files,
+under the cache dir (env GANCTL_CACHE_DIR, default ~/.cache/ganctl/decoded):
+  <name>-<key>.images.npy   (N, C, R, R) uint8
+  <name>-<key>.labels.npy   (N,) int64
+  <name>-<key>.json         count, classes, skip report; written last: its presence means done
+All are written to temporary files and renamed into place; .npy files are read with
+allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ganctl.checkpoint import atomic_write
+from ganctl.data.decode import Skip, decode, from_array
+from ganctl.data.sources import Source
+from ganctl.errors import DataError
+
+VERSION = 1  # bump when decoding changes, so old caches are not reused
+CHUNK = 256  # items decoded per task
+Progress = Callable[[int], None]  # advance by n items
+
+
+def default_cache_dir() -> Path:
+    if env := os.environ.get("GANCTL_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ganctl" / "decoded"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    images: np.ndarray  # (N, C, R, R) uint8, memory-mapped
+    labels: np.ndarray  # (N,) int64, -1 where there is no class
+    classes: list[str]
+    fingerprint: str  # the cache key: source fingerprint + decode settings
+    meta: dict[str, Any]  # what the .json holds: counts, classes, skip report
+    path: Path  # the .images.npy file
+
+
+def cache_key(source: Source, resolution: int, channels: int, crop: str) -> str:
+    raw = json.dumps([VERSION, source.fingerprint, resolution, channels, crop])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _stem(source: Source, key: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source.name).name).strip("._") or "data"
+    return f"{name}-{key}"
+
+
+def _load(base: Path, key: str) -> Decoded | None:
+    meta_path = base.with_suffix(".json")
+    images_path = base.with_suffix(".images.npy")
+    labels_path = base.with_suffix(".labels.npy")
+    if not (meta_path.is_file() and images_path.is_file() and labels_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        images = np.load(images_path, mmap_mode="r", allow_pickle=False)
+        labels = np.load(labels_path, allow_pickle=False)
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None  # damaged: rebuild
+    if images.shape[0] != meta.get("count") or labels.shape != (images.shape[0],):
+        return None
+    return Decoded(images, labels, meta["classes"], key, meta, images_path)
+
+
+def _decode_one(source: Source, i: int, resolution: int, channels: int, crop: str) -> np.ndarray:
+    try:
+        raw = source.read(i)
+    except OSError:
+        raise Skip("unreadable") from None
+    if source.encoded:
+        return decode(raw, resolution, channels, crop)  # type: ignore[arg-type]
+    return from_array(raw, resolution, channels, crop)  # type: ignore[arg-type]
+
+
+def _decode_all(source: Source, resolution: int, channels: int, crop: str, workers: int
+                ) -> Iterator[list[tuple[int, np.ndarray | str]]]:
+    """Chunks of (index, array or skip reason), in source order, decoded by a thread pool."""
+    def work(start: int) -> list[tuple[int, np.ndarray | str]]:
+        out: list[tuple[int, np.ndarray | str]] = []
+        for i in range(start, min(start + CHUNK, len(source))):
+            try:
+                out.append((i, _decode_one(source, i, resolution, channels, crop)))
+            except Skip as skip:
+                out.append((i, skip.reason))
+        return out
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(work, range(0, len(source), CHUNK))
+
+
+def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: Path,
+          progress: Progress | None = None) -> Decoded:
+    key = cache_key(source, resolution, channels, crop)
+    base = cache_dir / _stem(source, key)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the cache dir {cache_dir}: {e.strerror}; set "
+                        "GANCTL_CACHE_DIR to a writable directory") from None
+    tmp_raw = base.with_name(f".{base.name}.raw.tmp-{os.getpid()}")
+    tmp_npy = base.with_name(f".{base.name}.npy.tmp-{os.getpid()}")
+    labels: list[int] = []
+    skipped: list[dict[str, str]] = [{"file": f, "reason": r} for f, r in source.ignored]
+    workers = max(1, min(16, os.cpu_count() or 1))
+    try:
+        with open(tmp_raw, "wb") as raw:
+            for chunk in _decode_all(source, resolution, channels, crop, workers):
+                for i, result in chunk:
+                    if isinstance(result, str):
+                        skipped.append({"file": source.keys[i], "reason": result})
+                    else:
+                        raw.write(result.tobytes())
+                        labels.append(int(source.labels[i]))
+                if progress:
+                    progress(len(chunk))
+        count = len(labels)
+        if count == 0:
+            reasons = Counter(s["reason"] for s in skipped)
+            raise DataError(f"dataset {source.name!r} has no usable image in {source.origin}"
+                            + (f" ({_summary(reasons)} skipped)" if reasons else ""))
+        _npy_from_raw(tmp_raw, tmp_npy, (count, channels, resolution, resolution))
+        os.replace(tmp_npy, base.with_suffix(".images.npy"))
+        labels_buf = _npy_bytes(np.array(labels, dtype=np.int64))
+        atomic_write(base.with_suffix(".labels.npy"), labels_buf)
+        reasons = Counter(s["reason"] for s in skipped)
+        meta = {"version": VERSION, "name": source.name, "origin": source.origin,
+                "source_fingerprint": source.fingerprint, "fingerprint": key, "count": count,
+                "resolution": resolution, "channels": channels, "crop": crop,
+                "classes": source.classes, "skipped": len(skipped),
+                "skipped_by_reason": dict(sorted(reasons.items())), "skipped_files": skipped}
+        atomic_write(base.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+    except OSError as e:
+        raise DataError(f"cannot write the decode cache in {cache_dir}: {e.strerror}; free "
+                        "space or set GANCTL_CACHE_DIR elsewhere") from None
+    finally:
+        tmp_raw.unlink(missing_ok=True)
+        tmp_npy.unlink(missing_ok=True)
+    loaded = _load(base, key)
+    assert loaded is not None
+    return loaded
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_from_raw(raw_path: Path, npy_path: Path, shape: tuple[int, ...]) -> None:
+    """Prefix the raw uint8 bytes with an .npy header, copying in blocks, then fsync."""
+    with open(npy_path, "wb") as out, open(raw_path, "rb") as raw:
+        np.lib.format.write_array_header_1_0(
+            out, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        while block := raw.read(64 << 20):
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _summary(reasons: Counter) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+
+
+def load_or_build(source: Source, resolution: int, channels: int, crop: str,
+                  cache_dir: Path | None = None,
+                  progress_factory: Callable[[str, int], Progress] | None = None) -> Decoded:
+    """The cached decode of `source` at these settings, building it on first use."""
+    cache_dir = cache_dir or default_cache_dir()
+    key = cache_key(source, resolution, channels, crop)
+    found = _load(cache_dir / _stem(source, key), key)
+    if found is not None:
+        return found
+    progress = None
+    if progress_factory is not None:
+        progress = progress_factory(f"decoding {source.name} into {cache_dir}", len(source))
+    return build(source, resolution, channels, crop, cache_dir, progress)
+
+
+def skip_summary(meta: dict[str, Any]) -> str | None:
+    """One line on what was skipped, or None when nothing was."""
+    if not meta.get("skipped"):
+        return None
+    total = meta["count"] + meta["skipped"]
+    return (f"skipped {meta['skipped']} of {total} files "
+            f"({_summary(Counter(meta['skipped_by_reason']))})")

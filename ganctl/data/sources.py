@@ -1,0 +1,302 @@
+"""Where images come from: torchvision's on-disk formats, image folders and zips.
+
+A Source lists its items and reads one raw item at a time (encoded bytes, or an HWC uint8
+array for the array formats); decoding and caching are cache.py's. Nothing here unpickles:
+CIFAR's python batches are read by walking their pickle opcodes (pickletools.genops), which
+runs no code whatever the file holds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import threading
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from pickletools import genops
+
+import numpy as np
+
+from ganctl.data.decode import IMAGE_EXTENSIONS
+from ganctl.errors import DataError
+
+
+@dataclass
+class Source:
+    name: str  # what the user typed: a dataset name or a path
+    origin: str  # where it was read from, for messages and reports
+    fingerprint: str  # changes when the raw data does
+    keys: list[str]  # one per item: its file (or index) for the skip report
+    labels: np.ndarray  # (N,) int64 class index, -1 where there is none
+    classes: list[str]
+    read: Callable[[int], bytes | np.ndarray]
+    encoded: bool  # read() gives encoded bytes (True) or an HWC uint8 array (False)
+    channels: int | None = None  # the data's own channel count where it is known
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) never read
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _hash(*parts: object) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(repr(part).encode())
+    return h.hexdigest()[:16]
+
+
+def _stat_fingerprint(paths: list[Path], *extra: object) -> str:
+    """Names, sizes and modification times: cheap, and it notices replaced or edited files."""
+    stats = []
+    for p in paths:
+        st = p.stat()
+        stats.append((p.name, st.st_size, st.st_mtime_ns))
+    return _hash(stats, *extra)
+
+
+# --- folders and zips of images ----------------------------------------------------------------
+
+def _is_junk(rel: PurePosixPath) -> bool:
+    """OS droppings, skipped silently: hidden files and folders, macOS resource forks."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in rel.parts)
+
+
+def _classes(rel_paths: list[PurePosixPath]) -> tuple[np.ndarray, list[str]]:
+    """Label = first folder below the deepest folder all files share; -1 for files at that level."""
+    parents = [p.parts[:-1] for p in rel_paths]
+    common = 0
+    if parents:
+        shortest = min(parents, key=len)
+        while common < len(shortest) and all(p[common] == shortest[common] for p in parents):
+            common += 1
+    names = [p[common] if len(p) > common else None for p in parents]
+    classes = sorted({n for n in names if n is not None})
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[n] if n is not None else -1 for n in names], dtype=np.int64), classes
+
+
+def _split_by_type(rel_paths: list[PurePosixPath]) -> tuple[list[PurePosixPath], list[tuple[str, str]]]:
+    images, ignored = [], []
+    for rel in rel_paths:
+        if _is_junk(rel):
+            continue
+        if rel.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(rel)
+        else:
+            ignored.append((str(rel), "not an image file type"))
+    return images, ignored
+
+
+def folder_source(name: str, root: Path) -> Source:
+    rel_paths = sorted(PurePosixPath(p.relative_to(root).as_posix())
+                       for p in root.rglob("*") if p.is_file())
+    images, ignored = _split_by_type(rel_paths)
+    labels, classes = _classes(images)
+    files = [root / rel for rel in images]
+    return Source(name=name, origin=str(root), fingerprint=_stat_fingerprint(files, [str(r) for r in images]),
+                  keys=[str(r) for r in images], labels=labels, classes=classes,
+                  read=lambda i: files[i].read_bytes(), encoded=True, ignored=ignored)
+
+
+def zip_source(name: str, path: Path, members: list[str] | None = None,
+               labels: np.ndarray | None = None) -> Source:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path} is not a readable zip file ({e})") from None
+    infos = {i.filename: i for i in archive.infolist() if not i.is_dir()}
+    if members is None:
+        images, ignored = _split_by_type(sorted(PurePosixPath(n) for n in infos))
+        members = [str(p) for p in images]
+        labels, classes = _classes(images)
+    else:
+        ignored, classes = [], []
+    lock = threading.Lock()  # one shared file handle: reads are serialised, decoding is not
+
+    def read(i: int) -> bytes:
+        with lock:
+            try:
+                return archive.read(infos[members[i]])
+            except (zipfile.BadZipFile, OSError, EOFError):
+                return b""  # a damaged member decodes as an empty file and is skipped
+
+    fingerprint = _hash(path.stat().st_size, [(m, infos[m].CRC, infos[m].file_size) for m in members])
+    return Source(name=name, origin=str(path), fingerprint=fingerprint, keys=members,
+                  labels=labels, classes=classes, read=read, encoded=True, ignored=ignored)
+
+
+# --- torchvision's formats ------------------------------------------------------------------------------
+
+def _array_source(name: str, origin: str, files: list[Path], images: np.ndarray,
+                  labels: np.ndarray, classes: list[str], split: str) -> Source:
+    """images: (N, H, W) or (N, H, W, C) uint8."""
+    channels = 1 if images.ndim == 3 else images.shape[3]
+    return Source(name=name, origin=origin, fingerprint=_stat_fingerprint(files, split),
+                  keys=[f"{split}[{i}]" for i in range(len(images))], labels=labels.astype(np.int64),
+                  classes=classes, read=lambda i: images[i], encoded=False, channels=channels)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An MNIST idx file (raw or .gz) of unsigned bytes -> ndarray."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        zero, dtype, ndim = raw[0:2], raw[2], raw[3]
+        if zero != b"\x00\x00" or dtype != 0x08:
+            raise ValueError("not an idx file of unsigned bytes")
+        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        return data.reshape(shape)
+    except (OSError, ValueError, IndexError, struct.error, EOFError) as e:
+        raise DataError(f"{path} is not a valid MNIST idx file ({e}); delete it and download again") from None
+
+
+def _first_existing(candidates: list[Path]) -> Path | None:
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def mnist_source(name: str, dirs: list[Path], split: str, classes: list[str]) -> Source:
+    prefix = "train" if split == "train" else "t10k"
+    found = {}
+    for kind in ("images-idx3", "labels-idx1"):
+        base = f"{prefix}-{kind}-ubyte"
+        path = _first_existing([d / f for d in dirs for f in (base, base + ".gz")])
+        if path is None:
+            raise _missing(name, dirs, [base + "[.gz]"])
+        found[kind] = path
+    images, labels = read_idx(found["images-idx3"]), read_idx(found["labels-idx1"])
+    if images.ndim != 3 or len(images) != len(labels):
+        raise DataError(f"{found['images-idx3']} and its labels do not match; download them again")
+    return _array_source(name, str(found["images-idx3"].parent), list(found.values()), images,
+                         labels, classes, split)
+
+
+_LIST_KEYS = frozenset({"labels", "fine_labels", "coarse_labels", "label_names",
+                        "fine_label_names", "coarse_label_names"})
+_INT_OPS = frozenset({"BININT1", "BININT2", "BININT", "INT", "LONG1"})
+# Python 3 writes bytes at protocol 2 as _codecs.encode('<text>', 'latin1'): the codec name,
+# the tuple and the call sit between a key and its list.
+_STRUCTURE_OPS = frozenset({"BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE", "BINGET", "LONG_BINGET",
+                            "GET", "TUPLE2", "REDUCE"})
+_CODEC_NAMES = frozenset({"latin1", "latin-1"})
+
+
+def read_cifar_pickle(path: Path) -> dict[str, list]:
+    """The pixel bytes and lists of a CIFAR python batch, read from its opcodes, not unpickled.
+
+    Returns {'data': [bytes], 'labels' / 'fine_labels' / 'label_names' ...: [items]}: the longest
+    byte string is the (N, 3072) pixel array, and a key string is followed by its list's items.
+    """
+    out: dict[str, list] = {"data": [b""]}
+    key: str | None = None  # the list being read, if any
+    inside = False  # between the list's opening (EMPTY_LIST / MARK) and its APPEND(S)
+    try:
+        for op, arg, _ in genops(path.read_bytes()):
+            name = op.name
+            if key is not None and inside and name in _INT_OPS:
+                out[key].append(int(arg))
+            elif isinstance(arg, (str, bytes, bytearray)) and "GLOBAL" not in name:
+                raw = arg.encode("latin-1") if isinstance(arg, str) else bytes(arg)
+                text = raw.decode("latin-1")
+                if key is not None and text in _CODEC_NAMES:
+                    continue
+                if key is not None and inside and text not in _LIST_KEYS:
+                    out[key].append(text)
+                    continue
+                key = text if text in _LIST_KEYS else None
+                if key is not None:
+                    out[key], inside = [], False
+                elif len(raw) > len(out["data"][0]):
+                    out["data"] = [raw]
+            elif name in ("EMPTY_LIST", "MARK"):
+                inside = True
+            elif name in ("APPENDS", "APPEND"):
+                inside = False
+            elif name not in _STRUCTURE_OPS:
+                key = None
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path} is not a readable CIFAR batch ({e}); delete it and download "
+                        "again") from None
+    return out
+
+
+def cifar_source(name: str, folder: Path, files: list[str], meta: str, label_key: str,
+                 names_key: str, split: str) -> Source:
+    paths = [folder / f for f in files]
+    missing = [p.name for p in paths + [folder / meta] if not p.is_file()]
+    if missing:
+        raise _missing(name, [folder], missing)
+    images, labels = [], []
+    for path in paths:
+        batch = read_cifar_pickle(path)
+        batch_labels = batch.get(label_key, [])
+        data = batch["data"][0]
+        if not batch_labels or len(data) != len(batch_labels) * 3072:
+            raise DataError(f"{path} does not hold CIFAR images and {label_key}; download it again")
+        # (N, 3072) rows are channel-planar 32x32 RGB -> (N, 32, 32, 3)
+        pixels = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+        images.append(pixels.transpose(0, 2, 3, 1))
+        labels.extend(batch_labels)
+    classes = [str(c) for c in read_cifar_pickle(folder / meta).get(names_key, [])]
+    return _array_source(name, str(folder), paths, np.concatenate(images), np.array(labels),
+                         classes, split)
+
+
+def svhn_source(name: str, path: Path, split: str) -> Source:
+    if not path.is_file():
+        raise _missing(name, [path.parent], [path.name])
+    try:
+        from scipy import io as sio
+    except ImportError:
+        raise DataError("SVHN's .mat files need scipy: pip install scipy") from None
+    try:
+        mat = sio.loadmat(str(path))
+        images = np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2))  # (32, 32, 3, N) -> (N, 32, 32, 3)
+        labels = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN writes digit 0 as label 10
+    except (KeyError, ValueError, OSError, TypeError) as e:
+        raise DataError(f"{path} is not a valid SVHN .mat file ({e}); download it again") from None
+    return _array_source(name, str(path.parent), [path], images.astype(np.uint8), labels,
+                         [str(d) for d in range(10)], split)
+
+
+CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}
+
+
+def celeba_source(name: str, folder: Path, split: str) -> Source:
+    partition = folder / "list_eval_partition.txt"
+    images_dir = folder / "img_align_celeba"
+    archive = folder / "img_align_celeba.zip"
+    if not partition.is_file() or not (images_dir.is_dir() or archive.is_file()):
+        raise _missing(name, [folder], ["img_align_celeba/ (or img_align_celeba.zip)",
+                                        "list_eval_partition.txt"])
+    wanted = None if split == "all" else CELEBA_SPLITS[split]
+    names = []
+    for line in partition.read_text().split("\n"):
+        parts = line.split()
+        if len(parts) == 2 and (wanted is None or int(parts[1]) == wanted):
+            names.append(parts[0])
+    labels = np.full(len(names), -1, dtype=np.int64)
+    if images_dir.is_dir():
+        files = [images_dir / n for n in names]
+        fingerprint = _hash(_stat_fingerprint([partition]), os.stat(images_dir).st_mtime_ns,
+                            _stat_fingerprint([f for f in files if f.exists()]), split)
+
+        def read(i: int) -> bytes:
+            try:
+                return files[i].read_bytes()
+            except FileNotFoundError:
+                return b""  # listed in the partition file but absent: skipped as empty
+
+        return Source(name=name, origin=str(images_dir), fingerprint=fingerprint, keys=names,
+                      labels=labels, classes=[], read=read, encoded=True)
+    src = zip_source(name, archive, [f"img_align_celeba/{n}" for n in names], labels)
+    src.fingerprint = _hash(src.fingerprint, _stat_fingerprint([partition]), split)
+    return src
+
+
+def _missing(name: str, dirs: list[Path], files: list[str]) -> DataError:
+    where = " or ".join(str(d) for d in dirs)
+    return DataError(f"dataset {name!r} not found: looked in {where} for {', '.join(files)}")
