@@ -20,9 +20,11 @@ def invoke(*args: str):
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty working directory whose ./runs is the runs root."""
+    """An empty working directory whose ./runs is the runs root; data and caches inside it."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GANCTL_RUNS", raising=False)
+    monkeypatch.setenv("GANCTL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GANCTL_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
 
 

@@ -58,14 +58,17 @@ def cache_key(source: Source, resolution: int, channels: int, crop: str) -> str:
 
 
 def _stem(source: Source, key: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source.name).name).strip("._") or "data"
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(source.name).name).strip("_") or "data"
     return f"{name}-{key}"
 
 
+def _files(base: Path) -> tuple[Path, Path, Path]:
+    """(.json, .images.npy, .labels.npy) beside each other; the stem itself may hold dots."""
+    return tuple(base.with_name(base.name + ext) for ext in (".json", ".images.npy", ".labels.npy"))
+
+
 def _load(base: Path, key: str) -> Decoded | None:
-    meta_path = base.with_suffix(".json")
-    images_path = base.with_suffix(".images.npy")
-    labels_path = base.with_suffix(".labels.npy")
+    meta_path, images_path, labels_path = _files(base)
     if not (meta_path.is_file() and images_path.is_file() and labels_path.is_file()):
         return None
     try:
@@ -136,16 +139,16 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
             raise DataError(f"dataset {source.name!r} has no usable image in {source.origin}"
                             + (f" ({_summary(reasons)} skipped)" if reasons else ""))
         _npy_from_raw(tmp_raw, tmp_npy, (count, channels, resolution, resolution))
-        os.replace(tmp_npy, base.with_suffix(".images.npy"))
-        labels_buf = _npy_bytes(np.array(labels, dtype=np.int64))
-        atomic_write(base.with_suffix(".labels.npy"), labels_buf)
+        meta_path, images_path, labels_path = _files(base)
+        os.replace(tmp_npy, images_path)
+        atomic_write(labels_path, _npy_bytes(np.array(labels, dtype=np.int64)))
         reasons = Counter(s["reason"] for s in skipped)
         meta = {"version": VERSION, "name": source.name, "origin": source.origin,
                 "source_fingerprint": source.fingerprint, "fingerprint": key, "count": count,
                 "resolution": resolution, "channels": channels, "crop": crop,
                 "classes": source.classes, "skipped": len(skipped),
                 "skipped_by_reason": dict(sorted(reasons.items())), "skipped_files": skipped}
-        atomic_write(base.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+        atomic_write(meta_path, json.dumps(meta, indent=1).encode())
     except OSError as e:
         raise DataError(f"cannot write the decode cache in {cache_dir}: {e.strerror}; free "
                         "space or set GANCTL_CACHE_DIR elsewhere") from None

@@ -1,0 +1,171 @@
+"""Miniature datasets written in the exact on-disk formats the real ones use."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+RNG = np.random.default_rng(0)
+
+
+def jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=95, **kwargs)
+    return buf.getvalue()
+
+
+def write_celeba(root: Path, splits=(0,) * 8 + (1,) * 2 + (2,) * 2, zipped=False) -> Path:
+    """torchvision's CelebA layout: root/celeba/img_align_celeba/*.jpg and its .txt files.
+
+    Each 178x218 image is blue with red bands of 20 rows at top and bottom: the 178x178
+    center crop is blue alone.
+    """
+    folder = root / "celeba"
+    folder.mkdir(parents=True)
+    names = [f"{i + 1:06d}.jpg" for i in range(len(splits))]
+    pixels = np.zeros((218, 178, 3), dtype=np.uint8)
+    pixels[:, :, 2] = 200
+    pixels[:20], pixels[-20:] = (200, 0, 0), (200, 0, 0)
+    blobs = {n: jpeg_bytes(Image.fromarray(pixels)) for n in names}
+    if zipped:
+        with zipfile.ZipFile(folder / "img_align_celeba.zip", "w") as z:
+            for n, b in blobs.items():
+                z.writestr(f"img_align_celeba/{n}", b)
+    else:
+        (folder / "img_align_celeba").mkdir()
+        for n, b in blobs.items():
+            (folder / "img_align_celeba" / n).write_bytes(b)
+    (folder / "list_eval_partition.txt").write_text(
+        "".join(f"{n} {s}\n" for n, s in zip(names, splits, strict=True)))
+    attrs = " ".join(f"Attr{i}" for i in range(40))
+    (folder / "list_attr_celeba.txt").write_text(
+        f"{len(names)}\n{attrs}\n" + "".join(f"{n} " + " ".join(["-1"] * 40) + "\n" for n in names))
+    (folder / "identity_CelebA.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    (folder / "list_bbox_celeba.txt").write_text(
+        f"{len(names)}\nimage_id x_1 y_1 width height\n" + "".join(f"{n} 0 0 178 218\n" for n in names))
+    (folder / "list_landmarks_align_celeba.txt").write_text(
+        f"{len(names)}\nlefteye_x lefteye_y\n" + "".join(f"{n} 69 109\n" for n in names))
+    return folder
+
+
+def write_cifar10(root: Path, per_batch: int = 4) -> tuple[np.ndarray, list[int]]:
+    """cifar-10-batches-py/ with data_batch_1..5, test_batch and batches.meta, as the original
+    (protocol 2, byte-string keys). Returns the training images (N, 32, 32, 3) and labels."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    images, labels = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = RNG.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        batch_labels = RNG.integers(0, 10, per_batch).tolist()
+        batch = {b"batch_label": name.encode(), b"labels": batch_labels, b"data": data,
+                 b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        if name != "test_batch":
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels += batch_labels
+    meta = {b"num_cases_per_batch": per_batch,
+            b"label_names": [c.encode() for c in ("airplane", "automobile", "bird", "cat", "deer",
+                                                  "dog", "frog", "horse", "ship", "truck")],
+            b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return np.concatenate(images), labels
+
+
+def write_cifar100(root: Path, n: int = 6) -> list[int]:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    fine = []
+    for name in ("train", "test"):
+        labels = RNG.integers(0, 100, n).tolist()
+        batch = {"filenames": [f"f{i}.png" for i in range(n)], "batch_label": name,
+                 "fine_labels": labels, "coarse_labels": [x // 5 for x in labels],
+                 "data": RNG.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=4))
+        fine = labels if name == "train" else fine
+    meta = {"fine_label_names": [f"class{i}" for i in range(100)],
+            "coarse_label_names": [f"super{i}" for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=4))
+    return fine
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The MNIST idx format: 0, 0, dtype 0x08 (ubyte), ndim, big-endian sizes, data."""
+    return bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_mnist(root: Path, folder: str = "MNIST", n: int = 10, gz: bool = True) -> np.ndarray:
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    images = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    for prefix, imgs, labs in (("train", images, labels), ("t10k", images[:4], labels[:4])):
+        for kind, array in ((f"{prefix}-images-idx3-ubyte", imgs), (f"{prefix}-labels-idx1-ubyte", labs)):
+            data = idx_bytes(array)
+            if gz:
+                (raw / f"{kind}.gz").write_bytes(gzip.compress(data))
+            else:
+                (raw / kind).write_bytes(data)
+    return images
+
+
+def write_svhn(root: Path, n: int = 6) -> np.ndarray:
+    from scipy import io as sio
+    root.mkdir(parents=True, exist_ok=True)
+    images = RNG.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([[10], [1], [2], [3], [4], [5]][:n], dtype=np.uint8)  # 10 means digit 0
+    sio.savemat(str(root / "train_32x32.mat"), {"X": images.transpose(1, 2, 3, 0), "y": labels})
+    return images
+
+
+def save(image: Image.Image, path: Path, **kwargs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kwargs)
+
+
+def write_odd_folder(root: Path) -> dict[str, int]:
+    """Every image kind the loader must take, and every kind of bad file it must skip.
+
+    Returns the expected skip counts by reason. Two classes: a/ and b/.
+    """
+    rgb = Image.fromarray(RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8))  # non-square
+    a, b = root / "a", root / "b"
+    save(rgb, a / "photo.jpg", quality=90)
+    save(rgb.convert("L"), a / "gray.png")
+    save(rgb.convert("RGBA"), a / "alpha.png")
+    save(rgb.convert("P"), a / "palette.png", transparency=0)
+    save(Image.fromarray(RNG.integers(0, 65536, (32, 32), dtype=np.uint16)), a / "deep.png")
+    save(rgb.convert("CMYK"), a / "print.jpg")
+    save(rgb, b / "web.webp", lossless=True)
+    save(rgb, b / "bitmap.bmp")
+    frames = [rgb.convert("P"), Image.new("RGB", (60, 40), "white").convert("P")]
+    frames[0].save(b / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    save(rgb, b / "scan.tiff")
+    save(rgb.convert("1"), b / "mono.png")
+    save(rgb.convert("LA"), b / "gray_alpha.png")
+    save(rgb, b / "nested" / "deep" / "more.JPG")  # upper-case extension, nested folder
+    # the bad ones
+    (a / "empty.jpg").write_bytes(b"")
+    whole = jpeg_bytes(Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+    (a / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    (b / "fake.png").write_text("this is not a png")
+    (root / "notes.txt").write_text("hello")
+    (root / ".DS_Store").write_bytes(b"\x00\x01junk")  # hidden: ignored silently
+    return {"empty file": 1, "truncated": 1, "not an image": 1, "not an image file type": 1}
+
+
+GOOD_IN_ODD_FOLDER = 13
+
+
+def zip_folder(folder: Path, out: Path, prefix: str = "") -> Path:
+    with zipfile.ZipFile(out, "w") as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                z.write(p, prefix + p.relative_to(folder).as_posix())
+    return out

@@ -1,0 +1,299 @@
+"""Datasets in their real on-disk formats, folders and zips of odd files, the decode cache."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import invoke
+from datasets_on_disk import (
+    GOOD_IN_ODD_FOLDER,
+    write_celeba,
+    write_cifar10,
+    write_cifar100,
+    write_mnist,
+    write_odd_folder,
+    write_svhn,
+    zip_folder,
+)
+
+from ganctl import data as datasets
+from ganctl.config import Config
+from ganctl.data import Batches, cache, load_dataset
+from ganctl.errors import DataError
+
+TRAIN2 = ["--steps", "2", "--batch-size", "4", "--g-width", "4", "--d-width", "4",
+          "--log-every", "1", "--device", "cpu"]
+
+
+def train_ok(*args):
+    result = invoke("train", *TRAIN2, *args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def report(run_dir):
+    return json.loads((run_dir / "data_report.json").read_text())
+
+
+def info(*args):
+    result = invoke("data", "info", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+# --- torchvision formats --------------------------------------------------------------------
+
+def test_celeba_layout_splits_and_center_crop(workdir):
+    write_celeba(workdir / "data")
+    train_ok("--dataset", "celeba", "--out", "r")
+    rep = report(workdir / "r")
+    assert rep["count"] == 8 and rep["resolution"] == 64 and rep["channels"] == 3
+    assert info("--dataset", "celeba", "--split", "valid")["count"] == 2
+    assert info("--dataset", "celeba", "--split", "all")["count"] == 12
+    images = np.load(rep["cache"], mmap_mode="r")
+    # the red bands above and below the 178x178 center are cropped away: only blue remains
+    assert images[:, 0].max() < 40 and images[:, 2].min() > 150
+
+
+def test_celeba_images_read_from_the_zip(workdir):
+    write_celeba(workdir / "data", zipped=True)
+    assert info("--dataset", "celeba")["count"] == 8
+
+
+def test_cifar10_python_batches(workdir):
+    images, labels = write_cifar10(workdir / "data")
+    train_ok("--dataset", "cifar10", "--out", "r")
+    rep = report(workdir / "r")
+    assert rep["count"] == 20 and rep["classes"][:2] == ["airplane", "automobile"]
+    cached = np.load(rep["cache"], mmap_mode="r")
+    assert np.array_equal(cached, images.transpose(0, 3, 1, 2))  # 32x32 is kept byte for byte
+    stem = rep["cache"][: -len(".images.npy")]
+    assert np.load(stem + ".labels.npy").tolist() == labels
+    assert info("--dataset", "cifar10", "--split", "test")["count"] == 4
+
+
+def test_cifar100(workdir):
+    fine = write_cifar100(workdir / "data")
+    doc = info("--dataset", "cifar100")
+    assert doc["count"] == 6 and len(doc["classes"]) == 100
+    assert np.load(doc["cache"][: -len(".images.npy")] + ".labels.npy").tolist() == fine
+
+
+@pytest.mark.parametrize("name, folder, gz", [("mnist", "MNIST", True),
+                                              ("fashion-mnist", "FashionMNIST", False)])
+def test_mnist_idx_files(workdir, name, folder, gz):
+    images = write_mnist(workdir / "data", folder, gz=gz)
+    train_ok("--dataset", name, "--out", "r")
+    rep = report(workdir / "r")
+    assert (rep["count"], rep["channels"], rep["resolution"]) == (10, 1, 32)
+    cached = np.load(rep["cache"], mmap_mode="r")
+    assert cached.shape == (10, 1, 32, 32)
+    assert abs(cached.mean() - images.mean()) < 3  # resized 28 -> 32, not padded
+    assert info("--dataset", name, "--split", "test", "--resolution", "64")["count"] == 4
+
+
+def test_svhn_mat(workdir):
+    pytest.importorskip("scipy")
+    images = write_svhn(workdir / "data")
+    train_ok("--dataset", "svhn", "--out", "r")
+    rep = report(workdir / "r")
+    cached = np.load(rep["cache"], mmap_mode="r")
+    assert np.array_equal(cached, images.transpose(0, 3, 1, 2))
+    assert np.load(rep["cache"][: -len(".images.npy")] + ".labels.npy").tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_missing_dataset_with_no_download_says_what_to_do(workdir):
+    result = invoke("train", "--dataset", "celeba", "--no-download")
+    assert result.exit_code == 1
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1
+    for fragment in ("dataset 'celeba' not found", str(workdir / "data" / "celeba"),
+                     "img_align_celeba", "list_eval_partition.txt", "mmlab.ie.cuhk.edu.hk",
+                     "Google Drive"):
+        assert fragment in err, err
+    result = invoke("data", "info", "--dataset", "mnist", "--no-download")
+    assert result.exit_code == 1 and "train-images-idx3-ubyte" in result.stderr
+
+
+def test_failed_download_is_one_line(workdir, monkeypatch):
+    def offline(root, split):
+        raise OSError("Name or service not known")
+
+    spec = datasets.DATASETS["cifar10"]
+    monkeypatch.setitem(datasets.DATASETS, "cifar10",
+                        datasets.DatasetSpec(**{**spec.__dict__, "download": offline}))
+    result = invoke("train", "--dataset", "cifar10")
+    assert result.exit_code == 1
+    assert "downloading it failed (OSError: Name or service not known)" in result.stderr
+    assert "cifar-10-python.tar.gz" in result.stderr
+
+
+def test_download_fills_the_layout_then_trains(workdir, monkeypatch):
+    def fake_download(root, split):  # what torchvision's download leaves on disk
+        write_mnist(root)
+
+    spec = datasets.DATASETS["mnist"]
+    monkeypatch.setitem(datasets.DATASETS, "mnist",
+                        datasets.DatasetSpec(**{**spec.__dict__, "download": fake_download}))
+    train_ok("--dataset", "mnist", "--out", "r")
+    assert report(workdir / "r")["count"] == 10
+
+
+def test_bad_split_and_unknown_path(workdir):
+    write_mnist(workdir / "data")
+    result = invoke("train", "--dataset", "mnist", "--split", "valid")
+    assert result.exit_code == 1 and "no split 'valid'; choose one of train, test" in result.stderr
+    result = invoke("train", "--dataset", "./nowhere")
+    assert result.exit_code == 1 and "no such folder or .zip" in result.stderr
+
+
+# --- folders and zips ----------------------------------------------------------------------------
+
+def test_folder_of_odd_files_trains_and_reports_skips(workdir):
+    expected = write_odd_folder(workdir / "imgs")
+    result = train_ok("--dataset", "imgs", "--resolution", "32", "--out", "r")
+    rep = report(workdir / "r")
+    assert rep["count"] == GOOD_IN_ODD_FOLDER
+    assert rep["skipped_by_reason"] == expected and rep["skipped"] == 4
+    assert sorted((s["file"], s["reason"]) for s in rep["skipped_files"]) == [
+        ("a/cut.jpg", "truncated"), ("a/empty.jpg", "empty file"), ("b/fake.png", "not an image"),
+        ("notes.txt", "not an image file type")]
+    assert rep["classes"] == ["a", "b"] and rep["channels"] == 3
+    summary = [line for line in result.stdout.splitlines() if line.startswith("skipped")]
+    assert summary == ["skipped 4 of 17 files (1 empty file, 1 not an image, 1 not an image file "
+                       "type, 1 truncated): see r/data_report.json"]
+
+
+def test_zip_matches_the_folder(workdir):
+    write_odd_folder(workdir / "imgs")
+    zip_folder(workdir / "imgs", workdir / "imgs.zip", prefix="top/")  # one shared top folder
+    folder, archive = info("--dataset", "imgs"), info("--dataset", "imgs.zip")
+    for key in ("count", "skipped", "skipped_by_reason", "classes", "channels"):
+        assert folder[key] == archive[key], key
+    a = np.load(folder["cache"], mmap_mode="r")
+    b = np.load(archive["cache"], mmap_mode="r")
+    assert np.array_equal(a, b)
+    assert folder["resolution"] == 64  # a folder's default
+
+
+def test_odd_modes_decode_to_what_they_show(workdir):
+    write_odd_folder(workdir / "imgs")
+    doc = info("--dataset", "imgs", "--resolution", "32")
+    stem = doc["cache"][: -len(".images.npy")]
+    images = np.load(doc["cache"]).astype(np.int64)
+    labels = np.load(stem + ".labels.npy")
+    names = ["a/alpha.png", "a/deep.png", "a/gray.png", "a/palette.png", "a/photo.jpg",
+             "a/print.jpg", "b/anim.gif", "b/bitmap.bmp", "b/gray_alpha.png", "b/mono.png",
+             "b/nested/deep/more.JPG", "b/scan.tiff", "b/web.webp"]  # the order of the source
+    img = dict(zip(names, images, strict=True))
+    assert images.shape == (13, 3, 32, 32) and labels.tolist() == [0] * 6 + [1] * 7
+    gray = sorted(n for n, x in img.items() if (x[0] == x[1]).all() and (x[1] == x[2]).all())
+    assert gray == ["a/deep.png", "a/gray.png", "b/gray_alpha.png", "b/mono.png"]
+    reference = img["b/bitmap.bmp"]  # lossless, same pixels as alpha.png and scan.tiff
+    assert np.array_equal(img["a/alpha.png"], reference) and np.array_equal(img["b/scan.tiff"], reference)
+    assert np.abs(img["a/print.jpg"] - reference).mean() < 12  # CMYK converted back to RGB
+    assert np.array_equal(img["b/web.webp"], reference)  # lossless WebP
+    assert 100 < img["a/deep.png"].mean() < 155  # 16-bit scaled to 8 bits, not clipped to white
+    assert img["b/anim.gif"].mean() < 200  # the first frame, not the white second one
+    assert set(np.unique(img["b/mono.png"])) - {0, 255}  # resized, but from 0/255 pixels
+    assert img["a/palette.png"].max() == 255  # index 0 is transparent: composited on white
+
+
+def test_crop_none_pads_instead_of_cropping(workdir):
+    from PIL import Image
+    (workdir / "wide").mkdir()
+    Image.new("RGB", (64, 32), (255, 255, 255)).save(workdir / "wide" / "w.png")
+    center = np.load(info("--dataset", "wide", "--resolution", "32")["cache"])
+    padded = np.load(info("--dataset", "wide", "--resolution", "32", "--crop", "none")["cache"])
+    assert center.min() == 255  # all white
+    assert padded[0, :, 0].max() == 0 and padded[0, :, 16].min() == 255  # black bars top, white middle
+
+
+def test_channels_come_from_the_data(workdir):
+    from PIL import Image
+    (workdir / "g").mkdir()
+    for i in range(3):
+        Image.new("L", (32, 32), i * 80).save(workdir / "g" / f"{i}.png")
+    assert info("--dataset", "g")["channels"] == 1
+    assert info("--dataset", "g", "--channels", "3")["channels"] == 3
+    Image.new("RGB", (32, 32), (9, 99, 199)).save(workdir / "g" / "c.png")
+    assert info("--dataset", "g")["channels"] == 3
+
+
+def test_no_usable_image_is_an_error(workdir):
+    (workdir / "bad").mkdir()
+    (workdir / "bad" / "x.jpg").write_bytes(b"")
+    (workdir / "bad" / "y.png").write_text("nope")
+    result = invoke("train", "--dataset", "bad")
+    assert result.exit_code == 1
+    assert "has no usable image" in result.stderr and "1 empty file, 1 not an image" in result.stderr
+    assert not (workdir / "runs").exists()
+
+
+# --- the cache ------------------------------------------------------------------------------------
+
+def test_cache_is_reused_and_notices_a_changed_source(workdir, monkeypatch):
+    write_odd_folder(workdir / "imgs")
+    first = info("--dataset", "imgs", "--resolution", "32")
+    built = []
+    real_build = cache.build
+    monkeypatch.setattr(cache, "build", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    again = info("--dataset", "imgs", "--resolution", "32")
+    assert built == [] and again["fingerprint"] == first["fingerprint"]
+    (workdir / "imgs" / "a" / "gray.png").write_bytes((workdir / "imgs" / "b" / "bitmap.bmp").read_bytes())
+    changed = info("--dataset", "imgs", "--resolution", "32")
+    assert built == [1] and changed["fingerprint"] != first["fingerprint"]
+    other_size = info("--dataset", "imgs", "--resolution", "64")
+    assert other_size["fingerprint"] != changed["fingerprint"]
+
+
+def test_data_prepare_builds_the_cache(workdir):
+    write_mnist(workdir / "data")
+    result = invoke("data", "prepare", "--dataset", "mnist")
+    assert result.exit_code == 0, result.output
+    assert "ready: mnist 10 images 32x32x1" in result.stdout
+    assert list((workdir / "cache").glob("mnist-*.images.npy"))
+
+
+def test_resume_refuses_a_changed_dataset(workdir):
+    from PIL import Image
+    (workdir / "imgs").mkdir()
+    for i in range(6):
+        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(workdir / "imgs" / f"{i}.png")
+    train_ok("--dataset", "imgs", "--resolution", "32", "--out", "r")
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(workdir / "imgs" / "new.png")
+    result = invoke("resume", "r", "--steps", "3")
+    assert result.exit_code == 1
+    assert "changed since this run started" in result.stderr and "--allow-data-change" in result.stderr
+    result = invoke("resume", "r", "--steps", "3", "--allow-data-change")
+    assert result.exit_code == 0, result.output
+
+
+def test_streamed_batches_equal_resident_ones():
+    images = np.arange(20 * 3 * 4 * 4, dtype=np.int64).reshape(20, 3, 4, 4).astype(np.uint8)
+    cpu = torch.device("cpu")
+    resident = Batches(images, 6, seed=3, device=cpu, mirror=True, resident=True)
+    streamed = Batches(images, 6, seed=3, device=cpu, mirror=True, resident=False)
+    a = [resident.next() for _ in range(7)]
+    b = [streamed.next() for _ in range(7)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # mirroring flips some images and not others, and the data order resumes exactly
+    flat = torch.cat(a)
+    originals = torch.from_numpy(images).float() / 127.5 - 1
+    flipped = sum(any(torch.equal(x, o.flip(-1)) for o in originals) for x in flat)
+    assert 0 < flipped < len(flat)
+    again = Batches(images, 6, seed=3, device=cpu, mirror=True, resident=False)
+    again.load_state(*streamed.state())
+    resident.load_state(*streamed.state())
+    assert torch.equal(again.next(), resident.next())
+    streamed.close()
+    again.close()
+
+
+def test_load_dataset_engine_api(workdir):
+    write_mnist(workdir / "data")
+    data = load_dataset(Config(dataset="mnist", channels=1, batch_size=2))
+    assert data.images.shape == (10, 1, 32, 32) and data.classes[0] == "0"
+    with pytest.raises(DataError, match="fewer than batch_size 64"):
+        load_dataset(Config(dataset="mnist", channels=1, batch_size=64))
