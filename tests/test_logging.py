@@ -53,3 +53,17 @@ def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "ganctl", "--version"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"ganctl {__version__}"
+
+
+def test_task_progress_plain_and_terminal():
+    buf = io.StringIO()
+    advance = RunLog(Console(file=buf, force_terminal=False, width=100)).task("decoding x", 20)
+    for _ in range(10):
+        advance(2)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "decoding x: 20 items"
+    assert lines[1] == "  2/20 (10%)" and lines[-1] == "  20/20 (100%)" and len(lines) == 11
+    buf = io.StringIO()
+    advance = RunLog(Console(file=buf, force_terminal=True, width=100)).task("decoding x", 4)
+    advance(4)
+    assert "decoding x: 4 items" in buf.getvalue()
