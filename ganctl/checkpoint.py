@@ -9,10 +9,13 @@ opening a stranger's checkpoint runs no code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +24,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from ganctl import __version__
+from ganctl import __version__, testhooks
 from ganctl.errors import CheckpointError
 
-SCHEMA = 1
+SCHEMA = 2  # 2: ganctl.checksum, a sha256 of the data section, is in the metadata
 SUFFIX = ".safetensors"
 CKPT_DIR = "checkpoints"
 LATEST = "latest"  # a text file naming the newest complete checkpoint
@@ -49,13 +52,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one."""
+def atomic_write(path: Path, *chunks: bytes | memoryview) -> None:
+    """Write the chunks to `path` so that a crash at any moment leaves the old file or the new one:
+    a temp file in the same directory, fsync, rename over the target, fsync of the directory."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    delay = testhooks.slow_write_seconds(sum(len(c) for c in chunks))
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                if delay:  # tests: leave time to kill the writer mid-file
+                    step = len(chunk) // 10 + 1
+                    for i in range(0, len(chunk), step):
+                        f.write(chunk[i:i + step])
+                        f.flush()
+                        time.sleep(delay / 10 / len(chunks))
+                else:
+                    f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -78,8 +91,16 @@ def save(path: Path, tensors: dict[str, torch.Tensor], config_json: str, step: i
         **(extra or {}),
     }
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    body = safetensors_bytes(cpu, metadata=metadata)
+    (n,) = struct.unpack("<Q", body[:8])
+    header = json.loads(body[8:8 + n])
+    data = memoryview(body)[8 + n:]
+    # The checksum covers the data section, which does not depend on the header it goes in.
+    header["__metadata__"]["ganctl.checksum"] = "sha256:" + hashlib.sha256(data).hexdigest()
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
     try:
-        atomic_write(path, safetensors_bytes(cpu, metadata=metadata))
+        atomic_write(path, struct.pack("<Q", len(raw)) + raw, data)
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror}; "
                               "check free space and permissions") from None
@@ -167,6 +188,7 @@ class Header:
     metadata: dict[str, str]
     tensors: dict[str, dict[str, Any]]  # name -> {"dtype": .., "shape": [..], "data_offsets": ..}
     file_size: int
+    data_start: int  # 8 + header length: where the tensor bytes begin
 
     @property
     def step(self) -> int:
@@ -222,7 +244,74 @@ def read_header(path: Path) -> Header:
         raise CheckpointError(f"{path} has a corrupted header; it is not a usable checkpoint")
     metadata = header.pop("__metadata__", None) or {}
     _check_metadata(path, metadata)
-    return Header(path, metadata, header, size)
+    _check_tensor_entries(path, header)
+    return Header(path, metadata, header, size, 8 + n)
+
+
+_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16",
+                     "F32", "F64", "F8_E4M3", "F8_E5M2"})
+
+
+def _check_tensor_entries(path: Path, tensors: dict[str, Any]) -> None:
+    for name, info in tensors.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(info, dict) and info.get("dtype") in _DTYPES
+                and isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{path} has a corrupted header (entry {name[:80]!r}); it is not "
+                                  "a usable checkpoint")
+
+
+def verify(header: Header) -> None:
+    """Check the data section is complete and matches the checksum in the metadata."""
+    path = header.path
+    expected = max((info["data_offsets"][1] for info in header.tensors.values()), default=0)
+    actual = header.file_size - header.data_start
+    if actual < expected:
+        raise CheckpointError(f"{path} is truncated ({actual} of {expected} data bytes); use an "
+                              "earlier checkpoint")
+    if actual > expected:
+        raise CheckpointError(f"{path} is corrupted ({actual - expected} bytes past its data)")
+    checksum = header.metadata.get("ganctl.checksum")
+    if checksum is None:
+        if int(header.metadata["ganctl.schema"]) >= 2:
+            raise CheckpointError(f"{path} is damaged: its metadata lacks ganctl.checksum")
+        return  # schema 1 files had no checksum
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            f.seek(header.data_start)
+            while block := f.read(8 << 20):
+                digest.update(block)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
+    if "sha256:" + digest.hexdigest() != checksum:
+        raise CheckpointError(f"{path} is corrupted: its data does not match its checksum; use an "
+                              "earlier checkpoint")
+
+
+def open_checkpoint(path: Path) -> Header:
+    """The header of a checkpoint whose data has been verified against its checksum."""
+    header = read_header(path)
+    verify(header)
+    return header
+
+
+def newest_valid(run_dir: Path, say: Callable[[str], None]) -> tuple[Path, Header]:
+    """The newest checkpoint of a run that verifies, saying which newer ones were passed over."""
+    candidates = []
+    if (named := latest_in_run(run_dir)) is not None:
+        candidates.append(named)
+    candidates += [p for p in reversed(list_checkpoints(run_dir / CKPT_DIR)) if p not in candidates]
+    for path in candidates:
+        try:
+            return path, open_checkpoint(path)
+        except CheckpointError as e:
+            say(f"skipping {path.name}: {e}")
+    raise CheckpointError(f"run {run_dir} has no valid checkpoint" + (
+        " (every one failed verification)" if candidates else " yet"))
 
 
 def _check_metadata(path: Path, metadata: Any) -> None:
@@ -279,36 +368,35 @@ def runs_root() -> Path:
     return Path(os.environ.get("GANCTL_RUNS", "runs"))
 
 
-def newest_checkpoint(root: Path) -> Path:
-    """The most recently written latest checkpoint of any run under `root`."""
-    candidates = []
+def newest_run(root: Path) -> Path:
+    """The run under `root` whose newest checkpoint file was written last."""
+    newest: dict[Path, int] = {}
     if root.is_dir():
         for run_dir in root.iterdir():
-            if run_dir.is_dir() and (ckpt := latest_in_run(run_dir)) is not None:
-                candidates.append(ckpt)
-    if not candidates:
+            files = list_checkpoints(run_dir / CKPT_DIR) if run_dir.is_dir() else []
+            if files:
+                newest[run_dir] = max(p.stat().st_mtime_ns for p in files)
+    if not newest:
         raise CheckpointError(f"no checkpoints found under {root}/; train one with "
                               "`ganctl train` or pass a checkpoint path")
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+    return max(newest, key=newest.__getitem__)
 
 
-def resolve_checkpoint(target: str | Path | None) -> Path:
-    """A checkpoint file from a file path, a run directory, or (None) the newest under the root."""
+def locate(target: str | Path | None, say: Callable[[str], None]) -> Header:
+    """The verified checkpoint a command was pointed at: a file as given; for a run directory
+    (or, with no target, the newest run under the runs root) its newest checkpoint that verifies."""
     if target is None:
-        return newest_checkpoint(runs_root())
+        return newest_valid(newest_run(runs_root()), say)[1]
     path = Path(target)
     if path.is_dir():
         if (path / CKPT_DIR).is_dir() or (path / "config.json").is_file():
-            ckpt = latest_in_run(path)
-            if ckpt is None:
-                raise CheckpointError(f"run {path} has no checkpoint yet")
-            return ckpt
+            return newest_valid(path, say)[1]
         raise CheckpointError(f"{path} is a directory but not a ganctl run (no {CKPT_DIR}/ "
                               "or config.json in it)")
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a .safetensors checkpoint or a run "
                               "directory")
-    return path
+    return open_checkpoint(path)
 
 
 def run_dir_of(ckpt: Path) -> Path:

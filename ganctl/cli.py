@@ -83,6 +83,11 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
     raise AssertionError("unreachable")
 
 
+def _say(message: str) -> None:
+    """A human note on stderr (stdout may carry --json)."""
+    typer.echo(message, err=True)
+
+
 def _console(json_mode: bool) -> Console:
     # With --json, stdout carries the JSON document alone: everything human goes to stderr.
     return Console(stderr=json_mode, highlight=False)
@@ -239,11 +244,11 @@ def sample(
     from ganctl.device import describe, resolve_device
     from ganctl.sample import sample_grid
 
-    path = _call(debug, checkpoint.resolve_checkpoint, ckpt)
+    header = _call(debug, checkpoint.locate, ckpt, _say)
     dev = _call(debug, resolve_device, device)
     if ckpt is None and not json_mode:
-        typer.echo(f"using newest checkpoint {path}", err=True)
-    r = _call(debug, sample_grid, path, out, n, seed, dev)
+        _say(f"using newest checkpoint {header.path}")
+    r = _call(debug, sample_grid, header, out, n, seed, dev)
     _emit(json_mode, r, f"wrote {r['out']}: {n} images ({r['width']}x{r['height']} px) from "
                         f"{r['checkpoint']} (step {r['step']}), seeds {seed}-{seed + n - 1}, "
                         f"device {describe(dev)}")
@@ -266,8 +271,9 @@ def inspect(
     from ganctl import checkpoint
     from ganctl.info import describe_checkpoint
 
-    path = _call(debug, checkpoint.resolve_checkpoint, target)
-    info = _call(debug, describe_checkpoint, path)
+    header = _call(debug, checkpoint.locate, target, _say)
+    path = header.path
+    info = _call(debug, describe_checkpoint, header)
     if json_mode:
         typer.echo(json.dumps(info))
         return

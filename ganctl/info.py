@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,8 +12,8 @@ from ganctl.errors import CheckpointError, ConfigError
 from ganctl.models import build_models
 
 
-def describe_checkpoint(path: Path) -> dict[str, Any]:
-    header = checkpoint.read_header(path)
+def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
+    path = header.path
     try:
         config = Config.from_dict(header.config, source=f"{path} metadata")
     except ConfigError as e:
@@ -31,6 +30,7 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
         "params": {"G": sum(p.numel() for p in G.parameters()),
                    "D": sum(p.numel() for p in D.parameters())},
         "dataset_fingerprint": header.metadata.get("ganctl.dataset_fingerprint"),
+        "checksum": header.metadata.get("ganctl.checksum"),
         "config": config.to_dict(),
         "metrics": header.metrics,
     }

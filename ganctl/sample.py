@@ -81,9 +81,9 @@ class LoadedGenerator:
     header: checkpoint.Header
 
 
-def load_generator(ckpt: Path, device: torch.device) -> LoadedGenerator:
-    """Rebuild G_ema from a checkpoint's metadata and load its weights."""
-    header = checkpoint.read_header(ckpt)
+def load_generator(header: checkpoint.Header, device: torch.device) -> LoadedGenerator:
+    """Rebuild G_ema from a (verified) checkpoint's metadata and load its weights."""
+    ckpt = header.path
     try:
         config = Config.from_dict(header.config, source=f"{ckpt} metadata")
     except ConfigError as e:
@@ -93,14 +93,18 @@ def load_generator(ckpt: Path, device: torch.device) -> LoadedGenerator:
     return LoadedGenerator(G.to(device).eval(), config, header)
 
 
-def sample_grid(ckpt: Path, out: Path, n: int, seed: int, device: torch.device) -> dict:
-    """Write an n-image grid from checkpoint `ckpt` to `out`; seeds seed..seed+n-1."""
+def sample_grid(header: checkpoint.Header, out: Path, n: int, seed: int,
+                device: torch.device) -> dict:
+    """Write an n-image grid from a checkpoint to `out`; seeds seed..seed+n-1."""
     if out.suffix.lower() != ".png":
         raise ConfigError(f"output {out} must end in .png (sample grids are PNG)")
     if not out.parent.exists():
         raise ConfigError(f"output directory {out.parent} does not exist; create it first")
-    loaded = load_generator(ckpt, device)
+    loaded = load_generator(header, device)
     z = latents_from_seeds(range(seed, seed + n), loaded.config.z_dim)
-    width, height = save_grid(generate(loaded.G, z, device), out)
-    return {"out": str(out), "checkpoint": str(ckpt), "step": loaded.header.step, "n": n,
+    try:
+        width, height = save_grid(generate(loaded.G, z, device), out)
+    except OSError as e:
+        raise ConfigError(f"cannot write {out}: {e.strerror}") from None
+    return {"out": str(out), "checkpoint": str(header.path), "step": loaded.header.step, "n": n,
             "seed": seed, "width": width, "height": height, "device": str(device)}

@@ -268,12 +268,9 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
     if bad:
         raise ConfigError(f"resume cannot change {bad[0]!r}; only "
                           f"{', '.join(sorted(RESUME_OVERRIDABLE))} may change")
-    if target is None:
-        ckpt = checkpoint.newest_checkpoint(checkpoint.runs_root())
-    else:
-        ckpt = checkpoint.resolve_checkpoint(target)
+    header = checkpoint.locate(target, log.info)  # falls back past damaged checkpoints
+    ckpt = header.path
     run_dir = checkpoint.run_dir_of(ckpt)
-    header = checkpoint.read_header(ckpt)
     try:
         config = Config.from_dict(header.config, source=f"{ckpt} metadata").replace(**overrides)
     except ConfigError as e:
