@@ -344,6 +344,12 @@ def load_tensors(path: Path, prefixes: tuple[str, ...] = ()) -> dict[str, torch.
 
 # --- finding checkpoints ----------------------------------------------------------------------
 
+def remove_temp_files(ckpt_dir: Path) -> None:
+    """Temp files a killed writer left behind: never a checkpoint, only half of one."""
+    for path in ckpt_dir.glob(".*.tmp-*"):
+        path.unlink(missing_ok=True)
+
+
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Step checkpoints in `ckpt_dir`, oldest step first."""
     if not ckpt_dir.is_dir():

@@ -56,11 +56,14 @@ Crop = Annotated[str | None, typer.Option(help="Non-square images: center (crop)
 Resolution = Annotated[int | None, typer.Option(help="Image size: 32 or 64 (default: from the "
                                                 "dataset).")]
 Channels = Annotated[int | None, typer.Option(help="1 or 3 (default: from the dataset).")]
+MaxTime = Annotated[str | None, typer.Option(
+    help="Time budget such as 3h30m: stop with a checkpoint (exit 0) before the next checkpoint "
+         "interval would overrun it; `ganctl resume` continues.")]
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(1)
+def _fail(message: str, code: int = 1) -> None:
+    print(f"error: {message}" if code == 1 else message, file=sys.stderr)
+    raise typer.Exit(code)
 
 
 def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
@@ -72,7 +75,7 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
     except GanctlError as e:
         if debug:
             traceback.print_exc()
-        _fail(str(e))
+        _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
@@ -154,6 +157,15 @@ def train(
     keep: Keep = None,
     config: Annotated[Path | None, typer.Option("--config", help="A TOML (or JSON) file of "
                                                    "config keys; flags override it.")] = None,
+    deterministic: Annotated[bool | None, typer.Option(
+        "--deterministic/--no-deterministic", help="Deterministic GPU kernels: a resumed run "
+        "matches an uninterrupted one exactly on a GPU too (slower).")] = None,
+    max_time: MaxTime = None,
+    resume_run: Annotated[bool, typer.Option(
+        "--resume", help="If --out already holds a run, continue it instead of refusing.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="If --out already holds a run, delete its checkpoints, samples and "
+        "logs and start again.")] = False,
     json_mode: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -163,22 +175,31 @@ def train(
     """
     from ganctl import train as engine
     from ganctl.config import load_config_file
+    from ganctl.guard import parse_duration
+    from ganctl.run import is_run_dir
 
     flags = _given(dataset=dataset, data_dir=data_dir, split=split, crop=crop, mirror=mirror,
                    arch=arch, loss=loss, resolution=resolution,
                    channels=channels, batch_size=batch_size, steps=steps, z_dim=z_dim,
                    g_width=g_width, d_width=d_width, lr_g=lr_g, lr_d=lr_d, ema_decay=ema_decay,
                    seed=seed, device=device, sample_every=sample_every, ckpt_every=ckpt_every,
-                   log_every=log_every, keep=keep)
+                   log_every=log_every, keep=keep, deterministic=deterministic)
+    if resume_run and overwrite:
+        raise typer.BadParameter("--resume and --overwrite exclude each other", param_hint="--resume")
     values = {**(_call(debug, load_config_file, config) if config else {}), **flags}
-    resolved = _call(debug, engine.resolve_config, values)
+    budget = _call(debug, parse_duration, max_time) if max_time else None
     log = engine.RunLog(_console(json_mode))
-    result = _call(debug, engine.train, resolved, out, log, download)
+    if resume_run and out is not None and is_run_dir(out):
+        result = _call(debug, engine.continue_run, out, values, log, download, budget)
+    else:
+        resolved = _call(debug, engine.resolve_config, values)
+        result = _call(debug, engine.train, resolved, out, log, download, budget, overwrite)
     _emit(json_mode, result, _done_message(result))
 
 
 def _done_message(result: dict[str, Any]) -> str:
-    lines = [f"done: step {result['step']}/{result['steps']} in {result['seconds']:.1f}s, "
+    state = "stopped (time budget)" if result.get("stopped") else "done"
+    lines = [f"{state}: step {result['step']}/{result['steps']} in {result['seconds']:.1f}s, "
              f"run {result['run_dir']}"]
     if result["samples"]:
         lines.append(f"samples: {result['samples']}")
@@ -205,6 +226,7 @@ def resume(
     allow_data_change: Annotated[bool, typer.Option(
         "--allow-data-change", help="Continue even though the dataset changed since the run "
         "started.")] = False,
+    max_time: MaxTime = None,
     json_mode: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -213,11 +235,14 @@ def resume(
     Example: ganctl resume runs/0003-shapes-dcgan --steps 3000
     """
     from ganctl import train as engine
+    from ganctl.guard import parse_duration
 
     overrides = _given(steps=steps, device=device, sample_every=sample_every,
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir)
+    budget = _call(debug, parse_duration, max_time) if max_time else None
     log = engine.RunLog(_console(json_mode))
-    result = _call(debug, engine.resume, target, overrides, log, download, allow_data_change)
+    result = _call(debug, engine.resume, target, overrides, log, download, allow_data_change,
+                   budget)
     _emit(json_mode, result, _done_message(result))
 
 

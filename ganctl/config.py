@@ -50,6 +50,7 @@ class Config:
     beta1: float = 0.5
     beta2: float = 0.999
     ema_decay: float = 0.999  # G_ema <- decay * G_ema + (1 - decay) * G
+    deterministic: bool = False  # deterministic GPU kernels: exact resume there too, slower
     batch_size: int = 64
     steps: int = 2000  # total length of the run, for train and resume alike
     seed: int = 0

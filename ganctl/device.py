@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ganctl.errors import DeviceError
@@ -51,3 +53,13 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """Exact repeatability on GPUs (slower), or the fastest kernels (cuDNN autotuning)."""
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; set before the first matmul
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic

@@ -97,6 +97,13 @@ class RunLog:
             self.info(f"step {record['step']}/{self._total}  {format_record(record)}  "
                       f"eta {format_duration(self._eta(record['step']))}")
 
+    def event(self, record: dict[str, Any], message: str) -> None:
+        """Something that happened to the run (a rollback ...): a metrics.jsonl line and a note."""
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        self.info(message)
+
     def _eta(self, step: int) -> float:
         done = step - self._start_step
         elapsed = time.perf_counter() - self._t0

@@ -40,14 +40,38 @@ def is_run_dir(path: Path) -> bool:
     return (path / CONFIG).is_file() or (path / CKPT_DIR).is_dir()
 
 
-def create_run_dir(out: Path | None, config: Config) -> Path:
-    """A new, empty run directory: `out` if given, else the next free number under the root."""
+def remove_run(run_dir: Path) -> list[Path]:
+    """Delete what ganctl wrote in a run directory (asked for by --overwrite); other files stay."""
+    removed = []
+    for name in (CONFIG, DATA_REPORT, METRICS):
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(run_dir / name)
+    for sub, pattern in ((SAMPLES, "step-*.png"), (CKPT_DIR, "step-*.safetensors"),
+                         (CKPT_DIR, "latest"), (CKPT_DIR, ".*.tmp-*"), (SAMPLES, ".*.tmp-*")):
+        for path in (run_dir / sub).glob(pattern):
+            path.unlink()
+            removed.append(path)
+    for sub in (SAMPLES, CKPT_DIR):
+        try:
+            (run_dir / sub).rmdir()
+        except OSError:  # absent, or holds files that are not ganctl's
+            pass
+    return removed
+
+
+def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) -> Path:
+    """A new, empty run directory: `out` if given, else the next free number under the root.
+    An existing run in `out` is refused unless `overwrite`, which deletes ganctl's files in it."""
     if out is not None:
+        if out.exists() and is_run_dir(out) and overwrite:
+            remove_run(out)
         if out.exists():
             if is_run_dir(out):
                 raise RunError(f"{out} already holds a run; continue it with `ganctl resume "
-                               f"{out}` or choose another --out")
-            if not out.is_dir() or any(out.iterdir()):
+                               f"{out}` (or train --resume), replace it with --overwrite, or "
+                               "choose another --out")
+            if not out.is_dir() or (any(out.iterdir()) and not overwrite):
                 raise RunError(f"--out {out} exists and is not an empty directory; "
                                "choose a new directory")
         _mkdir(out, parents=True, exist_ok=True)
@@ -74,14 +98,16 @@ def write_config(run_dir: Path, config: Config) -> None:
 
 
 def trim_metrics(run_dir: Path, step: int) -> None:
-    """Drop records logged after `step`: a resumed run replays those steps and logs them again."""
+    """Drop step records logged after `step`: a resumed or rolled-back run replays those steps and
+    logs them again. Event records (rollbacks) are history and stay."""
     path = run_dir / METRICS
     if not path.is_file():
         return
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
         try:
-            if json.loads(line)["step"] <= step:
+            record = json.loads(line)
+            if record["step"] <= step or "event" in record:
                 kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut short by a crash

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ganctl import checkpoint, run
+from ganctl import checkpoint, run, testhooks
 from ganctl.config import RESUME_OVERRIDABLE, Config
 from ganctl.data import Batches, ImageSet, load_dataset, preset
 from ganctl.data.cache import skip_summary
-from ganctl.device import describe, resolve_device
+from ganctl.device import configure_determinism, describe, resolve_device
 from ganctl.errors import CheckpointError, ConfigError, DataError
+from ganctl.guard import LR_FACTOR, MAX_ROLLBACKS, Diverged, DivergenceGuard, Stopped, StopSignals, TimeBudget
 from ganctl.logging import RunLog
 from ganctl.losses import DLoss, GLoss, get_losses
 from ganctl.models import build_models, check_config
@@ -179,8 +180,14 @@ def write_samples(state: TrainState, run_dir: Path, fixed_z: torch.Tensor) -> Pa
     return path
 
 
-def save_checkpoint(state: TrainState, run_dir: Path, metrics: dict[str, Any] | None,
-                    fingerprint: str) -> Path:
+def snapshot(state: TrainState) -> dict[str, torch.Tensor]:
+    """A CPU copy of the whole training state (the copy matters on a CPU device, where
+    .to("cpu") would alias the live tensors)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_tensors(state).items()}
+
+
+def save_checkpoint(state: TrainState, tensors: dict[str, torch.Tensor], run_dir: Path,
+                    metrics: dict[str, Any] | None, fingerprint: str) -> Path:
     ckpt_dir = run_dir / checkpoint.CKPT_DIR
     path = ckpt_dir / checkpoint.checkpoint_name(state.step)
     extra = {
@@ -189,48 +196,124 @@ def save_checkpoint(state: TrainState, run_dir: Path, metrics: dict[str, Any] | 
     }
     if metrics is not None:
         extra["ganctl.metrics"] = json.dumps(metrics)
-    checkpoint.save(path, state_tensors(state), state.config.to_json(), state.step, extra)
+    checkpoint.save(path, tensors, state.config.to_json(), state.step, extra)
     checkpoint.set_latest(ckpt_dir, path.name)  # only once the file is complete
     checkpoint.prune(ckpt_dir, state.config.keep)
     return path
 
 
+# --- recovery from divergence ------------------------------------------------------------------
+
+@dataclass
+class LastGood:
+    """The state of the last checkpoint (or of the start), to roll back to."""
+
+    tensors: dict[str, torch.Tensor]
+    step: int
+    rollbacks_here: int = 0  # rollbacks to this state: the learning rates fall by LR_FACTOR each
+    rollbacks_total: int = 0
+
+    def update(self, tensors: dict[str, torch.Tensor], step: int) -> None:
+        self.tensors, self.step, self.rollbacks_here = tensors, step, 0
+
+
+def roll_back(state: TrainState, good: LastGood, what: str, bad_step: int, run_dir: Path,
+              log: RunLog) -> None:
+    """Back to the last good state with lower learning rates, or Diverged after MAX_ROLLBACKS."""
+    lrs = {name: opt.param_groups[0]["lr"] for name, opt in (("lr_g", state.opt_G),
+                                                              ("lr_d", state.opt_D))}
+    if good.rollbacks_total >= MAX_ROLLBACKS:
+        raise Diverged(f"training diverged: {what} became non-finite at step {bad_step}, again "
+                       f"after {MAX_ROLLBACKS} rollbacks (learning rates now lr_g {lrs['lr_g']:.3g}, "
+                       f"lr_d {lrs['lr_d']:.3g}); lower --lr-g/--lr-d or change the loss")
+    good.rollbacks_here += 1
+    good.rollbacks_total += 1
+    load_state(state, good.tensors)  # learning rates as they were then ...
+    factor = LR_FACTOR ** good.rollbacks_here
+    for opt in (state.opt_G, state.opt_D):  # ... lowered once more for each rollback to it
+        for group in opt.param_groups:
+            group["lr"] *= factor
+    run.trim_metrics(run_dir, state.step)
+    log.event({"step": bad_step, "event": "rollback", "loss": what, "to_step": state.step,
+               "lr_g": state.opt_G.param_groups[0]["lr"], "lr_d": state.opt_D.param_groups[0]["lr"],
+               "time": round(time.time(), 3)},
+              f"{what} became non-finite at step {bad_step}: rolled back to step {state.step}, "
+              f"learning rates x{factor:g}")
+
+
 # --- the loop --------------------------------------------------------------------------------------
 
-def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str) -> dict[str, Any]:
-    """Train from state.step to config.steps, logging, sampling and checkpointing on schedule."""
+def _due(step: int, every: int, done: bool) -> bool:
+    return done or step % every == 0
+
+
+def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
+        max_time: float | None = None) -> dict[str, Any]:
+    """Train from state.step to config.steps, logging, sampling and checkpointing on schedule;
+    stop cleanly (with a checkpoint) on SIGINT/SIGTERM or when the time budget runs out."""
     config = state.config
     device = state.batches.device
     d_loss, g_loss = get_losses(config.loss)
     fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.z_dim).to(device)
     meter = Meter(device, config.batch_size)
+    guard = DivergenceGuard(device, state.step)
+    budget = TimeBudget(max_time, state.step)
+    good = LastGood(snapshot(state), state.step)
     last: dict[str, Any] | None = None
     ckpt = sample = None
+    out_of_time = False
     t0 = time.perf_counter()
     log.start(state.step, config.steps)
     try:
-        while state.step < config.steps:
-            real = state.batches.next()
-            z = torch.randn(config.batch_size, config.z_dim, generator=state.noise, device=device)
-            meter.add(train_step(state, real, z, d_loss, g_loss))
-            state.step += 1
-            update_ema(state.G_ema, state.G, state.step, config.ema_decay)
-            log.advance(state.step)
-            done = state.step == config.steps
-            if done or state.step % config.log_every == 0:
-                last = meter.record(state.step)
-                log.record(last)
-            if done or state.step % config.sample_every == 0:
-                sample = write_samples(state, run_dir, fixed_z)
-            if done or state.step % config.ckpt_every == 0:
-                ckpt = save_checkpoint(state, run_dir, last, fingerprint)
+        with StopSignals() as signals:
+            while state.step < config.steps:
+                real = state.batches.next()
+                if testhooks.nan_at(state.step + 1):
+                    real = real * float("nan")
+                z = torch.randn(config.batch_size, config.z_dim, generator=state.noise, device=device)
+                stats = train_step(state, real, z, d_loss, g_loss)
+                meter.add(stats)
+                guard.observe(stats)
+                state.step += 1
+                update_ema(state.G_ema, state.G, state.step, config.ema_decay)
+                log.advance(state.step)
+
+                step, done = state.step, state.step == config.steps
+                next_ckpt = min(config.steps, (step // config.ckpt_every + 1) * config.ckpt_every)
+                out_of_time = budget.exhausted(step, next_ckpt)
+                stopping = signals.signum is not None or out_of_time
+                save = stopping or _due(step, config.ckpt_every, done)
+                if save or _due(step, config.log_every, done) or _due(step, config.sample_every, done):
+                    if broke := guard.check(state.G, state.D):
+                        roll_back(state, good, *broke, run_dir, log)
+                        meter = Meter(device, config.batch_size)
+                        guard.reset(state.step)
+                        continue
+                if _due(step, config.log_every, done):
+                    last = meter.record(step)
+                    log.record(last)
+                if _due(step, config.sample_every, done):
+                    sample = write_samples(state, run_dir, fixed_z)
+                if save:
+                    good.update(snapshot(state), step)
+                    ckpt = save_checkpoint(state, good.tensors, run_dir, last, fingerprint)
+                if stopping:
+                    break
     finally:
         state.batches.close()
         log.close()
-    return {"run_dir": str(run_dir), "checkpoint": str(ckpt) if ckpt else None,
-            "samples": str(sample) if sample else None, "step": state.step,
-            "steps": config.steps, "device": str(device),
-            "seconds": round(time.perf_counter() - t0, 2), "metrics": last}
+    if signals.signum is not None:
+        raise Stopped(signals.signum, f"stopped by {signals.name} at step {state.step}; checkpoint "
+                      f"{ckpt}; continue with: ganctl resume {run_dir}")
+    result = {"run_dir": str(run_dir), "checkpoint": str(ckpt) if ckpt else None,
+              "samples": str(sample) if sample else None, "step": state.step,
+              "steps": config.steps, "device": str(device),
+              "seconds": round(time.perf_counter() - t0, 2), "metrics": last,
+              "stopped": "max-time" if out_of_time and state.step < config.steps else None}
+    if result["stopped"]:
+        log.info(f"time budget reached at step {state.step} of {config.steps}; checkpoint {ckpt}; "
+                 f"continue with: ganctl resume {run_dir}")
+    return result
 
 
 def _load_data(config: Config, log: RunLog, download: bool) -> ImageSet:
@@ -246,11 +329,15 @@ def _write_data_report(run_dir: Path, config: Config, data: ImageSet, log: RunLo
         log.info(f"{summary}: see {run_dir / run.DATA_REPORT}")
 
 
-def train(config: Config, out: Path | None, log: RunLog, download: bool = True) -> dict[str, Any]:
+def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
+          max_time: float | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Start a new run of `config` in `out` (or the next numbered run dir) and train it."""
     device = resolve_device(config.device)
+    configure_determinism(config.deterministic)
     data = _load_data(config, log, download)
-    run_dir = run.create_run_dir(out, config)
+    if overwrite and out is not None and run.is_run_dir(out):
+        log.info(f"--overwrite: removing the previous run's files in {out}")
+    run_dir = run.create_run_dir(out, config, overwrite)
     run.write_config(run_dir, config)
     log.attach(run_dir)
     _write_data_report(run_dir, config, data, log)
@@ -258,11 +345,24 @@ def train(config: Config, out: Path | None, log: RunLog, download: bool = True) 
              f"{config.channels} on {config.dataset} ({len(data.images)} images), "
              f"device {describe(device)}")
     state = init_state(config, device, data.images)
-    return fit(state, run_dir, log, data.fingerprint)
+    return fit(state, run_dir, log, data.fingerprint, max_time)
+
+
+def continue_run(out: Path, values: dict[str, Any], log: RunLog, download: bool = True,
+                 max_time: float | None = None) -> dict[str, Any]:
+    """`train --resume` into an existing run: resume it, refusing settings it was not started with."""
+    stored = Config.from_dict(checkpoint.locate(out, log.info).config)
+    for key, value in values.items():
+        if key not in RESUME_OVERRIDABLE and getattr(stored.replace(**{key: value}), key) != getattr(
+                stored, key):
+            raise ConfigError(f"{out} was started with {key} = {getattr(stored, key)!r}; --resume "
+                              f"continues it as it was, so {key} cannot become {value!r}")
+    overrides = {k: v for k, v in values.items() if k in RESUME_OVERRIDABLE}
+    return resume(str(out), overrides, log, download, max_time=max_time)
 
 
 def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download: bool = True,
-           allow_data_change: bool = False) -> dict[str, Any]:
+           allow_data_change: bool = False, max_time: float | None = None) -> dict[str, Any]:
     """Continue a run from its newest checkpoint (or the given one) up to config.steps."""
     bad = sorted(set(overrides) - RESUME_OVERRIDABLE)
     if bad:
@@ -279,6 +379,7 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
         raise ConfigError(f"{ckpt} is at step {header.step}, past --steps {config.steps}; "
                           "--steps is the run's total length, pass a larger one")
     device = resolve_device(config.device)
+    configure_determinism(config.deterministic)
     data = _load_data(config, log, download)
     recorded = header.metadata.get("ganctl.dataset_fingerprint")
     if recorded and recorded != data.fingerprint:
@@ -303,4 +404,5 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
         return {"run_dir": str(run_dir), "checkpoint": str(ckpt), "samples": None,
                 "step": state.step, "steps": config.steps, "device": str(device),
                 "seconds": 0.0, "metrics": header.metrics}
-    return fit(state, run_dir, log, data.fingerprint)
+    checkpoint.remove_temp_files(run_dir / checkpoint.CKPT_DIR)
+    return fit(state, run_dir, log, data.fingerprint, max_time)

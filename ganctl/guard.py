@@ -1,0 +1,126 @@
+"""What keeps a run from being lost: stop signals, a time budget, and the divergence guard.
+
+None of these touch the device every step: the guard accumulates its flags on the device and
+is read only when the loop checks it (every --log-every steps and before every save).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from types import FrameType
+
+import torch
+from torch import nn
+
+from ganctl.errors import ConfigError, GanctlError
+
+MAX_ROLLBACKS = 3  # rollbacks in one process before the run stops with exit 1
+LR_FACTOR = 0.5  # each rollback to the same checkpoint halves both learning rates again
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+class Stopped(GanctlError):
+    """Stopped by a signal after writing a checkpoint: exit 128 + the signal's number."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class Diverged(GanctlError):
+    """Non-finite losses kept coming back after MAX_ROLLBACKS rollbacks."""
+
+
+def parse_duration(text: str) -> float:
+    """'3h30m' -> 12600.0; units d, h, m, s."""
+    compact = text.replace(" ", "").lower()
+    parts = _DURATION_RE.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise ConfigError(f"--max-time {text!r} is not a duration like 3h30m, 90m or 45s")
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ConfigError(f"--max-time {text!r} must be longer than zero")
+    return seconds
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only record themselves: the loop finishes its step,
+    writes a checkpoint and stops. Later signals (say, a second Ctrl-C while saving) are noted
+    and ignored, so nothing is left half-written."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+
+class TimeBudget:
+    """True once running to the next checkpoint would overrun the budget."""
+
+    def __init__(self, seconds: float | None, start_step: int) -> None:
+        self.seconds = seconds
+        self.t0 = time.perf_counter()
+        self.start_step = start_step
+
+    def exhausted(self, step: int, next_ckpt: int) -> bool:
+        if self.seconds is None or step == self.start_step:
+            return False
+        elapsed = time.perf_counter() - self.t0
+        per_step = elapsed / (step - self.start_step)
+        return elapsed + per_step * (next_ckpt - step) > self.seconds
+
+
+class DivergenceGuard:
+    """Flags non-finite losses on the device, step by step, without reading them back."""
+
+    def __init__(self, device: torch.device, step: int) -> None:
+        self.device = device
+        self.reset(step)
+
+    def reset(self, step: int) -> None:
+        self.bad = torch.zeros(2, dtype=torch.bool, device=self.device)  # loss_D, loss_G
+        self.count = torch.tensor(step, dtype=torch.int64, device=self.device)
+        self.first_bad = torch.tensor(-1, dtype=torch.int64, device=self.device)
+
+    def observe(self, stats: torch.Tensor) -> None:
+        """stats: (loss_D, loss_G, ...) of the step just taken."""
+        self.count += 1
+        now = ~torch.isfinite(stats[:2])
+        self.first_bad = torch.where((self.first_bad < 0) & now.any(), self.count, self.first_bad)
+        self.bad |= now
+
+    def check(self, *modules: nn.Module) -> tuple[str, int] | None:
+        """(what broke, at which step) if anything went non-finite since the last reset."""
+        params = [p for m in modules for p in m.parameters()]
+        finite = torch.stack([p.isfinite().all() for p in params]).all()
+        bad, first, finite = self.bad.tolist(), int(self.first_bad), bool(finite)  # one sync
+        if bad[0]:
+            return "loss_D", first
+        if bad[1]:
+            return "loss_G", first
+        if not finite:
+            return "a gradient (the weights became non-finite)", int(self.count)
+        return None
