@@ -297,3 +297,28 @@ def test_load_dataset_engine_api(workdir):
     assert data.images.shape == (10, 1, 32, 32) and data.classes[0] == "0"
     with pytest.raises(DataError, match="fewer than batch_size 64"):
         load_dataset(Config(dataset="mnist", channels=1, batch_size=64))
+
+
+def test_a_loader_error_surfaces_and_close_returns(monkeypatch):
+    images = np.zeros((8, 1, 2, 2), dtype=np.uint8)
+    batches = Batches(images, 2, seed=0, device=torch.device("cpu"), resident=False)
+    batches.next()
+
+    def broken(self, epoch):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(Batches, "_epoch_order", broken)
+    batches.load_state(1, 0)  # restarts the loader thread, which now fails
+    for _ in range(2):
+        with pytest.raises(OSError, match="disk went away"):
+            batches.next()
+    batches.close()  # does not hang
+
+
+def test_small_data_is_resident_huge_data_streams(monkeypatch):
+    images = np.zeros((8, 1, 2, 2), dtype=np.uint8)
+    assert Batches(images, 2, seed=0, device=torch.device("cpu")).resident
+    monkeypatch.setattr("ganctl.data.batches._free_bytes", lambda device: 60)  # 64 bytes > half
+    batches = Batches(images, 2, seed=0, device=torch.device("cpu"))
+    assert not batches.resident
+    batches.close()

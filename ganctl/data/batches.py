@@ -5,10 +5,10 @@ mirroring, a fresh set of horizontal flips) from a generator seeded with both, s
 (epoch, index) is the whole sampler state and a resumed run draws exactly the batches the
 uninterrupted run would have.
 
-Where the array fits, it is copied once to the training device and batches are gathered,
-flipped and scaled there with no per-step host work ("resident"). Otherwise a background
-thread gathers each batch from the memory-mapped array into pinned memory and copies it
-asynchronously ("streamed").
+Where the array fits (in half the free memory of the device, or of the host for a CPU), it is
+copied once to the device and batches are gathered, flipped and scaled there with no per-step
+host work ("resident"). Otherwise a background thread gathers each batch from the memory-mapped
+array (into pinned memory, for a GPU) and copies it asynchronously ("streamed").
 """
 
 from __future__ import annotations
@@ -72,19 +72,21 @@ class Batches:
     def load_state(self, epoch: int, index: int) -> None:
         self.close()
         self.epoch, self.index = epoch, index
-        perm, flips = self._epoch_order(epoch)
         if self.resident:
-            self._perm, self._flips = perm.to(self.device), flips.to(self.device)
+            self._set_epoch(epoch)
         else:
             self._start_loader(epoch, index)
+
+    def _set_epoch(self, epoch: int) -> None:
+        perm, flips = self._epoch_order(epoch)
+        self._perm, self._flips = perm.to(self.device), flips.to(self.device)
 
     def _advance(self) -> tuple[int, int, int]:
         """(epoch, start, stop) of the next batch; the last partial batch of an epoch is dropped."""
         if self.index + self.batch_size > self.count:
             self.epoch, self.index = self.epoch + 1, 0
             if self.resident:
-                perm, flips = self._epoch_order(self.epoch)
-                self._perm, self._flips = perm.to(self.device), flips.to(self.device)
+                self._set_epoch(self.epoch)
         start = self.index
         self.index += self.batch_size
         return self.epoch, start, self.index
@@ -95,10 +97,12 @@ class Batches:
         _, start, stop = self._advance()
         if self.resident:
             idx = self._perm[start:stop]
-            x, flip = self.images[idx], self._flips[idx]  # type: ignore[index]
+            x = self.images.index_select(0, idx)  # type: ignore[union-attr]
+            flip = self._flips[idx]
         else:
             item = self._queue.get()
             if isinstance(item, BaseException):
+                self._queue.put(item)  # the loader has stopped: every later call fails the same way
                 raise item
             x, flip = item
         x = x.float().div_(127.5).sub_(1.0)
@@ -126,15 +130,18 @@ class Batches:
                 x = torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()]))
                 if pin:
                     x = x.pin_memory()
-                item = (x.to(self.device, non_blocking=True), flips[idx].to(self.device))
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                self._put(out, (x.to(self.device, non_blocking=True), flips[idx].to(self.device)), stop)
         except BaseException as e:  # surfaces in next()
-            out.put(e)
+            self._put(out, e, stop)
+
+    @staticmethod
+    def _put(out: queue.Queue, item: object, stop: threading.Event) -> None:
+        while not stop.is_set():  # never block past close()
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def close(self) -> None:
         if self._thread is not None:
