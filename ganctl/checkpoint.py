@@ -299,7 +299,8 @@ def open_checkpoint(path: Path) -> Header:
     return header
 
 
-def newest_valid(run_dir: Path, say: Callable[[str], None]) -> tuple[Path, Header]:
+def newest_valid(run_dir: Path, say: Callable[[str], None], verify: bool = True
+                 ) -> tuple[Path, Header]:
     """The newest checkpoint of a run that verifies, saying which newer ones were passed over."""
     candidates = []
     if (named := latest_in_run(run_dir)) is not None:
@@ -307,7 +308,7 @@ def newest_valid(run_dir: Path, say: Callable[[str], None]) -> tuple[Path, Heade
     candidates += [p for p in reversed(list_checkpoints(run_dir / CKPT_DIR)) if p not in candidates]
     for path in candidates:
         try:
-            return path, open_checkpoint(path)
+            return path, open_checkpoint(path) if verify else read_header(path)
         except CheckpointError as e:
             say(f"skipping {path.name}: {e}")
     raise CheckpointError(f"run {run_dir} has no valid checkpoint" + (
@@ -388,21 +389,22 @@ def newest_run(root: Path) -> Path:
     return max(newest, key=newest.__getitem__)
 
 
-def locate(target: str | Path | None, say: Callable[[str], None]) -> Header:
+def locate(target: str | Path | None, say: Callable[[str], None], verify: bool = True) -> Header:
     """The verified checkpoint a command was pointed at: a file as given; for a run directory
-    (or, with no target, the newest run under the runs root) its newest checkpoint that verifies."""
+    (or, with no target, the newest run under the runs root) its newest checkpoint that verifies.
+    With verify=False only headers are read (and checked)."""
     if target is None:
-        return newest_valid(newest_run(runs_root()), say)[1]
+        return newest_valid(newest_run(runs_root()), say, verify)[1]
     path = Path(target)
     if path.is_dir():
         if (path / CKPT_DIR).is_dir() or (path / "config.json").is_file():
-            return newest_valid(path, say)[1]
+            return newest_valid(path, say, verify)[1]
         raise CheckpointError(f"{path} is a directory but not a ganctl run (no {CKPT_DIR}/ "
                               "or config.json in it)")
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a .safetensors checkpoint or a run "
                               "directory")
-    return open_checkpoint(path)
+    return open_checkpoint(path) if verify else read_header(path)
 
 
 def run_dir_of(ckpt: Path) -> Path:

@@ -286,17 +286,20 @@ def inspect(
     target: Annotated[str | None, typer.Argument(
         metavar="[CKPT|RUN_DIR]", help="Checkpoint or run directory (default: the newest "
         "checkpoint under ./runs).", show_default=False)] = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify/--no-verify", help="Check the data against its checksum (--no-verify reads the "
+        "header alone).")] = True,
     json_mode: Json = False,
     debug: Debug = False,
 ) -> None:
-    """Show a checkpoint's step, config, parameter counts and last losses (header only).
+    """Show a checkpoint's step, config, parameter counts and last losses (no tensors loaded).
 
     Example: ganctl inspect runs/0001-shapes-dcgan --json
     """
     from ganctl import checkpoint
     from ganctl.info import describe_checkpoint
 
-    header = _call(debug, checkpoint.locate, target, _say)
+    header = _call(debug, checkpoint.locate, target, _say, verify)
     path = header.path
     info = _call(debug, describe_checkpoint, header)
     if json_mode:

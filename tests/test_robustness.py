@@ -271,3 +271,11 @@ def test_train_until_done_example(workdir):
                            env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "run complete: r" in first.stdout and valid_steps(workdir / "r")[-1] == 3
+
+
+def test_inspect_no_verify_reads_the_header_alone(trained_run):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    damage(ckpt, "corrupted")
+    assert invoke("inspect", ckpt).exit_code == 1
+    result = invoke("inspect", ckpt, "--no-verify", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["step"] == 4
