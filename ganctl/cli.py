@@ -7,6 +7,7 @@ command line (Typer's usage error); 130/143 stopped by SIGINT/SIGTERM.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -392,6 +393,13 @@ def data_info(
     _emit(json_mode, r, "\n".join(lines))
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # Outside the training loop (which checkpoints first), SIGTERM unwinds like Ctrl-C does, so
+    # temp files are cleaned up, and exits 143.
+    raise SystemExit(128 + signum)
+
+
 def run() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     app()

@@ -279,3 +279,10 @@ def test_inspect_no_verify_reads_the_header_alone(trained_run):
     assert invoke("inspect", ckpt).exit_code == 1
     result = invoke("inspect", ckpt, "--no-verify", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["step"] == 4
+
+
+def test_sigterm_outside_training_unwinds_with_143():
+    from ganctl.cli import _terminate
+    with pytest.raises(SystemExit) as stop:
+        _terminate(signal.SIGTERM, None)
+    assert stop.value.code == 143
