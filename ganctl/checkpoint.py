@@ -95,8 +95,9 @@ def save(path: Path, tensors: dict[str, torch.Tensor], config_json: str, step: i
     (n,) = struct.unpack("<Q", body[:8])
     header = json.loads(body[8:8 + n])
     data = memoryview(body)[8 + n:]
-    # The checksum covers the data section, which does not depend on the header it goes in.
-    header["__metadata__"]["ganctl.checksum"] = "sha256:" + hashlib.sha256(data).hexdigest()
+    # The checksum covers the data section and the rest of the metadata (the config, the step):
+    # neither depends on the header entry the checksum goes in.
+    header["__metadata__"]["ganctl.checksum"] = _checksum(data, header["__metadata__"])
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
     try:
@@ -110,14 +111,22 @@ def set_latest(ckpt_dir: Path, name: str) -> None:
     atomic_write(ckpt_dir / LATEST, (name + "\n").encode())
 
 
-def prune(ckpt_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` step checkpoints (keep=0: delete none)."""
+def prune(ckpt_dir: Path, keep: int, current: int) -> list[Path]:
+    """Delete step checkpoints older than `current` (the one just written) beyond the newest
+    `keep` up to it (keep=0: delete none). Files of later steps, left by a run resumed from an
+    older checkpoint, are not counted and not touched: the run overwrites them as it gets there."""
     if keep <= 0:
         return []
-    old = list_checkpoints(ckpt_dir)[:-keep]
+    upto = [p for p in list_checkpoints(ckpt_dir) if _step_of(p) <= current]
+    old = upto[:-keep]
     for path in old:
         path.unlink(missing_ok=True)
     return old
+
+
+def _step_of(path: Path) -> int:
+    m = _STEP_RE.match(path.name)
+    return int(m.group(1)) if m else -1
 
 
 # --- optimizer state as flat tensors --------------------------------------------------------
@@ -162,6 +171,23 @@ def module_tensors(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tens
     return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
 
 
+def check_shapes(module: torch.nn.Module, header: Header, prefix: str) -> None:
+    """Compare a module's state dict (built on the meta device: no memory) with the header's
+    tensors, before anything of the size the config asks for is allocated."""
+    lead = prefix + "."
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    stored = {k[len(lead):]: tuple(v["shape"]) for k, v in header.tensors.items() if k.startswith(lead)}
+    if expected.keys() != stored.keys():
+        missing = sorted(expected.keys() - stored.keys())
+        what = f"missing {lead}{missing[0]}" if missing else \
+            f"unexpected {lead}{sorted(stored.keys() - expected.keys())[0]}"
+        raise CheckpointError(f"checkpoint does not match its config's model ({what})")
+    for k, shape in expected.items():
+        if stored[k] != shape:
+            raise CheckpointError(f"checkpoint tensor {lead}{k} is {stored[k]}, the config's model "
+                                  f"needs {shape}")
+
+
 def load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
     lead = prefix + "."
     sd = {k[len(lead):]: v for k, v in tensors.items() if k.startswith(lead)}
@@ -200,8 +226,12 @@ class Header:
 
     @property
     def metrics(self) -> dict[str, Any] | None:
-        raw = self.metadata.get("ganctl.metrics")
-        return json.loads(raw) if raw else None
+        """The last logged record, or None (absent or not a JSON object: it is informative only)."""
+        try:
+            value = json.loads(self.metadata.get("ganctl.metrics") or "null")
+        except (ValueError, RecursionError):
+            return None
+        return value if isinstance(value, dict) else None
 
     def numel(self, prefix: str) -> int:
         total = 0
@@ -237,7 +267,7 @@ def read_header(path: Path) -> Header:
         raise CheckpointError(f"cannot read {path}: permission denied") from None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CheckpointError(f"{path} has a corrupted header (not JSON); "
                               "it is not a usable checkpoint") from None
     if not isinstance(header, dict):
@@ -287,9 +317,19 @@ def verify(header: Header) -> None:
                 digest.update(block)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
+    rest = {k: v for k, v in header.metadata.items() if k != "ganctl.checksum"}
+    digest.update(json.dumps(rest, sort_keys=True).encode())
     if "sha256:" + digest.hexdigest() != checksum:
         raise CheckpointError(f"{path} is corrupted: its data does not match its checksum; use an "
                               "earlier checkpoint")
+
+
+def _checksum(data: bytes | memoryview, metadata: dict[str, str]) -> str:
+    """sha256 of the data section, then of the other metadata as sorted JSON."""
+    digest = hashlib.sha256(data)
+    rest = {k: v for k, v in metadata.items() if k != "ganctl.checksum"}
+    digest.update(json.dumps(rest, sort_keys=True).encode())
+    return "sha256:" + digest.hexdigest()
 
 
 def open_checkpoint(path: Path) -> Header:
@@ -364,9 +404,9 @@ def latest_in_run(run_dir: Path) -> Path | None:
     ckpt_dir = run_dir / CKPT_DIR
     pointer = ckpt_dir / LATEST
     if pointer.is_file():
-        named = ckpt_dir / pointer.read_text().strip()
-        if named.is_file():
-            return named
+        name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+        if _STEP_RE.match(name) and (ckpt_dir / name).is_file():  # a damaged pointer is ignored
+            return ckpt_dir / name
     found = list_checkpoints(ckpt_dir)
     return found[-1] if found else None
 

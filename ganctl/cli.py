@@ -67,8 +67,8 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
-    """Run an engine call; expected errors become one line on stderr and exit 1."""
+def _call(debug: bool, fn: Callable[..., T], *args: Any, json_mode: bool = False) -> T:
+    """Run an engine call; expected errors become one line on stderr and exit 1 (or 128+N)."""
     from ganctl.errors import GanctlError
 
     try:
@@ -76,7 +76,14 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
     except GanctlError as e:
         if debug:
             traceback.print_exc()
+        if json_mode and getattr(e, "result", None) is not None:
+            typer.echo(json.dumps(e.result))  # a stopped run still reports where it stands
         _fail(str(e), e.exit_code)
+    except OSError as e:  # disk full, permissions, a vanished file: say which and what to do
+        if debug:
+            traceback.print_exc()
+        where = f" ({e.filename})" if e.filename else ""
+        _fail(f"{e.strerror or e}{where}; check free space and permissions")
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
@@ -176,7 +183,7 @@ def train(
     """
     from ganctl import train as engine
     from ganctl.config import load_config_file
-    from ganctl.guard import parse_duration
+    from ganctl.guard import deadline_after, parse_duration
     from ganctl.run import is_run_dir
 
     flags = _given(dataset=dataset, data_dir=data_dir, split=split, crop=crop, mirror=mirror,
@@ -187,14 +194,19 @@ def train(
                    log_every=log_every, keep=keep, deterministic=deterministic)
     if resume_run and overwrite:
         raise typer.BadParameter("--resume and --overwrite exclude each other", param_hint="--resume")
+    if (resume_run or overwrite) and out is None:
+        raise typer.BadParameter("needs --out: the run directory to continue or replace",
+                                 param_hint="--resume/--overwrite")
     values = {**(_call(debug, load_config_file, config) if config else {}), **flags}
-    budget = _call(debug, parse_duration, max_time) if max_time else None
+    deadline = deadline_after(_call(debug, parse_duration, max_time)) if max_time else None
     log = engine.RunLog(_console(json_mode))
     if resume_run and out is not None and is_run_dir(out):
-        result = _call(debug, engine.continue_run, out, values, log, download, budget)
+        result = _call(debug, engine.continue_run, out, values, log, download, deadline,
+                       json_mode=json_mode)
     else:
         resolved = _call(debug, engine.resolve_config, values)
-        result = _call(debug, engine.train, resolved, out, log, download, budget, overwrite)
+        result = _call(debug, engine.train, resolved, out, log, download, deadline, overwrite,
+                       json_mode=json_mode)
     _emit(json_mode, result, _done_message(result))
 
 
@@ -236,14 +248,14 @@ def resume(
     Example: ganctl resume runs/0003-shapes-dcgan --steps 3000
     """
     from ganctl import train as engine
-    from ganctl.guard import parse_duration
+    from ganctl.guard import deadline_after, parse_duration
 
     overrides = _given(steps=steps, device=device, sample_every=sample_every,
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir)
-    budget = _call(debug, parse_duration, max_time) if max_time else None
+    deadline = deadline_after(_call(debug, parse_duration, max_time)) if max_time else None
     log = engine.RunLog(_console(json_mode))
     result = _call(debug, engine.resume, target, overrides, log, download, allow_data_change,
-                   budget)
+                   deadline, json_mode=json_mode)
     _emit(json_mode, result, _done_message(result))
 
 

@@ -27,9 +27,10 @@ _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 class Stopped(GanctlError):
     """Stopped by a signal after writing a checkpoint: exit 128 + the signal's number."""
 
-    def __init__(self, signum: int, message: str) -> None:
+    def __init__(self, signum: int, message: str, result: dict | None = None) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+        self.result = result
 
 
 class Diverged(GanctlError):
@@ -77,20 +78,26 @@ class StopSignals:
         return signal.Signals(self.signum).name if self.signum else ""
 
 
-class TimeBudget:
-    """True once running to the next checkpoint would overrun the budget."""
+def deadline_after(seconds: float) -> float:
+    """The time.monotonic() at which a budget of `seconds`, counted from now, runs out."""
+    return time.monotonic() + seconds
 
-    def __init__(self, seconds: float | None, start_step: int) -> None:
-        self.seconds = seconds
-        self.t0 = time.perf_counter()
+
+class TimeBudget:
+    """True once running on to the next checkpoint would pass the deadline (a time.monotonic()
+    value, set when the command started, so start-up and data loading count too)."""
+
+    def __init__(self, deadline: float | None, start_step: int) -> None:
+        self.deadline = deadline
+        self.t0 = time.monotonic()
         self.start_step = start_step
 
     def exhausted(self, step: int, next_ckpt: int) -> bool:
-        if self.seconds is None or step == self.start_step:
+        if self.deadline is None or step == self.start_step:
             return False
-        elapsed = time.perf_counter() - self.t0
-        per_step = elapsed / (step - self.start_step)
-        return elapsed + per_step * (next_ckpt - step) > self.seconds
+        now = time.monotonic()
+        per_step = (now - self.t0) / (step - self.start_step)
+        return now + per_step * (next_ckpt - step) > self.deadline
 
 
 class DivergenceGuard:

@@ -3,8 +3,11 @@ and checkpoints/. Nothing here deletes a run; an existing run is never written i
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ganctl.checkpoint import CKPT_DIR, atomic_write, runs_root
@@ -34,6 +37,29 @@ def _mkdir(path: Path, **kwargs: bool) -> None:
         if isinstance(e, FileExistsError):
             raise
         raise RunError(f"cannot create {path}: {e.strerror}") from None
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock: a second process training the same run is refused, not let loose on
+    its checkpoints (the lock goes with the process, however it ends)."""
+    try:
+        handle = open(run_dir / LOCK, "a+")
+    except OSError as e:
+        raise RunError(f"cannot lock {run_dir}: {e.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RunError(f"{run_dir} is being trained by another ganctl process; wait for it to end "
+                       "or stop it first") from None
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def is_run_dir(path: Path) -> bool:
@@ -82,7 +108,8 @@ def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) ->
         used = [int(m.group(1)) for p in root.iterdir() if (m := _INDEX_RE.match(p.name))]
         index = max(used, default=0) + 1
         while True:  # another process may take a number between our scan and our mkdir
-            run_dir = root / f"{index:04d}-{_slug(config.dataset)}-{_slug(config.arch)}"
+            name = Path(config.dataset).stem if "/" in config.dataset else config.dataset
+            run_dir = root / f"{index:04d}-{_slug(name)}-{_slug(config.arch)}"
             try:
                 _mkdir(run_dir, parents=False, exist_ok=False)
                 break
@@ -91,6 +118,17 @@ def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) ->
     _mkdir(run_dir / CKPT_DIR, exist_ok=True)
     _mkdir(run_dir / SAMPLES, exist_ok=True)
     return run_dir
+
+
+def read_config(run_dir: Path) -> Config:
+    """The config a run was started with (its config.json)."""
+    path = run_dir / CONFIG
+    try:
+        return Config.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    except FileNotFoundError:
+        raise RunError(f"{run_dir} has no {CONFIG}; it is not a ganctl run") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+        raise RunError(f"{path} is damaged ({e}); resume from a checkpoint file instead") from None
 
 
 def write_config(run_dir: Path, config: Config) -> None:

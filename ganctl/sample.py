@@ -88,6 +88,8 @@ def load_generator(header: checkpoint.Header, device: torch.device) -> LoadedGen
         config = Config.from_dict(header.config, source=f"{ckpt} metadata")
     except ConfigError as e:
         raise CheckpointError(f"{ckpt} holds a config this ganctl cannot use: {e}") from None
+    with torch.device("meta"):
+        checkpoint.check_shapes(build_generator(config), header, "G_ema")
     G = build_generator(config)
     checkpoint.load_module(G, checkpoint.load_tensors(ckpt, ("G_ema.",)), "G_ema")
     return LoadedGenerator(G.to(device).eval(), config, header)

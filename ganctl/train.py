@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 
 from ganctl import checkpoint, run, testhooks
 from ganctl.config import RESUME_OVERRIDABLE, Config
-from ganctl.data import Batches, ImageSet, load_dataset, preset
+from ganctl.data import Batches, ImageSet, is_path, load_dataset, preset
 from ganctl.data.cache import skip_summary
 from ganctl.device import configure_determinism, describe, resolve_device
 from ganctl.errors import CheckpointError, ConfigError, DataError
@@ -54,6 +55,8 @@ class TrainState:
 def resolve_config(values: dict[str, Any]) -> Config:
     """defaults < dataset preset < `values` (file and flags, already merged) -> a checked Config."""
     dataset = values.get("dataset", Config.dataset)
+    if is_path(dataset):  # absolute, so that resume finds it from any directory
+        values = {**values, "dataset": str(Path(dataset).expanduser().absolute())}
     config = Config.from_dict({**preset(dataset, values), **values})
     check_config(config)
     get_losses(config.loss)
@@ -95,13 +98,14 @@ def state_tensors(state: TrainState) -> dict[str, torch.Tensor]:
     }
 
 
-def load_state(state: TrainState, tensors: dict[str, torch.Tensor]) -> None:
+def load_state(state: TrainState, tensors: dict[str, torch.Tensor],
+               say: Callable[[str], None] | None = None) -> None:
     for name in ("G", "D", "G_ema"):
         checkpoint.load_module(getattr(state, name), tensors, name)
     checkpoint.load_optimizer(state.opt_G, tensors, "opt_G")
     checkpoint.load_optimizer(state.opt_D, tensors, "opt_D")
     try:
-        state.noise.set_state(tensors["rng.noise"])
+        _restore_noise(state, tensors["rng.noise"], int(tensors["state.step"]), say)
         torch.set_rng_state(tensors["rng.torch"])
         state.step = int(tensors["state.step"])
         state.batches.load_state(int(tensors["state.data_epoch"]),
@@ -110,6 +114,20 @@ def load_state(state: TrainState, tensors: dict[str, torch.Tensor]) -> None:
         raise CheckpointError(f"checkpoint lacks tensor {e.args[0]!r}; it is incomplete") from None
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint's training state is damaged: {e}") from None
+
+
+def _restore_noise(state: TrainState, saved: torch.Tensor, step: int,
+                   say: Callable[[str], None] | None) -> None:
+    """The noise generator's state; a run moved to another kind of device (CUDA <-> CPU) cannot
+    continue the same noise sequence, so it is re-seeded from (seed, step), and the user told."""
+    try:
+        state.noise.set_state(saved)
+    except RuntimeError:
+        state.noise.manual_seed(state.config.seed * 1_000_003 + step)
+        if say:
+            say(f"the checkpoint's noise generator belongs to another kind of device than "
+                f"{state.noise.device}: its noise sequence restarts from (seed, step {step}); the run "
+                "continues, but not bit-identically to one that stayed on one device")
 
 
 # --- one step ----------------------------------------------------------------------------------------
@@ -198,7 +216,7 @@ def save_checkpoint(state: TrainState, tensors: dict[str, torch.Tensor], run_dir
         extra["ganctl.metrics"] = json.dumps(metrics)
     checkpoint.save(path, tensors, state.config.to_json(), state.step, extra)
     checkpoint.set_latest(ckpt_dir, path.name)  # only once the file is complete
-    checkpoint.prune(ckpt_dir, state.config.keep)
+    checkpoint.prune(ckpt_dir, state.config.keep, state.step)
     return path
 
 
@@ -210,11 +228,11 @@ class LastGood:
 
     tensors: dict[str, torch.Tensor]
     step: int
-    rollbacks_here: int = 0  # rollbacks to this state: the learning rates fall by LR_FACTOR each
-    rollbacks_total: int = 0
+    rollbacks: int = 0  # rollbacks to this state: the learning rates fall by LR_FACTOR each
 
     def update(self, tensors: dict[str, torch.Tensor], step: int) -> None:
-        self.tensors, self.step, self.rollbacks_here = tensors, step, 0
+        """A new checkpoint: training got past the trouble, so the count starts again."""
+        self.tensors, self.step, self.rollbacks = tensors, step, 0
 
 
 def roll_back(state: TrainState, good: LastGood, what: str, bad_step: int, run_dir: Path,
@@ -222,14 +240,17 @@ def roll_back(state: TrainState, good: LastGood, what: str, bad_step: int, run_d
     """Back to the last good state with lower learning rates, or Diverged after MAX_ROLLBACKS."""
     lrs = {name: opt.param_groups[0]["lr"] for name, opt in (("lr_g", state.opt_G),
                                                               ("lr_d", state.opt_D))}
-    if good.rollbacks_total >= MAX_ROLLBACKS:
+    if good.rollbacks >= MAX_ROLLBACKS:
+        log.event({"step": bad_step, "event": "diverged", "loss": what, "to_step": None, **lrs,
+                   "time": round(time.time(), 3)}, f"{what} became non-finite at step {bad_step} "
+                  f"after {MAX_ROLLBACKS} rollbacks to step {good.step}: stopping")
         raise Diverged(f"training diverged: {what} became non-finite at step {bad_step}, again "
                        f"after {MAX_ROLLBACKS} rollbacks (learning rates now lr_g {lrs['lr_g']:.3g}, "
                        f"lr_d {lrs['lr_d']:.3g}); lower --lr-g/--lr-d or change the loss")
-    good.rollbacks_here += 1
-    good.rollbacks_total += 1
-    load_state(state, good.tensors)  # learning rates as they were then ...
-    factor = LR_FACTOR ** good.rollbacks_here
+    good.rollbacks += 1
+    # a copy: the optimizers would otherwise adopt (and later overwrite) the saved tensors
+    load_state(state, {k: v.clone() for k, v in good.tensors.items()})  # the lrs as they were ...
+    factor = LR_FACTOR ** good.rollbacks
     for opt in (state.opt_G, state.opt_D):  # ... lowered once more for each rollback to it
         for group in opt.param_groups:
             group["lr"] *= factor
@@ -248,7 +269,7 @@ def _due(step: int, every: int, done: bool) -> bool:
 
 
 def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
-        max_time: float | None = None) -> dict[str, Any]:
+        deadline: float | None = None) -> dict[str, Any]:
     """Train from state.step to config.steps, logging, sampling and checkpointing on schedule;
     stop cleanly (with a checkpoint) on SIGINT/SIGTERM or when the time budget runs out."""
     config = state.config
@@ -257,7 +278,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.z_dim).to(device)
     meter = Meter(device, config.batch_size)
     guard = DivergenceGuard(device, state.step)
-    budget = TimeBudget(max_time, state.step)
+    budget = TimeBudget(deadline, state.step)
     good = LastGood(snapshot(state), state.step)
     last: dict[str, Any] | None = None
     ckpt = sample = None
@@ -302,14 +323,15 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     finally:
         state.batches.close()
         log.close()
-    if signals.signum is not None:
-        raise Stopped(signals.signum, f"stopped by {signals.name} at step {state.step}; checkpoint "
-                      f"{ckpt}; continue with: ganctl resume {run_dir}")
     result = {"run_dir": str(run_dir), "checkpoint": str(ckpt) if ckpt else None,
               "samples": str(sample) if sample else None, "step": state.step,
               "steps": config.steps, "device": str(device),
               "seconds": round(time.perf_counter() - t0, 2), "metrics": last,
               "stopped": "max-time" if out_of_time and state.step < config.steps else None}
+    if signals.signum is not None:
+        raise Stopped(signals.signum, f"stopped by {signals.name} at step {state.step}; checkpoint "
+                      f"{ckpt}; continue with: ganctl resume {run_dir}",
+                      {**result, "stopped": signals.name})
     if result["stopped"]:
         log.info(f"time budget reached at step {state.step} of {config.steps}; checkpoint {ckpt}; "
                  f"continue with: ganctl resume {run_dir}")
@@ -330,7 +352,7 @@ def _write_data_report(run_dir: Path, config: Config, data: ImageSet, log: RunLo
 
 
 def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
-          max_time: float | None = None, overwrite: bool = False) -> dict[str, Any]:
+          deadline: float | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Start a new run of `config` in `out` (or the next numbered run dir) and train it."""
     device = resolve_device(config.device)
     configure_determinism(config.deterministic)
@@ -338,36 +360,45 @@ def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
     if overwrite and out is not None and run.is_run_dir(out):
         log.info(f"--overwrite: removing the previous run's files in {out}")
     run_dir = run.create_run_dir(out, config, overwrite)
-    run.write_config(run_dir, config)
-    log.attach(run_dir)
-    _write_data_report(run_dir, config, data, log)
-    log.info(f"run {run_dir}: {config.arch} {config.resolution}x{config.resolution}x"
-             f"{config.channels} on {config.dataset} ({len(data.images)} images), "
-             f"device {describe(device)}")
-    state = init_state(config, device, data.images)
-    return fit(state, run_dir, log, data.fingerprint, max_time)
+    with run.locked(run_dir):
+        run.write_config(run_dir, config)
+        log.attach(run_dir)
+        _write_data_report(run_dir, config, data, log)
+        log.info(f"run {run_dir}: {config.arch} {config.resolution}x{config.resolution}x"
+                 f"{config.channels} on {config.dataset} ({len(data.images)} images), "
+                 f"device {describe(device)}")
+        state = init_state(config, device, data.images)
+        return fit(state, run_dir, log, data.fingerprint, deadline)
 
 
 def continue_run(out: Path, values: dict[str, Any], log: RunLog, download: bool = True,
-                 max_time: float | None = None) -> dict[str, Any]:
+                 deadline: float | None = None) -> dict[str, Any]:
     """`train --resume` into an existing run: resume it, refusing settings it was not started with."""
-    stored = Config.from_dict(checkpoint.locate(out, log.info).config)
+    stored = run.read_config(out)
     for key, value in values.items():
         if key not in RESUME_OVERRIDABLE and getattr(stored.replace(**{key: value}), key) != getattr(
                 stored, key):
             raise ConfigError(f"{out} was started with {key} = {getattr(stored, key)!r}; --resume "
                               f"continues it as it was, so {key} cannot become {value!r}")
     overrides = {k: v for k, v in values.items() if k in RESUME_OVERRIDABLE}
-    return resume(str(out), overrides, log, download, max_time=max_time)
+    return resume(str(out), overrides, log, download, deadline=deadline)
 
 
 def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download: bool = True,
-           allow_data_change: bool = False, max_time: float | None = None) -> dict[str, Any]:
+           allow_data_change: bool = False, deadline: float | None = None) -> dict[str, Any]:
     """Continue a run from its newest checkpoint (or the given one) up to config.steps."""
     bad = sorted(set(overrides) - RESUME_OVERRIDABLE)
     if bad:
         raise ConfigError(f"resume cannot change {bad[0]!r}; only "
                           f"{', '.join(sorted(RESUME_OVERRIDABLE))} may change")
+    if target is not None and run.is_run_dir(Path(target)) and not checkpoint.list_checkpoints(
+            Path(target) / checkpoint.CKPT_DIR):
+        # stopped before its first checkpoint: nothing to lose, so start it again as configured
+        run_dir = Path(target)
+        config = run.read_config(run_dir).replace(**overrides)
+        log.info(f"{run_dir} has no checkpoint yet (it stopped before the first one): starting it "
+                 "again from step 0")
+        return train(config, run_dir, log, download, deadline, overwrite=True)
     header = checkpoint.locate(target, log.info)  # falls back past damaged checkpoints
     ckpt = header.path
     run_dir = checkpoint.run_dir_of(ckpt)
@@ -378,6 +409,10 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
     if config.steps < header.step:
         raise ConfigError(f"{ckpt} is at step {header.step}, past --steps {config.steps}; "
                           "--steps is the run's total length, pass a larger one")
+    with torch.device("meta"):  # shapes first: a hostile config must not make us allocate
+        G, D = build_models(config)
+        for module, prefix in ((G, "G"), (D, "D"), (G, "G_ema")):
+            checkpoint.check_shapes(module, header, prefix)
     device = resolve_device(config.device)
     configure_determinism(config.deterministic)
     data = _load_data(config, log, download)
@@ -389,20 +424,21 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
                             "--allow-data-change to train on it anyway")
         log.info(f"dataset changed since the run started ({recorded} -> {data.fingerprint}); "
                  "continuing as --allow-data-change asks")
-    state = init_state(config, device, data.images)
-    load_state(state, checkpoint.load_tensors(ckpt))
-    run.trim_metrics(run_dir, state.step)
-    run.write_config(run_dir, config)
-    log.attach(run_dir)
-    _write_data_report(run_dir, config, data, log)
-    log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "
-             f"device {describe(device)}")
-    if state.step == config.steps:
-        state.batches.close()
-        log.info(f"run is already complete at step {state.step}; pass a larger --steps to "
-                 "train further")
-        return {"run_dir": str(run_dir), "checkpoint": str(ckpt), "samples": None,
-                "step": state.step, "steps": config.steps, "device": str(device),
-                "seconds": 0.0, "metrics": header.metrics}
-    checkpoint.remove_temp_files(run_dir / checkpoint.CKPT_DIR)
-    return fit(state, run_dir, log, data.fingerprint, max_time)
+    with run.locked(run_dir):
+        state = init_state(config, device, data.images)
+        load_state(state, checkpoint.load_tensors(ckpt), log.info)
+        run.trim_metrics(run_dir, state.step)
+        run.write_config(run_dir, config)
+        log.attach(run_dir)
+        _write_data_report(run_dir, config, data, log)
+        log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "
+                 f"device {describe(device)}")
+        if state.step == config.steps:
+            state.batches.close()
+            log.info(f"run is already complete at step {state.step}; pass a larger --steps to "
+                     "train further")
+            return {"run_dir": str(run_dir), "checkpoint": str(ckpt), "samples": None,
+                    "step": state.step, "steps": config.steps, "device": str(device),
+                    "seconds": 0.0, "metrics": header.metrics}
+        checkpoint.remove_temp_files(run_dir / checkpoint.CKPT_DIR)
+        return fit(state, run_dir, log, data.fingerprint, deadline)

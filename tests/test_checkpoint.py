@@ -85,13 +85,19 @@ def test_huge_header_length_is_refused_without_reading(tmp_path):
         checkpoint.read_header(path)
 
 
-def test_prune_keeps_the_newest(tmp_path):
+def test_prune_keeps_the_newest_up_to_the_current_step(tmp_path):
     for step in (1, 2, 10, 3):
         (tmp_path / checkpoint.checkpoint_name(step)).write_bytes(b"x")
-    removed = checkpoint.prune(tmp_path, 2)
+    removed = checkpoint.prune(tmp_path, 2, current=10)
     assert [p.name for p in removed] == ["step-000000001.safetensors", "step-000000002.safetensors"]
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
         "step-000000003.safetensors", "step-000000010.safetensors"]
+    # resumed from step 3 and now at 4: step 10 (a later, abandoned file) is neither counted nor
+    # deleted, and the file just written is always kept
+    (tmp_path / checkpoint.checkpoint_name(4)).write_bytes(b"x")
+    assert [p.name for p in checkpoint.prune(tmp_path, 1, current=4)] == ["step-000000003.safetensors"]
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        "step-000000004.safetensors", "step-000000010.safetensors"]
 
 
 def test_no_pickle_and_no_torch_load_in_the_package():

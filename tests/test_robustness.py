@@ -152,7 +152,7 @@ def rewrite(src: Path, dst: Path, change) -> None:
     (lambda t, m: t.update({"G_ema.fc.weight": t["G_ema.fc.weight"].int()}),
      "G_ema.fc.weight is torch.int32"),
     (lambda t, m: t.update({"G_ema.fc.weight": t["G_ema.fc.weight"][:3]}),
-     "is torch.float32 (3, 100), the model needs torch.float32 (512, 100)"),
+     "G_ema.fc.weight is (3, 100), the config's model needs (512, 100)"),
     (lambda t, m: t.pop("G_ema.bn0.running_mean"), "missing G_ema.bn0.running_mean"),
     (lambda t, m: m.update({"ganctl.config": json.dumps({**json.loads(m["ganctl.config"]),
                                                          "evil": 1})}), "unknown config key 'evil'"),

@@ -252,6 +252,8 @@ def load_dataset(config: Config, download: bool = True,
                  progress: Callable[[str, int], cache.Progress] | None = None) -> ImageSet:
     """The dataset at the config's resolution, channels and crop, decoded through the cache."""
     if config.dataset == "shapes":
+        if config.split:
+            raise DataError(f"shapes has no split {config.split!r}; it is one generated set")
         images = shapes.render(config.resolution, config.channels)
         fingerprint = f"shapes-v{shapes.VERSION}-n{shapes.SIZE}-s{shapes.SEED}"
         data = ImageSet(images, fingerprint, report={"count": len(images), "skipped": 0})

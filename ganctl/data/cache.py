@@ -30,7 +30,7 @@ from ganctl.data.decode import Skip, decode, from_array
 from ganctl.data.sources import Source
 from ganctl.errors import DataError
 
-VERSION = 1  # bump when decoding changes, so old caches are not reused
+VERSION = 2  # bump when decoding (or the cache's files) change, so old caches are not reused
 CHUNK = 256  # items decoded per task
 Progress = Callable[[int], None]  # advance by n items
 
@@ -47,7 +47,7 @@ class Decoded:
     images: np.ndarray  # (N, C, R, R) uint8, memory-mapped
     labels: np.ndarray  # (N,) int64, -1 where there is no class
     classes: list[str]
-    fingerprint: str  # the cache key: source fingerprint + decode settings
+    fingerprint: str  # of the decoded content: survives copying the data elsewhere
     meta: dict[str, Any]  # what the .json holds: counts, classes, skip report
     path: Path  # the .images.npy file
 
@@ -79,7 +79,9 @@ def _load(base: Path, key: str) -> Decoded | None:
         return None  # damaged: rebuild
     if images.shape[0] != meta.get("count") or labels.shape != (images.shape[0],):
         return None
-    return Decoded(images, labels, meta["classes"], key, meta, images_path)
+    if "content_fingerprint" not in meta:
+        return None
+    return Decoded(images, labels, meta["classes"], meta["content_fingerprint"], meta, images_path)
 
 
 def _decode_one(source: Source, i: int, resolution: int, channels: int, crop: str) -> np.ndarray:
@@ -121,6 +123,7 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
     tmp_npy = base.with_name(f".{base.name}.npy.tmp-{os.getpid()}")
     labels: list[int] = []
     skipped: list[dict[str, str]] = [{"file": f, "reason": r} for f, r in source.ignored]
+    content = hashlib.sha256()  # of the pixels, then the labels: what the run trains on
     workers = max(1, min(16, os.cpu_count() or 1))
     try:
         with open(tmp_raw, "wb") as raw:
@@ -129,7 +132,9 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
                     if isinstance(result, str):
                         skipped.append({"file": source.keys[i], "reason": result})
                     else:
-                        raw.write(result.tobytes())
+                        pixels = result.tobytes()
+                        raw.write(pixels)
+                        content.update(pixels)
                         labels.append(int(source.labels[i]))
                 if progress:
                     progress(len(chunk))
@@ -141,10 +146,13 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
         _npy_from_raw(tmp_raw, tmp_npy, (count, channels, resolution, resolution))
         meta_path, images_path, labels_path = _files(base)
         os.replace(tmp_npy, images_path)
-        atomic_write(labels_path, _npy_bytes(np.array(labels, dtype=np.int64)))
+        label_array = np.array(labels, dtype=np.int64)
+        atomic_write(labels_path, _npy_bytes(label_array))
+        content.update(label_array.tobytes())
         reasons = Counter(s["reason"] for s in skipped)
         meta = {"version": VERSION, "name": source.name, "origin": source.origin,
-                "source_fingerprint": source.fingerprint, "fingerprint": key, "count": count,
+                "source_fingerprint": source.fingerprint, "fingerprint": key,
+                "content_fingerprint": content.hexdigest()[:16], "count": count,
                 "resolution": resolution, "channels": channels, "crop": crop,
                 "classes": source.classes, "skipped": len(skipped),
                 "skipped_by_reason": dict(sorted(reasons.items())), "skipped_files": skipped}

@@ -21,7 +21,7 @@ from pickletools import genops
 
 import numpy as np
 
-from ganctl.data.decode import IMAGE_EXTENSIONS
+from ganctl.data.decode import IMAGE_EXTENSIONS, Skip
 from ganctl.errors import DataError
 
 
@@ -118,13 +118,17 @@ def zip_source(name: str, path: Path, members: list[str] | None = None,
     lock = threading.Lock()  # one shared file handle: reads are serialised, decoding is not
 
     def read(i: int) -> bytes:
+        info = infos.get(members[i])
+        if info is None:
+            raise Skip("missing")  # listed (CelebA's partition file) but not in the zip
         with lock:
             try:
-                return archive.read(infos[members[i]])
-            except (zipfile.BadZipFile, OSError, EOFError):
-                return b""  # a damaged member decodes as an empty file and is skipped
+                return archive.read(info)
+            except Exception:  # damaged, encrypted, unsupported compression: skip this member
+                raise Skip("unreadable") from None
 
-    fingerprint = _hash(path.stat().st_size, [(m, infos[m].CRC, infos[m].file_size) for m in members])
+    fingerprint = _hash(path.stat().st_size, [(m, infos[m].CRC, infos[m].file_size)
+                                              for m in members if m in infos])
     return Source(name=name, origin=str(path), fingerprint=fingerprint, keys=members,
                   labels=labels, classes=classes, read=read, encoded=True, ignored=ignored)
 
@@ -179,8 +183,9 @@ _LIST_KEYS = frozenset({"labels", "fine_labels", "coarse_labels", "label_names",
 _INT_OPS = frozenset({"BININT1", "BININT2", "BININT", "INT", "LONG1"})
 # Python 3 writes bytes at protocol 2 as _codecs.encode('<text>', 'latin1'): the codec name,
 # the tuple and the call sit between a key and its list.
+# Protocols 4 and 5 cut long lists into FRAMEs, which say nothing about the data.
 _STRUCTURE_OPS = frozenset({"BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE", "BINGET", "LONG_BINGET",
-                            "GET", "TUPLE2", "REDUCE"})
+                            "GET", "TUPLE2", "REDUCE", "FRAME", "PROTO"})
 _CODEC_NAMES = frozenset({"latin1", "latin-1"})
 
 
@@ -274,9 +279,15 @@ def celeba_source(name: str, folder: Path, split: str) -> Source:
                                         "list_eval_partition.txt"])
     wanted = None if split == "all" else CELEBA_SPLITS[split]
     names = []
-    for line in partition.read_text().split("\n"):
+    text = partition.read_bytes().decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
         parts = line.split()
-        if len(parts) == 2 and (wanted is None or int(parts[1]) == wanted):
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise DataError(f"{partition} line {number} is not '<file> <0|1|2>'; download the "
+                            "file again")
+        if wanted is None or int(parts[1]) == wanted:
             names.append(parts[0])
     labels = np.full(len(names), -1, dtype=np.int64)
     if images_dir.is_dir():
@@ -288,7 +299,7 @@ def celeba_source(name: str, folder: Path, split: str) -> Source:
             try:
                 return files[i].read_bytes()
             except FileNotFoundError:
-                return b""  # listed in the partition file but absent: skipped as empty
+                raise Skip("missing") from None  # listed in the partition file, not on disk
 
         return Source(name=name, origin=str(images_dir), fingerprint=fingerprint, keys=names,
                       labels=labels, classes=[], read=read, encoded=True)
