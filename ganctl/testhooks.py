@@ -1,7 +1,7 @@
 """Fault injection for ganctl's own tests and fault benchmark, off unless its variables are set.
 
 GANCTL_TEST_SLOW_WRITE=S   atomic writes of more than 1 MB take about S seconds (kill -9 tests)
-GANCTL_TEST_NAN_AT=N       the real batch of step N is NaN once (divergence guard tests)
+GANCTL_TEST_NAN_AT=N[,M..] the real batch of step N (and M ...) is NaN, once each (divergence tests)
 GANCTL_TEST_NAN_FROM=N     ... of every step from N on
 """
 
@@ -25,7 +25,7 @@ def nan_at(step: int) -> bool:
     once, every = os.environ.get("GANCTL_TEST_NAN_AT"), os.environ.get("GANCTL_TEST_NAN_FROM")
     if every and step >= int(every):
         return True
-    if once and step == int(once) and step not in _fired:
+    if once and step in {int(s) for s in once.split(",")} and step not in _fired:
         _fired.add(step)
         return True
     return False

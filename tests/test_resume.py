@@ -70,3 +70,20 @@ def test_resume_checkpoint_outside_a_run(trained_run, workdir):
     lone.write_bytes((trained_run / "checkpoints" / "step-000000004.safetensors").read_bytes())
     result = invoke("resume", lone, "--steps", "5")
     assert result.exit_code == 1 and "not inside a run's checkpoints/" in result.stderr
+
+
+def test_exact_resume_with_mirror_across_epochs_on_a_folder(workdir):
+    from PIL import Image
+    (workdir / "imgs" / "a").mkdir(parents=True)
+    for i in range(10):  # 10 images, batch 4: an epoch is 2 batches, so 7 steps cross 3 epochs
+        Image.new("RGB", (40, 32), (i * 25, 255 - i * 25, 60)).save(workdir / "imgs" / "a" / f"{i}.png")
+    args = ["--dataset", "imgs", "--resolution", "32", "--mirror", "--batch-size", "4",
+            "--g-width", "8", "--d-width", "8", "--log-every", "1", "--ckpt-every", "3",
+            "--sample-every", "100", "--device", "cpu"]
+    assert invoke("train", *args, "--steps", "7", "--out", "straight").exit_code == 0
+    assert invoke("train", *args, "--steps", "3", "--out", "split").exit_code == 0
+    assert invoke("resume", "split", "--steps", "7").exit_code == 0
+    (_, a), (_, b) = final_tensors(workdir / "straight"), final_tensors(workdir / "split")
+    assert a.keys() == b.keys() and int(a["state.data_epoch"]) == 3
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
