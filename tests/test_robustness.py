@@ -271,6 +271,7 @@ def test_train_until_done_example(workdir):
                            env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "run complete: r" in first.stdout and valid_steps(workdir / "r")[-1] == 3
+    assert "time slice over" in first.stderr  # the loop ran: 1 s slices, each ending in a checkpoint
 
 
 def test_inspect_no_verify_reads_the_header_alone(trained_run):
