@@ -13,6 +13,7 @@ allow_pickle=False.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -169,8 +170,6 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()

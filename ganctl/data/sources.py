@@ -35,7 +35,6 @@ class Source:
     classes: list[str]
     read: Callable[[int], bytes | np.ndarray]
     encoded: bool  # read() gives encoded bytes (True) or an HWC uint8 array (False)
-    channels: int | None = None  # the data's own channel count where it is known
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) never read
 
     def __len__(self) -> int:
@@ -138,10 +137,9 @@ def zip_source(name: str, path: Path, members: list[str] | None = None,
 def _array_source(name: str, origin: str, files: list[Path], images: np.ndarray,
                   labels: np.ndarray, classes: list[str], split: str) -> Source:
     """images: (N, H, W) or (N, H, W, C) uint8."""
-    channels = 1 if images.ndim == 3 else images.shape[3]
     return Source(name=name, origin=origin, fingerprint=_stat_fingerprint(files, split),
                   keys=[f"{split}[{i}]" for i in range(len(images))], labels=labels.astype(np.int64),
-                  classes=classes, read=lambda i: images[i], encoded=False, channels=channels)
+                  classes=classes, read=lambda i: images[i], encoded=False)
 
 
 def read_idx(path: Path) -> np.ndarray:
