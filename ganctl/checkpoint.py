@@ -436,6 +436,10 @@ def locate(target: str | Path | None, say: Callable[[str], None], verify: bool =
     if target is None:
         return newest_valid(newest_run(runs_root()), say, verify)[1]
     path = Path(target)
+    if path.name == LATEST and path.parent.name == CKPT_DIR:  # the pointer: its run
+        path = path.parent.parent
+    elif path.name == CKPT_DIR and path.is_dir():  # a run's checkpoints/: the run
+        path = path.parent
     if path.is_dir():
         if (path / CKPT_DIR).is_dir() or (path / "config.json").is_file():
             return newest_valid(path, say, verify)[1]

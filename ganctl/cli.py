@@ -7,6 +7,7 @@ command line (Typer's usage error); 130/143 stopped by SIGINT/SIGTERM.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 import traceback
@@ -17,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ganctl import __version__
 
@@ -54,8 +56,8 @@ Split = Annotated[str | None, typer.Option(help="Dataset split (default: train).
 Download = Annotated[bool, typer.Option("--download/--no-download",
                                         help="Download a named dataset that is missing.")]
 Crop = Annotated[str | None, typer.Option(help="Non-square images: center (crop) or none (pad).")]
-Resolution = Annotated[int | None, typer.Option(help="Image size: 32 or 64 (default: from the "
-                                                "dataset).")]
+Resolution = Annotated[int | None, typer.Option(help="Image size: 32, 64 or 128 (default: from "
+                                                "the dataset).")]
 Channels = Annotated[int | None, typer.Option(help="1 or 3 (default: from the dataset).")]
 MaxTime = Annotated[str | None, typer.Option(
     help="Time budget such as 3h30m: stop with a checkpoint (exit 0) before the next checkpoint "
@@ -101,7 +103,9 @@ def _say(message: str) -> None:
 
 def _console(json_mode: bool) -> Console:
     # With --json, stdout carries the JSON document alone: everything human goes to stderr.
-    return Console(stderr=json_mode, highlight=False)
+    from ganctl.logging import QuietOnClosedPipe
+
+    return QuietOnClosedPipe(stderr=json_mode, highlight=False)
 
 
 def _emit(json_mode: bool, result: dict[str, Any], human: str) -> None:
@@ -153,8 +157,8 @@ def train(
     lr_g: Annotated[float | None, typer.Option(help="G's Adam learning rate (2e-4).")] = None,
     lr_d: Annotated[float | None, typer.Option(help="D's Adam learning rate (2e-4).")] = None,
     ema_decay: Annotated[float | None, typer.Option(help="Decay of G_ema (0.999).")] = None,
-    seed: Annotated[int | None, typer.Option(min=0, help="Seed of weights, data order "
-                                                "and noise.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=2**32 - 1, help="Seed of weights, data "
+                                                "order and noise.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: "
                                                 "./runs/NNNN-<dataset>-<arch>; env GANCTL_RUNS "
                                                 "moves ./runs).")] = None,
@@ -217,7 +221,7 @@ def _done_message(result: dict[str, Any]) -> str:
     if result["samples"]:
         lines.append(f"samples: {result['samples']}")
     lines.append(f"checkpoint: {result['checkpoint']}")
-    lines.append(f"next: ganctl sample -n 64 out.png --ckpt {result['run_dir']}")
+    lines.append(f"next: ganctl sample -n 64 out.png --ckpt {shlex.quote(result['run_dir'])}")
     return "\n".join(lines)
 
 
@@ -269,7 +273,7 @@ def sample(
     ckpt: Annotated[str | None, typer.Option(
         "--ckpt", metavar="CKPT|RUN_DIR", help="Checkpoint or run directory (default: the "
         "newest checkpoint under ./runs).")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Image i uses latent seed SEED+i.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**62, help="Image i uses latent seed SEED+i.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K | mps.")] = "auto",
     json_mode: Json = False,
     debug: Debug = False,
@@ -320,24 +324,24 @@ def inspect(
         return
     console = Console(highlight=False)
     console.print(f"checkpoint {path}", markup=False, soft_wrap=True)
-    table = Table(show_header=False)
+    table = Table(show_header=False)  # cells are Text: a config value is never read as markup
     table.add_column("key", style="bold")
     table.add_column("value")
-    table.add_row("version", f"{info['version']} (schema {info['schema']})")
-    table.add_row("step", str(info["step"]))
-    table.add_row("created", str(info["created"]))
-    table.add_row("file size", f"{info['file_size'] / 1e6:.2f} MB")
-    table.add_row("params", f"G {info['params']['G']:,}  D {info['params']['D']:,}")
-    for key, value in info["config"].items():
-        table.add_row(key, str(value))
-    for key, value in (info["metrics"] or {}).items():
-        table.add_row(f"last {key}", str(value))
+    rows = [("version", f"{info['version']} (schema {info['schema']})"),
+            ("step", info["step"]), ("created", info["created"]),
+            ("file size", f"{info['file_size'] / 1e6:.2f} MB"),
+            ("params", f"G {info['params']['G']:,}  D {info['params']['D']:,}"),
+            *info["config"].items(),
+            *((f"last {k}", v) for k, v in (info["metrics"] or {}).items())]
+    for key, value in rows:
+        table.add_row(Text(str(key)), Text(str(value)))
     console.print(table)
 
 
 # --- data ---------------------------------------------------------------------------------------------
 
-data_app = typer.Typer(help="Prepare and describe datasets (the decode cache).", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare and describe datasets (the decode cache). Example: ganctl "
+                            "data prepare --dataset cifar10", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 

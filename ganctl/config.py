@@ -72,6 +72,10 @@ class Config:
             raise ConfigError(
                 f"resolution {self.resolution} is not a power of two; use 32 or 64"
             )
+        if not self.dataset.strip():
+            raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
+        if self.seed >= 2**32:
+            raise ConfigError(f"seed must be below 2**32, got {self.seed}")
         if self.crop not in CROPS:
             raise ConfigError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
         if self.channels not in (1, 3):

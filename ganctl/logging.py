@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 METRICS = "metrics.jsonl"
+
+
+class QuietOnClosedPipe(Console):
+    """A console that falls silent when its reader goes away (`ganctl train | head`, a closed
+    terminal): the run goes on and checkpoints as usual instead of exiting mid-training, which is
+    rich's default."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.file.fileno())  # later writes by anyone go nowhere, quietly
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def format_duration(seconds: float) -> str:
@@ -49,7 +64,7 @@ class RunLog:
         self.info(f"{description}: {total} items")
         done = 0
         if self.console.is_terminal:
-            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                            TimeRemainingColumn(), console=self.console, transient=True)
             task_id = bar.add_task(description.split(" into ")[0], total=total)
             bar.start()
@@ -76,8 +91,8 @@ class RunLog:
         self._total, self._start_step, self._t0 = total, step, time.perf_counter()
         if self.console.is_terminal:
             self._progress = Progress(
-                TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+                TextColumn("step {task.completed}/{task.total}"), BarColumn(bar_width=16),
+                TimeRemainingColumn(compact=True), TextColumn("{task.fields[stats]}", markup=False),
                 console=self.console, transient=False)
             self._task = self._progress.add_task("train", total=total, completed=step, stats="")
             self._progress.start()
@@ -91,8 +106,11 @@ class RunLog:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         if self._progress is not None:
-            self._progress.update(self._task, completed=record["step"],
-                                  stats=format_record(record))
+            stats = format_record(record)
+            if self.console.width < 120:  # keep step, bar and ETA whole on a narrow terminal
+                stats = (f"loss_D {record['loss_D']:.2f}  loss_G {record['loss_G']:.2f}  "
+                         f"{record['img_per_s']:.0f} img/s")
+            self._progress.update(self._task, completed=record["step"], stats=stats)
         else:
             self.info(f"step {record['step']}/{self._total}  {format_record(record)}  "
                       f"eta {format_duration(self._eta(record['step']))}")

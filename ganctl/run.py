@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import re
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,15 +89,14 @@ def remove_run(run_dir: Path) -> list[Path]:
 
 def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) -> Path:
     """A new, empty run directory: `out` if given, else the next free number under the root.
-    An existing run in `out` is refused unless `overwrite`, which deletes ganctl's files in it."""
+    An existing run in `out` is refused; with `overwrite` (the caller having removed the old
+    run's files under its lock) other files in `out` may stay."""
     if out is not None:
-        if out.exists() and is_run_dir(out) and overwrite:
-            remove_run(out)
         if out.exists():
             if is_run_dir(out):
                 raise RunError(f"{out} already holds a run; continue it with `ganctl resume "
-                               f"{out}` (or train --resume), replace it with --overwrite, or "
-                               "choose another --out")
+                               f"{shlex.quote(str(out))}` (or train --resume), replace it with "
+                               "--overwrite, or choose another --out")
             if not out.is_dir() or (any(out.iterdir()) and not overwrite):
                 raise RunError(f"--out {out} exists and is not an empty directory; "
                                "choose a new directory")

@@ -98,6 +98,8 @@ def load_generator(header: checkpoint.Header, device: torch.device) -> LoadedGen
 def sample_grid(header: checkpoint.Header, out: Path, n: int, seed: int,
                 device: torch.device) -> dict:
     """Write an n-image grid from a checkpoint to `out`; seeds seed..seed+n-1."""
+    if seed + n > 2**63:
+        raise ConfigError(f"seeds {seed}..{seed + n - 1} go past 2**63 - 1; use a smaller --seed")
     if out.suffix.lower() != ".png":
         raise ConfigError(f"output {out} must end in .png (sample grids are PNG)")
     if not out.parent.exists():

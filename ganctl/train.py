@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,12 +57,27 @@ class TrainState:
 def resolve_config(values: dict[str, Any]) -> Config:
     """defaults < dataset preset < `values` (file and flags, already merged) -> a checked Config."""
     dataset = values.get("dataset", Config.dataset)
-    if is_path(dataset):  # absolute, so that resume finds it from any directory
-        values = {**values, "dataset": str(Path(dataset).expanduser().absolute())}
+    values = normalise(values)
     config = Config.from_dict({**preset(dataset, values), **values})
     check_config(config)
     get_losses(config.loss)
     return config
+
+
+def normalise(values: dict[str, Any]) -> dict[str, Any]:
+    """Paths as they are stored: a folder or zip dataset absolute (resume finds it from anywhere),
+    ~ expanded in data_dir."""
+    out = dict(values)
+    dataset = out.get("dataset")
+    if dataset is not None and not isinstance(dataset, str):
+        raise ConfigError(f"dataset must be a string, got {dataset!r}")
+    if dataset is not None and not dataset.strip():
+        raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
+    if dataset and is_path(dataset):
+        out["dataset"] = str(Path(dataset).expanduser().absolute())
+    if isinstance(out.get("data_dir"), str) and out["data_dir"]:
+        out["data_dir"] = str(Path(out["data_dir"]).expanduser())
+    return out
 
 
 # --- state -----------------------------------------------------------------------------------------
@@ -68,8 +85,14 @@ def resolve_config(values: dict[str, Any]) -> Config:
 def init_state(config: Config, device: torch.device, images: np.ndarray | torch.Tensor
                ) -> TrainState:
     torch.manual_seed(config.seed)  # initial weights
-    G, D = build_models(config)
-    G, D = G.to(device), D.to(device)
+    try:
+        G, D = build_models(config)
+        G, D = G.to(device), D.to(device)
+    except (RuntimeError, MemoryError) as e:
+        if "alloc" not in str(e).lower() and "memory" not in str(e).lower():
+            raise
+        raise ConfigError(f"the model does not fit in {device} memory ({str(e).splitlines()[0][:120]}); "
+                          "lower --g-width, --d-width or --z-dim") from None
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     betas = (config.beta1, config.beta2)
     return TrainState(
@@ -330,11 +353,11 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
               "stopped": "max-time" if out_of_time and state.step < config.steps else None}
     if signals.signum is not None:
         raise Stopped(signals.signum, f"stopped by {signals.name} at step {state.step}; checkpoint "
-                      f"{ckpt}; continue with: ganctl resume {run_dir}",
+                      f"{ckpt}; continue with: ganctl resume {shlex.quote(str(run_dir))}",
                       {**result, "stopped": signals.name})
     if result["stopped"]:
         log.info(f"time budget reached at step {state.step} of {config.steps}; checkpoint {ckpt}; "
-                 f"continue with: ganctl resume {run_dir}")
+                 f"continue with: ganctl resume {shlex.quote(str(run_dir))}")
     return result
 
 
@@ -357,17 +380,23 @@ def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
     device = resolve_device(config.device)
     configure_determinism(config.deterministic)
     data = _load_data(config, log, download)
-    if overwrite and out is not None and run.is_run_dir(out):
-        log.info(f"--overwrite: removing the previous run's files in {out}")
-    run_dir = run.create_run_dir(out, config, overwrite)
-    with run.locked(run_dir):
+    state = init_state(config, device, data.images)  # fails (too big ...) before any file exists
+    with ExitStack() as held:
+        replacing = out is not None and run.is_run_dir(out)
+        if replacing:
+            held.enter_context(run.locked(out))  # a run in use is refused before anything goes
+            if overwrite:
+                log.info(f"--overwrite: removing the previous run's files in {out}")
+                run.remove_run(out)
+        run_dir = run.create_run_dir(out, config, overwrite)
+        if not replacing:
+            held.enter_context(run.locked(run_dir))
         run.write_config(run_dir, config)
         log.attach(run_dir)
         _write_data_report(run_dir, config, data, log)
         log.info(f"run {run_dir}: {config.arch} {config.resolution}x{config.resolution}x"
                  f"{config.channels} on {config.dataset} ({len(data.images)} images), "
                  f"device {describe(device)}")
-        state = init_state(config, device, data.images)
         return fit(state, run_dir, log, data.fingerprint, deadline)
 
 
@@ -375,12 +404,12 @@ def continue_run(out: Path, values: dict[str, Any], log: RunLog, download: bool 
                  deadline: float | None = None) -> dict[str, Any]:
     """`train --resume` into an existing run: resume it, refusing settings it was not started with."""
     stored = run.read_config(out)
-    for key, value in values.items():
+    for key, value in normalise(values).items():
         if key not in RESUME_OVERRIDABLE and getattr(stored.replace(**{key: value}), key) != getattr(
                 stored, key):
             raise ConfigError(f"{out} was started with {key} = {getattr(stored, key)!r}; --resume "
                               f"continues it as it was, so {key} cannot become {value!r}")
-    overrides = {k: v for k, v in values.items() if k in RESUME_OVERRIDABLE}
+    overrides = {k: v for k, v in normalise(values).items() if k in RESUME_OVERRIDABLE}
     return resume(str(out), overrides, log, download, deadline=deadline)
 
 
@@ -439,6 +468,6 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
                      "train further")
             return {"run_dir": str(run_dir), "checkpoint": str(ckpt), "samples": None,
                     "step": state.step, "steps": config.steps, "device": str(device),
-                    "seconds": 0.0, "metrics": header.metrics}
+                    "seconds": 0.0, "metrics": header.metrics, "stopped": None}
         checkpoint.remove_temp_files(run_dir / checkpoint.CKPT_DIR)
         return fit(state, run_dir, log, data.fingerprint, deadline)

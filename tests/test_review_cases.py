@@ -3,10 +3,12 @@
 import json
 import os
 import pickle
+import shlex
 import shutil
 import signal
 import stat
 import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 import torch
 from conftest import TINY, invoke
 from datasets_on_disk import write_celeba, write_mnist
-from test_robustness import ROOT, damage, rewrite, start, valid_steps
+from test_robustness import ROOT, damage, rewrite, start, valid_steps, wait_for_step
 
 from ganctl import checkpoint, testhooks
 from ganctl.data.sources import read_cifar_pickle
@@ -241,3 +243,100 @@ def test_resume_needs_out_and_flags_exclude(workdir):
     result = invoke("train", "--resume")
     assert result.exit_code == 2 and "needs --out" in result.output
 
+
+
+# --- second review: the command line as a user drives it ------------------------------------------
+
+def test_a_closed_stdout_pipe_does_not_stop_training(workdir):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m ganctl train {' '.join(TINY)} --steps 200 "
+        "--log-every 1 --ckpt-every 100 --out r | head -1",
+        shell=True, cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        executable="/bin/bash")
+    assert proc.returncode == 0 and proc.stdout.startswith("run r:")
+    assert valid_steps(workdir / "r") == [100, 200]
+
+
+def test_overwrite_of_a_run_in_use_deletes_nothing(workdir):
+    proc = start("train", *TINY[:-4], "--steps", "100000", "--ckpt-every", "2", "--keep", "0",
+                 "--log-every", "1", "--device", "cpu", "--out", "r", cwd=workdir)
+    wait_for_step(proc, 3)
+    before = {p.name for p in (workdir / "r" / "checkpoints").glob("step-*")}
+    result = invoke("train", *TINY, "--out", "r", "--overwrite")
+    assert result.exit_code == 1 and "being trained by another ganctl process" in result.stderr
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert before and before <= {p.name for p in (workdir / "r" / "checkpoints").glob("step-*")}
+    assert (workdir / "r" / "config.json").is_file() and (workdir / "r" / "metrics.jsonl").is_file()
+
+
+def test_train_resume_with_a_relative_folder_dataset(workdir):
+    from PIL import Image
+    (workdir / "pics").mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 32), (i * 30, 0, 0)).save(workdir / "pics" / f"{i}.png")
+    args = [*TINY, "--dataset", "pics/", "--resolution", "32", "--out", "r"]
+    assert invoke("train", *args).exit_code == 0
+    result = invoke("train", *args, "--steps", "6", "--resume")
+    assert result.exit_code == 0, result.output
+    assert valid_steps(workdir / "r")[-1] == 6
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--dataset", ""], 1, "dataset is empty"),
+    (["--dataset", "  "], 1, "dataset is empty"),
+    (["--seed", str(2**32)], 2, "--seed"),
+    (["--z-dim", "100000000"], 1, "the model does not fit in cpu memory"),
+])
+def test_more_bad_train_input(workdir, args, code, fragment):
+    result = invoke("train", *TINY, *args, "--out", "r")
+    assert result.exit_code == code and fragment in result.output, result.output
+    assert "Traceback" not in result.output and not (workdir / "r").exists()
+
+
+def test_wrongly_typed_values_in_a_config_file(workdir):
+    (workdir / "c.toml").write_text("dataset = 5\n")
+    result = invoke("train", "--config", "c.toml")
+    assert result.exit_code == 1 and "dataset must be a string, got 5" in result.stderr
+    (workdir / "c.toml").write_text(f"seed = {2**40}\n")
+    result = invoke("train", "--config", "c.toml")
+    assert result.exit_code == 1 and "seed must be below 2**32" in result.stderr
+
+
+def test_sample_seed_bounds(trained_run):
+    assert invoke("sample", "x.png", "--seed", str(2**62 + 1)).exit_code == 2
+    ok = invoke("sample", "-n", "2", "x.png", "--seed", str(2**62))
+    assert ok.exit_code == 0, ok.output
+
+
+def test_markup_in_user_strings_is_printed_as_text(workdir, monkeypatch):
+    from PIL import Image
+    monkeypatch.setenv("COLUMNS", "400")  # the whole path on one line of the table
+    folder = workdir / "x[" / "b]"  # the path reads x[/b]: a closing markup tag
+    folder.mkdir(parents=True)
+    for i in range(8):
+        Image.new("RGB", (32, 32), (i * 30, 0, 0)).save(folder / f"{i}.png")
+    assert invoke("train", *TINY, "--dataset", str(folder), "--resolution", "32", "--out", "r").exit_code == 0
+    result = invoke("inspect", "r")
+    assert result.exit_code == 0 and "x[/b]" in result.stdout
+
+
+def test_printed_commands_are_shell_quoted(workdir):
+    result = invoke("train", *TINY, "--out", "my run")
+    assert "next: ganctl sample -n 64 out.png --ckpt 'my run'" in result.stdout
+    again = invoke("train", *TINY, "--out", "my run")
+    assert "ganctl resume 'my run'" in again.stderr
+
+
+def test_ckpt_may_name_the_latest_pointer_or_the_checkpoints_folder(trained_run):
+    for target in (trained_run / "checkpoints" / "latest", trained_run / "checkpoints"):
+        result = invoke("inspect", target, "--json")
+        assert result.exit_code == 0 and json.loads(result.stdout)["step"] == 4
+
+
+def test_data_dir_expands_the_home_directory(workdir, monkeypatch):
+    monkeypatch.setenv("HOME", str(workdir / "home"))
+    write_mnist(workdir / "home" / "dsets")
+    result = invoke("data", "info", "--dataset", "mnist", "--data-dir", "~/dsets", "--no-download")
+    assert result.exit_code == 0, result.output

@@ -172,7 +172,7 @@ def default_data_dir() -> Path:
 
 
 def data_dir_of(config: Config) -> Path:
-    return Path(config.data_dir) if config.data_dir else default_data_dir()
+    return Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
 
 
 def is_path(name: str) -> bool:
