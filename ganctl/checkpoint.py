@@ -233,16 +233,6 @@ class Header:
             return None
         return value if isinstance(value, dict) else None
 
-    def numel(self, prefix: str) -> int:
-        total = 0
-        for name, info in self.tensors.items():
-            if name.startswith(prefix):
-                n = 1
-                for d in info["shape"]:
-                    n *= d
-                total += n
-        return total
-
 
 def read_header(path: Path) -> Header:
     """Parse only the safetensors header (8-byte length + JSON) and check it is ganctl's."""

@@ -101,10 +101,13 @@ class RunLog:
         if self._progress is not None:
             self._progress.update(self._task, completed=step)
 
-    def record(self, record: dict[str, Any]) -> None:
+    def _append(self, record: dict[str, Any]) -> None:
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def record(self, record: dict[str, Any]) -> None:
+        self._append(record)
         if self._progress is not None:
             stats = format_record(record)
             if self.console.width < 120:  # keep step, bar and ETA whole on a narrow terminal
@@ -117,9 +120,7 @@ class RunLog:
 
     def event(self, record: dict[str, Any], message: str) -> None:
         """Something that happened to the run (a rollback ...): a metrics.jsonl line and a note."""
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        self._append(record)
         self.info(message)
 
     def _eta(self, step: int) -> float:
@@ -140,7 +141,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a crash
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records

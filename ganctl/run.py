@@ -14,7 +14,7 @@ from pathlib import Path
 from ganctl.checkpoint import CKPT_DIR, atomic_write, runs_root
 from ganctl.config import Config
 from ganctl.errors import RunError
-from ganctl.logging import METRICS
+from ganctl.logging import METRICS, read_metrics
 
 CONFIG = "config.json"
 DATA_REPORT = "data_report.json"
@@ -141,12 +141,6 @@ def trim_metrics(run_dir: Path, step: int) -> None:
     path = run_dir / METRICS
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-            if record["step"] <= step or "event" in record:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut short by a crash
-    atomic_write(path, "".join(kept).encode())
+    kept = [r for r in read_metrics(run_dir)  # lines cut short by a crash are dropped
+            if "event" in r or (isinstance(r.get("step"), int) and r["step"] <= step)]
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
