@@ -364,7 +364,7 @@ def _data_report(dataset: str | None, data_dir: str | None, split: str | None,
             "skipped": report.get("skipped", 0),
             "skipped_by_reason": report.get("skipped_by_reason", {}),
             "fingerprint": data.fingerprint, "cache": report.get("cache"),
-            "bytes": int(data.images.nbytes if hasattr(data.images, "nbytes") else 0)}
+            "bytes": int(data.images.nbytes)}
 
 
 @data_app.command("prepare")

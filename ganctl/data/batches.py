@@ -46,8 +46,7 @@ class Batches:
         self.seed = seed
         self.device = device
         self.mirror = mirror
-        nbytes = images.nbytes if isinstance(images, np.ndarray) else images.numel()
-        self.resident = fits_on(device, nbytes) if resident is None else resident
+        self.resident = fits_on(device, images.nbytes) if resident is None else resident
         if self.resident:
             tensor = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
             self.images: np.ndarray | torch.Tensor = tensor.to(device)  # (N, C, H, W) uint8
