@@ -24,6 +24,7 @@ demo: install
 
 lint: install
 	$(BIN)/python -m ruff check ganctl tests benchmarks
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

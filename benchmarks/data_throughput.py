@@ -244,7 +244,7 @@ class CachePipeline:
         self.setup_s.append(time.perf_counter() - t)
         try:
             t = time.perf_counter()
-            x = batches.next()
+            x = batches.next().x
             sync(device)
             if self.first_batch_s is None:
                 self.first_batch_s = time.perf_counter() - t

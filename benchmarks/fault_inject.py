@@ -1,8 +1,8 @@
 """Kill a small training run at random moments, resume it each time, and count what was lost.
 
 Each trial starts `ganctl resume` (the first one `ganctl train`), waits a random time, then
-sends SIGKILL or SIGTERM. Checkpoint writes are slowed (GANCTL_TEST_SLOW_WRITE) so that many
-kills land in the middle of one. After every kill:
+sends SIGKILL or SIGTERM. Checkpoint writes are slowed (tests/launch.py runs ganctl with
+GANCTL_TEST_SLOW_WRITE) so that many kills land in the middle of one. After every kill:
   lost_checkpoints  +1 if the newest valid checkpoint went backwards, `latest` names a file that
                     does not verify, or any step-*.safetensors in place fails verification;
   failed_resumes    +1 if the next resume exits other than by our own signal, or 0 at the end.
@@ -27,8 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ganctl import checkpoint  # noqa: E402
+from ganctl import checkpoint, rundir  # noqa: E402
 from ganctl.errors import CheckpointError  # noqa: E402
+
+LAUNCH = ROOT / "tests" / "launch.py"  # ganctl with slowed checkpoint writes
 
 TRAIN = ["--batch-size", "16", "--g-width", "32", "--d-width", "32", "--ckpt-every", "5",
          "--log-every", "5", "--sample-every", "1000000", "--keep", "3", "--device", "cpu"]
@@ -36,7 +38,7 @@ EXPECTED = {0, 128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGKILL}
 
 
 def ganctl(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ganctl", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -44,7 +46,7 @@ def state_of(run_dir: Path) -> tuple[int, bool]:
     """(newest valid step or -1, whether every checkpoint file in place verifies)."""
     ckpt_dir = run_dir / "checkpoints"
     newest, all_ok = -1, True
-    for path in checkpoint.list_checkpoints(ckpt_dir):
+    for path in rundir.list_checkpoints(ckpt_dir):
         try:
             newest = max(newest, checkpoint.open_checkpoint(path).step)
         except CheckpointError:
@@ -71,7 +73,7 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GANCTL_TEST_SLOW_WRITE": str(args.slow_write),
            "GANCTL_CACHE_DIR": str(work / "cache")}
     run_dir = work / "run"
-    setup = subprocess.run([sys.executable, "-m", "ganctl", "train", *TRAIN, "--steps", "5", "--out",
+    setup = subprocess.run([sys.executable, str(LAUNCH), "train", *TRAIN, "--steps", "5", "--out",
                             "run"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     if setup.returncode != 0:
         print(f"setup run failed: {setup.stderr}")
@@ -97,7 +99,7 @@ def main() -> int:
               f"{'  LOST' if trial_lost else ''}{'  FAILED: ' + err.strip()[-200:] if trial_failed else ''}",
               flush=True)
     final_steps = best + 5
-    done = subprocess.run([sys.executable, "-m", "ganctl", "resume", "run", "--steps", str(final_steps)],
+    done = subprocess.run([sys.executable, str(LAUNCH), "resume", "run", "--steps", str(final_steps)],
                           cwd=work, env={**env, "GANCTL_TEST_SLOW_WRITE": ""}, capture_output=True,
                           text=True, timeout=600)
     if done.returncode != 0:

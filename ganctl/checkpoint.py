@@ -1,4 +1,5 @@
-"""Checkpoints: one .safetensors file per save, written atomically, read without pickle.
+"""The checkpoint file format: one .safetensors file per save, written atomically, read without
+pickle. Where checkpoints live in a run (and which one is newest) is rundir.py's.
 
 Layout of a file: tensors `G.*`, `D.*`, `G_ema.*` (module state dicts), `opt_G.*`, `opt_D.*`
 (optimizer state), `rng.*` and `state.*` (the rest of the training state); string metadata
@@ -11,11 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,59 +21,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from ganctl import __version__, testhooks
+from ganctl import __version__
 from ganctl.errors import CheckpointError
+from ganctl.fsutil import atomic_write
 
 SCHEMA = 2  # 2: ganctl.checksum, a sha256 of the data section, is in the metadata
 SUFFIX = ".safetensors"
-CKPT_DIR = "checkpoints"
-LATEST = "latest"  # a text file naming the newest complete checkpoint
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger is hostile or corrupt
-_STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:09d}{SUFFIX}"
-
-
-# --- atomic files -----------------------------------------------------------------------
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, *chunks: bytes | memoryview) -> None:
-    """Write the chunks to `path` so that a crash at any moment leaves the old file or the new one:
-    a temp file in the same directory, fsync, rename over the target, fsync of the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    delay = testhooks.slow_write_seconds(sum(len(c) for c in chunks))
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                if delay:  # tests: leave time to kill the writer mid-file
-                    step = len(chunk) // 10 + 1
-                    for i in range(0, len(chunk), step):
-                        f.write(chunk[i:i + step])
-                        f.flush()
-                        time.sleep(delay / 10 / len(chunks))
-                else:
-                    f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
 
 # --- writing ------------------------------------------------------------------------------
 
@@ -105,28 +56,6 @@ def save(path: Path, tensors: dict[str, torch.Tensor], config_json: str, step: i
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror}; "
                               "check free space and permissions") from None
-
-
-def set_latest(ckpt_dir: Path, name: str) -> None:
-    atomic_write(ckpt_dir / LATEST, (name + "\n").encode())
-
-
-def prune(ckpt_dir: Path, keep: int, current: int) -> list[Path]:
-    """Delete step checkpoints older than `current` (the one just written) beyond the newest
-    `keep` up to it (keep=0: delete none). Files of later steps, left by a run resumed from an
-    older checkpoint, are not counted and not touched: the run overwrites them as it gets there."""
-    if keep <= 0:
-        return []
-    upto = [p for p in list_checkpoints(ckpt_dir) if _step_of(p) <= current]
-    old = upto[:-keep]
-    for path in old:
-        path.unlink(missing_ok=True)
-    return old
-
-
-def _step_of(path: Path) -> int:
-    m = _STEP_RE.match(path.name)
-    return int(m.group(1)) if m else -1
 
 
 # --- optimizer state as flat tensors --------------------------------------------------------
@@ -329,22 +258,6 @@ def open_checkpoint(path: Path) -> Header:
     return header
 
 
-def newest_valid(run_dir: Path, say: Callable[[str], None], verify: bool = True
-                 ) -> tuple[Path, Header]:
-    """The newest checkpoint of a run that verifies, saying which newer ones were passed over."""
-    candidates = []
-    if (named := latest_in_run(run_dir)) is not None:
-        candidates.append(named)
-    candidates += [p for p in reversed(list_checkpoints(run_dir / CKPT_DIR)) if p not in candidates]
-    for path in candidates:
-        try:
-            return path, open_checkpoint(path) if verify else read_header(path)
-        except CheckpointError as e:
-            say(f"skipping {path.name}: {e}")
-    raise CheckpointError(f"run {run_dir} has no valid checkpoint" + (
-        " (every one failed verification)" if candidates else " yet"))
-
-
 def _check_metadata(path: Path, metadata: Any) -> None:
     if not isinstance(metadata, dict) or "ganctl.schema" not in metadata:
         raise CheckpointError(f"{path} is a safetensors file but not a ganctl checkpoint")
@@ -371,79 +284,3 @@ def load_tensors(path: Path, prefixes: tuple[str, ...] = ()) -> dict[str, torch.
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path} cannot be read ({e}); it is truncated or "
                               "corrupted") from None
-
-
-# --- finding checkpoints ----------------------------------------------------------------------
-
-def remove_temp_files(ckpt_dir: Path) -> None:
-    """Temp files a killed writer left behind: never a checkpoint, only half of one."""
-    for path in ckpt_dir.glob(".*.tmp-*"):
-        path.unlink(missing_ok=True)
-
-
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Step checkpoints in `ckpt_dir`, oldest step first."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _STEP_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_in_run(run_dir: Path) -> Path | None:
-    """The checkpoint `latest` names, else the highest step file; None if the run has none."""
-    ckpt_dir = run_dir / CKPT_DIR
-    pointer = ckpt_dir / LATEST
-    if pointer.is_file():
-        name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
-        if _STEP_RE.match(name) and (ckpt_dir / name).is_file():  # a damaged pointer is ignored
-            return ckpt_dir / name
-    found = list_checkpoints(ckpt_dir)
-    return found[-1] if found else None
-
-
-def runs_root() -> Path:
-    return Path(os.environ.get("GANCTL_RUNS", "runs"))
-
-
-def newest_run(root: Path) -> Path:
-    """The run under `root` whose newest checkpoint file was written last."""
-    newest: dict[Path, int] = {}
-    if root.is_dir():
-        for run_dir in root.iterdir():
-            files = list_checkpoints(run_dir / CKPT_DIR) if run_dir.is_dir() else []
-            if files:
-                newest[run_dir] = max(p.stat().st_mtime_ns for p in files)
-    if not newest:
-        raise CheckpointError(f"no checkpoints found under {root}/; train one with "
-                              "`ganctl train` or pass a checkpoint path")
-    return max(newest, key=newest.__getitem__)
-
-
-def locate(target: str | Path | None, say: Callable[[str], None], verify: bool = True) -> Header:
-    """The verified checkpoint a command was pointed at: a file as given; for a run directory
-    (or, with no target, the newest run under the runs root) its newest checkpoint that verifies.
-    With verify=False only headers are read (and checked)."""
-    if target is None:
-        return newest_valid(newest_run(runs_root()), say, verify)[1]
-    path = Path(target)
-    if path.name == LATEST and path.parent.name == CKPT_DIR:  # the pointer: its run
-        path = path.parent.parent
-    elif path.name == CKPT_DIR and path.is_dir():  # a run's checkpoints/: the run
-        path = path.parent
-    if path.is_dir():
-        if (path / CKPT_DIR).is_dir() or (path / "config.json").is_file():
-            return newest_valid(path, say, verify)[1]
-        raise CheckpointError(f"{path} is a directory but not a ganctl run (no {CKPT_DIR}/ "
-                              "or config.json in it)")
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist; pass a .safetensors checkpoint or a run "
-                              "directory")
-    return open_checkpoint(path) if verify else read_header(path)
-
-
-def run_dir_of(ckpt: Path) -> Path:
-    """The run directory a checkpoint file belongs to (<run>/checkpoints/<file>)."""
-    if ckpt.parent.name != CKPT_DIR:
-        raise CheckpointError(f"{ckpt} is not inside a run's {CKPT_DIR}/ directory; "
-                              "resume needs the run directory around it")
-    return ckpt.parent.parent

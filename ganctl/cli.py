@@ -156,6 +156,8 @@ def train(
     d_width: Annotated[int | None, typer.Option(min=1, help="D's base channel count (ndf).")] = None,
     lr_g: Annotated[float | None, typer.Option(help="G's Adam learning rate (2e-4).")] = None,
     lr_d: Annotated[float | None, typer.Option(help="D's Adam learning rate (2e-4).")] = None,
+    d_steps: Annotated[int | None, typer.Option(min=1, help="D updates per G update, each on a "
+                                                 "fresh real batch (1).")] = None,
     ema_decay: Annotated[float | None, typer.Option(help="Decay of G_ema (0.999).")] = None,
     seed: Annotated[int | None, typer.Option(min=0, max=2**32 - 1, help="Seed of weights, data "
                                                 "order and noise.")] = None,
@@ -185,15 +187,16 @@ def train(
 
     Example: ganctl train --dataset shapes --steps 1500 --out runs/demo
     """
-    from ganctl import train as engine
+    from ganctl import session
     from ganctl.config import load_config_file
-    from ganctl.guard import deadline_after, parse_duration
-    from ganctl.run import is_run_dir
+    from ganctl.logging import RunLog
+    from ganctl.rundir import is_run_dir
 
     flags = _given(dataset=dataset, data_dir=data_dir, split=split, crop=crop, mirror=mirror,
                    arch=arch, loss=loss, resolution=resolution,
                    channels=channels, batch_size=batch_size, steps=steps, z_dim=z_dim,
-                   g_width=g_width, d_width=d_width, lr_g=lr_g, lr_d=lr_d, ema_decay=ema_decay,
+                   g_width=g_width, d_width=d_width, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps,
+                   ema_decay=ema_decay,
                    seed=seed, device=device, sample_every=sample_every, ckpt_every=ckpt_every,
                    log_every=log_every, keep=keep, deterministic=deterministic)
     if resume_run and overwrite:
@@ -202,16 +205,16 @@ def train(
         raise typer.BadParameter("needs --out: the run directory to continue or replace",
                                  param_hint="--resume/--overwrite")
     values = {**(_call(debug, load_config_file, config) if config else {}), **flags}
-    deadline = deadline_after(_call(debug, parse_duration, max_time)) if max_time else None
-    log = engine.RunLog(_console(json_mode))
+    deadline = _call(debug, session.deadline, max_time)
+    log = RunLog(_console(json_mode))
     if resume_run and out is not None and is_run_dir(out):
-        result = _call(debug, engine.continue_run, out, values, log, download, deadline,
+        result = _call(debug, session.continue_run, out, values, log, download, deadline,
                        json_mode=json_mode)
     else:
-        resolved = _call(debug, engine.resolve_config, values)
-        result = _call(debug, engine.train, resolved, out, log, download, deadline, overwrite,
+        resolved = _call(debug, session.resolve_config, values)
+        result = _call(debug, session.train, resolved, out, log, download, deadline, overwrite,
                        json_mode=json_mode)
-    _emit(json_mode, result, _done_message(result))
+    _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
 
 
 def _done_message(result: dict[str, Any]) -> str:
@@ -251,16 +254,16 @@ def resume(
 
     Example: ganctl resume runs/0003-shapes-dcgan --steps 3000
     """
-    from ganctl import train as engine
-    from ganctl.guard import deadline_after, parse_duration
+    from ganctl import session
+    from ganctl.logging import RunLog
 
     overrides = _given(steps=steps, device=device, sample_every=sample_every,
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir)
-    deadline = deadline_after(_call(debug, parse_duration, max_time)) if max_time else None
-    log = engine.RunLog(_console(json_mode))
-    result = _call(debug, engine.resume, target, overrides, log, download, allow_data_change,
+    deadline = _call(debug, session.deadline, max_time)
+    log = RunLog(_console(json_mode))
+    result = _call(debug, session.resume, target, overrides, log, download, allow_data_change,
                    deadline, json_mode=json_mode)
-    _emit(json_mode, result, _done_message(result))
+    _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
 
 
 # --- sample ---------------------------------------------------------------------------------------------
@@ -282,11 +285,11 @@ def sample(
 
     Example: ganctl sample -n 64 out.png --ckpt runs/0001-shapes-dcgan --seed 7
     """
-    from ganctl import checkpoint
     from ganctl.device import describe, resolve_device
+    from ganctl.rundir import locate
     from ganctl.sample import sample_grid
 
-    header = _call(debug, checkpoint.locate, ckpt, _say)
+    header = _call(debug, locate, ckpt, _say)
     dev = _call(debug, resolve_device, device)
     if ckpt is None and not json_mode:
         _say(f"using newest checkpoint {header.path}")
@@ -313,10 +316,10 @@ def inspect(
 
     Example: ganctl inspect runs/0001-shapes-dcgan --json
     """
-    from ganctl import checkpoint
     from ganctl.info import describe_checkpoint
+    from ganctl.rundir import locate
 
-    header = _call(debug, checkpoint.locate, target, _say, verify)
+    header = _call(debug, locate, target, _say, verify)
     path = header.path
     info = _call(debug, describe_checkpoint, header)
     if json_mode:
@@ -334,6 +337,8 @@ def inspect(
             *info["config"].items(),
             *((f"last {k}", v) for k, v in (info["metrics"] or {}).items())]
     for key, value in rows:
+        if isinstance(value, (list, tuple)):  # class names
+            value = ", ".join(map(str, value)) or "none"
         table.add_row(Text(str(key)), Text(str(value)))
     console.print(table)
 
@@ -350,7 +355,7 @@ def _data_report(dataset: str | None, data_dir: str | None, split: str | None,
                  download: bool, json_mode: bool, debug: bool) -> dict[str, Any]:
     from ganctl.data import load_dataset
     from ganctl.logging import RunLog
-    from ganctl.train import resolve_config
+    from ganctl.session import resolve_config
 
     values = _given(dataset=dataset, data_dir=data_dir, split=split, resolution=resolution,
                     channels=channels, crop=crop, batch_size=1)

@@ -38,6 +38,7 @@ class Config:
     channels: int = 3
     crop: str = "center"  # non-square images: "center" crops to a square, "none" pads
     mirror: bool = False  # flip a random half of each epoch's images horizontally
+    classes: tuple[str, ...] = ()  # class names of the data, filled in from it (empty: unlabelled)
     # model
     arch: str = "dcgan"
     z_dim: int = 100
@@ -49,6 +50,7 @@ class Config:
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    d_steps: int = 1  # D updates (each on a fresh real batch) per G update
     ema_decay: float = 0.999  # G_ema <- decay * G_ema + (1 - decay) * G
     deterministic: bool = False  # deterministic GPU kernels: exact resume there too, slower
     batch_size: int = 64
@@ -66,12 +68,10 @@ class Config:
             _check_type(f.name, getattr(self, f.name), f.type)
             if f.type == "float":  # 1 in a TOML file means 1.0; keep config.json typed
                 object.__setattr__(self, f.name, float(getattr(self, f.name)))
+            elif f.type.startswith("tuple"):  # a JSON list
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         _positive(self, "resolution", "z_dim", "g_width", "d_width", "batch_size", "steps",
-                  "log_every", "sample_every", "ckpt_every")
-        if self.resolution & (self.resolution - 1):
-            raise ConfigError(
-                f"resolution {self.resolution} is not a power of two; use 32 or 64"
-            )
+                  "d_steps", "log_every", "sample_every", "ckpt_every")
         if not self.dataset.strip():
             raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
         if self.seed >= 2**32:
@@ -96,7 +96,8 @@ class Config:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-shaped: tuples (class names) as lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -152,9 +153,17 @@ def _kind(path: Path) -> str:
     return "JSON" if path.suffix == ".json" else "TOML"
 
 
+_TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "str": str,
+                                             "bool": bool}
+
+
 def _check_type(name: str, value: Any, annotation: Any) -> None:
     kind = str(annotation)
-    expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[kind]
+    if kind == "tuple[str, ...]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings, got {value!r}"[:300])
+        return
+    expected = _TYPES[kind]
     if (isinstance(value, bool) and kind != "bool") or not isinstance(value, expected):
         want = {"int": "an integer", "float": "a number", "str": "a string",
                 "bool": "true or false"}[kind]

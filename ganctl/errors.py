@@ -9,6 +9,7 @@ class GanctlError(Exception):
     """An expected failure: the CLI prints `error: <message>` and exits 1."""
 
     exit_code = 1
+    result: dict | None = None  # where things stand, for --json (a stopped run's position)
 
 
 class ConfigError(GanctlError):
@@ -37,3 +38,17 @@ def lookup(registry: dict, name: str, what: str, error: type[GanctlError] = Conf
         return registry[name]
     except KeyError:
         raise error(f"unknown {what} {name!r}; choose one of {', '.join(sorted(registry))}") from None
+
+
+class Stopped(GanctlError):
+    """Stopped by a signal after writing a checkpoint: exit 128 + the signal's number.
+    `result` is where the run stands (a dict, for --json)."""
+
+    def __init__(self, signum: int, message: str, result: dict | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+        self.result = result
+
+
+class Diverged(GanctlError):
+    """Non-finite statistics kept coming back after the divergence guard's rollbacks."""

@@ -10,9 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
-METRICS = "metrics.jsonl"
+from ganctl.rundir import METRICS
+
+LABELS = {"D_real": "D(x)", "D_fake": "D(G(z))"}  # how the progress line names a statistic
+_NOT_STATS = frozenset({"step", "time", "img_per_s"})
 
 
 class QuietOnClosedPipe(Console):
@@ -36,9 +46,19 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def format_record(r: dict[str, Any]) -> str:
-    return (f"loss_D {r['loss_D']:.3f}  loss_G {r['loss_G']:.3f}  D(x) {r['D_real']:.2f}  "
-            f"D(G(z)) {r['D_fake']:.2f}  {r['img_per_s']:.0f} img/s")
+def format_record(r: dict[str, Any], losses_only: bool = False) -> str:
+    """The statistics of a metrics record, whatever the loss named them: losses to 3 decimals,
+    the rest to 2; `losses_only` (a narrow terminal) keeps the losses, to 2."""
+    parts = []
+    for name, value in r.items():
+        if name in _NOT_STATS or not isinstance(value, (int, float)):
+            continue
+        is_loss = name.startswith("loss")
+        if losses_only and not is_loss:
+            continue
+        digits = 2 if losses_only or not is_loss else 3
+        parts.append(f"{LABELS.get(name, name)} {value:.{digits}f}")
+    return "  ".join([*parts, f"{r['img_per_s']:.0f} img/s"])
 
 
 class RunLog:
@@ -48,7 +68,7 @@ class RunLog:
         self.path: Path | None = None  # set by attach() once the run directory exists
         self.console = console
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._total = 0
         self._start_step = 0
         self._t0 = time.perf_counter()
@@ -98,7 +118,7 @@ class RunLog:
             self._progress.start()
 
     def advance(self, step: int) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step)
 
     def _append(self, record: dict[str, Any]) -> None:
@@ -108,11 +128,9 @@ class RunLog:
 
     def record(self, record: dict[str, Any]) -> None:
         self._append(record)
-        if self._progress is not None:
-            stats = format_record(record)
-            if self.console.width < 120:  # keep step, bar and ETA whole on a narrow terminal
-                stats = (f"loss_D {record['loss_D']:.2f}  loss_G {record['loss_G']:.2f}  "
-                         f"{record['img_per_s']:.0f} img/s")
+        if self._progress is not None and self._task is not None:
+            # keep step, bar and ETA whole on a narrow terminal
+            stats = format_record(record, losses_only=self.console.width < 120)
             self._progress.update(self._task, completed=record["step"], stats=stats)
         else:
             self.info(f"step {record['step']}/{self._total}  {format_record(record)}  "
@@ -132,18 +150,3 @@ class RunLog:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / METRICS
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records

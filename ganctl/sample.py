@@ -18,6 +18,7 @@ from torch import nn
 from ganctl import checkpoint
 from ganctl.config import Config
 from ganctl.errors import CheckpointError, ConfigError
+from ganctl.fsutil import atomic_write
 from ganctl.models import build_generator
 
 GRID_PADDING = 2  # pixels between and around the images of a grid
@@ -70,7 +71,7 @@ def png_bytes(grid: torch.Tensor) -> bytes:
 def save_grid(images: torch.Tensor, path: Path) -> tuple[int, int]:
     """Write images as a PNG grid atomically; returns the grid's (width, height) in pixels."""
     grid = make_grid(images)
-    checkpoint.atomic_write(Path(path), png_bytes(grid))
+    atomic_write(Path(path), png_bytes(grid))
     return grid.shape[1], grid.shape[0]
 
 

@@ -1,21 +1,21 @@
+"""Fixtures; shared helpers are in helpers.py. Torch runs one thread here and in every process
+a test starts (the suite's speed on a 2-core machine, and its numbers independent of cores)."""
+
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+import os
 
-import pytest
-from typer.testing import CliRunner
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported; inherited by subprocesses
+os.environ["MKL_NUM_THREADS"] = "1"
 
-from ganctl.cli import app
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-# A run small enough for a 2-core CI: 8-channel DCGAN at 32x32, batch 8.
-TINY = ["--steps", "4", "--batch-size", "8", "--g-width", "8", "--d-width", "8",
-        "--log-every", "2", "--sample-every", "2", "--ckpt-every", "2", "--device", "cpu"]
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from helpers import TINY, invoke  # noqa: E402
 
-
-def invoke(*args: str):
-    """Run the CLI in-process; stdout and stderr come back separately."""
-    return CliRunner().invoke(app, [str(a) for a in args])
+torch.set_num_threads(1)
 
 
 @pytest.fixture

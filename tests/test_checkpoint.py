@@ -1,16 +1,22 @@
+"""The checkpoint file: exact round trip, metadata and checksum, atomic writes, and damaged or
+hostile files refused with one line by every command that reads them."""
+
+import json
 import re
 import struct
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import damage, invoke, rewrite
+from safetensors.torch import save_file
 
-from ganctl import checkpoint
+from ganctl import checkpoint, fsutil
 from ganctl.config import Config
 from ganctl.data import shapes
+from ganctl.engine.state import init_state, load_state, state_tensors
+from ganctl.engine.step import train_step
 from ganctl.errors import CheckpointError
-from ganctl.losses import bce_d_loss, bce_g_loss
-from ganctl.train import init_state, load_state, state_tensors, train_step
 
 CONFIG = Config(batch_size=8, g_width=8, d_width=8, device="cpu")
 
@@ -18,9 +24,7 @@ CONFIG = Config(batch_size=8, g_width=8, d_width=8, device="cpu")
 def trained_state(steps=2):
     state = init_state(CONFIG, torch.device("cpu"), shapes.render(32, 3, n=64))
     for _ in range(steps):
-        z = torch.randn(8, CONFIG.z_dim, generator=state.noise)
-        train_step(state, state.batches.next(), z, bce_d_loss, bce_g_loss)
-        state.step += 1
+        train_step(state, state.loss.phases())
     return state
 
 
@@ -64,7 +68,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     def full_disk(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full_disk)
+    monkeypatch.setattr(fsutil.os, "fsync", full_disk)
     with pytest.raises(CheckpointError, match="No space left on device"):
         checkpoint.save(path, {"G.w": torch.zeros(3)}, CONFIG.to_json(), 2)
     assert path.read_bytes() == before
@@ -85,24 +89,87 @@ def test_huge_header_length_is_refused_without_reading(tmp_path):
         checkpoint.read_header(path)
 
 
-def test_prune_keeps_the_newest_up_to_the_current_step(tmp_path):
-    for step in (1, 2, 10, 3):
-        (tmp_path / checkpoint.checkpoint_name(step)).write_bytes(b"x")
-    removed = checkpoint.prune(tmp_path, 2, current=10)
-    assert [p.name for p in removed] == ["step-000000001.safetensors", "step-000000002.safetensors"]
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
-        "step-000000003.safetensors", "step-000000010.safetensors"]
-    # resumed from step 3 and now at 4: step 10 (a later, abandoned file) is neither counted nor
-    # deleted, and the file just written is always kept
-    (tmp_path / checkpoint.checkpoint_name(4)).write_bytes(b"x")
-    assert [p.name for p in checkpoint.prune(tmp_path, 1, current=4)] == ["step-000000003.safetensors"]
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
-        "step-000000004.safetensors", "step-000000010.safetensors"]
-
-
 def test_no_pickle_and_no_torch_load_in_the_package():
     package = Path(checkpoint.__file__).parent
     pattern = re.compile(r"torch\.load\(|\bimport pickle\b|pickle\.loads?\(|from pickle ")
     offenders = [f"{p}:{i}" for p in package.rglob("*.py")
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
+
+# --- damaged and hostile files ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("how, message", [
+    ("truncated", "is truncated"), ("corrupted", "does not match its checksum"),
+    ("huge header", "truncated, corrupted or not a safetensors file")])
+def test_damaged_checkpoint_is_refused_by_every_command(trained_run, how, message):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    damage(ckpt, how)
+    for command in (["inspect", ckpt], ["sample", "x.png", "--ckpt", ckpt],
+                    ["resume", ckpt, "--steps", "6"]):
+        result = invoke(*command)
+        assert result.exit_code == 1, result.output
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t, m: t.update({"G_ema.fc.weight": t["G_ema.fc.weight"].int()}),
+     "G_ema.fc.weight is torch.int32"),
+    (lambda t, m: t.update({"G_ema.fc.weight": t["G_ema.fc.weight"][:3]}),
+     "G_ema.fc.weight is (3, 100), the config's model needs (512, 100)"),
+    (lambda t, m: t.pop("G_ema.bn0.running_mean"), "missing G_ema.bn0.running_mean"),
+    (lambda t, m: m.update({"ganctl.config": json.dumps({**json.loads(m["ganctl.config"]),
+                                                         "evil": 1})}), "unknown config key 'evil'"),
+    (lambda t, m: m.update({"ganctl.schema": "99"}), "newer ganctl (schema 99"),
+    (lambda t, m: m.update({"ganctl.config": json.dumps({**json.loads(m["ganctl.config"]),
+                                                         "g_width": 2 ** 20})}),
+     "the config's model needs"),
+])
+def test_hostile_checkpoints_are_refused(trained_run, workdir, change, message):
+    bad = workdir / "bad.safetensors"
+    rewrite(trained_run / "checkpoints" / "step-000000004.safetensors", bad, change)
+    result = invoke("sample", "x.png", "--ckpt", bad)
+    assert result.exit_code == 1 and message in result.stderr, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("metrics", ["[1, 2]", "{bad"])
+def test_hostile_metrics_metadata_is_ignored(trained_run, workdir, metrics):
+    bad = workdir / "bad.safetensors"
+    rewrite(trained_run / "checkpoints" / "step-000000004.safetensors", bad,
+            lambda t, m: m.update({"ganctl.metrics": metrics}))
+    result = invoke("inspect", bad)
+    assert result.exit_code == 0 and "step" in result.stdout and "Traceback" not in result.output
+
+
+def test_a_foreign_safetensors_file_and_a_malformed_header(workdir):
+    save_file({"w": torch.zeros(2)}, str(workdir / "foreign.safetensors"), metadata={"a": "b"})
+    header = json.dumps({"__metadata__": {"ganctl.schema": "2", "ganctl.step": "1",
+                                          "ganctl.config": "{}"},
+                         "G.w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}).encode()
+    (workdir / "bad.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    (workdir / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    (workdir / "tiny.safetensors").write_bytes(b"abc")
+    for name, message in (("foreign", "not a ganctl checkpoint"), ("bad", "corrupted header"),
+                          ("junk", "corrupted header"), ("tiny", "truncated")):
+        for command in (["inspect", f"{name}.safetensors"],
+                        ["sample", "x.png", "--ckpt", f"{name}.safetensors"]):
+            result = invoke(*command)
+            assert result.exit_code == 1 and message in result.stderr, result.output
+
+
+def test_tampered_config_fails_the_checksum(trained_run):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    raw = ckpt.read_bytes()
+    ckpt.write_bytes(raw.replace(b'\\"seed\\": 0', b'\\"seed\\": 7', 1))
+    assert raw != ckpt.read_bytes()
+    result = invoke("inspect", ckpt)
+    assert result.exit_code == 1 and "does not match its checksum" in result.stderr
+
+
+def test_inspect_no_verify_reads_the_header_alone(trained_run):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    damage(ckpt, "corrupted")
+    assert invoke("inspect", ckpt).exit_code == 1
+    result = invoke("inspect", ckpt, "--no-verify", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["step"] == 4

@@ -1,13 +1,20 @@
-"""Datasets in their real on-disk formats, folders and zips of odd files, the decode cache."""
+"""Datasets in their real on-disk formats, folders and zips of odd files, the decode cache,
+the built-in shapes, and batches with their labels."""
 
 import json
+import pickle
+import shutil
+import zipfile
 
 import numpy as np
 import pytest
 import torch
-from conftest import invoke
-from datasets_on_disk import (
+from helpers import (
     GOOD_IN_ODD_FOLDER,
+    TINY,
+    image_folder,
+    invoke,
+    read_json,
     write_celeba,
     write_cifar10,
     write_cifar100,
@@ -17,9 +24,11 @@ from datasets_on_disk import (
     zip_folder,
 )
 
+from ganctl import checkpoint
 from ganctl import data as datasets
 from ganctl.config import Config
-from ganctl.data import Batches, cache, load_dataset
+from ganctl.data import Batches, cache, load_dataset, shapes
+from ganctl.data.sources import read_cifar_pickle
 from ganctl.errors import DataError
 
 TRAIN2 = ["--steps", "2", "--batch-size", "4", "--g-width", "4", "--d-width", "4",
@@ -258,9 +267,7 @@ def test_data_prepare_builds_the_cache(workdir):
 
 def test_resume_refuses_a_changed_dataset(workdir):
     from PIL import Image
-    (workdir / "imgs").mkdir()
-    for i in range(6):
-        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(workdir / "imgs" / f"{i}.png")
+    image_folder(workdir / "imgs", 6)
     train_ok("--dataset", "imgs", "--resolution", "32", "--out", "r")
     Image.new("RGB", (32, 32), (0, 0, 255)).save(workdir / "imgs" / "new.png")
     result = invoke("resume", "r", "--steps", "3")
@@ -275,8 +282,8 @@ def test_streamed_batches_equal_resident_ones():
     cpu = torch.device("cpu")
     resident = Batches(images, 6, seed=3, device=cpu, mirror=True, resident=True)
     streamed = Batches(images, 6, seed=3, device=cpu, mirror=True, resident=False)
-    a = [resident.next() for _ in range(7)]
-    b = [streamed.next() for _ in range(7)]
+    a = [resident.next().x for _ in range(7)]
+    b = [streamed.next().x for _ in range(7)]
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     # mirroring flips some images and not others, and the data order resumes exactly
     flat = torch.cat(a)
@@ -286,7 +293,7 @@ def test_streamed_batches_equal_resident_ones():
     again = Batches(images, 6, seed=3, device=cpu, mirror=True, resident=False)
     again.load_state(*streamed.state())
     resident.load_state(*streamed.state())
-    assert torch.equal(again.next(), resident.next())
+    assert torch.equal(again.next().x, resident.next().x)
     streamed.close()
     again.close()
 
@@ -322,3 +329,164 @@ def test_small_data_is_resident_huge_data_streams(monkeypatch):
     batches = Batches(images, 2, seed=0, device=torch.device("cpu"))
     assert not batches.resident
     batches.close()
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+def check_labels(batch, classes=3):
+    """Image i of image_folder(classes=3) is red i*25 in folder c{i % 3}."""
+    red = ((batch.x[:, 0, 0, 0] + 1) * 127.5).round().long()
+    assert batch.c is not None and torch.equal(batch.c, (red // 25) % classes), (red, batch.c)
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_labels_from_class_folders_arrive_with_their_images(workdir, resident):
+    image_folder(workdir / "imgs", 9, classes=3)
+    data = load_dataset(Config(dataset=str(workdir / "imgs"), resolution=32, batch_size=4))
+    assert data.classes == ["c0", "c1", "c2"]
+    batches = Batches(data.images, 4, seed=1, device=torch.device("cpu"), mirror=True,
+                      resident=resident, labels=data.labels)
+    for _ in range(5):  # across epochs of two batches
+        check_labels(batches.next())
+    position = batches.state()
+    again = Batches(data.images, 4, seed=1, device=torch.device("cpu"), resident=resident,
+                    labels=data.labels)
+    again.load_state(*position)
+    a, b = batches.next(), again.next()
+    check_labels(b)
+    assert torch.equal(a.c, b.c)
+    batches.close()
+    again.close()
+
+
+def test_class_names_reach_the_config_and_labels_the_step_after_resume(workdir, monkeypatch):
+    from ganctl.engine import step
+
+    image_folder(workdir / "imgs", 9, classes=3)
+    args = ["--dataset", "imgs", "--resolution", "32", "--batch-size", "4", "--g-width", "4",
+            "--d-width", "4", "--ckpt-every", "2", "--device", "cpu", "--out", "r"]
+    assert invoke("train", *args, "--steps", "2").exit_code == 0
+    assert read_json(workdir / "r" / "config.json")["classes"] == ["c0", "c1", "c2"]
+    assert checkpoint.read_header(workdir / "r/checkpoints/step-000000002.safetensors").config[
+        "classes"] == ["c0", "c1", "c2"]
+    seen = []
+    real_draw = step.draw
+    monkeypatch.setattr(step, "draw", lambda state: seen.append(inputs := real_draw(state)) or inputs)
+    result = invoke("resume", "r", "--steps", "5")
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 3
+    for inputs in seen:
+        check_labels(inputs.real)
+        assert inputs.c is inputs.real.c
+
+
+def test_unlabelled_data_has_no_labels(workdir):
+    image_folder(workdir / "flat", 4)
+    data = load_dataset(Config(dataset=str(workdir / "flat"), resolution=32, batch_size=4))
+    assert data.classes == []
+    assert Batches(data.images, 4, seed=0, device=torch.device("cpu")).next().c is None
+
+
+# --- the built-in dataset and batches -------------------------------------------------------------
+
+def test_shapes_dataset_is_deterministic_and_varied():
+    a, b = shapes.render(32, 3, n=256), shapes.render(32, 3, n=256)
+    assert a is b  # drawn once per process
+    shapes.render.cache_clear()
+    b = shapes.render(32, 3, n=256)
+    assert a.dtype == torch.uint8 and a.shape == (256, 3, 32, 32) and torch.equal(a, b)
+    assert shapes.render(32, 1, n=8).shape == (8, 1, 32, 32)
+    # every image has a bright shape on a darker background
+    flat = a.float().amax(1).flatten(1)  # (n, H*W) brightest channel
+    assert (flat.amax(1) > 180).all() and (flat.median(1).values < 120).all()
+    assert len({tuple(img[:, 16, 16].tolist()) for img in a}) > 100  # not one picture
+
+
+def test_dataset_registry_loads_at_the_config_size():
+    data = load_dataset(Config(resolution=64, channels=1))
+    assert data.images.shape == (shapes.SIZE, 1, 64, 64) and data.classes == []
+
+
+def test_batches_are_reproducible_and_resumable():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2)
+
+    def draw(batches, k):  # k batches, as the image indices they hold
+        return [[round((v + 1) * 127.5) for v in batches.next().x[:, 0, 0, 0].tolist()]
+                for _ in range(k)]
+
+    a = Batches(images, 3, seed=1, device=torch.device("cpu"))
+    seq = draw(a, 7)
+    for epoch in (seq[0:3], seq[3:6]):  # 3 batches of distinct images; the 10th is dropped
+        assert len({i for batch in epoch for i in batch}) == 9
+    assert seq[0:3] != seq[3:6]  # a new order each epoch
+    assert draw(Batches(images, 3, seed=1, device=torch.device("cpu")), 7) == seq
+    assert draw(Batches(images, 3, seed=2, device=torch.device("cpu")), 3) != seq[:3]
+    b = Batches(images, 3, seed=1, device=torch.device("cpu"))
+    draw(b, 4)
+    c = Batches(images, 3, seed=1, device=torch.device("cpu"))
+    c.load_state(*b.state())
+    assert draw(c, 3) == seq[4:7]
+    x = Batches(images, 10, seed=0, device=torch.device("cpu")).next().x
+    assert x.min() == -1.0 and x.max() == pytest.approx(9 / 127.5 - 1)  # uint8 -> [-1, 1]
+
+
+# --- cases found in review ------------------------------------------------------------------------
+
+def test_moved_data_and_another_working_directory(workdir, monkeypatch):
+    write_mnist(workdir / "dA")
+    assert invoke("train", *TINY, "--steps", "1", "--dataset", "mnist", "--data-dir", "dA",
+                  "--batch-size", "4", "--out", "m").exit_code == 0
+    shutil.copytree(workdir / "dA", workdir / "dB")  # new modification times, same content
+    result = invoke("resume", "m", "--data-dir", "dB", "--steps", "2")
+    assert result.exit_code == 0, result.output
+    image_folder(workdir / "imgs", 4)
+    assert invoke("train", *TINY, "--steps", "1", "--dataset", "imgs", "--resolution", "32",
+                  "--batch-size", "4", "--out", "f").exit_code == 0
+    (workdir / "elsewhere").mkdir()
+    monkeypatch.chdir(workdir / "elsewhere")
+    result = invoke("resume", workdir / "f", "--steps", "2")
+    assert result.exit_code == 0, result.output
+    assert read_json(workdir / "f" / "config.json")["dataset"] == str(workdir / "imgs")
+
+
+def test_bad_zip_members_are_skipped_not_fatal(workdir):
+    image_folder(workdir / "src", 3, size=(16, 16))
+    with zipfile.ZipFile(workdir / "z.zip", "w") as z:
+        for p in sorted((workdir / "src").iterdir()):
+            z.write(p, p.name)
+    raw = bytearray((workdir / "z.zip").read_bytes())
+    header = raw.find(b"PK\x03\x04")  # mark the first member encrypted (flag bit 0)
+    raw[header + 6] |= 1
+    central = raw.find(b"PK\x01\x02")
+    raw[central + 8] |= 1
+    (workdir / "z.zip").write_bytes(bytes(raw))
+    doc = info("--dataset", "z.zip")
+    assert doc["count"] == 2 and doc["skipped_by_reason"] == {"unreadable": 1}
+
+
+def test_celeba_partition_naming_a_missing_image(workdir):
+    folder = write_celeba(workdir / "data", zipped=True)
+    with open(folder / "list_eval_partition.txt", "a") as f:
+        f.write("999999.jpg 0\n")
+    doc = info("--dataset", "celeba")
+    assert doc["count"] == 8 and doc["skipped_by_reason"] == {"missing": 1}
+    (folder / "list_eval_partition.txt").write_text("000001.jpg zero\n")
+    result = invoke("data", "info", "--dataset", "celeba")
+    assert result.exit_code == 1 and "line 1 is not '<file> <0|1|2>'" in result.stderr
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_cifar_parser_reads_long_lists_at_every_protocol(tmp_path, protocol):
+    labels = (np.arange(50000) % 100).tolist()  # long enough to be cut into frames
+    batch = {"fine_labels": labels, "coarse_labels": [x // 5 for x in labels],
+             "data": np.zeros((50000, 16), dtype=np.uint8)}
+    (tmp_path / "train").write_bytes(pickle.dumps(batch, protocol=protocol))
+    out = read_cifar_pickle(tmp_path / "train")
+    assert out["fine_labels"] == labels and len(out["data"][0]) == 50000 * 16
+
+
+def test_data_dir_expands_the_home_directory(workdir, monkeypatch):
+    monkeypatch.setenv("HOME", str(workdir / "home"))
+    write_mnist(workdir / "home" / "dsets")
+    result = invoke("data", "info", "--dataset", "mnist", "--data-dir", "~/dsets", "--no-download")
+    assert result.exit_code == 0, result.output

@@ -1,6 +1,7 @@
 """The files in examples/ are valid and the shell script runs as a user would run it."""
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ganctl.config import load_config_file
-from ganctl.train import resolve_config
+from ganctl.session import resolve_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -32,14 +33,24 @@ def test_train_and_sample_script(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
         ["bash", str(EXAMPLES / "train_and_sample.sh"), str(EXAMPLES / "shapes_quick.toml"),
-         str(run), "--steps", "3", "--batch-size", "8", "--device", "cpu"],
+         str(run), "--steps", "2", "--batch-size", "8", "--device", "cpu"],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(run / "grid.png").size == (274, 274)
     assert (run / "inspect.json").read_text().startswith("{")
-    failed = subprocess.run(
-        ["bash", str(EXAMPLES / "train_and_sample.sh"), str(EXAMPLES / "shapes_quick.toml"),
-         str(run)], env=env, capture_output=True, text=True, timeout=300)
-    assert failed.returncode == 1  # the run exists: train refuses, the script stops there
+
+
+def test_train_and_sample_script_stops_at_a_failed_train(tmp_path):
+    fake = tmp_path / "bin" / "ganctl"  # train fails the way ganctl fails: exit 1, one line
+    fake.parent.mkdir()
+    fake.write_text('#!/usr/bin/env bash\necho "error: r already holds a run" >&2\n'
+                    '[ "$1" = train ] && exit 1\necho sampled > "$SAMPLED"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}",
+           "SAMPLED": str(tmp_path / "sampled")}
+    failed = subprocess.run(["bash", str(EXAMPLES / "train_and_sample.sh"), "c.toml", "r"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1  # train refuses, the script stops there
     assert "already holds a run" in failed.stderr
     assert "training failed with exit code 1" in failed.stderr
+    assert not (tmp_path / "sampled").exists()

@@ -1,3 +1,5 @@
+"""What a run tells its user: metrics.jsonl, plain lines off a terminal, a bar on one."""
+
 import io
 import json
 import subprocess
@@ -6,7 +8,8 @@ import sys
 from rich.console import Console
 
 from ganctl import __version__
-from ganctl.logging import RunLog, format_duration, read_metrics
+from ganctl.logging import RunLog, format_duration, format_record
+from ganctl.rundir import read_metrics
 
 RECORD = {"step": 10, "time": 0.0, "loss_D": 1.25, "loss_G": 0.5, "D_real": 0.6, "D_fake": 0.4,
           "img_per_s": 321.0}
@@ -67,3 +70,11 @@ def test_task_progress_plain_and_terminal():
     advance = RunLog(Console(file=buf, force_terminal=True, width=100)).task("decoding x", 4)
     advance(4)
     assert "decoding x: 4 items" in buf.getvalue()
+
+
+def test_records_show_whatever_statistics_the_loss_named():
+    record = {"step": 3, "time": 0.0, "loss_D": 1.0, "loss_G": 2.0, "loss_R1": 0.25,
+              "D_real": 0.75, "grad_norm": 3.5, "img_per_s": 10.0}
+    assert format_record(record) == ("loss_D 1.000  loss_G 2.000  loss_R1 0.250  D(x) 0.75  "
+                                     "grad_norm 3.50  10 img/s")
+    assert format_record(record, losses_only=True) == "loss_D 1.00  loss_G 2.00  loss_R1 0.25  10 img/s"

@@ -1,21 +1,27 @@
+"""`ganctl resume`: exact continuation, which checkpoint it takes, and what it refuses."""
+
 import json
+import shutil
 
 import torch
-from conftest import TINY, invoke
+from helpers import (
+    TINY,
+    assert_same_tensors,
+    final_tensors,
+    image_folder,
+    invoke,
+    rewrite,
+    valid_steps,
+)
 
-from ganctl import checkpoint
+from ganctl import rundir
 
-
-def final_tensors(run_dir):
-    ckpt = checkpoint.latest_in_run(run_dir)
-    return checkpoint.read_header(ckpt).step, checkpoint.load_tensors(ckpt)
+TINY_NO_STEPS = [a for i, a in enumerate(TINY) if a != "--steps" and TINY[i - 1] != "--steps"]
 
 
 def test_resume_continues_exactly_where_a_straight_run_goes(workdir):
-    args = [a for a in TINY if a != "4"]  # TINY without its --steps value
-    args.remove("--steps")
-    assert invoke("train", *args, "--steps", "6", "--out", "straight").exit_code == 0
-    assert invoke("train", *args, "--steps", "3", "--out", "split").exit_code == 0
+    assert invoke("train", *TINY_NO_STEPS, "--steps", "6", "--out", "straight").exit_code == 0
+    assert invoke("train", *TINY_NO_STEPS, "--steps", "3", "--out", "split").exit_code == 0
     result = invoke("resume", "split", "--steps", "6")
     assert result.exit_code == 0, result.output
     assert "from step-000000003.safetensors (step 3 of 6)" in result.stdout
@@ -23,22 +29,33 @@ def test_resume_continues_exactly_where_a_straight_run_goes(workdir):
     step_a, a = final_tensors(workdir / "straight")
     step_b, b = final_tensors(workdir / "split")
     assert step_a == step_b == 6
-    assert a.keys() == b.keys()
     assert any(k.startswith("opt_G.state.") for k in a) and "rng.noise" in a
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_same_tensors(a, b)
     # the metrics of the replayed interval are logged once, and the stored config is updated
-    steps = [json.loads(x)["step"] for x in (workdir / "split/metrics.jsonl").read_text().splitlines()]
-    assert steps == [2, 3, 4, 6]
+    assert [r["step"] for r in rundir.read_metrics(workdir / "split")] == [2, 3, 4, 6]
     assert json.loads((workdir / "split/config.json").read_text())["steps"] == 6
 
 
+def test_exact_resume_with_mirror_and_labels_across_epochs_on_a_folder(workdir):
+    # 10 images in 2 classes, batch 4: an epoch is 2 batches, so 7 steps cross 3 epochs
+    image_folder(workdir / "imgs", 10, size=(40, 32), classes=2)
+    args = ["--dataset", "imgs", "--resolution", "32", "--mirror", "--batch-size", "4",
+            "--g-width", "8", "--d-width", "8", "--log-every", "1", "--ckpt-every", "3",
+            "--sample-every", "100", "--device", "cpu"]
+    assert invoke("train", *args, "--steps", "7", "--out", "straight").exit_code == 0
+    assert invoke("train", *args, "--steps", "3", "--out", "split").exit_code == 0
+    assert invoke("resume", "split", "--steps", "7").exit_code == 0
+    (_, a), (_, b) = final_tensors(workdir / "straight"), final_tensors(workdir / "split")
+    assert int(a["state.data_epoch"]) == 3
+    assert_same_tensors(a, b)
+
+
 def test_resume_without_argument_takes_the_newest_run(trained_run, workdir):
-    result = invoke("resume", "--steps", "6", "--json")
+    result = invoke("resume", "--steps", "5", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["step"] == 6 and doc["run_dir"] == "runs/0001-shapes-dcgan"
-    assert checkpoint.latest_in_run(trained_run).name == "step-000000006.safetensors"
+    assert doc["step"] == 5 and doc["run_dir"] == "runs/0001-shapes-dcgan"
+    assert rundir.latest_in_run(trained_run).name == "step-000000005.safetensors"
 
 
 def test_resume_from_a_checkpoint_file(trained_run):
@@ -49,9 +66,11 @@ def test_resume_from_a_checkpoint_file(trained_run):
 
 
 def test_resume_of_a_complete_run_says_so(trained_run):
-    result = invoke("resume", trained_run)
+    result = invoke("resume", trained_run, "--json")
     assert result.exit_code == 0
-    assert "already complete at step 4" in result.stdout
+    assert "already complete at step 4" in result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["step"] == doc["steps"] == 4 and doc["seconds"] == 0.0 and doc["metrics"]["step"] == 4
 
 
 def test_resume_to_fewer_steps_than_done_is_refused(trained_run):
@@ -72,18 +91,24 @@ def test_resume_checkpoint_outside_a_run(trained_run, workdir):
     assert result.exit_code == 1 and "not inside a run's checkpoints/" in result.stderr
 
 
-def test_exact_resume_with_mirror_across_epochs_on_a_folder(workdir):
-    from PIL import Image
-    (workdir / "imgs" / "a").mkdir(parents=True)
-    for i in range(10):  # 10 images, batch 4: an epoch is 2 batches, so 7 steps cross 3 epochs
-        Image.new("RGB", (40, 32), (i * 25, 255 - i * 25, 60)).save(workdir / "imgs" / "a" / f"{i}.png")
-    args = ["--dataset", "imgs", "--resolution", "32", "--mirror", "--batch-size", "4",
-            "--g-width", "8", "--d-width", "8", "--log-every", "1", "--ckpt-every", "3",
-            "--sample-every", "100", "--device", "cpu"]
-    assert invoke("train", *args, "--steps", "7", "--out", "straight").exit_code == 0
-    assert invoke("train", *args, "--steps", "3", "--out", "split").exit_code == 0
-    assert invoke("resume", "split", "--steps", "7").exit_code == 0
-    (_, a), (_, b) = final_tensors(workdir / "straight"), final_tensors(workdir / "split")
-    assert a.keys() == b.keys() and int(a["state.data_epoch"]) == 3
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(workdir):
+    assert invoke("train", *TINY, "--out", "r").exit_code == 0
+    for path in (workdir / "r" / "checkpoints").iterdir():
+        path.unlink()  # as if killed before the first checkpoint
+    result = invoke("resume", "r")
+    assert result.exit_code == 0, result.output
+    assert "has no checkpoint yet" in result.stdout and valid_steps(workdir / "r") == [2, 4]
+    for path in (workdir / "r" / "checkpoints").iterdir():
+        path.unlink()
+    assert invoke("train", *TINY, "--out", "r", "--resume").exit_code == 0
+    assert valid_steps(workdir / "r") == [2, 4]
+
+
+def test_noise_state_from_another_kind_of_device(trained_run, workdir):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    moved = workdir / "moved.safetensors"
+    rewrite(ckpt, moved, lambda t, m: t.update({"rng.noise": torch.zeros(16, dtype=torch.uint8)}))
+    shutil.move(moved, ckpt)  # a CUDA generator's 16-byte state, as a GPU run would leave
+    result = invoke("resume", trained_run, "--steps", "5")
+    assert result.exit_code == 0, result.output
+    assert "noise sequence restarts from (seed, step 4)" in result.stdout

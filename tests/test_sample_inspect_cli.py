@@ -1,13 +1,17 @@
+"""`ganctl sample` and `ganctl inspect` on a trained run."""
+
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
-from conftest import invoke
+from helpers import TINY, image_folder, invoke
 from PIL import Image
 
 from ganctl.config import Config
 from ganctl.models import build_models
+from ganctl.sample import latents_from_seeds, make_grid, to_uint8
 
 
 def test_sample_64_is_the_seed_8x8_grid(trained_run, workdir):
@@ -36,8 +40,8 @@ def test_an_image_depends_on_its_seed_not_its_batch(trained_run, workdir):
     """Seed 7 is image 0 of a grid from --seed 7 and image 3 of a grid from --seed 4."""
     assert invoke("sample", "-n", "1", "one.png", "--seed", 7).exit_code == 0
     assert invoke("sample", "-n", "4", "four.png", "--seed", 4).exit_code == 0
-    one = torch.from_numpy(__import__("numpy").array(Image.open(workdir / "one.png")))
-    four = torch.from_numpy(__import__("numpy").array(Image.open(workdir / "four.png")))
+    one = torch.from_numpy(np.array(Image.open(workdir / "one.png")))
+    four = torch.from_numpy(np.array(Image.open(workdir / "four.png")))
     tile = one[2:34, 2:34]
     assert torch.equal(four[36:68, 36:68], tile)  # row 1, column 1 of a 2x2 grid
 
@@ -86,14 +90,31 @@ def test_inspect_an_older_checkpoint_file(trained_run):
     assert json.loads(result.stdout)["step"] == 2
 
 
-def test_foreign_and_garbage_files_are_refused(workdir):
-    from safetensors.torch import save_file
-    save_file({"w": torch.zeros(2)}, str(workdir / "other.safetensors"))
-    (workdir / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
-    (workdir / "tiny.safetensors").write_bytes(b"abc")
-    for name, fragment in (("other", "not a ganctl checkpoint"), ("junk", "corrupted header"),
-                           ("tiny", "truncated")):
-        for command in (["inspect", f"{name}.safetensors"],
-                        ["sample", "x.png", "--ckpt", f"{name}.safetensors"]):
-            result = invoke(*command)
-            assert result.exit_code == 1 and fragment in result.stderr, result.output
+def test_sample_seed_bounds(trained_run):
+    assert invoke("sample", "x.png", "--seed", str(2**62 + 1)).exit_code == 2
+    ok = invoke("sample", "-n", "2", "x.png", "--seed", str(2**62))
+    assert ok.exit_code == 0, ok.output
+
+
+def test_inspect_shows_class_names(workdir):
+    image_folder(workdir / "imgs", 8, classes=2)
+    assert invoke("train", *TINY, "--steps", "1", "--dataset", "imgs", "--resolution", "32",
+                  "--out", "r").exit_code == 0
+    result = invoke("inspect", "r")
+    assert result.exit_code == 0 and "c0, c1" in result.stdout
+    assert json.loads(invoke("inspect", "r", "--json").stdout)["config"]["classes"] == ["c0", "c1"]
+
+
+def test_latents_depend_on_seed_only():
+    a = latents_from_seeds([3, 4, 5], 8)
+    assert torch.equal(a[2], latents_from_seeds([5], 8)[0])
+    assert not torch.equal(a[0], a[1])
+
+
+def test_grid_layout():
+    images = torch.stack([torch.full((3, 2, 2), i, dtype=torch.uint8) for i in range(1, 6)])
+    grid = make_grid(images, padding=1)  # 5 images: 3 per row, 2 rows
+    assert grid.shape == (2 * 3 + 1, 3 * 3 + 1, 3)
+    assert grid[1, 1].tolist() == [1, 1, 1] and grid[4, 4].tolist() == [5, 5, 5]
+    assert grid[4, 7].tolist() == [0, 0, 0]  # the empty sixth cell
+    assert to_uint8(torch.tensor([-1.0, 0.0, 1.0, 2.0])).tolist() == [0, 128, 255, 255]

@@ -19,11 +19,11 @@ import torch
 
 from ganctl.config import Config
 from ganctl.data import cache, shapes, sources
-from ganctl.data.batches import Batches
+from ganctl.data.batches import Batch, Batches
 from ganctl.data.decode import Skip, is_gray, open_image
 from ganctl.errors import DataError, lookup
 
-__all__ = ["Batches", "DATASETS", "ImageSet", "load_dataset", "open_source", "preset"]
+__all__ = ["Batch", "Batches", "DATASETS", "ImageSet", "load_dataset", "open_source", "preset"]
 
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",

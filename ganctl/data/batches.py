@@ -9,6 +9,8 @@ Where the array fits (in half the free memory of the device, or of the host for 
 copied once to the device and batches are gathered, flipped and scaled there with no per-step
 host work ("resident"). Otherwise a background thread gathers each batch from the memory-mapped
 array (into pinned memory, for a GPU) and copies it asynchronously ("streamed").
+
+Each batch is a Batch(x, c): the images and, for labelled data, their class indices.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,14 +37,24 @@ def _free_bytes(device: torch.device) -> int:
         return 0
 
 
+@dataclass(frozen=True)
+class Batch:
+    x: torch.Tensor  # (B, C, H, W) float in [-1, 1], on the device
+    c: torch.Tensor | None = None  # (B,) int64 class indices (-1: none), None for unlabelled data
+
+
 def fits_on(device: torch.device, nbytes: int) -> bool:
     return nbytes <= RESIDENT_FRACTION * _free_bytes(device)
 
 
 class Batches:
     def __init__(self, images: np.ndarray | torch.Tensor, batch_size: int, seed: int,
-                 device: torch.device, mirror: bool = False, resident: bool | None = None) -> None:
+                 device: torch.device, mirror: bool = False, resident: bool | None = None,
+                 labels: np.ndarray | torch.Tensor | None = None) -> None:
+        """labels: (N,) class indices of the images, or None for unlabelled data."""
         self.count = len(images)
+        if labels is not None and len(labels) != self.count:
+            raise ValueError(f"{len(labels)} labels for {self.count} images")
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
@@ -52,6 +65,7 @@ class Batches:
             self.images: np.ndarray | torch.Tensor = tensor.to(device)  # (N, C, H, W) uint8
         else:
             self.images = images.numpy() if isinstance(images, torch.Tensor) else images
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.int64).to(device)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
@@ -91,8 +105,8 @@ class Batches:
         return self.epoch, start, self.index
 
     # --- batches ------------------------------------------------------------------------------------
-    def next(self) -> torch.Tensor:
-        """The next batch as float in [-1, 1], (B, C, H, W), on the device."""
+    def next(self) -> Batch:
+        """The next batch: images as float in [-1, 1], (B, C, H, W), and labels, on the device."""
         _, start, stop = self._advance()
         if self.resident:
             idx = self._perm[start:stop]
@@ -103,11 +117,11 @@ class Batches:
             if isinstance(item, BaseException):
                 self._queue.put(item)  # the loader has stopped: every later call fails the same way
                 raise item
-            x, flip = item
+            x, flip, idx = item
         x = x.float().div_(127.5).sub_(1.0)
         if self.mirror:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x
+        return Batch(x, None if self.labels is None else self.labels.index_select(0, idx))
 
     def _start_loader(self, epoch: int, index: int) -> None:
         self._stop = threading.Event()
@@ -129,7 +143,9 @@ class Batches:
                 x = torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()]))
                 if pin:
                     x = x.pin_memory()
-                self._put(out, (x.to(self.device, non_blocking=True), flips[idx].to(self.device)), stop)
+                idx_dev = idx.to(self.device)
+                self._put(out, (x.to(self.device, non_blocking=True), flips[idx].to(self.device),
+                                idx_dev), stop)
         except BaseException as e:  # surfaces in next()
             self._put(out, e, stop)
 

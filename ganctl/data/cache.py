@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ganctl.checkpoint import atomic_write
 from ganctl.data.decode import Skip, decode, from_array
 from ganctl.data.sources import Source
 from ganctl.errors import DataError
+from ganctl.fsutil import atomic_write
 
 VERSION = 2  # bump when decoding (or the cache's files) change, so old caches are not reused
 CHUNK = 256  # items decoded per task
@@ -65,7 +65,9 @@ def _stem(source: Source, key: str) -> str:
 
 def _files(base: Path) -> tuple[Path, Path, Path]:
     """(.json, .images.npy, .labels.npy) beside each other; the stem itself may hold dots."""
-    return tuple(base.with_name(base.name + ext) for ext in (".json", ".images.npy", ".labels.npy"))
+    meta, images, labels = (base.with_name(base.name + ext)
+                            for ext in (".json", ".images.npy", ".labels.npy"))
+    return meta, images, labels
 
 
 def _load(base: Path, key: str) -> Decoded | None:

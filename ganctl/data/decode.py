@@ -86,7 +86,7 @@ def square(image: Image.Image, crop: str, resolution: int) -> Image.Image:
             side = max(w, h)
             image = ImageOps.pad(image, (side, side), color=0, centering=(0.5, 0.5))
     if image.size != (resolution, resolution):
-        image = image.resize((resolution, resolution), Image.LANCZOS)
+        image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
     return image
 
 

@@ -8,6 +8,7 @@ minutes, so `ganctl train` with no --dataset shows the whole loop working on a l
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -51,8 +52,10 @@ def _coverage(kind: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, size: torc
     return torch.clamp(0.5 - d * resolution, 0, 1)[:, None]  # (n, 1, R, R)
 
 
+@functools.lru_cache(maxsize=4)  # drawn once per process and size: resume and tests draw again
 def render(resolution: int, channels: int, n: int = SIZE, seed: int = SEED) -> torch.Tensor:
-    """(n, channels, R, R) uint8 images; the same bytes for the same arguments."""
+    """(n, channels, R, R) uint8 images; the same bytes for the same arguments. The tensor is
+    shared by every caller with these arguments: read it, never change it in place."""
     g = torch.Generator().manual_seed(seed)
 
     def uniform(lo: float, hi: float) -> torch.Tensor:

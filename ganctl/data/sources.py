@@ -128,6 +128,7 @@ def zip_source(name: str, path: Path, members: list[str] | None = None,
 
     fingerprint = _hash(path.stat().st_size, [(m, infos[m].CRC, infos[m].file_size)
                                               for m in members if m in infos])
+    assert labels is not None  # given with members, or derived above
     return Source(name=name, origin=str(path), fingerprint=fingerprint, keys=members,
                   labels=labels, classes=classes, read=read, encoded=True, ignored=ignored)
 
@@ -200,7 +201,7 @@ def read_cifar_pickle(path: Path) -> dict[str, list]:
         for op, arg, _ in genops(path.read_bytes()):
             name = op.name
             if key is not None and inside and name in _INT_OPS:
-                out[key].append(int(arg))
+                out[key].append(int(arg))  # type: ignore[arg-type]  # an int opcode's argument
             elif isinstance(arg, (str, bytes, bytearray)) and "GLOBAL" not in name:
                 raw = arg.encode("latin-1") if isinstance(arg, str) else bytes(arg)
                 text = raw.decode("latin-1")

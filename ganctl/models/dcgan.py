@@ -14,19 +14,13 @@ import torch
 from torch import nn
 
 from ganctl.config import Config
-from ganctl.errors import ConfigError
+from ganctl.models.base import Architecture
 
-RESOLUTIONS = (32, 64, 128)
 BASE = 4  # spatial size of G's first feature map and D's last one
 
 
 def _num_up(resolution: int) -> int:
-    if resolution not in RESOLUTIONS:
-        raise ConfigError(
-            f"dcgan does not support resolution {resolution}; use one of "
-            f"{', '.join(map(str, RESOLUTIONS))}"
-        )
-    return int(math.log2(resolution // BASE))
+    return int(math.log2(resolution // BASE))  # 2x up/down-sampling layers between 4 and R
 
 
 class Generator(nn.Module):
@@ -48,7 +42,7 @@ class Generator(nn.Module):
         blocks += [nn.ConvTranspose2d(c, channels, 4, stride=2, padding=1, bias=False), nn.Tanh()]
         self.blocks = nn.Sequential(*blocks)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         x = self.fc(z).view(z.shape[0], self.base_channels, BASE, BASE)  # (B, C, 4, 4)
         x = torch.relu(self.bn0(x))
         return self.blocks(x)  # (B, channels, R, R) in [-1, 1]
@@ -73,7 +67,7 @@ class Discriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c * BASE * BASE, 1, bias=False)  # = DCGAN's final 4x4 valid conv
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(x).flatten(1)  # (B, C*4*4)
         return self.fc(h).squeeze(1)  # (B,) logits
 
@@ -88,17 +82,17 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def check(config: Config) -> None:
-    _num_up(config.resolution)
+class DCGAN(Architecture):
+    name = "dcgan"
+    resolutions = (32, 64, 128)
 
+    def build_generator(self, config: Config) -> Generator:
+        self.check(config)
+        return Generator(config.z_dim, config.resolution, config.channels, config.g_width)
 
-def build(config: Config) -> tuple[Generator, Discriminator]:
-    G = Generator(config.z_dim, config.resolution, config.channels, config.g_width)
-    D = Discriminator(config.resolution, config.channels, config.d_width)
-    init_weights(G)
-    init_weights(D)
-    return G, D
+    def build_discriminator(self, config: Config) -> Discriminator:
+        self.check(config)
+        return Discriminator(config.resolution, config.channels, config.d_width)
 
-
-def build_generator(config: Config) -> Generator:
-    return Generator(config.z_dim, config.resolution, config.channels, config.g_width)
+    def init_weights(self, net: nn.Module) -> None:
+        init_weights(net)

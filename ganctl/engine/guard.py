@@ -15,26 +15,13 @@ from types import FrameType
 import torch
 from torch import nn
 
-from ganctl.errors import ConfigError, GanctlError
+from ganctl.errors import ConfigError
 
 MAX_ROLLBACKS = 3  # rollbacks in one process before the run stops with exit 1
 LR_FACTOR = 0.5  # each rollback to the same checkpoint halves both learning rates again
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-class Stopped(GanctlError):
-    """Stopped by a signal after writing a checkpoint: exit 128 + the signal's number."""
-
-    def __init__(self, signum: int, message: str, result: dict | None = None) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
-        self.result = result
-
-
-class Diverged(GanctlError):
-    """Non-finite losses kept coming back after MAX_ROLLBACKS rollbacks."""
 
 
 def parse_duration(text: str) -> float:
@@ -101,33 +88,37 @@ class TimeBudget:
 
 
 class DivergenceGuard:
-    """Flags non-finite losses on the device, step by step, without reading them back."""
+    """Flags non-finite statistics on the device, step by step, without reading them back."""
 
     def __init__(self, device: torch.device, step: int) -> None:
         self.device = device
         self.reset(step)
 
     def reset(self, step: int) -> None:
-        self.bad = torch.zeros(2, dtype=torch.bool, device=self.device)  # loss_D, loss_G
+        self.bad: dict[tuple[str, ...], torch.Tensor] = {}  # names -> (k,) bool, per name set
         self.count = torch.tensor(step, dtype=torch.int64, device=self.device)
         self.first_bad = torch.tensor(-1, dtype=torch.int64, device=self.device)
 
-    def observe(self, stats: torch.Tensor) -> None:
-        """stats: (loss_D, loss_G, ...) of the step just taken."""
+    def observe(self, names: tuple[str, ...], values: torch.Tensor) -> None:
+        """values: (k,) the statistics `names` of the step just taken."""
         self.count += 1
-        now = ~torch.isfinite(stats[:2])
+        now = ~torch.isfinite(values)
         self.first_bad = torch.where((self.first_bad < 0) & now.any(), self.count, self.first_bad)
-        self.bad |= now
+        seen = self.bad.get(names)
+        self.bad[names] = now if seen is None else seen | now
 
     def check(self, *modules: nn.Module) -> tuple[str, int] | None:
-        """(what broke, at which step) if anything went non-finite since the last reset."""
+        """(what broke, at which step) if anything went non-finite since the last reset: the
+        first broken statistic (losses before the others), else the weights."""
         params = [p for m in modules for p in m.parameters()]
         finite = torch.stack([p.isfinite().all() for p in params]).all()
-        bad, first, finite = self.bad.tolist(), int(self.first_bad), bool(finite)  # one sync
-        if bad[0]:
-            return "loss_D", first
-        if bad[1]:
-            return "loss_G", first
-        if not finite:
-            return "a gradient (the weights became non-finite)", int(self.count)
+        vector = torch.cat([*(b.long() for b in self.bad.values()), self.first_bad[None],
+                            self.count[None], finite.long()[None]])
+        *flags, first, count, ok = vector.tolist()  # the one sync
+        names = [name for group in self.bad for name in group]
+        broken = [name for name, bad in zip(names, flags, strict=True) if bad]
+        if broken:
+            return min(broken, key=lambda n: (not n.startswith("loss"), broken.index(n))), first
+        if not ok:
+            return "a gradient (the weights became non-finite)", count
         return None

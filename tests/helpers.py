@@ -1,18 +1,192 @@
-"""Miniature datasets written in the exact on-disk formats the real ones use."""
+"""What the tests share: running the CLI (in-process and as a process), tiny run settings,
+checkpoint checks and damage, fault injection from outside the package, and miniature datasets
+written in the exact on-disk formats the real ones use."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
+import json
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from typer.testing import CliRunner
 
+from ganctl import checkpoint, rundir
+from ganctl.cli import app
+from ganctl.engine import loop
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = Path(__file__).resolve().parent / "launch.py"  # ganctl with faults injected, as a process
 RNG = np.random.default_rng(0)
+
+# A run small enough for a 2-core CI: 8-channel DCGAN at 32x32, batch 8.
+TINY = ["--steps", "4", "--batch-size", "8", "--g-width", "8", "--d-width", "8",
+        "--log-every", "2", "--sample-every", "2", "--ckpt-every", "2", "--device", "cpu"]
+# checkpoints of about 8 MB: big enough for a slowed write to be caught in the middle
+MEDIUM = ["--batch-size", "8", "--g-width", "32", "--d-width", "32", "--log-every", "1",
+          "--sample-every", "100000", "--device", "cpu"]
+
+
+# --- running the CLI --------------------------------------------------------------------------
+
+def invoke(*args: object):
+    """Run the CLI in-process; stdout and stderr come back separately."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, result.output
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output
+    if code == 1:
+        assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def start(*args: object, cwd: Path, slow_write: float | None = None) -> subprocess.Popen:
+    """ganctl as a process (through tests/launch.py, which can slow checkpoint writes so that a
+    kill lands in the middle of one)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    if slow_write is not None:
+        env["GANCTL_TEST_SLOW_WRITE"] = str(slow_write)
+    return subprocess.Popen([sys.executable, str(LAUNCH), *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_step(stream, step: int) -> None:
+    """Read progress lines from a process's stream until `step` is logged."""
+    for line in stream:
+        if line.startswith(f"step {step}/"):
+            return
+    raise AssertionError(f"process ended before step {step}")
+
+
+# --- faults from outside the package ----------------------------------------------------------
+
+def nan_batches(monkeypatch, steps: set[int] | None = None, start_at: int | None = None
+                ) -> list[int]:
+    """From now on in this test, the real batch of each step in `steps` (once each) or of every
+    step from `start_at` on is NaN, as a broken data pipeline would make it. Returns the list of
+    steps poisoned so far."""
+    real_step = loop.train_step
+    fired: list[int] = []
+
+    def poisoned(state, phases):
+        n = state.step + 1
+        if (steps and n in steps and n not in fired) or (start_at is not None and n >= start_at):
+            fired.append(n)
+            clean = state.batches.next
+            state.batches.next = lambda: dataclasses.replace(b := clean(), x=b.x * float("nan"))
+            try:
+                return real_step(state, phases)
+            finally:
+                del state.batches.next
+        return real_step(state, phases)
+
+    monkeypatch.setattr(loop, "train_step", poisoned)
+    return fired
+
+
+def signal_at(monkeypatch, step: int, *signums: int) -> None:
+    """Send this process `signums` right after training step `step`, once (as a scheduler
+    would)."""
+    real_step = loop.train_step
+    sent: list[int] = []
+
+    def stepped(state, phases):
+        stats = real_step(state, phases)
+        if state.step == step and not sent:
+            for signum in signums:
+                sent.append(signum)
+                os.kill(os.getpid(), signum)
+        return stats
+
+    monkeypatch.setattr(loop, "train_step", stepped)
+
+
+# --- run directories and checkpoints ------------------------------------------------------------
+
+def valid_steps(run_dir: Path) -> list[int]:
+    """Steps of the run's checkpoints, each verified (raises if one is damaged)."""
+    out = []
+    for path in rundir.list_checkpoints(run_dir / rundir.CKPT_DIR):
+        out.append(checkpoint.open_checkpoint(path).step)
+    return out
+
+
+def verifying_steps(ckpt_dir: Path) -> list[int]:
+    """Steps of the checkpoints that verify, skipping damaged ones."""
+    out = []
+    for path in rundir.list_checkpoints(ckpt_dir):
+        try:
+            out.append(checkpoint.open_checkpoint(path).step)
+        except Exception:
+            pass
+    return out
+
+
+def final_tensors(run_dir: Path) -> tuple[int, dict[str, torch.Tensor]]:
+    ckpt = rundir.latest_in_run(run_dir)
+    assert ckpt is not None
+    return checkpoint.read_header(ckpt).step, checkpoint.load_tensors(ckpt)
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [r for r in rundir.read_metrics(run_dir) if "event" in r]
+
+
+def damage(path: Path, how: str) -> None:
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(raw[: len(raw) - 1000]))
+    elif how == "corrupted":
+        raw[-5] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    elif how == "huge header":
+        path.write_bytes(struct.pack("<Q", 2**62) + bytes(raw[8:]))
+
+
+def rewrite(src: Path, dst: Path, change) -> None:
+    """A checkpoint with its tensors or metadata changed, but a correct checksum."""
+    header = checkpoint.read_header(src)
+    tensors = checkpoint.load_tensors(src)
+    meta = {k: v for k, v in header.metadata.items() if k != "ganctl.checksum"}
+    change(tensors, meta)
+    checkpoint.save(dst, tensors, meta.pop("ganctl.config"), int(meta.pop("ganctl.step")), meta)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+# --- datasets on disk ------------------------------------------------------------------------------
+
+def image_folder(root: Path, n: int, size: tuple[int, int] = (32, 32), classes: int = 0) -> Path:
+    """n solid-colour PNGs (each a different red), in `classes` class folders c0, c1 ... (round
+    robin) or directly in root."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        folder = root / f"c{i % classes}" if classes else root
+        folder.mkdir(exist_ok=True)
+        Image.new("RGB", size, (i * 25 % 256, 255 - i * 25 % 256, 60)).save(folder / f"{i:03d}.png")
+    return root
 
 
 def jpeg_bytes(image: Image.Image, **kwargs) -> bytes:

@@ -1,0 +1,223 @@
+"""The training loop: steps, then on schedule logging, samples and checkpoints; rollback on
+divergence; a clean stop (with a checkpoint) on a signal or when the time budget runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ganctl import checkpoint, rundir
+from ganctl.engine.guard import LR_FACTOR, MAX_ROLLBACKS, DivergenceGuard, StopSignals, TimeBudget
+from ganctl.engine.state import NETWORKS, TrainState, load_state, snapshot
+from ganctl.engine.step import train_step
+from ganctl.errors import Diverged, Stopped
+from ganctl.logging import RunLog
+from ganctl.losses import Stats
+from ganctl.sample import generate, latents_from_seeds, save_grid
+
+SAMPLE_SEEDS = range(64)  # the fixed noise of the grids written during training: the seed's 8x8
+
+
+@dataclass
+class RunResult:
+    """Where a train or resume command left the run; `--json` prints it."""
+
+    run_dir: str
+    checkpoint: str | None
+    samples: str | None
+    step: int
+    steps: int
+    device: str
+    seconds: float
+    metrics: dict[str, Any] | None  # the last logged record
+    stopped: str | None = None  # "max-time", or the signal's name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Meter:
+    """Sums step statistics on the device; reads them back only when a record is made. Steps
+    may report different names (a lazy phase's only on its steps): each name is averaged over
+    the steps that reported it."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.total: dict[tuple[str, ...], torch.Tensor] = {}
+        self.count: dict[tuple[str, ...], int] = {}
+        self.steps = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, names: tuple[str, ...], values: torch.Tensor) -> None:
+        seen = self.total.get(names)
+        self.total[names] = values.clone() if seen is None else seen.add_(values)
+        self.count[names] = self.count.get(names, 0) + 1
+        self.steps += 1
+
+    def record(self, step: int) -> dict[str, Any]:
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        if self.total:
+            values = torch.cat(list(self.total.values())).tolist()  # the one host sync
+            names = [(name, self.count[group]) for group in self.total for name in group]
+            for (name, n), value in zip(names, values, strict=True):
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + n
+        elapsed = time.perf_counter() - self.t0
+        rec: dict[str, Any] = {"step": step, "time": round(time.time(), 3)}
+        for name in sorted(sums, key=lambda k: not k.startswith("loss")):  # losses first
+            rec[name] = round(sums[name] / counts[name], 5)
+        rec["img_per_s"] = round(self.steps * self.batch_size / max(elapsed, 1e-9), 1)
+        self.total, self.count, self.steps = {}, {}, 0
+        self.t0 = time.perf_counter()
+        return rec
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def write_samples(state: TrainState, run_dir: Path, fixed_z: torch.Tensor) -> Path:
+    path = run_dir / rundir.SAMPLES / rundir.sample_name(state.step)
+    save_grid(generate(state.G_ema, fixed_z, fixed_z.device), path)
+    return path
+
+
+def save_checkpoint(state: TrainState, tensors: dict[str, torch.Tensor], run_dir: Path,
+                    metrics: dict[str, Any] | None, fingerprint: str) -> Path:
+    path = run_dir / rundir.CKPT_DIR / rundir.checkpoint_name(state.step)
+    extra = {
+        "ganctl.created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ganctl.dataset_fingerprint": fingerprint,
+    }
+    if metrics is not None:
+        extra["ganctl.metrics"] = json.dumps(metrics)
+    checkpoint.save(path, tensors, state.config.to_json(), state.step, extra)
+    rundir.set_latest(run_dir, path)  # only once the file is complete
+    rundir.prune(run_dir / rundir.CKPT_DIR, state.config.keep, state.step)
+    return path
+
+
+# --- recovery from divergence ------------------------------------------------------------------
+
+@dataclass
+class LastGood:
+    """The state of the last checkpoint (or of the start), to roll back to."""
+
+    tensors: dict[str, torch.Tensor]
+    step: int
+    rollbacks: int = 0  # rollbacks to this state: the learning rates fall by LR_FACTOR each
+
+    def update(self, tensors: dict[str, torch.Tensor], step: int) -> None:
+        """A new checkpoint: training got past the trouble, so the count starts again."""
+        self.tensors, self.step, self.rollbacks = tensors, step, 0
+
+
+def _learning_rates(state: TrainState) -> dict[str, float]:
+    return {f"lr_{name.lower()}": state.optimizer(name).param_groups[0]["lr"] for name in NETWORKS}
+
+
+def roll_back(state: TrainState, good: LastGood, what: str, bad_step: int, run_dir: Path,
+              log: RunLog) -> None:
+    """Back to the last good state with lower learning rates, or Diverged after MAX_ROLLBACKS."""
+    lrs = _learning_rates(state)
+    if good.rollbacks >= MAX_ROLLBACKS:
+        log.event({"step": bad_step, "event": "diverged", "loss": what, "to_step": None, **lrs,
+                   "time": round(time.time(), 3)}, f"{what} became non-finite at step {bad_step} "
+                  f"after {MAX_ROLLBACKS} rollbacks to step {good.step}: stopping")
+        rates = ", ".join(f"{k} {v:.3g}" for k, v in lrs.items())
+        raise Diverged(f"training diverged: {what} became non-finite at step {bad_step}, again "
+                       f"after {MAX_ROLLBACKS} rollbacks (learning rates now {rates}); lower "
+                       "--lr-g/--lr-d or change the loss")
+    good.rollbacks += 1
+    # a copy: the optimizers would otherwise adopt (and later overwrite) the saved tensors
+    load_state(state, {k: v.clone() for k, v in good.tensors.items()})  # the lrs as they were ...
+    factor = LR_FACTOR ** good.rollbacks
+    for name in NETWORKS:  # ... lowered once more for each rollback to it
+        for group in state.optimizer(name).param_groups:
+            group["lr"] *= factor
+    rundir.trim_metrics(run_dir, state.step)
+    log.event({"step": bad_step, "event": "rollback", "loss": what, "to_step": state.step,
+               **_learning_rates(state), "time": round(time.time(), 3)},
+              f"{what} became non-finite at step {bad_step}: rolled back to step {state.step}, "
+              f"learning rates x{factor:g}")
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+def _due(step: int, every: int, done: bool) -> bool:
+    return done or step % every == 0
+
+
+def _flatten(stats: Stats) -> tuple[tuple[str, ...], torch.Tensor]:
+    return tuple(stats), torch.stack([v.float() for v in stats.values()])
+
+
+def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
+        deadline: float | None = None) -> RunResult:
+    """Train from state.step to config.steps, logging, sampling and checkpointing on schedule;
+    stop cleanly (with a checkpoint) on SIGINT/SIGTERM or when the time budget runs out."""
+    config = state.config
+    device = state.batches.device
+    phases = state.loss.phases()
+    fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.z_dim).to(device)
+    meter = Meter(config.batch_size)
+    guard = DivergenceGuard(device, state.step)
+    budget = TimeBudget(deadline, state.step)
+    good = LastGood(snapshot(state), state.step)
+    last: dict[str, Any] | None = None
+    ckpt = sample = None
+    out_of_time = False
+    t0 = time.perf_counter()
+    log.start(state.step, config.steps)
+    try:
+        with StopSignals() as signals:
+            while state.step < config.steps:
+                names, values = _flatten(train_step(state, phases))
+                meter.add(names, values)
+                guard.observe(names, values)
+                log.advance(state.step)
+
+                step, done = state.step, state.step == config.steps
+                next_ckpt = min(config.steps, (step // config.ckpt_every + 1) * config.ckpt_every)
+                out_of_time = budget.exhausted(step, next_ckpt)
+                stopping = signals.signum is not None or out_of_time
+                save = stopping or _due(step, config.ckpt_every, done)
+                if save or _due(step, config.log_every, done) or _due(step, config.sample_every, done):
+                    if broke := guard.check(state.G, state.D):
+                        roll_back(state, good, *broke, run_dir, log)
+                        meter = Meter(config.batch_size)
+                        guard.reset(state.step)
+                        continue
+                if _due(step, config.log_every, done):
+                    last = meter.record(step)
+                    log.record(last)
+                if _due(step, config.sample_every, done):
+                    sample = write_samples(state, run_dir, fixed_z)
+                if save:
+                    good.update(snapshot(state), step)
+                    ckpt = save_checkpoint(state, good.tensors, run_dir, last, fingerprint)
+                if stopping:
+                    break
+    finally:
+        state.batches.close()
+        log.close()
+    stopped = "max-time" if out_of_time and state.step < config.steps else None
+    result = RunResult(str(run_dir), str(ckpt) if ckpt else None, str(sample) if sample else None,
+                       state.step, config.steps, str(device), round(time.perf_counter() - t0, 2),
+                       last, stopped)
+    resume_hint = f"continue with: ganctl resume {shlex.quote(str(run_dir))}"
+    if signals.signum is not None:
+        result.stopped = signals.name
+        raise Stopped(signals.signum, f"stopped by {signals.name} at step {state.step}; checkpoint "
+                      f"{ckpt}; {resume_hint}", result.to_dict())
+    if stopped:
+        log.info(f"time budget reached at step {state.step} of {config.steps}; checkpoint {ckpt}; "
+                 f"{resume_hint}")
+    return result

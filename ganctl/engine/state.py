@@ -1,0 +1,126 @@
+"""The training state: networks, optimizers, loss, data position and noise, and its tensors.
+
+Everything needed to continue a run exactly is in state_tensors(); load_state() puts it back.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ganctl import checkpoint
+from ganctl.config import Config
+from ganctl.data import Batches
+from ganctl.errors import CheckpointError, ConfigError
+from ganctl.losses import Loss, make_loss
+from ganctl.models import build_models
+
+NETWORKS = ("G", "D")  # the trained networks, each with its own optimizer (opt_G, opt_D)
+
+
+@dataclass
+class TrainState:
+    config: Config
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    loss: Loss
+    batches: Batches
+    noise: torch.Generator  # draws every z of training, on the device
+    step: int = 0
+
+    def network(self, name: str) -> nn.Module:
+        return {"G": self.G, "D": self.D}[name]
+
+    def optimizer(self, name: str) -> torch.optim.Optimizer:
+        return {"G": self.opt_G, "D": self.opt_D}[name]
+
+
+def init_state(config: Config, device: torch.device, images: np.ndarray | torch.Tensor,
+               labels: np.ndarray | None = None) -> TrainState:
+    """A fresh state at step 0: weights from config.seed; labels (N,) for labelled data."""
+    torch.manual_seed(config.seed)  # initial weights
+    try:
+        G, D = build_models(config)
+        G, D = G.to(device), D.to(device)
+    except (RuntimeError, MemoryError) as e:
+        if "alloc" not in str(e).lower() and "memory" not in str(e).lower():
+            raise
+        raise ConfigError(f"the model does not fit in {device} memory ({str(e).splitlines()[0][:120]}); "
+                          "lower --g-width, --d-width or --z-dim") from None
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    betas = (config.beta1, config.beta2)
+    return TrainState(
+        config=config, G=G, D=D, G_ema=G_ema,
+        opt_G=torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=betas),
+        opt_D=torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=betas),
+        loss=make_loss(config),
+        batches=Batches(images, config.batch_size, config.seed, device, mirror=config.mirror,
+                        labels=labels),
+        noise=torch.Generator(device=device).manual_seed(config.seed),
+    )
+
+
+def state_tensors(state: TrainState) -> dict[str, torch.Tensor]:
+    """Everything needed to continue the run exactly, as named tensors."""
+    epoch, index = state.batches.state()
+    return {
+        **checkpoint.module_tensors(state.G, "G"),
+        **checkpoint.module_tensors(state.D, "D"),
+        **checkpoint.module_tensors(state.G_ema, "G_ema"),
+        **checkpoint.optimizer_tensors(state.opt_G, "opt_G"),
+        **checkpoint.optimizer_tensors(state.opt_D, "opt_D"),
+        **{f"loss.{k}": v for k, v in state.loss.state_tensors().items()},
+        "rng.noise": state.noise.get_state(),
+        "rng.torch": torch.get_rng_state(),
+        "state.step": torch.tensor(state.step, dtype=torch.int64),
+        "state.data_epoch": torch.tensor(epoch, dtype=torch.int64),
+        "state.data_index": torch.tensor(index, dtype=torch.int64),
+    }
+
+
+def snapshot(state: TrainState) -> dict[str, torch.Tensor]:
+    """A CPU copy of the whole training state (the copy matters on a CPU device, where
+    .to("cpu") would alias the live tensors)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_tensors(state).items()}
+
+
+def load_state(state: TrainState, tensors: dict[str, torch.Tensor],
+               say: Callable[[str], None] | None = None) -> None:
+    for name in ("G", "D", "G_ema"):
+        checkpoint.load_module(getattr(state, name), tensors, name)
+    checkpoint.load_optimizer(state.opt_G, tensors, "opt_G")
+    checkpoint.load_optimizer(state.opt_D, tensors, "opt_D")
+    try:
+        state.loss.load_state_tensors({k[len("loss."):]: v for k, v in tensors.items()
+                                       if k.startswith("loss.")})
+        _restore_noise(state, tensors["rng.noise"], int(tensors["state.step"]), say)
+        torch.set_rng_state(tensors["rng.torch"])
+        state.step = int(tensors["state.step"])
+        state.batches.load_state(int(tensors["state.data_epoch"]),
+                                 int(tensors["state.data_index"]))
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint lacks tensor {e.args[0]!r}; it is incomplete") from None
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint's training state is damaged: {e}") from None
+
+
+def _restore_noise(state: TrainState, saved: torch.Tensor, step: int,
+                   say: Callable[[str], None] | None) -> None:
+    """The noise generator's state; a run moved to another kind of device (CUDA <-> CPU) cannot
+    continue the same noise sequence, so it is re-seeded from (seed, step), and the user told."""
+    try:
+        state.noise.set_state(saved)
+    except RuntimeError:
+        state.noise.manual_seed(state.config.seed * 1_000_003 + step)
+        if say:
+            say(f"the checkpoint's noise generator belongs to another kind of device than "
+                f"{state.noise.device}: its noise sequence restarts from (seed, step {step}); the run "
+                "continues, but not bit-identically to one that stayed on one device")

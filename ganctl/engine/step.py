@@ -1,0 +1,64 @@
+"""One training step: draw a real batch and latents, run the loss's phases, update G_ema.
+
+The step never reads a value back from the device: its statistics stay there until the loop
+logs them, so a GPU never waits for the host in the steady state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ganctl.engine.state import TrainState
+from ganctl.losses import Phase, Stats, StepInputs
+
+EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step) up to config.ema_decay
+
+
+def draw(state: TrainState) -> StepInputs:
+    """The next real batch and a fresh z from the run's noise generator."""
+    real = state.batches.next()
+    z = torch.randn(state.config.batch_size, state.config.z_dim, generator=state.noise,
+                    device=state.batches.device)  # (B, z_dim)
+    return StepInputs(state.G, state.D, real, z)
+
+
+def run_phase(state: TrainState, phase: Phase, inputs: StepInputs) -> Stats:
+    """One phase between its optimizer's zero_grad and step."""
+    opt = state.optimizer(phase.module)
+    frozen = phase.module != "D"
+    if frozen:  # G's update needs gradients through D, not of D's weights
+        state.D.requires_grad_(False)
+    try:
+        opt.zero_grad(set_to_none=True)
+        stats = state.loss.accumulate(phase.name, inputs)
+        opt.step()
+    finally:
+        if frozen:
+            state.D.requires_grad_(True)
+    return stats
+
+
+def train_step(state: TrainState, phases: list[Phase]) -> Stats:
+    """Step state.step + 1: every phase due at it, then the EMA; returns the phases' statistics
+    (a repeated phase reports its last run)."""
+    n = state.step + 1
+    shared = draw(state)
+    stats: Stats = {}
+    for phase in phases:
+        if n % phase.interval:
+            continue
+        for repeat in range(phase.repeats):
+            stats.update(run_phase(state, phase, shared if repeat == 0 else draw(state)))
+    state.step = n
+    update_ema(state.G_ema, state.G, n, state.config.ema_decay)
+    return stats
+
+
+@torch.no_grad()
+def update_ema(G_ema: nn.Module, G: nn.Module, step: int, decay: float) -> None:
+    # G_ema <- beta * G_ema + (1 - beta) * G, beta warming up so early samples track G
+    beta = min(decay, (1 + step) / (EMA_WARMUP + step))
+    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+        b_ema.copy_(b)  # BatchNorm running statistics follow G

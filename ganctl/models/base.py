@@ -1,0 +1,49 @@
+"""The interface every architecture implements, and what its networks accept.
+
+G(z, c=None) maps (B, z_dim) latents (and, for conditional models, (B,) class indices) to
+(B, C, R, R) images in [-1, 1]; D(x, c=None) maps images (and classes) to (B,) logits.
+Unconditional networks accept c and ignore it, so the step passes labels unconditionally.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from torch import nn
+
+from ganctl.config import Config
+from ganctl.errors import ConfigError
+
+
+class Architecture(ABC):
+    """One architecture: which configs it can build, and its (G, D)."""
+
+    name: ClassVar[str]
+    resolutions: ClassVar[tuple[int, ...]]
+
+    def check(self, config: Config) -> None:
+        """Raise ConfigError if this architecture cannot be built for `config`."""
+        if config.resolution not in self.resolutions:
+            raise ConfigError(f"{self.name} does not support resolution {config.resolution}; use "
+                              f"one of {', '.join(map(str, self.resolutions))}")
+
+    def build(self, config: Config) -> tuple[nn.Module, nn.Module]:
+        """Fresh (G, D) with their initial weights (drawn from torch's global generator). On the
+        meta device (shapes only: inspect, checkpoint checks) there is nothing to initialise."""
+        G, D = self.build_generator(config), self.build_discriminator(config)
+        for net in (G, D):
+            if not any(p.is_meta for p in net.parameters()):
+                self.init_weights(net)
+        return G, D
+
+    @abstractmethod
+    def build_generator(self, config: Config) -> nn.Module:
+        """G's structure (weights as torch's layers draw them; a checkpoint's are loaded)."""
+
+    @abstractmethod
+    def build_discriminator(self, config: Config) -> nn.Module:
+        """D's structure."""
+
+    def init_weights(self, net: nn.Module) -> None:  # noqa: B027 (optional: torch's init)
+        """The architecture's own initialisation of a freshly built network (default: torch's)."""

@@ -1,0 +1,300 @@
+"""Run directories: ./runs/<NNNN>-<dataset>-<arch>/ with config.json, metrics.jsonl, samples/
+and checkpoints/ (with its `latest` pointer); the lock that keeps one process per run; and
+finding the checkpoint a command was pointed at. Nothing here deletes a run; an existing run is
+never written into by train. The checkpoint file format itself is checkpoint.py's.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ganctl.checkpoint import SUFFIX, Header, open_checkpoint, read_header
+from ganctl.config import Config
+from ganctl.errors import CheckpointError, RunError
+from ganctl.fsutil import atomic_write
+
+CONFIG = "config.json"
+DATA_REPORT = "data_report.json"
+METRICS = "metrics.jsonl"
+SAMPLES = "samples"
+CKPT_DIR = "checkpoints"
+LATEST = "latest"  # a text file in CKPT_DIR naming the newest complete checkpoint
+LOCK = ".lock"
+TEMP_GLOB = ".*.tmp-*"  # fsutil's temp files: never a complete file
+_INDEX_RE = re.compile(r"^(\d+)-")
+_STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("GANCTL_RUNS", "runs"))
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:09d}{SUFFIX}"
+
+
+def sample_name(step: int) -> str:
+    return f"step-{step:09d}.png"
+
+
+# --- creating and removing ------------------------------------------------------------------------
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_.") or "data"
+
+
+def _mkdir(path: Path, **kwargs: bool) -> None:
+    try:
+        path.mkdir(**kwargs)
+    except PermissionError:
+        raise RunError(f"cannot create {path}: permission denied; choose another --out "
+                       "or set GANCTL_RUNS to a writable directory") from None
+    except NotADirectoryError:
+        raise RunError(f"cannot create {path}: a parent is a file, not a directory") from None
+    except OSError as e:
+        if isinstance(e, FileExistsError):
+            raise
+        raise RunError(f"cannot create {path}: {e.strerror}") from None
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock: a second process training the same run is refused, not let loose on
+    its checkpoints (the lock goes with the process, however it ends)."""
+    try:
+        handle = open(run_dir / LOCK, "a+")
+    except OSError as e:
+        raise RunError(f"cannot lock {run_dir}: {e.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RunError(f"{run_dir} is being trained by another ganctl process; wait for it to end "
+                       "or stop it first") from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG).is_file() or (path / CKPT_DIR).is_dir()
+
+
+def remove_run(run_dir: Path) -> list[Path]:
+    """Delete what ganctl wrote in a run directory (asked for by --overwrite); other files stay."""
+    removed = []
+    for name in (CONFIG, DATA_REPORT, METRICS):
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(run_dir / name)
+    for sub, pattern in ((SAMPLES, "step-*.png"), (CKPT_DIR, "step-*.safetensors"),
+                         (CKPT_DIR, LATEST), (CKPT_DIR, TEMP_GLOB), (SAMPLES, TEMP_GLOB)):
+        for path in (run_dir / sub).glob(pattern):
+            path.unlink()
+            removed.append(path)
+    for sub in (SAMPLES, CKPT_DIR):
+        try:
+            (run_dir / sub).rmdir()
+        except OSError:  # absent, or holds files that are not ganctl's
+            pass
+    return removed
+
+
+def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) -> Path:
+    """A new, empty run directory: `out` if given, else the next free number under the root.
+    An existing run in `out` is refused; with `overwrite` (the caller having removed the old
+    run's files under its lock) other files in `out` may stay."""
+    if out is not None:
+        if out.exists():
+            if is_run_dir(out):
+                raise RunError(f"{out} already holds a run; continue it with `ganctl resume "
+                               f"{shlex.quote(str(out))}` (or train --resume), replace it with "
+                               "--overwrite, or choose another --out")
+            if not out.is_dir() or (any(out.iterdir()) and not overwrite):
+                raise RunError(f"--out {out} exists and is not an empty directory; "
+                               "choose a new directory")
+        _mkdir(out, parents=True, exist_ok=True)
+        run_dir = out
+    else:
+        root = runs_root()
+        _mkdir(root, parents=True, exist_ok=True)
+        used = [int(m.group(1)) for p in root.iterdir() if (m := _INDEX_RE.match(p.name))]
+        index = max(used, default=0) + 1
+        name = Path(config.dataset).stem if "/" in config.dataset else config.dataset
+        while True:  # another process may take a number between our scan and our mkdir
+            run_dir = root / f"{index:04d}-{_slug(name)}-{_slug(config.arch)}"
+            try:
+                _mkdir(run_dir, parents=False, exist_ok=False)
+                break
+            except FileExistsError:
+                index += 1
+    _mkdir(run_dir / CKPT_DIR, exist_ok=True)
+    _mkdir(run_dir / SAMPLES, exist_ok=True)
+    return run_dir
+
+
+def remove_temp_files(run_dir: Path) -> None:
+    """Temp checkpoint files a killed writer left behind: never a checkpoint, only half of one."""
+    for path in (run_dir / CKPT_DIR).glob(TEMP_GLOB):
+        path.unlink(missing_ok=True)
+
+
+# --- the run's files ---------------------------------------------------------------------------------
+
+def read_config(run_dir: Path) -> Config:
+    """The config a run was started with (its config.json)."""
+    path = run_dir / CONFIG
+    try:
+        return Config.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    except FileNotFoundError:
+        raise RunError(f"{run_dir} has no {CONFIG}; it is not a ganctl run") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+        raise RunError(f"{path} is damaged ({e}); resume from a checkpoint file instead") from None
+
+
+def write_json(path: Path, value: Any, indent: int = 1) -> None:
+    atomic_write(path, (json.dumps(value, indent=indent) + "\n").encode())
+
+
+def write_config(run_dir: Path, config: Config) -> None:
+    write_json(run_dir / CONFIG, config.to_dict(), indent=2)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl; a line cut short by a crash is dropped."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop step records logged after `step`: a resumed or rolled-back run replays those steps and
+    logs them again. Event records (rollbacks) are history and stay."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(run_dir)
+            if "event" in r or (isinstance(r.get("step"), int) and r["step"] <= step)]
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+# --- checkpoints in a run ---------------------------------------------------------------------------
+
+def set_latest(run_dir: Path, ckpt: Path) -> None:
+    """Point `latest` at a checkpoint, once that file is complete."""
+    atomic_write(run_dir / CKPT_DIR / LATEST, (ckpt.name + "\n").encode())
+
+
+def _step_of(path: Path) -> int:
+    m = _STEP_RE.match(path.name)
+    return int(m.group(1)) if m else -1
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Step checkpoints in `ckpt_dir`, oldest step first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def prune(ckpt_dir: Path, keep: int, current: int) -> list[Path]:
+    """Delete step checkpoints older than `current` (the one just written) beyond the newest
+    `keep` up to it (keep=0: delete none). Files of later steps, left by a run resumed from an
+    older checkpoint, are not counted and not touched: the run overwrites them as it gets there."""
+    if keep <= 0:
+        return []
+    upto = [p for p in list_checkpoints(ckpt_dir) if _step_of(p) <= current]
+    old = upto[:-keep]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
+def latest_in_run(run_dir: Path) -> Path | None:
+    """The checkpoint `latest` names, else the highest step file; None if the run has none."""
+    ckpt_dir = run_dir / CKPT_DIR
+    pointer = ckpt_dir / LATEST
+    if pointer.is_file():
+        name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+        if _STEP_RE.match(name) and (ckpt_dir / name).is_file():  # a damaged pointer is ignored
+            return ckpt_dir / name
+    found = list_checkpoints(ckpt_dir)
+    return found[-1] if found else None
+
+
+def newest_valid(run_dir: Path, say: Callable[[str], None], verify: bool = True) -> Header:
+    """The newest checkpoint of a run that verifies, saying which newer ones were passed over."""
+    candidates = []
+    if (named := latest_in_run(run_dir)) is not None:
+        candidates.append(named)
+    candidates += [p for p in reversed(list_checkpoints(run_dir / CKPT_DIR)) if p not in candidates]
+    for path in candidates:
+        try:
+            return open_checkpoint(path) if verify else read_header(path)
+        except CheckpointError as e:
+            say(f"skipping {path.name}: {e}")
+    raise CheckpointError(f"run {run_dir} has no valid checkpoint" + (
+        " (every one failed verification)" if candidates else " yet"))
+
+
+def newest_run(root: Path) -> Path:
+    """The run under `root` whose newest checkpoint file was written last."""
+    newest: dict[Path, int] = {}
+    if root.is_dir():
+        for run_dir in root.iterdir():
+            files = list_checkpoints(run_dir / CKPT_DIR) if run_dir.is_dir() else []
+            if files:
+                newest[run_dir] = max(p.stat().st_mtime_ns for p in files)
+    if not newest:
+        raise CheckpointError(f"no checkpoints found under {root}/; train one with "
+                              "`ganctl train` or pass a checkpoint path")
+    return max(newest, key=newest.__getitem__)
+
+
+def locate(target: str | Path | None, say: Callable[[str], None], verify: bool = True) -> Header:
+    """The verified checkpoint a command was pointed at: a file as given; for a run directory
+    (or, with no target, the newest run under the runs root) its newest checkpoint that verifies.
+    With verify=False only headers are read (and checked)."""
+    if target is None:
+        return newest_valid(newest_run(runs_root()), say, verify)
+    path = Path(target)
+    if path.name == LATEST and path.parent.name == CKPT_DIR:  # the pointer: its run
+        path = path.parent.parent
+    elif path.name == CKPT_DIR and path.is_dir():  # a run's checkpoints/: the run
+        path = path.parent
+    if path.is_dir():
+        if is_run_dir(path):
+            return newest_valid(path, say, verify)
+        raise CheckpointError(f"{path} is a directory but not a ganctl run (no {CKPT_DIR}/ "
+                              f"or {CONFIG} in it)")
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; pass a .safetensors checkpoint or a run "
+                              "directory")
+    return open_checkpoint(path) if verify else read_header(path)
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run directory a checkpoint file belongs to (<run>/checkpoints/<file>)."""
+    if ckpt.parent.name != CKPT_DIR:
+        raise CheckpointError(f"{ckpt} is not inside a run's {CKPT_DIR}/ directory; "
+                              "resume needs the run directory around it")
+    return ckpt.parent.parent

@@ -1,0 +1,212 @@
+"""Sessions: start a run, continue one, or resume from a checkpoint.
+
+Each opens its run the same way (open_run: device, data and a fresh state, then the locked run
+directory with its config, metrics log and data report) and hands the state to the loop.
+Everything that can fail on bad input fails before a file is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ganctl import checkpoint, rundir
+from ganctl.config import RESUME_OVERRIDABLE, Config
+from ganctl.data import ImageSet, is_path, load_dataset, preset
+from ganctl.data.cache import skip_summary
+from ganctl.device import configure_determinism, describe, resolve_device
+from ganctl.engine.guard import deadline_after, parse_duration
+from ganctl.engine.loop import RunResult, fit
+from ganctl.engine.state import TrainState, init_state, load_state
+from ganctl.errors import CheckpointError, ConfigError, DataError
+from ganctl.logging import RunLog
+from ganctl.losses import get_loss
+from ganctl.models import build_models, check_config
+
+Restore = Callable[[TrainState, ImageSet], None]
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+def resolve_config(values: dict[str, Any]) -> Config:
+    """defaults < dataset preset < `values` (file and flags, already merged) -> a checked Config."""
+    dataset = values.get("dataset", Config.dataset)
+    values = normalise(values)
+    config = Config.from_dict({**preset(dataset, values), **values})
+    check_config(config)
+    get_loss(config.loss)
+    return config
+
+
+def normalise(values: dict[str, Any]) -> dict[str, Any]:
+    """Paths as they are stored: a folder or zip dataset absolute (resume finds it from anywhere),
+    ~ expanded in data_dir."""
+    out = dict(values)
+    if "classes" in out:
+        raise ConfigError("classes is read from the dataset (its class folders or labels); "
+                          "remove it from the config")
+    dataset = out.get("dataset")
+    if dataset is not None and not isinstance(dataset, str):
+        raise ConfigError(f"dataset must be a string, got {dataset!r}")
+    if dataset is not None and not dataset.strip():
+        raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
+    if dataset and is_path(dataset):
+        out["dataset"] = str(Path(dataset).expanduser().absolute())
+    if isinstance(out.get("data_dir"), str) and out["data_dir"]:
+        out["data_dir"] = str(Path(out["data_dir"]).expanduser())
+    return out
+
+
+def deadline(max_time: str | None) -> float | None:
+    """The time.monotonic() at which --max-time, counted from now, runs out (None: no limit)."""
+    return deadline_after(parse_duration(max_time)) if max_time else None
+
+
+# --- opening a run -------------------------------------------------------------------------------
+
+def _write_data_report(run_dir: Path, config: Config, data: ImageSet, log: RunLog) -> None:
+    report = {"dataset": config.dataset, "split": config.split, "resolution": config.resolution,
+              "channels": config.channels, "crop": config.crop, "fingerprint": data.fingerprint,
+              "classes": data.classes, **data.report}
+    rundir.write_json(run_dir / rundir.DATA_REPORT, report)
+    if summary := skip_summary(data.report):
+        log.info(f"{summary}: see {run_dir / rundir.DATA_REPORT}")
+
+
+def _claim(out: Path | None, config: Config, overwrite: bool, held: ExitStack, log: RunLog) -> Path:
+    """A new run directory, locked: `out` (replacing the run there, under its lock, with
+    --overwrite) or the next numbered one under the runs root."""
+    replacing = out is not None and rundir.is_run_dir(out)
+    if replacing:
+        assert out is not None
+        held.enter_context(rundir.locked(out))  # a run in use is refused before anything goes
+        if overwrite:
+            log.info(f"--overwrite: removing the previous run's files in {out}")
+            rundir.remove_run(out)
+    run_dir = rundir.create_run_dir(out, config, overwrite)
+    if not replacing:
+        held.enter_context(rundir.locked(run_dir))
+    return run_dir
+
+
+@contextmanager
+def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
+             restore: Restore | None = None, overwrite: bool = False
+             ) -> Iterator[tuple[Path, TrainState, ImageSet]]:
+    """Device, data and a fresh state; then the run directory, locked: without `restore` a new
+    one (`out`, or the next numbered); with it the existing run `out`, into whose state
+    `restore` loads its checkpoint. Then config.json, metrics.jsonl and the data report."""
+    device = resolve_device(config.device)
+    configure_determinism(config.deterministic)
+    data = load_dataset(config, download=download, progress=log.task)
+    if restore is None:
+        config = config.replace(classes=tuple(data.classes))
+    labels = data.labels if config.classes else None
+    state = init_state(config, device, data.images, labels)  # fails (too big ...) before any file
+    try:
+        with ExitStack() as held:
+            if restore is None:
+                run_dir = _claim(out, config, overwrite, held, log)
+            else:
+                assert out is not None
+                run_dir = out
+                held.enter_context(rundir.locked(run_dir))
+                restore(state, data)
+            rundir.write_config(run_dir, config)
+            log.attach(run_dir)
+            _write_data_report(run_dir, config, data, log)
+            yield run_dir, state, data
+    finally:
+        state.batches.close()
+
+
+# --- the three ways in --------------------------------------------------------------------------
+
+def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
+          deadline: float | None = None, overwrite: bool = False) -> RunResult:
+    """Start a new run of `config` in `out` (or the next numbered run dir) and train it."""
+    with open_run(config, log, download, out, overwrite=overwrite) as (run_dir, state, data):
+        c = state.config
+        log.info(f"run {run_dir}: {c.arch} {c.resolution}x{c.resolution}x{c.channels} on "
+                 f"{c.dataset} ({len(data.images)} images), device {describe(state.batches.device)}")
+        return fit(state, run_dir, log, data.fingerprint, deadline)
+
+
+def continue_run(out: Path, values: dict[str, Any], log: RunLog, download: bool = True,
+                 deadline: float | None = None) -> RunResult:
+    """`train --resume` into an existing run: resume it, refusing settings it was not started with."""
+    stored = rundir.read_config(out)
+    for key, value in normalise(values).items():
+        if key not in RESUME_OVERRIDABLE and getattr(stored.replace(**{key: value}), key) != getattr(
+                stored, key):
+            raise ConfigError(f"{out} was started with {key} = {getattr(stored, key)!r}; --resume "
+                              f"continues it as it was, so {key} cannot become {value!r}")
+    overrides = {k: v for k, v in normalise(values).items() if k in RESUME_OVERRIDABLE}
+    return resume(str(out), overrides, log, download, deadline=deadline)
+
+
+def _checkpoint_config(header: checkpoint.Header, overrides: dict[str, Any]) -> Config:
+    """The config stored in a checkpoint with `overrides`, its model's shapes checked against the
+    file on the meta device: a hostile config must not make us allocate."""
+    try:
+        config = Config.from_dict(header.config, source=f"{header.path} metadata").replace(**overrides)
+    except ConfigError as e:
+        raise CheckpointError(f"{header.path}: {e}") from None
+    if config.steps < header.step:
+        raise ConfigError(f"{header.path} is at step {header.step}, past --steps {config.steps}; "
+                          "--steps is the run's total length, pass a larger one")
+    with torch.device("meta"):
+        G, D = build_models(config)
+        for module, prefix in ((G, "G"), (D, "D"), (G, "G_ema")):
+            checkpoint.check_shapes(module, header, prefix)
+    return config
+
+
+def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download: bool = True,
+           allow_data_change: bool = False, deadline: float | None = None) -> RunResult:
+    """Continue a run from its newest checkpoint (or the given one) up to config.steps."""
+    bad = sorted(set(overrides) - RESUME_OVERRIDABLE)
+    if bad:
+        raise ConfigError(f"resume cannot change {bad[0]!r}; only "
+                          f"{', '.join(sorted(RESUME_OVERRIDABLE))} may change")
+    if target is not None and rundir.is_run_dir(Path(target)) and not rundir.list_checkpoints(
+            Path(target) / rundir.CKPT_DIR):
+        # stopped before its first checkpoint: nothing to lose, so start it again as configured
+        run_dir = Path(target)
+        config = rundir.read_config(run_dir).replace(**overrides)
+        log.info(f"{run_dir} has no checkpoint yet (it stopped before the first one): starting it "
+                 "again from step 0")
+        return train(config, run_dir, log, download, deadline, overwrite=True)
+    header = rundir.locate(target, log.info)  # falls back past damaged checkpoints
+    ckpt = header.path
+    run_dir = rundir.run_dir_of(ckpt)
+    config = _checkpoint_config(header, overrides)
+
+    def restore(state: TrainState, data: ImageSet) -> None:
+        recorded = header.metadata.get("ganctl.dataset_fingerprint")
+        if recorded and recorded != data.fingerprint:
+            if not allow_data_change:
+                raise DataError(f"dataset {config.dataset!r} changed since this run started "
+                                f"(fingerprint {recorded} -> {data.fingerprint}); resume with "
+                                "--allow-data-change to train on it anyway")
+            log.info(f"dataset changed since the run started ({recorded} -> {data.fingerprint}); "
+                     "continuing as --allow-data-change asks")
+        load_state(state, checkpoint.load_tensors(ckpt), log.info)
+        rundir.trim_metrics(run_dir, state.step)
+        rundir.remove_temp_files(run_dir)
+
+    with open_run(config, log, download, run_dir, restore=restore) as (_, state, data):
+        device = state.batches.device
+        log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "
+                 f"device {describe(device)}")
+        if state.step == config.steps:
+            log.info(f"run is already complete at step {state.step}; pass a larger --steps to "
+                     "train further")
+            return RunResult(str(run_dir), str(ckpt), None, state.step, config.steps, str(device),
+                             0.0, header.metrics)
+        return fit(state, run_dir, log, data.fingerprint, deadline)
+

@@ -1,0 +1,63 @@
+"""ganctl as a process, with faults injected from outside the package (the package has no test
+hooks). Used by the tests that kill or signal a real process, and by benchmarks/fault_inject.py.
+
+    python tests/launch.py ARGS...          # the same as: python -m ganctl ARGS...
+    GANCTL_TEST_SLOW_WRITE=S python tests/launch.py ...
+        atomic writes of over 1 MB (checkpoints) take about S seconds, written in ten pieces,
+        so that a kill lands in the middle of one
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ganctl import fsutil  # noqa: E402
+from ganctl.cli import run  # noqa: E402
+
+SLOW_WRITE_MIN_BYTES = 1 << 20
+
+
+class _SlowFile:
+    """A file whose writes are cut in ten pieces with a pause after each."""
+
+    def __init__(self, f, delay: float) -> None:
+        self._f, self._delay = f, delay
+
+    def write(self, chunk) -> int:
+        step = len(chunk) // 10 + 1
+        for i in range(0, len(chunk), step):
+            self._f.write(chunk[i:i + step])
+            self._f.flush()
+            if len(chunk) > SLOW_WRITE_MIN_BYTES:
+                time.sleep(self._delay / 10)
+        return len(chunk)
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+
+def slow_writes(seconds: float) -> None:
+    """fsutil's open (it looks `open` up in its own module first) returns slowed files."""
+    def slow_open(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        return _SlowFile(f, seconds) if "w" in mode else f
+    fsutil.open = slow_open  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    if delay := os.environ.get("GANCTL_TEST_SLOW_WRITE"):
+        slow_writes(float(delay))
+    sys.argv[0] = "ganctl"
+    run()
