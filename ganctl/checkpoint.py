@@ -25,7 +25,7 @@ from ganctl import __version__
 from ganctl.errors import CheckpointError
 from ganctl.fsutil import atomic_write
 
-SCHEMA = 2  # 2: ganctl.checksum, a sha256 of the data section, is in the metadata
+SCHEMA = 3  # 2: ganctl.checksum in the metadata; 3: the config holds classes and d_steps
 SUFFIX = ".safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger is hostile or corrupt
 

@@ -205,7 +205,7 @@ def train(
         raise typer.BadParameter("needs --out: the run directory to continue or replace",
                                  param_hint="--resume/--overwrite")
     values = {**(_call(debug, load_config_file, config) if config else {}), **flags}
-    deadline = _call(debug, session.deadline, max_time)
+    deadline = _call(debug, session.deadline_from, max_time)
     log = RunLog(_console(json_mode))
     if resume_run and out is not None and is_run_dir(out):
         result = _call(debug, session.continue_run, out, values, log, download, deadline,
@@ -259,7 +259,7 @@ def resume(
 
     overrides = _given(steps=steps, device=device, sample_every=sample_every,
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir)
-    deadline = _call(debug, session.deadline, max_time)
+    deadline = _call(debug, session.deadline_from, max_time)
     log = RunLog(_console(json_mode))
     result = _call(debug, session.resume, target, overrides, log, download, allow_data_change,
                    deadline, json_mode=json_mode)

@@ -40,6 +40,10 @@ def lookup(registry: dict, name: str, what: str, error: type[GanctlError] = Conf
         raise error(f"unknown {what} {name!r}; choose one of {', '.join(sorted(registry))}") from None
 
 
+class FeatureNetError(GanctlError):
+    """The metrics' feature network is missing, cannot be fetched, or is not one ganctl knows."""
+
+
 class Stopped(GanctlError):
     """Stopped by a signal after writing a checkpoint: exit 128 + the signal's number.
     `result` is where the run stands (a dict, for --json)."""

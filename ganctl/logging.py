@@ -19,8 +19,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ganctl.rundir import METRICS
-
 LABELS = {"D_real": "D(x)", "D_fake": "D(G(z))"}  # how the progress line names a statistic
 _NOT_STATS = frozenset({"step", "time", "img_per_s"})
 
@@ -73,8 +71,9 @@ class RunLog:
         self._start_step = 0
         self._t0 = time.perf_counter()
 
-    def attach(self, run_dir: Path) -> None:
-        self.path = run_dir / METRICS
+    def attach(self, metrics: Path) -> None:
+        """From now on, records go to this metrics.jsonl too."""
+        self.path = metrics
 
     def info(self, message: str) -> None:
         self.console.print(message, highlight=False, markup=False, soft_wrap=True)

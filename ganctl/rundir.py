@@ -1,7 +1,8 @@
 """Run directories: ./runs/<NNNN>-<dataset>-<arch>/ with config.json, metrics.jsonl, samples/
 and checkpoints/ (with its `latest` pointer); the lock that keeps one process per run; and
-finding the checkpoint a command was pointed at. Nothing here deletes a run; an existing run is
-never written into by train. The checkpoint file format itself is checkpoint.py's.
+finding the checkpoint a command was pointed at. Only files ganctl wrote are ever deleted:
+pruned checkpoints, and a run's own files on --overwrite. The checkpoint file format itself is
+checkpoint.py's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from ganctl.checkpoint import SUFFIX, Header, open_checkpoint, read_header
 from ganctl.config import Config
 from ganctl.errors import CheckpointError, RunError
-from ganctl.fsutil import atomic_write
+from ganctl.fsutil import TEMP_GLOB, atomic_write
 
 CONFIG = "config.json"
 DATA_REPORT = "data_report.json"
@@ -28,7 +29,6 @@ SAMPLES = "samples"
 CKPT_DIR = "checkpoints"
 LATEST = "latest"  # a text file in CKPT_DIR naming the newest complete checkpoint
 LOCK = ".lock"
-TEMP_GLOB = ".*.tmp-*"  # fsutil's temp files: never a complete file
 _INDEX_RE = re.compile(r"^(\d+)-")
 _STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
 
@@ -37,12 +37,16 @@ def runs_root() -> Path:
     return Path(os.environ.get("GANCTL_RUNS", "runs"))
 
 
+def _stem(step: int) -> str:
+    return f"step-{step:09d}"
+
+
 def checkpoint_name(step: int) -> str:
-    return f"step-{step:09d}{SUFFIX}"
+    return _stem(step) + SUFFIX
 
 
 def sample_name(step: int) -> str:
-    return f"step-{step:09d}.png"
+    return _stem(step) + ".png"
 
 
 # --- creating and removing ------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from ganctl.logging import RunLog
 from ganctl.losses import get_loss
 from ganctl.models import build_models, check_config
 
-Restore = Callable[[TrainState, ImageSet], None]
+CheckData = Callable[[ImageSet], None]
+Restore = Callable[[TrainState], None]
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -46,9 +47,6 @@ def normalise(values: dict[str, Any]) -> dict[str, Any]:
     """Paths as they are stored: a folder or zip dataset absolute (resume finds it from anywhere),
     ~ expanded in data_dir."""
     out = dict(values)
-    if "classes" in out:
-        raise ConfigError("classes is read from the dataset (its class folders or labels); "
-                          "remove it from the config")
     dataset = out.get("dataset")
     if dataset is not None and not isinstance(dataset, str):
         raise ConfigError(f"dataset must be a string, got {dataset!r}")
@@ -61,7 +59,7 @@ def normalise(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def deadline(max_time: str | None) -> float | None:
+def deadline_from(max_time: str | None) -> float | None:
     """The time.monotonic() at which --max-time, counted from now, runs out (None: no limit)."""
     return deadline_after(parse_duration(max_time)) if max_time else None
 
@@ -93,17 +91,30 @@ def _claim(out: Path | None, config: Config, overwrite: bool, held: ExitStack, l
     return run_dir
 
 
+def _check_classes(config: Config, data: ImageSet, what: str) -> None:
+    """The class names a config holds must be the data's: a label's meaning may not change."""
+    if config.classes and tuple(config.classes) != tuple(data.classes):
+        def show(names: tuple[str, ...] | list[str]) -> str:
+            return (", ".join(names[:8]) + (" ..." if len(names) > 8 else "")) or "none"
+        raise DataError(f"{what} the classes {show(config.classes)}, but dataset {config.dataset!r} "
+                        f"has {show(data.classes)}; labels would change meaning")
+
+
 @contextmanager
 def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
-             restore: Restore | None = None, overwrite: bool = False
-             ) -> Iterator[tuple[Path, TrainState, ImageSet]]:
-    """Device, data and a fresh state; then the run directory, locked: without `restore` a new
-    one (`out`, or the next numbered); with it the existing run `out`, into whose state
-    `restore` loads its checkpoint. Then config.json, metrics.jsonl and the data report."""
+             check: CheckData | None = None, restore: Restore | None = None,
+             overwrite: bool = False) -> Iterator[tuple[Path, TrainState, ImageSet]]:
+    """Device, data (checked by `check`) and a fresh state; then the run directory, locked:
+    without `restore` a new one (`out`, or the next numbered); with it the existing run `out`,
+    into whose state `restore` loads its checkpoint. Then config.json, metrics.jsonl and the
+    data report."""
     device = resolve_device(config.device)
     configure_determinism(config.deterministic)
     data = load_dataset(config, download=download, progress=log.task)
-    if restore is None:
+    if check is not None:
+        check(data)
+    if restore is None:  # a new run: the class names come from the data (a config may repeat them)
+        _check_classes(config, data, "the config names")
         config = config.replace(classes=tuple(data.classes))
     labels = data.labels if config.classes else None
     state = init_state(config, device, data.images, labels)  # fails (too big ...) before any file
@@ -115,9 +126,9 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
                 assert out is not None
                 run_dir = out
                 held.enter_context(rundir.locked(run_dir))
-                restore(state, data)
+                restore(state)
             rundir.write_config(run_dir, config)
-            log.attach(run_dir)
+            log.attach(run_dir / rundir.METRICS)
             _write_data_report(run_dir, config, data, log)
             yield run_dir, state, data
     finally:
@@ -186,7 +197,8 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
     run_dir = rundir.run_dir_of(ckpt)
     config = _checkpoint_config(header, overrides)
 
-    def restore(state: TrainState, data: ImageSet) -> None:
+    def check(data: ImageSet) -> None:
+        _check_classes(config, data, "the run was started with")  # not even --allow-data-change
         recorded = header.metadata.get("ganctl.dataset_fingerprint")
         if recorded and recorded != data.fingerprint:
             if not allow_data_change:
@@ -195,18 +207,21 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
                                 "--allow-data-change to train on it anyway")
             log.info(f"dataset changed since the run started ({recorded} -> {data.fingerprint}); "
                      "continuing as --allow-data-change asks")
+
+    def restore(state: TrainState) -> None:
         load_state(state, checkpoint.load_tensors(ckpt), log.info)
         rundir.trim_metrics(run_dir, state.step)
         rundir.remove_temp_files(run_dir)
 
-    with open_run(config, log, download, run_dir, restore=restore) as (_, state, data):
+    with open_run(config, log, download, run_dir, check=check, restore=restore) as (_, state, data):
         device = state.batches.device
         log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "
                  f"device {describe(device)}")
         if state.step == config.steps:
             log.info(f"run is already complete at step {state.step}; pass a larger --steps to "
                      "train further")
-            return RunResult(str(run_dir), str(ckpt), None, state.step, config.steps, str(device),
-                             0.0, header.metrics)
+            return RunResult(run_dir=str(run_dir), checkpoint=str(ckpt), samples=None,
+                             step=state.step, steps=config.steps, device=str(device), seconds=0.0,
+                             metrics=header.metrics)
         return fit(state, run_dir, log, data.fingerprint, deadline)
 

@@ -63,7 +63,7 @@ def test_config_file_then_flags_take_precedence(workdir):
     ("[train]\nsteps = 4", "[train] is a table"),
     ("dataset = 5", "dataset must be a string, got 5"),
     (f"seed = {2**40}", "seed must be below 2**32"),
-    ('classes = ["a"]', "classes is read from the dataset"),
+    ('classes = ["a"]', "the config names the classes a, but dataset 'shapes' has none"),
 ])
 def test_bad_config_file(workdir, text, fragment):
     (workdir / "c.toml").write_text(text)
@@ -71,7 +71,11 @@ def test_bad_config_file(workdir, text, fragment):
     assert not (workdir / "runs").exists()
 
 
-def test_classes_cannot_be_set_on_resume_either(trained_run, workdir):
-    (workdir / "c.toml").write_text('classes = ["a"]\n')
+def test_a_runs_own_config_json_starts_another_run(trained_run, workdir):
+    result = invoke("train", "--config", trained_run / "config.json", "--steps", "1", "--out", "again")
+    assert result.exit_code == 0, result.output
+    assert read_json(workdir / "again" / "config.json") == {**read_json(trained_run / "config.json"),
+                                                           "steps": 1}
+    (workdir / "c.toml").write_text('classes = ["a"]\n')  # a run keeps the classes it started with
     result = invoke("train", *TINY, "--config", "c.toml", "--out", trained_run, "--resume")
-    assert_one_line_error(result, 1, "classes is read from the dataset")
+    assert_one_line_error(result, 1, "was started with classes = ()")

@@ -371,7 +371,8 @@ def test_class_names_reach_the_config_and_labels_the_step_after_resume(workdir, 
         "classes"] == ["c0", "c1", "c2"]
     seen = []
     real_draw = step.draw
-    monkeypatch.setattr(step, "draw", lambda state: seen.append(inputs := real_draw(state)) or inputs)
+    monkeypatch.setattr(step, "draw", lambda state, keep_graph: seen.append(
+        inputs := real_draw(state, keep_graph)) or inputs)
     result = invoke("resume", "r", "--steps", "5")
     assert result.exit_code == 0, result.output
     assert len(seen) == 3

@@ -18,7 +18,7 @@ RECORD = {"step": 10, "time": 0.0, "loss_D": 1.25, "loss_G": 0.5, "D_real": 0.6,
 def test_plain_lines_when_not_a_terminal(tmp_path):
     buf = io.StringIO()
     log = RunLog(Console(file=buf, force_terminal=False, width=40))
-    log.attach(tmp_path)
+    log.attach(tmp_path / "metrics.jsonl")
     log.start(0, 20)
     log.record(RECORD)
     log.close()
@@ -32,7 +32,7 @@ def test_plain_lines_when_not_a_terminal(tmp_path):
 def test_progress_bar_on_a_terminal(tmp_path):
     buf = io.StringIO()
     log = RunLog(Console(file=buf, force_terminal=True, width=160))
-    log.attach(tmp_path)
+    log.attach(tmp_path / "metrics.jsonl")
     log.start(0, 20)
     log.advance(5)
     log.record(RECORD)

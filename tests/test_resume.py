@@ -14,7 +14,7 @@ from helpers import (
     valid_steps,
 )
 
-from ganctl import rundir
+from ganctl import checkpoint, rundir
 
 TINY_NO_STEPS = [a for i, a in enumerate(TINY) if a != "--steps" and TINY[i - 1] != "--steps"]
 
@@ -112,3 +112,39 @@ def test_noise_state_from_another_kind_of_device(trained_run, workdir):
     result = invoke("resume", trained_run, "--steps", "5")
     assert result.exit_code == 0, result.output
     assert "noise sequence restarts from (seed, step 4)" in result.stdout
+
+
+def test_class_names_may_not_change_under_a_run(workdir):
+    image_folder(workdir / "imgs", 8, classes=2)
+    args = [*TINY, "--steps", "2", "--dataset", "imgs", "--resolution", "32"]
+    assert invoke("train", *args, "--out", "r").exit_code == 0
+    (workdir / "imgs" / "c1").rename(workdir / "imgs" / "b1")  # same images, another class name
+    for extra in ([], ["--allow-data-change"]):
+        result = invoke("resume", "r", "--steps", "3", *extra)
+        assert result.exit_code == 1, result.output
+        assert ("the run was started with the classes c0, c1, but dataset" in result.stderr
+                and "has b1, c0; labels would change meaning" in result.stderr)
+    assert valid_steps(workdir / "r") == [2]
+
+
+def test_a_checkpoint_of_the_previous_schema_resumes(trained_run, workdir):
+    """Schema 2 (before class names and d_steps were in the config) resumes as a run of today."""
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+
+    def downgrade(tensors, meta):
+        config = json.loads(meta["ganctl.config"])
+        del config["classes"], config["d_steps"]
+        meta.update({"ganctl.config": json.dumps(config), "ganctl.schema": "2"})
+
+    rewrite(ckpt, workdir / "old.safetensors", downgrade)
+    shutil.copy(ckpt, workdir / "new.safetensors")
+    shutil.move(workdir / "old.safetensors", ckpt)
+    assert checkpoint.read_header(ckpt).metadata["ganctl.schema"] == "2"
+    assert invoke("resume", trained_run, "--steps", "6").exit_code == 0
+    _, from_old = final_tensors(trained_run)
+    shutil.move(workdir / "new.safetensors", ckpt)
+    for later in ("step-000000006.safetensors", "latest"):
+        (trained_run / "checkpoints" / later).unlink()
+    assert invoke("resume", trained_run, "--steps", "6").exit_code == 0
+    _, from_new = final_tensors(trained_run)
+    assert_same_tensors(from_old, from_new)

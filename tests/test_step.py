@@ -122,11 +122,11 @@ class LazyReg(BCE):
         return [*super().phases(), Phase("Dreg", "D", interval=self.every)]
 
     def accumulate(self, phase, inputs):
-        if phase != "Dreg":
+        if phase.name != "Dreg":
             return super().accumulate(phase, inputs)
         self.ran_at.append(len(self.ran_at))
         penalty = inputs.D(inputs.real.x, inputs.c).square().mean()  # toy: keep logits small
-        penalty.backward()
+        inputs.backward(penalty)
         return {"loss_reg": penalty.detach() * 0 + len(self.ran_at)}  # 1, 2, 3 ... per run
 
 
@@ -183,7 +183,7 @@ def test_a_new_loss_term_reaches_metrics_progress_and_guard(workdir, monkeypatch
     assert "loss_reg 1.000" in result.stdout and "D(x)" in result.stdout
     # the divergence guard watches it too, by name
     monkeypatch.setattr(LazyReg, "accumulate", lambda self, phase, inputs: (
-        {"loss_reg": torch.tensor(float("inf"))} if phase == "Dreg"
+        {"loss_reg": torch.tensor(float("inf"))} if phase.name == "Dreg"
         else BCE.accumulate(self, phase, inputs)))
     result = invoke("train", *TINY, "--steps", "8", "--log-every", "4", "--loss", "lazy", "--out", "s")
     assert result.exit_code == 1
@@ -218,3 +218,63 @@ def test_ema_follows_with_warmup():
     G_ema.weight.data.fill_(0.0)
     update_ema(G_ema, G, step=10**6, decay=0.999)  # beta = 0.999
     assert torch.allclose(G_ema.weight, torch.full((1, 2), 0.001))
+
+
+def test_phases_are_checked():
+    with pytest.raises(ValueError, match="module must be one of"):
+        Phase("E", "E")
+    with pytest.raises(ValueError, match="interval and repeats must be >= 1"):
+        Phase("Dreg", "D", interval=0)
+
+
+class Probe(BCE):
+    """BCE that records, in each phase, which networks could take gradients and the fakes' graph;
+    its D phase reports a diagnostic that is always infinite, and runs twice."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.seen = []
+
+    def phases(self):
+        return [Phase("D", "D", repeats=2), Phase("G", "G")]
+
+    def accumulate(self, phase, inputs):
+        trainable = {name: all(p.requires_grad for p in net.parameters())
+                     for name, net in (("G", inputs.G), ("D", inputs.D))}
+        stats = super().accumulate(phase, inputs)
+        self.seen.append((phase.name, trainable, inputs.fake().requires_grad))
+        if phase.name == "D":
+            stats["grad_norm"] = torch.tensor(float("inf"))  # a diagnostic, not an objective
+            stats["loss_D"] = torch.tensor(float(sum(1 for s in self.seen if s[0] == "D")))
+        return stats
+
+
+def test_each_phase_trains_its_own_network_and_repeats_are_averaged():
+    state = fresh_state()
+    state.loss = Probe(state.config)
+    on_purpose = next(state.D.parameters())
+    on_purpose.requires_grad_(False)  # frozen by the user (say, fine-tuning): it stays frozen
+    stats = train_step(state, state.loss.phases())
+    d_runs = [s for s in state.loss.seen if s[0] == "D"]
+    g_run = [s for s in state.loss.seen if s[0] == "G"][0]
+    assert all(not trainable["G"] for _, trainable, _ in d_runs)  # G frozen while D trains
+    assert g_run[1] == {"G": True, "D": False}  # D frozen while G trains through it
+    # the first D run shares the step's fakes (with G's graph, for the G phase); a repeat's
+    # fresh fakes need no graph; the G phase's fakes are released after its backward
+    assert [graph for _, _, graph in state.loss.seen] == [True, False, True]
+    assert float(stats["loss_D"]) == 1.5  # runs 1 and 2 averaged
+    assert not on_purpose.requires_grad and all(p.requires_grad for p in list(state.D.parameters())[1:])
+    assert all(p.requires_grad for p in state.G.parameters())
+
+
+def test_diagnostics_may_be_infinite_and_a_step_may_run_no_phase(workdir, monkeypatch):
+    class Sparse(Probe):
+        def phases(self):
+            return [Phase("D", "D", interval=2), Phase("G", "G", interval=2)]
+
+    monkeypatch.setitem(losses.LOSSES, "sparse", Sparse)
+    result = invoke("train", *TINY, "--steps", "3", "--log-every", "1", "--loss", "sparse", "--out", "r")
+    assert result.exit_code == 0, result.output
+    records = rundir.read_metrics(workdir / "r")
+    assert [r["step"] for r in records] == [1, 2, 3] and not events(workdir / "r")
+    assert "loss_D" not in records[0] and records[1]["grad_norm"] == "inf"  # strict JSON

@@ -65,7 +65,9 @@ class Batches:
             self.images: np.ndarray | torch.Tensor = tensor.to(device)  # (N, C, H, W) uint8
         else:
             self.images = images.numpy() if isinstance(images, torch.Tensor) else images
-        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.int64).to(device)
+        host_labels = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
+        # resident: on the device beside the images; streamed: gathered with each batch
+        self.labels = host_labels if host_labels is None or not self.resident else host_labels.to(device)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
@@ -112,16 +114,21 @@ class Batches:
             idx = self._perm[start:stop]
             x = self.images.index_select(0, idx)  # type: ignore[union-attr]
             flip = self._flips[idx]
+            c = None if self.labels is None else self.labels.index_select(0, idx)
         else:
             item = self._queue.get()
             if isinstance(item, BaseException):
                 self._queue.put(item)  # the loader has stopped: every later call fails the same way
                 raise item
-            x, flip, idx = item
+            x, flip, c = item
+        return Batch(self._scale(x, flip), c)
+
+    def _scale(self, x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float in [-1, 1], flipped where asked."""
         x = x.float().div_(127.5).sub_(1.0)
         if self.mirror:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return Batch(x, None if self.labels is None else self.labels.index_select(0, idx))
+        return x
 
     def _start_loader(self, epoch: int, index: int) -> None:
         self._stop = threading.Event()
@@ -141,11 +148,11 @@ class Batches:
                 idx = perm[index:index + self.batch_size]
                 index += self.batch_size
                 x = torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()]))
+                c = None if self.labels is None else self.labels.index_select(0, idx)
                 if pin:
-                    x = x.pin_memory()
-                idx_dev = idx.to(self.device)
+                    x, c = x.pin_memory(), None if c is None else c.pin_memory()
                 self._put(out, (x.to(self.device, non_blocking=True), flips[idx].to(self.device),
-                                idx_dev), stop)
+                                None if c is None else c.to(self.device, non_blocking=True)), stop)
         except BaseException as e:  # surfaces in next()
             self._put(out, e, stop)
 

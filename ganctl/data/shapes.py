@@ -52,7 +52,7 @@ def _coverage(kind: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, size: torc
     return torch.clamp(0.5 - d * resolution, 0, 1)[:, None]  # (n, 1, R, R)
 
 
-@functools.lru_cache(maxsize=4)  # drawn once per process and size: resume and tests draw again
+@functools.lru_cache(maxsize=1)  # drawn once per process: a rollback or resume draws it again
 def render(resolution: int, channels: int, n: int = SIZE, seed: int = SEED) -> torch.Tensor:
     """(n, channels, R, R) uint8 images; the same bytes for the same arguments. The tensor is
     shared by every caller with these arguments: read it, never change it in place."""

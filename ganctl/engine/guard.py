@@ -88,28 +88,41 @@ class TimeBudget:
 
 
 class DivergenceGuard:
-    """Flags non-finite statistics on the device, step by step, without reading them back."""
+    """Flags non-finite objectives (statistics named loss*) on the device, step by step, without
+    reading them back; other statistics are diagnostics and may be anything."""
 
     def __init__(self, device: torch.device, step: int) -> None:
         self.device = device
+        self._where: dict[tuple[str, ...], tuple[tuple[str, ...], torch.Tensor | None]] = {}
         self.reset(step)
 
     def reset(self, step: int) -> None:
-        self.bad: dict[tuple[str, ...], torch.Tensor] = {}  # names -> (k,) bool, per name set
+        self.bad: dict[tuple[str, ...], torch.Tensor] = {}  # loss names -> (k,) bool
         self.count = torch.tensor(step, dtype=torch.int64, device=self.device)
         self.first_bad = torch.tensor(-1, dtype=torch.int64, device=self.device)
 
     def observe(self, names: tuple[str, ...], values: torch.Tensor) -> None:
         """values: (k,) the statistics `names` of the step just taken."""
         self.count += 1
-        now = ~torch.isfinite(values)
+        losses, index = self._losses(names)
+        if not losses:
+            return
+        now = ~torch.isfinite(values if index is None else values.index_select(0, index))
         self.first_bad = torch.where((self.first_bad < 0) & now.any(), self.count, self.first_bad)
-        seen = self.bad.get(names)
-        self.bad[names] = now if seen is None else seen | now
+        seen = self.bad.get(losses)
+        self.bad[losses] = now if seen is None else seen | now
+
+    def _losses(self, names: tuple[str, ...]) -> tuple[tuple[str, ...], torch.Tensor | None]:
+        """The objectives among `names`, and where they are (None: all of them), kept per names."""
+        if names not in self._where:
+            where = [i for i, n in enumerate(names) if n.startswith("loss")]
+            index = None if len(where) == len(names) else torch.tensor(where, device=self.device)
+            self._where[names] = tuple(names[i] for i in where), index
+        return self._where[names]
 
     def check(self, *modules: nn.Module) -> tuple[str, int] | None:
         """(what broke, at which step) if anything went non-finite since the last reset: the
-        first broken statistic (losses before the others), else the weights."""
+        first broken objective, else the weights."""
         params = [p for m in modules for p in m.parameters()]
         finite = torch.stack([p.isfinite().all() for p in params]).all()
         vector = torch.cat([*(b.long() for b in self.bad.values()), self.first_bad[None],
@@ -118,7 +131,7 @@ class DivergenceGuard:
         names = [name for group in self.bad for name in group]
         broken = [name for name, bad in zip(names, flags, strict=True) if bad]
         if broken:
-            return min(broken, key=lambda n: (not n.startswith("loss"), broken.index(n))), first
+            return broken[0], first
         if not ok:
             return "a gradient (the weights became non-finite)", count
         return None

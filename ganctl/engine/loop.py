@@ -5,6 +5,7 @@ divergence; a clean stop (with a checkpoint) on a signal or when the time budget
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import time
 from dataclasses import asdict, dataclass
@@ -16,11 +17,11 @@ import torch
 
 from ganctl import checkpoint, rundir
 from ganctl.engine.guard import LR_FACTOR, MAX_ROLLBACKS, DivergenceGuard, StopSignals, TimeBudget
-from ganctl.engine.state import NETWORKS, TrainState, load_state, snapshot
+from ganctl.engine.state import TrainState, load_state, snapshot
 from ganctl.engine.step import train_step
 from ganctl.errors import Diverged, Stopped
 from ganctl.logging import RunLog
-from ganctl.losses import Stats
+from ganctl.losses import NETWORKS, Stats
 from ganctl.sample import generate, latents_from_seeds, save_grid
 
 SAMPLE_SEEDS = range(64)  # the fixed noise of the grids written during training: the seed's 8x8
@@ -49,20 +50,20 @@ class Meter:
     may report different names (a lazy phase's only on its steps): each name is averaged over
     the steps that reported it."""
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, drawn: int) -> None:
         self.batch_size = batch_size
         self.total: dict[tuple[str, ...], torch.Tensor] = {}
         self.count: dict[tuple[str, ...], int] = {}
-        self.steps = 0
+        self.drawn = drawn  # real batches drawn when the interval began
         self.t0 = time.perf_counter()
 
     def add(self, names: tuple[str, ...], values: torch.Tensor) -> None:
         seen = self.total.get(names)
         self.total[names] = values.clone() if seen is None else seen.add_(values)
         self.count[names] = self.count.get(names, 0) + 1
-        self.steps += 1
 
-    def record(self, step: int) -> dict[str, Any]:
+    def record(self, step: int, drawn: int) -> dict[str, Any]:
+        """The interval's record; img_per_s counts the real images drawn (D's, d_steps included)."""
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         if self.total:
@@ -74,9 +75,11 @@ class Meter:
         elapsed = time.perf_counter() - self.t0
         rec: dict[str, Any] = {"step": step, "time": round(time.time(), 3)}
         for name in sorted(sums, key=lambda k: not k.startswith("loss")):  # losses first
-            rec[name] = round(sums[name] / counts[name], 5)
-        rec["img_per_s"] = round(self.steps * self.batch_size / max(elapsed, 1e-9), 1)
-        self.total, self.count, self.steps = {}, {}, 0
+            value = sums[name] / counts[name]
+            # strict JSON has no inf or nan: a diagnostic that is not finite is written as text
+            rec[name] = round(value, 5) if math.isfinite(value) else str(value)
+        rec["img_per_s"] = round((drawn - self.drawn) * self.batch_size / max(elapsed, 1e-9), 1)
+        self.total, self.count, self.drawn = {}, {}, drawn
         self.t0 = time.perf_counter()
         return rec
 
@@ -155,8 +158,11 @@ def _due(step: int, every: int, done: bool) -> bool:
     return done or step % every == 0
 
 
-def _flatten(stats: Stats) -> tuple[tuple[str, ...], torch.Tensor]:
-    return tuple(stats), torch.stack([v.float() for v in stats.values()])
+def _observe(stats: Stats, meter: Meter, guard: DivergenceGuard) -> None:
+    if stats:  # a step may run no phase (all of them lazy)
+        names, values = tuple(stats), torch.stack([v.float() for v in stats.values()])
+        meter.add(names, values)
+        guard.observe(names, values)
 
 
 def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
@@ -167,7 +173,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     device = state.batches.device
     phases = state.loss.phases()
     fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.z_dim).to(device)
-    meter = Meter(config.batch_size)
+    meter = Meter(config.batch_size, state.drawn)
     guard = DivergenceGuard(device, state.step)
     budget = TimeBudget(deadline, state.step)
     good = LastGood(snapshot(state), state.step)
@@ -179,9 +185,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     try:
         with StopSignals() as signals:
             while state.step < config.steps:
-                names, values = _flatten(train_step(state, phases))
-                meter.add(names, values)
-                guard.observe(names, values)
+                _observe(train_step(state, phases), meter, guard)
                 log.advance(state.step)
 
                 step, done = state.step, state.step == config.steps
@@ -192,11 +196,11 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                 if save or _due(step, config.log_every, done) or _due(step, config.sample_every, done):
                     if broke := guard.check(state.G, state.D):
                         roll_back(state, good, *broke, run_dir, log)
-                        meter = Meter(config.batch_size)
+                        meter = Meter(config.batch_size, state.drawn)
                         guard.reset(state.step)
                         continue
                 if _due(step, config.log_every, done):
-                    last = meter.record(step)
+                    last = meter.record(step, state.drawn)
                     log.record(last)
                 if _due(step, config.sample_every, done):
                     sample = write_samples(state, run_dir, fixed_z)
@@ -209,9 +213,10 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
         state.batches.close()
         log.close()
     stopped = "max-time" if out_of_time and state.step < config.steps else None
-    result = RunResult(str(run_dir), str(ckpt) if ckpt else None, str(sample) if sample else None,
-                       state.step, config.steps, str(device), round(time.perf_counter() - t0, 2),
-                       last, stopped)
+    result = RunResult(run_dir=str(run_dir), checkpoint=str(ckpt) if ckpt else None,
+                       samples=str(sample) if sample else None, step=state.step, steps=config.steps,
+                       device=str(device), seconds=round(time.perf_counter() - t0, 2), metrics=last,
+                       stopped=stopped)
     resume_hint = f"continue with: ganctl resume {shlex.quote(str(run_dir))}"
     if signals.signum is not None:
         result.stopped = signals.name

@@ -17,10 +17,8 @@ from ganctl import checkpoint
 from ganctl.config import Config
 from ganctl.data import Batches
 from ganctl.errors import CheckpointError, ConfigError
-from ganctl.losses import Loss, make_loss
+from ganctl.losses import NETWORKS, Loss, make_loss
 from ganctl.models import build_models
-
-NETWORKS = ("G", "D")  # the trained networks, each with its own optimizer (opt_G, opt_D)
 
 
 @dataclass
@@ -35,12 +33,15 @@ class TrainState:
     batches: Batches
     noise: torch.Generator  # draws every z of training, on the device
     step: int = 0
+    drawn: int = 0  # real batches drawn by this process (for images/s)
 
     def network(self, name: str) -> nn.Module:
-        return {"G": self.G, "D": self.D}[name]
+        """A trained network by name (NETWORKS): G or D."""
+        return getattr(self, name)
 
     def optimizer(self, name: str) -> torch.optim.Optimizer:
-        return {"G": self.opt_G, "D": self.opt_D}[name]
+        """A network's optimizer: opt_G or opt_D."""
+        return getattr(self, f"opt_{name}")
 
 
 def init_state(config: Config, device: torch.device, images: np.ndarray | torch.Tensor,
@@ -72,11 +73,11 @@ def state_tensors(state: TrainState) -> dict[str, torch.Tensor]:
     """Everything needed to continue the run exactly, as named tensors."""
     epoch, index = state.batches.state()
     return {
-        **checkpoint.module_tensors(state.G, "G"),
-        **checkpoint.module_tensors(state.D, "D"),
+        **{k: v for name in NETWORKS
+           for k, v in checkpoint.module_tensors(state.network(name), name).items()},
         **checkpoint.module_tensors(state.G_ema, "G_ema"),
-        **checkpoint.optimizer_tensors(state.opt_G, "opt_G"),
-        **checkpoint.optimizer_tensors(state.opt_D, "opt_D"),
+        **{k: v for name in NETWORKS
+           for k, v in checkpoint.optimizer_tensors(state.optimizer(name), f"opt_{name}").items()},
         **{f"loss.{k}": v for k, v in state.loss.state_tensors().items()},
         "rng.noise": state.noise.get_state(),
         "rng.torch": torch.get_rng_state(),
@@ -94,10 +95,10 @@ def snapshot(state: TrainState) -> dict[str, torch.Tensor]:
 
 def load_state(state: TrainState, tensors: dict[str, torch.Tensor],
                say: Callable[[str], None] | None = None) -> None:
-    for name in ("G", "D", "G_ema"):
-        checkpoint.load_module(getattr(state, name), tensors, name)
-    checkpoint.load_optimizer(state.opt_G, tensors, "opt_G")
-    checkpoint.load_optimizer(state.opt_D, tensors, "opt_D")
+    for name in NETWORKS:
+        checkpoint.load_module(state.network(name), tensors, name)
+        checkpoint.load_optimizer(state.optimizer(name), tensors, f"opt_{name}")
+    checkpoint.load_module(state.G_ema, tensors, "G_ema")
     try:
         state.loss.load_state_tensors({k[len("loss."):]: v for k, v in tensors.items()
                                        if k.startswith("loss.")})

@@ -10,49 +10,51 @@ import torch
 from torch import nn
 
 from ganctl.engine.state import TrainState
-from ganctl.losses import Phase, Stats, StepInputs
+from ganctl.losses import NETWORKS, Phase, Stats, StepInputs, requires_grad
 
 EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step) up to config.ema_decay
 
 
-def draw(state: TrainState) -> StepInputs:
+def draw(state: TrainState, keep_graph: bool) -> StepInputs:
     """The next real batch and a fresh z from the run's noise generator."""
     real = state.batches.next()
+    state.drawn += 1
     z = torch.randn(state.config.batch_size, state.config.z_dim, generator=state.noise,
                     device=state.batches.device)  # (B, z_dim)
-    return StepInputs(state.G, state.D, real, z)
+    return StepInputs(state.G, state.D, real, z, keep_graph)
 
 
 def run_phase(state: TrainState, phase: Phase, inputs: StepInputs) -> Stats:
-    """One phase between its optimizer's zero_grad and step."""
+    """One phase between its optimizer's zero_grad and step, every other network frozen (G's
+    update needs gradients through D, not of D's weights)."""
     opt = state.optimizer(phase.module)
-    frozen = phase.module != "D"
-    if frozen:  # G's update needs gradients through D, not of D's weights
-        state.D.requires_grad_(False)
-    try:
+    others = [state.network(name) for name in NETWORKS if name != phase.module]
+    with requires_grad(False, *others):
         opt.zero_grad(set_to_none=True)
-        stats = state.loss.accumulate(phase.name, inputs)
+        stats = state.loss.accumulate(phase, inputs)
         opt.step()
-    finally:
-        if frozen:
-            state.D.requires_grad_(True)
+    if phase.module == "G":
+        inputs.release()
     return stats
 
 
 def train_step(state: TrainState, phases: list[Phase]) -> Stats:
-    """Step state.step + 1: every phase due at it, then the EMA; returns the phases' statistics
-    (a repeated phase reports its last run)."""
+    """Step state.step + 1: every phase due at it, then the EMA. Returns the phases' statistics,
+    a repeated phase's averaged over its runs."""
     n = state.step + 1
-    shared = draw(state)
-    stats: Stats = {}
-    for phase in phases:
-        if n % phase.interval:
-            continue
+    due = [phase for phase in phases if phase.due(n)]
+    shared = draw(state, keep_graph=any(phase.module == "G" for phase in due))
+    totals: Stats = {}
+    runs: dict[str, int] = {}
+    for phase in due:
         for repeat in range(phase.repeats):
-            stats.update(run_phase(state, phase, shared if repeat == 0 else draw(state)))
+            inputs = shared if repeat == 0 else draw(state, keep_graph=phase.module == "G")
+            for name, value in run_phase(state, phase, inputs).items():
+                totals[name] = totals[name] + value if name in totals else value
+                runs[name] = runs.get(name, 0) + 1
     state.step = n
     update_ema(state.G_ema, state.G, n, state.config.ema_decay)
-    return stats
+    return {name: value / runs[name] if runs[name] > 1 else value for name, value in totals.items()}
 
 
 @torch.no_grad()

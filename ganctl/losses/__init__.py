@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from ganctl.config import Config
 from ganctl.errors import lookup
-from ganctl.losses.base import Loss, Phase, Stats, StepInputs
+from ganctl.losses.base import NETWORKS, Loss, Phase, Stats, StepInputs, requires_grad
 from ganctl.losses.bce import BCE
 
-__all__ = ["LOSSES", "Loss", "Phase", "Stats", "StepInputs", "get_loss", "make_loss"]
+__all__ = ["LOSSES", "NETWORKS", "Loss", "Phase", "Stats", "StepInputs", "get_loss", "make_loss",
+           "requires_grad"]
 
 LOSSES: dict[str, type[Loss]] = {"bce": BCE}
 

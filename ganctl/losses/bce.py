@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ganctl.losses.base import Loss, Stats, StepInputs
+from ganctl.losses.base import Loss, Phase, Stats, StepInputs
 
 
 def bce_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -23,17 +23,17 @@ def bce_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 class BCE(Loss):
-    def accumulate(self, phase: str, inputs: StepInputs) -> Stats:
+    def accumulate(self, phase: Phase, inputs: StepInputs) -> Stats:
         D, c = inputs.D, inputs.c
-        if phase == "D":
+        if phase.name == "D":
             fake = inputs.fake().detach()  # D's update must not reach G
             real_logits, fake_logits = D(inputs.real.x, c), D(fake, c)
             loss_D = bce_d_loss(real_logits, fake_logits)
-            loss_D.backward()
+            inputs.backward(loss_D)
             return {"loss_D": loss_D.detach(), "D_real": torch.sigmoid(real_logits).mean().detach(),
                     "D_fake": torch.sigmoid(fake_logits).mean().detach()}
-        if phase == "G":
+        if phase.name == "G":
             loss_G = bce_g_loss(D(inputs.fake(), c))
-            loss_G.backward()
+            inputs.backward(loss_G)
             return {"loss_G": loss_G.detach()}
-        raise ValueError(f"BCE has no phase {phase!r}")
+        raise ValueError(f"BCE has no phase {phase.name!r}")
