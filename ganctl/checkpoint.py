@@ -153,14 +153,28 @@ class Header:
     def config(self) -> dict[str, Any]:
         return json.loads(self.metadata["ganctl.config"])
 
-    @property
-    def metrics(self) -> dict[str, Any] | None:
-        """The last logged record, or None (absent or not a JSON object: it is informative only)."""
+    def _json_object(self, key: str) -> dict[str, Any] | None:
+        """A JSON object in the metadata, or None (absent or not an object: informative only)."""
         try:
-            value = json.loads(self.metadata.get("ganctl.metrics") or "null")
+            value = json.loads(self.metadata.get(key) or "null")
         except (ValueError, RecursionError):
             return None
         return value if isinstance(value, dict) else None
+
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        """The last logged record."""
+        return self._json_object("ganctl.metrics")
+
+    @property
+    def eval(self) -> dict[str, Any] | None:
+        """The evaluation made at this checkpoint's step (train --eval-every), if any."""
+        return self._json_object("ganctl.eval")
+
+    @property
+    def fid(self) -> float | None:
+        value = (self.eval or {}).get("fid")
+        return float(value) if isinstance(value, (int, float)) else None
 
 
 def read_header(path: Path) -> Header:

@@ -59,9 +59,21 @@ Crop = Annotated[str | None, typer.Option(help="Non-square images: center (crop)
 Resolution = Annotated[int | None, typer.Option(help="Image size: 32, 64 or 128 (default: from "
                                                 "the dataset).")]
 Channels = Annotated[int | None, typer.Option(help="1 or 3 (default: from the dataset).")]
+EvalEvery = Annotated[int | None, typer.Option(
+    min=0, help="Score G_ema every N steps (also a checkpoint step; 0: never) and keep "
+    "checkpoints/best at the lowest FID. Needs the Inception file (see ganctl eval --help).")]
+EvalNum = Annotated[int | None, typer.Option(min=2, help="Fakes per evaluation during training "
+                                                 "(10000).")]
+EvalNumReal = Annotated[int | None, typer.Option(
+    min=0, help="Real images for the evaluations' statistics (0, the default: all).")]
+EvalMetrics = Annotated[str | None, typer.Option(
+    help="Metrics of the evaluations during training: fid, kid, pr, comma-separated (fid).")]
+Inception = Annotated[str | None, typer.Option(
+    "--inception", metavar="PATH", help="The Inception feature network's file (default: env "
+    "GANCTL_INCEPTION, else ~/.cache/ganctl/models/inception-2015-12-05.pt, else downloaded).")]
 MaxTime = Annotated[str | None, typer.Option(
-    help="Time budget such as 3h30m: stop with a checkpoint (exit 0) before the next checkpoint "
-         "interval would overrun it; `ganctl resume` continues.")]
+    help="Time budget from the command's start, such as 3h30m, 90m or 45s: stop with a checkpoint "
+         "(exit 0) while one more step and its checkpoint still fit; `ganctl resume` continues.")]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -156,8 +168,8 @@ def train(
     d_width: Annotated[int | None, typer.Option(min=1, help="D's base channel count (ndf).")] = None,
     lr_g: Annotated[float | None, typer.Option(help="G's Adam learning rate (2e-4).")] = None,
     lr_d: Annotated[float | None, typer.Option(help="D's Adam learning rate (2e-4).")] = None,
-    d_steps: Annotated[int | None, typer.Option(min=1, help="D updates per G update, each on a "
-                                                 "fresh real batch (1).")] = None,
+    d_steps: Annotated[int | None, typer.Option(min=1, max=100, help="D updates per G update, "
+                                                 "each on a fresh real batch (1).")] = None,
     ema_decay: Annotated[float | None, typer.Option(help="Decay of G_ema (0.999).")] = None,
     seed: Annotated[int | None, typer.Option(min=0, max=2**32 - 1, help="Seed of weights, data "
                                                 "order and noise.")] = None,
@@ -174,6 +186,11 @@ def train(
     deterministic: Annotated[bool | None, typer.Option(
         "--deterministic/--no-deterministic", help="Deterministic GPU kernels: a resumed run "
         "matches an uninterrupted one exactly on a GPU too (slower).")] = None,
+    eval_every: EvalEvery = None,
+    eval_num: EvalNum = None,
+    eval_num_real: EvalNumReal = None,
+    eval_metrics: EvalMetrics = None,
+    inception: Inception = None,
     max_time: MaxTime = None,
     resume_run: Annotated[bool, typer.Option(
         "--resume", help="If --out already holds a run, continue it instead of refusing.")] = False,
@@ -192,13 +209,7 @@ def train(
     from ganctl.logging import RunLog
     from ganctl.rundir import is_run_dir
 
-    flags = _given(dataset=dataset, data_dir=data_dir, split=split, crop=crop, mirror=mirror,
-                   arch=arch, loss=loss, resolution=resolution,
-                   channels=channels, batch_size=batch_size, steps=steps, z_dim=z_dim,
-                   g_width=g_width, d_width=d_width, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps,
-                   ema_decay=ema_decay,
-                   seed=seed, device=device, sample_every=sample_every, ckpt_every=ckpt_every,
-                   log_every=log_every, keep=keep, deterministic=deterministic)
+    flags = _config_flags(locals())
     if resume_run and overwrite:
         raise typer.BadParameter("--resume and --overwrite exclude each other", param_hint="--resume")
     if (resume_run or overwrite) and out is None:
@@ -215,6 +226,24 @@ def train(
         result = _call(debug, session.train, resolved, out, log, download, deadline, overwrite,
                        json_mode=json_mode)
     _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
+
+
+def _config_flags(params: dict[str, Any]) -> dict[str, Any]:
+    """The options given that are config keys (every train option named like one is)."""
+    from ganctl.config import FIELD_NAMES
+
+    return {k: params[k] for k in FIELD_NAMES if params.get(k) is not None}
+
+
+def train_values(args: list[str]) -> dict[str, Any]:
+    """The config values `ganctl train ARGS` starts from (its --config file under its flags),
+    for tools that train in-process (benchmarks); bad flags raise click's UsageError."""
+    from ganctl.config import load_config_file
+
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    params = command.make_context("train", list(args)).params
+    return {**(load_config_file(params["config"]) if params.get("config") else {}),
+            **_config_flags(params)}
 
 
 def _done_message(result: dict[str, Any]) -> str:
@@ -246,6 +275,11 @@ def resume(
     allow_data_change: Annotated[bool, typer.Option(
         "--allow-data-change", help="Continue even though the dataset changed since the run "
         "started.")] = False,
+    eval_every: EvalEvery = None,
+    eval_num: EvalNum = None,
+    eval_num_real: EvalNumReal = None,
+    eval_metrics: EvalMetrics = None,
+    inception: Inception = None,
     max_time: MaxTime = None,
     json_mode: Json = False,
     debug: Debug = False,
@@ -258,7 +292,9 @@ def resume(
     from ganctl.logging import RunLog
 
     overrides = _given(steps=steps, device=device, sample_every=sample_every,
-                       ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir)
+                       ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir,
+                       eval_every=eval_every, eval_num=eval_num, eval_num_real=eval_num_real,
+                       eval_metrics=eval_metrics, inception=inception)
     deadline = _call(debug, session.deadline_from, max_time)
     log = RunLog(_console(json_mode))
     result = _call(debug, session.resume, target, overrides, log, download, allow_data_change,
@@ -294,7 +330,8 @@ def sample(
     if ckpt is None and not json_mode:
         _say(f"using newest checkpoint {header.path}")
     r = _call(debug, sample_grid, header, out, n, seed, dev)
-    _emit(json_mode, r, f"wrote {r['out']}: {n} images ({r['width']}x{r['height']} px) from "
+    images = f"{n} images" if n > 1 else "1 image"
+    _emit(json_mode, r, f"wrote {r['out']}: {images} ({r['width']}x{r['height']} px) from "
                         f"{r['checkpoint']} (step {r['step']}), seeds {seed}-{seed + n - 1}, "
                         f"device {describe(dev)}")
 
@@ -334,12 +371,97 @@ def inspect(
             ("step", info["step"]), ("created", info["created"]),
             ("file size", f"{info['file_size'] / 1e6:.2f} MB"),
             ("params", f"G {info['params']['G']:,}  D {info['params']['D']:,}"),
-            *info["config"].items(),
-            *((f"last {k}", v) for k, v in (info["metrics"] or {}).items())]
+            *((k, v if v != "" else "(default)") for k, v in info["config"].items()),
+            *((f"last {k}", v) for k, v in (info["metrics"] or {}).items()
+              if k not in ("step", "time"))]
+    if (scored := info["eval"]) and isinstance(scored.get("fid"), (int, float)):
+        rows.append(("FID", f"{scored['fid']:.3f} ({scored.get('num_fake')} fakes vs "
+                            f"{scored.get('num_real')} reals)"))
+    if (best := info["best"]) and best["fid"] is not None:
+        rows.append(("best FID", f"{best['fid']:.3f} at step {best['step']} "
+                                 f"({Path(best['checkpoint']).name})"))
     for key, value in rows:
         if isinstance(value, (list, tuple)):  # class names
             value = ", ".join(map(str, value)) or "none"
         table.add_row(Text(str(key)), Text(str(value)))
+    console.print(table)
+
+
+# --- eval -------------------------------------------------------------------------------------------------
+
+@app.command("eval")
+def eval_(
+    target: Annotated[str | None, typer.Argument(
+        metavar="[CKPT|RUN_DIR]", help="Checkpoint or run directory, or latest / best (default: "
+        "the newest checkpoint under ./runs).", show_default=False)] = None,
+    metrics: Annotated[str, typer.Option(help="fid, kid, pr, comma-separated.")] = "fid,kid",
+    num: Annotated[int, typer.Option("--num", min=2, help="Fakes to score (G_ema, latent seeds "
+                                     "0..N-1); 50000 is NVlabs' fid50k_full.")] = 50000,
+    num_real: Annotated[int | None, typer.Option(
+        min=2, help="Real images, in a fixed random order (default: all of them).")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Score against this dataset instead of the run's own (at the run's "
+        "resolution, channels and crop).")] = None,
+    split: Split = None,
+    data_dir: DataDir = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K | mps.")] = "auto",
+    inception: Inception = None,
+    download: Annotated[bool, typer.Option(
+        "--download/--no-download", help="Download the Inception file or a named dataset that "
+        "is missing.")] = True,
+    json_mode: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Score a checkpoint's G_ema with FID, KID and precision/recall against its training data.
+
+    The TF Inception-v3 features GAN papers use, uint8 images resized to 299x299 (bilinear);
+    real statistics are cached. The result is also appended to the run's metrics.jsonl.
+
+    Example: ganctl eval runs/0001-shapes-dcgan --num 10000 --metrics fid,kid --json
+    """
+    from ganctl.device import resolve_device
+    from ganctl.evaluate import evaluate_checkpoint
+    from ganctl.logging import RunLog
+    from ganctl.metrics import parse_metrics
+    from ganctl.rundir import locate
+
+    names = _call(debug, parse_metrics, metrics)
+    header = _call(debug, locate, target, _say)
+    dev = _call(debug, resolve_device, device)
+    overrides = _given(dataset=dataset, split=split, data_dir=data_dir)
+    if dataset is not None and split is None:
+        overrides["split"] = ""  # another dataset: its own default split
+    doc = _call(debug, evaluate_checkpoint, header, dev, names, num, num_real, overrides, inception,
+                download, RunLog(_console(json_mode)))
+    if json_mode:
+        typer.echo(json.dumps(doc))
+        return
+    _eval_table(doc)
+
+
+def _eval_table(doc: dict[str, Any]) -> None:
+    net = doc["feature_net"]
+    console = Console(highlight=False)
+    console.print(f"{doc['checkpoint']} (step {doc['step']}) against {doc['dataset']}"
+                  + (f" ({doc['split']})" if doc["split"] else "") + f"; Inception "
+                  f"{net['sha256'][:12]} ({net['form']}), protocol v{doc['protocol']['version']}",
+                  markup=False, soft_wrap=True)
+    table = Table()
+    for column in ("metric", "value", "real", "fake", "seconds"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    m = doc["metrics"]
+    rows = []
+    if "fid" in m:
+        rows.append(("FID", f"{m['fid']:.3f}"))
+    if "kid" in m:
+        rows.append((f"KID ({m['kid_subsets']} x {m['kid_subset_size']})",
+                     f"{m['kid']:.5f} ± {m['kid_std']:.5f}"))
+    if "precision" in m:
+        rows += [(f"precision (k={m['pr_k']})", f"{m['precision']:.3f}"),
+                 (f"recall (k={m['pr_k']})", f"{m['recall']:.3f}")]
+    for name, value in rows:
+        table.add_row(Text(name), value, str(doc["num_real"]), str(doc["num_fake"]),
+                      f"{doc['seconds']:.1f}")
     console.print(table)
 
 

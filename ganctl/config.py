@@ -17,13 +17,16 @@ from typing import Any
 
 from ganctl.errors import ConfigError
 
-# Fields that `ganctl resume` may change: run length, intervals and where it runs.
+# Fields that `ganctl resume` may change: run length, intervals, evaluation and where it runs.
 # Everything else is fixed by the checkpoint so the run continues as it started.
-# data_dir too: the data may live elsewhere on another machine (its fingerprint is checked).
+# data_dir and inception too: files may live elsewhere on another machine (the data's
+# fingerprint is checked, the feature network's sha256 recorded with every score).
 RESUME_OVERRIDABLE = frozenset(
-    {"steps", "log_every", "sample_every", "ckpt_every", "keep", "device", "data_dir"}
+    {"steps", "log_every", "sample_every", "ckpt_every", "keep", "device", "data_dir",
+     "eval_every", "eval_num", "eval_num_real", "eval_metrics", "inception"}
 )
 CROPS = ("center", "none")
+MAX_D_STEPS = 100  # D updates per G update; WGAN-GP uses 5 (a step must stay interruptible)
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -62,6 +65,12 @@ class Config:
     ckpt_every: int = 1000
     keep: int = 3  # newest checkpoints kept; 0 keeps all
     device: str = "auto"
+    # evaluation during training (0: none); an evaluation step is also a checkpoint step
+    eval_every: int = 0
+    eval_num: int = 10000  # fakes per evaluation
+    eval_num_real: int = 0  # real images for the statistics; 0: all of them
+    eval_metrics: str = "fid"  # comma-separated: fid, kid, pr
+    inception: str = ""  # the feature network's file; "": GANCTL_INCEPTION, the cache, download
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -88,6 +97,14 @@ class Config:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.keep < 0:
             raise ConfigError(f"keep must be >= 0 (0 keeps every checkpoint), got {self.keep}")
+        if self.d_steps > MAX_D_STEPS:
+            raise ConfigError(f"d_steps must be at most {MAX_D_STEPS}, got {self.d_steps}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 (0: no evaluation), got {self.eval_every}")
+        if self.eval_num < 2:
+            raise ConfigError(f"eval_num must be at least 2 fake images, got {self.eval_num}")
+        if self.eval_num_real < 0 or self.eval_num_real == 1:
+            raise ConfigError(f"eval_num_real must be 0 (all) or at least 2, got {self.eval_num_real}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if not _DEVICE_RE.match(self.device):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ganctl import checkpoint
+from ganctl import checkpoint, rundir
 from ganctl.config import Config
 from ganctl.errors import CheckpointError, ConfigError
 from ganctl.models import build_models
@@ -33,4 +34,20 @@ def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
         "checksum": header.metadata.get("ganctl.checksum"),
         "config": config.to_dict(),
         "metrics": header.metrics,
+        "eval": header.eval,
+        "best": _best(path),
     }
+
+
+def _best(path: Path) -> dict[str, Any] | None:
+    """The run's best checkpoint (lowest FID of the evaluations during training), if any."""
+    if path.parent.name != rundir.CKPT_DIR:
+        return None
+    best = rundir.pointed(path.parent.parent, rundir.BEST)
+    if best is None:
+        return None
+    try:
+        header = checkpoint.read_header(best)
+    except CheckpointError:
+        return None
+    return {"checkpoint": str(best), "step": header.step, "fid": header.fid}

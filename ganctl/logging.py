@@ -69,6 +69,7 @@ class RunLog:
         self._task: TaskID | None = None
         self._total = 0
         self._start_step = 0
+        self._note = ""  # shown after the statistics on the progress line (the last FID)
         self._t0 = time.perf_counter()
 
     def attach(self, metrics: Path) -> None:
@@ -130,10 +131,15 @@ class RunLog:
         if self._progress is not None and self._task is not None:
             # keep step, bar and ETA whole on a narrow terminal
             stats = format_record(record, losses_only=self.console.width < 120)
+            stats += f"  {self._note}" if self._note else ""
             self._progress.update(self._task, completed=record["step"], stats=stats)
         else:
             self.info(f"step {record['step']}/{self._total}  {format_record(record)}  "
                       f"eta {format_duration(self._eta(record['step']))}")
+
+    def note(self, text: str) -> None:
+        """A short line part kept on the progress line from now on (e.g. the last FID)."""
+        self._note = text
 
     def event(self, record: dict[str, Any], message: str) -> None:
         """Something that happened to the run (a rollback ...): a metrics.jsonl line and a note."""

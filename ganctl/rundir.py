@@ -28,6 +28,8 @@ METRICS = "metrics.jsonl"
 SAMPLES = "samples"
 CKPT_DIR = "checkpoints"
 LATEST = "latest"  # a text file in CKPT_DIR naming the newest complete checkpoint
+BEST = "best"  # ... naming the checkpoint with the lowest FID so far (never pruned)
+POINTERS = (LATEST, BEST)
 LOCK = ".lock"
 _INDEX_RE = re.compile(r"^(\d+)-")
 _STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
@@ -101,7 +103,8 @@ def remove_run(run_dir: Path) -> list[Path]:
             (run_dir / name).unlink()
             removed.append(run_dir / name)
     for sub, pattern in ((SAMPLES, "step-*.png"), (CKPT_DIR, "step-*.safetensors"),
-                         (CKPT_DIR, LATEST), (CKPT_DIR, TEMP_GLOB), (SAMPLES, TEMP_GLOB)):
+                         (CKPT_DIR, LATEST), (CKPT_DIR, BEST), (CKPT_DIR, TEMP_GLOB),
+                         (SAMPLES, TEMP_GLOB)):
         for path in (run_dir / sub).glob(pattern):
             path.unlink()
             removed.append(path)
@@ -189,22 +192,37 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+REPLAYED_EVENTS = frozenset({"eval"})  # made again when a run replays their step
+
+
 def trim_metrics(run_dir: Path, step: int) -> None:
-    """Drop step records logged after `step`: a resumed or rolled-back run replays those steps and
-    logs them again. Event records (rollbacks) are history and stay."""
+    """Drop the records of steps after `step`: a resumed or rolled-back run replays those steps
+    and logs (and evaluates) them again. Other events (rollbacks, a `ganctl eval` of a
+    checkpoint file) are history and stay."""
     path = run_dir / METRICS
     if not path.is_file():
         return
     kept = [r for r in read_metrics(run_dir)
-            if "event" in r or (isinstance(r.get("step"), int) and r["step"] <= step)]
+            if (isinstance(r.get("step"), int) and r["step"] <= step)
+            or ("event" in r and (r["event"] not in REPLAYED_EVENTS or "checkpoint" in r))]
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 # --- checkpoints in a run ---------------------------------------------------------------------------
 
-def set_latest(run_dir: Path, ckpt: Path) -> None:
-    """Point `latest` at a checkpoint, once that file is complete."""
-    atomic_write(run_dir / CKPT_DIR / LATEST, (ckpt.name + "\n").encode())
+def set_pointer(run_dir: Path, pointer: str, ckpt: Path) -> None:
+    """Point `latest` or `best` at a checkpoint, once that file is complete."""
+    atomic_write(run_dir / CKPT_DIR / pointer, (ckpt.name + "\n").encode())
+
+
+def pointed(run_dir: Path, pointer: str) -> Path | None:
+    """The existing checkpoint `latest` or `best` names; None if absent or damaged."""
+    ckpt_dir = run_dir / CKPT_DIR
+    try:
+        name = (ckpt_dir / pointer).read_bytes().decode("utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    return ckpt_dir / name if _STEP_RE.match(name) and (ckpt_dir / name).is_file() else None
 
 
 def _step_of(path: Path) -> int:
@@ -222,11 +240,13 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
 
 def prune(ckpt_dir: Path, keep: int, current: int) -> list[Path]:
     """Delete step checkpoints older than `current` (the one just written) beyond the newest
-    `keep` up to it (keep=0: delete none). Files of later steps, left by a run resumed from an
-    older checkpoint, are not counted and not touched: the run overwrites them as it gets there."""
+    `keep` up to it (keep=0: delete none); the one `best` names is never deleted (nor counted).
+    Files of later steps, left by a run resumed from an older checkpoint, are not counted and
+    not touched: the run overwrites them as it gets there."""
     if keep <= 0:
         return []
-    upto = [p for p in list_checkpoints(ckpt_dir) if _step_of(p) <= current]
+    best = pointed(ckpt_dir.parent, BEST)
+    upto = [p for p in list_checkpoints(ckpt_dir) if _step_of(p) <= current and p != best]
     old = upto[:-keep]
     for path in old:
         path.unlink(missing_ok=True)
@@ -235,13 +255,9 @@ def prune(ckpt_dir: Path, keep: int, current: int) -> list[Path]:
 
 def latest_in_run(run_dir: Path) -> Path | None:
     """The checkpoint `latest` names, else the highest step file; None if the run has none."""
-    ckpt_dir = run_dir / CKPT_DIR
-    pointer = ckpt_dir / LATEST
-    if pointer.is_file():
-        name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
-        if _STEP_RE.match(name) and (ckpt_dir / name).is_file():  # a damaged pointer is ignored
-            return ckpt_dir / name
-    found = list_checkpoints(ckpt_dir)
+    if (named := pointed(run_dir, LATEST)) is not None:  # a damaged pointer is ignored
+        return named
+    found = list_checkpoints(run_dir / CKPT_DIR)
     return found[-1] if found else None
 
 
@@ -274,13 +290,27 @@ def newest_run(root: Path) -> Path:
     return max(newest, key=newest.__getitem__)
 
 
+def _best(run_dir: Path, verify: bool) -> Header:
+    ckpt = pointed(run_dir, BEST)
+    if ckpt is None:
+        raise CheckpointError(f"run {run_dir} has no best checkpoint (it is set by evaluations "
+                              "during training: train --eval-every N); use latest")
+    return open_checkpoint(ckpt) if verify else read_header(ckpt)
+
+
 def locate(target: str | Path | None, say: Callable[[str], None], verify: bool = True) -> Header:
     """The verified checkpoint a command was pointed at: a file as given; for a run directory
-    (or, with no target, the newest run under the runs root) its newest checkpoint that verifies.
-    With verify=False only headers are read (and checked)."""
+    (or, with no target, the newest run under the runs root) its newest checkpoint that verifies;
+    `best` (a run's checkpoints/best, or the word alone for the newest run) the one with the
+    lowest FID; `latest` likewise. With verify=False only headers are read (and checked)."""
     if target is None:
         return newest_valid(newest_run(runs_root()), say, verify)
     path = Path(target)
+    if str(target) in POINTERS and not path.exists():  # the word alone: the newest run's
+        run_dir = newest_run(runs_root())
+        return _best(run_dir, verify) if str(target) == BEST else newest_valid(run_dir, say, verify)
+    if path.name == BEST and path.parent.name == CKPT_DIR:
+        return _best(path.parent.parent, verify)
     if path.name == LATEST and path.parent.name == CKPT_DIR:  # the pointer: its run
         path = path.parent.parent
     elif path.name == CKPT_DIR and path.is_dir():  # a run's checkpoints/: the run

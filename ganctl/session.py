@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ from ganctl.engine.guard import deadline_after, parse_duration
 from ganctl.engine.loop import RunResult, fit
 from ganctl.engine.state import TrainState, init_state, load_state
 from ganctl.errors import CheckpointError, ConfigError, DataError
+from ganctl.evaluate import Evaluator, make_evaluator
 from ganctl.logging import RunLog
 from ganctl.losses import get_loss
+from ganctl.metrics import parse_metrics
 from ganctl.models import build_models, check_config
 
 CheckData = Callable[[ImageSet], None]
@@ -40,6 +43,7 @@ def resolve_config(values: dict[str, Any]) -> Config:
     config = Config.from_dict({**preset(dataset, values), **values})
     check_config(config)
     get_loss(config.loss)
+    parse_metrics(config.eval_metrics)
     return config
 
 
@@ -67,9 +71,10 @@ def deadline_from(max_time: str | None) -> float | None:
 # --- opening a run -------------------------------------------------------------------------------
 
 def _write_data_report(run_dir: Path, config: Config, data: ImageSet, log: RunLog) -> None:
-    report = {"dataset": config.dataset, "split": config.split, "resolution": config.resolution,
-              "channels": config.channels, "crop": config.crop, "fingerprint": data.fingerprint,
-              "classes": data.classes, **data.report}
+    cached = {("cache_key" if k == "fingerprint" else k): v for k, v in data.report.items()}
+    report = {**cached, "dataset": config.dataset, "split": config.split,
+              "resolution": config.resolution, "channels": config.channels, "crop": config.crop,
+              "fingerprint": data.fingerprint, "classes": data.classes}
     rundir.write_json(run_dir / rundir.DATA_REPORT, report)
     if summary := skip_summary(data.report):
         log.info(f"{summary}: see {run_dir / rundir.DATA_REPORT}")
@@ -100,14 +105,33 @@ def _check_classes(config: Config, data: ImageSet, what: str) -> None:
                         f"has {show(data.classes)}; labels would change meaning")
 
 
+@dataclass
+class Opened:
+    run_dir: Path
+    state: TrainState
+    data: ImageSet
+    evaluate: Evaluator | None  # with --eval-every
+
+
+def _evaluator(config: Config, data: ImageSet, device: torch.device, download: bool,
+               log: RunLog) -> Evaluator | None:
+    """For --eval-every: the feature network and the real statistics, before anything is written
+    (no Inception offline is an error now, not after hours of training)."""
+    if not config.eval_every:
+        return None
+    return make_evaluator(config, data, device, parse_metrics(config.eval_metrics), config.eval_num,
+                          config.eval_num_real or None, config.inception or None, download, log,
+                          progress=False)
+
+
 @contextmanager
 def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
              check: CheckData | None = None, restore: Restore | None = None,
-             overwrite: bool = False) -> Iterator[tuple[Path, TrainState, ImageSet]]:
-    """Device, data (checked by `check`) and a fresh state; then the run directory, locked:
-    without `restore` a new one (`out`, or the next numbered); with it the existing run `out`,
-    into whose state `restore` loads its checkpoint. Then config.json, metrics.jsonl and the
-    data report."""
+             overwrite: bool = False) -> Iterator[Opened]:
+    """Device, data (checked by `check`), a fresh state and the evaluator; then the run
+    directory, locked: without `restore` a new one (`out`, or the next numbered); with it the
+    existing run `out`, into whose state `restore` loads its checkpoint. Then config.json,
+    metrics.jsonl and the data report."""
     device = resolve_device(config.device)
     configure_determinism(config.deterministic)
     data = load_dataset(config, download=download, progress=log.task)
@@ -119,6 +143,7 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
     labels = data.labels if config.classes else None
     state = init_state(config, device, data.images, labels)  # fails (too big ...) before any file
     try:
+        evaluate = _evaluator(config, data, device, download, log)
         with ExitStack() as held:
             if restore is None:
                 run_dir = _claim(out, config, overwrite, held, log)
@@ -130,7 +155,7 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
             rundir.write_config(run_dir, config)
             log.attach(run_dir / rundir.METRICS)
             _write_data_report(run_dir, config, data, log)
-            yield run_dir, state, data
+            yield Opened(run_dir, state, data, evaluate)
     finally:
         state.batches.close()
 
@@ -140,11 +165,12 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
 def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
           deadline: float | None = None, overwrite: bool = False) -> RunResult:
     """Start a new run of `config` in `out` (or the next numbered run dir) and train it."""
-    with open_run(config, log, download, out, overwrite=overwrite) as (run_dir, state, data):
-        c = state.config
-        log.info(f"run {run_dir}: {c.arch} {c.resolution}x{c.resolution}x{c.channels} on "
-                 f"{c.dataset} ({len(data.images)} images), device {describe(state.batches.device)}")
-        return fit(state, run_dir, log, data.fingerprint, deadline)
+    with open_run(config, log, download, out, overwrite=overwrite) as run:
+        c = run.state.config
+        log.info(f"run {run.run_dir}: {c.arch} {c.resolution}x{c.resolution}x{c.channels} on "
+                 f"{c.dataset} ({len(run.data.images)} images), device "
+                 f"{describe(run.state.batches.device)}")
+        return fit(run.state, run.run_dir, log, run.data.fingerprint, deadline, run.evaluate)
 
 
 def continue_run(out: Path, values: dict[str, Any], log: RunLog, download: bool = True,
@@ -167,6 +193,7 @@ def _checkpoint_config(header: checkpoint.Header, overrides: dict[str, Any]) -> 
         config = Config.from_dict(header.config, source=f"{header.path} metadata").replace(**overrides)
     except ConfigError as e:
         raise CheckpointError(f"{header.path}: {e}") from None
+    parse_metrics(config.eval_metrics)
     if config.steps < header.step:
         raise ConfigError(f"{header.path} is at step {header.step}, past --steps {config.steps}; "
                           "--steps is the run's total length, pass a larger one")
@@ -213,7 +240,8 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
         rundir.trim_metrics(run_dir, state.step)
         rundir.remove_temp_files(run_dir)
 
-    with open_run(config, log, download, run_dir, check=check, restore=restore) as (_, state, data):
+    with open_run(config, log, download, run_dir, check=check, restore=restore) as run:
+        state = run.state
         device = state.batches.device
         log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "
                  f"device {describe(device)}")
@@ -223,5 +251,5 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
             return RunResult(run_dir=str(run_dir), checkpoint=str(ckpt), samples=None,
                              step=state.step, steps=config.steps, device=str(device), seconds=0.0,
                              metrics=header.metrics)
-        return fit(state, run_dir, log, data.fingerprint, deadline)
+        return fit(state, run_dir, log, run.data.fingerprint, deadline, run.evaluate)
 

@@ -13,6 +13,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -343,3 +344,47 @@ def zip_folder(folder: Path, out: Path, prefix: str = "") -> Path:
             if p.is_file():
                 z.write(p, prefix + p.relative_to(folder).as_posix())
     return out
+
+
+# --- a stand-in for the Inception network ------------------------------------------------------------
+
+class _FakeInception(torch.nn.Module):
+    """The float299 form: float RGB in [-1, 1] at 299x299 -> 2048 non-negative features (a fixed
+    random projection of an 8x8 colour layout): cheap, deterministic, and it tells images apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("proj", torch.randn(3 * 8 * 8, 2048, generator=g) / 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[1] == 3 and x.shape[2] == 299 and x.shape[3] == 299
+        return self.features(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1) @ self.proj)
+
+
+class _FakeNVlabs(_FakeInception):
+    """The nvlabs form: uint8 RGB of any size, resized inside, return_features=True."""
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(img.to(torch.float32), size=(299, 299), mode="bilinear",
+                                            align_corners=False)
+        features = self.features(x / 127.5 - 1)
+        return features if return_features else features[:, :1008]
+
+
+class _NotInception(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10]
+
+
+def write_feature_net(path: Path, form: str = "float299") -> Path:
+    """A TorchScript file like one of the accepted forms ("float299", "nvlabs"), or "other"."""
+    module = {"float299": _FakeInception, "nvlabs": _FakeNVlabs, "other": _NotInception}[form]()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        torch.jit.script(module).save(str(path))
+    return path

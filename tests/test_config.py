@@ -19,6 +19,8 @@ def test_config_is_frozen_and_validated():
         Config(steps=0)
     with pytest.raises(ConfigError, match="d_steps must be >= 1"):
         Config(d_steps=0)
+    with pytest.raises(ConfigError, match="d_steps must be at most 100"):  # a step stays short
+        Config(d_steps=10**6)
     with pytest.raises(ConfigError, match="batch_size must be an integer"):
         Config(batch_size=True)
     with pytest.raises(ConfigError, match="beta1 must be in"):

@@ -169,6 +169,10 @@ def test_folder_of_odd_files_trains_and_reports_skips(workdir):
         ("a/cut.jpg", "truncated"), ("a/empty.jpg", "empty file"), ("b/fake.png", "not an image"),
         ("notes.txt", "not an image file type")]
     assert rep["classes"] == ["a", "b"] and rep["channels"] == 3
+    # the fingerprint resume checks (and inspect shows) is the content's, not the cache file's key
+    header = checkpoint.read_header(workdir / "r/checkpoints/step-000000002.safetensors")
+    assert rep["fingerprint"] == header.metadata["ganctl.dataset_fingerprint"] != rep["cache_key"]
+    assert rep["cache"].endswith(f"-{rep['cache_key']}.images.npy")
     summary = [line for line in result.stdout.splitlines() if line.startswith("skipped")]
     assert summary == ["skipped 4 of 17 files (1 empty file, 1 not an image, 1 not an image file "
                        "type, 1 truncated): see r/data_report.json"]

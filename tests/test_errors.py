@@ -21,6 +21,7 @@ from helpers import assert_one_line_error, invoke
     (["--batch-size", "9000"], 1, ["fewer than batch_size 9000"]),
     (["--config", "missing.toml"], 1, ["missing.toml does not exist"]),
     (["--d-steps", "0"], 2, ["--d-steps"]),
+    (["--d-steps", "1000000"], 2, ["--d-steps"]),
     (["--steps"], 2, ["--steps"]),
     (["--bogus"], 2, ["--bogus"]),
 ])

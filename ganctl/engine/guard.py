@@ -71,20 +71,40 @@ def deadline_after(seconds: float) -> float:
 
 
 class TimeBudget:
-    """True once running on to the next checkpoint would pass the deadline (a time.monotonic()
-    value, set when the command started, so start-up and data loading count too)."""
+    """Stops a run in time to checkpoint before its deadline (a time.monotonic() value set when
+    the command started, so start-up and data loading count too): exhausted() is true once one
+    more step, its evaluation if one is due, and the checkpoint after it would pass the deadline.
+    Steps are timed from the second on (the first pays for warm-up and stands in until then);
+    checkpoint writes and evaluations are timed apart (pause) and kept out of the step time."""
+
+    SAVE_GUESS = 1.0  # seconds a checkpoint write is assumed to take until one has been timed
 
     def __init__(self, deadline: float | None, start_step: int) -> None:
         self.deadline = deadline
         self.t0 = time.monotonic()
-        self.start_step = start_step
+        self.first: tuple[float, int] | None = None  # (time, step) when the first step ended
+        self.paused = 0.0  # seconds of checkpoints and evaluations since then
+        self.save = self.SAVE_GUESS
+        self.eval = 0.0
 
-    def exhausted(self, step: int, next_ckpt: int) -> bool:
-        if self.deadline is None or step == self.start_step:
+    def pause(self, seconds: float, kind: str) -> None:
+        """A checkpoint write ("save") or an evaluation ("eval") that took `seconds`."""
+        self.paused += seconds
+        if kind == "save":
+            self.save = seconds
+        else:
+            self.eval = seconds
+
+    def exhausted(self, step: int, eval_next: bool = False) -> bool:
+        if self.deadline is None:
             return False
         now = time.monotonic()
-        per_step = (now - self.t0) / (step - self.start_step)
-        return now + per_step * (next_ckpt - step) > self.deadline
+        if self.first is None or step == self.first[1]:
+            self.first = self.first or (now, step)
+            per_step = now - self.t0  # the first step, warm-up and all: a generous estimate
+        else:
+            per_step = max(now - self.first[0] - self.paused, 0.0) / (step - self.first[1])
+        return now + per_step + self.save + (self.eval if eval_next else 0.0) > self.deadline
 
 
 class DivergenceGuard:

@@ -8,18 +8,20 @@ import json
 import math
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from ganctl import checkpoint, rundir
 from ganctl.engine.guard import LR_FACTOR, MAX_ROLLBACKS, DivergenceGuard, StopSignals, TimeBudget
 from ganctl.engine.state import TrainState, load_state, snapshot
 from ganctl.engine.step import train_step
-from ganctl.errors import Diverged, Stopped
+from ganctl.errors import CheckpointError, Diverged, Stopped
 from ganctl.logging import RunLog
 from ganctl.losses import NETWORKS, Stats
 from ganctl.sample import generate, latents_from_seeds, save_grid
@@ -93,7 +95,10 @@ def write_samples(state: TrainState, run_dir: Path, fixed_z: torch.Tensor) -> Pa
 
 
 def save_checkpoint(state: TrainState, tensors: dict[str, torch.Tensor], run_dir: Path,
-                    metrics: dict[str, Any] | None, fingerprint: str) -> Path:
+                    metrics: dict[str, Any] | None, fingerprint: str,
+                    scored: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint, then point `latest` at it (and `best`, if its FID is the lowest so
+    far), then prune."""
     path = run_dir / rundir.CKPT_DIR / rundir.checkpoint_name(state.step)
     extra = {
         "ganctl.created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -101,10 +106,26 @@ def save_checkpoint(state: TrainState, tensors: dict[str, torch.Tensor], run_dir
     }
     if metrics is not None:
         extra["ganctl.metrics"] = json.dumps(metrics)
+    if scored is not None:
+        extra["ganctl.eval"] = json.dumps(scored)
     checkpoint.save(path, tensors, state.config.to_json(), state.step, extra)
-    rundir.set_latest(run_dir, path)  # only once the file is complete
+    rundir.set_pointer(run_dir, rundir.LATEST, path)  # only once the file is complete
+    if scored is not None and _is_best(run_dir, scored.get("fid")):
+        rundir.set_pointer(run_dir, rundir.BEST, path)
     rundir.prune(run_dir / rundir.CKPT_DIR, state.config.keep, state.step)
     return path
+
+
+def _is_best(run_dir: Path, fid: Any) -> bool:
+    """Whether `fid` beats the FID of the checkpoint `best` names (or there is none)."""
+    if not isinstance(fid, (int, float)) or not math.isfinite(fid):
+        return False
+    best = rundir.pointed(run_dir, rundir.BEST)
+    try:
+        best_fid = checkpoint.read_header(best).fid if best is not None else None
+    except CheckpointError:  # a damaged best: replaced by this one
+        best_fid = None
+    return best_fid is None or fid < best_fid
 
 
 # --- recovery from divergence ------------------------------------------------------------------
@@ -165,10 +186,44 @@ def _observe(stats: Stats, meter: Meter, guard: DivergenceGuard) -> None:
         guard.observe(names, values)
 
 
+class Scored(Protocol):
+    """What an evaluation returns (ganctl.evaluate.EvalResult)."""
+
+    seconds: float
+
+    def record(self, step: int) -> dict[str, Any]: ...
+
+    def summary(self) -> str: ...
+
+
+Evaluate = Callable[[nn.Module, int], Scored]  # (G_ema, z_dim) -> scores
+
+
+def _evaluate(state: TrainState, evaluate: Evaluate, meter: Meter, log: RunLog) -> dict[str, Any]:
+    """Score G_ema; the result goes to metrics.jsonl, the log and the progress line."""
+    result = evaluate(state.G_ema, state.config.z_dim)
+    meter.t0 += result.seconds  # evaluating is not training: images/s leaves it out
+    record = result.record(state.step)
+    log.event(record, f"eval at step {state.step}: {result.summary()}")
+    if isinstance(record.get("fid"), (int, float)):
+        log.note(f"FID {record['fid']:.2f} @{state.step}")
+    return record
+
+
+@dataclass
+class _Made:
+    """What the loop has written so far."""
+
+    last: dict[str, Any] | None = None  # the last logged record
+    ckpt: Path | None = None
+    sample: Path | None = None
+
+
 def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
-        deadline: float | None = None) -> RunResult:
-    """Train from state.step to config.steps, logging, sampling and checkpointing on schedule;
-    stop cleanly (with a checkpoint) on SIGINT/SIGTERM or when the time budget runs out."""
+        deadline: float | None = None, evaluate: Evaluate | None = None) -> RunResult:
+    """Train from state.step to config.steps, logging, sampling, evaluating and checkpointing on
+    schedule; stop cleanly (with a checkpoint) on SIGINT/SIGTERM or when the time budget runs
+    out. An evaluation step is also a checkpoint step, so `best` can name it."""
     config = state.config
     device = state.batches.device
     phases = state.loss.phases()
@@ -177,8 +232,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     guard = DivergenceGuard(device, state.step)
     budget = TimeBudget(deadline, state.step)
     good = LastGood(snapshot(state), state.step)
-    last: dict[str, Any] | None = None
-    ckpt = sample = None
+    made = _Made()
     out_of_time = False
     t0 = time.perf_counter()
     log.start(state.step, config.steps)
@@ -189,10 +243,11 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                 log.advance(state.step)
 
                 step, done = state.step, state.step == config.steps
-                next_ckpt = min(config.steps, (step // config.ckpt_every + 1) * config.ckpt_every)
-                out_of_time = budget.exhausted(step, next_ckpt)
+                evaluating = evaluate is not None and _due(step, config.eval_every, done)
+                eval_next = evaluate is not None and (step + 1) % config.eval_every == 0
+                out_of_time = not done and budget.exhausted(step, eval_next)
                 stopping = signals.signum is not None or out_of_time
-                save = stopping or _due(step, config.ckpt_every, done)
+                save = stopping or evaluating or _due(step, config.ckpt_every, done)
                 if save or _due(step, config.log_every, done) or _due(step, config.sample_every, done):
                     if broke := guard.check(state.G, state.D):
                         roll_back(state, good, *broke, run_dir, log)
@@ -200,29 +255,43 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                         guard.reset(state.step)
                         continue
                 if _due(step, config.log_every, done):
-                    last = meter.record(step, state.drawn)
-                    log.record(last)
+                    made.last = meter.record(step, state.drawn)
+                    log.record(made.last)
                 if _due(step, config.sample_every, done):
-                    sample = write_samples(state, run_dir, fixed_z)
+                    made.sample = write_samples(state, run_dir, fixed_z)
+                scored = None
+                if evaluate and evaluating:
+                    scored = _evaluate(state, evaluate, meter, log)
+                    budget.pause(scored["seconds"], "eval")
                 if save:
+                    saving = time.perf_counter()
                     good.update(snapshot(state), step)
-                    ckpt = save_checkpoint(state, good.tensors, run_dir, last, fingerprint)
+                    made.ckpt = save_checkpoint(state, good.tensors, run_dir, made.last, fingerprint,
+                                                scored)
+                    budget.pause(time.perf_counter() - saving, "save")
                 if stopping:
                     break
     finally:
         state.batches.close()
         log.close()
+    return _finish(state, run_dir, made, out_of_time, signals, round(time.perf_counter() - t0, 2), log)
+
+
+def _finish(state: TrainState, run_dir: Path, made: _Made, out_of_time: bool, signals: StopSignals,
+            seconds: float, log: RunLog) -> RunResult:
+    """The result, or Stopped (exit 128 + N) when a signal ended the run."""
+    config = state.config
     stopped = "max-time" if out_of_time and state.step < config.steps else None
-    result = RunResult(run_dir=str(run_dir), checkpoint=str(ckpt) if ckpt else None,
-                       samples=str(sample) if sample else None, step=state.step, steps=config.steps,
-                       device=str(device), seconds=round(time.perf_counter() - t0, 2), metrics=last,
-                       stopped=stopped)
+    result = RunResult(run_dir=str(run_dir), checkpoint=str(made.ckpt) if made.ckpt else None,
+                       samples=str(made.sample) if made.sample else None, step=state.step,
+                       steps=config.steps, device=str(state.batches.device), seconds=seconds,
+                       metrics=made.last, stopped=stopped)
     resume_hint = f"continue with: ganctl resume {shlex.quote(str(run_dir))}"
     if signals.signum is not None:
         result.stopped = signals.name
         raise Stopped(signals.signum, f"stopped by {signals.name} at step {state.step}; checkpoint "
-                      f"{ckpt}; {resume_hint}", result.to_dict())
+                      f"{made.ckpt}; {resume_hint}", result.to_dict())
     if stopped:
-        log.info(f"time budget reached at step {state.step} of {config.steps}; checkpoint {ckpt}; "
-                 f"{resume_hint}")
+        log.info(f"time budget reached at step {state.step} of {config.steps}; checkpoint "
+                 f"{made.ckpt}; {resume_hint}")
     return result

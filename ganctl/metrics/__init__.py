@@ -1,0 +1,77 @@
+"""Metric registry: name -> a pure function of the real and fake feature statistics.
+
+fid   Frechet Inception Distance (fid.py)
+kid   Kernel Inception Distance, mean and std over subsets (kid.py)
+pr    improved precision and recall, k = 3 (pr.py)
+A new metric is a function here (and its file), plus one line in METRICS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ganctl.errors import ConfigError
+from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
+from ganctl.metrics.kid import SUBSET_SIZE, SUBSETS, kernel_inception_distance
+from ganctl.metrics.pr import K, precision_recall
+from ganctl.metrics.stats import KEEP, PROTOCOL_VERSION, FeatureStats
+
+Scores = dict[str, float | int]
+MetricFn = Callable[[FeatureStats, FeatureStats, torch.device], Scores]
+
+
+def _fid(real: FeatureStats, fake: FeatureStats, device: torch.device) -> Scores:
+    if real.count == len(real.kept) and fake.count == len(fake.kept) \
+            and max(real.count, fake.count) < real.mean.shape[0]:
+        # every feature at hand and fewer images than features: the same value, much faster
+        return {"fid": frechet_distance_of_features(real.kept, fake.kept)}
+    return {"fid": frechet_distance(real.mean, real.cov, fake.mean, fake.cov)}
+
+
+def _kid(real: FeatureStats, fake: FeatureStats, device: torch.device) -> Scores:
+    kid = kernel_inception_distance(real.kept, fake.kept, device=device)
+    return {"kid": kid.mean, "kid_std": kid.std, "kid_subsets": kid.subsets,
+            "kid_subset_size": kid.subset_size}
+
+
+def _pr(real: FeatureStats, fake: FeatureStats, device: torch.device) -> Scores:
+    pr = precision_recall(torch.from_numpy(real.kept).to(device), torch.from_numpy(fake.kept).to(device))
+    return {"precision": pr.precision, "recall": pr.recall, "pr_k": pr.k,
+            "pr_real": len(real.kept), "pr_fake": len(fake.kept)}
+
+
+METRICS: dict[str, MetricFn] = {"fid": _fid, "kid": _kid, "pr": _pr}
+
+PROTOCOL = {
+    "version": PROTOCOL_VERSION,
+    "images": "uint8 RGB as saved (grey repeated to 3 channels); fakes from G_ema, latent seeds 0..N-1",
+    "resize": "to 299x299, bilinear: inside NVlabs' file (nvlabs form), else torch interpolate "
+              "with align_corners=False and no antialiasing (float299 form)",
+    "features": "TF Inception-v3 pool3, 2048 features, fp32, TF32 off",
+    "fid": "float64 mean and unbiased covariance; trace of the root via eigh of S1^1/2 S2 S1^1/2",
+    "kid": f"unbiased MMD^2, kernel (x.y/d + 1)^3, {SUBSETS} subsets of min({SUBSET_SIZE}, N), "
+           "mean and std",
+    "pr": f"Kynkaanniemi et al. 2019, k = {K}, on min({KEEP}, N) images of each side",
+    "real_subset": f"reals in a fixed random order (seed 0): the first N; KID and PR use the first "
+                   f"min({KEEP}, N)",
+}
+
+
+def parse_metrics(text: str) -> list[str]:
+    """'fid,kid' -> ['fid', 'kid']; unknown names are a ConfigError naming the choices."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"no metric given; choose from {', '.join(METRICS)}")
+    for name in names:
+        if name not in METRICS:
+            raise ConfigError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def compute(names: list[str], real: FeatureStats, fake: FeatureStats, device: torch.device) -> Scores:
+    scores: Scores = {}
+    for name in names:
+        scores.update(METRICS[name](real, fake, device))
+    return scores

