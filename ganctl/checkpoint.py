@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
 from ganctl import __version__
@@ -144,6 +145,9 @@ class Header:
     tensors: dict[str, dict[str, Any]]  # name -> {"dtype": .., "shape": [..], "data_offsets": ..}
     file_size: int
     data_start: int  # 8 + header length: where the tensor bytes begin
+    # the whole file as verified (open_checkpoint), so the tensors are read from exactly the
+    # bytes that passed the checksum, and the file is read once; None when only the header was
+    blob: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def step(self) -> int:
@@ -177,6 +181,16 @@ class Header:
         return float(value) if isinstance(value, (int, float)) else None
 
 
+def _open_error(path: Path, e: OSError) -> CheckpointError:
+    if isinstance(e, FileNotFoundError):
+        return CheckpointError(f"checkpoint {path} does not exist")
+    if isinstance(e, IsADirectoryError):
+        return CheckpointError(f"{path} is a directory, not a checkpoint file")
+    if isinstance(e, PermissionError):
+        return CheckpointError(f"cannot read {path}: permission denied")
+    return CheckpointError(f"cannot read {path}: {e.strerror or e}")
+
+
 def read_header(path: Path) -> Header:
     """Parse only the safetensors header (8-byte length + JSON) and check it is ganctl's."""
     path = Path(path)
@@ -184,20 +198,23 @@ def read_header(path: Path) -> Header:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path} is truncated or not a safetensors file")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                raise CheckpointError(
-                    f"{path} has a header of {n} bytes in a {size}-byte file: "
-                    "truncated, corrupted or not a safetensors file")
-            raw = f.read(n)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file") from None
-    except PermissionError:
-        raise CheckpointError(f"cannot read {path}: permission denied") from None
+            raw = f.read(_header_length(path, head, size))
+    except OSError as e:
+        raise _open_error(path, e) from None
+    return _parse_header(path, raw, size)
+
+
+def _header_length(path: Path, head: bytes, size: int) -> int:
+    if len(head) < 8:
+        raise CheckpointError(f"{path} is truncated or not a safetensors file")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        raise CheckpointError(f"{path} has a header of {n} bytes in a {size}-byte file: "
+                              "truncated, corrupted or not a safetensors file")
+    return n
+
+
+def _parse_header(path: Path, raw: bytes, size: int) -> Header:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -208,7 +225,7 @@ def read_header(path: Path) -> Header:
     metadata = header.pop("__metadata__", None) or {}
     _check_metadata(path, metadata)
     _check_tensor_entries(path, header)
-    return Header(path, metadata, header, size, 8 + n)
+    return Header(path, metadata, header, size, 8 + len(raw))
 
 
 _DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16",
@@ -228,7 +245,8 @@ def _check_tensor_entries(path: Path, tensors: dict[str, Any]) -> None:
 
 
 def verify(header: Header) -> None:
-    """Check the data section is complete and matches the checksum in the metadata."""
+    """Check the data section is complete and matches the checksum in the metadata (in the
+    header's blob if it has one, else in the file)."""
     path = header.path
     expected = max((info["data_offsets"][1] for info in header.tensors.values()), default=0)
     actual = header.file_size - header.data_start
@@ -242,14 +260,17 @@ def verify(header: Header) -> None:
         if int(header.metadata["ganctl.schema"]) >= 2:
             raise CheckpointError(f"{path} is damaged: its metadata lacks ganctl.checksum")
         return  # schema 1 files had no checksum
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            f.seek(header.data_start)
-            while block := f.read(8 << 20):
-                digest.update(block)
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
+    if header.blob is not None:
+        digest = hashlib.sha256(memoryview(header.blob)[header.data_start:])
+    else:
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                f.seek(header.data_start)
+                while block := f.read(8 << 20):
+                    digest.update(block)
+        except OSError as e:
+            raise _open_error(path, e) from None
     rest = {k: v for k, v in header.metadata.items() if k != "ganctl.checksum"}
     digest.update(json.dumps(rest, sort_keys=True).encode())
     if "sha256:" + digest.hexdigest() != checksum:
@@ -266,8 +287,15 @@ def _checksum(data: bytes | memoryview, metadata: dict[str, str]) -> str:
 
 
 def open_checkpoint(path: Path) -> Header:
-    """The header of a checkpoint whose data has been verified against its checksum."""
-    header = read_header(path)
+    """A checkpoint read whole and verified against its checksum: its header, with the bytes
+    (so a file pruned or replaced meanwhile cannot matter to what is loaded from it)."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise _open_error(path, e) from None
+    n = _header_length(path, blob[:8], len(blob))
+    header = replace(_parse_header(path, blob[8:8 + n], len(blob)), blob=blob)
     verify(header)
     return header
 
@@ -289,9 +317,14 @@ def _check_metadata(path: Path, metadata: Any) -> None:
         raise CheckpointError(f"{path} has damaged ganctl metadata (config is not a table)")
 
 
-def load_tensors(path: Path, prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """Tensors of the file (only those starting with one of `prefixes`, if given), on CPU."""
+def load_tensors(source: Header | Path, prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Tensors (only those starting with one of `prefixes`, if given), on CPU: from a verified
+    header's bytes, or read from a file."""
+    path = source.path if isinstance(source, Header) else Path(source)
     try:
+        if isinstance(source, Header) and source.blob is not None:
+            tensors = safetensors_load(source.blob)
+            return {k: v for k, v in tensors.items() if not prefixes or k.startswith(prefixes)}
         with safe_open(str(path), framework="pt") as f:
             names = [k for k in f.keys() if not prefixes or k.startswith(prefixes)]
             return {k: f.get_tensor(k) for k in names}

@@ -11,7 +11,7 @@ import shlex
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -22,8 +22,44 @@ from rich.text import Text
 
 from ganctl import __version__
 
+
+class _JsonErrors(typer.core.TyperGroup):
+    """Errors are one JSON document on stdout too when --json was given (the human line still
+    goes to stderr), also for a bad command line (exit 2)."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        _OUTPUT["json"] = "--json" in argv
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False,
+                              windows_expand_args=windows_expand_args, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except typer._click.exceptions.ClickException as e:
+            _json_error(e.format_message(), e.exit_code)
+            e.show()
+            code = e.exit_code
+        except typer.Abort:
+            _json_error("aborted", 1)
+            print("Aborted!", file=sys.stderr)
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+_OUTPUT = {"json": False}  # whether this command line asked for --json
+
+
+def _json_error(message: str, code: int, result: dict[str, Any] | None = None) -> None:
+    if _OUTPUT["json"]:
+        typer.echo(json.dumps({**(result or {}), "error": message, "exit_code": code}))
+
+
 app = typer.Typer(
     name="ganctl",
+    cls=_JsonErrors,
     help="Train and sample GANs. Example: `ganctl train` then `ganctl sample -n 64 out.png`.",
     no_args_is_help=True,
     add_completion=False,
@@ -76,23 +112,26 @@ MaxTime = Annotated[str | None, typer.Option(
          "(exit 0) while one more step and its checkpoint still fit; `ganctl resume` continues.")]
 
 
-def _fail(message: str, code: int = 1) -> None:
-    print(f"error: {message}" if code == 1 else message, file=sys.stderr)
+def _fail(message: str, code: int = 1, result: dict[str, Any] | None = None) -> None:
+    """One line on stderr (and, with --json, the error as JSON on stdout), then exit `code`."""
+    from ganctl.logging import printable
+
+    _json_error(message, code, result)
+    print(printable(f"error: {message}" if code == 1 else message), file=sys.stderr)
     raise typer.Exit(code)
 
 
-def _call(debug: bool, fn: Callable[..., T], *args: Any, json_mode: bool = False) -> T:
+def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
     """Run an engine call; expected errors become one line on stderr and exit 1 (or 128+N)."""
     from ganctl.errors import GanctlError
 
+    _accept_signals()
     try:
         return fn(*args)
     except GanctlError as e:
         if debug:
             traceback.print_exc()
-        if json_mode and getattr(e, "result", None) is not None:
-            typer.echo(json.dumps(e.result))  # a stopped run still reports where it stands
-        _fail(str(e), e.exit_code)
+        _fail(str(e), e.exit_code, e.result)  # a stopped run still reports where it stands
     except OSError as e:  # disk full, permissions, a vanished file: say which and what to do
         if debug:
             traceback.print_exc()
@@ -110,7 +149,9 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any, json_mode: bool = False
 
 def _say(message: str) -> None:
     """A human note on stderr (stdout may carry --json)."""
-    typer.echo(message, err=True)
+    from ganctl.logging import printable
+
+    typer.echo(printable(message), err=True)
 
 
 def _console(json_mode: bool) -> Console:
@@ -121,10 +162,12 @@ def _console(json_mode: bool) -> Console:
 
 
 def _emit(json_mode: bool, result: dict[str, Any], human: str) -> None:
+    from ganctl.logging import printable
+
     if json_mode:
         typer.echo(json.dumps(result))
     else:
-        typer.echo(human)
+        typer.echo(printable(human))
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -219,12 +262,10 @@ def train(
     deadline = _call(debug, session.deadline_from, max_time)
     log = RunLog(_console(json_mode))
     if resume_run and out is not None and is_run_dir(out):
-        result = _call(debug, session.continue_run, out, values, log, download, deadline,
-                       json_mode=json_mode)
+        result = _call(debug, session.continue_run, out, values, log, download, deadline)
     else:
         resolved = _call(debug, session.resolve_config, values)
-        result = _call(debug, session.train, resolved, out, log, download, deadline, overwrite,
-                       json_mode=json_mode)
+        result = _call(debug, session.train, resolved, out, log, download, deadline, overwrite)
     _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
 
 
@@ -298,7 +339,7 @@ def resume(
     deadline = _call(debug, session.deadline_from, max_time)
     log = RunLog(_console(json_mode))
     result = _call(debug, session.resume, target, overrides, log, download, allow_data_change,
-                   deadline, json_mode=json_mode)
+                   deadline)
     _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
 
 
@@ -354,6 +395,7 @@ def inspect(
     Example: ganctl inspect runs/0001-shapes-dcgan --json
     """
     from ganctl.info import describe_checkpoint
+    from ganctl.logging import printable
     from ganctl.rundir import locate
 
     header = _call(debug, locate, target, _say, verify)
@@ -363,7 +405,7 @@ def inspect(
         typer.echo(json.dumps(info))
         return
     console = Console(highlight=False)
-    console.print(f"checkpoint {path}", markup=False, soft_wrap=True)
+    console.print(printable(f"checkpoint {path}"), markup=False, soft_wrap=True)
     table = Table(show_header=False)  # cells are Text: a config value is never read as markup
     table.add_column("key", style="bold")
     table.add_column("value")
@@ -383,7 +425,7 @@ def inspect(
     for key, value in rows:
         if isinstance(value, (list, tuple)):  # class names
             value = ", ".join(map(str, value)) or "none"
-        table.add_row(Text(str(key)), Text(str(value)))
+        table.add_row(Text(printable(str(key))), Text(printable(str(value))))
     console.print(table)
 
 
@@ -440,12 +482,14 @@ def eval_(
 
 
 def _eval_table(doc: dict[str, Any]) -> None:
+    from ganctl.logging import printable
+
     net = doc["feature_net"]
     console = Console(highlight=False)
-    console.print(f"{doc['checkpoint']} (step {doc['step']}) against {doc['dataset']}"
-                  + (f" ({doc['split']})" if doc["split"] else "") + f"; Inception "
-                  f"{net['sha256'][:12]} ({net['form']}), protocol v{doc['protocol']['version']}",
-                  markup=False, soft_wrap=True)
+    console.print(printable(f"{doc['checkpoint']} (step {doc['step']}) against {doc['dataset']}"
+                            + (f" ({doc['split']})" if doc["split"] else "") + f"; Inception "
+                            f"{net['sha256'][:12]} ({net['form']}), protocol "
+                            f"v{doc['protocol']['version']}"), markup=False, soft_wrap=True)
     table = Table()
     for column in ("metric", "value", "real", "fake", "seconds"):
         table.add_column(column, justify="left" if column == "metric" else "right")
@@ -475,7 +519,7 @@ app.add_typer(data_app, name="data")
 def _data_report(dataset: str | None, data_dir: str | None, split: str | None,
                  resolution: int | None, channels: int | None, crop: str | None,
                  download: bool, json_mode: bool, debug: bool) -> dict[str, Any]:
-    from ganctl.data import load_dataset
+    from ganctl.data import default_split, load_dataset
     from ganctl.logging import RunLog
     from ganctl.session import resolve_config
 
@@ -485,13 +529,14 @@ def _data_report(dataset: str | None, data_dir: str | None, split: str | None,
     log = RunLog(_console(json_mode))
     data = _call(debug, load_dataset, config, download, log.task)
     report = data.report
-    return {"dataset": config.dataset, "split": config.split or None,
+    return {"dataset": config.dataset, "split": config.split or default_split(config.dataset),
             "count": len(data.images), "resolution": config.resolution,
             "channels": config.channels, "crop": config.crop, "classes": data.classes,
             "skipped": report.get("skipped", 0),
             "skipped_by_reason": report.get("skipped_by_reason", {}),
             "fingerprint": data.fingerprint, "cache": report.get("cache"),
-            "bytes": int(data.images.nbytes)}
+            "bytes": int(data.images.nbytes), **data.label_report(),
+            "warnings": data.label_warnings()}
 
 
 @data_app.command("prepare")
@@ -523,7 +568,9 @@ def data_info(
     """
     r = _data_report(dataset, data_dir, split, resolution, channels, crop, download, json_mode,
                      debug)
-    classes = ", ".join(r["classes"][:20]) + (" ..." if len(r["classes"]) > 20 else "")
+    counts = r.get("class_counts", {})
+    classes = ", ".join(f"{c} ({counts[c]})" if c in counts else c for c in r["classes"][:20]) + (
+        " ..." if len(r["classes"]) > 20 else "")
     skipped = ", ".join(f"{n} {why}" for why, n in r["skipped_by_reason"].items())
     lines = [f"dataset     {r['dataset']}" + (f" ({r['split']})" if r["split"] else ""),
              f"images      {r['count']}",
@@ -532,17 +579,32 @@ def data_info(
              f"classes     {len(r['classes'])}" + (f": {classes}" if classes else ""),
              f"skipped     {r['skipped']}" + (f" ({skipped})" if skipped else ""),
              f"cache       {r['cache'] or 'none (generated in memory)'}",
-             f"fingerprint {r['fingerprint']}"]
+             f"fingerprint {r['fingerprint']}",
+             *(f"note        {w}" for w in r["warnings"])]
     _emit(json_mode, r, "\n".join(lines))
 
 
+UNWIND_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)  # (SIGINT: KeyboardInterrupt)
+DEFERRED = (signal.SIGINT, *UNWIND_SIGNALS)
+
+
 def _terminate(signum: int, frame: object) -> None:
-    # Outside the training loop (which checkpoints first), SIGTERM unwinds like Ctrl-C does, so
-    # temp files are cleaned up, and exits 143.
+    # Outside the training loop (which checkpoints first), these signals unwind like Ctrl-C
+    # does, so temp files are cleaned up, and exit 128 + N.
     raise SystemExit(128 + signum)
 
 
+def _accept_signals() -> None:
+    """Deliver the stop signals held back during start-up (a no-op once done)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED)
+
+
 def run() -> None:
-    """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _terminate)
+    """Console-script entry point. Stop signals are held back until the command has imported
+    the engine (torch's import can be broken by an exception raised inside it) and then act:
+    a stop before any work is an exit 128 + N, not a traceback or a swallowed signal."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
+    for s in UNWIND_SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+            signal.signal(s, _terminate)
     app()

@@ -154,14 +154,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid {_kind(path)}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply; write flat keys") from None
+    flat = "a flat object of keys" if _kind(path) == "JSON" else "flat `key = value` lines"
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a table of key = value")
+        raise ConfigError(f"config file {path} must hold {flat}")
+    keys = [k.replace("-", "_") for k in values]
+    if twice := sorted({k for k in keys if keys.count(k) > 1}):
+        raise ConfigError(f"config file {path} gives {twice[0]} twice (as - and _); keep one")
     values = {k.replace("-", "_"): v for k, v in values.items()}
     for key, value in values.items():
         if isinstance(value, dict):
-            raise ConfigError(
-                f"config file {path}: [{key}] is a table; write flat `key = value` lines"
-            )
+            raise ConfigError(f"config file {path}: {key} is a table; write {flat}")
     check_keys(values, str(path))
     return values
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,15 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+
+
+def printable(text: str) -> str:
+    """Control characters (a terminal escape in a folder name or a checkpoint's metadata) shown
+    as \\xNN, never sent to the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
 
 LABELS = {"D_real": "D(x)", "D_fake": "D(G(z))"}  # how the progress line names a statistic
 _NOT_STATS = frozenset({"step", "time", "img_per_s"})
@@ -77,7 +87,7 @@ class RunLog:
         self.path = metrics
 
     def info(self, message: str) -> None:
-        self.console.print(message, highlight=False, markup=False, soft_wrap=True)
+        self.console.print(printable(message), highlight=False, markup=False, soft_wrap=True)
 
     def task(self, description: str, total: int) -> Callable[[int], None]:
         """A progress display for a long job of `total` items; call the result with each advance."""

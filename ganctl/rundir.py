@@ -19,9 +19,10 @@ from typing import Any
 
 from ganctl.checkpoint import SUFFIX, Header, open_checkpoint, read_header
 from ganctl.config import Config
-from ganctl.errors import CheckpointError, RunError
+from ganctl.errors import CheckpointError, GanctlError, RunError
 from ganctl.fsutil import TEMP_GLOB, atomic_write
 
+MARKER = ".ganctl-run"  # written first in every run directory: what makes a folder a run
 CONFIG = "config.json"
 DATA_REPORT = "data_report.json"
 METRICS = "metrics.jsonl"
@@ -78,7 +79,8 @@ def locked(run_dir: Path) -> Iterator[None]:
     try:
         handle = open(run_dir / LOCK, "a+")
     except OSError as e:
-        raise RunError(f"cannot lock {run_dir}: {e.strerror}") from None
+        raise RunError(f"cannot lock {run_dir}: {e.strerror}; the run directory must be "
+                       "writable (copy the run elsewhere to continue it)") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -92,28 +94,59 @@ def locked(run_dir: Path) -> Iterator[None]:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / CONFIG).is_file() or (path / CKPT_DIR).is_dir()
+    """A folder ganctl made a run of: it holds the marker, or (runs of earlier versions) a
+    config.json that is a ganctl config. A folder with some other config.json is not a run."""
+    if (path / MARKER).is_file():
+        return True
+    try:
+        Config.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, RecursionError, GanctlError):
+        return False
+    return True
+
+
+def _own_files(run_dir: Path) -> list[Path]:
+    """The files ganctl writes in a run directory, as they are there now."""
+    found = [run_dir / name for name in (MARKER, CONFIG, DATA_REPORT, METRICS)
+             if (run_dir / name).exists() or (run_dir / name).is_symlink()]
+    for sub, patterns in ((SAMPLES, ("step-*.png", TEMP_GLOB)),
+                          (CKPT_DIR, ("step-*.safetensors", LATEST, BEST, TEMP_GLOB))):
+        if (run_dir / sub).is_dir():
+            found += [p for pattern in patterns for p in (run_dir / sub).glob(pattern)]
+    return found
 
 
 def remove_run(run_dir: Path) -> list[Path]:
-    """Delete what ganctl wrote in a run directory (asked for by --overwrite); other files stay."""
-    removed = []
-    for name in (CONFIG, DATA_REPORT, METRICS):
-        if (run_dir / name).is_file():
-            (run_dir / name).unlink()
-            removed.append(run_dir / name)
-    for sub, pattern in ((SAMPLES, "step-*.png"), (CKPT_DIR, "step-*.safetensors"),
-                         (CKPT_DIR, LATEST), (CKPT_DIR, BEST), (CKPT_DIR, TEMP_GLOB),
-                         (SAMPLES, TEMP_GLOB)):
-        for path in (run_dir / sub).glob(pattern):
-            path.unlink()
-            removed.append(path)
+    """Delete what ganctl wrote in a run directory (asked for by --overwrite); other files stay.
+    Everything is checked before anything is deleted: a name ganctl uses that holds a folder
+    (or a checkpoints/ that is a file) stops it with nothing removed."""
+    paths = _own_files(run_dir)
+    odd = [p for p in paths if p.is_dir() and not p.is_symlink()] + [
+        run_dir / sub for sub in (SAMPLES, CKPT_DIR)
+        if (run_dir / sub).exists() and not (run_dir / sub).is_dir()]
+    if odd:
+        raise RunError(f"cannot replace the run in {run_dir}: {odd[0]} is not what ganctl wrote "
+                       "there; move it away or choose another --out")
+    for path in paths:
+        path.unlink()
     for sub in (SAMPLES, CKPT_DIR):
         try:
             (run_dir / sub).rmdir()
         except OSError:  # absent, or holds files that are not ganctl's
             pass
-    return removed
+    return paths
+
+
+def abandon(run_dir: Path, made: bool) -> None:
+    """Undo a run directory that failed before training began (a full disk, ...): its files,
+    its lock and, if this process made it, the folder itself, so the name can be used again."""
+    remove_run(run_dir)
+    (run_dir / LOCK).unlink(missing_ok=True)
+    if made:
+        try:
+            run_dir.rmdir()
+        except OSError:  # something else appeared in it: leave it
+            pass
 
 
 def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) -> Path:
@@ -126,9 +159,9 @@ def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) ->
                 raise RunError(f"{out} already holds a run; continue it with `ganctl resume "
                                f"{shlex.quote(str(out))}` (or train --resume), replace it with "
                                "--overwrite, or choose another --out")
-            if not out.is_dir() or (any(out.iterdir()) and not overwrite):
-                raise RunError(f"--out {out} exists and is not an empty directory; "
-                               "choose a new directory")
+            if not out.is_dir() or (any(p.name != LOCK for p in out.iterdir()) and not overwrite):
+                raise RunError(f"--out {out} exists and is not an empty directory (nor a ganctl "
+                               "run); choose a new directory")
         _mkdir(out, parents=True, exist_ok=True)
         run_dir = out
     else:
@@ -144,6 +177,7 @@ def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) ->
                 break
             except FileExistsError:
                 index += 1
+    atomic_write(run_dir / MARKER, b"a ganctl run directory: see config.json\n")
     _mkdir(run_dir / CKPT_DIR, exist_ok=True)
     _mkdir(run_dir / SAMPLES, exist_ok=True)
     return run_dir
@@ -164,8 +198,9 @@ def read_config(run_dir: Path) -> Config:
         return Config.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
     except FileNotFoundError:
         raise RunError(f"{run_dir} has no {CONFIG}; it is not a ganctl run") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
-        raise RunError(f"{path} is damaged ({e}); resume from a checkpoint file instead") from None
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise RunError(f"{path} is damaged ({why}); resume from a checkpoint file instead") from None
 
 
 def write_json(path: Path, value: Any, indent: int = 1) -> None:
@@ -182,10 +217,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # cut short by a crash, or damaged: skipped
             continue
         if isinstance(record, dict):
             records.append(record)

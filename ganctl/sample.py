@@ -6,6 +6,7 @@ depends on its seed alone, never on the batch it was generated in or on the devi
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import dataclass
@@ -92,8 +93,9 @@ def load_generator(header: checkpoint.Header, device: torch.device) -> LoadedGen
     with torch.device("meta"):
         checkpoint.check_shapes(build_generator(config), header, "G_ema")
     G = build_generator(config)
-    checkpoint.load_module(G, checkpoint.load_tensors(ckpt, ("G_ema.",)), "G_ema")
-    return LoadedGenerator(G.to(device).eval(), config, header)
+    checkpoint.load_module(G, checkpoint.load_tensors(header, ("G_ema.",)), "G_ema")
+    # the header without the file's bytes: they are not needed once G is loaded
+    return LoadedGenerator(G.to(device).eval(), config, dataclasses.replace(header, blob=None))
 
 
 def sample_grid(header: checkpoint.Header, out: Path, n: int, seed: int,

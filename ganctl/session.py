@@ -7,6 +7,7 @@ Everything that can fail on bad input fails before a file is written.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -70,30 +71,37 @@ def deadline_from(max_time: str | None) -> float | None:
 
 # --- opening a run -------------------------------------------------------------------------------
 
+def _write_run_files(run_dir: Path, config: Config, data: ImageSet, log: RunLog) -> None:
+    rundir.write_config(run_dir, config)
+    _write_data_report(run_dir, config, data, log)
+
+
 def _write_data_report(run_dir: Path, config: Config, data: ImageSet, log: RunLog) -> None:
     cached = {("cache_key" if k == "fingerprint" else k): v for k, v in data.report.items()}
     report = {**cached, "dataset": config.dataset, "split": config.split,
               "resolution": config.resolution, "channels": config.channels, "crop": config.crop,
-              "fingerprint": data.fingerprint, "classes": data.classes}
+              "fingerprint": data.fingerprint, "classes": data.classes, **data.label_report()}
     rundir.write_json(run_dir / rundir.DATA_REPORT, report)
-    if summary := skip_summary(data.report):
-        log.info(f"{summary}: see {run_dir / rundir.DATA_REPORT}")
+    for line in [s for s in [skip_summary(data.report)] if s] + data.label_warnings():
+        log.info(f"{line}: see {run_dir / rundir.DATA_REPORT}")
 
 
-def _claim(out: Path | None, config: Config, overwrite: bool, held: ExitStack, log: RunLog) -> Path:
+def _claim(out: Path | None, config: Config, overwrite: bool, held: ExitStack,
+           log: RunLog) -> tuple[Path, bool]:
     """A new run directory, locked: `out` (replacing the run there, under its lock, with
-    --overwrite) or the next numbered one under the runs root."""
+    --overwrite) or the next numbered one under the runs root. Also: whether it was made here."""
     replacing = out is not None and rundir.is_run_dir(out)
+    made = out is None or not out.exists()
     if replacing:
         assert out is not None
         held.enter_context(rundir.locked(out))  # a run in use is refused before anything goes
         if overwrite:
             log.info(f"--overwrite: removing the previous run's files in {out}")
             rundir.remove_run(out)
-    run_dir = rundir.create_run_dir(out, config, overwrite)
+    run_dir = rundir.create_run_dir(out, config, overwrite=replacing and overwrite)
     if not replacing:
         held.enter_context(rundir.locked(run_dir))
-    return run_dir
+    return run_dir, made
 
 
 def _check_classes(config: Config, data: ImageSet, what: str) -> None:
@@ -146,15 +154,19 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
         evaluate = _evaluator(config, data, device, download, log)
         with ExitStack() as held:
             if restore is None:
-                run_dir = _claim(out, config, overwrite, held, log)
+                run_dir, made = _claim(out, config, overwrite, held, log)
+                try:
+                    _write_run_files(run_dir, config, data, log)
+                except BaseException:  # a full disk ...: leave no half-made run behind
+                    rundir.abandon(run_dir, made)
+                    raise
             else:
                 assert out is not None
                 run_dir = out
                 held.enter_context(rundir.locked(run_dir))
                 restore(state)
-            rundir.write_config(run_dir, config)
+                _write_run_files(run_dir, config, data, log)
             log.attach(run_dir / rundir.METRICS)
-            _write_data_report(run_dir, config, data, log)
             yield Opened(run_dir, state, data, evaluate)
     finally:
         state.batches.close()
@@ -236,11 +248,12 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
                      "continuing as --allow-data-change asks")
 
     def restore(state: TrainState) -> None:
-        load_state(state, checkpoint.load_tensors(ckpt), log.info)
+        load_state(state, checkpoint.load_tensors(header), log.info)
         rundir.trim_metrics(run_dir, state.step)
         rundir.remove_temp_files(run_dir)
 
     with open_run(config, log, download, run_dir, check=check, restore=restore) as run:
+        header = dataclasses.replace(header, blob=None)  # loaded: the file's bytes may go
         state = run.state
         device = state.batches.device
         log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "

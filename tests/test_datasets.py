@@ -495,3 +495,19 @@ def test_data_dir_expands_the_home_directory(workdir, monkeypatch):
     write_mnist(workdir / "home" / "dsets")
     result = invoke("data", "info", "--dataset", "mnist", "--data-dir", "~/dsets", "--no-download")
     assert result.exit_code == 0, result.output
+
+
+def test_images_outside_the_classes_and_empty_classes_are_reported(workdir):
+    image_folder(workdir / "mixed", 6, classes=2)
+    image_folder(workdir / "mixed", 2)  # two more beside the class folders
+    (workdir / "mixed" / "empty").mkdir()
+    (workdir / "mixed" / "empty" / "bad.png").write_text("not an image")
+    doc = info("--dataset", "mixed", "--resolution", "32")
+    assert doc["class_counts"] == {"c0": 3, "c1": 3, "empty": 0} and doc["unlabelled"] == 2
+    assert doc["warnings"] == ["2 images are beside the class folders, in no class (label -1)",
+                               "1 class(es) have no usable image: empty"]
+    human = invoke("data", "info", "--dataset", "mixed", "--resolution", "32").stdout
+    assert "c0 (3), c1 (3), empty (0)" in human and "note        2 images are beside" in human
+    result = train_ok("--dataset", "mixed", "--resolution", "32", "--out", "r")
+    assert "in no class (label -1): see r/data_report.json" in result.stdout
+    assert report(workdir / "r")["unlabelled"] == 2

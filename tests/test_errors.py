@@ -1,5 +1,7 @@
 """Every expected failure: one line on stderr, the right exit code, no traceback."""
 
+import json
+
 import pytest
 import torch
 from helpers import assert_one_line_error, invoke
@@ -65,3 +67,28 @@ def test_every_command_has_help_with_an_example():
         result = invoke(command, "--help")
         assert result.exit_code == 0
         assert "Example: ganctl " + command in result.stdout
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["train", "--lr-g", "-1", "--json"], 1, "lr_g must be a finite number > 0"),
+    (["train", "--steps", "0", "--json"], 2, "--steps"),
+    (["train", "--json", "--bogus"], 2, "--bogus"),
+    (["inspect", "nowhere", "--json"], 1, "nowhere does not exist"),
+    (["eval", "--metrics", "is", "--json"], 1, "unknown metric 'is'"),
+])
+def test_json_mode_reports_errors_as_one_document(workdir, args, code, fragment):
+    result = invoke(*args)
+    assert result.exit_code == code, result.output
+    doc = json.loads(result.stdout)
+    assert doc["exit_code"] == code and fragment in doc["error"]
+    assert fragment in result.stderr  # the human line as well
+
+
+def test_terminal_escapes_in_user_strings_are_shown_not_sent(trained_run, workdir):
+    from helpers import rewrite
+    bad = workdir / "bad.safetensors"
+    rewrite(trained_run / "checkpoints" / "step-000000004.safetensors", bad,
+            lambda t, m: m.update({"ganctl.created": "\x1b[31mred\x1b[0m"}))
+    result = invoke("inspect", bad)
+    assert result.exit_code == 0 and "\x1b" not in result.stdout and "\\x1b[31mred" in result.stdout
+    assert_one_line_error(invoke("inspect", "no\x1b[2Jwhere"), 1, "no\\x1b[2Jwhere does not exist")

@@ -57,6 +57,7 @@ def test_cifar10_from_the_real_jpeg_zips(workdir):
 INCEPTION = SHARED.parent / "models" / "inception-2015-12-05.pt"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not INCEPTION.is_file(), reason="needs ../shared/models")
 def test_the_real_inception_tells_cifar_from_mnist(monkeypatch):
     """100 CIFAR-10 test images against 100 others are much closer than against 100 digits."""

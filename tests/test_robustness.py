@@ -33,7 +33,8 @@ from ganctl.fsutil import atomic_write
 
 # --- signals ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130),
+                                          (signal.SIGHUP, 129), (signal.SIGUSR1, 138)])
 def test_a_signal_writes_a_checkpoint_and_resume_finishes(workdir, monkeypatch, signum, code):
     stop_at = random.Random(signum).randint(1, 3)
     signal_at(monkeypatch, stop_at, signum)
@@ -46,6 +47,59 @@ def test_a_signal_writes_a_checkpoint_and_resume_finishes(workdir, monkeypatch, 
     result = invoke("resume", "r", "--steps", stop_at + 2, "--ckpt-every", "1000")
     assert result.exit_code == 0, result.output
     assert valid_steps(workdir / "r") == [stop_at, stop_at + 2]
+
+
+def test_an_ignored_sighup_stays_ignored(workdir, monkeypatch):
+    """Under nohup, a closed terminal must not stop training."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        signal_at(monkeypatch, 2, signal.SIGHUP)
+        result = invoke("train", *TINY, "--out", "r")
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert result.exit_code == 0, result.output
+    assert valid_steps(workdir / "r") == [2, 4]
+
+
+def test_a_signal_during_the_last_save_leaves_a_complete_run(workdir, monkeypatch):
+    signal_at(monkeypatch, 4, signal.SIGTERM)
+    result = invoke("train", *TINY, "--out", "r", "--json")
+    assert result.exit_code == 0, result.output  # complete: nothing to resume
+    doc = json.loads(result.stdout)
+    assert doc["step"] == 4 and doc["stopped"] is None and valid_steps(workdir / "r") == [2, 4]
+
+
+def test_a_stopped_run_reports_where_it_stands_and_why_in_json(workdir, monkeypatch):
+    signal_at(monkeypatch, 1, signal.SIGTERM)
+    result = invoke("train", *TINY, "--out", "r", "--json")
+    assert result.exit_code == 143
+    doc = json.loads(result.stdout)
+    assert (doc["stopped"], doc["step"], doc["exit_code"]) == ("SIGTERM", 1, 143)
+    assert doc["error"].startswith("stopped by SIGTERM at step 1") and doc["checkpoint"]
+
+
+def blocked_signals(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_stop_during_start_up_exits_cleanly_before_any_work(workdir):
+    """A signal that lands while torch is being imported waits for the import to finish (an
+    exception inside it breaks numpy, or is swallowed), then stops the command: 143, no
+    traceback, no run directory."""
+    proc = subprocess.Popen([sys.executable, "-m", "ganctl", "train", *TINY, "--out", "r"],
+                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 60
+    while not blocked_signals(proc.pid) & (1 << (signal.SIGTERM - 1)) and time.time() < deadline:
+        time.sleep(0.005)  # until start-up holds the stop signals back
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and not (workdir / "r").exists()
 
 
 def test_second_signal_while_saving_corrupts_nothing(workdir, monkeypatch):

@@ -3,9 +3,11 @@ checkpoint a command was pointed at, falling back past damaged files."""
 
 import json
 
-from helpers import TINY, damage, invoke, verifying_steps
+import torch
+from helpers import TINY, assert_one_line_error, damage, invoke, verifying_steps
 
 from ganctl import rundir
+from ganctl.sample import load_generator
 
 
 def test_prune_keeps_the_newest_up_to_the_current_step(tmp_path):
@@ -76,3 +78,88 @@ def test_resume_from_an_older_checkpoint_never_prunes_into_nothing(workdir):
     assert verifying_steps(ckpts) == [2, 3]
     assert invoke("resume", "r", "--steps", "4").exit_code == 0  # the run goes on
     assert verifying_steps(ckpts)[-1] == 4
+
+
+# --- what is a run, and what ganctl may delete -------------------------------------------------------
+
+def test_a_folder_with_someone_elses_config_json_is_not_a_run(workdir):
+    proj = workdir / "proj"
+    proj.mkdir()
+    (proj / "config.json").write_text('{"name": "my web app"}')
+    (proj / "metrics.jsonl").write_text('{"important": 1}\n')
+    for extra in ([], ["--overwrite"]):
+        assert_one_line_error(invoke("train", *TINY, "--out", proj, *extra), 1,
+                              "not an empty directory (nor a ganctl run)")
+    assert (proj / "config.json").read_text() == '{"name": "my web app"}'
+    assert (proj / "metrics.jsonl").read_text() == '{"important": 1}\n'
+    assert_one_line_error(invoke("resume", proj), 1, "is a directory but not a ganctl run")
+
+
+def test_runs_carry_a_marker_and_runs_of_earlier_versions_still_count(trained_run):
+    assert (trained_run / rundir.MARKER).is_file() and rundir.is_run_dir(trained_run)
+    (trained_run / rundir.MARKER).unlink()  # as a run of an earlier version: a valid config.json
+    assert rundir.is_run_dir(trained_run)
+    assert invoke("resume", trained_run, "--steps", "5").exit_code == 0
+
+
+def test_a_run_that_fails_before_training_leaves_nothing_behind(workdir, monkeypatch):
+    real_write = rundir.write_config
+
+    def full_disk(run_dir, config):
+        raise OSError(28, "No space left on device", str(run_dir / "config.json"))
+
+    monkeypatch.setattr(rundir, "write_config", full_disk)
+    for out in (["--out", "r"], []):
+        result = invoke("train", *TINY, *out)
+        assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert not (workdir / "r").exists() and not list((workdir / "runs").iterdir())
+    (workdir / "empty").mkdir()  # a folder the user made stays, emptied of what ganctl wrote
+    assert invoke("train", *TINY, "--out", "empty").exit_code == 1
+    assert (workdir / "empty").is_dir() and not list((workdir / "empty").iterdir())
+    monkeypatch.setattr(rundir, "write_config", real_write)
+    assert invoke("train", *TINY, "--steps", "2", "--out", "r").exit_code == 0
+
+
+def test_nothing_is_deleted_when_a_run_holds_something_odd(workdir):
+    assert invoke("train", *TINY, "--steps", "2", "--out", "r").exit_code == 0
+    ckpts = workdir / "r" / "checkpoints"
+    for path in ckpts.iterdir():
+        path.unlink()
+    ckpts.rmdir()
+    ckpts.write_text("a file where the checkpoints folder was")
+    before = sorted(p.name for p in (workdir / "r").iterdir())
+    for command in (["resume", "r"], ["train", *TINY, "--out", "r", "--overwrite"]):
+        assert_one_line_error(invoke(*command), 1, "checkpoints is not what ganctl wrote there")
+        assert sorted(p.name for p in (workdir / "r").iterdir()) == before
+
+
+def test_damaged_run_files_do_not_block_a_resume(trained_run):
+    with open(trained_run / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": 3, "bad": "\xff\xfe"}\n' + b"[" * 100000 + b"\n")
+    result = invoke("resume", trained_run, "--steps", "5")
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in rundir.read_metrics(trained_run)][-1] == 5
+    (trained_run / "config.json").write_text("[" * 100000)
+    assert_one_line_error(invoke("train", *TINY, "--out", trained_run, "--resume"), 1,
+                          "config.json is damaged (nested too deeply)")
+
+
+def test_a_checkpoint_pruned_after_it_was_verified_still_loads(trained_run):
+    header = rundir.locate(trained_run, print)
+    header.path.unlink()  # the trainer pruned it meanwhile
+    loaded = load_generator(header, torch.device("cpu"))
+    assert loaded.header.step == 4 and loaded.header.blob is None
+
+
+def test_a_sample_grid_that_cannot_be_written_does_not_stop_training(workdir, monkeypatch):
+    from ganctl.engine import loop
+
+    def read_only(images, path):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(loop, "save_grid", read_only)
+    result = invoke("train", *TINY, "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "cannot write the sample grid" in result.stdout and "Read-only file system" in result.stdout
+    assert [p.name for p in rundir.list_checkpoints(workdir / "r" / "checkpoints")] == [
+        "step-000000002.safetensors", "step-000000004.safetensors"]

@@ -42,6 +42,29 @@ class ImageSet:
     classes: list[str] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)  # count, skipped files, cache path
 
+    def label_report(self) -> dict[str, Any]:
+        """For labelled data: images per class, and images in no class (label -1: files beside
+        the class folders rather than in one)."""
+        if not self.classes or self.labels is None:
+            return {}
+        labels = np.asarray(self.labels)
+        counts = np.bincount(labels[labels >= 0], minlength=len(self.classes))
+        return {"class_counts": dict(zip(self.classes, counts.tolist(), strict=True)),
+                "unlabelled": int((labels < 0).sum())}
+
+    def label_warnings(self) -> list[str]:
+        """One line per surprise in the labels: images outside the classes, empty classes."""
+        report = self.label_report()
+        lines = []
+        if report.get("unlabelled"):
+            lines.append(f"{report['unlabelled']} images are beside the class folders, in no class "
+                         "(label -1)")
+        empty = [name for name, n in report.get("class_counts", {}).items() if n == 0]
+        if empty:
+            lines.append(f"{len(empty)} class(es) have no usable image: {', '.join(empty[:5])}"
+                         + (" ..." if len(empty) > 5 else ""))
+        return lines
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -195,6 +218,14 @@ def _path_source(name: str) -> sources.Source:
         raise DataError(f"--dataset {name} is a file but not a .zip; pass a folder of images or a zip")
     raise DataError(f"unknown dataset {name!r}: not one of {', '.join(sorted(DATASETS))}, and no "
                     "such folder or .zip")
+
+
+def default_split(name: str) -> str | None:
+    """The split a named dataset uses when none is given (None: it has no splits)."""
+    if is_path(name):
+        return None
+    splits = _spec(name).splits
+    return splits[0] if splits else None
 
 
 def open_source(config: Config, download: bool = True) -> sources.Source:

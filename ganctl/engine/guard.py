@@ -19,7 +19,8 @@ from ganctl.errors import ConfigError
 
 MAX_ROLLBACKS = 3  # rollbacks in one process before the run stops with exit 1
 LR_FACTOR = 0.5  # each rollback to the same checkpoint halves both learning rates again
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# a scheduler's or a terminal's ways of saying stop: each stops training after a checkpoint
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -37,9 +38,10 @@ def parse_duration(text: str) -> float:
 
 
 class StopSignals:
-    """While active, SIGINT and SIGTERM only record themselves: the loop finishes its step,
-    writes a checkpoint and stops. Later signals (say, a second Ctrl-C while saving) are noted
-    and ignored, so nothing is left half-written."""
+    """While active, STOP_SIGNALS only record themselves: the loop finishes its step, writes a
+    checkpoint and stops (exit 128 + N). Later signals (say, a second Ctrl-C while saving) are
+    noted and ignored, so nothing is left half-written. A signal the process was told to
+    ignore (nohup's SIGHUP) stays ignored."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -52,7 +54,8 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for s in STOP_SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -88,9 +88,15 @@ class Meter:
 
 # --- writing -------------------------------------------------------------------------------------
 
-def write_samples(state: TrainState, run_dir: Path, fixed_z: torch.Tensor) -> Path:
+def write_samples(state: TrainState, run_dir: Path, fixed_z: torch.Tensor, log: RunLog) -> Path | None:
+    """The grid of the fixed seeds; a grid that cannot be written is reported, not fatal (the
+    run and its checkpoints matter more)."""
     path = run_dir / rundir.SAMPLES / rundir.sample_name(state.step)
-    save_grid(generate(state.G_ema, fixed_z, fixed_z.device), path)
+    try:
+        save_grid(generate(state.G_ema, fixed_z, fixed_z.device), path)
+    except OSError as e:
+        log.info(f"cannot write the sample grid {path}: {e.strerror or e}; training goes on")
+        return None
     return path
 
 
@@ -257,8 +263,6 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                 if _due(step, config.log_every, done):
                     made.last = meter.record(step, state.drawn)
                     log.record(made.last)
-                if _due(step, config.sample_every, done):
-                    made.sample = write_samples(state, run_dir, fixed_z)
                 scored = None
                 if evaluate and evaluating:
                     scored = _evaluate(state, evaluate, meter, log)
@@ -269,6 +273,8 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                     made.ckpt = save_checkpoint(state, good.tensors, run_dir, made.last, fingerprint,
                                                 scored)
                     budget.pause(time.perf_counter() - saving, "save")
+                if _due(step, config.sample_every, done):  # after the checkpoint: it matters more
+                    made.sample = write_samples(state, run_dir, fixed_z, log) or made.sample
                 if stopping:
                     break
     finally:
@@ -287,7 +293,7 @@ def _finish(state: TrainState, run_dir: Path, made: _Made, out_of_time: bool, si
                        steps=config.steps, device=str(state.batches.device), seconds=seconds,
                        metrics=made.last, stopped=stopped)
     resume_hint = f"continue with: ganctl resume {shlex.quote(str(run_dir))}"
-    if signals.signum is not None:
+    if signals.signum is not None and state.step < config.steps:  # complete: nothing to resume
         result.stopped = signals.name
         raise Stopped(signals.signum, f"stopped by {signals.name} at step {state.step}; checkpoint "
                       f"{made.ckpt}; {resume_hint}", result.to_dict())

@@ -140,7 +140,8 @@ class FeatureNet:
                 return self.module(x, return_features=True).float()
             x = F.interpolate(x.float(), size=(SIZE, SIZE), mode="bilinear", align_corners=False,
                               antialias=False)
-            return self.module(x / 127.5 - 1).float()
+            x = (x / 127.5 - 1).contiguous(memory_format=torch.channels_last)
+            return self.module(x).float()
 
 
 def _form(module: torch.jit.ScriptModule, sha256: str, device: torch.device, path: Path) -> str:
@@ -179,7 +180,8 @@ def load(path: Path, device: torch.device) -> FeatureNet:
     except Exception as e:  # not TorchScript at all: truncated, a pickle, an image ...
         raise FeatureNetError(_unknown(path, sha256, "not a TorchScript file: "
                                         + str(e).split(". ")[0][:80])) from None
-    module = module.float().eval().to(device)
+    # channels_last: the same fp32 arithmetic, laid out for faster convolutions (CPU and GPU)
+    module = module.float().eval().to(device).to(memory_format=torch.channels_last)
     net = FeatureNet(path, sha256, _form(module, sha256, device, path), module, device)
     _LOADED[key] = net
     return net
