@@ -119,7 +119,7 @@ def train_and_score(state, evaluator, budget: float, every: float, device: torch
         sync(device)
         clock += time.perf_counter() - t0
         if clock >= next_score or clock >= budget:
-            result = evaluator(state.G_ema, state.config.z_dim)
+            result = evaluator(state.G_ema, state.config)
             row = {"seconds": round(clock, 1), "step": state.step,
                    "images": state.drawn * state.config.batch_size, **result.scores,
                    "eval_seconds": result.seconds}

@@ -199,9 +199,31 @@ def train(
     crop: Crop = None,
     mirror: Annotated[bool | None, typer.Option(
         "--mirror/--no-mirror", help="Flip a random half of the images horizontally.")] = None,
-    arch: Annotated[str | None, typer.Option(help="Model architecture (dcgan).")] = None,
-    loss: Annotated[str | None, typer.Option(help="Objective (bce: the seed's BCE with "
-                                                "non-saturating G loss).")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="Tested settings to start from (see --list-presets); flags override them.")] = None,
+    list_presets: Annotated[bool, typer.Option(
+        "--list-presets", help="List the presets (name, what for, settings) and exit.")] = False,
+    arch: Annotated[str | None, typer.Option(
+        help="dcgan (the article's), resnet (SNGAN-style residual), mlp (the article's fully "
+        "connected, for MNIST-sized images). Default dcgan.")] = None,
+    loss: Annotated[str | None, typer.Option(
+        help="bce (the article's, non-saturating G loss), hinge, wgan-gp, lsgan, rpgan "
+        "(relativistic pairing, R3GAN). Default bce.")] = None,
+    conditional: Annotated[bool | None, typer.Option(
+        "--conditional/--no-conditional", help="Class-conditional G and D (labelled data: class "
+        "folders, cifar10, mnist ...).")] = None,
+    spectral_norm: Annotated[bool | None, typer.Option(
+        "--spectral-norm/--no-spectral-norm", help="Spectral normalisation on every layer of D "
+        "(default: on for resnet, off otherwise).")] = None,
+    r1: Annotated[float | None, typer.Option(min=0.0, help="R1 gradient penalty weight gamma on "
+                                                  "reals (0, off).")] = None,
+    r2: Annotated[float | None, typer.Option(min=0.0, help="R2: the same on fakes (0, off).")] = None,
+    r1_every: Annotated[int | None, typer.Option(min=1, help="Lazy R1/R2: every N steps, "
+                                                      "weighted by N (16).")] = None,
+    gp: Annotated[float | None, typer.Option(min=0.0, help="WGAN-GP penalty weight (10).")] = None,
+    augment: Annotated[str | None, typer.Option(
+        help="DiffAugment of everything D sees: diffaug, or diffaug:translation,color,cutout "
+        "(default: none).")] = None,
     resolution: Resolution = None,
     channels: Channels = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step.")] = None,
@@ -211,6 +233,8 @@ def train(
     d_width: Annotated[int | None, typer.Option(min=1, help="D's base channel count (ndf).")] = None,
     lr_g: Annotated[float | None, typer.Option(help="G's Adam learning rate (2e-4).")] = None,
     lr_d: Annotated[float | None, typer.Option(help="D's Adam learning rate (2e-4).")] = None,
+    beta1: Annotated[float | None, typer.Option(help="Adam's beta1 (0.5).")] = None,
+    beta2: Annotated[float | None, typer.Option(help="Adam's beta2 (0.999).")] = None,
     d_steps: Annotated[int | None, typer.Option(min=1, max=100, help="D updates per G update, "
                                                  "each on a fresh real batch (1).")] = None,
     ema_decay: Annotated[float | None, typer.Option(help="Decay of G_ema (0.999).")] = None,
@@ -252,6 +276,8 @@ def train(
     from ganctl.logging import RunLog
     from ganctl.rundir import is_run_dir
 
+    if list_presets:
+        return _list_presets(json_mode)
     flags = _config_flags(locals())
     if resume_run and overwrite:
         raise typer.BadParameter("--resume and --overwrite exclude each other", param_hint="--resume")
@@ -273,7 +299,22 @@ def _config_flags(params: dict[str, Any]) -> dict[str, Any]:
     """The options given that are config keys (every train option named like one is)."""
     from ganctl.config import FIELD_NAMES
 
-    return {k: params[k] for k in FIELD_NAMES if params.get(k) is not None}
+    flags = {k: params[k] for k in FIELD_NAMES if params.get(k) is not None}
+    if isinstance(flags.get("spectral_norm"), bool):
+        flags["spectral_norm"] = "on" if flags["spectral_norm"] else "off"
+    return flags
+
+
+def _list_presets(json_mode: bool) -> None:
+    from ganctl.presets import PRESETS
+
+    if json_mode:
+        typer.echo(json.dumps({name: {"description": p.description, "settings": p.settings}
+                               for name, p in PRESETS.items()}))
+        return
+    for name, p in PRESETS.items():
+        settings = " ".join(f"{k}={v}" for k, v in p.settings.items())
+        typer.echo(f"{name}\n  {p.description}\n  {settings}")
 
 
 def train_values(args: list[str]) -> dict[str, Any]:

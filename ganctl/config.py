@@ -26,6 +26,7 @@ RESUME_OVERRIDABLE = frozenset(
      "eval_every", "eval_num", "eval_num_real", "eval_metrics", "inception"}
 )
 CROPS = ("center", "none")
+SPECTRAL_NORM = ("auto", "on", "off")
 MAX_D_STEPS = 100  # D updates per G update; WGAN-GP uses 5 (a step must stay interruptible)
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -43,10 +44,13 @@ class Config:
     mirror: bool = False  # flip a random half of each epoch's images horizontally
     classes: tuple[str, ...] = ()  # class names of the data, filled in from it (empty: unlabelled)
     # model
-    arch: str = "dcgan"
+    preset: str = ""  # the named preset the run started from (informative: its values are here)
+    arch: str = "dcgan"  # dcgan, resnet, mlp
     z_dim: int = 100
-    g_width: int = 64  # DCGAN's ngf: channels of G's last hidden layer
-    d_width: int = 64  # DCGAN's ndf: channels of D's first layer
+    g_width: int = 64  # G's base width (DCGAN's ngf: channels of its last hidden layer)
+    d_width: int = 64  # D's base width (DCGAN's ndf: channels of its first layer)
+    conditional: bool = False  # G and D take the class: conditional BatchNorm and projection D
+    spectral_norm: str = "auto"  # on every layer of D: on, off, auto (on for resnet)
     # objective and optimiser (the seed article: Adam, lr 2e-4, betas (0.5, 0.999))
     loss: str = "bce"
     lr_g: float = 2e-4
@@ -54,6 +58,11 @@ class Config:
     beta1: float = 0.5
     beta2: float = 0.999
     d_steps: int = 1  # D updates (each on a fresh real batch) per G update
+    r1: float = 0.0  # R1 penalty weight gamma on reals (0: none)
+    r2: float = 0.0  # R2: the same on fakes
+    r1_every: int = 16  # lazy regularisation: R1/R2 every N steps, weighted by N
+    gp: float = 10.0  # WGAN-GP's gradient penalty weight (loss wgan-gp only)
+    augment: str = ""  # "" or diffaug[:translation,color,cutout] (DiffAugment)
     ema_decay: float = 0.999  # G_ema <- decay * G_ema + (1 - decay) * G
     deterministic: bool = False  # deterministic GPU kernels: exact resume there too, slower
     batch_size: int = 64
@@ -80,7 +89,7 @@ class Config:
             elif f.type.startswith("tuple"):  # a JSON list
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         _positive(self, "resolution", "z_dim", "g_width", "d_width", "batch_size", "steps",
-                  "d_steps", "log_every", "sample_every", "ckpt_every")
+                  "d_steps", "r1_every", "log_every", "sample_every", "ckpt_every")
         if not self.dataset.strip():
             raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
         if self.seed >= 2**32:
@@ -97,6 +106,12 @@ class Config:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.keep < 0:
             raise ConfigError(f"keep must be >= 0 (0 keeps every checkpoint), got {self.keep}")
+        for name in ("r1", "r2", "gp"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.spectral_norm not in SPECTRAL_NORM:
+            raise ConfigError(f"spectral_norm must be one of {', '.join(SPECTRAL_NORM)}, got "
+                              f"{self.spectral_norm!r}")
         if self.d_steps > MAX_D_STEPS:
             raise ConfigError(f"d_steps must be at most {MAX_D_STEPS}, got {self.d_steps}")
         if self.eval_every < 0:

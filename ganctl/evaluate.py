@@ -26,7 +26,7 @@ from ganctl.errors import ConfigError
 from ganctl.logging import RunLog
 from ganctl.metrics import PROTOCOL, Scores, compute, inception
 from ganctl.metrics.stats import Accumulator, FeatureStats, load_stats, save_stats, stats_key
-from ganctl.sample import latents_from_seeds, load_generator, to_uint8
+from ganctl.sample import labels_for_seeds, latents_from_seeds, load_generator, to_uint8
 
 REAL_ORDER_SEED = 0  # the fixed random order in which real images are taken
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -89,11 +89,14 @@ def real_batches(images: np.ndarray | torch.Tensor, count: int, batch: int):
         yield torch.as_tensor(np.asarray(images[idx]))  # (B, C, H, W) uint8, in the fixed order
 
 
-def fake_batches(G: nn.Module, z_dim: int, count: int, batch: int, device: torch.device):
+def fake_batches(G: nn.Module, config: Config, count: int, batch: int, device: torch.device):
+    """G's images for seeds 0..count-1 (a conditional model's classes in turn), as uint8."""
     for start in range(0, count, batch):
-        z = latents_from_seeds(range(start, min(start + batch, count)), z_dim).to(device)
+        seeds = range(start, min(start + batch, count))
+        z = latents_from_seeds(seeds, config.z_dim).to(device)
+        c = labels_for_seeds(seeds, config)
         with torch.no_grad():
-            yield to_uint8(G(z))  # as a user would save them
+            yield to_uint8(G(z, None if c is None else c.to(device)))  # as a user would save them
 
 
 class Evaluator:
@@ -105,13 +108,13 @@ class Evaluator:
         self.metrics, self.num_fake = metrics, num_fake
         self.progress = log.task if log is not None else None
 
-    def __call__(self, G: nn.Module, z_dim: int) -> EvalResult:
+    def __call__(self, G: nn.Module, config: Config) -> EvalResult:
         t0 = time.perf_counter()
         was_training = G.training
         G.eval()
         try:
             batch = batch_size_for(self.net.device)
-            fake = extract(self.net, fake_batches(G, z_dim, self.num_fake, batch, self.net.device),
+            fake = extract(self.net, fake_batches(G, config, self.num_fake, batch, self.net.device),
                            self.num_fake, "features of the fakes", self.progress)
         finally:
             G.train(was_training)
@@ -157,7 +160,7 @@ def evaluate_checkpoint(header: Header, device: torch.device, metrics: list[str]
     data = load_dataset(config, download=download, progress=log.task)
     evaluator = make_evaluator(config, data, device, metrics, num_fake, num_real, inception_path,
                                download, log)
-    result = evaluator(loaded.G, config.z_dim)
+    result = evaluator(loaded.G, loaded.config)
     doc = {"checkpoint": str(header.path), "step": header.step, "dataset": config.dataset,
            "split": config.split or None, **result.to_dict()}
     if header.path.parent.name == rundir.CKPT_DIR and rundir.is_run_dir(header.path.parent.parent):

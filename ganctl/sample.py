@@ -21,6 +21,7 @@ from ganctl.config import Config
 from ganctl.errors import CheckpointError, ConfigError
 from ganctl.fsutil import atomic_write
 from ganctl.models import build_generator
+from ganctl.models.base import num_classes
 
 GRID_PADDING = 2  # pixels between and around the images of a grid
 GENERATE_BATCH = 256
@@ -33,11 +34,23 @@ def latents_from_seeds(seeds: list[int] | range, z_dim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Images for latents z as uint8 (n, C, H, W), generated in eval mode in fixed-size chunks."""
+def labels_for_seeds(seeds: list[int] | range, config: Config) -> torch.Tensor | None:
+    """The class a conditional model draws each seed's image for: seed mod the number of
+    classes, so consecutive seeds go through every class; None for unconditional models."""
+    k = num_classes(config)
+    return torch.tensor([int(s) % k for s in seeds], dtype=torch.int64) if k else None
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor, device: torch.device,
+             c: torch.Tensor | None = None) -> torch.Tensor:
+    """Images for latents z (and classes c) as uint8 (n, C, H, W), generated in eval mode in
+    fixed-size chunks."""
     was_training = G.training
     G.eval()
-    out = [to_uint8(G(chunk.to(device)).cpu()) for chunk in z.split(GENERATE_BATCH)]
+    labels = c.split(GENERATE_BATCH) if c is not None else [None] * len(z.split(GENERATE_BATCH))
+    out = [to_uint8(G(chunk.to(device), None if k is None else k.to(device)).cpu())
+           for chunk, k in zip(z.split(GENERATE_BATCH), labels, strict=True)]
     G.train(was_training)
     return torch.cat(out)
 
@@ -109,8 +122,9 @@ def sample_grid(header: checkpoint.Header, out: Path, n: int, seed: int,
         raise ConfigError(f"output directory {out.parent} does not exist; create it first")
     loaded = load_generator(header, device)
     z = latents_from_seeds(range(seed, seed + n), loaded.config.z_dim)
+    c = labels_for_seeds(range(seed, seed + n), loaded.config)
     try:
-        width, height = save_grid(generate(loaded.G, z, device), out)
+        width, height = save_grid(generate(loaded.G, z, device, c), out)
     except OSError as e:
         raise ConfigError(f"cannot write {out}: {e.strerror}") from None
     return {"out": str(out), "checkpoint": str(header.path), "step": loaded.header.step, "n": n,

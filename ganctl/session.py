@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ganctl import checkpoint, rundir
+from ganctl import checkpoint, presets, rundir
 from ganctl.config import RESUME_OVERRIDABLE, Config
 from ganctl.data import ImageSet, is_path, load_dataset, preset
 from ganctl.data.cache import skip_summary
@@ -27,9 +27,9 @@ from ganctl.engine.state import TrainState, init_state, load_state
 from ganctl.errors import CheckpointError, ConfigError, DataError
 from ganctl.evaluate import Evaluator, make_evaluator
 from ganctl.logging import RunLog
-from ganctl.losses import get_loss
+from ganctl.losses import augment, get_loss
 from ganctl.metrics import parse_metrics
-from ganctl.models import build_models, check_config
+from ganctl.models import build_models, check_config, get_arch
 
 CheckData = Callable[[ImageSet], None]
 Restore = Callable[[TrainState], None]
@@ -38,14 +38,24 @@ Restore = Callable[[TrainState], None]
 # --- configuration -----------------------------------------------------------------------------
 
 def resolve_config(values: dict[str, Any]) -> Config:
-    """defaults < dataset preset < `values` (file and flags, already merged) -> a checked Config."""
+    """defaults < dataset preset < named preset (values["preset"]) < `values` (file and flags,
+    already merged) -> a checked Config."""
+    named = presets.get(values["preset"]).settings if values.get("preset") else {}
+    values = {**named, **values}
     dataset = values.get("dataset", Config.dataset)
     values = normalise(values)
     config = Config.from_dict({**preset(dataset, values), **values})
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """What a Config cannot check alone: the architecture, loss, augmentation and metrics exist
+    and fit together."""
     check_config(config)
     get_loss(config.loss)
+    augment.parse(config.augment)
     parse_metrics(config.eval_metrics)
-    return config
 
 
 def normalise(values: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +142,17 @@ def _evaluator(config: Config, data: ImageSet, device: torch.device, download: b
                           progress=False)
 
 
+def _check_conditional(config: Config, data: ImageSet) -> None:
+    """A conditional model needs every image in a class."""
+    if not data.classes:
+        raise DataError(f"--conditional needs labelled data (class folders, or a labelled dataset "
+                        f"such as cifar10 or mnist); {config.dataset!r} has no classes")
+    unlabelled = data.label_report().get("unlabelled", 0)
+    if unlabelled:
+        raise DataError(f"--conditional needs every image in a class, but {unlabelled} images of "
+                        f"{config.dataset!r} are beside the class folders; move them into one")
+
+
 @contextmanager
 def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
              check: CheckData | None = None, restore: Restore | None = None,
@@ -148,6 +169,10 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
     if restore is None:  # a new run: the class names come from the data (a config may repeat them)
         _check_classes(config, data, "the config names")
         config = config.replace(classes=tuple(data.classes))
+    if config.conditional:
+        _check_conditional(config, data)
+    for note in get_arch(config.arch).notes(config):
+        log.info(note)
     labels = data.labels if config.classes else None
     state = init_state(config, device, data.images, labels)  # fails (too big ...) before any file
     try:
@@ -205,7 +230,7 @@ def _checkpoint_config(header: checkpoint.Header, overrides: dict[str, Any]) -> 
         config = Config.from_dict(header.config, source=f"{header.path} metadata").replace(**overrides)
     except ConfigError as e:
         raise CheckpointError(f"{header.path}: {e}") from None
-    parse_metrics(config.eval_metrics)
+    validate(config)
     if config.steps < header.step:
         raise ConfigError(f"{header.path} is at step {header.step}, past --steps {config.steps}; "
                           "--steps is the run's total length, pass a larger one")

@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from ganctl import checkpoint, rundir
+from ganctl.config import Config
 from ganctl.engine.guard import LR_FACTOR, MAX_ROLLBACKS, DivergenceGuard, StopSignals, TimeBudget
 from ganctl.engine.state import TrainState, load_state, snapshot
 from ganctl.engine.step import train_step
 from ganctl.errors import CheckpointError, Diverged, Stopped
 from ganctl.logging import RunLog
 from ganctl.losses import NETWORKS, Stats
-from ganctl.sample import generate, latents_from_seeds, save_grid
+from ganctl.sample import generate, labels_for_seeds, latents_from_seeds, save_grid
 
 SAMPLE_SEEDS = range(64)  # the fixed noise of the grids written during training: the seed's 8x8
 
@@ -89,11 +90,12 @@ class Meter:
 # --- writing -------------------------------------------------------------------------------------
 
 def write_samples(state: TrainState, run_dir: Path, fixed_z: torch.Tensor, log: RunLog) -> Path | None:
-    """The grid of the fixed seeds; a grid that cannot be written is reported, not fatal (the
-    run and its checkpoints matter more)."""
+    """The grid of the fixed seeds (a conditional model's classes in turn); a grid that cannot be
+    written is reported, not fatal (the run and its checkpoints matter more)."""
     path = run_dir / rundir.SAMPLES / rundir.sample_name(state.step)
+    c = labels_for_seeds(SAMPLE_SEEDS, state.config)
     try:
-        save_grid(generate(state.G_ema, fixed_z, fixed_z.device), path)
+        save_grid(generate(state.G_ema, fixed_z, fixed_z.device, c), path)
     except OSError as e:
         log.info(f"cannot write the sample grid {path}: {e.strerror or e}; training goes on")
         return None
@@ -202,12 +204,12 @@ class Scored(Protocol):
     def summary(self) -> str: ...
 
 
-Evaluate = Callable[[nn.Module, int], Scored]  # (G_ema, z_dim) -> scores
+Evaluate = Callable[[nn.Module, Config], Scored]  # (G_ema, its config) -> scores
 
 
 def _evaluate(state: TrainState, evaluate: Evaluate, meter: Meter, log: RunLog) -> dict[str, Any]:
     """Score G_ema; the result goes to metrics.jsonl, the log and the progress line."""
-    result = evaluate(state.G_ema, state.config.z_dim)
+    result = evaluate(state.G_ema, state.config)
     meter.t0 += result.seconds  # evaluating is not training: images/s leaves it out
     record = result.record(state.step)
     log.event(record, f"eval at step {state.step}: {result.summary()}")

@@ -17,7 +17,7 @@ from ganctl import checkpoint
 from ganctl.config import Config
 from ganctl.data import Batches
 from ganctl.errors import CheckpointError, ConfigError
-from ganctl.losses import NETWORKS, Loss, make_loss
+from ganctl.losses import NETWORKS, Loss, Phase, make_loss
 from ganctl.models import build_models
 
 
@@ -57,16 +57,30 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
         raise ConfigError(f"the model does not fit in {device} memory ({str(e).splitlines()[0][:120]}); "
                           "lower --g-width, --d-width or --z-dim") from None
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    betas = (config.beta1, config.beta2)
+    loss = make_loss(config)
     return TrainState(
         config=config, G=G, D=D, G_ema=G_ema,
-        opt_G=torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=betas),
-        opt_D=torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=betas),
-        loss=make_loss(config),
+        opt_G=_adam(G, config.lr_g, config, _lazy_interval(loss.phases(), "G")),
+        opt_D=_adam(D, config.lr_d, config, _lazy_interval(loss.phases(), "D")),
+        loss=loss,
         batches=Batches(images, config.batch_size, config.seed, device, mirror=config.mirror,
                         labels=labels),
         noise=torch.Generator(device=device).manual_seed(config.seed),
     )
+
+
+def _lazy_interval(phases: list[Phase], network: str) -> int:
+    """The interval of the network's lazy regulariser, if it has one (else 1)."""
+    return max((p.interval for p in phases if p.module == network and p.name != network), default=1)
+
+
+def _adam(net: nn.Module, lr: float, config: Config, lazy: int) -> torch.optim.Adam:
+    """Adam for one network. With a regulariser every `lazy` steps, the network takes
+    lazy + 1 updates per lazy steps, so lr and the betas are scaled by lazy / (lazy + 1)
+    (StyleGAN2's lazy regularisation): lr keeps its meaning with and without it."""
+    ratio = lazy / (lazy + 1) if lazy > 1 else 1.0
+    betas = (config.beta1 ** ratio, config.beta2 ** ratio)
+    return torch.optim.Adam(net.parameters(), lr=lr * ratio, betas=betas)
 
 
 def state_tensors(state: TrainState) -> dict[str, torch.Tensor]:

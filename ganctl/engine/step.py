@@ -21,7 +21,8 @@ def draw(state: TrainState, keep_graph: bool) -> StepInputs:
     state.drawn += 1
     z = torch.randn(state.config.batch_size, state.config.z_dim, generator=state.noise,
                     device=state.batches.device)  # (B, z_dim)
-    return StepInputs(state.G, state.D, real, z, keep_graph)
+    return StepInputs(state.G, state.D, real, z, keep_graph, augment=state.loss.augment,
+                      generator=state.noise)
 
 
 def run_phase(state: TrainState, phase: Phase, inputs: StepInputs) -> Stats:

@@ -18,8 +18,10 @@ from torch import nn
 
 from ganctl.config import Config
 from ganctl.data.batches import Batch
+from ganctl.losses import augment
 
 Stats = dict[str, torch.Tensor]  # name -> detached scalar on the device, read back only to log
+Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 NETWORKS = ("G", "D")  # the trained networks, each with its own optimizer
 
 
@@ -78,15 +80,20 @@ class StepInputs:
     backpropagates through them, after which they are released (a later phase generates anew).
     Fakes get the class labels of the real batch (c is None for unlabelled data).
 
-    Losses call inputs.backward(loss), never loss.backward(): the step decides what a backward
-    is (mixed precision scales the loss there, in one place).
+    Losses call inputs.backward(loss) and inputs.grad(outputs, wrt), never loss.backward() or
+    torch.autograd.grad: the step decides what those are (mixed precision scales them there, in
+    one place). Every image D sees goes through inputs.augment (DiffAugment, when asked for);
+    random draws use inputs.generator, the run's checkpointed generator.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, real: Batch, z: torch.Tensor,
-                 keep_graph: bool = True, backward: Callable[[torch.Tensor], None] = backward) -> None:
+                 keep_graph: bool = True, backward: Callable[[torch.Tensor], None] = backward,
+                 augment: Augment | None = None, generator: torch.Generator | None = None) -> None:
         self.G, self.D, self.real, self.z = G, D, real, z
         self.keep_graph = keep_graph
         self.backward = backward
+        self.generator = generator
+        self._augment = augment
         self._fake: torch.Tensor | None = None
 
     @property
@@ -107,21 +114,97 @@ class StepInputs:
         """Drop the fakes (and G's graph) once a G phase has backpropagated through them."""
         self._fake = None
 
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self._augment is None else self._augment(x, self.generator)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """D's outputs for images x (augmented as asked), conditioned on the batch's labels."""
+        return self.D(self.augment(x), self.c)
+
+    def grad(self, outputs: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
+        """d(sum of outputs)/d wrt, with a graph, for gradient penalties."""
+        (gradient,) = torch.autograd.grad(outputs.sum(), wrt, create_graph=True)
+        return gradient
+
 
 class Loss(ABC):
-    """An objective for G and D. Subclasses implement accumulate(); phases() defaults to one D
-    phase (config.d_steps times) then one G phase."""
+    """An objective for G and D, given as d_loss and g_loss over D's outputs; the base runs the
+    phases: D (config.d_steps times on fresh batches), then with --r1/--r2 a lazy regulariser
+    Dreg every config.r1_every steps, then G."""
+
+    uses_real_in_g = False  # a relativistic G loss compares against D(real) too
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.augment = augment.make(config.augment)  # DiffAugment, or None
 
     def phases(self) -> list[Phase]:
-        return [Phase("D", "D", repeats=self.config.d_steps), Phase("G", "G")]
+        phases = [Phase("D", "D", repeats=self.config.d_steps)]
+        if self.config.r1 or self.config.r2:  # before G: R2 uses the D phase's fakes
+            phases.append(Phase("Dreg", "D", interval=self.config.r1_every))
+        return [*phases, Phase("G", "G")]
 
-    @abstractmethod
     def accumulate(self, phase: Phase, inputs: StepInputs) -> Stats:
         """Forward and backward (inputs.backward) of `phase` on `inputs`; the named statistics it
         measured. Names starting with "loss" are objectives: the divergence guard watches them."""
+        run = {"D": self.d_phase, "G": self.g_phase, "Dreg": self.reg_phase}.get(phase.name)
+        if run is None:
+            raise ValueError(f"{type(self).__name__} has no phase {phase.name!r}")
+        return run(phase, inputs)
+
+    @abstractmethod
+    def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        """D's objective, to minimise."""
+
+    @abstractmethod
+    def g_loss(self, fake_logits: torch.Tensor, real_logits: torch.Tensor | None) -> torch.Tensor:
+        """G's objective, to minimise (real_logits only for uses_real_in_g)."""
+
+    def d_stats(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> Stats:
+        """What D's outputs say, beside the loss: by default their means."""
+        return {"D_real": real_logits.mean().detach(), "D_fake": fake_logits.mean().detach()}
+
+    def d_penalty(self, inputs: StepInputs, fake: torch.Tensor) -> tuple[torch.Tensor | None, Stats]:
+        """A term added to D's loss in its own phase (WGAN-GP's), with its statistics."""
+        return None, {}
+
+    def d_phase(self, phase: Phase, inputs: StepInputs) -> Stats:
+        fake = inputs.fake().detach()  # D's update must not reach G
+        real_logits = inputs.logits(inputs.real.x)
+        fake_logits = inputs.logits(fake)
+        loss = self.d_loss(real_logits, fake_logits)
+        penalty, extra = self.d_penalty(inputs, fake)
+        inputs.backward(loss if penalty is None else loss + penalty)
+        return {"loss_D": loss.detach(), **self.d_stats(real_logits, fake_logits), **extra}
+
+    def g_phase(self, phase: Phase, inputs: StepInputs) -> Stats:
+        fake_logits = inputs.logits(inputs.fake())
+        real_logits = None
+        if self.uses_real_in_g:
+            with torch.no_grad():
+                real_logits = inputs.logits(inputs.real.x)
+        loss = self.g_loss(fake_logits, real_logits)
+        inputs.backward(loss)
+        return {"loss_G": loss.detach()}
+
+    def reg_phase(self, phase: Phase, inputs: StepInputs) -> Stats:
+        """R1 (on reals) and R2 (on fakes): gamma / 2 * E ||grad_x D(x)||^2 (Mescheder et al.
+        2018), lazy: every `interval` steps with the weight times the interval (StyleGAN2)."""
+        total: torch.Tensor | None = None
+        stats: Stats = {}
+        for name, gamma, images in (("R1", self.config.r1, inputs.real.x),
+                                    ("R2", self.config.r2, inputs.fake())):
+            if not gamma:
+                continue
+            x = images.detach().requires_grad_(True)
+            gradient = inputs.grad(inputs.logits(x), x)  # (B, C, H, W)
+            penalty = gradient.square().sum(dim=(1, 2, 3)).mean() * (gamma / 2)
+            term = penalty * phase.interval
+            total = term if total is None else total + term
+            stats[f"loss_{name}"] = penalty.detach()
+        if total is not None:
+            inputs.backward(total)
+        return stats
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Training state the loss keeps between steps (none by default), for checkpoints."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ganctl.losses.base import Loss, Phase, Stats, StepInputs
+from ganctl.losses.base import Loss, Stats
 
 
 def bce_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -23,17 +23,13 @@ def bce_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 class BCE(Loss):
-    def accumulate(self, phase: Phase, inputs: StepInputs) -> Stats:
-        D, c = inputs.D, inputs.c
-        if phase.name == "D":
-            fake = inputs.fake().detach()  # D's update must not reach G
-            real_logits, fake_logits = D(inputs.real.x, c), D(fake, c)
-            loss_D = bce_d_loss(real_logits, fake_logits)
-            inputs.backward(loss_D)
-            return {"loss_D": loss_D.detach(), "D_real": torch.sigmoid(real_logits).mean().detach(),
-                    "D_fake": torch.sigmoid(fake_logits).mean().detach()}
-        if phase.name == "G":
-            loss_G = bce_g_loss(D(inputs.fake(), c))
-            inputs.backward(loss_G)
-            return {"loss_G": loss_G.detach()}
-        raise ValueError(f"BCE has no phase {phase.name!r}")
+    def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return bce_d_loss(real_logits, fake_logits)
+
+    def g_loss(self, fake_logits: torch.Tensor, real_logits: torch.Tensor | None) -> torch.Tensor:
+        return bce_g_loss(fake_logits)
+
+    def d_stats(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> Stats:
+        """D(x) and D(G(z)) as probabilities."""
+        return {"D_real": torch.sigmoid(real_logits).mean().detach(),
+                "D_fake": torch.sigmoid(fake_logits).mean().detach()}

@@ -13,8 +13,10 @@ from ganctl.config import Config
 from ganctl.errors import lookup
 from ganctl.models.base import Architecture
 from ganctl.models.dcgan import DCGAN
+from ganctl.models.mlp import MLP
+from ganctl.models.resnet import ResNet
 
-ARCHS: dict[str, Architecture] = {arch.name: arch for arch in (DCGAN(),)}
+ARCHS: dict[str, Architecture] = {arch.name: arch for arch in (DCGAN(), ResNet(), MLP())}
 
 
 def get_arch(name: str) -> Architecture:

@@ -14,6 +14,12 @@ from torch import nn
 
 from ganctl.config import Config
 from ganctl.errors import ConfigError
+from ganctl.models.layers import spectral_norm_all
+
+
+def num_classes(config: Config) -> int:
+    """Classes a conditional network is built for (0: unconditional)."""
+    return len(config.classes) if config.conditional else 0
 
 
 class Architecture(ABC):
@@ -21,6 +27,7 @@ class Architecture(ABC):
 
     name: ClassVar[str]
     resolutions: ClassVar[tuple[int, ...]]
+    spectral_norm_default: ClassVar[bool] = False  # what spectral_norm "auto" means here
 
     def check(self, config: Config) -> None:
         """Raise ConfigError if this architecture cannot be built for `config`."""
@@ -28,13 +35,24 @@ class Architecture(ABC):
             raise ConfigError(f"{self.name} does not support resolution {config.resolution}; use "
                               f"one of {', '.join(map(str, self.resolutions))}")
 
+    def notes(self, config: Config) -> list[str]:
+        """What the architecture changes on its own for `config`, to tell the user."""
+        return []
+
+    def spectral_norm(self, config: Config) -> bool:
+        return config.spectral_norm == "on" or (config.spectral_norm == "auto"
+                                                and self.spectral_norm_default)
+
     def build(self, config: Config) -> tuple[nn.Module, nn.Module]:
-        """Fresh (G, D) with their initial weights (drawn from torch's global generator). On the
-        meta device (shapes only: inspect, checkpoint checks) there is nothing to initialise."""
+        """Fresh (G, D) with their initial weights (drawn from torch's global generator), D
+        spectrally normalised where asked. On the meta device (shapes only: inspect, checkpoint
+        checks) there is nothing to initialise."""
         G, D = self.build_generator(config), self.build_discriminator(config)
         for net in (G, D):
             if not any(p.is_meta for p in net.parameters()):
                 self.init_weights(net)
+        if self.spectral_norm(config):
+            spectral_norm_all(D)
         return G, D
 
     @abstractmethod

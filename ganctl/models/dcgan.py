@@ -1,5 +1,6 @@
 """DCGAN (Radford et al. 2016), as in the seed article: BatchNorm, ReLU in G, LeakyReLU(0.2)
-in D, tanh output, weights drawn from N(0, 0.02).
+in D, tanh output, weights drawn from N(0, 0.02). Conditional: class-conditional BatchNorm in G
+and a projection head on D. Under wgan-gp, D has no BatchNorm (the penalty is per image).
 
 G's first layer is a Linear from z to a 4x4 feature map rather than a ConvTranspose on a
 (N, z_dim, 1, 1) input: the two compute the same function, but the 1x1 input breaks
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 from ganctl.config import Config
-from ganctl.models.base import Architecture
+from ganctl.models.base import Architecture, num_classes
+from ganctl.models.layers import ConditionalBatchNorm2d, ConditionalSequential, batch_norm
 
 BASE = 4  # spatial size of G's first feature map and D's last one
 
@@ -24,32 +26,34 @@ def _num_up(resolution: int) -> int:
 
 
 class Generator(nn.Module):
-    def __init__(self, z_dim: int, resolution: int, channels: int, width: int) -> None:
+    def __init__(self, z_dim: int, resolution: int, channels: int, width: int,
+                 classes: int = 0) -> None:
         super().__init__()
         n = _num_up(resolution)
         c = width * 2 ** (n - 1)  # channels at 4x4: ngf*8 for 64x64, ngf*4 for 32x32
         self.base_channels = c
         self.fc = nn.Linear(z_dim, c * BASE * BASE, bias=False)
-        self.bn0 = nn.BatchNorm2d(c)
+        self.bn0 = batch_norm(c, classes)
         blocks: list[nn.Module] = []
         for _ in range(n - 1):
             blocks += [
                 nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(c // 2),
+                batch_norm(c // 2, classes),
                 nn.ReLU(inplace=True),
             ]
             c //= 2
         blocks += [nn.ConvTranspose2d(c, channels, 4, stride=2, padding=1, bias=False), nn.Tanh()]
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = ConditionalSequential(*blocks)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         x = self.fc(z).view(z.shape[0], self.base_channels, BASE, BASE)  # (B, C, 4, 4)
-        x = torch.relu(self.bn0(x))
-        return self.blocks(x)  # (B, channels, R, R) in [-1, 1]
+        x = torch.relu(self.bn0(x, c) if isinstance(self.bn0, ConditionalBatchNorm2d) else self.bn0(x))
+        return self.blocks(x, c)  # (B, channels, R, R) in [-1, 1]
 
 
 class Discriminator(nn.Module):
-    def __init__(self, resolution: int, channels: int, width: int) -> None:
+    def __init__(self, resolution: int, channels: int, width: int, classes: int = 0,
+                 batchnorm: bool = True) -> None:
         super().__init__()
         n = _num_up(resolution)
         layers: list[nn.Module] = [
@@ -60,16 +64,25 @@ class Discriminator(nn.Module):
         for _ in range(n - 1):
             layers += [
                 nn.Conv2d(c, c * 2, 4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(c * 2),
+                *([nn.BatchNorm2d(c * 2)] if batchnorm else []),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
             c *= 2
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c * BASE * BASE, 1, bias=False)  # = DCGAN's final 4x4 valid conv
+        # projection (conditional): + <embed(c), h>
+        self.embed = nn.Embedding(classes, c * BASE * BASE) if classes else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(x).flatten(1)  # (B, C*4*4)
-        return self.fc(h).squeeze(1)  # (B,) logits
+        logits = self.fc(h).squeeze(1)  # (B,)
+        if self.embed is not None:
+            if c is None:
+                raise ValueError("a conditional discriminator needs the class labels")
+            logits = logits + (self.embed(c) * h).sum(dim=1)
+        return logits
 
 
 def init_weights(module: nn.Module) -> None:
@@ -77,7 +90,7 @@ def init_weights(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
@@ -86,13 +99,21 @@ class DCGAN(Architecture):
     name = "dcgan"
     resolutions = (32, 64, 128)
 
+    def notes(self, config: Config) -> list[str]:
+        if config.loss == "wgan-gp":
+            return ["wgan-gp: dcgan's D is built without BatchNorm (the gradient penalty is per "
+                    "image, and BatchNorm mixes the images of a batch)"]
+        return []
+
     def build_generator(self, config: Config) -> Generator:
         self.check(config)
-        return Generator(config.z_dim, config.resolution, config.channels, config.g_width)
+        return Generator(config.z_dim, config.resolution, config.channels, config.g_width,
+                         num_classes(config))
 
     def build_discriminator(self, config: Config) -> Discriminator:
         self.check(config)
-        return Discriminator(config.resolution, config.channels, config.d_width)
+        return Discriminator(config.resolution, config.channels, config.d_width,
+                             num_classes(config), batchnorm=config.loss != "wgan-gp")
 
     def init_weights(self, net: nn.Module) -> None:
         init_weights(net)

@@ -1,0 +1,67 @@
+"""Pieces the architectures share: class-conditional BatchNorm, the projection discriminator's
+head, and spectral normalisation of a whole network."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose scale and shift are looked up by class (de Vries et al. 2017; Miyato &
+    Koyama 2018): gamma(c) starts at 1 and beta(c) at 0."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gamma = nn.Embedding(num_classes, channels)
+        self.beta = nn.Embedding(num_classes, channels)
+        nn.init.ones_(self.gamma.weight)
+        nn.init.zeros_(self.beta.weight)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.bn(x) * self.gamma(c)[:, :, None, None] + self.beta(c)[:, :, None, None]
+
+
+def batch_norm(channels: int, num_classes: int) -> nn.Module:
+    """Plain BatchNorm, or the class-conditional one for a conditional network."""
+    return ConditionalBatchNorm2d(channels, num_classes) if num_classes else nn.BatchNorm2d(channels)
+
+
+class ConditionalSequential(nn.Sequential):
+    """A Sequential that hands the class to the layers that take one (same state-dict keys as a
+    plain Sequential, so unconditional networks keep theirs)."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, c) if isinstance(layer, ConditionalBatchNorm2d) else layer(x)
+        return x
+
+
+class Projection(nn.Module):
+    """The projection discriminator's head (Miyato & Koyama 2018): a linear score of the
+    features h plus, for a conditional D, <embed(c), h>."""
+
+    def __init__(self, features: int, num_classes: int, bias: bool = True) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, 1, bias=bias)
+        self.embed = nn.Embedding(num_classes, features) if num_classes else None
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        logits = self.linear(h).squeeze(1)  # (B,)
+        if self.embed is not None:
+            if c is None:
+                raise ValueError("a conditional discriminator needs the class labels")
+            logits = logits + (self.embed(c) * h).sum(dim=1)
+        return logits
+
+
+def spectral_norm_all(net: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) of every weighted layer of `net`, with torch's
+    parametrizations: each weight divided by its largest singular value, estimated by one power
+    iteration per forward pass in training."""
+    for module in list(net.modules()):
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
+            parametrizations.spectral_norm(module)
+    return net
