@@ -60,6 +60,7 @@ def main() -> int:
     ap.add_argument("--inception", default=None, help="the Inception file (default: the usual lookup)")
     ap.add_argument("--test", type=Path, default=SHARED / "cifar10_test_jpg.zip",
                     help="held-out real images for the floor (a folder or zip)")
+    ap.add_argument("--no-floor", action="store_true", help="skip the floor (comparing configs)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("train", nargs=argparse.REMAINDER, help="-- then any `ganctl train` flags")
     args = ap.parse_args()
@@ -76,7 +77,8 @@ def main() -> int:
     metrics = parse_metrics(args.metrics)
     evaluator = make_evaluator(config, data, device, metrics, args.num, args.num_real or None,
                                args.inception, True, log, progress=False)
-    floor = held_out_floor(args.test, config, evaluator, log)
+    floor = {"num": 0, "seconds_per_100": None} if args.no_floor else held_out_floor(
+        args.test, config, evaluator, log)
     state = init_state(config, device, data.images, data.labels if data.classes else None)
     log.info(f"{config.arch} {config.resolution}px, batch {config.batch_size}, on "
              f"{config.dataset} ({len(data.images)} images), device {describe(device)}; scoring "
@@ -141,8 +143,9 @@ def print_table(doc: dict) -> None:
     for r in doc["rows"]:
         print(f"{r['seconds']:8.0f} {r['step']:7d} {r['images']:9d} {r.get('fid', np.nan):8.2f} "
               f"{r.get('kid', np.nan):9.5f} {r.get('kid_std', np.nan):8.5f}")
-    print(f"{'floor':>8} {'':>7} {floor['num']:9d} {floor.get('fid', np.nan):8.2f} "
-          f"{floor.get('kid', np.nan):9.5f} {floor.get('kid_std', np.nan):8.5f}")
+    if floor["num"]:
+        print(f"{'floor':>8} {'':>7} {floor['num']:9d} {floor.get('fid', np.nan):8.2f} "
+              f"{floor.get('kid', np.nan):9.5f} {floor.get('kid_std', np.nan):8.5f}")
 
 
 if __name__ == "__main__":

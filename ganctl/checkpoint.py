@@ -26,7 +26,7 @@ from ganctl import __version__
 from ganctl.errors import CheckpointError
 from ganctl.fsutil import atomic_write
 
-SCHEMA = 3  # 2: ganctl.checksum in the metadata; 3: the config holds classes and d_steps
+SCHEMA = 4  # 2: ganctl.checksum; 3: classes and d_steps in the config; 4: the model zoo's keys
 SUFFIX = ".safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger is hostile or corrupt
 

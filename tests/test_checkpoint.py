@@ -53,7 +53,7 @@ def test_metadata(tmp_path):
     checkpoint.save(path, {"G.w": torch.ones(3)}, CONFIG.to_json(), 7, {"ganctl.x": "y"})
     header = checkpoint.read_header(path)
     assert header.step == 7 and header.config == CONFIG.to_dict()
-    assert header.metadata["ganctl.schema"] == "3" and header.metadata["ganctl.x"] == "y"
+    assert header.metadata["ganctl.schema"] == "4" and header.metadata["ganctl.x"] == "y"
     assert header.metadata["ganctl.checksum"].startswith("sha256:")
     checkpoint.verify(header)
     assert header.tensors["G.w"]["shape"] == [3] and header.file_size == path.stat().st_size

@@ -68,7 +68,7 @@ def test_inspect_json_reports_the_header(trained_run, workdir):
     config = json.loads((trained_run / "config.json").read_text())
     assert info["step"] == 4 and info["config"] == config
     assert info["file_size"] == os.path.getsize(ckpt)
-    assert info["version"] == __import__("ganctl").__version__ and info["schema"] == 3
+    assert info["version"] == __import__("ganctl").__version__ and info["schema"] == 4
     G, D = build_models(Config.from_dict(config))
     assert info["params"] == {"G": sum(p.numel() for p in G.parameters()),
                               "D": sum(p.numel() for p in D.parameters())}
