@@ -307,7 +307,7 @@ def _check_metadata(path: Path, metadata: Any) -> None:
         schema = int(metadata["ganctl.schema"])
         int(metadata["ganctl.step"])
         config = json.loads(metadata["ganctl.config"])
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, RecursionError):
         raise CheckpointError(f"{path} has damaged ganctl metadata") from None
     if schema > SCHEMA:
         raise CheckpointError(

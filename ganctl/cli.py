@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ganctl import __version__
+from ganctl.errors import STOP_SIGNALS
 
 
 class _JsonErrors(typer.core.TyperGroup):
@@ -92,6 +93,8 @@ Split = Annotated[str | None, typer.Option(help="Dataset split (default: train).
 Download = Annotated[bool, typer.Option("--download/--no-download",
                                         help="Download a named dataset that is missing.")]
 Crop = Annotated[str | None, typer.Option(help="Non-square images: center (crop) or none (pad).")]
+MaxFileMb = Annotated[int | None, typer.Option(
+    help="Image files larger than this many MB are skipped as 'too large', unread (256).")]
 Resolution = Annotated[int | None, typer.Option(help="Image size: 32, 64 or 128 (default: from "
                                                 "the dataset).")]
 Channels = Annotated[int | None, typer.Option(help="1 or 3 (default: from the dataset).")]
@@ -197,6 +200,7 @@ def train(
     split: Split = None,
     download: Download = True,
     crop: Crop = None,
+    max_file_mb: MaxFileMb = None,
     mirror: Annotated[bool | None, typer.Option(
         "--mirror/--no-mirror", help="Flip a random half of the images horizontally.")] = None,
     preset: Annotated[str | None, typer.Option(
@@ -352,7 +356,11 @@ def resume(
     ckpt_every: CkptEvery = None,
     log_every: LogEvery = None,
     keep: Keep = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Where the run's folder or zip of images is now, if it moved (its "
+        "content must match: see --allow-data-change).")] = None,
     data_dir: DataDir = None,
+    max_file_mb: MaxFileMb = None,
     download: Download = True,
     allow_data_change: Annotated[bool, typer.Option(
         "--allow-data-change", help="Continue even though the dataset changed since the run "
@@ -373,10 +381,10 @@ def resume(
     from ganctl import session
     from ganctl.logging import RunLog
 
-    overrides = _given(steps=steps, device=device, sample_every=sample_every,
+    overrides = _given(dataset=dataset, steps=steps, device=device, sample_every=sample_every,
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir,
                        eval_every=eval_every, eval_num=eval_num, eval_num_real=eval_num_real,
-                       eval_metrics=eval_metrics, inception=inception)
+                       eval_metrics=eval_metrics, inception=inception, max_file_mb=max_file_mb)
     deadline = _call(debug, session.deadline_from, max_time)
     log = RunLog(_console(json_mode))
     result = _call(debug, session.resume, target, overrides, log, download, allow_data_change,
@@ -478,15 +486,16 @@ def eval_(
         metavar="[CKPT|RUN_DIR]", help="Checkpoint or run directory, or latest / best (default: "
         "the newest checkpoint under ./runs).", show_default=False)] = None,
     metrics: Annotated[str, typer.Option(help="fid, kid, pr, comma-separated.")] = "fid,kid",
-    num: Annotated[int, typer.Option("--num", min=2, help="Fakes to score (G_ema, latent seeds "
-                                     "0..N-1); 50000 is NVlabs' fid50k_full.")] = 50000,
+    num: Annotated[int, typer.Option("--num", min=2, max=10_000_000, help="Fakes to score (G_ema, "
+                                     "latent seeds 0..N-1); 50000 is NVlabs' fid50k_full.")] = 50000,
     num_real: Annotated[int | None, typer.Option(
-        min=2, help="Real images, in a fixed random order (default: all of them).")] = None,
+        min=2, max=100_000_000, help="Real images, in a fixed random order (default: all of them).")] = None,
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="Score against this dataset instead of the run's own (at the run's "
         "resolution, channels and crop).")] = None,
     split: Split = None,
     data_dir: DataDir = None,
+    max_file_mb: MaxFileMb = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K | mps.")] = "auto",
     inception: Inception = None,
     download: Annotated[bool, typer.Option(
@@ -511,7 +520,7 @@ def eval_(
     names = _call(debug, parse_metrics, metrics)
     header = _call(debug, locate, target, _say)
     dev = _call(debug, resolve_device, device)
-    overrides = _given(dataset=dataset, split=split, data_dir=data_dir)
+    overrides = _given(dataset=dataset, split=split, data_dir=data_dir, max_file_mb=max_file_mb)
     if dataset is not None and split is None:
         overrides["split"] = ""  # another dataset: its own default split
     doc = _call(debug, evaluate_checkpoint, header, dev, names, num, num_real, overrides, inception,
@@ -559,13 +568,14 @@ app.add_typer(data_app, name="data")
 
 def _data_report(dataset: str | None, data_dir: str | None, split: str | None,
                  resolution: int | None, channels: int | None, crop: str | None,
-                 download: bool, json_mode: bool, debug: bool) -> dict[str, Any]:
+                 max_file_mb: int | None, download: bool, json_mode: bool, debug: bool
+                 ) -> dict[str, Any]:
     from ganctl.data import default_split, load_dataset
     from ganctl.logging import RunLog
     from ganctl.session import resolve_config
 
     values = _given(dataset=dataset, data_dir=data_dir, split=split, resolution=resolution,
-                    channels=channels, crop=crop, batch_size=1)
+                    channels=channels, crop=crop, max_file_mb=max_file_mb, batch_size=1)
     config = _call(debug, resolve_config, values)
     log = RunLog(_console(json_mode))
     data = _call(debug, load_dataset, config, download, log.task)
@@ -584,14 +594,15 @@ def _data_report(dataset: str | None, data_dir: str | None, split: str | None,
 def data_prepare(
     dataset: DatasetOpt = None, data_dir: DataDir = None, split: Split = None,
     resolution: Resolution = None, channels: Channels = None, crop: Crop = None,
-    download: Download = True, json_mode: Json = False, debug: Debug = False,
+    max_file_mb: MaxFileMb = None, download: Download = True, json_mode: Json = False,
+    debug: Debug = False,
 ) -> None:
     """Decode a dataset into the cache ahead of training (downloading it if needed).
 
     Example: ganctl data prepare --dataset celeba --resolution 64
     """
-    r = _data_report(dataset, data_dir, split, resolution, channels, crop, download, json_mode,
-                     debug)
+    r = _data_report(dataset, data_dir, split, resolution, channels, crop, max_file_mb, download,
+                     json_mode, debug)
     _emit(json_mode, r, f"ready: {r['dataset']} {r['count']} images "
                         f"{r['resolution']}x{r['resolution']}x{r['channels']} "
                         f"({r['bytes'] / 1e6:.1f} MB) in {r['cache'] or 'memory (built in)'}")
@@ -601,14 +612,15 @@ def data_prepare(
 def data_info(
     dataset: DatasetOpt = None, data_dir: DataDir = None, split: Split = None,
     resolution: Resolution = None, channels: Channels = None, crop: Crop = None,
-    download: Download = True, json_mode: Json = False, debug: Debug = False,
+    max_file_mb: MaxFileMb = None, download: Download = True, json_mode: Json = False,
+    debug: Debug = False,
 ) -> None:
     """Count, resolution, channels, classes and skipped files of a dataset (decoding it once).
 
     Example: ganctl data info --dataset ./my_images --json
     """
-    r = _data_report(dataset, data_dir, split, resolution, channels, crop, download, json_mode,
-                     debug)
+    r = _data_report(dataset, data_dir, split, resolution, channels, crop, max_file_mb, download,
+                     json_mode, debug)
     counts = r.get("class_counts", {})
     classes = ", ".join(f"{c} ({counts[c]})" if c in counts else c for c in r["classes"][:20]) + (
         " ..." if len(r["classes"]) > 20 else "")
@@ -625,8 +637,8 @@ def data_info(
     _emit(json_mode, r, "\n".join(lines))
 
 
-UNWIND_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)  # (SIGINT: KeyboardInterrupt)
-DEFERRED = (signal.SIGINT, *UNWIND_SIGNALS)
+UNWIND_SIGNALS = tuple(s for s in STOP_SIGNALS if s != signal.SIGINT)  # SIGINT: KeyboardInterrupt
+DEFERRED = STOP_SIGNALS
 
 
 def _terminate(signum: int, frame: object) -> None:

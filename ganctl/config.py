@@ -19,15 +19,30 @@ from ganctl.errors import ConfigError
 
 # Fields that `ganctl resume` may change: run length, intervals, evaluation and where it runs.
 # Everything else is fixed by the checkpoint so the run continues as it started.
-# data_dir and inception too: files may live elsewhere on another machine (the data's
-# fingerprint is checked, the feature network's sha256 recorded with every score).
+# dataset, data_dir and inception too: files may live elsewhere on another machine (the data's
+# content fingerprint is checked, the feature network's sha256 recorded with every score).
 RESUME_OVERRIDABLE = frozenset(
-    {"steps", "log_every", "sample_every", "ckpt_every", "keep", "device", "data_dir",
-     "eval_every", "eval_num", "eval_num_real", "eval_metrics", "inception"}
+    {"dataset", "steps", "log_every", "sample_every", "ckpt_every", "keep", "device", "data_dir",
+     "eval_every", "eval_num", "eval_num_real", "eval_metrics", "inception", "max_file_mb"}
 )
 CROPS = ("center", "none")
 SPECTRAL_NORM = ("auto", "on", "off")
 MAX_D_STEPS = 100  # D updates per G update; WGAN-GP uses 5 (a step must stay interruptible)
+MAX_STEP = 999_999_999  # checkpoint names carry nine digits
+# (lowest, highest) of every numeric field: far beyond any real run, low enough that no value
+# reaches torch as an absurd allocation or an overflow. Floats: lr 0 is refused separately.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "resolution": (1, 4096), "z_dim": (1, 16384),
+    "g_width": (1, 4096), "d_width": (1, 4096), "batch_size": (1, 65536),
+    "steps": (1, MAX_STEP), "seed": (0, 2**32 - 1), "d_steps": (1, MAX_D_STEPS),
+    "r1_every": (1, MAX_STEP), "log_every": (1, MAX_STEP), "sample_every": (1, MAX_STEP),
+    "ckpt_every": (1, MAX_STEP), "keep": (0, 1_000_000), "eval_every": (0, MAX_STEP),
+    "eval_num": (2, 10_000_000), "eval_num_real": (0, 100_000_000),
+    "max_file_mb": (1, 1 << 20),
+    "lr_g": (0.0, 10.0), "lr_d": (0.0, 10.0), "r1": (0.0, 1e6), "r2": (0.0, 1e6), "gp": (0.0, 1e6),
+}
+_BOUND_HINTS = {"keep": " (0 keeps every checkpoint)", "eval_every": " (0: no evaluation)",
+                "eval_num_real": " (0: all)"}
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -80,6 +95,7 @@ class Config:
     eval_num_real: int = 0  # real images for the statistics; 0: all of them
     eval_metrics: str = "fid"  # comma-separated: fid, kid, pr
     inception: str = ""  # the feature network's file; "": GANCTL_INCEPTION, the cache, download
+    max_file_mb: int = 256  # dataset files larger than this are skipped as "too large", unread
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -88,40 +104,21 @@ class Config:
                 object.__setattr__(self, f.name, float(getattr(self, f.name)))
             elif f.type.startswith("tuple"):  # a JSON list
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        _positive(self, "resolution", "z_dim", "g_width", "d_width", "batch_size", "steps",
-                  "d_steps", "r1_every", "log_every", "sample_every", "ckpt_every")
+        _check_bounds(self)
         if not self.dataset.strip():
             raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
-        if self.seed >= 2**32:
-            raise ConfigError(f"seed must be below 2**32, got {self.seed}")
         if self.crop not in CROPS:
             raise ConfigError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
-        for name in ("lr_g", "lr_d"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ConfigError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         for name in ("beta1", "beta2", "ema_decay"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.keep < 0:
-            raise ConfigError(f"keep must be >= 0 (0 keeps every checkpoint), got {self.keep}")
-        for name in ("r1", "r2", "gp"):
-            if not 0 <= getattr(self, name) < float("inf"):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.spectral_norm not in SPECTRAL_NORM:
             raise ConfigError(f"spectral_norm must be one of {', '.join(SPECTRAL_NORM)}, got "
                               f"{self.spectral_norm!r}")
-        if self.d_steps > MAX_D_STEPS:
-            raise ConfigError(f"d_steps must be at most {MAX_D_STEPS}, got {self.d_steps}")
-        if self.eval_every < 0:
-            raise ConfigError(f"eval_every must be >= 0 (0: no evaluation), got {self.eval_every}")
-        if self.eval_num < 2:
-            raise ConfigError(f"eval_num must be at least 2 fake images, got {self.eval_num}")
-        if self.eval_num_real < 0 or self.eval_num_real == 1:
+        if self.eval_num_real == 1:
             raise ConfigError(f"eval_num_real must be 0 (all) or at least 2, got {self.eval_num_real}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if not _DEVICE_RE.match(self.device):
             raise ConfigError(
                 f"device {self.device!r} is not one of auto, cpu, cuda, cuda:K, mps"
@@ -206,8 +203,14 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
         raise ConfigError(f"{name} must be {want}, got {value!r}")
 
 
-def _positive(config: Config, *names: str) -> None:
-    for name in names:
+def _check_bounds(config: Config) -> None:
+    """Every numeric field within BOUNDS, checked before torch (or the disk) sees a value."""
+    for name, (low, high) in BOUNDS.items():
         value = getattr(config, name)
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
+        if value != value or not low <= value <= high:  # value != value: NaN
+            what = "a whole number" if isinstance(value, int) else "a number"
+            raise ConfigError(f"{name} must be {what} from {low} to {high}, got {value}"[:200]
+                              + _BOUND_HINTS.get(name, ""))
+    for name in ("lr_g", "lr_d"):
+        if getattr(config, name) == 0:
+            raise ConfigError(f"{name} must be > 0, got 0")

@@ -4,6 +4,8 @@ Every expected failure (bad config, missing checkpoint, absent device, ...) rais
 subclass of GanctlError whose message is one line that says what is wrong and what to do.
 """
 
+import signal
+
 
 class GanctlError(Exception):
     """An expected failure: the CLI prints `error: <message>` and exits 1."""
@@ -24,6 +26,11 @@ class DataError(GanctlError):
     """A dataset that cannot be found or read."""
 
 
+class DataMissing(DataError):
+    """A named dataset's files are not there (a download may bring them); damaged ones are a
+    plain DataError, never a reason to download over them."""
+
+
 class CheckpointError(GanctlError):
     """A checkpoint or run directory that is missing, unreadable or not ganctl's."""
 
@@ -42,6 +49,13 @@ def lookup(registry: dict, name: str, what: str, error: type[GanctlError] = Conf
 
 class FeatureNetError(GanctlError):
     """The metrics' feature network is missing, cannot be fetched, or is not one ganctl knows."""
+
+
+# A terminal's, a user's or a batch scheduler's ways of saying stop (Slurm's --signal sends
+# SIGUSR1/2 ahead of the kill; SIGXCPU is a CPU-time limit): each ends training after a
+# checkpoint with Stopped, and outside training unwinds with exit 128 + N.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGXCPU)
 
 
 class Stopped(GanctlError):

@@ -212,35 +212,47 @@ def write_config(run_dir: Path, config: Config) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl; a line cut short by a crash is dropped."""
+    """The records of metrics.jsonl; damaged lines (see _records) are left out."""
+    return _records(run_dir)[0]
+
+
+def _records(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
+    """(records, damaged lines): a line cut short by a crash, bytes that are not UTF-8, or JSON
+    that is not an object is damaged and skipped."""
     path = run_dir / METRICS
     if not path.is_file():
-        return []
-    records = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):  # cut short by a crash, or damaged: skipped
+        return [], 0
+    records, damaged = [], 0
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
             continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            record = None
         if isinstance(record, dict):
             records.append(record)
-    return records
+        else:
+            damaged += 1
+    return records, damaged
 
 
 REPLAYED_EVENTS = frozenset({"eval"})  # made again when a run replays their step
 
 
-def trim_metrics(run_dir: Path, step: int) -> None:
+def trim_metrics(run_dir: Path, step: int) -> int:
     """Drop the records of steps after `step`: a resumed or rolled-back run replays those steps
     and logs (and evaluates) them again. Other events (rollbacks, a `ganctl eval` of a
-    checkpoint file) are history and stay."""
+    checkpoint file) are history and stay. Damaged lines go too; returns how many there were."""
     path = run_dir / METRICS
     if not path.is_file():
-        return
-    kept = [r for r in read_metrics(run_dir)
+        return 0
+    records, damaged = _records(run_dir)
+    kept = [r for r in records
             if (isinstance(r.get("step"), int) and r["step"] <= step)
             or ("event" in r and (r["event"] not in REPLAYED_EVENTS or "checkpoint" in r))]
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return damaged
 
 
 # --- checkpoints in a run ---------------------------------------------------------------------------

@@ -241,6 +241,15 @@ def _checkpoint_config(header: checkpoint.Header, overrides: dict[str, Any]) -> 
     return config
 
 
+def _check_dataset_exists(config: Config, run_dir: Path) -> None:
+    """A run's folder or zip dataset must still be where the run recorded it: a moved one (or
+    another machine's path) is named, not silently replaced by whatever is there now."""
+    if is_path(config.dataset) and not Path(config.dataset).exists():
+        raise DataError(f"the dataset of {run_dir}, {config.dataset}, does not exist (moved, or "
+                        f"another machine's path); pass where it is now: ganctl resume {run_dir} "
+                        "--dataset PATH")
+
+
 def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download: bool = True,
            allow_data_change: bool = False, deadline: float | None = None) -> RunResult:
     """Continue a run from its newest checkpoint (or the given one) up to config.steps."""
@@ -248,11 +257,13 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
     if bad:
         raise ConfigError(f"resume cannot change {bad[0]!r}; only "
                           f"{', '.join(sorted(RESUME_OVERRIDABLE))} may change")
+    overrides = normalise(overrides)
     if target is not None and rundir.is_run_dir(Path(target)) and not rundir.list_checkpoints(
             Path(target) / rundir.CKPT_DIR):
         # stopped before its first checkpoint: nothing to lose, so start it again as configured
         run_dir = Path(target)
         config = rundir.read_config(run_dir).replace(**overrides)
+        _check_dataset_exists(config, run_dir)
         log.info(f"{run_dir} has no checkpoint yet (it stopped before the first one): starting it "
                  "again from step 0")
         return train(config, run_dir, log, download, deadline, overwrite=True)
@@ -260,6 +271,7 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
     ckpt = header.path
     run_dir = rundir.run_dir_of(ckpt)
     config = _checkpoint_config(header, overrides)
+    _check_dataset_exists(config, run_dir)
 
     def check(data: ImageSet) -> None:
         _check_classes(config, data, "the run was started with")  # not even --allow-data-change
@@ -274,7 +286,10 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
 
     def restore(state: TrainState) -> None:
         load_state(state, checkpoint.load_tensors(header), log.info)
-        rundir.trim_metrics(run_dir, state.step)
+        damaged = rundir.trim_metrics(run_dir, state.step)
+        if damaged:
+            log.info(f"{run_dir / rundir.METRICS}: dropped {damaged} damaged line(s) (cut short, "
+                     "not UTF-8 or not a JSON object)")
         rundir.remove_temp_files(run_dir)
 
     with open_run(config, log, download, run_dir, check=check, restore=restore) as run:

@@ -123,7 +123,7 @@ def test_damaged_checkpoint_is_refused_by_every_command(trained_run, how, messag
     (lambda t, m: m.update({"ganctl.schema": "99"}), "newer ganctl (schema 99"),
     (lambda t, m: m.update({"ganctl.config": json.dumps({**json.loads(m["ganctl.config"]),
                                                          "g_width": 2 ** 20})}),
-     "the config's model needs"),
+     "g_width must be a whole number from 1 to 4096, got 1048576"),
 ])
 def test_hostile_checkpoints_are_refused(trained_run, workdir, change, message):
     bad = workdir / "bad.safetensors"

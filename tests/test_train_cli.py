@@ -140,7 +140,7 @@ def test_train_resume_with_a_relative_folder_dataset(workdir):
     (["--dataset", ""], 1, "dataset is empty"),
     (["--dataset", "  "], 1, "dataset is empty"),
     (["--seed", str(2**32)], 2, "--seed"),
-    (["--z-dim", "100000000"], 1, "the model does not fit in cpu memory"),
+    (["--z-dim", "100000000"], 1, "z_dim must be a whole number from 1 to 16384"),
 ])
 def test_more_bad_train_input(workdir, args, code, fragment):
     result = invoke("train", *TINY, *args, "--out", "r")

@@ -21,7 +21,7 @@ from ganctl.config import Config
 from ganctl.data import cache, shapes, sources
 from ganctl.data.batches import Batch, Batches
 from ganctl.data.decode import Skip, is_gray, open_image
-from ganctl.errors import DataError, lookup
+from ganctl.errors import DataError, DataMissing, lookup
 
 __all__ = ["Batch", "Batches", "DATASETS", "ImageSet", "load_dataset", "open_source", "preset"]
 
@@ -68,7 +68,7 @@ class ImageSet:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    open: Callable[[Path, str], sources.Source] | None  # (data dir, split) -> source
+    open: Callable[[Path, str, int], sources.Source] | None  # (data dir, split, max bytes) -> source
     download: Callable[[Path, str], None] | None = None
     splits: tuple[str, ...] = ()
     preset: dict[str, Any] = field(default_factory=dict)
@@ -113,29 +113,49 @@ def _download_svhn(root: Path, split: str) -> None:
     download_url(url, str(root), filename, md5)
 
 
+CELEBA_FILES = ("img_align_celeba.zip", "list_eval_partition.txt")  # what training reads
+CELEBA_MANUAL = ("get img_align_celeba.zip and list_eval_partition.txt by hand (the CelebA page "
+                 "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html links its Google Drive and "
+                 "Baidu folders: 'Img/img_align_celeba.zip', 'Eval/list_eval_partition.txt') into "
+                 "DIR/celeba/, so that DIR/celeba/img_align_celeba.zip and "
+                 "DIR/celeba/list_eval_partition.txt exist, then run the command again")
+
+
 def _download_celeba(root: Path, split: str) -> None:
+    """CelebA's two files from its Google Drive (torchvision's ids and md5s, through gdown),
+    into root/celeba/. Google Drive refuses large files for a day once many have fetched them."""
     import torchvision.datasets as tvd
     from torchvision.datasets.utils import download_file_from_google_drive
     folder = root / tvd.CelebA.base_folder
     for file_id, md5, filename in tvd.CelebA.file_list:
-        if filename in ("img_align_celeba.zip", "list_eval_partition.txt"):
+        if filename not in CELEBA_FILES:
+            continue
+        try:
             download_file_from_google_drive(file_id, str(folder), filename, md5)
+        except Exception as e:  # gdown's quota refusal, a network error, a bad checksum
+            text = " ".join(str(e).split())
+            quota = any(word in text.lower() for word in ("too many users", "quota",
+                                                          "cannot retrieve the public link"))
+            why = ("Google Drive refused it (CelebA's daily download quota; it usually lifts "
+                   "within a day)" if quota else f"{type(e).__name__}: {text[:200]}")
+            raise DataError(f"downloading CelebA's {filename} into {folder} failed: {why}; "
+                            + CELEBA_MANUAL.replace("DIR", str(root))) from None
 
 
 # --- the registry -------------------------------------------------------------------------------
 
-def _mnist(folder: str, classes: list[str]) -> Callable[[Path, str], sources.Source]:
-    return lambda root, split: sources.mnist_source(
+def _mnist(folder: str, classes: list[str]) -> Callable[[Path, str, int], sources.Source]:
+    return lambda root, split, _: sources.mnist_source(
         folder.lower(), [root / folder / "raw", root / folder.lower(), root], split, classes)
 
 
-def _cifar10(root: Path, split: str) -> sources.Source:
+def _cifar10(root: Path, split: str, _: int) -> sources.Source:
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     return sources.cifar_source("cifar10", root / "cifar-10-batches-py", files, "batches.meta",
                                 "labels", "label_names", split)
 
 
-def _cifar100(root: Path, split: str) -> sources.Source:
+def _cifar100(root: Path, split: str, _: int) -> sources.Source:
     return sources.cifar_source("cifar100", root / "cifar-100-python", [split], "meta",
                                 "fine_labels", "fine_label_names", split)
 
@@ -148,13 +168,11 @@ DATASETS: dict[str, DatasetSpec] = {
                 "sample_every": 250, "ckpt_every": 500},
         description="built-in coloured shapes, generated on the fly (no download)"),
     "celeba": DatasetSpec(
-        open=lambda root, split: sources.celeba_source("celeba", root / "celeba", split),
+        open=lambda root, split, max_bytes: sources.celeba_source("celeba", root / "celeba", split,
+                                                                   max_bytes),
         download=_download_celeba, splits=("train", "valid", "test", "all"),
         preset={"resolution": 64, "channels": 3, **REAL_PRESET},
-        how_to_get="downloading needs gdown (pip install 'ganctl[celeba]'), and CelebA's Google "
-                   "Drive often refuses downloads (quota): get img_align_celeba.zip and "
-                   "list_eval_partition.txt from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
-                   "into DIR/celeba/",
+        how_to_get="CelebA's Google Drive often refuses downloads (quota): " + CELEBA_MANUAL,
         description="CelebA aligned faces, center crop 178, 202,599 images"),
     "cifar10": DatasetSpec(
         open=_cifar10, download=_download_cifar("CIFAR10"), splits=("train", "test"),
@@ -179,7 +197,7 @@ DATASETS: dict[str, DatasetSpec] = {
         how_to_get="get the four *-ubyte.gz files of Fashion-MNIST into DIR/FashionMNIST/raw/",
         description="Fashion-MNIST, 28x28 grey, resized to 32"),
     "svhn": DatasetSpec(
-        open=lambda root, split: sources.svhn_source("svhn", root / f"{split}_32x32.mat", split),
+        open=lambda root, split, _: sources.svhn_source("svhn", root / f"{split}_32x32.mat", split),
         download=_download_svhn, splits=("train", "test", "extra"),
         preset={"resolution": 32, "channels": 3, **REAL_PRESET},
         how_to_get="get train_32x32.mat (test_32x32.mat, extra_32x32.mat for those splits) from "
@@ -208,12 +226,22 @@ def _spec(name: str) -> DatasetSpec:
     return lookup(DATASETS, name, "dataset", DataError)
 
 
-def _path_source(name: str) -> sources.Source:
+def _path_source(name: str, max_bytes: int) -> sources.Source:
     path = Path(name).expanduser()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise DataError(f"--dataset {name} cannot be resolved (a symlink loop?); pass the folder "
+                        "or .zip of images itself") from None
+    for what, place in (("the filesystem root", resolved.anchor),
+                        ("your home directory", os.path.expanduser("~"))):
+        if str(resolved) == os.path.realpath(place):
+            raise DataError(f"--dataset {name} is {what}, not a folder of images; pass the folder "
+                            "that holds them")
     if path.is_dir():
-        return sources.folder_source(name, path)
+        return sources.folder_source(name, path, max_bytes)
     if path.is_file() and path.suffix.lower() == ".zip":
-        return sources.zip_source(name, path)
+        return sources.zip_source(name, path, max_bytes=max_bytes)
     if path.exists():
         raise DataError(f"--dataset {name} is a file but not a .zip; pass a folder of images or a zip")
     raise DataError(f"unknown dataset {name!r}: not one of {', '.join(sorted(DATASETS))}, and no "
@@ -230,10 +258,11 @@ def default_split(name: str) -> str | None:
 
 def open_source(config: Config, download: bool = True) -> sources.Source:
     """The raw source of a non-built-in dataset, downloading a named one if it is missing."""
+    max_bytes = config.max_file_mb << 20
     if is_path(config.dataset):
         if config.split:
             raise DataError(f"--split applies to named datasets; {config.dataset} is a path")
-        return _path_source(config.dataset)
+        return _path_source(config.dataset, max_bytes)
     spec = _spec(config.dataset)
     assert spec.open is not None
     root = data_dir_of(config)
@@ -241,17 +270,20 @@ def open_source(config: Config, download: bool = True) -> sources.Source:
     if split not in spec.splits:
         raise DataError(f"{config.dataset} has no split {split!r}; choose one of {', '.join(spec.splits)}")
     try:
-        return spec.open(root, split)
-    except DataError as missing:
+        return spec.open(root, split, max_bytes)
+    except DataMissing as missing:
         if not download or spec.download is None:
             raise DataError(f"{missing}; {spec.how_to_get.replace('DIR', str(root))} "
                             "(or drop --no-download)") from None
         try:
             spec.download(root, split)
-        except Exception as e:  # network, quota, checksum, missing gdown ...
-            raise DataError(f"{missing}, and downloading it failed ({type(e).__name__}: {e}); "
+        except DataError:
+            raise  # the download's own one-line account
+        except Exception as e:  # network, checksum ...
+            text = " ".join(str(e).split())[:300]
+            raise DataError(f"{missing}, and downloading it failed ({type(e).__name__}: {text}); "
                             f"{spec.how_to_get.replace('DIR', str(root))}") from None
-        return spec.open(root, split)
+        return spec.open(root, split, max_bytes)
 
 
 def _probe_channels(source: sources.Source) -> int:
@@ -277,7 +309,7 @@ def preset(name: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
     values = values or {}
     out = dict(FOLDER_PRESET)
     if "channels" not in values:
-        out["channels"] = _probe_channels(_path_source(name))
+        out["channels"] = _probe_channels(_path_source(name, sources.DEFAULT_MAX_BYTES))
     return out
 
 

@@ -17,10 +17,13 @@ import io
 import json
 import os
 import re
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from ganctl.fsutil import atomic_write
 
 VERSION = 2  # bump when decoding (or the cache's files) change, so old caches are not reused
 CHUNK = 256  # items decoded per task
+RAW_BUDGET = 512 << 20  # bytes of encoded files the decode threads hold at once
 Progress = Callable[[int], None]  # advance by n items
 
 
@@ -70,7 +74,8 @@ def _files(base: Path) -> tuple[Path, Path, Path]:
     return meta, images, labels
 
 
-def _load(base: Path, key: str) -> Decoded | None:
+def _load(base: Path, resolution: int, channels: int) -> Decoded | None:
+    """The cache at base, or None when it is absent, damaged or not what its name promises."""
     meta_path, images_path, labels_path = _files(base)
     if not (meta_path.is_file() and images_path.is_file() and labels_path.is_file()):
         return None
@@ -78,39 +83,85 @@ def _load(base: Path, key: str) -> Decoded | None:
         meta = json.loads(meta_path.read_text())
         images = np.load(images_path, mmap_mode="r", allow_pickle=False)
         labels = np.load(labels_path, allow_pickle=False)
-    except (OSError, ValueError, json.JSONDecodeError):
+    except (OSError, ValueError, json.JSONDecodeError, UnicodeDecodeError):
         return None  # damaged: rebuild
-    if images.shape[0] != meta.get("count") or labels.shape != (images.shape[0],):
+    if not isinstance(meta, dict) or not isinstance(meta.get("content_fingerprint"), str) \
+            or not isinstance(meta.get("classes"), list):
         return None
-    if "content_fingerprint" not in meta:
+    if images.dtype != np.uint8 or images.shape[1:] != (channels, resolution, resolution) \
+            or images.shape[0] != meta.get("count") or images.shape[0] == 0:
         return None
-    return Decoded(images, labels, meta["classes"], meta["content_fingerprint"], meta, images_path)
+    if labels.dtype != np.int64 or labels.shape != (images.shape[0],):
+        return None
+    return Decoded(images, labels, [str(c) for c in meta["classes"]], meta["content_fingerprint"],
+                   meta, images_path)
 
 
-def _decode_one(source: Source, i: int, resolution: int, channels: int, crop: str) -> np.ndarray:
+class ByteBudget:
+    """Bytes the decode threads may hold at once: a read waits until it fits (one read alone
+    always fits, so a single large file cannot stall the build)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, n: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+def _decode_one(source: Source, i: int, resolution: int, channels: int, crop: str,
+                budget: ByteBudget) -> np.ndarray:
+    """One item decoded; any failure to use it (unreadable, too large, a decoder's own error,
+    out of memory) is a Skip with its reason, counted, never the end of the build."""
+    size = int(source.sizes[i]) if source.sizes is not None else 0
     try:
-        raw = source.read(i)
+        with budget.hold(size):
+            raw = source.read(i)
+            if source.encoded:
+                return decode(raw, resolution, channels, crop)  # type: ignore[arg-type]
+            return from_array(raw, resolution, channels, crop)  # type: ignore[arg-type]
+    except Skip:
+        raise
+    except MemoryError:
+        raise Skip("out of memory") from None
     except OSError:
         raise Skip("unreadable") from None
-    if source.encoded:
-        return decode(raw, resolution, channels, crop)  # type: ignore[arg-type]
-    return from_array(raw, resolution, channels, crop)  # type: ignore[arg-type]
+    except Exception as e:  # a decoder's own bug on a hostile file: that file is skipped
+        raise Skip(f"decoder error ({type(e).__name__})") from None
 
 
 def _decode_all(source: Source, resolution: int, channels: int, crop: str, workers: int
                 ) -> Iterator[list[tuple[int, np.ndarray | str]]]:
-    """Chunks of (index, array or skip reason), in source order, decoded by a thread pool."""
+    """Chunks of (index, array or skip reason), in source order, decoded by a thread pool that
+    holds at most RAW_BUDGET bytes of files and 2 x workers chunks of results at a time."""
+    budget = ByteBudget(RAW_BUDGET)
+
     def work(start: int) -> list[tuple[int, np.ndarray | str]]:
         out: list[tuple[int, np.ndarray | str]] = []
         for i in range(start, min(start + CHUNK, len(source))):
             try:
-                out.append((i, _decode_one(source, i, resolution, channels, crop)))
+                out.append((i, _decode_one(source, i, resolution, channels, crop, budget)))
             except Skip as skip:
                 out.append((i, skip.reason))
         return out
 
+    starts = iter(range(0, len(source), CHUNK))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(work, range(0, len(source), CHUNK))
+        pending = deque(pool.submit(work, start) for start in islice(starts, 2 * workers))
+        while pending:
+            chunk = pending.popleft().result()
+            for start in islice(starts, 1):
+                pending.append(pool.submit(work, start))
+            yield chunk
 
 
 def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: Path,
@@ -166,7 +217,7 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
     finally:
         tmp_raw.unlink(missing_ok=True)
         tmp_npy.unlink(missing_ok=True)
-    loaded = _load(base, key)
+    loaded = _load(base, resolution, channels)
     assert loaded is not None
     return loaded
 
@@ -198,7 +249,7 @@ def load_or_build(source: Source, resolution: int, channels: int, crop: str,
     """The cached decode of `source` at these settings, building it on first use."""
     cache_dir = cache_dir or default_cache_dir()
     key = cache_key(source, resolution, channels, crop)
-    found = _load(cache_dir / _stem(source, key), key)
+    found = _load(cache_dir / _stem(source, key), resolution, channels)
     if found is not None:
         return found
     progress = None

@@ -8,9 +8,12 @@ runs no code whatever the file holds.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
+import io
 import os
+import stat
 import struct
 import threading
 import zipfile
@@ -22,7 +25,12 @@ from pickletools import genops
 import numpy as np
 
 from ganctl.data.decode import IMAGE_EXTENSIONS, Skip
-from ganctl.errors import DataError
+from ganctl.errors import DataError, DataMissing
+
+DEFAULT_MAX_BYTES = 256 << 20  # --max-file-mb: larger image files are skipped unread
+# A whole-dataset file of torchvision's formats (an MNIST idx, a CIFAR batch, an SVHN .mat, a
+# partition list): the largest real one is SVHN's extra split, 1.3 GB.
+MAX_DATA_FILE = 4 << 30
 
 
 @dataclass
@@ -36,6 +44,7 @@ class Source:
     read: Callable[[int], bytes | np.ndarray]
     encoded: bool  # read() gives encoded bytes (True) or an HWC uint8 array (False)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) never read
+    sizes: np.ndarray | None = None  # (N,) bytes each read() will hold, when known up front
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -90,23 +99,92 @@ def _split_by_type(rel_paths: list[PurePosixPath]) -> tuple[list[PurePosixPath],
     return images, ignored
 
 
-def folder_source(name: str, root: Path) -> Source:
-    rel_paths = sorted(PurePosixPath(p.relative_to(root).as_posix())
-                       for p in root.rglob("*") if p.is_file())
-    images, ignored = _split_by_type(rel_paths)
+def read_regular(path: Path, max_bytes: int) -> bytes:
+    """A regular file's bytes, at most max_bytes of them: a FIFO, device or socket is never
+    read (opened non-blocking, then checked), a larger file is skipped without reading it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise Skip("missing") from None
+    except OSError as e:
+        raise Skip("too deep" if e.errno == errno.ENAMETOOLONG else "unreadable") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Skip("not a regular file")
+        if st.st_size > max_bytes:
+            raise Skip("too large")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)  # the file may have grown since fstat
+    except OSError:
+        raise Skip("unreadable") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise Skip("too large")
+    return data
+
+
+def walk_files(root: Path) -> tuple[list[tuple[PurePosixPath, int, int]], list[tuple[str, str]]]:
+    """Every regular file under root as (relative path, size, mtime_ns), and (path, reason) for what was
+    passed over. Iterative, so no tree is too deep for it; symlinked folders are followed once
+    each (a link back up the tree is not a loop); FIFOs, sockets and devices are never opened."""
+    files: list[tuple[PurePosixPath, int, int]] = []
+    passed: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [(root, PurePosixPath())]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue  # reached again through a symlink
+            seen.add((st.st_dev, st.st_ino))
+            entries = list(os.scandir(folder))
+        except OSError as e:
+            if rel.parts:
+                passed.append((str(rel), "too deep" if e.errno == errno.ENAMETOOLONG
+                               else "unreadable folder"))
+            continue
+        for entry in entries:
+            child = rel / entry.name
+            try:
+                if entry.is_dir():  # follows symlinks; loops end at `seen`
+                    stack.append((Path(entry.path), child))
+                elif entry.is_file():
+                    st = entry.stat()
+                    files.append((child, st.st_size, st.st_mtime_ns))
+                elif not entry.is_symlink() or os.path.exists(entry.path):
+                    passed.append((str(child), "not a regular file"))
+            except OSError:
+                passed.append((str(child), "unreadable"))
+    return sorted(files), passed
+
+
+def folder_source(name: str, root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
+    walked, passed = walk_files(root)
+    stats = {rel: (size, mtime) for rel, size, mtime in walked}
+    images, ignored = _split_by_type([rel for rel, _, _ in walked])
+    ignored += [(f, why) for f, why in passed if not _is_junk(PurePosixPath(f))]
     labels, classes = _classes(images)
     files = [root / rel for rel in images]
-    return Source(name=name, origin=str(root), fingerprint=_stat_fingerprint(files, [str(r) for r in images]),
+    sizes = np.array([stats[rel][0] for rel in images], dtype=np.int64)
+    # names, sizes and modification times: cheap, and it notices replaced or edited files
+    fingerprint = _hash([(str(rel), stats[rel]) for rel in images], max_bytes)
+    return Source(name=name, origin=str(root), fingerprint=fingerprint,
                   keys=[str(r) for r in images], labels=labels, classes=classes,
-                  read=lambda i: files[i].read_bytes(), encoded=True, ignored=ignored)
+                  read=lambda i: read_regular(files[i], max_bytes), encoded=True,
+                  ignored=ignored, sizes=np.minimum(sizes, max_bytes))
 
 
 def zip_source(name: str, path: Path, members: list[str] | None = None,
-               labels: np.ndarray | None = None) -> Source:
+               labels: np.ndarray | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{path} is not a readable zip file ({e})") from None
+        raise DataError(f"{path} is not a readable zip file ({e}); check the file or download it "
+                        "again") from None
     infos = {i.filename: i for i in archive.infolist() if not i.is_dir()}
     if members is None:
         images, ignored = _split_by_type(sorted(PurePosixPath(n) for n in infos))
@@ -120,17 +198,26 @@ def zip_source(name: str, path: Path, members: list[str] | None = None,
         info = infos.get(members[i])
         if info is None:
             raise Skip("missing")  # listed (CelebA's partition file) but not in the zip
+        if info.file_size > max_bytes:
+            raise Skip("too large")
         with lock:
             try:
-                return archive.read(info)
+                with archive.open(info) as member:
+                    data = member.read(max_bytes + 1)  # the declared size may lie
             except Exception:  # damaged, encrypted, unsupported compression: skip this member
                 raise Skip("unreadable") from None
+        if len(data) > max_bytes:
+            raise Skip("too large")
+        return data
 
     fingerprint = _hash(path.stat().st_size, [(m, infos[m].CRC, infos[m].file_size)
-                                              for m in members if m in infos])
+                                              for m in members if m in infos], max_bytes)
+    sizes = np.array([min(infos[m].file_size, max_bytes) if m in infos else 0 for m in members],
+                     dtype=np.int64)
     assert labels is not None  # given with members, or derived above
     return Source(name=name, origin=str(path), fingerprint=fingerprint, keys=members,
-                  labels=labels, classes=classes, read=read, encoded=True, ignored=ignored)
+                  labels=labels, classes=classes, read=read, encoded=True, ignored=ignored,
+                  sizes=sizes)
 
 
 # --- torchvision's formats ------------------------------------------------------------------------------
@@ -143,10 +230,25 @@ def _array_source(name: str, origin: str, files: list[Path], images: np.ndarray,
                   classes=classes, read=lambda i: images[i], encoded=False)
 
 
+def read_data_file(path: Path, gunzip: bool = False) -> bytes:
+    """A whole-dataset file (decompressed with gunzip), refused beyond MAX_DATA_FILE bytes."""
+    try:
+        raw = read_regular(path, MAX_DATA_FILE)
+        if gunzip:
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+                raw = f.read(MAX_DATA_FILE + 1)  # a gzip bomb stops here
+            if len(raw) > MAX_DATA_FILE:
+                raise Skip("too large")
+    except Skip as skip:
+        raise DataError(f"{path} is {skip.reason}, not a dataset file; delete it and download "
+                        "again") from None
+    return raw
+
+
 def read_idx(path: Path) -> np.ndarray:
     """An MNIST idx file (raw or .gz) of unsigned bytes -> ndarray."""
+    raw = read_data_file(path, gunzip=path.suffix == ".gz")
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         zero, dtype, ndim = raw[0:2], raw[2], raw[3]
         if zero != b"\x00\x00" or dtype != 0x08:
             raise ValueError("not an idx file of unsigned bytes")
@@ -198,7 +300,7 @@ def read_cifar_pickle(path: Path) -> dict[str, list]:
     key: str | None = None  # the list being read, if any
     inside = False  # between the list's opening (EMPTY_LIST / MARK) and its APPEND(S)
     try:
-        for op, arg, _ in genops(path.read_bytes()):
+        for op, arg, _ in genops(read_data_file(path)):
             name = op.name
             if key is not None and inside and name in _INT_OPS:
                 out[key].append(int(arg))  # type: ignore[arg-type]  # an int opcode's argument
@@ -257,7 +359,7 @@ def svhn_source(name: str, path: Path, split: str) -> Source:
     except ImportError:
         raise DataError("SVHN's .mat files need scipy: pip install scipy") from None
     try:
-        mat = sio.loadmat(str(path))
+        mat = sio.loadmat(io.BytesIO(read_data_file(path)))
         images = np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2))  # (32, 32, 3, N) -> (N, 32, 32, 3)
         labels = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN writes digit 0 as label 10
     except (KeyError, ValueError, OSError, TypeError) as e:
@@ -269,7 +371,7 @@ def svhn_source(name: str, path: Path, split: str) -> Source:
 CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}
 
 
-def celeba_source(name: str, folder: Path, split: str) -> Source:
+def celeba_source(name: str, folder: Path, split: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
     partition = folder / "list_eval_partition.txt"
     images_dir = folder / "img_align_celeba"
     archive = folder / "img_align_celeba.zip"
@@ -278,7 +380,7 @@ def celeba_source(name: str, folder: Path, split: str) -> Source:
                                         "list_eval_partition.txt"])
     wanted = None if split == "all" else CELEBA_SPLITS[split]
     names = []
-    text = partition.read_bytes().decode("utf-8", errors="replace")
+    text = read_data_file(partition).decode("utf-8", errors="replace")
     for number, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -292,21 +394,18 @@ def celeba_source(name: str, folder: Path, split: str) -> Source:
     if images_dir.is_dir():
         files = [images_dir / n for n in names]
         fingerprint = _hash(_stat_fingerprint([partition]), os.stat(images_dir).st_mtime_ns,
-                            _stat_fingerprint([f for f in files if f.exists()]), split)
+                            _stat_fingerprint([f for f in files if f.exists()]), split, max_bytes)
 
         def read(i: int) -> bytes:
-            try:
-                return files[i].read_bytes()
-            except FileNotFoundError:
-                raise Skip("missing") from None  # listed in the partition file, not on disk
+            return read_regular(files[i], max_bytes)  # Skip("missing"): listed, not on disk
 
         return Source(name=name, origin=str(images_dir), fingerprint=fingerprint, keys=names,
                       labels=labels, classes=[], read=read, encoded=True)
-    src = zip_source(name, archive, [f"img_align_celeba/{n}" for n in names], labels)
+    src = zip_source(name, archive, [f"img_align_celeba/{n}" for n in names], labels, max_bytes)
     src.fingerprint = _hash(src.fingerprint, _stat_fingerprint([partition]), split)
     return src
 
 
-def _missing(name: str, dirs: list[Path], files: list[str]) -> DataError:
+def _missing(name: str, dirs: list[Path], files: list[str]) -> DataMissing:
     where = " or ".join(str(d) for d in dirs)
-    return DataError(f"dataset {name!r} not found: looked in {where} for {', '.join(files)}")
+    return DataMissing(f"dataset {name!r} not found: looked in {where} for {', '.join(files)}")

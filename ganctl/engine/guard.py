@@ -15,12 +15,10 @@ from types import FrameType
 import torch
 from torch import nn
 
-from ganctl.errors import ConfigError
+from ganctl.errors import STOP_SIGNALS, ConfigError
 
 MAX_ROLLBACKS = 3  # rollbacks in one process before the run stops with exit 1
 LR_FACTOR = 0.5  # each rollback to the same checkpoint halves both learning rates again
-# a scheduler's or a terminal's ways of saying stop: each stops training after a checkpoint
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 

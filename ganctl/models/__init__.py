@@ -7,10 +7,11 @@ implementing models.base.Architecture plus one line here.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ganctl.config import Config
-from ganctl.errors import lookup
+from ganctl.errors import ConfigError, lookup
 from ganctl.models.base import Architecture
 from ganctl.models.dcgan import DCGAN
 from ganctl.models.mlp import MLP
@@ -33,6 +34,18 @@ def build_generator(config: Config) -> nn.Module:
     return get_arch(config.arch).build_generator(config)
 
 
+MAX_PARAMETERS = 2**31  # per network: ten times the largest GANs published; 8 GiB of fp32
+
+
 def check_config(config: Config) -> None:
-    """Raise ConfigError if the architecture cannot be built for this config."""
-    get_arch(config.arch).check(config)
+    """Raise ConfigError if the architecture cannot be built for this config, or would be too
+    large to build at all (counted on the meta device: nothing is allocated)."""
+    arch = get_arch(config.arch)
+    arch.check(config)
+    with torch.device("meta"):
+        G, D = arch.build_generator(config), arch.build_discriminator(config)
+    for name, net in (("G", G), ("D", D)):
+        count = sum(p.numel() for p in net.parameters())
+        if count > MAX_PARAMETERS:
+            raise ConfigError(f"{name} would have {count:,} parameters, more than ganctl builds "
+                              f"({MAX_PARAMETERS:,}); lower --g-width, --d-width or --z-dim")
