@@ -1,15 +1,19 @@
 """Kill a small training run at random moments, resume it each time, and count what was lost.
 
 Each trial starts `ganctl resume` (the first one `ganctl train`), waits a random time, then
-sends SIGKILL or SIGTERM. Checkpoint writes are slowed (tests/launch.py runs ganctl with
-GANCTL_TEST_SLOW_WRITE) so that many kills land in the middle of one. After every kill:
+sends one of SIGKILL, SIGTERM, SIGINT, SIGHUP, SIGUSR1 (the last four: a clean stop). Checkpoint
+writes are slowed (tests/launch.py runs ganctl with GANCTL_TEST_SLOW_WRITE) so that many kills
+land in the middle of one. Throughout, a reader runs `ganctl sample` and `ganctl inspect` against
+the run in a loop, as a user watching it would. After every kill:
   lost_checkpoints  +1 if the newest valid checkpoint went backwards, `latest` names a file that
                     does not verify, or any step-*.safetensors in place fails verification;
-  failed_resumes    +1 if the next resume exits other than by our own signal, or 0 at the end.
+  failed_resumes    +1 if the resume exits other than by our own signal (128 + N for the clean
+                    stops), or other than 0 at the end;
+  failed_reads      +1 for each reader command that exits other than 0.
 The run is then completed with a plain `ganctl resume`, which must exit 0.
 
     python benchmarks/fault_inject.py --trials 50
-Last line: `trials, lost_checkpoints, failed_resumes` and then their values.
+Last line: `trials, lost_checkpoints, failed_resumes, reads, failed_reads` and their values.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +39,35 @@ LAUNCH = ROOT / "tests" / "launch.py"  # ganctl with slowed checkpoint writes
 
 TRAIN = ["--batch-size", "16", "--g-width", "32", "--d-width", "32", "--ckpt-every", "5",
          "--log-every", "5", "--sample-every", "1000000", "--keep", "3", "--device", "cpu"]
-EXPECTED = {0, 128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGKILL}
+STOPS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1]  # each a clean stop
+SIGNALS = [signal.SIGKILL, *STOPS]
+
+
+def expected(sig: signal.Signals) -> set[int]:
+    """Exit codes that are not a failure: a kill, our own clean stop, or done."""
+    return {0, -signal.SIGKILL} if sig == signal.SIGKILL else {0, 128 + sig}
+
+
+class Reader(threading.Thread):
+    """`ganctl sample` and `ganctl inspect` of the run, alternately, until stopped."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        super().__init__(daemon=True)
+        self.env, self.cwd = env, cwd
+        self.reads, self.failures = 0, []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        commands = [["sample", "-n", "4", "reader.png", "--ckpt", "run", "--device", "cpu"],
+                    ["inspect", "run", "--json"]]
+        while not self.done.is_set():
+            command = commands[self.reads % 2]
+            r = subprocess.run([sys.executable, "-m", "ganctl", *command], cwd=self.cwd,
+                               env=self.env, capture_output=True, text=True, timeout=300)
+            self.reads += 1
+            if r.returncode != 0:
+                self.failures.append(f"{command[0]} rc {r.returncode}: {r.stderr.strip()[-200:]}")
+                print(f"  READ FAILED: {self.failures[-1]}", flush=True)
 
 
 def ganctl(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
@@ -69,6 +102,8 @@ def main() -> int:
     ap.add_argument("--slow-write", type=float, default=0.3, help="seconds per checkpoint write")
     args = ap.parse_args()
     rng = random.Random(args.seed)
+    # started under nohup, SIGHUP would be ignored, and ganctl keeps an ignored SIGHUP ignored
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     work = Path(tempfile.mkdtemp(prefix="ganctl-faults-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GANCTL_TEST_SLOW_WRITE": str(args.slow_write),
            "GANCTL_CACHE_DIR": str(work / "cache")}
@@ -80,17 +115,19 @@ def main() -> int:
         return 1
     lost = failed = mid_write = 0
     best = 5
+    reader = Reader({**env, "GANCTL_TEST_SLOW_WRITE": ""}, work)
+    reader.start()
     for trial in range(1, args.trials + 1):
         proc = ganctl("resume", "run", "--steps", "100000", env=env, cwd=work)
         time.sleep(rng.uniform(args.min_wait, args.max_wait))
-        sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
+        sig = rng.choice(SIGNALS)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=300)
         writing = bool(list((run_dir / "checkpoints").glob(".*.tmp-*")))
         mid_write += writing
         newest, all_ok = state_of(run_dir)
         trial_lost = newest < best or not all_ok
-        trial_failed = proc.returncode not in EXPECTED
+        trial_failed = proc.returncode not in expected(sig)
         lost += trial_lost
         failed += trial_failed
         best = max(best, newest)
@@ -98,6 +135,8 @@ def main() -> int:
               f"{'  (mid-write)' if writing else ''}"
               f"{'  LOST' if trial_lost else ''}{'  FAILED: ' + err.strip()[-200:] if trial_failed else ''}",
               flush=True)
+    reader.done.set()
+    reader.join()
     final_steps = best + 5
     done = subprocess.run([sys.executable, str(LAUNCH), "resume", "run", "--steps", str(final_steps)],
                           cwd=work, env={**env, "GANCTL_TEST_SLOW_WRITE": ""}, capture_output=True,
@@ -108,9 +147,9 @@ def main() -> int:
     else:
         print(f"final resume completed the run at step {final_steps}")
     print(f"kills that landed during a checkpoint write: {mid_write}")
-    print("trials, lost_checkpoints, failed_resumes")
-    print(f"{args.trials}, {lost}, {failed}")
-    return 0 if lost == failed == 0 else 1
+    print("trials, lost_checkpoints, failed_resumes, reads, failed_reads")
+    print(f"{args.trials}, {lost}, {failed}, {reader.reads}, {len(reader.failures)}")
+    return 0 if lost == failed == len(reader.failures) == 0 else 1
 
 
 if __name__ == "__main__":

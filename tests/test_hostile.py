@@ -17,6 +17,8 @@ from helpers import (
     invoke,
     jpeg_bytes,
     rewrite,
+    start,
+    wait_for_step,
     write_mnist,
 )
 from PIL import Image
@@ -384,3 +386,28 @@ def test_read_regular_refuses_what_is_not_a_plain_file(tmp_path):
         finally:
             monkeypatch.undo()
     assert datasets.DATASETS["celeba"].download is not None
+
+
+# --- reading a run while it is trained --------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sample_and_inspect_in_a_loop_while_a_trainer_checkpoints_and_prunes_every_step(workdir):
+    proc = start("train", "--steps", "100000", "--batch-size", "4", "--g-width", "4",
+                 "--d-width", "4", "--ckpt-every", "1", "--keep", "1", "--log-every", "1",
+                 "--sample-every", "100000", "--device", "cpu", "--out", "r", cwd=workdir)
+    failures, steps = [], set()
+    try:
+        wait_for_step(proc.stdout, 3)
+        for i in range(60):
+            command = ["sample", "-n", "1", "o.png", "--ckpt", "r", "--device", "cpu", "--json"] \
+                if i % 3 else ["inspect", "r", "--json"]
+            result = invoke(*command)
+            if result.exit_code != 0:
+                failures.append(result.output)
+            else:
+                steps.add(json.loads(result.stdout)["step"])
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=120)
+    assert failures == []
+    assert len(steps) >= 10  # the trainer really moved on (and pruned) while we read

@@ -285,6 +285,21 @@ def test_max_time_stops_with_a_checkpoint_and_exit_0(workdir):
     assert bad.exit_code == 1 and "not a duration" in bad.stderr
 
 
+@pytest.mark.slow
+def test_a_20_s_budget_trains_for_most_of_its_20_s(workdir):
+    """Checkpoints are 2,000 steps apart, far beyond the budget: it trains up to the deadline
+    less a step and a save, then checkpoints off-schedule and exits 0."""
+    t0 = time.monotonic()
+    result = invoke("train", *TINY, "--steps", "1000000", "--ckpt-every", "2000", "--log-every",
+                    "100", "--max-time", "20s", "--out", "r", "--json")
+    elapsed = time.monotonic() - t0
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["stopped"] == "max-time" and doc["step"] > 100
+    assert 16.0 <= elapsed <= 20.0, elapsed
+    assert valid_steps(workdir / "r") == [doc["step"]]
+
+
 # --- the wrapper loop (examples/train_until_done.sh) -------------------------------------------------
 
 FAKE_GANCTL = """#!/usr/bin/env bash
