@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,7 +26,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ganctl import __version__
 from ganctl.errors import CheckpointError
-from ganctl.fsutil import atomic_write
+from ganctl.fsutil import NotRegularFile, atomic_write, open_regular
 
 SCHEMA = 4  # 2: ganctl.checksum; 3: classes and d_steps in the config; 4: the model zoo's keys
 SUFFIX = ".safetensors"
@@ -182,6 +184,9 @@ class Header:
 
 
 def _open_error(path: Path, e: OSError) -> CheckpointError:
+    if isinstance(e, NotRegularFile):
+        return CheckpointError(f"{path} is not a regular file (a FIFO, socket, device or "
+                               "directory); ganctl does not read it")
     if isinstance(e, FileNotFoundError):
         return CheckpointError(f"checkpoint {path} does not exist")
     if isinstance(e, IsADirectoryError):
@@ -195,12 +200,16 @@ def read_header(path: Path) -> Header:
     """Parse only the safetensors header (8-byte length + JSON) and check it is ganctl's."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            raw = f.read(_header_length(path, head, size))
+        with open_regular(path) as f:
+            return _read_header(path, f)
     except OSError as e:
         raise _open_error(path, e) from None
+
+
+def _read_header(path: Path, f: BinaryIO) -> Header:
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    raw = f.read(_header_length(path, head, size))
     return _parse_header(path, raw, size)
 
 
@@ -225,11 +234,13 @@ def _parse_header(path: Path, raw: bytes, size: int) -> Header:
     metadata = header.pop("__metadata__", None) or {}
     _check_metadata(path, metadata)
     _check_tensor_entries(path, header)
+    _check_spans(path, header, size - 8 - len(raw))
     return Header(path, metadata, header, size, 8 + len(raw))
 
 
-_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16",
-                     "F32", "F64", "F8_E4M3", "F8_E5M2"})
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
+                "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+_DTYPES = frozenset(_DTYPE_BYTES)
 
 
 def _check_tensor_entries(path: Path, tensors: dict[str, Any]) -> None:
@@ -244,22 +255,37 @@ def _check_tensor_entries(path: Path, tensors: dict[str, Any]) -> None:
                                   "a usable checkpoint")
 
 
-def verify(header: Header) -> None:
-    """Check the data section is complete and matches the checksum in the metadata (in the
-    header's blob if it has one, else in the file)."""
-    path = header.path
-    expected = max((info["data_offsets"][1] for info in header.tensors.values()), default=0)
-    actual = header.file_size - header.data_start
-    if actual < expected:
-        raise CheckpointError(f"{path} is truncated ({actual} of {expected} data bytes); use an "
+def _check_spans(path: Path, tensors: dict[str, Any], data_size: int) -> None:
+    """Every tensor's bytes are exactly its shape times its dtype's size, the spans follow each
+    other with no gap or overlap from 0, and they end where the file does: so the file's size
+    bounds everything a model built from it can need, whatever its config claims."""
+    end = 0
+    for name, info in sorted(tensors.items(), key=lambda item: item[1]["data_offsets"]):
+        start, stop = info["data_offsets"]
+        need = math.prod(info["shape"]) * _DTYPE_BYTES[info["dtype"]]
+        if stop - start != need:
+            raise CheckpointError(f"{path} is corrupted: tensor {name[:80]!r} declares "
+                                  f"{info['dtype']} {tuple(info['shape'])} ({need} bytes) over "
+                                  f"{stop - start} bytes")
+        if start != end:
+            raise CheckpointError(f"{path} is corrupted: its tensors' bytes "
+                                  f"{'overlap' if start < end else 'have gaps'} at {start}")
+        end = stop
+    if data_size < end:
+        raise CheckpointError(f"{path} is truncated ({data_size} of {end} data bytes); use an "
                               "earlier checkpoint")
-    if actual > expected:
-        raise CheckpointError(f"{path} is corrupted ({actual - expected} bytes past its data)")
+    if data_size > end:
+        raise CheckpointError(f"{path} is corrupted ({data_size - end} bytes past its data)")
+
+
+def verify(header: Header) -> None:
+    """Check the data section matches the checksum in the metadata (in the header's blob if it
+    has one, else in the file). Its size was checked when the header was read."""
+    path = header.path
     checksum = header.metadata.get("ganctl.checksum")
     if checksum is None:
-        if int(header.metadata["ganctl.schema"]) >= 2:
-            raise CheckpointError(f"{path} is damaged: its metadata lacks ganctl.checksum")
-        return  # schema 1 files had no checksum
+        raise CheckpointError(f"{path} has no checksum (ganctl.checksum), so it cannot be "
+                              "verified; `ganctl inspect --no-verify` shows its header")
     if header.blob is not None:
         digest = hashlib.sha256(memoryview(header.blob)[header.data_start:])
     else:
@@ -291,11 +317,15 @@ def open_checkpoint(path: Path) -> Header:
     (so a file pruned or replaced meanwhile cannot matter to what is loaded from it)."""
     path = Path(path)
     try:
-        blob = path.read_bytes()
+        with open_regular(path) as f:
+            header = _read_header(path, f)  # checked against the file's size before more is read
+            f.seek(0)
+            blob = f.read(header.file_size + 1)
     except OSError as e:
         raise _open_error(path, e) from None
-    n = _header_length(path, blob[:8], len(blob))
-    header = replace(_parse_header(path, blob[8:8 + n], len(blob)), blob=blob)
+    if len(blob) != header.file_size:
+        raise CheckpointError(f"{path} changed while it was read; try again")
+    header = replace(header, blob=blob)
     verify(header)
     return header
 

@@ -6,7 +6,9 @@ the decode cache all write through here.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +27,29 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-TEMP_GLOB = ".*.tmp-*"  # what temp_path names look like: never a complete file
+class NotRegularFile(OSError):
+    """A path that is a FIFO, socket, device or directory where a file was expected."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading. Anything else raises NotRegularFile without blocking
+    (a FIFO is opened non-blocking, then checked) and without a byte read from it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """A regular file's bytes (see open_regular); with `limit`, at most limit + 1 of them, so
+    that a caller sees a file over its limit without reading all of it."""
+    with open_regular(path) as f:
+        return f.read() if limit is None else f.read(limit + 1)
 
 
 def temp_path(path: Path) -> Path:

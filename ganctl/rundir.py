@@ -17,10 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ganctl import fsutil
 from ganctl.checkpoint import SUFFIX, Header, open_checkpoint, read_header
 from ganctl.config import Config
 from ganctl.errors import CheckpointError, GanctlError, RunError
-from ganctl.fsutil import TEMP_GLOB, atomic_write
+from ganctl.fsutil import atomic_write
 
 MARKER = ".ganctl-run"  # written first in every run directory: what makes a folder a run
 CONFIG = "config.json"
@@ -33,7 +34,18 @@ BEST = "best"  # ... naming the checkpoint with the lowest FID so far (never pru
 POINTERS = (LATEST, BEST)
 LOCK = ".lock"
 _INDEX_RE = re.compile(r"^(\d+)-")
-_STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
+_STEP_RE = re.compile(r"^step-(\d{9})\.safetensors$")  # exactly what checkpoint_name writes
+# what ganctl writes in samples/ and checkpoints/ (temp files: fsutil.temp_path of those names)
+_OWN_IN = {
+    "samples": re.compile(r"^(\.step-\d{9}\.png\.tmp-\d+|step-\d{9}\.png)$"),
+    "checkpoints": re.compile(r"^\.?(step-\d{9}\.safetensors|latest|best)(\.tmp-\d+)?$"),
+}
+_TEMP_RE = re.compile(r"^\..*\.tmp-\d+$")
+TRASH = ".ganctl-removing"  # --overwrite moves the old run's files here, then deletes them
+# the keys every ganctl config.json has held since the first version: a run made before the
+# marker existed is recognised by them (and its checkpoints/), not by any config.json
+_LEGACY_KEYS = frozenset({"dataset", "resolution", "channels", "z_dim", "g_width", "d_width",
+                          "loss", "lr_g", "lr_d", "batch_size", "steps", "seed", "ckpt_every"})
 
 
 def runs_root() -> Path:
@@ -94,32 +106,40 @@ def locked(run_dir: Path) -> Iterator[None]:
 
 
 def is_run_dir(path: Path) -> bool:
-    """A folder ganctl made a run of: it holds the marker, or (runs of earlier versions) a
-    config.json that is a ganctl config. A folder with some other config.json is not a run."""
+    """A folder ganctl made a run of: it holds the marker, or (runs of versions before the
+    marker) a checkpoints/ folder beside a config.json that holds every key those versions
+    wrote and passes as a ganctl config. A folder with some other config.json is not a run."""
     if (path / MARKER).is_file():
         return True
+    if not (path / CKPT_DIR).is_dir():
+        return False
     try:
-        Config.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
+        values = json.loads(fsutil.read_regular(path / CONFIG, 1 << 20).decode("utf-8"))
+        Config.from_dict(values)
     except (OSError, ValueError, TypeError, RecursionError, GanctlError):
         return False
-    return True
+    return _LEGACY_KEYS <= values.keys()
 
 
 def _own_files(run_dir: Path) -> list[Path]:
-    """The files ganctl writes in a run directory, as they are there now."""
-    found = [run_dir / name for name in (MARKER, CONFIG, DATA_REPORT, METRICS)
-             if (run_dir / name).exists() or (run_dir / name).is_symlink()]
-    for sub, patterns in ((SAMPLES, ("step-*.png", TEMP_GLOB)),
-                          (CKPT_DIR, ("step-*.safetensors", LATEST, BEST, TEMP_GLOB))):
+    """The files ganctl writes in a run directory, as they are there now: its own names only
+    (a user's step-final.safetensors or notes in samples/ are not among them)."""
+    found = []
+    for sub, own in _OWN_IN.items():
         if (run_dir / sub).is_dir():
-            found += [p for pattern in patterns for p in (run_dir / sub).glob(pattern)]
+            found += sorted(p for p in (run_dir / sub).iterdir() if own.match(p.name))
+    # the marker last: until it goes, the folder is still a run
+    found += [run_dir / name for name in (DATA_REPORT, METRICS, CONFIG, MARKER)
+              if (run_dir / name).exists() or (run_dir / name).is_symlink()]
     return found
 
 
 def remove_run(run_dir: Path) -> list[Path]:
     """Delete what ganctl wrote in a run directory (asked for by --overwrite); other files stay.
     Everything is checked before anything is deleted: a name ganctl uses that holds a folder
-    (or a checkpoints/ that is a file) stops it with nothing removed."""
+    (or a checkpoints/ that is a file) stops it with nothing removed. The files are first moved
+    aside into one folder; if any cannot be moved (permissions, an immutable file), those moved
+    go back and nothing is lost. Only then is the folder deleted."""
     paths = _own_files(run_dir)
     odd = [p for p in paths if p.is_dir() and not p.is_symlink()] + [
         run_dir / sub for sub in (SAMPLES, CKPT_DIR)
@@ -127,14 +147,35 @@ def remove_run(run_dir: Path) -> list[Path]:
     if odd:
         raise RunError(f"cannot replace the run in {run_dir}: {odd[0]} is not what ganctl wrote "
                        "there; move it away or choose another --out")
-    for path in paths:
-        path.unlink()
+    trash = run_dir / TRASH
+    _clear_trash(trash)  # left by a removal that was killed half-way
+    _mkdir(trash, exist_ok=True)
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for i, path in enumerate(paths):
+            aside = trash / f"{i:06d}-{path.name}"
+            path.rename(aside)
+            moved.append((path, aside))
+    except OSError as e:
+        for path, aside in reversed(moved):
+            aside.rename(path)
+        _clear_trash(trash)
+        raise RunError(f"cannot remove {e.filename or run_dir} ({e.strerror}); nothing was "
+                       "deleted: fix its permissions or choose another --out") from None
+    _clear_trash(trash)
     for sub in (SAMPLES, CKPT_DIR):
         try:
             (run_dir / sub).rmdir()
         except OSError:  # absent, or holds files that are not ganctl's
             pass
     return paths
+
+
+def _clear_trash(trash: Path) -> None:
+    if trash.is_dir() and not trash.is_symlink():
+        for path in trash.iterdir():
+            path.unlink(missing_ok=True)
+        trash.rmdir()
 
 
 def abandon(run_dir: Path, made: bool) -> None:
@@ -184,9 +225,12 @@ def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) ->
 
 
 def remove_temp_files(run_dir: Path) -> None:
-    """Temp checkpoint files a killed writer left behind: never a checkpoint, only half of one."""
-    for path in (run_dir / CKPT_DIR).glob(TEMP_GLOB):
-        path.unlink(missing_ok=True)
+    """Temp files a killed writer left behind: never a checkpoint, only half of one."""
+    for sub, own in _OWN_IN.items():
+        if (run_dir / sub).is_dir():
+            for path in (run_dir / sub).iterdir():
+                if own.match(path.name) and _TEMP_RE.match(path.name):
+                    path.unlink(missing_ok=True)
 
 
 # --- the run's files ---------------------------------------------------------------------------------
@@ -265,8 +309,8 @@ def set_pointer(run_dir: Path, pointer: str, ckpt: Path) -> None:
 def pointed(run_dir: Path, pointer: str) -> Path | None:
     """The existing checkpoint `latest` or `best` names; None if absent or damaged."""
     ckpt_dir = run_dir / CKPT_DIR
-    try:
-        name = (ckpt_dir / pointer).read_bytes().decode("utf-8", errors="replace").strip()
+    try:  # a FIFO or a huge file named like the pointer is not read
+        name = fsutil.read_regular(ckpt_dir / pointer, 4096).decode("utf-8", errors="replace").strip()
     except OSError:
         return None
     return ckpt_dir / name if _STEP_RE.match(name) and (ckpt_dir / name).is_file() else None
@@ -281,7 +325,8 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Step checkpoints in `ckpt_dir`, oldest step first."""
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _STEP_RE.match(p.name))]
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
+             if (m := _STEP_RE.match(p.name)) and p.is_file()]  # a FIFO so named is skipped
     return [p for _, p in sorted(found)]
 
 

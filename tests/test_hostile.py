@@ -24,6 +24,7 @@ from helpers import (
 from PIL import Image
 
 from ganctl import data as datasets
+from ganctl import rundir
 from ganctl.config import BOUNDS, Config
 from ganctl.data import cache, sources
 from ganctl.errors import ConfigError, DataError
@@ -411,3 +412,187 @@ def test_sample_and_inspect_in_a_loop_while_a_trainer_checkpoints_and_prunes_eve
         proc.communicate(timeout=120)
     assert failures == []
     assert len(steps) >= 10  # the trainer really moved on (and pruned) while we read
+
+
+# --- nothing deleted before it is checked; only ganctl's own files --------------------------------
+
+@pytest.mark.parametrize("text", ['{}', '{"steps": 5}',
+                                  '{"batch_size": 8, "steps": 20, "g_width": 8, "d_width": 8}'])
+def test_a_users_ganctl_shaped_config_json_does_not_make_a_run(workdir, text):
+    folder = workdir / "u"
+    folder.mkdir()
+    (folder / "config.json").write_text(text)
+    (folder / "metrics.jsonl").write_text('{"mine": 1}\n')
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        assert_one_line_error(invoke("train", *TINY, "--out", folder, *extra), 1,
+                              "not an empty directory (nor a ganctl run)")
+    assert_one_line_error(invoke("resume", folder), 1, "not a ganctl run")
+    assert (folder / "config.json").read_text() == text
+    assert (folder / "metrics.jsonl").read_text() == '{"mine": 1}\n'
+
+
+def test_resume_before_the_first_checkpoint_keeps_stray_files(workdir):
+    proc = start("train", *TINY[:-4], "--steps", "100000", "--ckpt-every", "100000",
+                 "--log-every", "1", "--device", "cpu", "--out", "r", cwd=workdir)
+    wait_for_step(proc.stdout, 2)
+    proc.kill()
+    proc.communicate(timeout=60)
+    ckpts = workdir / "r" / "checkpoints"
+    for stray in (".DS_Store", ".nfs000000000001", "notes.txt"):
+        (ckpts / stray).write_text("not ganctl's")
+    result = invoke("resume", "r", "--steps", "2")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        ".DS_Store", ".nfs000000000001", "latest", "notes.txt", "step-000000002.safetensors"]
+    assert (workdir / "r" / "config.json").is_file() and (workdir / "r" / "metrics.jsonl").is_file()
+
+
+def test_overwrite_leaves_foreign_files_even_named_like_ganctls(trained_run):
+    mine = {"checkpoints/README.txt", "checkpoints/.DS_Store", "checkpoints/step-final.safetensors",
+            "checkpoints/.notes.tmp-backup", "samples/step-best.png", "samples/mine.png", "notes.txt"}
+    for rel in mine:
+        (trained_run / rel).write_text("mine")
+    result = invoke("train", *TINY, "--out", trained_run, "--overwrite")
+    assert result.exit_code == 0, result.output
+    for rel in mine:
+        assert (trained_run / rel).read_text() == "mine", rel
+    assert rundir.is_run_dir(trained_run) and rundir.list_checkpoints(trained_run / "checkpoints")
+
+
+def test_overwrite_that_cannot_remove_a_file_deletes_nothing(trained_run, monkeypatch):
+    before = sorted(str(p.relative_to(trained_run)) for p in trained_run.rglob("*"))
+    real_rename = Path.rename
+
+    def refuse_one(self, target):
+        if self.name == "step-000000004.safetensors":
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refuse_one)
+    result = invoke("train", *TINY, "--out", trained_run, "--overwrite")
+    assert_one_line_error(result, 1, "step-000000004.safetensors (Operation not permitted)",
+                          "nothing was deleted")
+    assert sorted(str(p.relative_to(trained_run)) for p in trained_run.rglob("*")) == before
+    monkeypatch.undo()
+    assert invoke("resume", trained_run, "--steps", "5").exit_code == 0
+
+
+# --- checkpoints: headers against bytes, regular files only ----------------------------------------
+
+def _forge(src: Path, dst: Path, edit) -> None:
+    """Rewrite a checkpoint's header (dict) with `edit`, keeping its data bytes."""
+    import struct
+    raw = src.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    data = raw[8 + n:]
+    data = edit(header, data) or data
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    dst.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def _checksum_again(header, data):
+    from ganctl.checkpoint import _checksum
+    header["__metadata__"]["ganctl.checksum"] = _checksum(data, header["__metadata__"])
+
+
+def _in_bounds_giant(header, data):
+    """A config of widths 3000 (within the bounds) with every tensor's shape scaled to match,
+    the offsets left alone, and the checksum recomputed: a 1 MB file that claims gigabytes."""
+    from ganctl.config import Config
+    from ganctl.models import build_models
+    meta = header["__metadata__"]
+    config = json.loads(meta["ganctl.config"])
+    config.update(g_width=3000, d_width=3000)
+    meta["ganctl.config"] = json.dumps(config)
+    import torch
+    with torch.device("meta"):
+        G, D = build_models(Config.from_dict(config))
+    for prefix, net in (("G", G), ("D", D), ("G_ema", G)):
+        for k, v in net.state_dict().items():
+            header[f"{prefix}.{k}"]["shape"] = list(v.shape)
+    _checksum_again(header, data)
+
+
+def _shared_span(header, data):
+    names = sorted(k for k in header if k != "__metadata__")
+    header[names[1]]["data_offsets"] = header[names[0]]["data_offsets"]
+
+
+def _dtype_changed(header, data):
+    name = next(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32")
+    header[name]["dtype"] = "F16"
+
+
+def _gap(header, data):
+    name = min((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    start, stop = header[name]["data_offsets"]
+    header[name]["data_offsets"] = [start + 8, stop + 8]
+
+
+def _trailing(header, data):
+    _checksum_again(header, data + b"\0" * 8)
+    return data + b"\0" * 8
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_in_bounds_giant, "declares F32"), (_shared_span, "is corrupted"),
+    (_dtype_changed, "declares F16"), (_gap, "gaps"), (_trailing, "8 bytes past its data"),
+])
+def test_headers_that_disagree_with_their_bytes_are_refused_before_anything_is_built(
+        trained_run, workdir, edit, message):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    _forge(ckpt, workdir / "f.safetensors", edit)
+    for command in (["inspect", "f.safetensors"], ["inspect", "f.safetensors", "--no-verify"],
+                    ["sample", "o.png", "--ckpt", "f.safetensors"], ["resume", "f.safetensors"],
+                    ["eval", "f.safetensors", "--num", "2"]):
+        result = invoke(*command)
+        assert_one_line_error(result, 1, message)
+
+
+def test_a_checkpoint_without_a_checksum_is_not_trusted(trained_run, workdir):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+
+    def drop(header, data):
+        del header["__metadata__"]["ganctl.checksum"]
+        header["__metadata__"]["ganctl.schema"] = "1"
+
+    _forge(ckpt, workdir / "f.safetensors", drop)
+    for command in (["inspect", "f.safetensors"], ["sample", "o.png", "--ckpt", "f.safetensors"],
+                    ["resume", "f.safetensors"]):
+        assert_one_line_error(invoke(*command), 1, "has no checksum", "--no-verify")
+    assert invoke("inspect", "f.safetensors", "--no-verify").exit_code == 0
+
+
+def test_a_huge_file_is_refused_by_its_header_not_read(trained_run):
+    ckpt = trained_run / "checkpoints" / "step-000000009.safetensors"
+    with open(ckpt, "wb") as f:
+        f.write((trained_run / "checkpoints" / "step-000000004.safetensors").read_bytes())
+        f.truncate(10 << 30)  # sparse: 10 GB of holes after a valid checkpoint's bytes
+    result = invoke("inspect", ckpt)
+    assert_one_line_error(result, 1, "bytes past its data")
+    result = invoke("sample", "o.png", "--ckpt", trained_run, "--json")  # falls back to step 4
+    assert result.exit_code == 0 and json.loads(result.stdout)["step"] == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("where", ["latest", "newest", "latest names it"])
+def test_fifos_in_checkpoints_are_never_opened(trained_run, where):
+    ckpts = trained_run / "checkpoints"
+    fifo = ckpts / ("latest" if where == "latest" else "step-000000999.safetensors")
+    if where == "latest":
+        fifo.unlink()
+    os.mkfifo(fifo)
+    if where == "latest names it":
+        (ckpts / "latest").write_text(fifo.name + "\n")
+    elif where == "newest":
+        (ckpts / "latest").unlink()
+    for command in (["inspect", trained_run, "--json"], ["inspect", "--json"],
+                    ["sample", "o.png", "--ckpt", trained_run, "--json"]):
+        result = invoke(*command)  # a hang here is the bug
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["step"] == 4
+    assert invoke("resume", trained_run, "--steps", "5").exit_code == 0
+    if where != "latest":
+        assert_one_line_error(invoke("inspect", fifo), 1, "not a regular file")

@@ -63,6 +63,7 @@ def test_printed_commands_are_shell_quoted(workdir, monkeypatch):
     monkeypatch.setattr(session, "train", real_train)
     (workdir / "my run").mkdir()
     (workdir / "my run" / "config.json").write_text(Config().to_json())
+    (workdir / "my run" / ".ganctl-run").write_text("a ganctl run\n")
     again = invoke("train", *TINY, "--out", "my run")
     assert "ganctl resume 'my run'" in again.stderr
 

@@ -24,6 +24,7 @@ from pickletools import genops
 
 import numpy as np
 
+from ganctl import fsutil
 from ganctl.data.decode import IMAGE_EXTENSIONS, Skip
 from ganctl.errors import DataError, DataMissing
 
@@ -101,26 +102,20 @@ def _split_by_type(rel_paths: list[PurePosixPath]) -> tuple[list[PurePosixPath],
 
 def read_regular(path: Path, max_bytes: int) -> bytes:
     """A regular file's bytes, at most max_bytes of them: a FIFO, device or socket is never
-    read (opened non-blocking, then checked), a larger file is skipped without reading it."""
+    read, a file larger than max_bytes is skipped without reading it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise Skip("missing") from None
-    except OSError as e:
-        raise Skip("too deep" if e.errno == errno.ENAMETOOLONG else "unreadable") from None
-    try:
-        st = os.fstat(fd)
+        st = path.stat()
         if not stat.S_ISREG(st.st_mode):
             raise Skip("not a regular file")
         if st.st_size > max_bytes:
             raise Skip("too large")
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(max_bytes + 1)  # the file may have grown since fstat
-    except OSError:
-        raise Skip("unreadable") from None
-    finally:
-        os.close(fd)
+        data = fsutil.read_regular(path, max_bytes)  # the file may have grown since
+    except FileNotFoundError:
+        raise Skip("missing") from None
+    except fsutil.NotRegularFile:
+        raise Skip("not a regular file") from None
+    except OSError as e:
+        raise Skip("too deep" if e.errno == errno.ENAMETOOLONG else "unreadable") from None
     if len(data) > max_bytes:
         raise Skip("too large")
     return data
