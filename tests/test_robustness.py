@@ -17,7 +17,9 @@ from helpers import (
     MEDIUM,
     ROOT,
     TINY,
+    assert_same_tensors,
     events,
+    final_tensors,
     invoke,
     nan_batches,
     signal_at,
@@ -29,13 +31,16 @@ from helpers import (
 from ganctl import checkpoint, rundir
 from ganctl.engine.guard import TimeBudget, parse_duration
 from ganctl.engine.state import NETWORKS
+from ganctl.errors import STOP_SIGNALS
 from ganctl.fsutil import atomic_write
 
 # --- signals ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130),
-                                          (signal.SIGHUP, 129), (signal.SIGUSR1, 138)])
-def test_a_signal_writes_a_checkpoint_and_resume_finishes(workdir, monkeypatch, signum, code):
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_a_signal_writes_a_checkpoint_and_resume_finishes_exactly(workdir, monkeypatch, signum):
+    """Every signal that ends a session (a terminal's, a user's, a scheduler's) is a clean stop:
+    exit 128 + N after a checkpoint, and the resumed run equals one never stopped."""
+    code = 128 + signum
     stop_at = random.Random(signum).randint(1, 3)
     signal_at(monkeypatch, stop_at, signum)
     result = invoke("train", *TINY, "--steps", "100", "--ckpt-every", "1000", "--out", "r")
@@ -47,6 +52,10 @@ def test_a_signal_writes_a_checkpoint_and_resume_finishes(workdir, monkeypatch, 
     result = invoke("resume", "r", "--steps", stop_at + 2, "--ckpt-every", "1000")
     assert result.exit_code == 0, result.output
     assert valid_steps(workdir / "r") == [stop_at, stop_at + 2]
+    # signal_at has sent its one signal: this run is never stopped
+    reference = invoke("train", *TINY, "--steps", stop_at + 2, "--ckpt-every", "1000", "--out", "ref")
+    assert reference.exit_code == 0, reference.output
+    assert_same_tensors(final_tensors(workdir / "r")[1], final_tensors(workdir / "ref")[1])
 
 
 def test_an_ignored_sighup_stays_ignored(workdir, monkeypatch):
