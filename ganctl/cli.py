@@ -1,7 +1,9 @@
 """The `ganctl` command line: parse, call the engine, turn errors into exit codes.
 
 Exit codes: 0 done; 1 a one-line error on stderr (traceback only with --debug); 2 a bad
-command line (Typer's usage error); 130/143 stopped by SIGINT/SIGTERM.
+command line (Typer's usage error); 128 + N stopped by signal N (SIGHUP 129, SIGINT 130,
+SIGTERM 143 ...), with a one-line message (and with --json the JSON document) wherever it lands.
+The user's output going away (a closed pipe or terminal) changes none of this.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -31,12 +34,15 @@ class _JsonErrors(typer.core.TyperGroup):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              windows_expand_args: bool = True, **extra: Any) -> Any:
+        global _OUTPUT
         argv = list(sys.argv[1:] if args is None else args)
-        _OUTPUT["json"] = "--json" in argv
+        _OUTPUT = _Command(json="--json" in argv)
         try:
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False,
                               windows_expand_args=windows_expand_args, **extra)
             code = rv if isinstance(rv, int) else 0
+        except SignalExit as e:  # a stop outside training (which checkpoints, then Stopped)
+            code = _stopped(e.signum)
         except typer._click.exceptions.ClickException as e:
             _json_error(e.format_message(), e.exit_code)
             e.show()
@@ -49,12 +55,36 @@ class _JsonErrors(typer.core.TyperGroup):
             sys.exit(code)
         return code
 
+    def invoke(self, ctx: typer._click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C under Python's own handler (the app embedded)
+            raise SignalExit(signal.SIGINT) from None
 
-_OUTPUT = {"json": False}  # whether this command line asked for --json
+
+@dataclass
+class _Command:
+    """What the command line being run asked for, and how far it got (to report a stop)."""
+
+    json: bool = False  # --json was given
+    name: str = ""  # "ganctl train", "ganctl data prepare" ... (once it accepts signals)
+    training: str = ""  # train and resume: "started" or "resumed", what the loop would do
+    log: Any = None  # their RunLog, which knows whether the loop began
+
+    def unfinished(self) -> str:
+        """What a stop came before."""
+        if self.training and not (self.log is not None and self.log.started):
+            new = "new " if self.training == "resumed" else ""
+            return f"training {self.training}; no {new}checkpoint was written"
+        return f"{self.name or 'the command'} finished"
+
+
+_OUTPUT = _Command()
+_PROCESS = {"owns_signals": False}  # run() started this process: its stop signals are ours
 
 
 def _json_error(message: str, code: int, result: dict[str, Any] | None = None) -> None:
-    if _OUTPUT["json"]:
+    if _OUTPUT.json:
         typer.echo(json.dumps({**(result or {}), "error": message, "exit_code": code}))
 
 
@@ -115,13 +145,27 @@ MaxTime = Annotated[str | None, typer.Option(
          "(exit 0) while one more step and its checkpoint still fit; `ganctl resume` continues.")]
 
 
-def _fail(message: str, code: int = 1, result: dict[str, Any] | None = None) -> None:
-    """One line on stderr (and, with --json, the error as JSON on stdout), then exit `code`."""
+def _report(message: str, code: int, result: dict[str, Any] | None = None) -> None:
+    """One line on stderr and, with --json, the error as JSON on stdout."""
     from ganctl.logging import printable
 
+    _outcome_decided()
     _json_error(message, code, result)
     print(printable(f"error: {message}" if code == 1 else message), file=sys.stderr)
+
+
+def _fail(message: str, code: int = 1, result: dict[str, Any] | None = None) -> None:
+    """One line on stderr (and, with --json, the error as JSON on stdout), then exit `code`."""
+    _report(message, code, result)
     raise typer.Exit(code)
+
+
+def _stopped(signum: int) -> int:
+    """Report a stop signal that ended the command outside training; its exit code, 128 + N."""
+    name = signal.Signals(signum).name
+    code = 128 + signum
+    _report(f"stopped by {name} before {_OUTPUT.unfinished()}", code, {"stopped": name})
+    return code
 
 
 def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
@@ -140,9 +184,6 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
             traceback.print_exc()
         where = f" ({e.filename})" if e.filename else ""
         _fail(f"{e.strerror or e}{where}; check free space and permissions")
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
     except Exception as e:  # a bug: still one line, unless asked for the traceback
         if debug:
             raise
@@ -165,8 +206,10 @@ def _console(json_mode: bool) -> Console:
 
 
 def _emit(json_mode: bool, result: dict[str, Any], human: str) -> None:
+    """The command's result: the JSON document with --json, else `human`."""
     from ganctl.logging import printable
 
+    _outcome_decided()
     if json_mode:
         typer.echo(json.dumps(result))
     else:
@@ -282,6 +325,7 @@ def train(
 
     if list_presets:
         return _list_presets(json_mode)
+    _OUTPUT.training = "started"
     flags = _config_flags(locals())
     if resume_run and overwrite:
         raise typer.BadParameter("--resume and --overwrite exclude each other", param_hint="--resume")
@@ -290,8 +334,9 @@ def train(
                                  param_hint="--resume/--overwrite")
     values = {**(_call(debug, load_config_file, config) if config else {}), **flags}
     deadline = _call(debug, session.deadline_from, max_time)
-    log = RunLog(_console(json_mode))
+    log = _OUTPUT.log = RunLog(_console(json_mode))
     if resume_run and out is not None and is_run_dir(out):
+        _OUTPUT.training = "resumed"
         result = _call(debug, session.continue_run, out, values, log, download, deadline)
     else:
         resolved = _call(debug, session.resolve_config, values)
@@ -385,8 +430,9 @@ def resume(
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir,
                        eval_every=eval_every, eval_num=eval_num, eval_num_real=eval_num_real,
                        eval_metrics=eval_metrics, inception=inception, max_file_mb=max_file_mb)
+    _OUTPUT.training = "resumed"
     deadline = _call(debug, session.deadline_from, max_time)
-    log = RunLog(_console(json_mode))
+    log = _OUTPUT.log = RunLog(_console(json_mode))
     result = _call(debug, session.resume, target, overrides, log, download, allow_data_change,
                    deadline)
     _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
@@ -450,6 +496,7 @@ def inspect(
     header = _call(debug, locate, target, _say, verify)
     path = header.path
     info = _call(debug, describe_checkpoint, header)
+    _outcome_decided()
     if json_mode:
         typer.echo(json.dumps(info))
         return
@@ -525,6 +572,7 @@ def eval_(
         overrides["split"] = ""  # another dataset: its own default split
     doc = _call(debug, evaluate_checkpoint, header, dev, names, num, num_real, overrides, inception,
                 download, RunLog(_console(json_mode)))
+    _outcome_decided()
     if json_mode:
         typer.echo(json.dumps(doc))
         return
@@ -637,27 +685,60 @@ def data_info(
     _emit(json_mode, r, "\n".join(lines))
 
 
-UNWIND_SIGNALS = tuple(s for s in STOP_SIGNALS if s != signal.SIGINT)  # SIGINT: KeyboardInterrupt
 DEFERRED = STOP_SIGNALS
 
 
+class SignalExit(SystemExit):
+    """A stop signal outside the training loop (which checkpoints first, then raises Stopped):
+    it unwinds like Ctrl-C does, so temp files are cleaned up; the command line then reports
+    it (`stopped by SIGTERM before ...`, also as JSON with --json) and exits 128 + N."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
 def _terminate(signum: int, frame: object) -> None:
-    # Outside the training loop (which checkpoints first), these signals unwind like Ctrl-C
-    # does, so temp files are cleaned up, and exit 128 + N.
-    raise SystemExit(128 + signum)
+    raise SignalExit(signum)
+
+
+def _command_name() -> str:
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    names = []
+    while ctx is not None and ctx.parent is not None:  # up to the root, whose name is the program's
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["ganctl", *reversed(names)]) if names else ""
 
 
 def _accept_signals() -> None:
     """Deliver the stop signals held back during start-up (a no-op once done)."""
+    _OUTPUT.name = _OUTPUT.name or _command_name()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED)
+
+
+def _outcome_decided() -> None:
+    """The command's outcome is being reported: a stop signal from now on is ignored, as it
+    would cut the report short or make the exit code disagree with it (the command is ending
+    anyway). Only in a process run() started: an embedding program's handlers are its own."""
+    if _PROCESS["owns_signals"]:
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
 
 
 def run() -> None:
     """Console-script entry point. Stop signals are held back until the command has imported
     the engine (torch's import can be broken by an exception raised inside it) and then act:
-    a stop before any work is an exit 128 + N, not a traceback or a swallowed signal."""
+    a stop before any work is an exit 128 + N with its message, not a traceback or a swallowed
+    signal. stdout and stderr are guarded: their reader going away only silences them."""
+    from ganctl.logging import guard_user_output
+
     signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
-    for s in UNWIND_SIGNALS:
+    guard_user_output()
+    _PROCESS["owns_signals"] = True
+    for s in STOP_SIGNALS:
         if signal.getsignal(s) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
             signal.signal(s, _terminate)
     app()

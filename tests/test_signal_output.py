@@ -1,0 +1,224 @@
+"""A stop signal is a clean stop wherever it lands: after the output went away (a closed pipe, a
+closed terminal), and during start-up (with --json, still exactly one JSON document)."""
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import LAUNCH, ROOT, invoke, valid_steps
+
+from ganctl import checkpoint, rundir
+from ganctl.cli import _terminate
+from ganctl.errors import STOP_SIGNALS
+from ganctl.logging import UserOutput
+
+# a run that goes on until it is stopped, logging every step
+ENDLESS = ["train", "--steps", "100000", "--batch-size", "4", "--g-width", "4", "--d-width", "4",
+           "--log-every", "1", "--ckpt-every", "1000", "--sample-every", "100000", "--device",
+           "cpu", "--out", "r"]
+NAMES = {s: signal.Signals(s).name for s in STOP_SIGNALS}
+
+
+def launch(*args: object, cwd: Path, **streams) -> subprocess.Popen:
+    """ganctl as a process (its console-script entry point, through tests/launch.py)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(LAUNCH), *map(str, args)], cwd=cwd, env=env,
+                            **streams)
+
+
+def stop(proc: subprocess.Popen, signum: int) -> int:
+    proc.send_signal(signum)
+    try:
+        return proc.wait(timeout=60)
+    finally:
+        proc.kill()
+
+
+def assert_stopped_cleanly(workdir: Path) -> None:
+    """A verifying checkpoint that `latest` names, and resume continues from it."""
+    latest = rundir.latest_in_run(workdir / "r")
+    assert latest is not None
+    step = checkpoint.open_checkpoint(latest).step
+    assert step >= 3 and valid_steps(workdir / "r") == [step]
+    result = invoke("resume", "r", "--steps", step + 1, "--ckpt-every", "1000")
+    assert result.exit_code == 0, result.output
+    assert valid_steps(workdir / "r") == [step, step + 1]
+
+
+# --- the output went away -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sighup_after_the_pipe_reader_exited_is_a_clean_stop(workdir):
+    """`ganctl train 2>&1 | tee log` and tee dies: progress, the stop message and the
+    interpreter's flush at exit all meet a broken pipe; still exit 129 with a checkpoint."""
+    proc = launch(*ENDLESS, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(b"step 3/"):
+            break
+    proc.stdout.close()  # the reader exits
+    time.sleep(0.5)  # a few more steps log into the closed pipe
+    assert stop(proc, signal.SIGHUP) == 129
+    assert_stopped_cleanly(workdir)
+
+
+def read_until_step(master: int, step: int, timeout: float = 60) -> None:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 1)[0]:
+            seen += os.read(master, 1 << 16)
+            if any(int(n) >= step for n in re.findall(rb"step (\d+)/", seen)):
+                return
+    raise AssertionError(f"no step {step} on the terminal: {seen[-500:]!r}")
+
+
+@pytest.mark.slow
+def test_sighup_after_the_terminal_closed_is_a_clean_stop(workdir):
+    """A dropped ssh session: the terminal's other end closes (writes now fail with EIO, also
+    those of the progress bar as it stops) and SIGHUP arrives; still exit 129 with a checkpoint."""
+    master, slave = pty.openpty()
+    try:
+        proc = launch(*ENDLESS, cwd=workdir, stdin=slave, stdout=slave, stderr=slave)
+    finally:
+        os.close(slave)
+    try:
+        read_until_step(master, 3)  # the progress bar, drawn on the terminal
+    finally:
+        os.close(master)  # the terminal goes away
+    time.sleep(0.5)  # the progress bar redraws into it
+    assert stop(proc, signal.SIGHUP) == 129
+    assert_stopped_cleanly(workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, code", [(["--steps", "2"], 0), (["--dataset", "nope"], 1)])
+def test_a_closed_stdout_changes_no_exit_code_and_prints_no_noise(workdir, args, code):
+    """stdout's reader is gone from the start: the JSON document cannot be written, and the
+    exit code is still the command's, with no 'Exception ignored ... BrokenPipeError' at exit."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = launch(*ENDLESS, *args, "--json", cwd=workdir, stdout=write_end,
+                      stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    for noise in ("Exception ignored", "BrokenPipeError", "Traceback", "Errno"):
+        assert noise not in err, err
+    if code == 0:
+        assert valid_steps(workdir / "r") == [2]
+    else:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: unknown dataset 'nope'"), err
+
+
+def test_a_failed_write_silences_the_stream_instead_of_raising():
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    out = UserOutput(write_end, "<test>")
+    try:
+        assert out.write(b"step 1\n") == 7 and out.gone  # EPIPE: no exception
+        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))  # quiet from now on
+        assert out.write(b"more") == 4 and not out.isatty()
+    finally:
+        os.close(write_end)
+
+
+# --- a stop during start-up ----------------------------------------------------------------------
+
+@pytest.fixture
+def stops_unwind():
+    """The stop signals as `ganctl` (run()) handles them outside training."""
+    previous = {s: signal.signal(s, _terminate) for s in STOP_SIGNALS}
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def signal_during(monkeypatch, target: str, signum: int) -> None:
+    """`module.function` sends this process `signum` as it starts (a stop during start-up)."""
+    module, name = target.rsplit(".", 1)
+    real = getattr(sys.modules[module], name)
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sys.modules[module], name, stopped)
+
+
+def assert_one_json_stop(result, signum: int, before: str) -> None:
+    name, code = NAMES[signum], 128 + signum
+    assert result.exit_code == code, result.output
+    message = f"stopped by {name} before {before}"
+    assert json.loads(result.stdout) == {"stopped": name, "error": message, "exit_code": code}
+    assert result.stderr == message + "\n"
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=NAMES.get)
+def test_a_stop_during_start_up_is_one_json_document(workdir, monkeypatch, stops_unwind, signum):
+    import ganctl.session  # noqa: F401  (the module whose function the signal interrupts)
+
+    signal_during(monkeypatch, "ganctl.session.resolve_config", signum)
+    result = invoke("train", "--steps", "4", "--device", "cpu", "--out", "r", "--json")
+    assert_one_json_stop(result, signum, "training started; no checkpoint was written")
+    assert not (workdir / "r").exists()
+
+
+def test_ctrl_c_under_pythons_own_handler_is_reported_the_same(workdir, monkeypatch):
+    """Embedded (no run()), Ctrl-C is a KeyboardInterrupt: the same report, exit 130."""
+    import ganctl.session
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ganctl.session, "deadline_from", interrupted)
+    result = invoke("train", "--out", "r", "--json")
+    assert_one_json_stop(result, signal.SIGINT, "training started; no checkpoint was written")
+
+
+def test_a_stop_before_other_commands_names_them(workdir, monkeypatch, stops_unwind):
+    import ganctl.metrics
+    import ganctl.session  # noqa: F401
+
+    signal_during(monkeypatch, "ganctl.metrics.parse_metrics", signal.SIGTERM)
+    assert_one_json_stop(invoke("eval", "--json"), signal.SIGTERM, "ganctl eval finished")
+    signal_during(monkeypatch, "ganctl.session.resolve_config", signal.SIGUSR1)
+    assert_one_json_stop(invoke("data", "info", "--json"), signal.SIGUSR1,
+                         "ganctl data info finished")
+
+
+def blocked(pid: int, signum: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=NAMES.get)
+def test_a_stop_during_start_up_of_a_process_is_one_json_document(workdir, signum):
+    proc = launch("train", "--steps", "4", "--device", "cpu", "--out", "r", "--json", cwd=workdir,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not blocked(proc.pid, signum) and time.monotonic() < deadline:
+        time.sleep(0.005)  # until start-up holds the stop signals back
+    time.sleep(0.3)  # somewhere in start-up (the torch import ...)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    name, code = NAMES[signum], 128 + signum
+    assert proc.returncode == code, err
+    message = f"stopped by {name} before training started; no checkpoint was written"
+    assert json.loads(out) == {"stopped": name, "error": message, "exit_code": code}
+    assert err == message + "\n"
