@@ -102,8 +102,10 @@ def main() -> int:
     ap.add_argument("--slow-write", type=float, default=0.3, help="seconds per checkpoint write")
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    # started under nohup, SIGHUP would be ignored, and ganctl keeps an ignored SIGHUP ignored
+    # Started under nohup (SIGHUP) or in the background (SIGINT), the children would inherit
+    # those signals ignored, and ganctl keeps an ignored signal ignored, as it should.
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     work = Path(tempfile.mkdtemp(prefix="ganctl-faults-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GANCTL_TEST_SLOW_WRITE": str(args.slow_write),
            "GANCTL_CACHE_DIR": str(work / "cache")}

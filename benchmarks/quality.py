@@ -54,6 +54,9 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--minutes", type=float, default=10.0, help="training time (evaluation excluded)")
     ap.add_argument("--every", type=float, default=120.0, help="seconds of training between scores")
+    ap.add_argument("--images", type=int, default=0, help="instead of --minutes: train until D has "
+                    "seen this many real images (compares models at equal data, not equal time)")
+    ap.add_argument("--every-images", type=int, default=0, help="with --images: images between scores")
     ap.add_argument("--num", type=int, default=10000, help="fakes per score (500 on a CPU)")
     ap.add_argument("--num-real", type=int, default=0, help="real images for the statistics (0: all)")
     ap.add_argument("--metrics", default="fid,kid")
@@ -83,7 +86,11 @@ def main() -> int:
     log.info(f"{config.arch} {config.resolution}px, batch {config.batch_size}, on "
              f"{config.dataset} ({len(data.images)} images), device {describe(device)}; scoring "
              f"{args.num} fakes against {evaluator.real.count} reals every {args.every:.0f} s")
-    rows = train_and_score(state, evaluator, args.minutes * 60, args.every, device, log)
+    if args.images:
+        rows = train_and_score(state, evaluator, args.images, args.every_images or args.images,
+                               device, log, by_images=True)
+    else:
+        rows = train_and_score(state, evaluator, args.minutes * 60, args.every, device, log)
     doc = {"config": config.to_dict(), "device": describe(device), "torch": torch.__version__,
            "machine": platform.processor() or platform.machine(), "num_fake": args.num,
            "num_real": evaluator.real.count, "feature_net": evaluator.net.describe(),
@@ -110,7 +117,9 @@ def held_out_floor(test: Path, config, evaluator, log: RunLog) -> dict:
 
 
 def train_and_score(state, evaluator, budget: float, every: float, device: torch.device,
-                    log: RunLog) -> list[dict]:
+                    log: RunLog, by_images: bool = False) -> list[dict]:
+    """Train, scoring every `every` seconds of training (or, by_images, real images seen) up to
+    `budget` of them."""
     phases = state.loss.phases()
     clock, next_score, rows = 0.0, every, []
     steps_per_sync = GPU_STEPS_PER_SYNC if device.type == "cuda" else 1
@@ -120,7 +129,8 @@ def train_and_score(state, evaluator, budget: float, every: float, device: torch
             train_step(state, phases)
         sync(device)
         clock += time.perf_counter() - t0
-        if clock >= next_score or clock >= budget:
+        progress = state.drawn * state.config.batch_size if by_images else clock
+        if progress >= next_score or progress >= budget:
             result = evaluator(state.G_ema, state.config)
             row = {"seconds": round(clock, 1), "step": state.step,
                    "images": state.drawn * state.config.batch_size, **result.scores,
@@ -128,7 +138,7 @@ def train_and_score(state, evaluator, budget: float, every: float, device: torch
             rows.append(row)
             log.info(f"{row['seconds']:7.0f} s  step {row['step']:7d}  {result.summary()}")
             next_score += every
-        if clock >= budget:
+        if progress >= budget:
             return rows
 
 
