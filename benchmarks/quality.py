@@ -85,7 +85,8 @@ def main() -> int:
     state = init_state(config, device, data.images, data.labels if data.classes else None)
     log.info(f"{config.arch} {config.resolution}px, batch {config.batch_size}, on "
              f"{config.dataset} ({len(data.images)} images), device {describe(device)}; scoring "
-             f"{args.num} fakes against {evaluator.real.count} reals every {args.every:.0f} s")
+             f"{args.num} fakes against {evaluator.real.count} reals every "
+             + (f"{args.every_images or args.images} images" if args.images else f"{args.every:.0f} s"))
     if args.images:
         rows = train_and_score(state, evaluator, args.images, args.every_images or args.images,
                                device, log, by_images=True)
