@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Train a run to the end whatever happens to the process: preemption (SIGTERM) or a --max-time
-# budget each leave a checkpoint, and this loop continues from it until the run is complete.
+# Train a run to the end whatever happens to the process: preemption (SIGTERM, or a scheduler's
+# SIGUSR1/SIGUSR2/SIGXCPU, a closed terminal's SIGHUP) or a --max-time budget each leave a
+# checkpoint, and this loop continues from it until the run is complete.
 # Safe to re-run after the machine itself restarted. Ctrl-C (exit 130) stops the loop.
 #   examples/train_until_done.sh CONFIG.toml RUN_DIR [extra train flags, e.g. --max-time 3h30m]
 set -u
@@ -21,7 +22,8 @@ while true; do
         exit 0
       fi
       echo "time slice over; continuing $run" >&2 ;;
-    143) echo "stopped by SIGTERM (preempted?); continuing $run" >&2 ;;
+    129|138|140|143|152)  # SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGXCPU: stopped after a checkpoint
+      echo "stopped by signal $((status - 128)) (preempted?); continuing $run" >&2 ;;
     130) echo "interrupted (Ctrl-C): stopping; run this script again to continue" >&2
          exit 130 ;;
     *) echo "ganctl failed with exit code $status; not retrying" >&2

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from ganctl import __version__
 from ganctl.errors import STOP_SIGNALS
+from ganctl.fsutil import NotRegularFile
 
 
 class _JsonErrors(typer.core.TyperGroup):
@@ -182,8 +183,14 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
     except OSError as e:  # disk full, permissions, a vanished file: say which and what to do
         if debug:
             traceback.print_exc()
+        if isinstance(e, NotRegularFile):
+            _fail(f"{e.filename} is not a regular file (a FIFO, socket or device); move it away")
         where = f" ({e.filename})" if e.filename else ""
         _fail(f"{e.strerror or e}{where}; check free space and permissions")
+    except MemoryError:  # a checkpoint, model or dataset larger than this machine's memory
+        if debug:
+            traceback.print_exc()
+        _fail("out of memory: the checkpoint, model or dataset is too large for this machine")
     except Exception as e:  # a bug: still one line, unless asked for the traceback
         if debug:
             raise

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ganctl.errors import ConfigError
+from ganctl.fsutil import NotRegularFile, read_regular
 
 # Fields that `ganctl resume` may change: run length, intervals, evaluation and where it runs.
 # Everything else is fixed by the checkpoint so the run continues as it started.
@@ -155,9 +156,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a flat TOML (or JSON) file of config keys; validates the keys, not the values."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, 1 << 20).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; check the path") from None
+    except NotRegularFile:
+        raise ConfigError(f"config file {path} is not a regular file (a FIFO?); pass a TOML "
+                          "or JSON file") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except UnicodeDecodeError:

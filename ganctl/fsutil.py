@@ -49,7 +49,34 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
     """A regular file's bytes (see open_regular); with `limit`, at most limit + 1 of them, so
     that a caller sees a file over its limit without reading all of it."""
     with open_regular(path) as f:
-        return f.read() if limit is None else f.read(limit + 1)
+        if limit is None:
+            return f.read()
+        size = os.fstat(f.fileno()).st_size
+        want = min(limit, size) + 1  # not limit + 1: that much would be reserved up front
+        data = f.read(want)
+        if len(data) == want and want <= limit:  # it grew since fstat: read on to the limit
+            data += f.read(limit + 1 - len(data))
+        return data
+
+
+def open_append(path: Path) -> BinaryIO:
+    """Open a regular file (created if absent) to append to; a FIFO or device in its place
+    raises NotRegularFile at once instead of blocking until a reader appears."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+                     | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a FIFO with no reader
+            raise NotRegularFile(errno.EINVAL, "not a regular file", str(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def temp_path(path: Path) -> Path:

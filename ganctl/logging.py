@@ -23,6 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ganctl.fsutil import open_append
+
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
@@ -239,8 +241,8 @@ class RunLog:
 
     def _append(self, record: dict[str, Any]) -> None:
         if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            with open_append(self.path) as f:  # a FIFO in its place fails, never blocks
+                f.write((json.dumps(record) + "\n").encode())
 
     def record(self, record: dict[str, Any]) -> None:
         self._append(record)

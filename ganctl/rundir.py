@@ -38,10 +38,11 @@ _STEP_RE = re.compile(r"^step-(\d{9})\.safetensors$")  # exactly what checkpoint
 # what ganctl writes in samples/ and checkpoints/ (temp files: fsutil.temp_path of those names)
 _OWN_IN = {
     "samples": re.compile(r"^(\.step-\d{9}\.png\.tmp-\d+|step-\d{9}\.png)$"),
-    "checkpoints": re.compile(r"^\.?(step-\d{9}\.safetensors|latest|best)(\.tmp-\d+)?$"),
+    "checkpoints": re.compile(r"^(\.(step-\d{9}\.safetensors|latest|best)\.tmp-\d+"
+                              r"|step-\d{9}\.safetensors|latest|best)$"),
 }
 _TEMP_RE = re.compile(r"^\..*\.tmp-\d+$")
-TRASH = ".ganctl-removing"  # --overwrite moves the old run's files here, then deletes them
+MAX_RUN_FILE = 1 << 20  # config.json and pointers are small; a larger one is not ganctl's
 # the keys every ganctl config.json has held since the first version: a run made before the
 # marker existed is recognised by them (and its checkpoints/), not by any config.json
 _LEGACY_KEYS = frozenset({"dataset", "resolution", "channels", "z_dim", "g_width", "d_width",
@@ -142,14 +143,13 @@ def remove_run(run_dir: Path) -> list[Path]:
     go back and nothing is lost. Only then is the folder deleted."""
     paths = _own_files(run_dir)
     odd = [p for p in paths if p.is_dir() and not p.is_symlink()] + [
-        run_dir / sub for sub in (SAMPLES, CKPT_DIR)
-        if (run_dir / sub).exists() and not (run_dir / sub).is_dir()]
+        run_dir / sub for sub in (SAMPLES, CKPT_DIR)  # a file, or a link to nowhere
+        if os.path.lexists(run_dir / sub) and not (run_dir / sub).is_dir()]
     if odd:
         raise RunError(f"cannot replace the run in {run_dir}: {odd[0]} is not what ganctl wrote "
                        "there; move it away or choose another --out")
-    trash = run_dir / TRASH
-    _clear_trash(trash)  # left by a removal that was killed half-way
-    _mkdir(trash, exist_ok=True)
+    trash = run_dir / f".ganctl-removing-{os.getpid()}"  # a name no one else uses
+    _mkdir(trash, exist_ok=False)
     moved: list[tuple[Path, Path]] = []
     try:
         for i, path in enumerate(paths):
@@ -239,7 +239,8 @@ def read_config(run_dir: Path) -> Config:
     """The config a run was started with (its config.json)."""
     path = run_dir / CONFIG
     try:
-        return Config.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+        text = fsutil.read_regular(path, MAX_RUN_FILE).decode("utf-8")
+        return Config.from_dict(json.loads(text), source=str(path))
     except FileNotFoundError:
         raise RunError(f"{run_dir} has no {CONFIG}; it is not a ganctl run") from None
     except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as e:
@@ -267,7 +268,12 @@ def _records(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
     if not path.is_file():
         return [], 0
     records, damaged = [], 0
-    for line in path.read_bytes().splitlines():
+    try:
+        raw = fsutil.read_regular(path)
+    except fsutil.NotRegularFile:
+        raise RunError(f"{path} is not a regular file (a FIFO?); move it away to continue the "
+                       "run") from None
+    for line in raw.splitlines():
         if not line.strip():
             continue
         try:
@@ -294,7 +300,8 @@ def trim_metrics(run_dir: Path, step: int) -> int:
     records, damaged = _records(run_dir)
     kept = [r for r in records
             if (isinstance(r.get("step"), int) and r["step"] <= step)
-            or ("event" in r and (r["event"] not in REPLAYED_EVENTS or "checkpoint" in r))]
+            or ("event" in r and (r["event"] not in REPLAYED_EVENTS or "checkpoint" in r)
+                if isinstance(r.get("event"), str) else False)]
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
     return damaged
 

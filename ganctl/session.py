@@ -270,6 +270,10 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
     header = rundir.locate(target, log.info)  # falls back past damaged checkpoints
     ckpt = header.path
     run_dir = rundir.run_dir_of(ckpt)
+    if not rundir.is_run_dir(run_dir):  # resume writes there: it must be a run of ours
+        raise CheckpointError(f"{ckpt} is not in a ganctl run ({run_dir} has no run marker); "
+                              "resume continues runs in place: copy the checkpoint into a run's "
+                              "checkpoints/ or start a new run")
     config = _checkpoint_config(header, overrides)
     _check_dataset_exists(config, run_dir)
 

@@ -596,3 +596,68 @@ def test_fifos_in_checkpoints_are_never_opened(trained_run, where):
     assert invoke("resume", trained_run, "--steps", "5").exit_code == 0
     if where != "latest":
         assert_one_line_error(invoke("inspect", fifo), 1, "not a regular file")
+
+
+# --- found by the second review ----------------------------------------------------------------------
+
+def test_resume_of_a_checkpoint_outside_a_run_writes_nothing(trained_run, workdir):
+    victim = workdir / "victim"
+    (victim / "checkpoints").mkdir(parents=True)
+    files = {"config.json": '{"mine": 1}', "metrics.jsonl": "my notes\nmore notes\n",
+             "data_report.json": "mine"}
+    for name, text in files.items():
+        (victim / name).write_text(text)
+    ckpt = victim / "checkpoints" / "step-000000004.safetensors"
+    ckpt.write_bytes((trained_run / "checkpoints" / "step-000000004.safetensors").read_bytes())
+    before = sorted(p.name for p in victim.rglob("*"))
+    assert_one_line_error(invoke("resume", ckpt, "--steps", "6"), 1, "is not in a ganctl run")
+    assert sorted(p.name for p in victim.rglob("*")) == before
+    for name, text in files.items():
+        assert (victim / name).read_text() == text
+
+
+def test_overwrite_with_a_dangling_checkpoints_link_deletes_nothing(trained_run):
+    import shutil
+    shutil.rmtree(trained_run / "checkpoints")
+    (trained_run / "checkpoints").symlink_to(trained_run / "unmounted-scratch")
+    before = sorted(p.name for p in trained_run.iterdir())
+    assert_one_line_error(invoke("train", *TINY, "--out", trained_run, "--overwrite"), 1,
+                          "is not what ganctl wrote there")
+    assert sorted(p.name for p in trained_run.iterdir()) == before
+
+
+@pytest.mark.parametrize("event", ['{"a": 1}', "[1, 2]", "null", "7"])
+def test_a_metrics_line_with_an_odd_event_does_not_block_resume(trained_run, event):
+    with open(trained_run / "metrics.jsonl", "a") as f:
+        f.write(f'{{"event": {event}}}\n')
+    assert invoke("resume", trained_run, "--steps", "5").exit_code == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_as_run_files_or_config_files_never_hang(trained_run, workdir):
+    os.mkfifo(workdir / "c.toml")
+    assert_one_line_error(invoke("train", "--config", "c.toml"), 1, "not a regular file")
+    (trained_run / "metrics.jsonl").unlink()
+    os.mkfifo(trained_run / "metrics.jsonl")
+    assert_one_line_error(invoke("resume", trained_run, "--steps", "5"), 1, "not a regular file")
+    (trained_run / "metrics.jsonl").unlink()
+    (trained_run / "config.json").unlink()
+    os.mkfifo(trained_run / "config.json")
+    for ckpt in (trained_run / "checkpoints").glob("step-*"):
+        ckpt.unlink()
+    assert_clean(invoke("resume", trained_run, "--steps", "5"))
+
+
+def test_a_huge_file_size_limit_does_not_reserve_memory(workdir):
+    image_folder(workdir / "imgs", 4)
+    assert info("--dataset", "imgs", "--max-file-mb", str(1 << 20))["count"] == 4
+
+
+def test_a_symlink_to_an_enclosing_folder_is_not_followed(workdir):
+    folder = image_folder(workdir / "imgs", 3)
+    (folder / "up").symlink_to(workdir, target_is_directory=True)
+    (folder / "root").symlink_to("/", target_is_directory=True)
+    files, passed = sources.walk_files(folder)
+    assert len(files) == 3
+    assert sorted(f for f, why in passed if why == "link to an enclosing folder") == ["root", "up"]
+    assert_one_line_error(invoke("data", "info", "--dataset", "/proc/self"), 1, "system folder")

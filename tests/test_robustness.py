@@ -312,7 +312,7 @@ def test_a_20_s_budget_trains_for_most_of_its_20_s(workdir):
 # --- the wrapper loop (examples/train_until_done.sh) -------------------------------------------------
 
 FAKE_GANCTL = """#!/usr/bin/env bash
-# train exits 143 (preempted), then 0 at the end of a time slice, then 0 with the run done;
+# train exits ${FIRST:-143} (preempted), then 0 at the end of a time slice, then 0 with the run done;
 # inspect reports the step the run has reached
 n=$(cat "$COUNT" 2>/dev/null || echo 0); echo $((n+1)) > "$COUNT"
 if [ "$1" = inspect ]; then
@@ -320,7 +320,7 @@ if [ "$1" = inspect ]; then
   echo "{\\"step\\": $step, \\"config\\": {\\"steps\\": 9}}"; exit 0
 fi
 [ -n "${EXIT:-}" ] && exit "$EXIT"
-case $n in 0) exit 143 ;; 1) exit 0 ;; *) touch "$DONE"; exit 0 ;; esac
+case $n in 0) exit "${FIRST:-143}" ;; 1) exit 0 ;; *) touch "$DONE"; exit 0 ;; esac
 """
 
 
@@ -340,10 +340,12 @@ def run_wrapper(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_wrapper_loops_until_done_and_stops_on_ctrl_c_or_errors(tmp_path):
-    done = run_wrapper(tmp_path)
-    assert done.returncode == 0 and "run complete: r" in done.stdout
-    assert done.stderr.count("stopped by SIGTERM") == 1 and done.stderr.count("time slice over") == 1
-    assert (tmp_path / "count").read_text().strip() == "5"  # train, train, inspect, train, inspect
+    for first in ("143", "138", "140", "129", "152"):  # every stop after a checkpoint goes on
+        done = run_wrapper(tmp_path, FIRST=first)
+        assert done.returncode == 0 and "run complete: r" in done.stdout
+        assert done.stderr.count(f"stopped by signal {int(first) - 128}") == 1
+        assert done.stderr.count("time slice over") == 1
+        assert (tmp_path / "count").read_text().strip() == "5"  # train, train, inspect, train, inspect
     stopped = run_wrapper(tmp_path, EXIT="130")
     assert stopped.returncode == 130 and (tmp_path / "count").read_text().strip() == "1"
     failed = run_wrapper(tmp_path, EXIT="1")

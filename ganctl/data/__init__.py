@@ -32,6 +32,7 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 REAL_PRESET = {"steps": 20000, "sample_every": 1000, "ckpt_every": 2000, "log_every": 100}
 FOLDER_PRESET = {"resolution": 64, **REAL_PRESET}
 CHANNEL_PROBE = 64  # files looked at to decide a folder's default channels
+SYSTEM_FOLDERS = frozenset({"proc", "sys", "dev"})  # kernel views, never a dataset
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,9 @@ def _path_source(name: str, max_bytes: int) -> sources.Source:
     except (OSError, RuntimeError):  # a symlink loop
         raise DataError(f"--dataset {name} cannot be resolved (a symlink loop?); pass the folder "
                         "or .zip of images itself") from None
+    if len(resolved.parts) > 1 and resolved.parts[1] in SYSTEM_FOLDERS:
+        raise DataError(f"--dataset {name} is in /{resolved.parts[1]}, a system folder, not a "
+                        "folder of images; pass the folder that holds them")
     for what, place in (("the filesystem root", resolved.anchor),
                         ("your home directory", os.path.expanduser("~"))):
         if str(resolved) == os.path.realpath(place):

@@ -121,6 +121,15 @@ def read_regular(path: Path, max_bytes: int) -> bytes:
     return data
 
 
+def _encloses(link: Path, root: Path) -> bool:
+    """Whether a symlinked folder leads to the dataset's root or above it (up to /): following
+    it would walk far more than the dataset."""
+    try:
+        return root.resolve().is_relative_to(link.resolve())
+    except (OSError, RuntimeError):
+        return True
+
+
 def walk_files(root: Path) -> tuple[list[tuple[PurePosixPath, int, int]], list[tuple[str, str]]]:
     """Every regular file under root as (relative path, size, mtime_ns), and (path, reason) for what was
     passed over. Iterative, so no tree is too deep for it; symlinked folders are followed once
@@ -146,6 +155,9 @@ def walk_files(root: Path) -> tuple[list[tuple[PurePosixPath, int, int]], list[t
             child = rel / entry.name
             try:
                 if entry.is_dir():  # follows symlinks; loops end at `seen`
+                    if entry.is_symlink() and _encloses(Path(entry.path), root):
+                        passed.append((str(child), "link to an enclosing folder"))
+                        continue
                     stack.append((Path(entry.path), child))
                 elif entry.is_file():
                     st = entry.stat()

@@ -34,7 +34,7 @@ def build_generator(config: Config) -> nn.Module:
     return get_arch(config.arch).build_generator(config)
 
 
-MAX_PARAMETERS = 2**31  # per network: ten times the largest GANs published; 8 GiB of fp32
+MAX_PARAMETERS = 2**30  # per network: beyond the largest GANs published (about 1e9); 4 GiB of fp32
 
 
 def check_config(config: Config) -> None:
