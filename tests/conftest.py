@@ -9,6 +9,7 @@ os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported; inherited by su
 os.environ["MKL_NUM_THREADS"] = "1"
 
 import shutil  # noqa: E402
+import signal  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -16,6 +17,12 @@ import torch  # noqa: E402
 from helpers import TINY, invoke  # noqa: E402
 
 torch.set_num_threads(1)
+
+# The suite sends stop signals on purpose. Started in the background or under nohup, this
+# process (and every one it starts) would inherit SIGINT or SIGHUP ignored, which ganctl rightly
+# keeps ignored: give them back their defaults here, in every worker.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def pytest_configure(config: pytest.Config) -> None:
