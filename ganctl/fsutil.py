@@ -31,31 +31,45 @@ class NotRegularFile(OSError):
     """A path that is a FIFO, socket, device or directory where a file was expected."""
 
 
-def open_regular(path: Path) -> BinaryIO:
-    """Open a regular file for reading. Anything else raises NotRegularFile without blocking
-    (a FIFO is opened non-blocking, then checked) and without a byte read from it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+class FileTooLarge(OSError):
+    """A regular file larger than the caller's limit (refused from its size, before reading)."""
+
+
+def _regular(fd: int, path: Path, mode: str) -> BinaryIO:
+    """The open descriptor `fd` as a file object if it is a regular file; else it is closed and
+    NotRegularFile raised (no byte was read from or written to it)."""
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, mode)  # type: ignore[return-value]  # binary: "rb" or "ab"
     except BaseException:
         os.close(fd)
         raise
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading. Anything else raises NotRegularFile without blocking
+    (a FIFO is opened non-blocking, then checked) and without a byte read from it."""
+    return _regular(os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)),
+                    path, "rb")
+
+
 def read_regular(path: Path, limit: int | None = None) -> bytes:
-    """A regular file's bytes (see open_regular); with `limit`, at most limit + 1 of them, so
-    that a caller sees a file over its limit without reading all of it."""
+    """A regular file's bytes (see open_regular). With `limit`, a file of more bytes raises
+    FileTooLarge: from its size before anything is read, or from a read that overran it (the
+    file grew meanwhile)."""
     with open_regular(path) as f:
         if limit is None:
             return f.read()
         size = os.fstat(f.fileno()).st_size
-        want = min(limit, size) + 1  # not limit + 1: that much would be reserved up front
-        data = f.read(want)
-        if len(data) == want and want <= limit:  # it grew since fstat: read on to the limit
+        if size > limit:
+            raise FileTooLarge(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        data = f.read(size + 1)  # not limit + 1: that much would be reserved up front
+        if len(data) > size:  # it grew since fstat: read on to the limit
             data += f.read(limit + 1 - len(data))
+        if len(data) > limit:
+            raise FileTooLarge(errno.EFBIG, f"larger than {limit} bytes", str(path))
         return data
 
 
@@ -69,14 +83,7 @@ def open_append(path: Path) -> BinaryIO:
         if e.errno == errno.ENXIO:  # a FIFO with no reader
             raise NotRegularFile(errno.EINVAL, "not a regular file", str(path)) from None
         raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "ab")
-    except BaseException:
-        os.close(fd)
-        raise
+    return _regular(fd, path, "ab")
 
 
 def temp_path(path: Path) -> Path:

@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import io
 import os
-import stat
 import struct
 import threading
 import zipfile
@@ -104,21 +103,15 @@ def read_regular(path: Path, max_bytes: int) -> bytes:
     """A regular file's bytes, at most max_bytes of them: a FIFO, device or socket is never
     read, a file larger than max_bytes is skipped without reading it."""
     try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise Skip("not a regular file")
-        if st.st_size > max_bytes:
-            raise Skip("too large")
-        data = fsutil.read_regular(path, max_bytes)  # the file may have grown since
+        return fsutil.read_regular(path, max_bytes)
     except FileNotFoundError:
         raise Skip("missing") from None
     except fsutil.NotRegularFile:
         raise Skip("not a regular file") from None
+    except fsutil.FileTooLarge:
+        raise Skip("too large") from None
     except OSError as e:
         raise Skip("too deep" if e.errno == errno.ENAMETOOLONG else "unreadable") from None
-    if len(data) > max_bytes:
-        raise Skip("too large")
-    return data
 
 
 def _encloses(link: Path, root: Path) -> bool:
