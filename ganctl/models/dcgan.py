@@ -16,7 +16,7 @@ from torch import nn
 
 from ganctl.config import Config
 from ganctl.models.base import Architecture, num_classes
-from ganctl.models.layers import ConditionalBatchNorm2d, ConditionalSequential, batch_norm
+from ganctl.models.layers import ConditionalBatchNorm2d, ConditionalSequential, batch_norm, project
 
 BASE = 4  # spatial size of G's first feature map and D's last one
 
@@ -76,13 +76,7 @@ class Discriminator(nn.Module):
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x).flatten(1)  # (B, C*4*4)
-        logits = self.fc(h).squeeze(1)  # (B,)
-        if self.embed is not None:
-            if c is None:
-                raise ValueError("a conditional discriminator needs the class labels")
-            logits = logits + (self.embed(c) * h).sum(dim=1)
-        return logits
+        return project(self.fc, self.embed, self.features(x).flatten(1), c)  # h: (B, C*4*4)
 
 
 def init_weights(module: nn.Module) -> None:

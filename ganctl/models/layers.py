@@ -49,12 +49,20 @@ class Projection(nn.Module):
         self.embed = nn.Embedding(num_classes, features) if num_classes else None
 
     def forward(self, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        logits = self.linear(h).squeeze(1)  # (B,)
-        if self.embed is not None:
-            if c is None:
-                raise ValueError("a conditional discriminator needs the class labels")
-            logits = logits + (self.embed(c) * h).sum(dim=1)
-        return logits
+        return project(self.linear, self.embed, h, c)
+
+
+def project(linear: nn.Linear, embed: nn.Embedding | None, h: torch.Tensor,
+            c: torch.Tensor | None) -> torch.Tensor:
+    """linear(h) + <embed(c), h> (the latter for a conditional D): (B, F) features -> (B,) logits.
+    For a D whose layers carry their own names (dcgan's `fc` and `embed`, kept so that its
+    checkpoints load)."""
+    logits = linear(h).squeeze(1)  # (B,)
+    if embed is not None:
+        if c is None:
+            raise ValueError("a conditional discriminator needs the class labels")
+        logits = logits + (embed(c) * h).sum(dim=1)
+    return logits
 
 
 def spectral_norm_all(net: nn.Module) -> nn.Module:
