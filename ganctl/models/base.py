@@ -7,8 +7,8 @@ Unconditional networks accept c and ignore it, so the step passes labels uncondi
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import ClassVar
+from abc import ABC
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -28,6 +28,9 @@ class Architecture(ABC):
     name: ClassVar[str]
     resolutions: ClassVar[tuple[int, ...]]
     spectral_norm_default: ClassVar[bool] = False  # what spectral_norm "auto" means here
+    # G(z_dim, resolution, channels, width, classes) and D(resolution, channels, width, classes)
+    generator: ClassVar[type[nn.Module]]
+    discriminator: ClassVar[type[nn.Module]]
 
     def check(self, config: Config) -> None:
         """Raise ConfigError if this architecture cannot be built for `config`."""
@@ -55,13 +58,21 @@ class Architecture(ABC):
             spectral_norm_all(D)
         return G, D
 
-    @abstractmethod
     def build_generator(self, config: Config) -> nn.Module:
         """G's structure (weights as torch's layers draw them; a checkpoint's are loaded)."""
+        self.check(config)
+        return self.generator(config.z_dim, config.resolution, config.channels, config.g_width,
+                              num_classes(config))
 
-    @abstractmethod
     def build_discriminator(self, config: Config) -> nn.Module:
         """D's structure."""
+        self.check(config)
+        return self.discriminator(config.resolution, config.channels, config.d_width,
+                                  num_classes(config), **self.discriminator_options(config))
+
+    def discriminator_options(self, config: Config) -> dict[str, Any]:
+        """Keyword arguments of this architecture's D beyond the common ones."""
+        return {}
 
     def init_weights(self, net: nn.Module) -> None:  # noqa: B027 (optional: torch's init)
         """The architecture's own initialisation of a freshly built network (default: torch's)."""

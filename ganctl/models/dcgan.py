@@ -10,12 +10,13 @@ torch.compile's backward in channels_last.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from ganctl.config import Config
-from ganctl.models.base import Architecture, num_classes
+from ganctl.models.base import Architecture
 from ganctl.models.layers import ConditionalBatchNorm2d, ConditionalSequential, batch_norm, project
 
 BASE = 4  # spatial size of G's first feature map and D's last one
@@ -91,6 +92,8 @@ def init_weights(module: nn.Module) -> None:
 
 class DCGAN(Architecture):
     name = "dcgan"
+    generator = Generator
+    discriminator = Discriminator
     resolutions = (32, 64, 128)
 
     def notes(self, config: Config) -> list[str]:
@@ -99,15 +102,8 @@ class DCGAN(Architecture):
                     "image, and BatchNorm mixes the images of a batch)"]
         return []
 
-    def build_generator(self, config: Config) -> Generator:
-        self.check(config)
-        return Generator(config.z_dim, config.resolution, config.channels, config.g_width,
-                         num_classes(config))
-
-    def build_discriminator(self, config: Config) -> Discriminator:
-        self.check(config)
-        return Discriminator(config.resolution, config.channels, config.d_width,
-                             num_classes(config), batchnorm=config.loss != "wgan-gp")
+    def discriminator_options(self, config: Config) -> dict[str, Any]:
+        return {"batchnorm": config.loss != "wgan-gp"}
 
     def init_weights(self, net: nn.Module) -> None:
         init_weights(net)

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganctl.config import Config
-from ganctl.models.base import Architecture, num_classes
+from ganctl.models.base import Architecture
 
 G_HIDDEN = (4, 8, 16)
 D_HIDDEN = (8, 4)
@@ -62,13 +61,7 @@ class Discriminator(nn.Module):
 
 class MLP(Architecture):
     name = "mlp"
+    generator = Generator
+    discriminator = Discriminator
     resolutions = (16, 28, 32, 64)
 
-    def build_generator(self, config: Config) -> Generator:
-        self.check(config)
-        return Generator(config.z_dim, config.resolution, config.channels, config.g_width,
-                         num_classes(config))
-
-    def build_discriminator(self, config: Config) -> Discriminator:
-        self.check(config)
-        return Discriminator(config.resolution, config.channels, config.d_width, num_classes(config))

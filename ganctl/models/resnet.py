@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganctl.config import Config
-from ganctl.models.base import Architecture, num_classes
+from ganctl.models.base import Architecture
 from ganctl.models.layers import ConditionalBatchNorm2d, Projection, batch_norm
 
 BASE = 4
@@ -116,17 +115,10 @@ def init_weights(net: nn.Module) -> None:
 
 class ResNet(Architecture):
     name = "resnet"
+    generator = Generator
+    discriminator = Discriminator
     resolutions = (32, 64, 128)
     spectral_norm_default = True
-
-    def build_generator(self, config: Config) -> Generator:
-        self.check(config)
-        return Generator(config.z_dim, config.resolution, config.channels, config.g_width,
-                         num_classes(config))
-
-    def build_discriminator(self, config: Config) -> Discriminator:
-        self.check(config)
-        return Discriminator(config.resolution, config.channels, config.d_width, num_classes(config))
 
     def init_weights(self, net: nn.Module) -> None:
         init_weights(net)
