@@ -20,6 +20,9 @@ class Preset:
 
 
 _CIFAR = {"dataset": "cifar10", "resolution": 32, "channels": 3}
+_SNGAN = {**_CIFAR, "arch": "resnet", "loss": "hinge", "spectral_norm": "on", "z_dim": 128,
+          "g_width": 32, "d_width": 64, "batch_size": 64, "lr_g": 1e-4, "lr_d": 4e-4,
+          "beta1": 0.0, "beta2": 0.9, "d_steps": 1}
 
 PRESETS: dict[str, Preset] = {
     "dcgan-celeba64": Preset(
@@ -33,14 +36,10 @@ PRESETS: dict[str, Preset] = {
          "batch_size": 64, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999}),
     "sngan-cifar10": Preset(
         "SNGAN on CIFAR-10: residual G and D, spectral norm, hinge loss, TTUR",
-        {**_CIFAR, "arch": "resnet", "loss": "hinge", "spectral_norm": "on", "z_dim": 128,
-         "g_width": 32, "d_width": 64, "batch_size": 64, "lr_g": 1e-4, "lr_d": 4e-4,
-         "beta1": 0.0, "beta2": 0.9, "d_steps": 1}),
+        _SNGAN),
     "cgan-cifar10": Preset(
         "class-conditional SNGAN on CIFAR-10: conditional BatchNorm in G, projection D",
-        {**_CIFAR, "arch": "resnet", "conditional": True, "loss": "hinge", "spectral_norm": "on",
-         "z_dim": 128, "g_width": 32, "d_width": 64, "batch_size": 64, "lr_g": 1e-4,
-         "lr_d": 4e-4, "beta1": 0.0, "beta2": 0.9, "d_steps": 1}),
+        {**_SNGAN, "conditional": True}),
     "r3-cifar10": Preset(
         "after R3GAN's recipe: residual G and D, relativistic pairing loss with R1 and R2, no "
         "spectral norm",
