@@ -115,7 +115,7 @@ def is_run_dir(path: Path) -> bool:
     if not (path / CKPT_DIR).is_dir():
         return False
     try:
-        values = json.loads(fsutil.read_regular(path / CONFIG, 1 << 20).decode("utf-8"))
+        values = json.loads(fsutil.read_regular(path / CONFIG, MAX_RUN_FILE).decode("utf-8"))
         Config.from_dict(values)
     except (OSError, ValueError, TypeError, RecursionError, GanctlError):
         return False
