@@ -1,0 +1,277 @@
+"""Everything a lent GPU machine should run, in as few calls as its 15 minutes allow.
+
+The device tool moves at most 64 MiB of working tree per call, and the CIFAR-10 training JPEGs
+(53 MB) and an fp16 Inception (44 MB) do not fit together. So the check is two calls on the same
+warm machine (it stays warm about 30 s after a call):
+
+    python benchmarks/gpu_check.py prepare          # here: fills the ignored .gpu/ folder
+    # call 1, carry [".gpu/train"]:  PYTHONPATH=. python3 benchmarks/gpu_check.py stage
+    # call 2, carry [".gpu/eval"]:   PYTHONPATH=. python3 benchmarks/gpu_check.py run
+
+`stage` copies the training zip off the working tree and builds its decode cache (CPU only).
+`run` then (1) trains a few steps of every architecture x loss x conditional combination on
+CUDA and samples from each (a smoke test for device bugs), (2) trains the quality presets side by
+side on the one GPU for the same wall time (--minutes), (3) scores each one's final checkpoint
+and the one nearest half time with FID/KID on --num fakes against all the training images, and
+prints a table. It writes $OUT/gpu_check.json and $OUT/gpu_check.tar.gz (metrics, sample grids).
+If the staged zip is gone (the machine went back between the calls), it trains and scores on
+the carried CIFAR-10 test JPEGs instead, and says so.
+
+Runs anywhere with --device cpu and tiny settings, which is how it is tested before a lease:
+    python benchmarks/gpu_check.py run --device cpu --minutes 0.3 --num 64 --num-real 64 \
+        --ckpt-every 5 --smoke-steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU = ROOT / ".gpu"
+SHARED = ROOT.parent / "shared"
+STAGE = Path(os.environ.get("GPU_CHECK_STAGE", "/tmp/gpu_check"))
+TRAIN_ZIP = "cifar10_train_jpg.zip"
+TEST_ZIP = "cifar10_test_jpg.zip"
+INCEPTION = "inception-fp16.pt"
+PRESETS = ["dcgan-cifar10", "sngan-cifar10", "r3-cifar10", "cgan-cifar10"]
+# (name, flags): every arch, every loss, the penalties, SN, DiffAugment and conditioning once
+SMOKE = [
+    ("mlp-bce-cond", ["--arch", "mlp", "--loss", "bce", "--conditional"]),
+    ("mlp-lsgan", ["--arch", "mlp", "--loss", "lsgan"]),
+    ("dcgan-wgangp", ["--arch", "dcgan", "--loss", "wgan-gp"]),
+    ("dcgan-hinge-cond-sn", ["--arch", "dcgan", "--loss", "hinge", "--conditional",
+                             "--spectral-norm"]),
+    ("dcgan-rpgan-r1r2", ["--arch", "dcgan", "--loss", "rpgan", "--r1", "0.1", "--r2", "0.1",
+                          "--r1-every", "2"]),
+    ("resnet-lsgan-diffaug", ["--arch", "resnet", "--loss", "lsgan", "--augment", "diffaug"]),
+    ("resnet-wgangp", ["--arch", "resnet", "--loss", "wgan-gp", "--d-steps", "2"]),
+    ("resnet-bce-cond-64", ["--arch", "resnet", "--loss", "bce", "--conditional",
+                            "--resolution", "64"]),
+]
+
+
+def ganctl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ganctl", *args]
+
+
+def num_real(args) -> list[str]:
+    return ["--num-real", str(args.num_real)] if args.num_real else []
+
+
+def eval_env(args) -> dict:
+    return dict(os.environ, GANCTL_INCEPTION=str(args.inception))
+
+
+def run_json(cmd: list[str], log: Path, env: dict | None = None) -> tuple[int, dict | None]:
+    with open(log, "w") as err:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
+                              env=env)
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return proc.returncode, None
+
+
+def prepare() -> int:
+    """Here, before a lease: the fp16 Inception and the CIFAR-10 zips under the ignored .gpu/."""
+    import torch
+    for sub in ("train", "eval"):
+        (GPU / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy(SHARED / "data" / "cifar10" / TRAIN_ZIP, GPU / "train" / TRAIN_ZIP)
+    shutil.copy(SHARED / "data" / "cifar10" / TEST_ZIP, GPU / "eval" / TEST_ZIP)
+    net = torch.jit.load(str(SHARED / "models" / "inception-2015-12-05.pt"), map_location="cpu")
+    torch.jit.save(net.half(), str(GPU / "eval" / INCEPTION))
+    for sub in ("train", "eval"):
+        size = sum(p.stat().st_size for p in (GPU / sub).iterdir()) / 2**20
+        print(f".gpu/{sub}: {size:.1f} MiB")
+    return 0
+
+
+def stage() -> int:
+    """Call 1 on the device: keep the training zip off the tree and decode it once."""
+    STAGE.mkdir(parents=True, exist_ok=True)
+    shutil.copy(GPU / "train" / TRAIN_ZIP, STAGE / TRAIN_ZIP)
+    t = time.monotonic()
+    rc, doc = run_json(ganctl("train", "--dataset", str(STAGE / TRAIN_ZIP), "--resolution", "32",
+                              "--steps", "1", "--device", "cpu", "--out", str(STAGE / "warm"),
+                              "--overwrite", "--json"), STAGE / "warm.log")
+    print(f"staged {STAGE / TRAIN_ZIP}, decode cache built in {time.monotonic() - t:.0f} s (rc {rc})")
+    return rc
+
+
+def smoke(args, data: str, work: Path) -> list[dict]:
+    procs = []
+    for name, flags in SMOKE:
+        out = work / "smoke" / name
+        cmd = ganctl("train", "--dataset", data, "--resolution", "32", "--steps",
+                     str(args.smoke_steps), "--batch-size", "16", "--g-width", "16",
+                     "--d-width", "16", "--device", args.device, "--out", str(out), "--json",
+                     *flags)
+        log = open(work / f"smoke-{name}.log", "w")
+        procs.append((name, out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
+                                                  text=True, cwd=ROOT), log))
+    for *_, proc, log in procs:
+        proc.wait()
+        log.close()
+    # the real statistics of the training set, computed once while the samples are drawn
+    stats = subprocess.Popen(ganctl("eval", str(work / "smoke" / SMOKE[0][0]), "--num", "2",
+                                    "--dataset", data, "--device", args.device, "--no-download",
+                                    *num_real(args)),
+                             stdout=subprocess.DEVNULL, stderr=open(work / "stats.log", "w"),
+                             cwd=ROOT, env=eval_env(args))
+    rows = []
+    for name, out, proc, _ in procs:
+        row = {"name": name, "train_rc": proc.returncode}
+        try:
+            row["loss_D"] = json.loads(proc.stdout.read())["metrics"]["loss_D"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            row["loss_D"] = None
+        rc, _ = run_json(ganctl("sample", "--ckpt", str(out), "-n", "16", str(work / f"smoke-{name}.png"),
+                                "--device", args.device, "--json"),
+                         work / f"smoke-{name}-sample.log")
+        row["sample_rc"] = rc
+        rows.append(row)
+        print(f"smoke {name}: train rc {row['train_rc']}, loss_D {row['loss_D']}, sample rc {rc}",
+              flush=True)
+    print(f"real statistics: rc {stats.wait()}", flush=True)
+    return rows
+
+
+def quality(args, data: str, work: Path) -> dict[str, dict]:
+    """The presets side by side for the same wall time; returns each run's final document."""
+    procs = {}
+    for preset in args.presets:
+        out = work / "q" / preset
+        cmd = ganctl("train", "--preset", preset, "--dataset", data, "--steps", "10000000",
+                     "--max-time", f"{int(args.minutes * 60)}s", "--ckpt-every",
+                     str(args.ckpt_every), "--sample-every", str(args.ckpt_every), "--keep", "0",
+                     "--log-every", "10", "--device", args.device, "--out", str(out), "--json")
+        log = open(work / f"train-{preset}.log", "w")
+        procs[preset] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                          cwd=ROOT), log)
+    docs = {}
+    for preset, (proc, log) in procs.items():
+        stdout, _ = proc.communicate()
+        log.close()
+        try:
+            docs[preset] = json.loads(stdout)
+        except json.JSONDecodeError:
+            docs[preset] = {"error": f"rc {proc.returncode}, see train-{preset}.log"}
+        print(f"trained {preset}: rc {proc.returncode} step {docs[preset].get('step')}",
+              flush=True)
+    return docs
+
+
+def checkpoints_to_score(run: Path) -> list[tuple[float, Path]]:
+    """(training seconds, checkpoint) for the final checkpoint and the one nearest half time."""
+    metrics = run / "metrics.jsonl"
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+    times = {x["step"]: x["time"] for x in lines if "time" in x and "step" in x}
+    ckpts = sorted((run / "checkpoints").glob("step-*.safetensors"))
+    if not ckpts or not times:
+        return [(0.0, c) for c in ckpts[-1:]]
+    start = min(times.values())  # the first log line: start-up and data loading left out
+
+    def seconds(ck: Path) -> float:
+        step = int(ck.stem.split("-")[1])
+        near = min(times, key=lambda s: abs(s - step))
+        return times[near] - start
+
+    final = ckpts[-1]
+    half = seconds(final) / 2
+    mid = min(ckpts[:-1], key=lambda c: abs(seconds(c) - half)) if len(ckpts) > 1 else None
+    return [(seconds(c), c) for c in ([mid] if mid else []) + [final]]
+
+
+def score(args, data: str, work: Path, runs: list[str]) -> list[dict]:
+    rows = []
+    env = eval_env(args)
+    for preset in runs:
+        for secs, ck in checkpoints_to_score(work / "q" / preset):
+            rc, doc = run_json(ganctl("eval", str(ck), "--num", str(args.num), "--dataset", data,
+                                      "--device", args.device, "--no-download", "--json",
+                                      *num_real(args)),
+                               work / f"eval-{preset}-{ck.stem}.log", env)
+            row = {"preset": preset, "checkpoint": ck.name, "seconds": round(secs, 1), "rc": rc}
+            if doc:
+                row.update({k: doc["metrics"].get(k) for k in ("fid", "kid", "kid_std")})
+                row["step"] = doc.get("step")
+                row["eval_seconds"] = doc.get("seconds")
+            rows.append(row)
+            print(f"scored {preset} {ck.name} at {secs:.0f} s: {row.get('fid')}", flush=True)
+    return rows
+
+
+def run(args) -> int:
+    import torch
+    work = STAGE / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    staged = STAGE / TRAIN_ZIP
+    data = str(staged) if staged.exists() else str(GPU / "eval" / TEST_ZIP)
+    doc: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                 "torch": torch.__version__, "data": Path(data).name,
+                 "staged": staged.exists(), "minutes": args.minutes, "num": args.num}
+    print(json.dumps(doc), flush=True)
+    t = time.monotonic()
+    doc["smoke"] = smoke(args, data, work) if args.smoke_steps else []
+    doc["smoke_seconds"] = round(time.monotonic() - t, 1)
+    out = Path(os.environ.get("OUT", work))
+    (out / "gpu_check.json").write_text(json.dumps(doc, indent=1))  # what is done, if cut off
+    docs = quality(args, data, work)
+    doc["runs"] = {p: {k: d.get(k) for k in ("step", "seconds", "metrics", "stopped", "error")}
+                   for p, d in docs.items()}
+    (out / "gpu_check.json").write_text(json.dumps(doc, indent=1))
+    doc["scores"] = score(args, data, work, [p for p in docs if "error" not in docs[p]])
+    (out / "gpu_check.json").write_text(json.dumps(doc, indent=1))
+    with tarfile.open(out / "gpu_check.tar.gz", "w:gz") as tar:
+        for p in sorted(work.rglob("*")):
+            if p.suffix in (".log", ".jsonl", ".json") or (p.suffix == ".png" and (
+                    "smoke-" in p.name or p.parent.name == "samples")):
+                tar.add(p, arcname=str(p.relative_to(work)))
+    print_table(doc)
+    return 0 if all(r["train_rc"] == 0 and r["sample_rc"] == 0 for r in doc["smoke"]) else 1
+
+
+def print_table(doc: dict) -> None:
+    print(f"\n{doc['device']}, torch {doc['torch']}, data {doc['data']}, "
+          f"{doc['minutes']} min each, side by side")
+    print("| preset | steps | img/s (shared GPU) | checkpoint | train s | FID | KID |")
+    print("|---|---|---|---|---|---|---|")
+    for r in doc["scores"]:
+        run = doc["runs"][r["preset"]]
+        ips = (run.get("metrics") or {}).get("img_per_s")
+        kid = f"{r['kid']:.4f}" if isinstance(r.get("kid"), float) else r.get("kid")
+        fid = f"{r['fid']:.2f}" if isinstance(r.get("fid"), float) else r.get("fid")
+        print(f"| {r['preset']} | {run.get('step')} | {ips} | {r['checkpoint']} | {r['seconds']} "
+              f"| {fid} | {kid} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("what", choices=["prepare", "stage", "run"])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--minutes", type=float, default=5.0, help="wall time of each preset's run")
+    ap.add_argument("--ckpt-every", type=int, default=1000)
+    ap.add_argument("--num", type=int, default=10000, help="fakes per score")
+    ap.add_argument("--num-real", type=int, default=0, help="real images for the statistics "
+                    "(0: all)")
+    ap.add_argument("--smoke-steps", type=int, default=4, help="0 skips the smoke test")
+    ap.add_argument("--presets", default=",".join(PRESETS))
+    ap.add_argument("--inception", type=Path, default=GPU / "eval" / INCEPTION)
+    args = ap.parse_args()
+    args.presets = [p for p in args.presets.split(",") if p]
+    return {"prepare": prepare, "stage": stage, "run": lambda: run(args)}[args.what]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
