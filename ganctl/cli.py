@@ -126,8 +126,8 @@ Download = Annotated[bool, typer.Option("--download/--no-download",
 Crop = Annotated[str | None, typer.Option(help="Non-square images: center (crop) or none (pad).")]
 MaxFileMb = Annotated[int | None, typer.Option(
     help="Image files larger than this many MB are skipped as 'too large', unread (256).")]
-Resolution = Annotated[int | None, typer.Option(help="Image size: 32, 64 or 128 (default: from "
-                                                "the dataset).")]
+Resolution = Annotated[int | None, typer.Option(help="Image size: 32, 64 or 128; mlp 16, 28, 32 "
+                                                "or 64 (default: from the dataset).")]
 Channels = Annotated[int | None, typer.Option(help="1 or 3 (default: from the dataset).")]
 EvalEvery = Annotated[int | None, typer.Option(
     min=0, help="Score G_ema every N steps (also a checkpoint step; 0: never) and keep "
@@ -277,7 +277,7 @@ def train(
     gp: Annotated[float | None, typer.Option(min=0.0, help="WGAN-GP penalty weight (10).")] = None,
     augment: Annotated[str | None, typer.Option(
         help="DiffAugment of everything D sees: diffaug, or diffaug:translation,color,cutout "
-        "(default: none).")] = None,
+        "(default: none; none turns a preset's off).")] = None,
     resolution: Resolution = None,
     channels: Channels = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step.")] = None,
@@ -347,6 +347,8 @@ def train(
         result = _call(debug, session.continue_run, out, values, log, download, deadline)
     else:
         resolved = _call(debug, session.resolve_config, values)
+        for note in session.option_notes(values, resolved):
+            log.info(note)
         result = _call(debug, session.train, resolved, out, log, download, deadline, overwrite)
     _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
 
@@ -368,9 +370,15 @@ def _list_presets(json_mode: bool) -> None:
         typer.echo(json.dumps({name: {"description": p.description, "settings": p.settings}
                                for name, p in PRESETS.items()}))
         return
+    from ganctl.data import FOLDER_PRESET, preset
+
     for name, p in PRESETS.items():
         settings = " ".join(f"{k}={v}" for k, v in p.settings.items())
-        typer.echo(f"{name}\n  {p.description}\n  {settings}")
+        data = p.settings.get("dataset")
+        steps = p.settings.get("steps") or (preset(data) if data else FOLDER_PRESET)["steps"]
+        length = (f"{steps:,} steps ({'its dataset' if data else 'a folder'}'s default; "
+                  "--steps changes it)")
+        typer.echo(f"{name}\n  {p.description}\n  {settings}\n  {length}")
 
 
 def train_values(args: list[str]) -> dict[str, Any]:
@@ -481,6 +489,18 @@ def sample(
 
 # --- inspect --------------------------------------------------------------------------------------------
 
+SHOWN_CLASSES = 20  # class names inspect prints before "... (N classes)"
+
+
+def _shown(key: str, value: Any) -> Any:
+    """A config value as inspect's table shows it: a long class list cut short."""
+    if value == "":
+        return "(none)" if key in ("augment", "preset") else "(default)"
+    if key == "classes" and isinstance(value, (list, tuple)) and len(value) > SHOWN_CLASSES:
+        return ", ".join(map(str, value[:SHOWN_CLASSES])) + f" ... ({len(value)} classes)"
+    return value
+
+
 @app.command()
 def inspect(
     target: Annotated[str | None, typer.Argument(
@@ -516,7 +536,7 @@ def inspect(
             ("step", info["step"]), ("created", info["created"]),
             ("file size", f"{info['file_size'] / 1e6:.2f} MB"),
             ("params", f"G {info['params']['G']:,}  D {info['params']['D']:,}"),
-            *((k, v if v != "" else "(default)") for k, v in info["config"].items()),
+            *((k, _shown(k, v)) for k, v in info["config"].items()),
             *((f"last {k}", v) for k, v in (info["metrics"] or {}).items()
               if k not in ("step", "time"))]
     if (scored := info["eval"]) and isinstance(scored.get("fid"), (int, float)):

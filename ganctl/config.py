@@ -207,14 +207,21 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
         raise ConfigError(f"{name} must be {want}, got {value!r}")
 
 
+ABOVE_LOW = ("lr_g", "lr_d")  # their lower bound itself is not allowed
+MAX_CLASSES = 100_000  # class names a config may hold (ImageNet-21k has 21,841)
+MAX_CLASS_NAME = 1000
+
+
 def _check_bounds(config: Config) -> None:
     """Every numeric field within BOUNDS, checked before torch (or the disk) sees a value."""
     for name, (low, high) in BOUNDS.items():
         value = getattr(config, name)
-        if value != value or not low <= value <= high:  # value != value: NaN
+        above = name in ABOVE_LOW
+        if value != value or not low <= value <= high or (above and value == low):  # NaN != NaN
             what = "a whole number" if isinstance(value, int) else "a number"
-            raise ConfigError(f"{name} must be {what} from {low} to {high}, got {value}"[:200]
+            span = f"above {low} and at most {high}" if above else f"from {low} to {high}"
+            raise ConfigError(f"{name} must be {what} {span}, got {value}"[:200]
                               + _BOUND_HINTS.get(name, ""))
-    for name in ("lr_g", "lr_d"):
-        if getattr(config, name) == 0:
-            raise ConfigError(f"{name} must be > 0, got 0")
+    if len(config.classes) > MAX_CLASSES or any(len(c) > MAX_CLASS_NAME for c in config.classes):
+        raise ConfigError(f"classes: at most {MAX_CLASSES} class names of at most "
+                          f"{MAX_CLASS_NAME} characters each, got {len(config.classes)}")

@@ -8,17 +8,15 @@ from typing import Any
 import torch
 
 from ganctl import checkpoint, rundir
-from ganctl.config import Config
-from ganctl.errors import CheckpointError, ConfigError
+from ganctl.errors import CheckpointError
 from ganctl.models import build_models
+from ganctl.stored import check_models, stored_config
 
 
 def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
     path = header.path
-    try:
-        config = Config.from_dict(header.config, source=f"{path} metadata")
-    except ConfigError as e:
-        raise CheckpointError(f"{path} holds a config this ganctl cannot use: {e}") from None
+    config = stored_config(header)
+    check_models(header, config)  # the counts below are of the models the file holds
     with torch.device("meta"):  # structure only: no memory, no weights read
         G, D = build_models(config)
     return {

@@ -360,19 +360,34 @@ def latest_in_run(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+RESCANS = 20  # listings of a run whose checkpoints a trainer prunes while we read them
+
+
 def newest_valid(run_dir: Path, say: Callable[[str], None], verify: bool = True) -> Header:
-    """The newest checkpoint of a run that verifies, saying which newer ones were passed over."""
-    candidates = []
-    if (named := latest_in_run(run_dir)) is not None:
-        candidates.append(named)
-    candidates += [p for p in reversed(list_checkpoints(run_dir / CKPT_DIR)) if p not in candidates]
-    for path in candidates:
-        try:
-            return open_checkpoint(path) if verify else read_header(path)
-        except CheckpointError as e:
-            say(f"skipping {path.name}: {e}")
+    """The newest checkpoint of a run that verifies, saying which newer ones were passed over.
+    A checkpoint that vanishes while we look (a running trainer pruned it: --keep) is no damage:
+    the run is listed again, up to RESCANS times."""
+    tried: set[Path] = set()
+    for _ in range(RESCANS):
+        candidates = []
+        if (named := latest_in_run(run_dir)) is not None:
+            candidates.append(named)
+        candidates += [p for p in reversed(list_checkpoints(run_dir / CKPT_DIR))
+                       if p not in candidates]
+        vanished = False
+        for path in (p for p in candidates if p not in tried):
+            tried.add(path)
+            try:
+                return open_checkpoint(path) if verify else read_header(path)
+            except CheckpointError as e:
+                if not os.path.lexists(path):
+                    vanished = True
+                    break  # newer ones have come: list again
+                say(f"skipping {path.name}: {e}")
+        if not vanished:
+            break
     raise CheckpointError(f"run {run_dir} has no valid checkpoint" + (
-        " (every one failed verification)" if candidates else " yet"))
+        " (every one failed verification)" if tried else " yet"))
 
 
 def newest_run(root: Path) -> Path:

@@ -18,10 +18,11 @@ from torch import nn
 
 from ganctl import checkpoint
 from ganctl.config import Config
-from ganctl.errors import CheckpointError, ConfigError
+from ganctl.errors import ConfigError
 from ganctl.fsutil import atomic_write
 from ganctl.models import build_generator
 from ganctl.models.base import num_classes
+from ganctl.stored import check_models, stored_config
 
 GRID_PADDING = 2  # pixels between and around the images of a grid
 GENERATE_BATCH = 256
@@ -98,13 +99,8 @@ class LoadedGenerator:
 
 def load_generator(header: checkpoint.Header, device: torch.device) -> LoadedGenerator:
     """Rebuild G_ema from a (verified) checkpoint's metadata and load its weights."""
-    ckpt = header.path
-    try:
-        config = Config.from_dict(header.config, source=f"{ckpt} metadata")
-    except ConfigError as e:
-        raise CheckpointError(f"{ckpt} holds a config this ganctl cannot use: {e}") from None
-    with torch.device("meta"):
-        checkpoint.check_shapes(build_generator(config), header, "G_ema")
+    config = stored_config(header)
+    check_models(header, config, ("G_ema",))
     G = build_generator(config)
     checkpoint.load_module(G, checkpoint.load_tensors(header, ("G_ema.",)), "G_ema")
     # the header without the file's bytes: they are not needed once G is loaded

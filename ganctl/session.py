@@ -27,9 +27,10 @@ from ganctl.engine.state import TrainState, init_state, load_state
 from ganctl.errors import CheckpointError, ConfigError, DataError
 from ganctl.evaluate import Evaluator, make_evaluator
 from ganctl.logging import RunLog
-from ganctl.losses import augment, get_loss
+from ganctl.losses import augment
 from ganctl.metrics import parse_metrics
-from ganctl.models import build_models, check_config, get_arch
+from ganctl.models import get_arch
+from ganctl.stored import check_models, stored_config, validate
 
 CheckData = Callable[[ImageSet], None]
 Restore = Callable[[TrainState], None]
@@ -41,6 +42,8 @@ def resolve_config(values: dict[str, Any]) -> Config:
     """defaults < dataset preset < named preset (values["preset"]) < `values` (file and flags,
     already merged) -> a checked Config."""
     named = presets.get(values["preset"]).settings if values.get("preset") else {}
+    if _other_dataset(named, values):  # the preset's image shape is its dataset's, not this one's
+        named = {k: v for k, v in named.items() if k not in PRESET_DATA_SHAPE}
     values = {**named, **values}
     dataset = values.get("dataset", Config.dataset)
     values = normalise(values)
@@ -49,13 +52,31 @@ def resolve_config(values: dict[str, Any]) -> Config:
     return config
 
 
-def validate(config: Config) -> None:
-    """What a Config cannot check alone: the architecture, loss, augmentation and metrics exist
-    and fit together."""
-    check_config(config)
-    get_loss(config.loss)
-    augment.parse(config.augment)
-    parse_metrics(config.eval_metrics)
+PRESET_DATA_SHAPE = ("resolution", "channels")
+
+
+def _other_dataset(named: dict[str, Any], values: dict[str, Any]) -> bool:
+    return "dataset" in named and "dataset" in values and values["dataset"] != named["dataset"]
+
+
+def option_notes(values: dict[str, Any], config: Config) -> list[str]:
+    """One line for each setting the user gave (flag or file) that changes nothing, and for a
+    preset used on another dataset than its own."""
+    notes = []
+    named = presets.get(config.preset).settings if config.preset else {}
+    if _other_dataset(named, values):
+        notes.append(f"preset {config.preset} is made for {named['dataset']}; on "
+                     f"{values['dataset']} the images keep the dataset's own size "
+                     f"({config.resolution}x{config.resolution}x{config.channels})")
+    if "gp" in values and config.loss != "wgan-gp":
+        notes.append(f"--gp is the weight of wgan-gp's penalty; with --loss {config.loss} it does "
+                     "nothing (R1 and R2 are --r1 and --r2)")
+    if config.loss == "wgan-gp" and config.gp == 0:
+        notes.append("--gp 0: wgan-gp without its gradient penalty is the original WGAN without "
+                     "weight clipping, which D can push to any size")
+    if "r1_every" in values and not (config.r1 or config.r2):
+        notes.append("--r1-every sets how often R1/R2 run; without --r1 or --r2 it does nothing")
+    return notes
 
 
 def normalise(values: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +90,8 @@ def normalise(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
     if dataset and is_path(dataset):
         out["dataset"] = str(Path(dataset).expanduser().absolute())
+    if isinstance(out.get("augment"), str) and out["augment"].strip().lower() in augment.OFF:
+        out["augment"] = ""  # none and off are stored as the default
     if isinstance(out.get("data_dir"), str) and out["data_dir"]:
         out["data_dir"] = str(Path(out["data_dir"]).expanduser())
     return out
@@ -119,8 +142,10 @@ def _check_classes(config: Config, data: ImageSet, what: str) -> None:
     if config.classes and tuple(config.classes) != tuple(data.classes):
         def show(names: tuple[str, ...] | list[str]) -> str:
             return (", ".join(names[:8]) + (" ..." if len(names) > 8 else "")) or "none"
+        fix = ("; remove classes from the config file (a run's config.json holds its data's)"
+               if what == "the config names" else "")
         raise DataError(f"{what} the classes {show(config.classes)}, but dataset {config.dataset!r} "
-                        f"has {show(data.classes)}; labels would change meaning")
+                        f"has {show(data.classes)}; labels would change meaning{fix}")
 
 
 @dataclass
@@ -145,8 +170,9 @@ def _evaluator(config: Config, data: ImageSet, device: torch.device, download: b
 def _check_conditional(config: Config, data: ImageSet) -> None:
     """A conditional model needs every image in a class."""
     if not data.classes:
-        raise DataError(f"--conditional needs labelled data (class folders, or a labelled dataset "
-                        f"such as cifar10 or mnist); {config.dataset!r} has no classes")
+        raise DataError(f"--conditional needs labelled data (two or more class folders, or a "
+                        f"labelled dataset such as cifar10 or mnist); {config.dataset!r} has no "
+                        "classes")
     unlabelled = data.label_report().get("unlabelled", 0)
     if unlabelled:
         raise DataError(f"--conditional needs every image in a class, but {unlabelled} images of "
@@ -226,18 +252,11 @@ def continue_run(out: Path, values: dict[str, Any], log: RunLog, download: bool 
 def _checkpoint_config(header: checkpoint.Header, overrides: dict[str, Any]) -> Config:
     """The config stored in a checkpoint with `overrides`, its model's shapes checked against the
     file on the meta device: a hostile config must not make us allocate."""
-    try:
-        config = Config.from_dict(header.config, source=f"{header.path} metadata").replace(**overrides)
-    except ConfigError as e:
-        raise CheckpointError(f"{header.path}: {e}") from None
-    validate(config)
+    config = stored_config(header, overrides)
     if config.steps < header.step:
         raise ConfigError(f"{header.path} is at step {header.step}, past --steps {config.steps}; "
                           "--steps is the run's total length, pass a larger one")
-    with torch.device("meta"):
-        G, D = build_models(config)
-        for module, prefix in ((G, "G"), (D, "D"), (G, "G_ema")):
-            checkpoint.check_shapes(module, header, prefix)
+    check_models(header, config)
     return config
 
 

@@ -16,8 +16,8 @@ from helpers import assert_one_line_error, invoke
     (["--dataset", "nope"], 1, ["unknown dataset 'nope'", "shapes"]),
     (["--arch", "stylegan9"], 1, ["unknown arch 'stylegan9'", "dcgan"]),
     (["--loss", "nope"], 1, ["unknown loss 'nope'", "bce"]),
-    (["--lr-g", "-1"], 1, ["lr_g must be a number from 0.0 to 10.0, got -1.0"]),
-    (["--lr-d", "inf"], 1, ["lr_d must be a number from 0.0 to 10.0, got inf"]),
+    (["--lr-g", "-1"], 1, ["lr_g must be a number above 0.0 and at most 10.0, got -1.0"]),
+    (["--lr-d", "inf"], 1, ["lr_d must be a number above 0.0 and at most 10.0, got inf"]),
     (["--split", "test"], 1, ["shapes has no split"]),
     (["--device", "tpu"], 1, ["device 'tpu'"]),
     (["--batch-size", "9000"], 1, ["fewer than batch_size 9000"]),
@@ -70,7 +70,7 @@ def test_every_command_has_help_with_an_example():
 
 
 @pytest.mark.parametrize("args, code, fragment", [
-    (["train", "--lr-g", "-1", "--json"], 1, "lr_g must be a number from 0.0 to 10.0"),
+    (["train", "--lr-g", "-1", "--json"], 1, "lr_g must be a number above 0.0 and at most 10.0"),
     (["train", "--steps", "0", "--json"], 2, "--steps"),
     (["train", "--json", "--bogus"], 2, "--bogus"),
     (["inspect", "nowhere", "--json"], 1, "nowhere does not exist"),

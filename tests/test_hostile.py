@@ -4,6 +4,7 @@ CelebA download (requested files, layout, Google Drive's quota)."""
 
 import json
 import os
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -549,6 +550,45 @@ def test_headers_that_disagree_with_their_bytes_are_refused_before_anything_is_b
                     ["eval", "f.safetensors", "--num", "2"]):
         result = invoke(*command)
         assert_one_line_error(result, 1, message)
+
+
+def _config_edit(**changes):
+    def edit(header, data):
+        meta = header["__metadata__"]
+        meta["ganctl.config"] = json.dumps({**json.loads(meta["ganctl.config"]), **changes})
+        _checksum_again(header, data)
+    return edit
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"arch": "resnet"}, "does not match its config's model"),
+    ({"z_dim": 50}, "the config's model needs"),
+    ({"conditional": True}, "does not match its config's model"),
+    ({"resolution": 64}, "does not match its config's model"),
+    ({"arch": "biggan"}, "unknown arch 'biggan'"), ({"loss": "foo"}, "unknown loss 'foo'"),
+    ({"augment": "diffaug:foo"}, "unknown policy 'foo'"),
+    ({"classes": [str(i) for i in range(200_000)]}, "at most 100000 class names"),
+])
+def test_a_config_edited_out_of_step_with_its_tensors_is_refused_by_every_command(
+        trained_run, workdir, changes, message):
+    run = workdir / "run"
+    shutil.copytree(trained_run, run)
+    ckpt = run / "checkpoints" / "step-000000004.safetensors"
+    _forge(ckpt, ckpt, _config_edit(**changes))
+    for command in (["inspect", ckpt], ["sample", "o.png", "--ckpt", ckpt], ["resume", ckpt]):
+        result = invoke(*command)
+        assert_one_line_error(result, 1, "step-000000004.safetensors", message)
+    assert not (workdir / "o.png").exists()
+
+
+def test_inspect_cuts_a_long_class_list_short(trained_run, workdir):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    # classes the data does not have: inspect reads the header alone, so it shows them
+    _forge(ckpt, workdir / "f.safetensors", _config_edit(classes=[f"c{i}" for i in range(5000)]))
+    result = invoke("inspect", "f.safetensors")
+    assert result.exit_code == 0, result.output
+    assert "c19 ... (5000 classes)" in result.stdout and "c20" not in result.stdout
+    assert len(result.stdout) < 5000
 
 
 def test_a_checkpoint_without_a_checksum_is_not_trusted(trained_run, workdir):

@@ -15,6 +15,7 @@ from ganctl.config import Config
 from ganctl.data import Batch, shapes
 from ganctl.engine.state import init_state, load_state, snapshot, state_tensors
 from ganctl.engine.step import train_step
+from ganctl.errors import ConfigError
 from ganctl.losses import LOSSES, Phase, StepInputs, augment, make_loss
 from ganctl.models import ARCHS, build_models
 from ganctl.models.layers import ConditionalBatchNorm2d
@@ -163,6 +164,12 @@ def test_lazy_regularisation_runs_every_n_steps_and_scales_adam():
     assert group["lr"] == pytest.approx(config.lr_d * ratio)
     assert group["betas"] == pytest.approx((config.beta1 ** ratio, config.beta2 ** ratio))
     assert state.opt_G.param_groups[0]["lr"] == config.lr_g
+    # the ratio counts D's ordinary updates between two regulariser updates: d_steps x r1_every,
+    # and a regulariser every step is a separate update too (1 / 2)
+    for d_steps, every, m in ((2, 3, 6), (1, 1, 1), (3, 1, 3)):
+        opt = state_of(config.replace(d_steps=d_steps, r1_every=every)).opt_D.param_groups[0]
+        assert opt["lr"] == pytest.approx(config.lr_d * m / (m + 1))
+    assert state_of(config.replace(r1=0.0, r2=0.0)).opt_D.param_groups[0]["lr"] == config.lr_d
 
 
 # --- layers -------------------------------------------------------------------------------------------
@@ -195,6 +202,14 @@ def test_diffaugment_is_differentiable_and_keeps_the_shape():
     assert augment.parse("diffaug:color") == ["color"] and augment.make("") is None
     with pytest.raises(Exception, match="unknown policy 'flip'"):
         augment.parse("diffaug:flip")
+    assert augment.parse("none") == augment.parse("off") == augment.parse("") == []
+    assert augment.parse("diffaug") == list(augment.POLICIES)
+    for spec, message in (("diffaug:", "an empty policy"), ("diffaug:,", "an empty policy"),
+                          ("diffaug:color,,cutout", "an empty policy"),
+                          ("diffaug:cutout,cutout", "names a policy twice"),
+                          ("flip", "the augmentation is diffaug")):
+        with pytest.raises(ConfigError, match=message):
+            augment.parse(spec)
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "resnet", "mlp"])
@@ -216,18 +231,44 @@ def test_a_conditional_d_answers_to_the_label(arch):
         D(x)
 
 
-def test_wgan_gp_takes_batchnorm_out_of_dcgans_d(workdir):
-    _, D = build_models(Config(loss="wgan-gp"))
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in D.modules())
+def test_gradient_penalties_take_batchnorm_out_of_dcgans_d(workdir):
+    for config in (Config(loss="wgan-gp"), Config(r1=0.1), Config(loss="rpgan", r2=0.1)):
+        _, D = build_models(config)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in D.modules())
+    _, D = build_models(Config(loss="hinge"))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in D.modules())
     result = invoke("train", *TINY, "--steps", "1", "--loss", "wgan-gp", "--out", "r")
-    assert result.exit_code == 0 and "dcgan's D is built without BatchNorm" in result.stdout
+    assert result.exit_code == 0 and "wgan-gp: dcgan's D is built without BatchNorm" in result.stdout
+    result = invoke("train", *TINY, "--steps", "1", "--r1", "1", "--out", "r1")
+    assert result.exit_code == 0 and "R1/R2: dcgan's D is built without BatchNorm" in result.stdout
+
+
+def test_mlp_refuses_a_batch_of_one_before_making_a_run(workdir):
+    assert_one_line_error(invoke("train", *TINY, "--arch", "mlp", "--batch-size", "1", "--out",
+                                 "r"), 1, "mlp's G normalises each layer over the batch",
+                          "--batch-size 2 or more")
+    assert not (workdir / "r").exists()
+
+
+def test_settings_that_change_nothing_are_pointed_out(workdir):
+    result = invoke("train", *TINY, "--steps", "1", "--gp", "5", "--r1-every", "4",
+                    "--augment", "none", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "--gp is the weight of wgan-gp's penalty; with --loss bce it does nothing" in result.stdout
+    assert "without --r1 or --r2 it does nothing" in result.stdout
+    assert read_json(workdir / "r" / "config.json")["augment"] == ""  # none is stored as off
+    result = invoke("train", *TINY, "--steps", "1", "--loss", "wgan-gp", "--gp", "5", "--r1",
+                    "1", "--r1-every", "4", "--out", "r2")
+    assert result.exit_code == 0 and "does nothing" not in result.stdout
 
 
 # --- conditioning needs labels, presets ----------------------------------------------------------------
 
 def test_conditional_training_needs_every_image_in_a_class(workdir):
-    assert_one_line_error(invoke("train", *TINY, "--conditional", "--out", "r"), 1,
-                          "--conditional needs labelled data", "'shapes' has no classes")
+    image_folder(workdir / "flat", 8)
+    assert_one_line_error(invoke("train", *TINY, "--conditional", "--dataset", "flat",
+                                 "--resolution", "32", "--out", "r"), 1,
+                          "--conditional needs labelled data", "flat' has no classes")
     image_folder(workdir / "mixed", 6, classes=2)
     image_folder(workdir / "mixed", 2)
     assert_one_line_error(invoke("train", *TINY, "--conditional", "--dataset", "mixed",
@@ -250,6 +291,15 @@ def test_presets_are_listed_applied_and_overridden(workdir):
     assert config["preset"] == "small-data" and config["augment"] == "diffaug"
     assert (config["arch"], config["r1"], config["g_width"]) == ("resnet", 1.0, 4)  # flags win
     assert_one_line_error(invoke("train", "--preset", "biggan"), 1, "unknown preset 'biggan'")
+    # a preset on another dataset than its own: the data keep their own image size
+    image_folder(workdir / "pics64", 8)  # a folder: 64x64 by default
+    result = invoke("train", *TINY, "--preset", "mlp-mnist", "--dataset", "pics64",
+                    "--g-width", "4", "--d-width", "4", "--batch-size", "4", "--out", "m")
+    assert result.exit_code == 0, result.output
+    config = read_json(workdir / "m" / "config.json")
+    assert (config["arch"], config["resolution"], config["channels"]) == ("mlp", 64, 3)
+    assert "preset mlp-mnist is made for mnist; on pics64 the images keep the dataset's own " \
+        "size (64x64x3)" in result.stdout
     for preset in PRESETS.values():  # every preset is a valid config
         values = {**preset.settings, "dataset": "shapes", "resolution": 32,
                   "channels": preset.settings.get("channels", 3)}

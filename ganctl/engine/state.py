@@ -60,8 +60,8 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
     loss = make_loss(config)
     return TrainState(
         config=config, G=G, D=D, G_ema=G_ema,
-        opt_G=_adam(G, config.lr_g, config, _lazy_interval(loss.phases(), "G")),
-        opt_D=_adam(D, config.lr_d, config, _lazy_interval(loss.phases(), "D")),
+        opt_G=_adam(G, config.lr_g, config, _updates_per_regulariser(loss.phases(), "G")),
+        opt_D=_adam(D, config.lr_d, config, _updates_per_regulariser(loss.phases(), "D")),
         loss=loss,
         batches=Batches(images, config.batch_size, config.seed, device, mirror=config.mirror,
                         labels=labels),
@@ -69,16 +69,19 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
     )
 
 
-def _lazy_interval(phases: list[Phase], network: str) -> int:
-    """The interval of the network's lazy regulariser, if it has one (else 1)."""
-    return max((p.interval for p in phases if p.module == network and p.name != network), default=1)
+def _updates_per_regulariser(phases: list[Phase], network: str) -> int | None:
+    """How many ordinary updates the network takes for each update of its separate regulariser
+    (lazy R1: d_steps x r1_every for D), or None when it has no separate regulariser."""
+    lazy = [p.interval for p in phases if p.module == network and p.name != network]
+    own = sum(p.repeats for p in phases if p.module == network and p.name == network)
+    return max(lazy) * own if lazy else None
 
 
-def _adam(net: nn.Module, lr: float, config: Config, lazy: int) -> torch.optim.Adam:
-    """Adam for one network. With a regulariser every `lazy` steps, the network takes
-    lazy + 1 updates per lazy steps, so lr and the betas are scaled by lazy / (lazy + 1)
-    (StyleGAN2's lazy regularisation): lr keeps its meaning with and without it."""
-    ratio = lazy / (lazy + 1) if lazy > 1 else 1.0
+def _adam(net: nn.Module, lr: float, config: Config, m: int | None) -> torch.optim.Adam:
+    """Adam for one network. With a separate regulariser update after every m ordinary ones,
+    the network takes m + 1 updates where it would take m, so lr and the betas are scaled by
+    m / (m + 1) (StyleGAN2's lazy regularisation): lr keeps its meaning with and without it."""
+    ratio = m / (m + 1) if m else 1.0
     betas = (config.beta1 ** ratio, config.beta2 ** ratio)
     return torch.optim.Adam(net.parameters(), lr=lr * ratio, betas=betas)
 

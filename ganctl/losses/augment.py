@@ -60,19 +60,28 @@ POLICIES: dict[str, Callable[[torch.Tensor, Generator], torch.Tensor]] = {
     "color": color, "translation": translation, "cutout": cutout}
 
 
+OFF = ("", "none", "off")  # the values that mean no augmentation
+
+
 def parse(spec: str) -> list[str]:
-    """'' -> []; 'diffaug' -> every policy; 'diffaug:translation,color' -> those, in order."""
-    if not spec:
+    """'', 'none', 'off' -> []; 'diffaug' -> every policy; 'diffaug:translation,color' -> those,
+    in order. Anything else, an empty or repeated policy included, is refused."""
+    if spec.strip().lower() in OFF:
         return []
-    name, _, listed = spec.partition(":")
+    name, colon, listed = spec.partition(":")
     if name != "diffaug":
         raise ConfigError(f"augment {spec!r}: the augmentation is diffaug, e.g. diffaug or "
-                          "diffaug:translation,color,cutout")
-    policies = [p.strip() for p in listed.split(",") if p.strip()] if listed else list(POLICIES)
+                          "diffaug:translation,color,cutout (none turns it off)")
+    if not colon:
+        return list(POLICIES)
+    policies = [p.strip() for p in listed.split(",")]
     for p in policies:
         if p not in POLICIES:
-            raise ConfigError(f"augment {spec!r}: unknown policy {p!r}; choose from "
-                              f"{', '.join(POLICIES)}")
+            raise ConfigError(f"augment {spec!r}: {'an empty' if not p else 'unknown'} policy"
+                              f"{'' if not p else ' ' + repr(p)}; list some of "
+                              f"{', '.join(POLICIES)}, comma-separated, or write diffaug for all")
+    if len(set(policies)) < len(policies):
+        raise ConfigError(f"augment {spec!r} names a policy twice; name each once")
     return policies
 
 

@@ -26,6 +26,11 @@ def _num_up(resolution: int) -> int:
     return int(math.log2(resolution // BASE))  # 2x up/down-sampling layers between 4 and R
 
 
+def _penalised(config: Config) -> bool:
+    """A gradient penalty on D's input, which BatchNorm's batch statistics would blur."""
+    return config.loss == "wgan-gp" or config.r1 > 0 or config.r2 > 0
+
+
 class Generator(nn.Module):
     def __init__(self, z_dim: int, resolution: int, channels: int, width: int,
                  classes: int = 0) -> None:
@@ -97,13 +102,14 @@ class DCGAN(Architecture):
     resolutions = (32, 64, 128)
 
     def notes(self, config: Config) -> list[str]:
-        if config.loss == "wgan-gp":
-            return ["wgan-gp: dcgan's D is built without BatchNorm (the gradient penalty is per "
+        if _penalised(config):
+            which = "wgan-gp" if config.loss == "wgan-gp" else "R1/R2"
+            return [f"{which}: dcgan's D is built without BatchNorm (the gradient penalty is per "
                     "image, and BatchNorm mixes the images of a batch)"]
         return []
 
     def discriminator_options(self, config: Config) -> dict[str, Any]:
-        return {"batchnorm": config.loss != "wgan-gp"}
+        return {"batchnorm": not _penalised(config)}
 
     def init_weights(self, net: nn.Module) -> None:
         init_weights(net)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganctl.config import Config
+from ganctl.errors import ConfigError
 from ganctl.models.base import Architecture
 
 G_HIDDEN = (4, 8, 16)
@@ -64,4 +66,10 @@ class MLP(Architecture):
     generator = Generator
     discriminator = Discriminator
     resolutions = (16, 28, 32, 64)
+
+    def check(self, config: Config) -> None:
+        super().check(config)
+        if config.batch_size < 2:  # BatchNorm1d over one image has nothing to normalise against
+            raise ConfigError("mlp's G normalises each layer over the batch (BatchNorm), so it "
+                              "needs --batch-size 2 or more")
 

@@ -1,0 +1,62 @@
+"""A checkpoint's config and model shapes, checked from its header before anything is built.
+
+`inspect`, `sample`, `eval` and `resume` all read a file that may come from another version of
+ganctl or have been edited: its config must be one this version can run (arch, loss,
+augmentation and metrics included), and its tensors must be the shapes that config's models
+have. Both are checked here, on the meta device (no memory), and a failure names the file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ganctl import checkpoint
+from ganctl.config import Config
+from ganctl.errors import CheckpointError, ConfigError
+from ganctl.losses import augment, get_loss
+from ganctl.metrics import parse_metrics
+from ganctl.models import build_generator, build_models, check_config
+
+# the tensors of each network in a checkpoint (G_ema has G's shapes)
+NETWORKS = ("G", "D", "G_ema")
+
+
+def validate(config: Config) -> None:
+    """What a Config cannot check alone: the architecture, loss, augmentation and metrics exist
+    and fit together."""
+    check_config(config)
+    get_loss(config.loss)
+    augment.parse(config.augment)
+    parse_metrics(config.eval_metrics)
+
+
+def stored_config(header: checkpoint.Header, overrides: dict[str, Any] | None = None) -> Config:
+    """The checkpoint's config (with `overrides`), valid for this ganctl, or a CheckpointError
+    naming the file."""
+    try:
+        config = Config.from_dict(header.config, source=f"{header.path} metadata")
+        config = config.replace(**(overrides or {}))
+        validate(config)
+    except ConfigError as e:
+        raise CheckpointError(f"{header.path} holds a config this ganctl cannot use (a damaged "
+                              f"file, or one from a newer ganctl): {e}") from None
+    return config
+
+
+def check_models(header: checkpoint.Header, config: Config, networks: tuple[str, ...] = NETWORKS
+                 ) -> None:
+    """The header's tensors are those of `config`'s models, network by network (meta device)."""
+    with torch.device("meta"):
+        if networks == ("G_ema",):
+            modules = {"G_ema": build_generator(config)}
+        else:
+            G, D = build_models(config)
+            modules = {"G": G, "D": D, "G_ema": G}
+        for name in networks:
+            try:
+                checkpoint.check_shapes(modules[name], header, name)
+            except CheckpointError as e:
+                raise CheckpointError(f"{header.path}: {e}; it cannot be used (a damaged file, "
+                                      "or its config was edited)") from None
