@@ -54,8 +54,8 @@ def test_config_file_then_flags_take_precedence(workdir):
     config = read_json(workdir / "r" / "config.json")
     assert config["steps"] == 1 and config["seed"] == 5  # flags beat the file
     assert config["z_dim"] == 16 and config["batch_size"] == 8  # the file beats the defaults
-    assert config["ema_decay"] == 0.9 and config["lr_g"] == 2e-4  # untouched defaults remain
-    assert config["resolution"] == 32  # the dataset preset fills what nobody gave
+    assert config["ema_decay"] == 0.9 and config["beta1"] == 0.5  # untouched defaults remain
+    assert config["resolution"] == 32 and config["lr_g"] == 5e-4  # the dataset preset's
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -66,7 +66,7 @@ def test_config_file_then_flags_take_precedence(workdir):
     ("steps = 4\nd-steps = 2\nd_steps = 3", "gives d_steps twice"),
     ("dataset = 5", "dataset must be a string, got 5"),
     (f"seed = {2**40}", "seed must be a whole number from 0 to 4294967295"),
-    ('classes = ["a"]', "the config names the classes a, but dataset 'shapes' has none"),
+    ('classes = ["a"]', "the config names the classes a, but dataset 'shapes' has circle, square"),
 ])
 def test_bad_config_file(workdir, text, fragment):
     (workdir / "c.toml").write_text(text)
@@ -81,4 +81,4 @@ def test_a_runs_own_config_json_starts_another_run(trained_run, workdir):
                                                            "steps": 1}
     (workdir / "c.toml").write_text('classes = ["a"]\n')  # a run keeps the classes it started with
     result = invoke("train", *TINY, "--config", "c.toml", "--out", trained_run, "--resume")
-    assert_one_line_error(result, 1, "was started with classes = ()")
+    assert_one_line_error(result, 1, "was started with classes = ('circle', 'square', 'triangle')")

@@ -407,9 +407,24 @@ def test_shapes_dataset_is_deterministic_and_varied():
     assert len({tuple(img[:, 16, 16].tolist()) for img in a}) > 100  # not one picture
 
 
+def test_shapes_labels_are_the_shapes_drawn(monkeypatch):
+    drawn = []
+    real = shapes._coverage
+    monkeypatch.setattr(shapes, "_coverage", lambda kind, *a: drawn.append(kind) or real(kind, *a))
+    shapes.render.cache_clear()
+    shapes.render(16, 3, n=300)  # two chunks
+    shapes.render.cache_clear()
+    labels = shapes.labels(300)
+    assert torch.equal(torch.cat(drawn), labels) and labels.dtype == torch.int64
+    assert torch.equal(shapes.labels(), shapes.labels())  # the same for every call
+    assert torch.equal(shapes.labels()[:300], labels)  # and independent of n's tail
+    assert torch.bincount(shapes.labels()).min() > shapes.SIZE // 4  # every shape, about a third
+
+
 def test_dataset_registry_loads_at_the_config_size():
     data = load_dataset(Config(resolution=64, channels=1))
-    assert data.images.shape == (shapes.SIZE, 1, 64, 64) and data.classes == []
+    assert data.images.shape == (shapes.SIZE, 1, 64, 64)
+    assert data.classes == list(shapes.CLASSES) and data.labels.shape == (shapes.SIZE,)
 
 
 def test_batches_are_reproducible_and_resumable():

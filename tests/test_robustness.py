@@ -236,11 +236,11 @@ def test_a_nan_rolls_back_with_lower_learning_rates(workdir, monkeypatch):
     assert "loss_D became non-finite at step 3: rolled back to step 2, learning rates x0.5" in result.stdout
     records = rundir.read_metrics(workdir / "r")
     rollbacks = [r for r in records if r.get("event") == "rollback"]
-    assert rollbacks == [{**rollbacks[0], "step": 3, "loss": "loss_D", "to_step": 2, "lr_g": 1e-4,
-                          "lr_d": 1e-4}]
+    assert rollbacks == [{**rollbacks[0], "step": 3, "loss": "loss_D", "to_step": 2, "lr_g": 2.5e-4,
+                          "lr_d": 2.5e-4}]  # the shapes preset's 5e-4, halved
     assert [r["step"] for r in records if "event" not in r] == [1, 2, 3, 4, 5, 6]
     final = checkpoint.load_tensors(workdir / "r/checkpoints/step-000000006.safetensors")
-    assert float(final["opt_G.lr.0"]) == pytest.approx(1e-4)
+    assert float(final["opt_G.lr.0"]) == pytest.approx(2.5e-4)
     assert all(final[k].float().isfinite().all() for k in final if k.startswith(NETWORKS))
 
 
@@ -249,7 +249,7 @@ def test_two_rollbacks_to_the_same_checkpoint_recover(workdir, monkeypatch):
     result = invoke("train", *TINY, "--steps", "6", "--log-every", "1", "--out", "r")
     assert result.exit_code == 0, result.output
     assert [(e["step"], e["to_step"], e["lr_g"]) for e in events(workdir / "r")] == [
-        (3, 2, 1e-4), (4, 2, 5e-5)]
+        (3, 2, 2.5e-4), (4, 2, 1.25e-4)]
     assert valid_steps(workdir / "r")[-1] == 6
 
 
@@ -265,9 +265,9 @@ def test_lasting_divergence_stops_with_exit_1(workdir, monkeypatch):
     result = invoke("train", *TINY, "--steps", "6", "--log-every", "1", "--out", "r")
     assert result.exit_code == 1
     assert ("training diverged: loss_D became non-finite at step 3, again after 3 rollbacks "
-            "(learning rates now lr_g 2.5e-05, lr_d 2.5e-05)") in result.stderr
+            "(learning rates now lr_g 6.25e-05, lr_d 6.25e-05)") in result.stderr
     rollbacks = [e for e in events(workdir / "r") if e["event"] == "rollback"]
-    assert [e["lr_g"] for e in rollbacks] == [1e-4, 5e-5, 2.5e-5]  # halved again each time
+    assert [e["lr_g"] for e in rollbacks] == [2.5e-4, 1.25e-4, 6.25e-5]  # halved each time
     assert valid_steps(workdir / "r") == [2]  # nothing non-finite was ever saved
 
 

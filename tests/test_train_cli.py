@@ -20,7 +20,8 @@ def test_train_writes_the_run_directory(workdir):
 
     config = read_json(run_dir / "config.json")
     assert config["steps"] == 4 and config["batch_size"] == 8 and config["g_width"] == 8
-    assert config["dataset"] == "shapes" and config["resolution"] == 32 and config["classes"] == []
+    assert config["dataset"] == "shapes" and config["resolution"] == 32 and config["classes"] == [
+        "circle", "square", "triangle"]
     Config.from_dict(config)  # a complete, valid config
 
     records = rundir.read_metrics(run_dir)
