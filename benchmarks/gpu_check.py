@@ -127,20 +127,21 @@ def smoke(args, data: str, work: Path) -> list[dict]:
                                     *num_real(args)),
                              stdout=subprocess.DEVNULL, stderr=open(work / "stats.log", "w"),
                              cwd=ROOT, env=eval_env(args))
+    samplers = [subprocess.Popen(ganctl("sample", "--ckpt", str(out), "-n", "16",
+                                        str(work / f"smoke-{name}.png"), "--device", args.device),
+                                 stdout=subprocess.DEVNULL,
+                                 stderr=open(work / f"smoke-{name}-sample.log", "w"), cwd=ROOT)
+                for name, out, _, _ in procs]  # side by side, like the trainings
     rows = []
-    for name, out, proc, _ in procs:
-        row = {"name": name, "train_rc": proc.returncode}
+    for (name, _, proc, _), sampler in zip(procs, samplers, strict=True):
+        row = {"name": name, "train_rc": proc.returncode, "sample_rc": sampler.wait()}
         try:
             row["loss_D"] = json.loads(proc.stdout.read())["metrics"]["loss_D"]
         except (json.JSONDecodeError, KeyError, TypeError):
             row["loss_D"] = None
-        rc, _ = run_json(ganctl("sample", "--ckpt", str(out), "-n", "16", str(work / f"smoke-{name}.png"),
-                                "--device", args.device, "--json"),
-                         work / f"smoke-{name}-sample.log")
-        row["sample_rc"] = rc
         rows.append(row)
-        print(f"smoke {name}: train rc {row['train_rc']}, loss_D {row['loss_D']}, sample rc {rc}",
-              flush=True)
+        print(f"smoke {name}: train rc {row['train_rc']}, loss_D {row['loss_D']}, sample rc "
+              f"{row['sample_rc']}", flush=True)
     print(f"real statistics: rc {stats.wait()}", flush=True)
     return rows
 
@@ -192,21 +193,43 @@ def checkpoints_to_score(run: Path) -> list[tuple[float, Path]]:
 
 
 def score(args, data: str, work: Path, runs: list[str]) -> list[dict]:
+    """Every chosen checkpoint in this one process: the Inception file and the real statistics
+    are loaded once (a `ganctl eval` process each cost about 40 s on the H100, mostly start-up)."""
+    import torch
+    from rich.console import Console
+
+    from ganctl import checkpoint
+    from ganctl.data import load_dataset
+    from ganctl.device import resolve_device
+    from ganctl.evaluate import make_evaluator
+    from ganctl.logging import RunLog
+    from ganctl.metrics import parse_metrics
+    from ganctl.sample import load_generator
+
+    device = resolve_device(args.device)
+    log = RunLog(Console(stderr=True, highlight=False))
+    evaluators: dict[tuple, object] = {}
     rows = []
-    env = eval_env(args)
     for preset in runs:
         for secs, ck in checkpoints_to_score(work / "q" / preset):
-            rc, doc = run_json(ganctl("eval", str(ck), "--num", str(args.num), "--dataset", data,
-                                      "--device", args.device, "--no-download", "--json",
-                                      *num_real(args)),
-                               work / f"eval-{preset}-{ck.stem}.log", env)
-            row = {"preset": preset, "checkpoint": ck.name, "seconds": round(secs, 1), "rc": rc}
-            if doc:
-                row.update({k: doc["metrics"].get(k) for k in ("fid", "kid", "kid_std")})
-                row["step"] = doc.get("step")
-                row["eval_seconds"] = doc.get("seconds")
+            row = {"preset": preset, "checkpoint": ck.name, "seconds": round(secs, 1)}
+            try:
+                loaded = load_generator(checkpoint.open_checkpoint(ck), device)
+                config = loaded.config.replace(dataset=data, batch_size=1)
+                key = (config.resolution, config.channels)
+                if key not in evaluators:
+                    evaluators[key] = make_evaluator(
+                        config, load_dataset(config), device, parse_metrics("fid,kid"), args.num,
+                        args.num_real or None, str(args.inception), False, log, progress=False)
+                result = evaluators[key](loaded.G, loaded.config)  # type: ignore[operator]
+                row.update(step=loaded.header.step, eval_seconds=result.seconds, **result.scores)
+            except Exception as e:  # noqa: BLE001 - a row says what failed, the others go on
+                row["error"] = f"{type(e).__name__}: {e}"[:300]
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
             rows.append(row)
-            print(f"scored {preset} {ck.name} at {secs:.0f} s: {row.get('fid')}", flush=True)
+            print(f"scored {preset} {ck.name} at {secs:.0f} s: FID {row.get('fid')}", flush=True)
     return rows
 
 
