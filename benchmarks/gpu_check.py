@@ -5,6 +5,7 @@ The device tool moves at most 64 MiB of working tree per call, and the CIFAR-10 
 warm machine (it stays warm about 30 s after a call):
 
     python benchmarks/gpu_check.py prepare          # here: fills the ignored .gpu/ folder
+    (benchmarks/gpu_check.sh stage / run wraps the two device calls below)
     # call 1, carry [".gpu/train"]:  PYTHONPATH=. python3 benchmarks/gpu_check.py stage
     # call 2, carry [".gpu/eval"]:   PYTHONPATH=. python3 benchmarks/gpu_check.py run
 
