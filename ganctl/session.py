@@ -241,12 +241,21 @@ def continue_run(out: Path, values: dict[str, Any], log: RunLog, download: bool 
     """`train --resume` into an existing run: resume it, refusing settings it was not started with."""
     stored = rundir.read_config(out)
     for key, value in normalise(values).items():
-        if key not in RESUME_OVERRIDABLE and getattr(stored.replace(**{key: value}), key) != getattr(
-                stored, key):
+        if key not in RESUME_OVERRIDABLE and not _same_setting(stored, key, value):
             raise ConfigError(f"{out} was started with {key} = {getattr(stored, key)!r}; --resume "
                               f"continues it as it was, so {key} cannot become {value!r}")
     overrides = {k: v for k, v in normalise(values).items() if k in RESUME_OVERRIDABLE}
     return resume(str(out), overrides, log, download, deadline=deadline)
+
+
+def _same_setting(stored: Config, key: str, value: Any) -> bool:
+    """Whether `value` for `key` is what the run already has: spectral_norm by its effect ('auto'
+    on a resnet is 'on'), everything else as stored."""
+    changed = stored.replace(**{key: value})
+    if key == "spectral_norm":
+        arch = get_arch(stored.arch)
+        return arch.spectral_norm(changed) == arch.spectral_norm(stored)
+    return bool(getattr(changed, key) == getattr(stored, key))
 
 
 def _checkpoint_config(header: checkpoint.Header, overrides: dict[str, Any]) -> Config:

@@ -304,3 +304,12 @@ def test_presets_are_listed_applied_and_overridden(workdir):
         values = {**preset.settings, "dataset": "shapes", "resolution": 32,
                   "channels": preset.settings.get("channels", 3)}
         Config.from_dict({k: v for k, v in values.items() if k != "preset"})
+
+
+def test_resume_compares_spectral_norm_by_its_effect(workdir):
+    assert invoke("train", *TINY, "--out", "r").exit_code == 0  # dcgan: auto means off
+    result = invoke("train", *TINY, "--steps", "6", "--no-spectral-norm", "--out", "r", "--resume")
+    assert result.exit_code == 0, result.output
+    assert read_json(workdir / "r" / "config.json")["spectral_norm"] == "auto"
+    assert_one_line_error(invoke("train", *TINY, "--steps", "8", "--spectral-norm", "--out", "r",
+                                 "--resume"), 1, "so spectral_norm cannot become 'on'")
