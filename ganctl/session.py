@@ -66,8 +66,9 @@ def option_notes(values: dict[str, Any], config: Config) -> list[str]:
     named = presets.get(config.preset).settings if config.preset else {}
     if _other_dataset(named, values):
         notes.append(f"preset {config.preset} is made for {named['dataset']}; on "
-                     f"{values['dataset']} the images keep the dataset's own size "
-                     f"({config.resolution}x{config.resolution}x{config.channels})")
+                     f"{values['dataset']} the image size comes from that dataset's defaults and "
+                     f"your flags, not the preset: {config.resolution}x{config.resolution}x"
+                     f"{config.channels}")
     if "gp" in values and config.loss != "wgan-gp":
         notes.append(f"--gp is the weight of wgan-gp's penalty; with --loss {config.loss} it does "
                      "nothing (R1 and R2 are --r1 and --r2)")
@@ -90,8 +91,9 @@ def normalise(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
     if dataset and is_path(dataset):
         out["dataset"] = str(Path(dataset).expanduser().absolute())
-    if isinstance(out.get("augment"), str) and out["augment"].strip().lower() in augment.OFF:
-        out["augment"] = ""  # none and off are stored as the default
+    if isinstance(out.get("augment"), str):  # stored without spaces, in lower case; none as ""
+        spec = "".join(out["augment"].split()).lower()
+        out["augment"] = "" if spec in augment.OFF else spec
     if isinstance(out.get("data_dir"), str) and out["data_dir"]:
         out["data_dir"] = str(Path(out["data_dir"]).expanduser())
     return out

@@ -298,8 +298,8 @@ def test_presets_are_listed_applied_and_overridden(workdir):
     assert result.exit_code == 0, result.output
     config = read_json(workdir / "m" / "config.json")
     assert (config["arch"], config["resolution"], config["channels"]) == ("mlp", 64, 3)
-    assert "preset mlp-mnist is made for mnist; on pics64 the images keep the dataset's own " \
-        "size (64x64x3)" in result.stdout
+    assert "preset mlp-mnist is made for mnist; on pics64 the image size comes from that " \
+        "dataset's defaults and your flags, not the preset: 64x64x3" in result.stdout
     for preset in PRESETS.values():  # every preset is a valid config
         values = {**preset.settings, "dataset": "shapes", "resolution": 32,
                   "channels": preset.settings.get("channels", 3)}
@@ -313,3 +313,9 @@ def test_resume_compares_spectral_norm_by_its_effect(workdir):
     assert read_json(workdir / "r" / "config.json")["spectral_norm"] == "auto"
     assert_one_line_error(invoke("train", *TINY, "--steps", "8", "--spectral-norm", "--out", "r",
                                  "--resume"), 1, "so spectral_norm cannot become 'on'")
+
+
+def test_augment_is_stored_in_one_spelling():
+    from ganctl.session import resolve_config
+    assert resolve_config({"augment": "DiffAug: color, cutout"}).augment == "diffaug:color,cutout"
+    assert resolve_config({"augment": " NONE "}).augment == resolve_config({}).augment == ""
