@@ -42,7 +42,7 @@ def resolve_config(values: dict[str, Any]) -> Config:
     """defaults < dataset preset < named preset (values["preset"]) < `values` (file and flags,
     already merged) -> a checked Config."""
     named = presets.get(values["preset"]).settings if values.get("preset") else {}
-    if _other_dataset(named, values):  # the preset's image shape is its dataset's, not this one's
+    if _other_named_dataset(named, values):  # the preset's image shape is its dataset's
         named = {k: v for k, v in named.items() if k not in PRESET_DATA_SHAPE}
     values = {**named, **values}
     dataset = values.get("dataset", Config.dataset)
@@ -59,16 +59,26 @@ def _other_dataset(named: dict[str, Any], values: dict[str, Any]) -> bool:
     return "dataset" in named and "dataset" in values and values["dataset"] != named["dataset"]
 
 
+def _other_named_dataset(named: dict[str, Any], values: dict[str, Any]) -> bool:
+    """Another built-in dataset than the preset's: it brings its own image size. A folder or zip
+    (often the preset's dataset in another form, such as CIFAR-10 as JPEGs) keeps the preset's."""
+    return _other_dataset(named, values) and not is_path(values["dataset"])
+
+
 def option_notes(values: dict[str, Any], config: Config) -> list[str]:
     """One line for each setting the user gave (flag or file) that changes nothing, and for a
     preset used on another dataset than its own."""
     notes = []
     named = presets.get(config.preset).settings if config.preset else {}
-    if _other_dataset(named, values):
+    size = f"{config.resolution}x{config.resolution}x{config.channels}"
+    if _other_named_dataset(named, values):
         notes.append(f"preset {config.preset} is made for {named['dataset']}; on "
                      f"{values['dataset']} the image size comes from that dataset's defaults and "
-                     f"your flags, not the preset: {config.resolution}x{config.resolution}x"
-                     f"{config.channels}")
+                     f"your flags, not the preset: {size}")
+    elif _other_dataset(named, values):
+        notes.append(f"preset {config.preset} is made for {named['dataset']}; on "
+                     f"{values['dataset']} it trains at {size} (--resolution and --channels "
+                     "change that)")
     if "gp" in values and config.loss != "wgan-gp":
         notes.append(f"--gp is the weight of wgan-gp's penalty; with --loss {config.loss} it does "
                      "nothing (R1 and R2 are --r1 and --r2)")

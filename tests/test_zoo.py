@@ -291,15 +291,23 @@ def test_presets_are_listed_applied_and_overridden(workdir):
     assert config["preset"] == "small-data" and config["augment"] == "diffaug"
     assert (config["arch"], config["r1"], config["g_width"]) == ("resnet", 1.0, 4)  # flags win
     assert_one_line_error(invoke("train", "--preset", "biggan"), 1, "unknown preset 'biggan'")
-    # a preset on another dataset than its own: the data keep their own image size
-    image_folder(workdir / "pics64", 8)  # a folder: 64x64 by default
-    result = invoke("train", *TINY, "--preset", "mlp-mnist", "--dataset", "pics64",
-                    "--g-width", "4", "--d-width", "4", "--batch-size", "4", "--out", "m")
+    # a preset on another built-in dataset: that dataset's image size, and a note
+    result = invoke("train", *TINY, "--preset", "mlp-mnist", "--dataset", "shapes", "--arch",
+                    "dcgan", "--g-width", "4", "--d-width", "4", "--batch-size", "4", "--out", "m")
     assert result.exit_code == 0, result.output
     config = read_json(workdir / "m" / "config.json")
-    assert (config["arch"], config["resolution"], config["channels"]) == ("mlp", 64, 3)
-    assert "preset mlp-mnist is made for mnist; on pics64 the image size comes from that " \
-        "dataset's defaults and your flags, not the preset: 64x64x3" in result.stdout
+    assert (config["arch"], config["resolution"], config["channels"]) == ("dcgan", 32, 3)
+    assert "preset mlp-mnist is made for mnist; on shapes the image size comes from that " \
+        "dataset's defaults and your flags, not the preset: 32x32x3" in result.stdout
+    # on a folder or zip (such as CIFAR-10 as JPEGs) the preset's size stays, and is named
+    image_folder(workdir / "pics", 8)
+    result = invoke("train", *TINY, "--preset", "mlp-mnist", "--dataset", "pics",
+                    "--g-width", "4", "--d-width", "4", "--batch-size", "4", "--out", "m2")
+    assert result.exit_code == 0, result.output
+    config = read_json(workdir / "m2" / "config.json")
+    assert (config["resolution"], config["channels"]) == (28, 1)
+    assert "preset mlp-mnist is made for mnist; on pics it trains at 28x28x1 (--resolution " \
+        "and --channels change that)" in result.stdout
     for preset in PRESETS.values():  # every preset is a valid config
         values = {**preset.settings, "dataset": "shapes", "resolution": 32,
                   "channels": preset.settings.get("channels", 3)}
