@@ -38,7 +38,7 @@ from ganctl.engine.step import train_step  # noqa: E402
 from ganctl.evaluate import batch_size_for, extract, make_evaluator, real_batches  # noqa: E402
 from ganctl.logging import RunLog  # noqa: E402
 from ganctl.metrics import compute, parse_metrics  # noqa: E402
-from ganctl.session import resolve_config  # noqa: E402
+from ganctl.session import fit_to_data, resolve_config  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "cifar10"
 GPU_STEPS_PER_SYNC = 20  # steps between reads of the clock on a GPU (each read waits for it)
@@ -77,6 +77,7 @@ def main() -> int:
     log = RunLog(console)
     device = resolve_device(config.device)
     data = load_dataset(config, progress=log.task)
+    config = fit_to_data(config, data)  # the class names, as a run gets them
     metrics = parse_metrics(args.metrics)
     evaluator = make_evaluator(config, data, device, metrics, args.num, args.num_real or None,
                                args.inception, True, log, progress=False)

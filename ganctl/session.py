@@ -168,6 +168,16 @@ class Opened:
     evaluate: Evaluator | None  # with --eval-every
 
 
+def fit_to_data(config: Config, data: ImageSet) -> Config:
+    """A new run's config with the data's class names (a config may repeat them, not change
+    them); a conditional one needs every image in a class."""
+    _check_classes(config, data, "the config names")
+    config = config.replace(classes=tuple(data.classes))
+    if config.conditional:
+        _check_conditional(config, data)
+    return config
+
+
 def _evaluator(config: Config, data: ImageSet, device: torch.device, download: bool,
                log: RunLog) -> Evaluator | None:
     """For --eval-every: the feature network and the real statistics, before anything is written
@@ -205,9 +215,8 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
     if check is not None:
         check(data)
     if restore is None:  # a new run: the class names come from the data (a config may repeat them)
-        _check_classes(config, data, "the config names")
-        config = config.replace(classes=tuple(data.classes))
-    if config.conditional:
+        config = fit_to_data(config, data)
+    elif config.conditional:
         _check_conditional(config, data)
     for note in get_arch(config.arch).notes(config):
         log.info(note)

@@ -327,3 +327,11 @@ def test_augment_is_stored_in_one_spelling():
     from ganctl.session import resolve_config
     assert resolve_config({"augment": "DiffAug: color, cutout"}).augment == "diffaug:color,cutout"
     assert resolve_config({"augment": " NONE "}).augment == resolve_config({}).augment == ""
+
+
+def test_a_conditional_state_needs_its_class_names_and_labels():
+    config = small("resnet", "hinge", True)
+    images = shapes.render(32, 3, n=64)
+    for bad, labels in ((config.replace(classes=()), torch.arange(64) % 3), (config, None)):
+        with pytest.raises(ConfigError, match="a conditional model needs the data's class names"):
+            init_state(bad, torch.device("cpu"), images, labels)

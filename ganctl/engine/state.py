@@ -47,6 +47,9 @@ class TrainState:
 def init_state(config: Config, device: torch.device, images: np.ndarray | torch.Tensor,
                labels: np.ndarray | None = None) -> TrainState:
     """A fresh state at step 0: weights from config.seed; labels (N,) for labelled data."""
+    if config.conditional and (not config.classes or labels is None):  # else unconditional nets
+        raise ConfigError("a conditional model needs the data's class names in its config and "
+                          "its labels (session.fit_to_data fills the names in)")
     torch.manual_seed(config.seed)  # initial weights
     try:
         G, D = build_models(config)
