@@ -234,6 +234,21 @@ def score(args, data: str, work: Path, runs: list[str]) -> list[dict]:
     return rows
 
 
+def throughput(args, work: Path) -> list[dict]:
+    """benchmarks/throughput.py at 64x64, batch 128 and 1024: the classic example's loop against
+    ganctl's engine for each architecture, training and sampling images/s."""
+    rows = []
+    for batch in args.throughput_batches:
+        rc, doc = run_json([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--json",
+                            "--device", args.device, "--batch-size", str(batch), "--resolution",
+                            str(args.throughput_resolution), "--width", str(args.throughput_width),
+                            "--seconds", str(args.throughput_seconds), "--images", "2048"],
+                           work / f"throughput-{batch}.log")
+        rows.append({"batch": batch, "rc": rc, **(doc or {})})
+        print(f"throughput batch {batch}: rc {rc}, ratio {(doc or {}).get('ratio')}", flush=True)
+    return rows
+
+
 def run(args) -> int:
     import torch
     work = STAGE / "work"
@@ -245,6 +260,7 @@ def run(args) -> int:
                  "torch": torch.__version__, "data": Path(data).name,
                  "staged": staged.exists(), "minutes": args.minutes, "num": args.num}
     print(json.dumps(doc), flush=True)
+    doc["throughput"] = throughput(args, work) if args.throughput_seconds else []
     t = time.monotonic()
     doc["smoke"] = smoke(args, data, work) if args.smoke_steps else []
     doc["smoke_seconds"] = round(time.monotonic() - t, 1)
@@ -266,6 +282,11 @@ def run(args) -> int:
 
 
 def print_table(doc: dict) -> None:
+    for t in doc.get("throughput", []):
+        archs = ", ".join(f"{a} {r['train_img_per_s']:,.0f} (sampling {r['sample_img_per_s']:,.0f})"
+                          for a, r in (t.get("archs") or {}).items())
+        print(f"throughput batch {t['batch']}: reference {t.get('reference_img_per_s', 0):,.0f} "
+              f"img/s; ganctl {archs}; ratio {t.get('ratio', 0):.2f}x")
     print(f"\n{doc['device']}, torch {doc['torch']}, data {doc['data']}, "
           f"{doc['minutes']} min each, side by side")
     print("| preset | steps | img/s (shared GPU) | checkpoint | train s | FID | KID |")
@@ -284,16 +305,21 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("what", choices=["prepare", "stage", "run"])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--minutes", type=float, default=5.0, help="wall time of each preset's run")
+    ap.add_argument("--minutes", type=float, default=4.0, help="wall time of each preset's run")
     ap.add_argument("--ckpt-every", type=int, default=1000)
     ap.add_argument("--num", type=int, default=10000, help="fakes per score")
     ap.add_argument("--num-real", type=int, default=0, help="real images for the statistics "
                     "(0: all)")
     ap.add_argument("--smoke-steps", type=int, default=4, help="0 skips the smoke test")
     ap.add_argument("--presets", default=",".join(PRESETS))
+    ap.add_argument("--throughput-seconds", type=float, default=8.0, help="per row; 0 skips it")
+    ap.add_argument("--throughput-batches", default="128,1024")
+    ap.add_argument("--throughput-resolution", type=int, default=64)
+    ap.add_argument("--throughput-width", type=int, default=64)
     ap.add_argument("--inception", type=Path, default=GPU / "eval" / INCEPTION)
     args = ap.parse_args()
     args.presets = [p for p in args.presets.split(",") if p]
+    args.throughput_batches = [int(b) for b in args.throughput_batches.split(",") if b]
     return {"prepare": prepare, "stage": stage, "run": lambda: run(args)}[args.what]()
 
 
