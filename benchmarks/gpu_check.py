@@ -32,13 +32,14 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / ".gpu"
 SHARED = ROOT.parent / "shared"
-STAGE = Path(os.environ.get("GPU_CHECK_STAGE", "/tmp/gpu_check"))
+STAGE = Path(os.environ.get("GPU_CHECK_STAGE", Path(tempfile.gettempdir()) / "gpu_check"))
 TRAIN_ZIP = "cifar10_train_jpg.zip"
 TEST_ZIP = "cifar10_test_jpg.zip"
 INCEPTION = "inception-fp16.pt"
