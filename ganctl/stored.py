@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from ganctl import checkpoint
 from ganctl.config import Config
@@ -33,21 +34,24 @@ def validate(config: Config) -> None:
 
 
 def stored_config(header: checkpoint.Header, overrides: dict[str, Any] | None = None) -> Config:
-    """The checkpoint's config (with `overrides`), valid for this ganctl, or a CheckpointError
-    naming the file."""
+    """The checkpoint's config, valid for this ganctl, or a CheckpointError naming the file; then
+    with `overrides` (the user's flags: their errors are the user's, a ConfigError)."""
     try:
         config = Config.from_dict(header.config, source=f"{header.path} metadata")
-        config = config.replace(**(overrides or {}))
         validate(config)
     except ConfigError as e:
         raise CheckpointError(f"{header.path} holds a config this ganctl cannot use (a damaged "
                               f"file, or one from a newer ganctl): {e}") from None
+    if overrides:
+        config = config.replace(**overrides)
+        validate(config)
     return config
 
 
 def check_models(header: checkpoint.Header, config: Config, networks: tuple[str, ...] = NETWORKS
-                 ) -> None:
-    """The header's tensors are those of `config`'s models, network by network (meta device)."""
+                 ) -> dict[str, nn.Module]:
+    """The header's tensors are those of `config`'s models, network by network; the models, on
+    the meta device (structure only: no memory, no weights), by name."""
     with torch.device("meta"):
         if networks == ("G_ema",):
             modules = {"G_ema": build_generator(config)}
@@ -60,3 +64,4 @@ def check_models(header: checkpoint.Header, config: Config, networks: tuple[str,
             except CheckpointError as e:
                 raise CheckpointError(f"{header.path}: {e}; it cannot be used (a damaged file, "
                                       "or its config was edited)") from None
+    return modules

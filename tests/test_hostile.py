@@ -581,6 +581,12 @@ def test_a_config_edited_out_of_step_with_its_tensors_is_refused_by_every_comman
     assert not (workdir / "o.png").exists()
 
 
+def test_a_bad_resume_flag_is_the_users_error_not_the_checkpoints(trained_run):
+    result = invoke("resume", trained_run, "--steps", "8", "--eval-metrics", "bogus")
+    assert_one_line_error(result, 1, "unknown metric 'bogus'")
+    assert "holds a config" not in result.stderr
+
+
 def test_inspect_cuts_a_long_class_list_short(trained_run, workdir):
     ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
     # classes the data does not have: inspect reads the header alone, so it shows them
