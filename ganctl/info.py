@@ -5,20 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ganctl import checkpoint, rundir
 from ganctl.errors import CheckpointError
-from ganctl.models import build_models
 from ganctl.stored import check_models, stored_config
 
 
 def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
     path = header.path
     config = stored_config(header)
-    check_models(header, config)  # the counts below are of the models the file holds
-    with torch.device("meta"):  # structure only: no memory, no weights read
-        G, D = build_models(config)
+    models = check_models(header, config)  # the counts below are of the models the file holds
     return {
         "path": str(path),
         "version": header.metadata.get("ganctl.version"),
@@ -26,8 +21,7 @@ def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
         "step": header.step,
         "created": header.metadata.get("ganctl.created"),
         "file_size": header.file_size,
-        "params": {"G": sum(p.numel() for p in G.parameters()),
-                   "D": sum(p.numel() for p in D.parameters())},
+        "params": {name: sum(p.numel() for p in models[name].parameters()) for name in ("G", "D")},
         "dataset_fingerprint": header.metadata.get("ganctl.dataset_fingerprint"),
         "checksum": header.metadata.get("ganctl.checksum"),
         "config": config.to_dict(),
