@@ -31,18 +31,17 @@ def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 
 
 def _coverage(kind: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, size: torch.Tensor,
-              angle: torch.Tensor, resolution: int) -> torch.Tensor:
-    """(n,) shape parameters -> (n, 1, R, R) fraction of each pixel the shape covers.
+              resolution: int) -> torch.Tensor:
+    """(n,) shape parameters -> (n, 1, R, R) fraction of each pixel the shape covers, the shapes
+    upright (a triangle points up, a square sits on an edge).
 
     Anti-aliased from a signed distance d (in image widths) to the shape's edge:
     coverage = clamp(0.5 - d * R, 0, 1), a one-pixel ramp across the edge.
     """
     t = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
     y, x = torch.meshgrid(t, t, indexing="ij")  # (R, R)
-    dx = x[None] - cx[:, None, None]
-    dy = y[None] - cy[:, None, None]
-    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
-    u, v = dx * cos + dy * sin, -dx * sin + dy * cos  # rotated coordinates, (n, R, R)
+    u = x[None] - cx[:, None, None]  # (n, R, R) offsets from each shape's centre
+    v = y[None] - cy[:, None, None]
     s = size[:, None, None]
     circle = torch.sqrt(u * u + v * v) - s
     square = torch.maximum(u.abs(), v.abs()) - s * 0.8
@@ -78,14 +77,13 @@ def render(resolution: int, channels: int, n: int = SIZE, seed: int = SEED) -> t
 
     cx, cy = uniform(0.4, 0.6), uniform(0.4, 0.6)
     size = uniform(0.24, 0.36)
-    angle = torch.zeros(n)  # upright: a triangle points up, a square sits on an edge
     fg_hue = uniform(0, 1)
     fg = hsv_to_rgb(fg_hue, uniform(0.7, 1.0), uniform(0.8, 1.0))  # (n, 3)
     bg = hsv_to_rgb((fg_hue + uniform(0.25, 0.75)) % 1, uniform(0.3, 0.6), uniform(0.1, 0.3))
     out = torch.empty(n, channels, resolution, resolution, dtype=torch.uint8)
     for i in range(0, n, CHUNK):
         j = slice(i, i + CHUNK)
-        alpha = _coverage(kind[j], cx[j], cy[j], size[j], angle[j], resolution)
+        alpha = _coverage(kind[j], cx[j], cy[j], size[j], resolution)
         rgb = bg[j, :, None, None] * (1 - alpha) + fg[j, :, None, None] * alpha  # (c, 3, R, R)
         if channels == 1:
             rgb = (rgb * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)
