@@ -149,13 +149,11 @@ def _claim(out: Path | None, config: Config, overwrite: bool, held: ExitStack,
     return run_dir, made
 
 
-def _check_classes(config: Config, data: ImageSet, what: str) -> None:
+def _check_classes(config: Config, data: ImageSet, what: str, fix: str = "") -> None:
     """The class names a config holds must be the data's: a label's meaning may not change."""
     if config.classes and tuple(config.classes) != tuple(data.classes):
         def show(names: tuple[str, ...] | list[str]) -> str:
             return (", ".join(names[:8]) + (" ..." if len(names) > 8 else "")) or "none"
-        fix = ("; remove classes from the config file (a run's config.json holds its data's)"
-               if what == "the config names" else "")
         raise DataError(f"{what} the classes {show(config.classes)}, but dataset {config.dataset!r} "
                         f"has {show(data.classes)}; labels would change meaning{fix}")
 
@@ -171,7 +169,8 @@ class Opened:
 def fit_to_data(config: Config, data: ImageSet) -> Config:
     """A new run's config with the data's class names (a config may repeat them, not change
     them); a conditional one needs every image in a class."""
-    _check_classes(config, data, "the config names")
+    _check_classes(config, data, "the config names",
+                   "; remove classes from the config file (a run's config.json holds its data's)")
     config = config.replace(classes=tuple(data.classes))
     if config.conditional:
         _check_conditional(config, data)
