@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -182,7 +183,6 @@ def main() -> int:
     args.device = str(device)
     archs = [a for a in args.archs.split(",") if a]
     with tempfile.TemporaryDirectory() as scratch:
-        import os
         os.environ.setdefault("GANCTL_CACHE_DIR", str(Path(scratch) / "cache"))
         folder = args.folder or make_jpeg_folder(Path(scratch) / "jpegs", args.images, 2, 0)
         ref = reference(folder, args, device)
