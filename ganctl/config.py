@@ -22,19 +22,25 @@ from ganctl.fsutil import NotRegularFile, read_regular
 # Everything else is fixed by the checkpoint so the run continues as it started.
 # dataset, data_dir and inception too: files may live elsewhere on another machine (the data's
 # content fingerprint is checked, the feature network's sha256 recorded with every score).
+# precision and compile too: a run may move to another machine (a CPU, an older GPU).
 RESUME_OVERRIDABLE = frozenset(
     {"dataset", "steps", "log_every", "sample_every", "ckpt_every", "keep", "device", "data_dir",
-     "eval_every", "eval_num", "eval_num_real", "eval_metrics", "inception", "max_file_mb"}
+     "eval_every", "eval_num", "eval_num_real", "eval_metrics", "inception", "max_file_mb",
+     "precision", "compile", "compile_mode"}
 )
 CROPS = ("center", "none")
 SPECTRAL_NORM = ("auto", "on", "off")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+COMPILE = ("auto", "on", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+BATCH_AUTO = 0  # batch_size 0: the largest power of two that fits the GPU, found at the start
 MAX_D_STEPS = 100  # D updates per G update; WGAN-GP uses 5 (a step must stay interruptible)
 MAX_STEP = 999_999_999  # checkpoint names carry nine digits
 # (lowest, highest) of every numeric field: far beyond any real run, low enough that no value
 # reaches torch as an absurd allocation or an overflow. Floats: lr 0 is refused separately.
 BOUNDS: dict[str, tuple[float, float]] = {
     "resolution": (1, 4096), "z_dim": (1, 16384),
-    "g_width": (1, 4096), "d_width": (1, 4096), "batch_size": (1, 65536),
+    "g_width": (1, 4096), "d_width": (1, 4096), "batch_size": (BATCH_AUTO, 65536),
     "steps": (1, MAX_STEP), "seed": (0, 2**32 - 1), "d_steps": (1, MAX_D_STEPS),
     "r1_every": (1, MAX_STEP), "log_every": (1, MAX_STEP), "sample_every": (1, MAX_STEP),
     "ckpt_every": (1, MAX_STEP), "keep": (0, 1_000_000), "eval_every": (0, MAX_STEP),
@@ -43,7 +49,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "lr_g": (0.0, 10.0), "lr_d": (0.0, 10.0), "r1": (0.0, 1e6), "r2": (0.0, 1e6), "gp": (0.0, 1e6),
 }
 _BOUND_HINTS = {"keep": " (0 keeps every checkpoint)", "eval_every": " (0: no evaluation)",
-                "eval_num_real": " (0: all)"}
+                "eval_num_real": " (0: all)", "batch_size": " (0 or auto: the largest that fits)"}
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -90,6 +96,10 @@ class Config:
     ckpt_every: int = 1000
     keep: int = 3  # newest checkpoints kept; 0 keeps all
     device: str = "auto"
+    # how the step runs (a run records what "auto" became on its device)
+    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32), fp32, tf32, bf16, fp16
+    compile: str = "auto"  # torch.compile of G and D: auto (on for CUDA), on, off
+    compile_mode: str = "default"  # torch.compile's mode (reduce-overhead: CUDA graphs)
     # evaluation during training (0: none); an evaluation step is also a checkpoint step
     eval_every: int = 0
     eval_num: int = 10000  # fakes per evaluation
@@ -118,6 +128,11 @@ class Config:
         if self.spectral_norm not in SPECTRAL_NORM:
             raise ConfigError(f"spectral_norm must be one of {', '.join(SPECTRAL_NORM)}, got "
                               f"{self.spectral_norm!r}")
+        for name, choices in (("precision", PRECISIONS), ("compile", COMPILE),
+                              ("compile_mode", COMPILE_MODES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got "
+                                  f"{getattr(self, name)!r}"[:300])
         if self.eval_num_real == 1:
             raise ConfigError(f"eval_num_real must be 0 (all) or at least 2, got {self.eval_num_real}")
         if not _DEVICE_RE.match(self.device):

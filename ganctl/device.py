@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from ganctl.config import PRECISIONS
 from ganctl.errors import DeviceError
 
 
@@ -65,3 +67,62 @@ def configure_determinism(deterministic: bool) -> None:
         torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
+
+
+# --- precision -------------------------------------------------------------------------------
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(spec: str, device: torch.device) -> str:
+    """--precision for `device`: 'auto' is bf16 on a CUDA GPU with bf16 (Ampere and newer) and
+    fp32 elsewhere (CPU, MPS, older GPUs: fp16 is never chosen for the user, it needs loss
+    scaling and can overflow); an explicit choice the device cannot run is a DeviceError."""
+    if spec not in PRECISIONS:
+        raise DeviceError(f"unknown precision {spec!r}; use one of {', '.join(PRECISIONS)}")
+    if spec == "auto":
+        return "bf16" if device.type == "cuda" and _cuda_bf16(device) else "fp32"
+    if spec == "bf16" and device.type == "cuda" and not _cuda_bf16(device):
+        raise DeviceError(f"{describe(device)} has no bfloat16 support; use --precision fp16 "
+                          "(with loss scaling) or fp32")
+    if spec == "fp16" and device.type == "mps":
+        raise DeviceError("--precision fp16 needs a CUDA GPU or the CPU here; use fp32 on mps")
+    return spec
+
+
+def _cuda_bf16(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= 8  # native bf16 from Ampere (sm_80)
+
+
+class Precision:
+    """How a phase's forwards run: `name` is fp32 (strict IEEE float32), tf32 (float32 with
+    TensorFloat-32 matmuls and convolutions on CUDA), bf16 or fp16 (autocast: matmuls and
+    convolutions in that type, reductions and losses in float32). Weights, optimizer state and
+    the EMA stay float32 in every mode."""
+
+    def __init__(self, name: str, device: torch.device) -> None:
+        self.name = name
+        self.device = device
+        self.dtype = _AUTOCAST.get(name)  # None: no autocast
+
+    @property
+    def scaled(self) -> bool:
+        """Whether gradients need loss scaling (fp16's narrow exponent underflows without it)."""
+        return self.name == "fp16"
+
+    def apply(self) -> None:
+        """Set torch's float32 matmul/convolution mode on CUDA for this precision (global)."""
+        if self.device.type == "cuda":
+            fast = self.name != "fp32"  # under autocast, what stays float32 may use TF32 too
+            torch.backends.cuda.matmul.allow_tf32 = fast
+            torch.backends.cudnn.allow_tf32 = fast
+
+    def autocast(self) -> AbstractContextManager[object]:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        return {"fp32": "fp32", "tf32": "tf32 (float32 weights, TensorFloat-32 math)",
+                "bf16": "bf16 autocast (float32 weights)",
+                "fp16": "fp16 autocast with loss scaling (float32 weights)"}[self.name]

@@ -50,8 +50,11 @@ def fits_on(device: torch.device, nbytes: int) -> bool:
 class Batches:
     def __init__(self, images: np.ndarray | torch.Tensor, batch_size: int, seed: int,
                  device: torch.device, mirror: bool = False, resident: bool | None = None,
-                 labels: np.ndarray | torch.Tensor | None = None) -> None:
-        """labels: (N,) class indices of the images, or None for unlabelled data."""
+                 labels: np.ndarray | torch.Tensor | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        """labels: (N,) class indices of the images, or None for unlabelled data; memory_format:
+        the batches' layout (channels_last for the networks on a GPU)."""
+        self.memory_format = memory_format
         self.count = len(images)
         if labels is not None and len(labels) != self.count:
             raise ValueError(f"{len(labels)} labels for {self.count} images")
@@ -125,7 +128,7 @@ class Batches:
 
     def _scale(self, x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """uint8 -> float in [-1, 1], flipped where asked."""
-        x = x.float().div_(127.5).sub_(1.0)
+        x = x.to(torch.float32, memory_format=self.memory_format).div_(127.5).sub_(1.0)
         if self.mirror:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x

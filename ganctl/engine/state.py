@@ -16,6 +16,9 @@ from torch import nn
 from ganctl import checkpoint
 from ganctl.config import Config
 from ganctl.data import Batches
+from ganctl.device import Precision, resolve_precision
+from ganctl.engine.amp import Amp
+from ganctl.engine.compiled import compile_network, compiles
 from ganctl.errors import CheckpointError, ConfigError
 from ganctl.losses import NETWORKS, Loss, Phase, make_loss
 from ganctl.models import build_models
@@ -32,8 +35,15 @@ class TrainState:
     loss: Loss
     batches: Batches
     noise: torch.Generator  # draws every z of training, on the device
+    amp: Amp  # the precision the phases run in (and fp16's gradient scalers)
+    G_train: nn.Module  # G as the step calls it: G itself, or compiled (the same weights)
+    D_train: nn.Module
     step: int = 0
     drawn: int = 0  # real batches drawn by this process (for images/s)
+
+    @property
+    def compiled(self) -> bool:
+        return self.G_train is not self.G
 
     def network(self, name: str) -> nn.Module:
         """A trained network by name (NETWORKS): G or D."""
@@ -50,10 +60,13 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
     if config.conditional and (not config.classes or labels is None):  # else unconditional nets
         raise ConfigError("a conditional model needs the data's class names in its config and "
                           "its labels (session.fit_to_data fills the names in)")
+    precision = Precision(resolve_precision(config.precision, device), device)
+    precision.apply()
+    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     torch.manual_seed(config.seed)  # initial weights
     try:
         G, D = build_models(config)
-        G, D = G.to(device), D.to(device)
+        G, D = G.to(device).to(memory_format=layout), D.to(device).to(memory_format=layout)
     except (RuntimeError, MemoryError) as e:
         if "alloc" not in str(e).lower() and "memory" not in str(e).lower():
             raise
@@ -61,14 +74,18 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
                           "lower --g-width, --d-width or --z-dim") from None
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     loss = make_loss(config)
+    fast = compiles(config, device)
     return TrainState(
         config=config, G=G, D=D, G_ema=G_ema,
         opt_G=_adam(G, config.lr_g, config, _updates_per_regulariser(loss.phases(), "G")),
         opt_D=_adam(D, config.lr_d, config, _updates_per_regulariser(loss.phases(), "D")),
         loss=loss,
         batches=Batches(images, config.batch_size, config.seed, device, mirror=config.mirror,
-                        labels=labels),
+                        labels=labels, memory_format=layout),
         noise=torch.Generator(device=device).manual_seed(config.seed),
+        amp=Amp(precision),
+        G_train=compile_network(G, config.compile_mode) if fast else G,
+        D_train=compile_network(D, config.compile_mode) if fast else D,
     )
 
 
@@ -86,7 +103,8 @@ def _adam(net: nn.Module, lr: float, config: Config, m: int | None) -> torch.opt
     m / (m + 1) (StyleGAN2's lazy regularisation): lr keeps its meaning with and without it."""
     ratio = m / (m + 1) if m else 1.0
     betas = (config.beta1 ** ratio, config.beta2 ** ratio)
-    return torch.optim.Adam(net.parameters(), lr=lr * ratio, betas=betas)
+    # fused: one kernel for every parameter's update (CUDA and CPU alike)
+    return torch.optim.Adam(net.parameters(), lr=lr * ratio, betas=betas, fused=True)
 
 
 def state_tensors(state: TrainState) -> dict[str, torch.Tensor]:
@@ -99,6 +117,7 @@ def state_tensors(state: TrainState) -> dict[str, torch.Tensor]:
         **{k: v for name in NETWORKS
            for k, v in checkpoint.optimizer_tensors(state.optimizer(name), f"opt_{name}").items()},
         **{f"loss.{k}": v for k, v in state.loss.state_tensors().items()},
+        **{f"amp.{k}": v for k, v in state.amp.state_tensors().items()},
         "rng.noise": state.noise.get_state(),
         "rng.torch": torch.get_rng_state(),
         "state.step": torch.tensor(state.step, dtype=torch.int64),
@@ -118,10 +137,11 @@ def load_state(state: TrainState, tensors: dict[str, torch.Tensor],
     for name in NETWORKS:
         checkpoint.load_module(state.network(name), tensors, name)
         checkpoint.load_optimizer(state.optimizer(name), tensors, f"opt_{name}")
+        _match_layout(state.optimizer(name))
     checkpoint.load_module(state.G_ema, tensors, "G_ema")
     try:
-        state.loss.load_state_tensors({k[len("loss."):]: v for k, v in tensors.items()
-                                       if k.startswith("loss.")})
+        state.loss.load_state_tensors(_prefixed(tensors, "loss."))
+        state.amp.load_state_tensors(_prefixed(tensors, "amp."))
         _restore_noise(state, tensors["rng.noise"], int(tensors["state.step"]), say)
         torch.set_rng_state(tensors["rng.torch"])
         state.step = int(tensors["state.step"])
@@ -131,6 +151,20 @@ def load_state(state: TrainState, tensors: dict[str, torch.Tensor],
         raise CheckpointError(f"checkpoint lacks tensor {e.args[0]!r}; it is incomplete") from None
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint's training state is damaged: {e}") from None
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], lead: str) -> dict[str, torch.Tensor]:
+    return {k[len(lead):]: v for k, v in tensors.items() if k.startswith(lead)}
+
+
+def _match_layout(opt: torch.optim.Optimizer) -> None:
+    """Loaded moments in their parameter's memory layout (channels_last on CUDA): the fused
+    update works on tensors laid out alike."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if value.shape == p.shape and value.stride() != p.stride():
+                    opt.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _restore_noise(state: TrainState, saved: torch.Tensor, step: int,

@@ -11,6 +11,7 @@ from torch import nn
 
 from ganctl.engine.state import TrainState
 from ganctl.losses import NETWORKS, Phase, Stats, StepInputs, requires_grad
+from ganctl.models.layers import refresh_spectral_norm
 
 EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step) up to config.ema_decay
 
@@ -21,19 +22,22 @@ def draw(state: TrainState, keep_graph: bool) -> StepInputs:
     state.drawn += 1
     z = torch.randn(state.config.batch_size, state.config.z_dim, generator=state.noise,
                     device=state.batches.device)  # (B, z_dim)
-    return StepInputs(state.G, state.D, real, z, keep_graph, augment=state.loss.augment,
-                      generator=state.noise)
+    return StepInputs(state.G_train, state.D_train, real, z, keep_graph, backward=state.amp.backward,
+                      augment=state.loss.augment, generator=state.noise, grad=state.amp.grad,
+                      D_eager=state.D)
 
 
 def run_phase(state: TrainState, phase: Phase, inputs: StepInputs) -> Stats:
     """One phase between its optimizer's zero_grad and step, every other network frozen (G's
-    update needs gradients through D, not of D's weights)."""
+    update needs gradients through D, not of D's weights), in the run's precision."""
     opt = state.optimizer(phase.module)
     others = [state.network(name) for name in NETWORKS if name != phase.module]
     with requires_grad(False, *others):
         opt.zero_grad(set_to_none=True)
-        stats = state.loss.accumulate(phase, inputs)
-        opt.step()
+        with state.amp.phase(phase.module):
+            stats = state.loss.accumulate(phase, inputs)
+        state.amp.step(phase.module, opt)
+        refresh_spectral_norm(state.network(phase.module))  # its estimate follows the new weights
     if phase.module == "G":
         inputs.release()
     return stats
@@ -60,8 +64,10 @@ def train_step(state: TrainState, phases: list[Phase]) -> Stats:
 
 @torch.no_grad()
 def update_ema(G_ema: nn.Module, G: nn.Module, step: int, decay: float) -> None:
-    # G_ema <- beta * G_ema + (1 - beta) * G, beta warming up so early samples track G
+    # G_ema <- beta * G_ema + (1 - beta) * G, beta warming up so early samples track G;
+    # one fused update over every parameter, and one copy of every buffer
     beta = min(decay, (1 + step) / (EMA_WARMUP + step))
     torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - beta)
-    for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
-        b_ema.copy_(b)  # BatchNorm running statistics follow G
+    buffers = list(G_ema.buffers())
+    if buffers:
+        torch._foreach_copy_(buffers, list(G.buffers()))  # BatchNorm running statistics follow G

@@ -71,6 +71,11 @@ def backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
+def grad(outputs: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
+    (gradient,) = torch.autograd.grad(outputs.sum(), wrt, create_graph=True)
+    return gradient
+
+
 class StepInputs:
     """What one run of a phase works on: the networks, a real batch and latents z.
 
@@ -80,18 +85,25 @@ class StepInputs:
     backpropagates through them, after which they are released (a later phase generates anew).
     Fakes get the class labels of the real batch (c is None for unlabelled data).
 
-    Losses call inputs.backward(loss) and inputs.grad(outputs, wrt), never loss.backward() or
+    Losses call inputs.backward(loss) and inputs.input_grad(x), never loss.backward() or
     torch.autograd.grad: the step decides what those are (mixed precision scales them there, in
-    one place). Every image D sees goes through inputs.augment (DiffAugment, when asked for);
-    random draws use inputs.generator, the run's checkpointed generator.
+    one place). G and D may be compiled; gradient penalties differentiate twice, which compiled
+    graphs do not support, so input_grad runs D_eager, the same network uncompiled. Every image
+    D sees goes through inputs.augment (DiffAugment, when asked for); random draws use
+    inputs.generator, the run's checkpointed generator. D's outputs are float32 whatever the
+    precision of its layers: the losses are computed in float32.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, real: Batch, z: torch.Tensor,
                  keep_graph: bool = True, backward: Callable[[torch.Tensor], None] = backward,
-                 augment: Augment | None = None, generator: torch.Generator | None = None) -> None:
+                 augment: Augment | None = None, generator: torch.Generator | None = None,
+                 grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = grad,
+                 D_eager: nn.Module | None = None) -> None:
         self.G, self.D, self.real, self.z = G, D, real, z
+        self.D_eager = D if D_eager is None else D_eager
         self.keep_graph = keep_graph
         self.backward = backward
+        self.grad = grad
         self.generator = generator
         self._augment = augment
         self._fake: torch.Tensor | None = None
@@ -119,12 +131,12 @@ class StepInputs:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """D's outputs for images x (augmented as asked), conditioned on the batch's labels."""
-        return self.D(self.augment(x), self.c)
+        return self.D(self.augment(x), self.c).float()  # (B,)
 
-    def grad(self, outputs: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
-        """d(sum of outputs)/d wrt, with a graph, for gradient penalties."""
-        (gradient,) = torch.autograd.grad(outputs.sum(), wrt, create_graph=True)
-        return gradient
+    def input_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """d(sum of D's outputs)/dx for images x (a leaf that requires grad), with a graph, in
+        float32: the gradient penalties' term."""
+        return self.grad(self.D_eager(self.augment(x), self.c).float(), x)  # (B, C, H, W)
 
 
 class Loss(ABC):
@@ -196,8 +208,8 @@ class Loss(ABC):
                                     ("R2", self.config.r2, inputs.fake())):
             if not gamma:
                 continue
-            x = images.detach().requires_grad_(True)
-            gradient = inputs.grad(inputs.logits(x), x)  # (B, C, H, W)
+            x = images.detach().float().requires_grad_(True)
+            gradient = inputs.input_grad(x)  # (B, C, H, W)
             penalty = gradient.square().sum(dim=(1, 2, 3)).mean() * (gamma / 2)
             term = penalty * phase.interval
             total = term if total is None else total + term

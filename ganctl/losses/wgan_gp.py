@@ -20,7 +20,7 @@ class WGANGP(Loss):
     def d_penalty(self, inputs: StepInputs, fake: torch.Tensor) -> tuple[torch.Tensor | None, Stats]:
         real = inputs.real.x
         e = torch.rand(real.shape[0], 1, 1, 1, device=real.device, generator=inputs.generator)
-        x_hat = (e * real + (1 - e) * fake).detach().requires_grad_(True)
-        gradient = inputs.grad(inputs.logits(x_hat), x_hat)  # (B, C, H, W)
+        x_hat = (e * real + (1 - e) * fake.float()).detach().requires_grad_(True)
+        gradient = inputs.input_grad(x_hat)  # (B, C, H, W)
         penalty = (gradient.flatten(1).norm(dim=1) - 1).square().mean()
         return self.config.gp * penalty, {"loss_GP": penalty.detach()}

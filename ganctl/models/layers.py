@@ -3,9 +3,12 @@ head, and spectral normalisation of a whole network."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrizations
+from torch.nn.utils import parametrizations, parametrize
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -65,11 +68,44 @@ def project(linear: nn.Linear, embed: nn.Embedding | None, h: torch.Tensor,
     return logits
 
 
+class SpectralNorm(parametrizations._SpectralNorm):
+    """torch's spectral-norm parametrization (the same buffers, so the same state-dict keys),
+    with the power iteration moved out of the forward pass into power_iteration(), which the
+    step runs once after each update of the network's weights (and the 15 iterations of the
+    start). torch's own iterates in every forward, updating the buffers in place; a compiled D
+    saves those buffers for its backward, so a second forward before the backward (D(real),
+    then D(fake)) fails with "modified by an inplace operation". Here a forward only reads them.
+    """
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.ndim == 1:
+            return F.normalize(weight, dim=0, eps=self.eps)
+        weight_mat = self._reshape_weight_to_matrix(weight)  # (out, in * k * k)
+        sigma = torch.vdot(self._u, torch.mv(weight_mat, self._v))  # largest singular value
+        return weight / sigma
+
+    @torch.no_grad()
+    def power_iteration(self, weight: torch.Tensor) -> None:
+        if weight.ndim > 1:
+            self._power_method(self._reshape_weight_to_matrix(weight), self.n_power_iterations)
+
+
+def refresh_spectral_norm(net: nn.Module) -> None:
+    """One power iteration for every spectrally normalised weight of `net`: its estimate of the
+    largest singular value follows the weights as they change."""
+    for module in net.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            weight: Any = module.parametrizations["weight"]  # type: ignore[index]
+            for param in weight:
+                if isinstance(param, SpectralNorm):
+                    param.power_iteration(weight.original)
+
+
 def spectral_norm_all(net: nn.Module) -> nn.Module:
-    """Spectral normalisation (Miyato et al. 2018) of every weighted layer of `net`, with torch's
-    parametrizations: each weight divided by its largest singular value, estimated by one power
-    iteration per forward pass in training."""
+    """Spectral normalisation (Miyato et al. 2018) of every weighted layer of `net`, as torch's
+    parametrizations.spectral_norm registers it (same state-dict keys): each weight divided by
+    its largest singular value, estimated by one power iteration per forward pass in training."""
     for module in list(net.modules()):
         if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
-            parametrizations.spectral_norm(module)
+            parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight))
     return net

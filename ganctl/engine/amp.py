@@ -1,0 +1,95 @@
+"""Mixed precision, in one place: autocast around a phase's forwards, and for fp16 one gradient
+scaler per network around its backward passes, its penalty gradients and its optimizer step.
+
+Losses never see any of it: they call StepInputs.backward / .grad, which land here. Nothing
+here reads a value back from the device (the scale stays a device tensor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ganctl.device import Precision
+from ganctl.losses import NETWORKS
+
+
+class Amp:
+    def __init__(self, precision: Precision) -> None:
+        self.precision = precision
+        kind = precision.device.type
+        self.scalers = {name: torch.amp.GradScaler(kind) for name in NETWORKS} if precision.scaled else {}
+        self._network: str | None = None  # whose phase is running
+
+    @contextmanager
+    def phase(self, network: str) -> Iterator[None]:
+        """A phase of `network` (G or D): its forwards under autocast."""
+        self._network = network
+        try:
+            with self.precision.autocast():
+                yield
+        finally:
+            self._network = None
+
+    def _scaler(self) -> torch.amp.GradScaler | None:
+        return self.scalers.get(self._network) if self._network else None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), scaled for fp16; outside autocast, as torch recommends."""
+        scaler = self._scaler()
+        with torch.autocast(self.precision.device.type, enabled=False):
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def grad(self, outputs: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
+        """d(sum of outputs)/d wrt with a graph (gradient penalties), in float32: under fp16 the
+        sum is scaled before the backward (small gradients would flush to zero) and the
+        gradient unscaled after, by the scaler's device tensor (no host sync)."""
+        scaler = self._scaler()
+        total = outputs.float().sum()
+        with torch.autocast(self.precision.device.type, enabled=False):
+            if scaler is None:
+                (gradient,) = torch.autograd.grad(total, wrt, create_graph=True)
+                return gradient.float()
+            (gradient,) = torch.autograd.grad(scaler.scale(total), wrt, create_graph=True)
+            scale = scaler._scale  # set by scale(): a (1,) tensor on the device
+            assert scale is not None
+            return gradient.float() / scale
+
+    def step(self, network: str, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer's step; under fp16 skipped where the gradients overflowed (the scale
+        then halves), with the scale updated after each phase."""
+        scaler = self.scalers.get(network)
+        if scaler is None:
+            optimizer.step()
+            return
+        scaler.step(optimizer)
+        scaler.update()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The scalers' state (fp16 only), for exact resume."""
+        out = {}
+        for name, scaler in self.scalers.items():
+            state = scaler.state_dict()
+            if state:  # empty before a scaler's first use
+                out[f"{name}.scale"] = torch.tensor(state["scale"], dtype=torch.float64)
+                out[f"{name}.growth_tracker"] = torch.tensor(state["_growth_tracker"],
+                                                             dtype=torch.int64)
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore state_tensors(); a checkpoint without them (trained in another precision)
+        leaves the scalers at their start."""
+        for name, scaler in self.scalers.items():
+            if f"{name}.scale" in tensors:
+                state = scaler.state_dict() or _initial_state(scaler)
+                state["scale"] = float(tensors[f"{name}.scale"])
+                state["_growth_tracker"] = int(tensors[f"{name}.growth_tracker"])
+                scaler.load_state_dict(state)
+
+
+def _initial_state(scaler: torch.amp.GradScaler) -> dict[str, float | int]:
+    return {"scale": scaler.get_scale(), "growth_factor": scaler.get_growth_factor(),
+            "backoff_factor": scaler.get_backoff_factor(),
+            "growth_interval": scaler.get_growth_interval(), "_growth_tracker": 0}

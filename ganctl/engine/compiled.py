@@ -1,0 +1,75 @@
+"""torch.compile, in one place: which runs compile, how G and D are compiled, where the compiled
+code is cached, and what a compile or memory failure tells the user.
+
+G and D are compiled as wrappers (torch.compile(module)) that share the modules' weights: the
+state keeps the plain modules, so checkpoints never hold a wrapper's `_orig_mod.` keys, and the
+gradient penalties, which differentiate twice (compiled graphs do not support that), run the
+plain D (StepInputs.input_grad).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ganctl.config import COMPILE, Config
+from ganctl.errors import ConfigError, GanctlError
+
+# compiled variants of one network: G with and without a graph (d_steps' extra draws), D on
+# reals, on detached and on attached fakes, with its weights frozen (G's phase) or not
+RECOMPILE_LIMIT = 32
+
+
+def resolve_compile(spec: str, device: torch.device) -> str:
+    """--compile: 'auto' is on for CUDA and off elsewhere (on a CPU, minutes of compiling buy
+    little); the result is 'on' or 'off'."""
+    if spec not in COMPILE:
+        raise ConfigError(f"compile must be one of {', '.join(COMPILE)}, got {spec!r}")
+    if spec == "auto":
+        return "on" if device.type == "cuda" else "off"
+    return spec
+
+
+def compiles(config: Config, device: torch.device) -> bool:
+    return resolve_compile(config.compile, device) == "on"
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept between runs: TORCHINDUCTOR_CACHE_DIR, or next to the
+    decode cache (~/.cache/ganctl/compile), so a second start of the same model is fast."""
+    if env := os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ganctl" / "compile"
+
+
+def compile_network(net: nn.Module, mode: str) -> nn.Module:
+    """net compiled (lazily: the first call compiles), sharing its parameters and buffers."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
+    import torch._dynamo  # noqa: PLC0415 (seconds of import: only when compiling)
+
+    limit = torch._dynamo.config.cache_size_limit
+    torch._dynamo.config.cache_size_limit = max(limit, RECOMPILE_LIMIT)
+    return torch.compile(net, mode=mode)  # type: ignore[return-value]
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
+def explain(e: BaseException, config: Config) -> GanctlError | None:
+    """The one-line error for an out-of-memory or a compiler failure while training (None for
+    any other exception): what happened and which flag to change."""
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()[:200]:
+        return ConfigError(f"out of memory at batch size {config.batch_size} ({_first_line(e)}); "
+                           "lower --batch-size (or pass --batch-size auto to find the largest "
+                           "that fits)")
+    module = type(e).__module__
+    if module.startswith(("torch._dynamo", "torch._inductor")):
+        return ConfigError(f"torch.compile failed ({type(e).__name__}: {_first_line(e)}); train "
+                           "without it: --no-compile")
+    return None
