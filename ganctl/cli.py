@@ -108,6 +108,16 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on s
 Device = Annotated[str | None, typer.Option(
     help="auto | cpu | cuda | cuda:K | mps. auto: the CUDA GPU with most free memory, "
          "else mps, else cpu.")]
+PrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", help="auto | fp32 | tf32 | bf16 | fp16. auto: bf16 on CUDA GPUs that have it "
+    "(Ampere and newer), else fp32. Weights, losses and the EMA stay float32; fp16 adds loss "
+    "scaling.")]
+CompileOpt = Annotated[bool | None, typer.Option(
+    "--compile/--no-compile", help="torch.compile G and D (default: on for CUDA, off on CPU). The "
+    "first step compiles; kernels are cached for the next start.")]
+CompileMode = Annotated[str | None, typer.Option(
+    help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, "
+    "max-autotune-no-cudagraphs.")]
 Steps = Annotated[int | None, typer.Option(min=1, help="Total length of the run in steps "
                                               "(also on resume: the run ends at this step).")]
 SampleEvery = Annotated[int | None, typer.Option(min=1, help="Write a sample grid every N steps.")]
@@ -280,7 +290,9 @@ def train(
         "(default: none; none turns a preset's off).")] = None,
     resolution: Resolution = None,
     channels: Channels = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step.")] = None,
+    batch_size: Annotated[str | None, typer.Option(
+        metavar="N|auto", help="Images per step, or auto: the largest power of two (up to 2048) "
+        "whose step fits in the GPU's memory (on a CPU, 64).")] = None,
     steps: Steps = None,
     z_dim: Annotated[int | None, typer.Option(min=1, help="Latent size (default 100).")] = None,
     g_width: Annotated[int | None, typer.Option(min=1, help="G's base channel count (ngf).")] = None,
@@ -298,6 +310,9 @@ def train(
                                                 "./runs/NNNN-<dataset>-<arch>; env GANCTL_RUNS "
                                                 "moves ./runs).")] = None,
     device: Device = None,
+    precision: PrecisionOpt = None,
+    compile: CompileOpt = None,
+    compile_mode: CompileMode = None,
     sample_every: SampleEvery = None,
     ckpt_every: CkptEvery = None,
     log_every: LogEvery = None,
@@ -358,9 +373,26 @@ def _config_flags(params: dict[str, Any]) -> dict[str, Any]:
     from ganctl.config import FIELD_NAMES
 
     flags = {k: params[k] for k in FIELD_NAMES if params.get(k) is not None}
-    if isinstance(flags.get("spectral_norm"), bool):
-        flags["spectral_norm"] = "on" if flags["spectral_norm"] else "off"
+    for name in ("spectral_norm", "compile"):
+        if isinstance(flags.get(name), bool):
+            flags[name] = "on" if flags[name] else "off"
+    if "batch_size" in flags:
+        flags["batch_size"] = _batch_size(flags["batch_size"])
     return flags
+
+
+def _batch_size(text: str) -> int | str:
+    """--batch-size: a whole number from 1, or auto (left for the session to find)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise typer.BadParameter(f"{text!r} is not a whole number of 1 or more, nor auto",
+                                 param_hint="--batch-size")
+    return value
 
 
 def _list_presets(json_mode: bool) -> None:
@@ -412,6 +444,9 @@ def resume(
         "under ./runs).", show_default=False)] = None,
     steps: Steps = None,
     device: Device = None,
+    precision: PrecisionOpt = None,
+    compile: CompileOpt = None,
+    compile_mode: CompileMode = None,
     sample_every: SampleEvery = None,
     ckpt_every: CkptEvery = None,
     log_every: LogEvery = None,
@@ -444,7 +479,9 @@ def resume(
     overrides = _given(dataset=dataset, steps=steps, device=device, sample_every=sample_every,
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir,
                        eval_every=eval_every, eval_num=eval_num, eval_num_real=eval_num_real,
-                       eval_metrics=eval_metrics, inception=inception, max_file_mb=max_file_mb)
+                       eval_metrics=eval_metrics, inception=inception, max_file_mb=max_file_mb,
+                       precision=precision, compile_mode=compile_mode,
+                       compile=None if compile is None else ("on" if compile else "off"))
     _OUTPUT.training = "resumed"
     deadline = _call(debug, session.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))

@@ -235,6 +235,10 @@ class RunLog:
             self._task = self._progress.add_task("train", total=total, completed=step, stats="")
             self._progress.start()
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (compiling) out of the ETA: they will not come again."""
+        self._t0 += seconds
+
     def advance(self, step: int) -> None:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step)

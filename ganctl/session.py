@@ -17,12 +17,14 @@ from typing import Any
 import torch
 
 from ganctl import checkpoint, presets, rundir
-from ganctl.config import RESUME_OVERRIDABLE, Config
+from ganctl.config import BATCH_AUTO, RESUME_OVERRIDABLE, Config
 from ganctl.data import ImageSet, is_path, load_dataset, preset
 from ganctl.data.cache import skip_summary
-from ganctl.device import configure_determinism, describe, resolve_device
+from ganctl.device import Precision, configure_determinism, describe, resolve_device, resolve_precision
+from ganctl.engine.compiled import resolve_compile
 from ganctl.engine.guard import deadline_after, parse_duration
 from ganctl.engine.loop import RunResult, fit
+from ganctl.engine.memory import find_batch_size
 from ganctl.engine.state import TrainState, init_state, load_state
 from ganctl.errors import CheckpointError, ConfigError, DataError
 from ganctl.evaluate import Evaluator, make_evaluator
@@ -104,6 +106,8 @@ def normalise(values: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("augment"), str):  # stored without spaces, in lower case; none as ""
         spec = "".join(out["augment"].split()).lower()
         out["augment"] = "" if spec in augment.OFF else spec
+    if isinstance(out.get("batch_size"), str) and out["batch_size"].strip().lower() == "auto":
+        out["batch_size"] = BATCH_AUTO  # found when the run starts, on its device
     if isinstance(out.get("data_dir"), str) and out["data_dir"]:
         out["data_dir"] = str(Path(out["data_dir"]).expanduser())
     return out
@@ -177,6 +181,19 @@ def fit_to_data(config: Config, data: ImageSet) -> Config:
     return config
 
 
+def on_device(config: Config, device: torch.device) -> Config:
+    """The config with what "auto" means on `device` for precision and compile (the run records
+    what it ran with); an explicit choice the device cannot run is a DeviceError now."""
+    return config.replace(precision=resolve_precision(config.precision, device),
+                          compile=resolve_compile(config.compile, device))
+
+
+def runtime(config: Config, device: torch.device) -> str:
+    """How the step runs, for the start line: device, precision, compiled or eager."""
+    how = f"compiled ({config.compile_mode})" if config.compile == "on" else "eager"
+    return f"device {describe(device)}, {Precision(config.precision, device).describe()}, {how}"
+
+
 def _evaluator(config: Config, data: ImageSet, device: torch.device, download: bool,
                log: RunLog) -> Evaluator | None:
     """For --eval-every: the feature network and the real statistics, before anything is written
@@ -210,6 +227,7 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
     metrics.jsonl and the data report."""
     device = resolve_device(config.device)
     configure_determinism(config.deterministic)
+    config = on_device(config, device)
     data = load_dataset(config, download=download, progress=log.task)
     if check is not None:
         check(data)
@@ -217,6 +235,10 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
         config = fit_to_data(config, data)
     elif config.conditional:
         _check_conditional(config, data)
+    if config.batch_size == BATCH_AUTO:
+        labels = data.labels if config.classes else None
+        config = config.replace(batch_size=find_batch_size(config, device, data.images, labels,
+                                                           log.info))
     for note in get_arch(config.arch).notes(config):
         log.info(note)
     labels = data.labels if config.classes else None
@@ -251,8 +273,8 @@ def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
     with open_run(config, log, download, out, overwrite=overwrite) as run:
         c = run.state.config
         log.info(f"run {run.run_dir}: {c.arch} {c.resolution}x{c.resolution}x{c.channels} on "
-                 f"{c.dataset} ({len(run.data.images)} images), device "
-                 f"{describe(run.state.batches.device)}")
+                 f"{c.dataset} ({len(run.data.images)} images), batch {c.batch_size}, "
+                 f"{runtime(c, run.state.batches.device)}")
         return fit(run.state, run.run_dir, log, run.data.fingerprint, deadline, run.evaluate)
 
 
@@ -349,7 +371,7 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
         state = run.state
         device = state.batches.device
         log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "
-                 f"device {describe(device)}")
+                 f"{runtime(state.config, device)}")
         if state.step == config.steps:
             log.info(f"run is already complete at step {state.step}; pass a larger --steps to "
                      "train further")

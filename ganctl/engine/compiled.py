@@ -9,6 +9,7 @@ plain D (StepInputs.input_grad).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from ganctl.config import COMPILE, Config
-from ganctl.errors import ConfigError, GanctlError
+from ganctl.errors import ConfigError
 
 # compiled variants of one network: G with and without a graph (d_steps' extra draws), D on
 # reals, on detached and on attached fakes, with its weights frozen (G's phase) or not
@@ -51,25 +52,19 @@ def compile_network(net: nn.Module, mode: str) -> nn.Module:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
     import torch._dynamo  # noqa: PLC0415 (seconds of import: only when compiling)
 
+    # its "No CUDA runtime is found" warning on a CPU says nothing about this run
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
     limit = torch._dynamo.config.cache_size_limit
     torch._dynamo.config.cache_size_limit = max(limit, RECOMPILE_LIMIT)
     return torch.compile(net, mode=mode)  # type: ignore[return-value]
 
 
-def _first_line(e: BaseException) -> str:
+def compile_error(e: BaseException) -> ConfigError | None:
+    """The one-line error for a failure of torch's compiler (None for any other exception)."""
+    if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        return None
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return (lines[0] if lines else type(e).__name__)[:200]
-
-
-def explain(e: BaseException, config: Config) -> GanctlError | None:
-    """The one-line error for an out-of-memory or a compiler failure while training (None for
-    any other exception): what happened and which flag to change."""
-    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()[:200]:
-        return ConfigError(f"out of memory at batch size {config.batch_size} ({_first_line(e)}); "
-                           "lower --batch-size (or pass --batch-size auto to find the largest "
-                           "that fits)")
-    module = type(e).__module__
-    if module.startswith(("torch._dynamo", "torch._inductor")):
-        return ConfigError(f"torch.compile failed ({type(e).__name__}: {_first_line(e)}); train "
-                           "without it: --no-compile")
-    return None
+    detail = (lines[0] if lines else "")[:200]
+    return ConfigError(f"torch.compile failed ({type(e).__name__}: {detail}); train without it: "
+                       "--no-compile")

@@ -19,10 +19,12 @@ from torch import nn
 
 from ganctl import checkpoint, rundir
 from ganctl.config import Config
+from ganctl.engine.compiled import cache_dir, compile_error
 from ganctl.engine.guard import LR_FACTOR, MAX_ROLLBACKS, DivergenceGuard, StopSignals, TimeBudget
+from ganctl.engine.memory import is_out_of_memory, out_of_memory_error
 from ganctl.engine.state import TrainState, load_state, snapshot
 from ganctl.engine.step import train_step
-from ganctl.errors import CheckpointError, Diverged, Stopped
+from ganctl.errors import CheckpointError, Diverged, GanctlError, Stopped
 from ganctl.logging import RunLog
 from ganctl.losses import NETWORKS, Stats
 from ganctl.sample import generate, labels_for_seeds, latents_from_seeds, save_grid
@@ -243,12 +245,19 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     made = _Made()
     out_of_time = False
     t0 = time.perf_counter()
+    compiling = _compile_note(state, log)
     log.start(state.step, config.steps)
     try:
         with StopSignals() as signals:
             while state.step < config.steps:
+                started = time.perf_counter()
                 _observe(train_step(state, phases), meter, guard)
                 log.advance(state.step)
+                if compiling:  # the first step compiled G and D: say so, and leave it out of img/s
+                    compiling, seconds = False, time.perf_counter() - started
+                    meter.t0 += seconds
+                    log.exclude(seconds)
+                    log.info(f"compiled in {seconds:.0f} s")
 
                 step, done = state.step, state.step == config.steps
                 evaluating = evaluate is not None and _due(step, config.eval_every, done)
@@ -279,10 +288,30 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                     made.sample = write_samples(state, run_dir, fixed_z, log) or made.sample
                 if stopping:
                     break
+    except Exception as e:
+        if (explained := _explain(e, state)) is None:
+            raise
+        raise explained from None
     finally:
         state.batches.close()
         log.close()
     return _finish(state, run_dir, made, out_of_time, signals, round(time.perf_counter() - t0, 2), log)
+
+
+def _compile_note(state: TrainState, log: RunLog) -> bool:
+    """Tell the user that the first step compiles (so a silent minute is not taken for a hang);
+    whether it does."""
+    if state.compiled:
+        log.info(f"compiling G and D (torch.compile, mode {state.config.compile_mode}; kernels are "
+                 f"cached in {cache_dir()}, so the next start is faster)")
+    return state.compiled
+
+
+def _explain(e: Exception, state: TrainState) -> GanctlError | None:
+    """An out-of-memory or a compiler failure as a one-line error; None for anything else."""
+    if is_out_of_memory(e):
+        return out_of_memory_error(e, state.config, state.step)
+    return compile_error(e)
 
 
 def _finish(state: TrainState, run_dir: Path, made: _Made, out_of_time: bool, signals: StopSignals,

@@ -69,7 +69,7 @@ class MLP(Architecture):
 
     def check(self, config: Config) -> None:
         super().check(config)
-        if config.batch_size < 2:  # BatchNorm1d over one image has nothing to normalise against
+        if config.batch_size == 1:  # BatchNorm1d over one image has nothing to normalise against
             raise ConfigError("mlp's G normalises each layer over the batch (BatchNorm), so it "
                               "needs --batch-size 2 or more")
 
