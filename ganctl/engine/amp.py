@@ -1,13 +1,14 @@
-"""Mixed precision, in one place: autocast around a phase's forwards, and for fp16 one gradient
-scaler per network around its backward passes, its penalty gradients and its optimizer step.
+"""Mixed precision, in one place: autocast around a phase's forwards, for fp16 one gradient
+scaler per network around its backward passes and its optimizer step, and the gradient
+penalties' input gradients in float32.
 
-Losses never see any of it: they call StepInputs.backward / .grad, which land here. Nothing
-here reads a value back from the device (the scale stays a device tensor).
+Losses never see any of it: they call StepInputs.backward / .input_grad, which land here.
+Nothing here reads a value back from the device (the scaler keeps its scale there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -42,20 +43,13 @@ class Amp:
         with torch.autocast(self.precision.device.type, enabled=False):
             (scaler.scale(loss) if scaler is not None else loss).backward()
 
-    def grad(self, outputs: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
-        """d(sum of outputs)/d wrt with a graph (gradient penalties), in float32: under fp16 the
-        sum is scaled before the backward (small gradients would flush to zero) and the
-        gradient unscaled after, by the scaler's device tensor (no host sync)."""
-        scaler = self._scaler()
-        total = outputs.float().sum()
+    def input_grad(self, D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """d(sum of D(x))/dx with a graph, for gradient penalties, in float32 outside autocast:
+        a penalty is small beside D's loss, and in full precision needs no scaling (fp16's
+        would overflow its range, or flush small gradients to zero, without one)."""
         with torch.autocast(self.precision.device.type, enabled=False):
-            if scaler is None:
-                (gradient,) = torch.autograd.grad(total, wrt, create_graph=True)
-                return gradient.float()
-            (gradient,) = torch.autograd.grad(scaler.scale(total), wrt, create_graph=True)
-            scale = scaler._scale  # set by scale(): a (1,) tensor on the device
-            assert scale is not None
-            return gradient.float() / scale
+            (gradient,) = torch.autograd.grad(D(x).float().sum(), x, create_graph=True)
+        return gradient
 
     def step(self, network: str, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer's step; under fp16 skipped where the gradients overflowed (the scale

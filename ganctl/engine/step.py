@@ -23,7 +23,7 @@ def draw(state: TrainState, keep_graph: bool) -> StepInputs:
     z = torch.randn(state.config.batch_size, state.config.z_dim, generator=state.noise,
                     device=state.batches.device)  # (B, z_dim)
     return StepInputs(state.G_train, state.D_train, real, z, keep_graph, backward=state.amp.backward,
-                      augment=state.loss.augment, generator=state.noise, grad=state.amp.grad,
+                      augment=state.loss.augment, generator=state.noise, grad=state.amp.input_grad,
                       D_eager=state.D)
 
 

@@ -71,8 +71,8 @@ def backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
-def grad(outputs: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
-    (gradient,) = torch.autograd.grad(outputs.sum(), wrt, create_graph=True)
+def input_grad(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    (gradient,) = torch.autograd.grad(D(x).float().sum(), x, create_graph=True)
     return gradient
 
 
@@ -86,9 +86,10 @@ class StepInputs:
     Fakes get the class labels of the real batch (c is None for unlabelled data).
 
     Losses call inputs.backward(loss) and inputs.input_grad(x), never loss.backward() or
-    torch.autograd.grad: the step decides what those are (mixed precision scales them there, in
-    one place). G and D may be compiled; gradient penalties differentiate twice, which compiled
-    graphs do not support, so input_grad runs D_eager, the same network uncompiled. Every image
+    torch.autograd.grad: the step decides what those are (mixed precision scales the one and
+    runs the other in float32, in one place). G and D may be compiled; gradient penalties
+    differentiate twice, which compiled graphs do not support, so input_grad runs D_eager, the
+    same network uncompiled. Every image
     D sees goes through inputs.augment (DiffAugment, when asked for); random draws use
     inputs.generator, the run's checkpointed generator. D's outputs are float32 whatever the
     precision of its layers: the losses are computed in float32.
@@ -97,7 +98,8 @@ class StepInputs:
     def __init__(self, G: nn.Module, D: nn.Module, real: Batch, z: torch.Tensor,
                  keep_graph: bool = True, backward: Callable[[torch.Tensor], None] = backward,
                  augment: Augment | None = None, generator: torch.Generator | None = None,
-                 grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = grad,
+                 grad: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor],
+                                torch.Tensor] = input_grad,
                  D_eager: nn.Module | None = None) -> None:
         self.G, self.D, self.real, self.z = G, D, real, z
         self.D_eager = D if D_eager is None else D_eager
@@ -136,7 +138,7 @@ class StepInputs:
     def input_grad(self, x: torch.Tensor) -> torch.Tensor:
         """d(sum of D's outputs)/dx for images x (a leaf that requires grad), with a graph, in
         float32: the gradient penalties' term."""
-        return self.grad(self.D_eager(self.augment(x), self.c).float(), x)  # (B, C, H, W)
+        return self.grad(lambda x: self.D_eager(self.augment(x), self.c), x)  # (B, C, H, W)
 
 
 class Loss(ABC):

@@ -1,0 +1,338 @@
+"""How the step runs: precision (autocast, fp16 loss scaling), torch.compile, no host syncs in
+the step, --batch-size auto and out-of-memory errors. On the CPU: bf16 and fp16 autocast run
+there too, and compile is exercised through AOTAutograd (the `aot_eager` backend, where double
+backward and in-place buffer updates break) and once through inductor itself."""
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, assert_one_line_error, assert_same_tensors, final_tensors, invoke
+from test_zoo import LinearD
+
+from ganctl import checkpoint
+from ganctl.config import Config
+from ganctl.data.batches import Batch, Batches
+from ganctl.device import Precision, resolve_precision
+from ganctl.engine import compiled, memory
+from ganctl.engine.amp import Amp
+from ganctl.engine.state import init_state, load_state, snapshot
+from ganctl.engine.step import train_step
+from ganctl.errors import ConfigError, DeviceError
+from ganctl.losses import StepInputs
+
+TINY_NO_STEPS = [a for i, a in enumerate(TINY) if a != "--steps" and TINY[i - 1] != "--steps"]
+IMAGES = np.random.default_rng(0).integers(0, 256, (32, 3, 32, 32), dtype=np.uint8)
+
+
+def tiny_config(**changes) -> Config:
+    return Config(g_width=8, d_width=8, batch_size=8, z_dim=16, **changes)
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """Compile through dynamo and AOTAutograd without inductor's C++ build (seconds, not a
+    minute): the layers where compiled GANs break (double backward, buffers saved for
+    backward) are these."""
+    real = torch.compile
+    monkeypatch.setattr(compiled.torch, "compile",
+                        lambda net, mode=None: real(net, backend="aot_eager"))
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+# --- precision -----------------------------------------------------------------------------------
+
+def test_auto_precision_is_fp32_off_cuda_and_choices_are_checked():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(DeviceError, match="unknown precision 'fp8'"):
+        resolve_precision("fp8", cpu)
+    with pytest.raises(DeviceError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", torch.device("mps"))
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, tf32, bf16, fp16"):
+        Config(precision="half")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_keeps_weights_losses_and_ema_in_fp32(precision):
+    state = init_state(tiny_config(precision=precision, loss="hinge"), torch.device("cpu"), IMAGES)
+    seen = []
+    state.D.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    stats = train_step(state, state.loss.phases())
+    assert torch.bfloat16 in seen or torch.float16 in seen  # D's layers ran in low precision
+    assert all(v.dtype == torch.float32 for v in stats.values())
+    for net in (state.G, state.D, state.G_ema):
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert state.amp.scalers.keys() == ({"G", "D"} if precision == "fp16" else set())
+
+
+def test_penalty_gradients_are_float32_whatever_the_precision():
+    """Under fp16 autocast the penalty's input gradient is still exact (of a linear D: w), in
+    float32: the penalty runs in full precision, where it needs no scaling."""
+    amp = Amp(Precision("fp16", torch.device("cpu")))
+    w = torch.randn(3 * 4 * 4) * 1000  # large enough to overflow fp16 once scaled
+    D = LinearD(w)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    inputs = StepInputs(D, D, Batch(x.detach()), torch.zeros(2, 1), grad=amp.input_grad)
+    with amp.phase("D"):
+        assert inputs.logits(x).dtype == torch.float32  # D's outputs, whatever its layers ran in
+        gradient = inputs.input_grad(x)
+    assert gradient.dtype == torch.float32
+    assert torch.equal(gradient, w.view(1, 3, 4, 4).expand(2, -1, -1, -1))
+
+
+def test_fp16_scaler_state_is_checkpointed_and_restored():
+    state = init_state(tiny_config(precision="fp16"), torch.device("cpu"), IMAGES)
+    for _ in range(3):
+        train_step(state, state.loss.phases())
+    state.amp.scalers["D"].update(new_scale=1024.0)
+    saved = snapshot(state)
+    assert float(saved["amp.D.scale"]) == 1024.0 and "amp.G.growth_tracker" in saved
+    other = init_state(tiny_config(precision="fp16"), torch.device("cpu"), IMAGES)
+    load_state(other, saved)
+    assert other.amp.scalers["D"].get_scale() == 1024.0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_resumes_exactly(workdir, precision):
+    args = [*TINY_NO_STEPS, "--precision", precision, "--loss", "rpgan", "--r1", "1",
+            "--r1-every", "2"]
+    assert invoke("train", *args, "--steps", "6", "--out", "straight").exit_code == 0
+    assert invoke("train", *args, "--steps", "3", "--out", "split").exit_code == 0
+    result = invoke("resume", "split", "--steps", "6")
+    assert result.exit_code == 0, result.output
+    assert f"{precision} autocast" in result.stdout
+    (_, a), (_, b) = final_tensors(workdir / "straight"), final_tensors(workdir / "split")
+    assert_same_tensors(a, b)
+    assert json.loads((workdir / "split/config.json").read_text())["precision"] == precision
+
+
+def test_the_run_records_what_auto_became_and_says_it_at_start(workdir):
+    result = invoke("train", *TINY, "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "device cpu, fp32, eager" in result.stdout
+    config = json.loads((workdir / "r/config.json").read_text())
+    assert (config["precision"], config["compile"], config["compile_mode"]) == ("fp32", "off",
+                                                                               "default")
+    header = checkpoint.read_header(workdir / "r/checkpoints/step-000000004.safetensors")
+    assert header.config["precision"] == "fp32"
+
+
+def test_resume_may_change_precision(workdir):
+    assert invoke("train", *TINY_NO_STEPS, "--steps", "2", "--out", "r").exit_code == 0
+    result = invoke("resume", "r", "--steps", "4", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    assert json.loads((workdir / "r/config.json").read_text())["precision"] == "bf16"
+
+
+def test_bad_precision_flag_is_a_one_line_error(workdir):
+    result = invoke("train", *TINY, "--precision", "fp8")
+    assert_one_line_error(result, 1, "precision must be one of auto, fp32, tf32, bf16, fp16")
+
+
+# --- compile ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,extra", [
+    ("resnet", ["--loss", "hinge", "--conditional", "--augment", "diffaug"]),  # SN, 2 D calls
+    ("dcgan", ["--loss", "rpgan", "--r1", "1", "--r2", "1", "--r1-every", "2"]),  # double backward
+    ("mlp", ["--loss", "wgan-gp", "--d-steps", "2"]),  # the penalty every D step, G without graph
+])
+def test_compiled_runs_train_resume_and_save_plain_modules(workdir, aot_eager, arch, extra):
+    from helpers import image_folder
+
+    image_folder(workdir / "imgs", 24, classes=3)
+    args = [*TINY_NO_STEPS, "--dataset", "imgs", "--arch", arch, *extra, "--compile",
+            "--precision", "bf16", "--ckpt-every", "2"]
+    result = invoke("train", *args, "--steps", "4", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "compiling G and D (torch.compile, mode default" in result.stdout
+    assert "compiled in" in result.stdout and "compiled (default)" in result.stdout
+    _, tensors = final_tensors(workdir / "r")
+    assert not any("_orig_mod" in k for k in tensors)
+    assert all(v.dtype == torch.float32 for k, v in tensors.items()
+               if k.startswith("G_ema.") and v.is_floating_point())
+    result = invoke("resume", "r", "--steps", "6")
+    assert result.exit_code == 0, result.output
+    # trained compiled in bf16, sampled eager in fp32 on the CPU
+    result = invoke("sample", "-n", "4", "out.png", "--ckpt", "r", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+
+
+def test_compiled_step_equals_the_eager_one(aot_eager):
+    """Compiling changes how the step runs, not what it computes."""
+    config = tiny_config(loss="rpgan", r1=1.0, r1_every=1, arch="resnet", spectral_norm="on")
+    eager = init_state(config, torch.device("cpu"), IMAGES)
+    fast = init_state(config.replace(compile="on"), torch.device("cpu"), IMAGES)
+    assert fast.compiled and not eager.compiled
+    for _ in range(3):
+        a = train_step(eager, eager.loss.phases())
+        b = train_step(fast, fast.loss.phases())
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    # the weights within a few Adam steps' rounding: a conv bias before BatchNorm gets a
+    # gradient of rounding noise, which Adam turns into steps of up to lr in either direction
+    fast_tensors = snapshot(fast)
+    for k, v in snapshot(eager).items():
+        if v.is_floating_point() and not k.startswith("rng."):
+            torch.testing.assert_close(v, fast_tensors[k], rtol=1e-3, atol=3 * 2 * config.lr_g,
+                                       msg=k)
+
+
+@pytest.mark.slow
+def test_inductor_compiles_on_the_cpu(workdir, monkeypatch, tmp_path):
+    """The real compiler (C++ kernels here), once, on the smallest model; its cache makes the
+    next start fast."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    result = invoke("train", "--arch", "mlp", "--dataset", "shapes", "--resolution", "16",
+                    *TINY_NO_STEPS, "--steps", "2", "--compile", "--out", "r")
+    torch._dynamo.reset()
+    assert result.exit_code == 0, result.output
+    assert "compiled in" in result.stdout
+    assert any((tmp_path / "inductor").rglob("*.py"))  # the cache the next start uses
+
+
+def test_a_compiler_failure_is_a_one_line_error(workdir, monkeypatch):
+    from torch._dynamo.exc import TorchRuntimeError
+
+    def broken(state, phases):
+        raise TorchRuntimeError("C++ compile error\ndetails")
+
+    monkeypatch.setattr("ganctl.engine.loop.train_step", broken)
+    result = invoke("train", *TINY, "--out", "r")
+    assert_one_line_error(result, 1, "torch.compile failed (TorchRuntimeError: C++ compile error)",
+                          "--no-compile")
+
+
+# --- no host synchronisation in the step --------------------------------------------------------
+
+SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+
+
+@pytest.mark.parametrize("config", [
+    tiny_config(),
+    tiny_config(arch="resnet", loss="hinge", augment="diffaug", precision="fp16"),
+    tiny_config(loss="rpgan", r1=1.0, r2=1.0, r1_every=2, precision="bf16", d_steps=2),
+    tiny_config(arch="mlp", loss="wgan-gp", conditional=True, classes=("a", "b")),
+], ids=["dcgan", "resnet-fp16", "rpgan-r1r2", "mlp-wgangp-cond"])
+def test_the_step_reads_nothing_back_from_the_device(monkeypatch, config):
+    """Nothing ganctl runs inside a training step reads a tensor's value on the host (.item(),
+    .tolist(), bool() of a tensor in an `if` ...): on a GPU each would wait for the queue."""
+    labels = np.arange(len(IMAGES)) % 2 if config.conditional else None
+    state = init_state(config, torch.device("cpu"), IMAGES, labels)
+    phases = state.loss.phases()
+    calls = []
+    package = str(Path(compiled.__file__).resolve().parents[1])
+
+    def spy(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = inspect.stack()[1].filename
+            if caller.startswith(package):
+                calls.append(f"{name} from {caller}")
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    for name in SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    for _ in range(4):
+        train_step(state, phases)
+    monkeypatch.undo()
+    assert calls == []
+
+
+# --- batch size and memory ---------------------------------------------------------------------
+
+def test_largest_fitting_power_of_two():
+    assert memory.largest_fitting(lambda b: b <= 300, 8, 2048) == 256
+    assert memory.largest_fitting(lambda b: True, 8, 2048) == 2048
+    assert memory.largest_fitting(lambda b: False, 8, 2048) is None
+    assert memory.largest_fitting(lambda b: True, 8, 16) == 16
+
+
+def test_auto_batch_on_cuda_takes_the_largest_that_fits(monkeypatch):
+    tried = []
+
+    def probe(config, device, images, labels, budget):
+        tried.append(config.batch_size)
+        return config.batch_size <= 200
+
+    monkeypatch.setattr(memory, "probe", probe)
+    monkeypatch.setattr(memory.torch.cuda, "mem_get_info", lambda d: (40 << 30, 80 << 30))
+    said = []
+    images = np.zeros((5000, 3, 8, 8), np.uint8)
+    batch = memory.find_batch_size(tiny_config(), torch.device("cuda", 0), images, None, said.append)
+    assert batch == 128 and tried == [8, 16, 32, 64, 128, 256]
+    assert "--batch-size auto: 128" in said[0] and "up to 2048" in said[0]
+    tried.clear()  # never more than the dataset holds
+    assert memory.find_batch_size(tiny_config(), torch.device("cuda", 0), images[:100], None,
+                                  said.append) == 64
+
+
+def test_auto_batch_when_nothing_fits_is_an_error(monkeypatch):
+    monkeypatch.setattr(memory, "probe", lambda *a: False)
+    monkeypatch.setattr(memory.torch.cuda, "mem_get_info", lambda d: (1 << 30, 80 << 30))
+    with pytest.raises(ConfigError, match="even batch size 8 does not fit"):
+        memory.find_batch_size(tiny_config(), torch.device("cuda", 0),
+                               np.zeros((64, 3, 8, 8), np.uint8), None, print)
+
+
+def test_batch_size_auto_from_the_cli_and_a_config_file(workdir):
+    result = invoke("train", *TINY_NO_STEPS, "--steps", "2", "--batch-size", "auto", "--out", "a")
+    assert result.exit_code == 0, result.output
+    assert "--batch-size auto: 64" in result.stdout
+    assert json.loads((workdir / "a/config.json").read_text())["batch_size"] == 64
+    (workdir / "c.toml").write_text('batch_size = "auto"\nsteps = 2\n')
+    result = invoke("train", "--config", "c.toml", "--g-width", "8", "--d-width", "8", "--out", "b")
+    assert result.exit_code == 0, result.output
+    assert json.loads((workdir / "b/config.json").read_text())["batch_size"] == 64
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "lots", "1.5"])
+def test_bad_batch_size_is_a_usage_error(workdir, value):
+    result = invoke("train", *TINY, "--batch-size", value)
+    assert result.exit_code == 2
+    assert "is not a whole number of 1 or more, nor auto" in result.output
+
+
+def test_out_of_memory_is_a_one_line_error_naming_the_batch_and_the_flag(workdir, monkeypatch):
+    def oom(state, phases):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    monkeypatch.setattr("ganctl.engine.loop.train_step", oom)
+    result = invoke("train", *TINY, "--out", "r")
+    assert_one_line_error(result, 1, "out of memory at batch size 8, step 0",
+                          "Tried to allocate 2.00 GiB", "lower --batch-size", "--batch-size auto")
+
+
+# --- layout -----------------------------------------------------------------------------------------
+
+def test_channels_last_batches_hold_the_same_images():
+    plain = Batches(IMAGES, 8, 0, torch.device("cpu"), mirror=True)
+    last = Batches(IMAGES, 8, 0, torch.device("cpu"), mirror=True,
+                   memory_format=torch.channels_last)
+    a, b = plain.next().x, last.next().x
+    assert b.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a, b)
+
+
+def test_loaded_optimizer_moments_take_their_parameters_layout():
+    state = init_state(tiny_config(), torch.device("cpu"), IMAGES)
+    train_step(state, state.loss.phases())
+    saved = snapshot(state)
+    other = init_state(tiny_config(), torch.device("cpu"), IMAGES)
+    other.D.to(memory_format=torch.channels_last)  # as on a GPU
+    load_state(other, saved)
+    for p in other.D.parameters():
+        for value in other.opt_D.state[p].values():
+            if value.shape == p.shape:
+                assert value.stride() == p.stride()
+    train_step(other, other.loss.phases())  # the fused update takes them
+
