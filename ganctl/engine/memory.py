@@ -17,6 +17,7 @@ from ganctl.errors import ConfigError
 AUTO_MIN = 8  # smallest batch tried: below it BatchNorm statistics are noise
 AUTO_MAX = 2048  # largest: beyond the batches GANs are trained with (BigGAN's 2048)
 CPU_BATCH = 64  # what auto means where memory is not probed (CPU, MPS)
+Images = np.ndarray | torch.Tensor  # (N, C, H, W) uint8
 HEADROOM = 0.9  # of the GPU's memory a probe may use at its peak (fragmentation, eval, grids)
 
 
@@ -41,7 +42,7 @@ def largest_fitting(fits: Callable[[int], bool], low: int, high: int) -> int | N
     return best
 
 
-def probe(config: Config, device: torch.device, images: np.ndarray, labels: np.ndarray | None,
+def probe(config: Config, device: torch.device, images: Images, labels: np.ndarray | None,
           budget: int) -> bool:
     """Whether one training step (every phase, the lazy ones included) at config.batch_size
     stays within `budget` bytes of the device at its peak; uncompiled, on a throwaway state."""
@@ -70,16 +71,16 @@ def probe(config: Config, device: torch.device, images: np.ndarray, labels: np.n
         torch.cuda.empty_cache()
 
 
-def find_batch_size(config: Config, device: torch.device, images: np.ndarray,
+def find_batch_size(config: Config, device: torch.device, images: Images,
                     labels: np.ndarray | None, say: Callable[[str], None]) -> int:
     """--batch-size auto: the largest power of two from AUTO_MIN to AUTO_MAX (and at most the
     number of images) whose training step fits in the GPU beside the resident dataset."""
     high = min(AUTO_MAX, 1 << (len(images).bit_length() - 1))
     if device.type != "cuda":
-        batch = min(CPU_BATCH, high)
-        say(f"--batch-size auto: {batch} (memory is measured on CUDA GPUs only; on {device.type} "
-            "auto means the default)")
-        return batch
+        default = min(CPU_BATCH, high)
+        say(f"--batch-size auto: {default} (memory is measured on CUDA GPUs only; on "
+            f"{device.type} auto means the default)")
+        return default
     free, total = torch.cuda.mem_get_info(device)
     dataset = images.nbytes if fits_on(device, images.nbytes) else 0  # resident beside the step
     budget = int(min(free, HEADROOM * total)) - dataset
