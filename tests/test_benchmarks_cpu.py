@@ -1,0 +1,111 @@
+"""The GPU check and the throughput benchmark, on the CPU: what a lent GPU's 15 minutes run must
+work the first time, so its pieces are checked here (benchmarks/gpu_check.py, throughput.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import gpu_check, throughput  # noqa: E402
+
+
+def test_smoke_runs_every_arch_with_every_loss_and_each_feature_somewhere() -> None:
+    names = [name for name, _ in gpu_check.SMOKE]
+    assert sorted(names) == sorted(f"{a}-{loss}" for a in gpu_check.ARCHS
+                                   for loss in gpu_check.LOSSES)
+    assert len(names) == 15
+    flags = {f for _, fs in gpu_check.SMOKE for f in fs}
+    assert {"--conditional", "--spectral-norm", "--r1", "--r2", "--augment", "--d-steps"} <= flags
+
+
+def test_orig_mod_keys_counts_a_compiled_wrappers_names(tmp_path: Path) -> None:
+    t = torch.zeros(2)
+    save_file({"G.conv.weight": t, "D._orig_mod.conv.weight": t.clone()}, str(tmp_path / "a.safetensors"))
+    save_file({"G.conv.weight": t}, str(tmp_path / "b.safetensors"))
+    assert gpu_check.orig_mod_keys(tmp_path / "a.safetensors") == 1
+    assert gpu_check.orig_mod_keys(tmp_path / "b.safetensors") == 0
+
+
+def test_error_line_is_the_json_error_else_the_exception_line(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_text("compiling\nTraceback (most recent call last):\n  File x\n"
+                   "torch._dynamo.exc.BackendCompilerFailed: backend='inductor' raised\nmore\n")
+    assert gpu_check.error_line(gpu_check.Done(0, "", 1.0), log) is None
+    assert gpu_check.error_line(gpu_check.Done(1, '{"error": "bad", "exit_code": 1}', 1.0),
+                                log) == "bad"
+    assert gpu_check.error_line(gpu_check.Done(1, "", 1.0), log).startswith(
+        "torch._dynamo.exc.BackendCompilerFailed")
+    assert "time box" in gpu_check.error_line(gpu_check.Done(None, "", 9.0), log)
+
+
+def test_run_boxed_kills_what_outlives_its_time_box(tmp_path: Path) -> None:
+    t = time.monotonic()
+    done = gpu_check.run_boxed([sys.executable, "-c", "import time; time.sleep(60)"],
+                               tmp_path / "log", 1.0)
+    assert done.rc is None and time.monotonic() - t < 10
+    done = gpu_check.run_boxed([sys.executable, "-c", "print('{\"a\": 1}')"], tmp_path / "log", 30)
+    assert done.rc == 0 and done.doc == {"a": 1}
+
+
+def test_benches_put_the_most_wanted_first_and_warm_only_compiled_cuda_rows() -> None:
+    args = gpu_check.parse_args(["run"])
+    names = [b.name for b in gpu_check.benches(args)]
+    assert names == ["64px b128", "32px b128 resnet", "64px b1024", "64px b128 reduce-overhead"]
+    assert gpu_check.warm_jobs(gpu_check.parse_args(["stage", "--device", "cpu"])) == []
+    warm = gpu_check.warm_jobs(gpu_check.parse_args(["stage"]))
+    assert len(warm) == 8 and all("--compile-only" in cmd for _, cmd in warm)
+
+
+def test_throughput_plan_passes_precision_and_compile_through() -> None:
+    args = throughput.parse_args([])
+    assert (args.precision, args.compile, args.compile_mode) == ("auto", "auto", "default")
+    rows = throughput.plan(throughput.parse_args(["--no-compile", "--precision", "bf16",
+                                                  "--baseline-archs", "resnet"]))
+    assert [r.name for r in rows] == ["dcgan", "resnet", "mlp", "dcgan shapes", "resnet fp32 eager"]
+    assert all((r.precision, r.compile) == ("bf16", "off") for r in rows[:4])
+    assert (rows[-1].precision, rows[-1].compile) == ("fp32", "off")
+
+
+def test_the_table_comes_last_with_the_speed_ups(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{"name": "resnet", "precision": "bf16", "compiled": True, "compile_mode": "default",
+             "compile_seconds": 30.0, "train_img_per_s": 4000.0, "sample_img_per_s": 1e5},
+            {"name": "resnet fp32 eager", "precision": "fp32", "compiled": False,
+             "compile_mode": "default", "train_img_per_s": 800.0, "sample_img_per_s": 1e4}]
+    doc = {"device": "cpu", "torch": "x", "cpus": 2, "data": "d", "minutes": 1, "num": 8,
+           "stage": None, "runs": {}, "scores": [], "run_phases": {"throughput": 1.0},
+           "throughput": [{"bench": "32px b128 resnet", "rc": 0, "seconds": 9, "error": None,
+                           "resolution": 32, "batch_size": 128, "sample_batch": 1024,
+                           "rows": rows}]}
+    gpu_check.print_table(doc)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("| phase | call 2 throughput")
+    assert any("5.00x (target 4x)" in line for line in lines)
+    assert any("MISSING" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_throughput_runs_on_the_cpu_and_reports_each_rows_precision(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--device", "cpu",
+           "--resolution", "32", "--batch-size", "8", "--width", "4", "--images", "32",
+           "--archs", "dcgan", "--baseline-archs", "dcgan", "--seconds", "0.3",
+           "--sample-seconds", "0.2", "--warmup", "1", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert {"reference_img_per_s", "ganctl_img_per_s", "ratio", "device"} <= doc.keys()
+    assert doc["ratio"] == pytest.approx(doc["ganctl_img_per_s"] / doc["reference_img_per_s"])
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert set(rows) == {"dcgan", "dcgan shapes", "dcgan fp32 eager"}
+    assert all((r["precision"], r["compile"], r["compiled"]) == ("fp32", "off", False)
+               for r in rows.values())  # auto on a CPU: what `ganctl train` does there
+    assert all(r["train_img_per_s"] > 0 and r["sample_img_per_s"] > 0 for r in rows.values())
