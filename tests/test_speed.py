@@ -177,9 +177,10 @@ def test_compiled_step_equals_the_eager_one(aot_eager):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
     # the weights within a few Adam steps' rounding: a conv bias before BatchNorm gets a
     # gradient of rounding noise, which Adam turns into steps of up to lr in either direction
+    # (the Adam moments, raw gradients of an 8-channel net, are compared by the weights they made)
     fast_tensors = snapshot(fast)
     for k, v in snapshot(eager).items():
-        if v.is_floating_point() and not k.startswith("rng."):
+        if v.is_floating_point() and not k.startswith(("rng.", "opt_")):
             torch.testing.assert_close(v, fast_tensors[k], rtol=1e-3, atol=3 * 2 * config.lr_g,
                                        msg=k)
 

@@ -91,14 +91,16 @@ def test_bce_phases_are_bit_identical_to_the_article_step():
 def test_bce_phases_match_the_saved_reference_of_the_old_step(monkeypatch):
     """tests/data/bce_reference.safetensors: the state after 20 steps of the step as it was before
     the engine reshape (commit 98894cd), written by tests/data/make_bce_reference.py. That step
-    used torch's for-loop Adam; ganctl now uses the fused one, whose rounding differs, so the
-    comparison runs the reshaped engine with the for-loop Adam."""
+    used torch's for-loop Adam and contiguous tensors; ganctl now uses the fused Adam and
+    channels_last, whose rounding differs, so the comparison runs the engine as that step did."""
     plain_adam = torch.optim.Adam
 
     def for_loop_adam(params, **kwargs):
         return plain_adam(params, **{**kwargs, "fused": False, "foreach": False})
 
     monkeypatch.setattr(torch.optim, "Adam", for_loop_adam)
+    # and in torch's default layout (ganctl now runs convolutions in channels_last)
+    monkeypatch.setattr("ganctl.engine.state.memory_format", lambda device: torch.contiguous_format)
     with safe_open(str(REFERENCE), framework="pt") as f:
         meta = f.metadata()
         reference = {k: f.get_tensor(k) for k in f.keys()}

@@ -53,7 +53,7 @@ class Batches:
                  labels: np.ndarray | torch.Tensor | None = None,
                  memory_format: torch.memory_format = torch.contiguous_format) -> None:
         """labels: (N,) class indices of the images, or None for unlabelled data; memory_format:
-        the batches' layout (channels_last for the networks on a GPU)."""
+        the batches' layout (the networks', channels_last on CUDA and CPU)."""
         self.memory_format = memory_format
         self.count = len(images)
         if labels is not None and len(labels) != self.count:

@@ -16,7 +16,7 @@ from torch import nn
 from ganctl import checkpoint
 from ganctl.config import Config
 from ganctl.data import Batches
-from ganctl.device import Precision, resolve_precision
+from ganctl.device import Precision, memory_format, resolve_precision
 from ganctl.engine.amp import Amp
 from ganctl.engine.compiled import compile_network, compiles
 from ganctl.errors import CheckpointError, ConfigError
@@ -62,7 +62,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
                           "its labels (session.fit_to_data fills the names in)")
     precision = Precision(resolve_precision(config.precision, device), device)
     precision.apply()
-    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    layout = memory_format(device)
     torch.manual_seed(config.seed)  # initial weights
     try:
         G, D = build_models(config)
@@ -158,7 +158,7 @@ def _prefixed(tensors: dict[str, torch.Tensor], lead: str) -> dict[str, torch.Te
 
 
 def _match_layout(opt: torch.optim.Optimizer) -> None:
-    """Loaded moments in their parameter's memory layout (channels_last on CUDA): the fused
+    """Loaded moments in their parameter's memory layout (channels_last): the fused
     update works on tensors laid out alike."""
     for group in opt.param_groups:
         for p in group["params"]:
