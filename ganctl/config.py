@@ -40,7 +40,7 @@ MAX_STEP = 999_999_999  # checkpoint names carry nine digits
 # reaches torch as an absurd allocation or an overflow. Floats: lr 0 is refused separately.
 BOUNDS: dict[str, tuple[float, float]] = {
     "resolution": (1, 4096), "z_dim": (1, 16384),
-    "g_width": (1, 4096), "d_width": (1, 4096), "batch_size": (BATCH_AUTO, 65536),
+    "g_width": (1, 4096), "d_width": (1, 4096), "batch_size": (1, 65536),
     "steps": (1, MAX_STEP), "seed": (0, 2**32 - 1), "d_steps": (1, MAX_D_STEPS),
     "r1_every": (1, MAX_STEP), "log_every": (1, MAX_STEP), "sample_every": (1, MAX_STEP),
     "ckpt_every": (1, MAX_STEP), "keep": (0, 1_000_000), "eval_every": (0, MAX_STEP),
@@ -49,7 +49,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "lr_g": (0.0, 10.0), "lr_d": (0.0, 10.0), "r1": (0.0, 1e6), "r2": (0.0, 1e6), "gp": (0.0, 1e6),
 }
 _BOUND_HINTS = {"keep": " (0 keeps every checkpoint)", "eval_every": " (0: no evaluation)",
-                "eval_num_real": " (0: all)", "batch_size": " (0 or auto: the largest that fits)"}
+                "eval_num_real": " (0: all)", "batch_size": ", or auto (the largest that fits)"}
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -231,6 +231,8 @@ def _check_bounds(config: Config) -> None:
     """Every numeric field within BOUNDS, checked before torch (or the disk) sees a value."""
     for name, (low, high) in BOUNDS.items():
         value = getattr(config, name)
+        if name == "batch_size" and value == BATCH_AUTO:  # found when the run starts
+            continue
         above = name in ABOVE_LOW
         if value != value or not low <= value <= high or (above and value == low):  # NaN != NaN
             what = "a whole number" if isinstance(value, int) else "a number"

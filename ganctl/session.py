@@ -106,6 +106,12 @@ def normalise(values: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("augment"), str):  # stored without spaces, in lower case; none as ""
         spec = "".join(out["augment"].split()).lower()
         out["augment"] = "" if spec in augment.OFF else spec
+    for key in ("compile", "spectral_norm"):  # `compile = true` in a TOML file
+        if isinstance(out.get(key), bool):
+            out[key] = "on" if out[key] else "off"
+    for key in ("precision", "compile", "compile_mode"):  # BF16 is bf16
+        if isinstance(out.get(key), str):
+            out[key] = out[key].strip().lower()
     if isinstance(out.get("batch_size"), str) and out["batch_size"].strip().lower() == "auto":
         out["batch_size"] = BATCH_AUTO  # found when the run starts, on its device
     if isinstance(out.get("data_dir"), str) and out["data_dir"]:
@@ -188,6 +194,24 @@ def on_device(config: Config, device: torch.device) -> Config:
                           compile=resolve_compile(config.compile, device))
 
 
+def runtime_notes(config: Config, device: torch.device) -> list[str]:
+    """One line for each runtime setting that does nothing (or costs much) on `device`."""
+    notes = []
+    if config.precision == "tf32" and device.type != "cuda":
+        notes.append(f"--precision tf32 changes nothing on {device.type} (TensorFloat-32 is a "
+                     "CUDA GPU's): it runs fp32")
+    if config.precision == "fp16" and device.type == "cpu":
+        notes.append("--precision fp16 on a CPU is emulated and several times slower than fp32 "
+                     "(bf16 may be faster where the CPU has bf16 instructions)")
+    if config.compile == "off" and config.compile_mode != "default":
+        notes.append(f"--compile-mode {config.compile_mode} does nothing without --compile")
+    elif (config.compile == "on" and device.type != "cuda"
+          and config.compile_mode in ("reduce-overhead", "max-autotune")):
+        notes.append(f"--compile-mode {config.compile_mode}: CUDA graphs need a CUDA GPU; on "
+                     f"{device.type} it compiles as without them")
+    return notes
+
+
 def runtime(config: Config, device: torch.device) -> str:
     """How the step runs, for the start line: device, precision, compiled or eager."""
     how = f"compiled ({config.compile_mode})" if config.compile == "on" else "eager"
@@ -228,6 +252,8 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
     device = resolve_device(config.device)
     configure_determinism(config.deterministic)
     config = on_device(config, device)
+    for note in runtime_notes(config, device):
+        log.info(note)
     data = load_dataset(config, download=download, progress=log.task)
     if check is not None:
         check(data)
@@ -311,6 +337,28 @@ def _checkpoint_config(header: checkpoint.Header, overrides: dict[str, Any]) -> 
     return config
 
 
+AUTO_RUNTIME = ("precision", "compile")  # what "auto" chooses by the kind of device
+
+
+def _moved(config: Config, header: checkpoint.Header, overrides: dict[str, Any],
+           log: RunLog) -> Config:
+    """A run resumed on another kind of device (a GPU run on a CPU, or the reverse) takes what
+    "auto" means there for precision and compile, unless the user gave them: bf16 and compile
+    suit a GPU, fp32 eager a CPU. The user is told."""
+    before = header.metadata.get("ganctl.device", "").split(":")[0]
+    now = resolve_device(config.device).type
+    free = [k for k in AUTO_RUNTIME if k not in overrides]
+    if not before or before == now or not free:
+        return config
+    moved = on_device(config.replace(**{k: "auto" for k in free}), torch.device(now))
+    changed = [f"{k} {getattr(config, k)} -> {getattr(moved, k)}" for k in free
+               if getattr(moved, k) != getattr(config, k)]
+    if changed:
+        log.info(f"the run moves from {before} to {now}: {', '.join(changed)} (what auto means "
+                 f"on {now}; pass --precision/--compile to choose)")
+    return moved
+
+
 def _check_dataset_exists(config: Config, run_dir: Path) -> None:
     """A run's folder or zip dataset must still be where the run recorded it: a moved one (or
     another machine's path) is named, not silently replaced by whatever is there now."""
@@ -344,7 +392,7 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
         raise CheckpointError(f"{ckpt} is not in a ganctl run ({run_dir} has no run marker); "
                               "resume continues runs in place: copy the checkpoint into a run's "
                               "checkpoints/ or start a new run")
-    config = _checkpoint_config(header, overrides)
+    config = _moved(_checkpoint_config(header, overrides), header, overrides, log)
     _check_dataset_exists(config, run_dir)
 
     def check(data: ImageSet) -> None:

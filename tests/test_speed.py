@@ -189,13 +189,13 @@ def test_compiled_step_equals_the_eager_one(aot_eager):
 def test_inductor_compiles_on_the_cpu(workdir, monkeypatch, tmp_path):
     """The real compiler (C++ kernels here), once, on the smallest model; its cache makes the
     next start fast."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(compiled, "_USER_CACHE", str(tmp_path / "inductor"))  # as if set by the user
     torch._dynamo.reset()
     result = invoke("train", "--arch", "mlp", "--dataset", "shapes", "--resolution", "16",
                     *TINY_NO_STEPS, "--steps", "2", "--compile", "--out", "r")
     torch._dynamo.reset()
     assert result.exit_code == 0, result.output
-    assert "compiled in" in result.stdout
+    assert "compiled in" in result.stdout and f"cached in {tmp_path / 'inductor'}" in result.stdout
     assert any((tmp_path / "inductor").rglob("*.py"))  # the cache the next start uses
 
 
@@ -337,3 +337,58 @@ def test_loaded_optimizer_moments_take_their_parameters_layout():
                 assert value.stride() == p.stride()
     train_step(other, other.loss.phases())  # the fused update takes them
 
+
+
+# --- where it runs, and what the run says about it -----------------------------------------------
+
+def test_a_run_moved_to_another_kind_of_device_takes_what_auto_means_there(workdir):
+    from helpers import rewrite
+
+    args = [*TINY_NO_STEPS, "--precision", "bf16", "--ckpt-every", "2"]
+    assert invoke("train", *args, "--steps", "2", "--out", "r").exit_code == 0
+    ckpt = workdir / "r/checkpoints/step-000000002.safetensors"
+    assert checkpoint.read_header(ckpt).metadata["ganctl.device"] == "cpu"
+
+    def from_a_gpu(tensors, meta):
+        meta["ganctl.device"] = "cuda:0"
+        config = json.loads(meta["ganctl.config"])
+        meta["ganctl.config"] = json.dumps({**config, "compile": "on"})
+
+    rewrite(ckpt, ckpt, from_a_gpu)
+    result = invoke("resume", "r", "--steps", "4")
+    assert result.exit_code == 0, result.output
+    assert ("the run moves from cuda to cpu: precision bf16 -> fp32, compile on -> off"
+            in result.stdout)
+    config = json.loads((workdir / "r/config.json").read_text())
+    assert (config["precision"], config["compile"]) == ("fp32", "off")
+    # given on the command line, a choice is kept
+    rewrite(workdir / "r/checkpoints/step-000000004.safetensors",
+            workdir / "r/checkpoints/step-000000004.safetensors", from_a_gpu)
+    result = invoke("resume", "r", "--steps", "6", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    assert "compile on -> off" in result.stdout and "precision bf16 ->" not in result.stdout
+    assert json.loads((workdir / "r/config.json").read_text())["precision"] == "bf16"
+
+
+def test_the_json_result_says_how_it_ran(workdir):
+    result = invoke("train", *TINY, "--precision", "BF16", "--out", "r", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["batch_size"], doc["precision"], doc["compiled"], doc["compile_seconds"]) == (
+        8, "bf16", False, None)
+
+
+def test_settings_that_do_nothing_on_this_device_are_pointed_out(workdir):
+    result = invoke("train", *TINY, "--precision", "tf32", "--compile-mode", "max-autotune",
+                    "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "--precision tf32 changes nothing on cpu" in result.stdout
+    assert "--compile-mode max-autotune does nothing without --compile" in result.stdout
+
+
+def test_compile_may_be_a_boolean_in_a_config_file(workdir):
+    (workdir / "c.toml").write_text("compile = false\nprecision = 'FP32'\n")
+    result = invoke("train", *TINY, "--config", "c.toml", "--out", "r")
+    assert result.exit_code == 0, result.output
+    config = json.loads((workdir / "r/config.json").read_text())
+    assert (config["compile"], config["precision"]) == ("off", "fp32")

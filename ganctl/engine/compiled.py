@@ -19,6 +19,9 @@ from torch import nn
 from ganctl.config import COMPILE, Config
 from ganctl.errors import ConfigError
 
+# the user's own choice of torch's kernel cache, read before torch fills in its default (building
+# a fused Adam sets TORCHINDUCTOR_CACHE_DIR to /tmp/torchinductor_$USER)
+_USER_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 # compiled variants of one network: G with and without a graph (d_steps' extra draws), D on
 # reals, on detached and on attached fakes, with its weights frozen (G's phase) or not
 RECOMPILE_LIMIT = 32
@@ -41,15 +44,15 @@ def compiles(config: Config, device: torch.device) -> bool:
 def cache_dir() -> Path:
     """Where compiled kernels are kept between runs: TORCHINDUCTOR_CACHE_DIR, or next to the
     decode cache (~/.cache/ganctl/compile), so a second start of the same model is fast."""
-    if env := os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return Path(env)
+    if _USER_CACHE:
+        return Path(_USER_CACHE)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "ganctl" / "compile"
 
 
 def compile_network(net: nn.Module, mode: str) -> nn.Module:
     """net compiled (lazily: the first call compiles), sharing its parameters and buffers."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir())
     import torch._dynamo  # noqa: PLC0415 (seconds of import: only when compiling)
 
     # its "No CUDA runtime is found" warning on a CPU says nothing about this run

@@ -45,6 +45,10 @@ class RunResult:
     seconds: float
     metrics: dict[str, Any] | None  # the last logged record
     stopped: str | None = None  # "max-time", or the signal's name
+    batch_size: int | None = None
+    precision: str | None = None  # what the phases ran in (fp32, tf32, bf16, fp16)
+    compiled: bool | None = None
+    compile_seconds: float | None = None  # of this process's first step (None: not compiled)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +117,7 @@ def save_checkpoint(state: TrainState, tensors: dict[str, torch.Tensor], run_dir
     extra = {
         "ganctl.created": datetime.now(UTC).isoformat(timespec="seconds"),
         "ganctl.dataset_fingerprint": fingerprint,
+        "ganctl.device": str(state.batches.device),  # where it ran (config.device may be "auto")
     }
     if metrics is not None:
         extra["ganctl.metrics"] = json.dumps(metrics)
@@ -227,6 +232,7 @@ class _Made:
     last: dict[str, Any] | None = None  # the last logged record
     ckpt: Path | None = None
     sample: Path | None = None
+    compile_seconds: float | None = None
 
 
 def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
@@ -258,6 +264,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                     meter.t0 += seconds
                     log.exclude(seconds)
                     log.info(f"compiled in {seconds:.0f} s")
+                    made.compile_seconds = round(seconds, 2)
 
                 step, done = state.step, state.step == config.steps
                 evaluating = evaluate is not None and _due(step, config.eval_every, done)
@@ -302,8 +309,9 @@ def _compile_note(state: TrainState, log: RunLog) -> bool:
     """Tell the user that the first step compiles (so a silent minute is not taken for a hang);
     whether it does."""
     if state.compiled:
-        log.info(f"compiling G and D (torch.compile, mode {state.config.compile_mode}; kernels are "
-                 f"cached in {cache_dir()}, so the next start is faster)")
+        log.info(f"compiling G and D (torch.compile, mode {state.config.compile_mode}): the first "
+                 f"step takes up to a few minutes and cannot be cut short, --max-time included; "
+                 f"kernels are cached in {cache_dir()}, so the next start is faster")
     return state.compiled
 
 
@@ -322,7 +330,9 @@ def _finish(state: TrainState, run_dir: Path, made: _Made, out_of_time: bool, si
     result = RunResult(run_dir=str(run_dir), checkpoint=str(made.ckpt) if made.ckpt else None,
                        samples=str(made.sample) if made.sample else None, step=state.step,
                        steps=config.steps, device=str(state.batches.device), seconds=seconds,
-                       metrics=made.last, stopped=stopped)
+                       metrics=made.last, stopped=stopped, batch_size=config.batch_size,
+                       precision=config.precision, compiled=state.compiled,
+                       compile_seconds=made.compile_seconds)
     resume_hint = f"continue with: ganctl resume {shlex.quote(str(run_dir))}"
     if signals.signum is not None and state.step < config.steps:  # complete: nothing to resume
         result.stopped = signals.name
