@@ -385,10 +385,8 @@ def _batch_size(text: str) -> int | str:
     """--batch-size: a whole number from 1, or auto (left for the session to find)."""
     if text.strip().lower() == "auto":
         return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    digits = text.strip()
+    value = int(digits) if digits.isascii() and digits.isdigit() else 0  # not "+8", "1_0", "٣"
     if value < 1:
         raise typer.BadParameter(f"{text!r} is not a whole number of 1 or more, nor auto",
                                  param_hint="--batch-size")

@@ -112,6 +112,9 @@ def normalise(values: dict[str, Any]) -> dict[str, Any]:
     for key in ("precision", "compile", "compile_mode"):  # BF16 is bf16
         if isinstance(out.get(key), str):
             out[key] = out[key].strip().lower()
+    if out.get("batch_size") == BATCH_AUTO and not isinstance(out["batch_size"], bool):
+        raise ConfigError("batch_size must be a whole number from 1 to 65536, got 0, or auto (the "
+                          "largest that fits)")
     if isinstance(out.get("batch_size"), str) and out["batch_size"].strip().lower() == "auto":
         out["batch_size"] = BATCH_AUTO  # found when the run starts, on its device
     if isinstance(out.get("data_dir"), str) and out["data_dir"]:
@@ -318,7 +321,10 @@ def continue_run(out: Path, values: dict[str, Any], log: RunLog, download: bool 
 
 def _same_setting(stored: Config, key: str, value: Any) -> bool:
     """Whether `value` for `key` is what the run already has: spectral_norm by its effect ('auto'
-    on a resnet is 'on'), everything else as stored."""
+    on a resnet is 'on'; a batch size of 'auto' is whatever the run found), everything else as
+    stored."""
+    if key == "batch_size" and value == BATCH_AUTO:
+        return True
     changed = stored.replace(**{key: value})
     if key == "spectral_norm":
         arch = get_arch(stored.arch)
@@ -425,6 +431,7 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
                      "train further")
             return RunResult(run_dir=str(run_dir), checkpoint=str(ckpt), samples=None,
                              step=state.step, steps=config.steps, device=str(device), seconds=0.0,
-                             metrics=header.metrics)
+                             metrics=header.metrics, batch_size=state.config.batch_size,
+                             precision=state.config.precision, compiled=state.compiled)
         return fit(state, run_dir, log, run.data.fingerprint, deadline, run.evaluate)
 

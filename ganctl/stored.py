@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ganctl import checkpoint
-from ganctl.config import Config
+from ganctl.config import BATCH_AUTO, Config
 from ganctl.errors import CheckpointError, ConfigError
 from ganctl.losses import augment, get_loss
 from ganctl.metrics import parse_metrics
@@ -39,6 +39,8 @@ def stored_config(header: checkpoint.Header, overrides: dict[str, Any] | None = 
     try:
         config = Config.from_dict(header.config, source=f"{header.path} metadata")
         validate(config)
+        if config.batch_size == BATCH_AUTO:  # a run records the batch size it found
+            raise ConfigError("batch_size is 0")
     except ConfigError as e:
         raise CheckpointError(f"{header.path} holds a config this ganctl cannot use (a damaged "
                               f"file, or one from a newer ganctl): {e}") from None

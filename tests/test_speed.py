@@ -296,7 +296,7 @@ def test_batch_size_auto_from_the_cli_and_a_config_file(workdir):
     assert json.loads((workdir / "b/config.json").read_text())["batch_size"] == 64
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "lots", "1.5"])
+@pytest.mark.parametrize("value", ["0", "-3", "lots", "1.5", "+8", "1_0", "\u0663"])
 def test_bad_batch_size_is_a_usage_error(workdir, value):
     result = invoke("train", *TINY, "--batch-size", value)
     assert result.exit_code == 2
@@ -392,3 +392,28 @@ def test_compile_may_be_a_boolean_in_a_config_file(workdir):
     assert result.exit_code == 0, result.output
     config = json.loads((workdir / "r/config.json").read_text())
     assert (config["compile"], config["precision"]) == ("off", "fp32")
+
+
+def test_train_resume_with_batch_size_auto_continues_the_run(workdir):
+    args = [*TINY_NO_STEPS, "--batch-size", "auto", "--out", "r"]
+    assert invoke("train", *args, "--steps", "2").exit_code == 0
+    result = invoke("train", *args, "--steps", "4", "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((workdir / "r/config.json").read_text())["batch_size"] == 64
+
+
+def test_batch_size_0_in_a_config_file_is_refused(workdir):
+    (workdir / "c.toml").write_text("batch_size = 0\n")
+    result = invoke("train", "--steps", "2", "--g-width", "8", "--d-width", "8", "--config",
+                    "c.toml")
+    assert_one_line_error(result, 1, "batch_size must be a whole number from 1 to 65536, got 0, "
+                          "or auto")
+
+
+def test_an_unusable_kernel_cache_folder_is_a_one_line_error(workdir, monkeypatch):
+    (workdir / "afile").write_text("")
+    monkeypatch.setattr(compiled, "_USER_CACHE", str(workdir / "afile"))
+    result = invoke("train", *TINY, "--no-compile", "--out", "r")
+    assert_one_line_error(result, 1, f"TORCHINDUCTOR_CACHE_DIR={workdir / 'afile'} is not a usable "
+                          "folder", "point it at a writable folder or unset it")
+    assert not (workdir / "r").exists()

@@ -52,7 +52,9 @@ def test_json_output_is_one_document(workdir, monkeypatch):
     doc = json.loads(result.stdout)
     assert doc == {"run_dir": "r", "checkpoint": "r/checkpoints/step-000000004.safetensors",
                    "samples": "r/samples/step-000000004.png", "step": 4, "steps": 4,
-                   "device": "cpu", "seconds": 0.5, "metrics": {"step": 4}, "stopped": None}
+                   "device": "cpu", "seconds": 0.5, "metrics": {"step": 4}, "stopped": None,
+                   "batch_size": None, "precision": None, "compiled": None,
+                   "compile_seconds": None}
     assert "device cpu" in result.stderr  # human lines went to stderr
 
 

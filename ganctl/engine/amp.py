@@ -16,12 +16,17 @@ import torch
 from ganctl.device import Precision
 from ganctl.losses import NETWORKS
 
+INIT_SCALE = 2.0**10
+
 
 class Amp:
     def __init__(self, precision: Precision) -> None:
         self.precision = precision
         kind = precision.device.type
-        self.scalers = {name: torch.amp.GradScaler(kind) for name in NETWORKS} if precision.scaled else {}
+        # from 2**10, not torch's 2**16: a GAN's first steps would otherwise overflow and be
+        # skipped, six halvings' worth for each network
+        self.scalers = ({name: torch.amp.GradScaler(kind, init_scale=INIT_SCALE) for name in NETWORKS}
+                        if precision.scaled else {})
         self._network: str | None = None  # whose phase is running
 
     @contextmanager

@@ -50,9 +50,28 @@ def cache_dir() -> Path:
     return Path(base) / "ganctl" / "compile"
 
 
+def prepare_cache() -> None:
+    """Point torch's kernel cache at cache_dir() before torch's compiler first looks (building a
+    fused Adam imports it, compiling or not). A TORCHINDUCTOR_CACHE_DIR of the user's that is no
+    usable folder is a one-line error; ganctl's own default, where it cannot be made (a
+    read-only home), gives way to torch's."""
+    path = cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        reason = "" if os.access(path, os.W_OK | os.X_OK) else "not writable"
+    except OSError as e:
+        reason = e.strerror or str(e)
+    if not reason:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    elif _USER_CACHE:
+        raise ConfigError(f"TORCHINDUCTOR_CACHE_DIR={_USER_CACHE} is not a usable folder ({reason}); "
+                          "point it at a writable folder or unset it")
+    elif not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)  # empty: torch's default, not the cwd
+
+
 def compile_network(net: nn.Module, mode: str) -> nn.Module:
     """net compiled (lazily: the first call compiles), sharing its parameters and buffers."""
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir())
     import torch._dynamo  # noqa: PLC0415 (seconds of import: only when compiling)
 
     # its "No CUDA runtime is found" warning on a CPU says nothing about this run

@@ -18,7 +18,7 @@ from ganctl.config import Config
 from ganctl.data import Batches
 from ganctl.device import Precision, memory_format, resolve_precision
 from ganctl.engine.amp import Amp
-from ganctl.engine.compiled import compile_network, compiles
+from ganctl.engine.compiled import compile_network, compiles, prepare_cache
 from ganctl.errors import CheckpointError, ConfigError
 from ganctl.losses import NETWORKS, Loss, Phase, make_loss
 from ganctl.models import build_models
@@ -60,6 +60,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
     if config.conditional and (not config.classes or labels is None):  # else unconditional nets
         raise ConfigError("a conditional model needs the data's class names in its config and "
                           "its labels (session.fit_to_data fills the names in)")
+    prepare_cache()  # before the fused Adam imports torch's compiler
     precision = Precision(resolve_precision(config.precision, device), device)
     precision.apply()
     layout = memory_format(device)
