@@ -15,6 +15,7 @@ import torch
 
 from ganctl.device import Precision
 from ganctl.losses import NETWORKS
+from ganctl.losses.base import input_grad
 
 INIT_SCALE = 2.0**10
 
@@ -53,8 +54,7 @@ class Amp:
         a penalty is small beside D's loss, and in full precision needs no scaling (fp16's
         would overflow its range, or flush small gradients to zero, without one)."""
         with torch.autocast(self.precision.device.type, enabled=False):
-            (gradient,) = torch.autograd.grad(D(x).float().sum(), x, create_graph=True)
-        return gradient
+            return input_grad(D, x)
 
     def step(self, network: str, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer's step; under fp16 skipped where the gradients overflowed (the scale
@@ -71,10 +71,8 @@ class Amp:
         out = {}
         for name, scaler in self.scalers.items():
             state = scaler.state_dict()
-            if state:  # empty before a scaler's first use
-                out[f"{name}.scale"] = torch.tensor(state["scale"], dtype=torch.float64)
-                out[f"{name}.growth_tracker"] = torch.tensor(state["_growth_tracker"],
-                                                             dtype=torch.int64)
+            out[f"{name}.scale"] = torch.tensor(state["scale"], dtype=torch.float64)
+            out[f"{name}.growth_tracker"] = torch.tensor(state["_growth_tracker"], dtype=torch.int64)
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -82,13 +80,8 @@ class Amp:
         leaves the scalers at their start."""
         for name, scaler in self.scalers.items():
             if f"{name}.scale" in tensors:
-                state = scaler.state_dict() or _initial_state(scaler)
+                state = scaler.state_dict()
                 state["scale"] = float(tensors[f"{name}.scale"])
                 state["_growth_tracker"] = int(tensors[f"{name}.growth_tracker"])
                 scaler.load_state_dict(state)
 
-
-def _initial_state(scaler: torch.amp.GradScaler) -> dict[str, float | int]:
-    return {"scale": scaler.get_scale(), "growth_factor": scaler.get_growth_factor(),
-            "backoff_factor": scaler.get_backoff_factor(),
-            "growth_interval": scaler.get_growth_interval(), "_growth_tracker": 0}
