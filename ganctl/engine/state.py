@@ -22,6 +22,7 @@ from ganctl.engine.compiled import compile_network, compiles, prepare_cache
 from ganctl.errors import CheckpointError, ConfigError
 from ganctl.losses import NETWORKS, Loss, Phase, make_loss
 from ganctl.models import build_models
+from ganctl.models.layers import Normed, spectral_norms
 
 
 @dataclass
@@ -38,6 +39,7 @@ class TrainState:
     amp: Amp  # the precision the phases run in (and fp16's gradient scalers)
     G_train: nn.Module  # G as the step calls it: G itself, or compiled (the same weights)
     D_train: nn.Module
+    normed: dict[str, Normed]  # each network's spectrally normalised weights (NETWORKS)
     step: int = 0
     drawn: int = 0  # real batches drawn by this process (for images/s)
 
@@ -87,6 +89,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
         amp=Amp(precision),
         G_train=compile_network(G, config.compile_mode) if fast else G,
         D_train=compile_network(D, config.compile_mode) if fast else D,
+        normed={"G": spectral_norms(G), "D": spectral_norms(D)},
     )
 
 

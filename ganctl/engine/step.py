@@ -11,7 +11,7 @@ from torch import nn
 
 from ganctl.engine.state import TrainState
 from ganctl.losses import NETWORKS, Phase, Stats, StepInputs, requires_grad
-from ganctl.models.layers import refresh_spectral_norm
+from ganctl.models.layers import power_iterations
 
 EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step) up to config.ema_decay
 
@@ -37,7 +37,7 @@ def run_phase(state: TrainState, phase: Phase, inputs: StepInputs) -> Stats:
         with state.amp.phase(phase.module):
             stats = state.loss.accumulate(phase, inputs)
         state.amp.step(phase.module, opt)
-        refresh_spectral_norm(state.network(phase.module))  # its estimate follows the new weights
+        power_iterations(state.normed[phase.module])  # spectral norm follows the new weights
     if phase.module == "G":
         inputs.release()
     return stats

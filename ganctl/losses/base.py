@@ -89,10 +89,9 @@ class StepInputs:
     torch.autograd.grad: the step decides what those are (mixed precision scales the one and
     runs the other in float32, in one place). G and D may be compiled; gradient penalties
     differentiate twice, which compiled graphs do not support, so input_grad runs D_eager, the
-    same network uncompiled. Every image
-    D sees goes through inputs.augment (DiffAugment, when asked for); random draws use
-    inputs.generator, the run's checkpointed generator. D's outputs are float32 whatever the
-    precision of its layers: the losses are computed in float32.
+    same network uncompiled. Every image D sees goes through inputs.augment (DiffAugment, when
+    asked for); random draws use inputs.generator, the run's checkpointed generator. D's outputs
+    are float32 whatever the precision of its layers: the losses are computed in float32.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, real: Batch, z: torch.Tensor,

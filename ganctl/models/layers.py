@@ -90,21 +90,31 @@ class SpectralNorm(parametrizations._SpectralNorm):
             self._power_method(self._reshape_weight_to_matrix(weight), self.n_power_iterations)
 
 
-def refresh_spectral_norm(net: nn.Module) -> None:
-    """One power iteration for every spectrally normalised weight of `net`: its estimate of the
-    largest singular value follows the weights as they change."""
+Normed = list[tuple[SpectralNorm, torch.Tensor]]  # each parametrization and its weight
+
+
+def spectral_norms(net: nn.Module) -> Normed:
+    """The spectrally normalised weights of `net`, found once (the step refreshes them often)."""
+    found: Normed = []
     for module in net.modules():
         if parametrize.is_parametrized(module, "weight"):
             weight: Any = module.parametrizations["weight"]  # type: ignore[index]
-            for param in weight:
-                if isinstance(param, SpectralNorm):
-                    param.power_iteration(weight.original)
+            found += [(p, weight.original) for p in weight if isinstance(p, SpectralNorm)]
+    return found
+
+
+def power_iterations(normed: Normed) -> None:
+    """One power iteration for each: the estimates of the largest singular values follow the
+    weights as they change."""
+    for param, weight in normed:
+        param.power_iteration(weight)
 
 
 def spectral_norm_all(net: nn.Module) -> nn.Module:
     """Spectral normalisation (Miyato et al. 2018) of every weighted layer of `net`, as torch's
     parametrizations.spectral_norm registers it (same state-dict keys): each weight divided by
-    its largest singular value, estimated by one power iteration per forward pass in training."""
+    its largest singular value, estimated by power iteration (SpectralNorm: one after each update
+    of the weights)."""
     for module in list(net.modules()):
         if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
             parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight))
