@@ -373,10 +373,7 @@ def _config_flags(params: dict[str, Any]) -> dict[str, Any]:
     from ganctl.config import FIELD_NAMES
 
     flags = {k: params[k] for k in FIELD_NAMES if params.get(k) is not None}
-    for name in ("spectral_norm", "compile"):
-        if isinstance(flags.get(name), bool):
-            flags[name] = "on" if flags[name] else "off"
-    if "batch_size" in flags:
+    if "batch_size" in flags:  # --spectral-norm/--compile's booleans: session.normalise
         flags["batch_size"] = _batch_size(flags["batch_size"])
     return flags
 
@@ -478,8 +475,7 @@ def resume(
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir,
                        eval_every=eval_every, eval_num=eval_num, eval_num_real=eval_num_real,
                        eval_metrics=eval_metrics, inception=inception, max_file_mb=max_file_mb,
-                       precision=precision, compile_mode=compile_mode,
-                       compile=None if compile is None else ("on" if compile else "off"))
+                       precision=precision, compile=compile, compile_mode=compile_mode)
     _OUTPUT.training = "resumed"
     deadline = _call(debug, session.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))

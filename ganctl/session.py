@@ -93,8 +93,9 @@ def option_notes(values: dict[str, Any], config: Config) -> list[str]:
 
 
 def normalise(values: dict[str, Any]) -> dict[str, Any]:
-    """Paths as they are stored: a folder or zip dataset absolute (resume finds it from anywhere),
-    ~ expanded in data_dir."""
+    """Values as they are stored, however flags and files spell them: a folder or zip dataset
+    absolute (resume finds it from anywhere), ~ expanded in data_dir, on/off switches from
+    booleans, choices in lower case, batch size auto as BATCH_AUTO."""
     out = dict(values)
     dataset = out.get("dataset")
     if dataset is not None and not isinstance(dataset, str):
@@ -264,13 +265,12 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
         config = fit_to_data(config, data)
     elif config.conditional:
         _check_conditional(config, data)
+    labels = data.labels if config.classes else None
     if config.batch_size == BATCH_AUTO:
-        labels = data.labels if config.classes else None
         config = config.replace(batch_size=find_batch_size(config, device, data.images, labels,
                                                            log.info))
     for note in get_arch(config.arch).notes(config):
         log.info(note)
-    labels = data.labels if config.classes else None
     state = init_state(config, device, data.images, labels)  # fails (too big ...) before any file
     try:
         evaluate = _evaluator(config, data, device, download, log)
