@@ -53,6 +53,7 @@ from ganctl.data import ImageSet, load_dataset  # noqa: E402
 from ganctl.device import configure_determinism  # noqa: E402
 from ganctl.engine.state import TrainState, init_state  # noqa: E402
 from ganctl.engine.step import train_step  # noqa: E402
+from ganctl.errors import first_line  # noqa: E402
 from ganctl.logging import RunLog  # noqa: E402
 from ganctl.session import fit_to_data, on_device, resolve_config  # noqa: E402
 
@@ -257,18 +258,13 @@ def measure(row: Row, folder: Path, args, device: torch.device,
                                                   min(args.seconds, args.sample_seconds), device)
             out["other_load_cores"] = other.cores()
     except Exception as e:  # noqa: BLE001 - the row says what failed, the others go on
-        out["error"] = f"{type(e).__name__}: {first_line(e)}"
+        out["error"] = f"{type(e).__name__}: {first_line(e, 300)}"
     finally:
         del state
         if device.type == "cuda":
             torch.cuda.empty_cache()
     say(describe_row(out))
     return out
-
-
-def first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return (lines[0] if lines else "")[:300]
 
 
 def describe_row(r: dict) -> str:

@@ -39,6 +39,12 @@ class RunError(GanctlError):
     """A run directory that cannot be used as asked (exists already, not writable, ...)."""
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, at most `limit` characters: what a
+    one-line error quotes of torch's many-line ones."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:limit]
+
+
 def lookup(registry: dict, name: str, what: str, error: type[GanctlError] = ConfigError):
     """registry[name], or `error` naming the choices: unknown <what> 'x'; choose one of a, b."""
     try:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ganctl.config import COMPILE, Config
-from ganctl.errors import ConfigError
+from ganctl.errors import ConfigError, first_line
 
 # the user's own choice of torch's kernel cache, read before torch fills in its default (building
 # a fused Adam sets TORCHINDUCTOR_CACHE_DIR to /tmp/torchinductor_$USER)
@@ -86,7 +86,5 @@ def compile_error(e: BaseException) -> ConfigError | None:
     """The one-line error for a failure of torch's compiler (None for any other exception)."""
     if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
         return None
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    detail = (lines[0] if lines else "")[:200]
-    return ConfigError(f"torch.compile failed ({type(e).__name__}: {detail}); train without it: "
+    return ConfigError(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); train without it: "
                        "--no-compile")

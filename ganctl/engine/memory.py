@@ -12,7 +12,7 @@ import torch
 
 from ganctl.config import Config
 from ganctl.data.batches import fits_on
-from ganctl.errors import ConfigError
+from ganctl.errors import ConfigError, first_line
 
 AUTO_MIN = 8  # smallest batch tried: below it BatchNorm statistics are noise
 AUTO_MAX = 2048  # largest: beyond the batches GANs are trained with (BigGAN's 2048)
@@ -27,8 +27,8 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 def out_of_memory_error(e: BaseException, config: Config, step: int) -> ConfigError:
-    detail = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:160]
-    return ConfigError(f"out of memory at batch size {config.batch_size}, step {step} ({detail}); "
+    return ConfigError(f"out of memory at batch size {config.batch_size}, step {step} "
+                       f"({first_line(e, 160)}); "
                        "start with a lower --batch-size, or --batch-size auto to find the largest "
                        "that fits (checkpoints already written are intact)")
 

@@ -19,7 +19,7 @@ from ganctl.data import Batches
 from ganctl.device import Precision, memory_format, resolve_precision
 from ganctl.engine.amp import Amp
 from ganctl.engine.compiled import compile_network, compiles, prepare_cache
-from ganctl.errors import CheckpointError, ConfigError
+from ganctl.errors import CheckpointError, ConfigError, first_line
 from ganctl.losses import NETWORKS, Loss, Phase, make_loss
 from ganctl.models import build_models
 from ganctl.models.layers import Normed, spectral_norms
@@ -73,7 +73,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
     except (RuntimeError, MemoryError) as e:
         if "alloc" not in str(e).lower() and "memory" not in str(e).lower():
             raise
-        raise ConfigError(f"the model does not fit in {device} memory ({str(e).splitlines()[0][:120]}); "
+        raise ConfigError(f"the model does not fit in {device} memory ({first_line(e, 120)}); "
                           "lower --g-width, --d-width or --z-dim") from None
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     loss = make_loss(config)
