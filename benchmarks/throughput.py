@@ -268,8 +268,10 @@ def measure(row: Row, folder: Path, args, device: torch.device,
 
 
 def describe_row(r: dict) -> str:
-    how = f"{r['precision']}, " + (f"compiled ({r['compile_mode']}, {r['compile_seconds']:.1f} s "
-                                   "warmup with compile)" if r.get("compiled") else "eager")
+    warm = r.get("compile_seconds")
+    how = f"{r.get('precision')}, " + (
+        f"compiled ({r['compile_mode']}" + (f", {warm:.1f} s warmup with compile)" if warm is not None
+                                            else ")") if r.get("compiled") else "eager")
     if "error" in r:
         return f"ganctl {r['name']}: FAILED ({how}): {r['error']}"
     if "train_img_per_s" not in r:

@@ -211,6 +211,68 @@ def test_a_compiler_failure_is_a_one_line_error(workdir, monkeypatch):
                           "--no-compile")
 
 
+def test_cuda_graph_modes_are_those_that_replay_graphs_on_cuda():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert compiled.cuda_graphs("reduce-overhead", cuda) and compiled.cuda_graphs("max-autotune", cuda)
+    assert not compiled.cuda_graphs("default", cuda)
+    assert not compiled.cuda_graphs("max-autotune-no-cudagraphs", cuda)
+    assert not compiled.cuda_graphs("reduce-overhead", cpu)
+
+
+class GradModeSpy(torch.nn.Module):
+    """Wraps G: records, for each call, whether it built a graph."""
+
+    def __init__(self, G: torch.nn.Module) -> None:
+        super().__init__()
+        self.G, self.calls = G, []
+
+    def forward(self, z, c=None):
+        self.calls.append(torch.is_grad_enabled())
+        return self.G(z, c)
+
+
+@pytest.mark.parametrize("loss,extra", [("bce", {}), ("rpgan", {"r2": 1.0, "r1_every": 1}),
+                                        ("wgan-gp", {"d_steps": 2})])
+def test_with_cuda_graphs_no_graph_of_g_outlives_ds_update(loss, extra):
+    """A CUDA graph's outputs are overwritten once a backward has run and a compiled network is
+    called again (what a lent H200 showed for --compile-mode reduce-overhead): so D's phases use
+    fakes made without G's graph, and G's phase makes its own from the same z."""
+    config = tiny_config(loss=loss, **extra)
+    state = init_state(config, torch.device("cpu"), IMAGES)
+    spy = state.G_train = GradModeSpy(state.G)
+    train_step(state, state.loss.phases())
+    # eager: the D phase's fakes carry G's graph and the G phase reuses them (d_steps' second
+    # D phase draws its own, without a graph); R2 (Dreg) uses the D phase's fakes
+    assert spy.calls == ([True, False] if loss == "wgan-gp" else [True])
+    spy.calls.clear()
+    state.cuda_graphs = True
+    stats = train_step(state, state.loss.phases())
+    assert spy.calls == ([False, False, True] if loss == "wgan-gp" else [False, True])
+    assert all(torch.isfinite(v) for v in stats.values())
+
+
+def test_same_z_makes_the_same_fakes_for_d_and_for_g():
+    state = init_state(tiny_config(), torch.device("cpu"), IMAGES)
+    state.G.eval()  # BatchNorm by running statistics: one z, one image
+    inputs = StepInputs(state.G, state.D, state.batches.next(), torch.randn(8, 16), keep_graph=False)
+    detached = inputs.fake()
+    attached = inputs.fake(graph=True)
+    assert not detached.requires_grad and attached.requires_grad
+    torch.testing.assert_close(detached, attached.detach())
+    assert inputs.fake(graph=True) is attached  # made once with its graph
+
+
+def test_a_cuda_graph_failure_is_a_one_line_error(workdir, monkeypatch):
+    def broken(state, phases):
+        raise RuntimeError("Error: accessing tensor output of CUDAGraphs that has been overwritten "
+                           "by a subsequent run. Stack trace: File ...\nmore")
+
+    monkeypatch.setattr("ganctl.engine.loop.train_step", broken)
+    result = invoke("train", *TINY, "--out", "r")
+    assert_one_line_error(result, 1, "CUDA graphs failed (RuntimeError: Error: accessing tensor output",
+                          "--compile-mode default or max-autotune-no-cudagraphs")
+
+
 # --- no host synchronisation in the step --------------------------------------------------------
 
 SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")

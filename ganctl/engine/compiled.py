@@ -41,6 +41,14 @@ def compiles(config: Config, device: torch.device) -> bool:
     return resolve_compile(config.compile, device) == "on"
 
 
+def cuda_graphs(mode: str, device: torch.device) -> bool:
+    """Whether compiled networks in `mode` replay CUDA graphs on `device` (reduce-overhead and
+    max-autotune do, on CUDA). A graph's outputs are overwritten once a backward has run and a
+    compiled network is called again, so the step then makes G's fakes again for G's phase
+    (StepInputs.fake) instead of keeping them, with G's graph, across D's update."""
+    return device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+
+
 def cache_dir() -> Path:
     """Where compiled kernels are kept between runs: TORCHINDUCTOR_CACHE_DIR, or next to the
     decode cache (~/.cache/ganctl/compile), so a second start of the same model is fast."""
@@ -83,7 +91,11 @@ def compile_network(net: nn.Module, mode: str) -> nn.Module:
 
 
 def compile_error(e: BaseException) -> ConfigError | None:
-    """The one-line error for a failure of torch's compiler (None for any other exception)."""
+    """The one-line error for a failure of torch's compiler or of its CUDA graphs (None for any
+    other exception)."""
+    if "CUDAGraphs" in str(e):
+        return ConfigError(f"CUDA graphs failed ({type(e).__name__}: {first_line(e, 160)}); train with "
+                           "--compile-mode default or max-autotune-no-cudagraphs")
     if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
         return None
     return ConfigError(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); train without it: "

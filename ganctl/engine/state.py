@@ -18,7 +18,7 @@ from ganctl.config import Config
 from ganctl.data import Batches
 from ganctl.device import Precision, memory_format, resolve_precision
 from ganctl.engine.amp import Amp
-from ganctl.engine.compiled import compile_network, compiles, prepare_cache
+from ganctl.engine.compiled import compile_network, compiles, cuda_graphs, prepare_cache
 from ganctl.errors import CheckpointError, ConfigError, first_line
 from ganctl.losses import NETWORKS, Loss, Phase, make_loss
 from ganctl.models import build_models
@@ -42,6 +42,7 @@ class TrainState:
     normed: dict[str, Normed]  # each network's spectrally normalised weights (NETWORKS)
     step: int = 0
     drawn: int = 0  # real batches drawn by this process (for images/s)
+    cuda_graphs: bool = False  # the compiled networks replay CUDA graphs (compiled.cuda_graphs)
 
     @property
     def compiled(self) -> bool:
@@ -90,6 +91,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
         G_train=compile_network(G, config.compile_mode) if fast else G,
         D_train=compile_network(D, config.compile_mode) if fast else D,
         normed={"G": spectral_norms(G), "D": spectral_norms(D)},
+        cuda_graphs=fast and cuda_graphs(config.compile_mode, device),
     )
 
 

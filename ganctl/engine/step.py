@@ -20,6 +20,7 @@ def draw(state: TrainState, keep_graph: bool) -> StepInputs:
     """The next real batch and a fresh z from the run's noise generator."""
     real = state.batches.next()
     state.drawn += 1
+    keep_graph = keep_graph and not state.cuda_graphs  # G's phase makes its own (compiled.cuda_graphs)
     z = torch.randn(state.config.batch_size, state.config.z_dim, generator=state.noise,
                     device=state.batches.device)  # (B, z_dim)
     return StepInputs(state.G_train, state.D_train, real, z, keep_graph, backward=state.amp.backward,

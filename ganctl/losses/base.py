@@ -83,6 +83,8 @@ class StepInputs:
     so G's BatchNorm statistics move once per draw, as in the article's loop. With keep_graph
     (a G phase will use them) they carry G's graph: a D phase uses them detached, the G phase
     backpropagates through them, after which they are released (a later phase generates anew).
+    Without it, a G phase makes them again from the same z (CUDA graphs need that: a graph's
+    outputs live until the next backward, and D's update would otherwise come between).
     Fakes get the class labels of the real batch (c is None for unlabelled data).
 
     Losses call inputs.backward(loss) and inputs.input_grad(x), never loss.backward() or
@@ -108,14 +110,18 @@ class StepInputs:
         self.generator = generator
         self._augment = augment
         self._fake: torch.Tensor | None = None
+        self._fake_graph = False
 
     @property
     def c(self) -> torch.Tensor | None:
         return self.real.c
 
-    def fake(self) -> torch.Tensor:
-        if self._fake is None:
-            if self.keep_graph:
+    def fake(self, graph: bool = False) -> torch.Tensor:
+        """G(z, c): made once, with G's graph when keep_graph. A caller that backpropagates into
+        G passes graph=True; fakes made without a graph are then made again from the same z."""
+        if self._fake is None or (graph and not self._fake_graph):
+            self._fake_graph = graph or self.keep_graph
+            if self._fake_graph:
                 with requires_grad(True, self.G):  # G may be frozen for a D phase
                     self._fake = self.G(self.z, self.c)  # (B, C, H, W)
             else:
@@ -191,7 +197,7 @@ class Loss(ABC):
         return {"loss_D": loss.detach(), **self.d_stats(real_logits, fake_logits), **extra}
 
     def g_phase(self, phase: Phase, inputs: StepInputs) -> Stats:
-        fake_logits = inputs.logits(inputs.fake())
+        fake_logits = inputs.logits(inputs.fake(graph=True))
         real_logits = None
         if self.uses_real_in_g:
             with torch.no_grad():
