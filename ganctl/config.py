@@ -26,7 +26,7 @@ from ganctl.fsutil import NotRegularFile, read_regular
 RESUME_OVERRIDABLE = frozenset(
     {"dataset", "steps", "log_every", "sample_every", "ckpt_every", "keep", "device", "data_dir",
      "eval_every", "eval_num", "eval_num_real", "eval_metrics", "inception", "max_file_mb",
-     "precision", "compile", "compile_mode"}
+     "precision", "compile", "compile_mode", "tensorboard", "wandb", "wandb_project"}
 )
 CROPS = ("center", "none")
 SPECTRAL_NORM = ("auto", "on", "off")
@@ -107,6 +107,12 @@ class Config:
     eval_metrics: str = "fid"  # comma-separated: fid, kid, pr
     inception: str = ""  # the feature network's file; "": GANCTL_INCEPTION, the cache, download
     max_file_mb: int = 256  # dataset files larger than this are skipped as "too large", unread
+    # watching the run (optional extras; they may be switched on or off on resume)
+    tensorboard: bool = False  # scalars and sample grids to RUN/tensorboard/
+    wandb: bool = False  # the same to Weights & Biases
+    wandb_project: str = ""  # "": ganctl
+    # fine-tuning: the checkpoint whose G, D and G_ema weights the run started from ("": none)
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -594,7 +594,7 @@ def test_inspect_cuts_a_long_class_list_short(trained_run, workdir):
     result = invoke("inspect", "f.safetensors")
     assert result.exit_code == 0, result.output
     assert "c19 ... (5000 classes)" in result.stdout and "c20" not in result.stdout
-    assert len(result.stdout) < 5000
+    assert len(result.stdout) < 6000  # every config key, the classes cut to 20
 
 
 def test_a_checkpoint_without_a_checksum_is_not_trusted(trained_run, workdir):
