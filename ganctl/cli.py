@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ganctl import __version__
+from ganctl.config import Config
 from ganctl.errors import STOP_SIGNALS
 from ganctl.fsutil import NotRegularFile
 
@@ -55,6 +56,16 @@ class _JsonErrors(typer.core.TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+    def get_command(self, ctx: typer._click.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if cmd_name == "resume":  # its settings default to the run's own, not to train's
+            from ganctl.config import RESUME_OVERRIDABLE
+
+            for param in command.params if command is not None else ():
+                if param.name in RESUME_OVERRIDABLE and param.param_type_name == "option":
+                    param.show_default = "the run's"
+        return command
 
     def invoke(self, ctx: typer._click.Context) -> Any:
         try:
@@ -94,66 +105,113 @@ app = typer.Typer(
     cls=_JsonErrors,
     help="Train and sample GANs. Example: `ganctl train` then `ganctl sample -n 64 out.png`.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",  # panels and defaults; help text is escaped where it has brackets
 )
 
 T = TypeVar("T")
 
 # --- shared options -------------------------------------------------------------------------------
-Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+# train's help groups its options in these panels (resume's and the others' take the same names)
+DATA, MODEL, LOSS, SCHEDULE, OUTPUT, RUNTIME = ("Data", "Model", "Loss and optimiser", "Schedule",
+                                                "Output", "Runtime")
+REAL = "on real datasets"  # the datasets' own defaults (ganctl.data.REAL_PRESET), shown in help
+
+
+def _default(key: str, note: str = "") -> str:
+    """An option's default as its help shows it: the config's, and what changes it."""
+    value = Config.__dataclass_fields__[key].default
+    if isinstance(value, (bool, str)):
+        value = {True: "on", False: "off", "": "none"}.get(value, value)
+    shown = value
+    return f"{shown}{'; ' + note if note else ''}"
+
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.",
+                                     rich_help_panel=RUNTIME)]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, "
-                                    "nothing else (progress goes to stderr).")]
+                                    "nothing else (progress goes to stderr).",
+                                    rich_help_panel=OUTPUT)]
 Device = Annotated[str | None, typer.Option(
     help="auto | cpu | cuda | cuda:K | mps. auto: the CUDA GPU with most free memory, "
-         "else mps, else cpu.")]
+         "else mps, else cpu.", show_default="auto", rich_help_panel=RUNTIME)]
 PrecisionOpt = Annotated[str | None, typer.Option(
     "--precision", help="auto | fp32 | tf32 | bf16 | fp16. auto: bf16 on CUDA GPUs that have it "
     "(Ampere and newer), else fp32. Weights, losses and the EMA stay float32; fp16 adds loss "
-    "scaling.")]
+    "scaling.", show_default="auto", rich_help_panel=RUNTIME)]
 CompileOpt = Annotated[bool | None, typer.Option(
-    "--compile/--no-compile", help="torch.compile G and D (default: on for CUDA, off on CPU). The "
-    "first step compiles; kernels are cached for the next start.")]
+    "--compile/--no-compile", help="torch.compile G and D. The first step compiles; kernels are "
+    "cached for the next start.", show_default="on for CUDA, off on a CPU", rich_help_panel=RUNTIME)]
 CompileMode = Annotated[str | None, typer.Option(
     help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, "
-    "max-autotune-no-cudagraphs.")]
-Steps = Annotated[int | None, typer.Option(min=1, help="Total length of the run in steps "
-                                              "(also on resume: the run ends at this step).")]
-SampleEvery = Annotated[int | None, typer.Option(min=1, help="Write a sample grid every N steps.")]
-CkptEvery = Annotated[int | None, typer.Option(min=1, help="Write a checkpoint every N steps.")]
-LogEvery = Annotated[int | None, typer.Option(min=1, help="Log metrics every N steps.")]
+    "max-autotune-no-cudagraphs.", show_default=_default("compile_mode"), rich_help_panel=RUNTIME)]
+Steps = Annotated[int | None, typer.Option(
+    min=1, help="Total length of the run in steps (also on resume: the run ends at this step).",
+    show_default=_default("steps", f"20000 {REAL}"), rich_help_panel=SCHEDULE)]
+SampleEvery = Annotated[int | None, typer.Option(
+    min=1, help="Write a sample grid (and refresh curves.png) every N steps.",
+    show_default=_default("sample_every", f"1000 {REAL}"), rich_help_panel=SCHEDULE)]
+CkptEvery = Annotated[int | None, typer.Option(
+    min=1, help="Write a checkpoint every N steps.", show_default=_default("ckpt_every", f"2000 {REAL}"),
+    rich_help_panel=SCHEDULE)]
+LogEvery = Annotated[int | None, typer.Option(
+    min=1, help="Log metrics (metrics.jsonl) every N steps; the screen also gets a line at "
+    "least every 30 s.", show_default=_default("log_every", f"100 {REAL}"), rich_help_panel=SCHEDULE)]
 Keep = Annotated[int | None, typer.Option(min=0, help="Keep the newest N checkpoints "
-                                             "(0 keeps all).")]
+                                             "(0 keeps all).", show_default=_default("keep"),
+                                          rich_help_panel=OUTPUT)]
 DatasetOpt = Annotated[str | None, typer.Option(
-    "--dataset", help="celeba, cifar10, cifar100, mnist, fashion-mnist, svhn, shapes (built in, "
-    "the default), or a folder / .zip of images.")]
+    "--dataset", help="celeba, cifar10, cifar100, mnist, fashion-mnist, svhn, shapes (built in), "
+    "or a folder / .zip of images.", show_default=_default("dataset"), rich_help_panel=DATA)]
 DataDir = Annotated[str | None, typer.Option(
-    help="Where named datasets live (default: env GANCTL_DATA_DIR, else ~/.cache/ganctl/datasets).")]
-Split = Annotated[str | None, typer.Option(help="Dataset split (default: train).")]
+    help="Where named datasets live.", show_default="env GANCTL_DATA_DIR, else "
+    "~/.cache/ganctl/datasets", rich_help_panel=DATA)]
+Split = Annotated[str | None, typer.Option(help="Dataset split.", show_default="train",
+                                           rich_help_panel=DATA)]
 Download = Annotated[bool, typer.Option("--download/--no-download",
-                                        help="Download a named dataset that is missing.")]
-Crop = Annotated[str | None, typer.Option(help="Non-square images: center (crop) or none (pad).")]
+                                        help="Download a named dataset that is missing.",
+                                        rich_help_panel=DATA)]
+Crop = Annotated[str | None, typer.Option(help="Non-square images: center (crop) or none (pad).",
+                                          show_default=_default("crop"), rich_help_panel=DATA)]
 MaxFileMb = Annotated[int | None, typer.Option(
-    help="Image files larger than this many MB are skipped as 'too large', unread (256).")]
-Resolution = Annotated[int | None, typer.Option(help="Image size: 32, 64 or 128; mlp 16, 28, 32 "
-                                                "or 64 (default: from the dataset).")]
-Channels = Annotated[int | None, typer.Option(help="1 or 3 (default: from the dataset).")]
+    help="Image files larger than this many MB are skipped as 'too large', unread.",
+    show_default=_default("max_file_mb"), rich_help_panel=DATA)]
+Resolution = Annotated[int | None, typer.Option(
+    help="Image size: 32, 64 or 128; mlp 16, 28, 32 or 64.", show_default="the dataset's: "
+    "shapes, cifar10 and svhn 32, mnist 28, celeba and folders 64", rich_help_panel=DATA)]
+Channels = Annotated[int | None, typer.Option(help="1 or 3.", show_default="the dataset's",
+                                              rich_help_panel=DATA)]
 EvalEvery = Annotated[int | None, typer.Option(
     min=0, help="Score G_ema every N steps (also a checkpoint step; 0: never) and keep "
-    "checkpoints/best at the lowest FID. Needs the Inception file (see ganctl eval --help).")]
-EvalNum = Annotated[int | None, typer.Option(min=2, help="Fakes per evaluation during training "
-                                                 "(10000).")]
+    "checkpoints/best at the lowest FID. Needs the Inception file (see ganctl eval --help).",
+    show_default=_default("eval_every"), rich_help_panel=SCHEDULE)]
+EvalNum = Annotated[int | None, typer.Option(min=2, help="Fakes per evaluation during training.",
+                                             show_default=_default("eval_num"),
+                                             rich_help_panel=SCHEDULE)]
 EvalNumReal = Annotated[int | None, typer.Option(
-    min=0, help="Real images for the evaluations' statistics (0, the default: all).")]
+    min=0, help="Real images for the evaluations' statistics (0: all).",
+    show_default=_default("eval_num_real"), rich_help_panel=SCHEDULE)]
 EvalMetrics = Annotated[str | None, typer.Option(
-    help="Metrics of the evaluations during training: fid, kid, pr, comma-separated (fid).")]
+    help="Metrics of the evaluations during training: fid, kid, pr, comma-separated.",
+    show_default=_default("eval_metrics"), rich_help_panel=SCHEDULE)]
 Inception = Annotated[str | None, typer.Option(
-    "--inception", metavar="PATH", help="The Inception feature network's file (default: env "
-    "GANCTL_INCEPTION, else ~/.cache/ganctl/models/inception-2015-12-05.pt, else downloaded).")]
+    "--inception", metavar="PATH", help="The Inception feature network's file.",
+    show_default="env GANCTL_INCEPTION, else ~/.cache/ganctl/models/inception-2015-12-05.pt, else "
+    "downloaded", rich_help_panel=SCHEDULE)]
 MaxTime = Annotated[str | None, typer.Option(
     help="Time budget from the command's start, such as 3h30m, 90m or 45s: stop with a checkpoint "
-         "(exit 0) while one more step and its checkpoint still fit; `ganctl resume` continues.")]
+         "(exit 0) while one more step and its checkpoint still fit; `ganctl resume` continues.",
+    show_default="none", rich_help_panel=SCHEDULE)]
+Tensorboard = Annotated[bool | None, typer.Option(
+    "--tensorboard/--no-tensorboard", help="Write losses, D outputs, img/s, learning rates, "
+    "scores and sample grids to RUN/tensorboard/ (pip install 'ganctl\\[tensorboard]').",
+    show_default="off", rich_help_panel=OUTPUT)]
+Wandb = Annotated[bool | None, typer.Option(
+    "--wandb/--no-wandb", help="Log the same to Weights & Biases (pip install 'ganctl\\[wandb]').",
+    show_default="off", rich_help_panel=OUTPUT)]
+WandbProject = Annotated[str | None, typer.Option(help="The W&B project.", show_default="ganctl",
+                                                  rich_help_panel=OUTPUT)]
 
 
 def _report(message: str, code: int, result: dict[str, Any] | None = None) -> None:
@@ -262,78 +320,120 @@ def train(
     crop: Crop = None,
     max_file_mb: MaxFileMb = None,
     mirror: Annotated[bool | None, typer.Option(
-        "--mirror/--no-mirror", help="Flip a random half of the images horizontally.")] = None,
-    preset: Annotated[str | None, typer.Option(
-        help="Tested settings to start from (see --list-presets); flags override them.")] = None,
-    list_presets: Annotated[bool, typer.Option(
-        "--list-presets", help="List the presets (name, what for, settings) and exit.")] = False,
-    arch: Annotated[str | None, typer.Option(
-        help="dcgan (the article's), resnet (SNGAN-style residual), mlp (the article's fully "
-        "connected, for MNIST-sized images). Default dcgan.")] = None,
-    loss: Annotated[str | None, typer.Option(
-        help="bce (the article's, non-saturating G loss), hinge, wgan-gp, lsgan, rpgan "
-        "(relativistic pairing, R3GAN). Default bce.")] = None,
-    conditional: Annotated[bool | None, typer.Option(
-        "--conditional/--no-conditional", help="Class-conditional G and D (labelled data: class "
-        "folders, cifar10, mnist ...).")] = None,
-    spectral_norm: Annotated[bool | None, typer.Option(
-        "--spectral-norm/--no-spectral-norm", help="Spectral normalisation on every layer of D "
-        "(default: on for resnet, off otherwise).")] = None,
-    r1: Annotated[float | None, typer.Option(min=0.0, help="R1 gradient penalty weight gamma on "
-                                                  "reals (0, off).")] = None,
-    r2: Annotated[float | None, typer.Option(min=0.0, help="R2: the same on fakes (0, off).")] = None,
-    r1_every: Annotated[int | None, typer.Option(min=1, help="Lazy R1/R2: every N steps, "
-                                                      "weighted by N (16).")] = None,
-    gp: Annotated[float | None, typer.Option(min=0.0, help="WGAN-GP penalty weight (10).")] = None,
-    augment: Annotated[str | None, typer.Option(
-        help="DiffAugment of everything D sees: diffaug, or diffaug:translation,color,cutout "
-        "(default: none; none turns a preset's off).")] = None,
+        "--mirror/--no-mirror", help="Flip a random half of the images horizontally.",
+        show_default="off", rich_help_panel=DATA)] = None,
     resolution: Resolution = None,
     channels: Channels = None,
+    preset: Annotated[str | None, typer.Option(
+        help="Tested settings to start from (see --list-presets); flags override them.",
+        show_default="none", rich_help_panel=MODEL)] = None,
+    list_presets: Annotated[bool, typer.Option(
+        "--list-presets", help="List the presets (name, what for, settings) and exit.",
+        rich_help_panel=MODEL)] = False,
+    arch: Annotated[str | None, typer.Option(
+        help="dcgan (the article's), resnet (SNGAN-style residual), mlp (the article's fully "
+        "connected, for MNIST-sized images).", show_default=_default("arch"),
+        rich_help_panel=MODEL)] = None,
+    conditional: Annotated[bool | None, typer.Option(
+        "--conditional/--no-conditional", help="Class-conditional G and D (labelled data: class "
+        "folders, cifar10, mnist ...).", show_default="off", rich_help_panel=MODEL)] = None,
+    spectral_norm: Annotated[bool | None, typer.Option(
+        "--spectral-norm/--no-spectral-norm", help="Spectral normalisation on every layer of D.",
+        show_default="on for resnet, off otherwise", rich_help_panel=MODEL)] = None,
+    z_dim: Annotated[int | None, typer.Option(min=1, help="Latent size.",
+                                              show_default=_default("z_dim"),
+                                              rich_help_panel=MODEL)] = None,
+    g_width: Annotated[int | None, typer.Option(min=1, help="G's base channel count (ngf).",
+                                                show_default=_default("g_width"),
+                                                rich_help_panel=MODEL)] = None,
+    d_width: Annotated[int | None, typer.Option(min=1, help="D's base channel count (ndf).",
+                                                show_default=_default("d_width"),
+                                                rich_help_panel=MODEL)] = None,
+    init_from: Annotated[str | None, typer.Option(
+        "--init-from", metavar="CKPT|RUN", help="Fine-tune: start from this checkpoint's (or "
+        "run's newest) G, D and G_ema weights, with fresh optimisers at step 0. The model "
+        "settings (arch, resolution, channels, z-dim, widths, conditional, spectral norm) come "
+        "from it.", show_default="none", rich_help_panel=MODEL)] = None,
+    loss: Annotated[str | None, typer.Option(
+        help="bce (the article's, non-saturating G loss), hinge, wgan-gp, lsgan, rpgan "
+        "(relativistic pairing, R3GAN).", show_default=_default("loss"), rich_help_panel=LOSS)] = None,
+    lr_g: Annotated[float | None, typer.Option(help="G's Adam learning rate.",
+                                               show_default=_default("lr_g"),
+                                               rich_help_panel=LOSS)] = None,
+    lr_d: Annotated[float | None, typer.Option(help="D's Adam learning rate.",
+                                               show_default=_default("lr_d"),
+                                               rich_help_panel=LOSS)] = None,
+    beta1: Annotated[float | None, typer.Option(help="Adam's beta1.", show_default=_default("beta1"),
+                                                rich_help_panel=LOSS)] = None,
+    beta2: Annotated[float | None, typer.Option(help="Adam's beta2.", show_default=_default("beta2"),
+                                                rich_help_panel=LOSS)] = None,
+    d_steps: Annotated[int | None, typer.Option(
+        min=1, max=100, help="D updates per G update, each on a fresh real batch.",
+        show_default=_default("d_steps"), rich_help_panel=LOSS)] = None,
+    r1: Annotated[float | None, typer.Option(
+        min=0.0, help="R1 gradient penalty weight gamma on reals (0: off).",
+        show_default=_default("r1"), rich_help_panel=LOSS)] = None,
+    r2: Annotated[float | None, typer.Option(min=0.0, help="R2: the same on fakes (0: off).",
+                                             show_default=_default("r2"),
+                                             rich_help_panel=LOSS)] = None,
+    r1_every: Annotated[int | None, typer.Option(
+        min=1, help="Lazy R1/R2: every N steps, weighted by N.", show_default=_default("r1_every"),
+        rich_help_panel=LOSS)] = None,
+    gp: Annotated[float | None, typer.Option(min=0.0, help="WGAN-GP penalty weight.",
+                                             show_default=_default("gp"),
+                                             rich_help_panel=LOSS)] = None,
+    augment: Annotated[str | None, typer.Option(
+        help="DiffAugment of everything D sees: diffaug, or diffaug:translation,color,cutout "
+        "(none turns a preset's off).", show_default="none", rich_help_panel=LOSS)] = None,
+    ema_decay: Annotated[float | None, typer.Option(help="Decay of G_ema.",
+                                                    show_default=_default("ema_decay"),
+                                                    rich_help_panel=LOSS)] = None,
     batch_size: Annotated[str | None, typer.Option(
         metavar="N|auto", help="Images per step, or auto: the largest power of two (up to 2048) "
-        "whose step fits in the GPU's memory (on a CPU, 64).")] = None,
+        "whose step fits in the GPU's memory (on a CPU, 64).", show_default=_default("batch_size"),
+        rich_help_panel=SCHEDULE)] = None,
     steps: Steps = None,
-    z_dim: Annotated[int | None, typer.Option(min=1, help="Latent size (default 100).")] = None,
-    g_width: Annotated[int | None, typer.Option(min=1, help="G's base channel count (ngf).")] = None,
-    d_width: Annotated[int | None, typer.Option(min=1, help="D's base channel count (ndf).")] = None,
-    lr_g: Annotated[float | None, typer.Option(help="G's Adam learning rate (2e-4).")] = None,
-    lr_d: Annotated[float | None, typer.Option(help="D's Adam learning rate (2e-4).")] = None,
-    beta1: Annotated[float | None, typer.Option(help="Adam's beta1 (0.5).")] = None,
-    beta2: Annotated[float | None, typer.Option(help="Adam's beta2 (0.999).")] = None,
-    d_steps: Annotated[int | None, typer.Option(min=1, max=100, help="D updates per G update, "
-                                                 "each on a fresh real batch (1).")] = None,
-    ema_decay: Annotated[float | None, typer.Option(help="Decay of G_ema (0.999).")] = None,
-    seed: Annotated[int | None, typer.Option(min=0, max=2**32 - 1, help="Seed of weights, data "
-                                                "order and noise.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default: "
-                                                "./runs/NNNN-<dataset>-<arch>; env GANCTL_RUNS "
-                                                "moves ./runs).")] = None,
-    device: Device = None,
-    precision: PrecisionOpt = None,
-    compile: CompileOpt = None,
-    compile_mode: CompileMode = None,
+    max_time: MaxTime = None,
+    seed: Annotated[int | None, typer.Option(
+        min=0, max=2**32 - 1, help="Seed of weights, data order and noise.",
+        show_default=_default("seed"), rich_help_panel=SCHEDULE)] = None,
     sample_every: SampleEvery = None,
     ckpt_every: CkptEvery = None,
     log_every: LogEvery = None,
-    keep: Keep = None,
-    config: Annotated[Path | None, typer.Option("--config", help="A TOML (or JSON) file of "
-                                                   "config keys; flags override it.")] = None,
-    deterministic: Annotated[bool | None, typer.Option(
-        "--deterministic/--no-deterministic", help="Deterministic GPU kernels: a resumed run "
-        "matches an uninterrupted one exactly on a GPU too (slower).")] = None,
     eval_every: EvalEvery = None,
     eval_num: EvalNum = None,
     eval_num_real: EvalNumReal = None,
     eval_metrics: EvalMetrics = None,
     inception: Inception = None,
-    max_time: MaxTime = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Run directory.", show_default="./runs/NNNN-<dataset>-<arch>; env GANCTL_RUNS "
+        "moves ./runs", rich_help_panel=OUTPUT)] = None,
+    keep: Keep = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A TOML (or JSON) file of config keys; flags override it.",
+        show_default="none", rich_help_panel=OUTPUT)] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the resolved settings, each with where it came from "
+        "(default, dataset, preset, init-from, config file, flag), and exit without training.",
+        rich_help_panel=OUTPUT)] = False,
     resume_run: Annotated[bool, typer.Option(
-        "--resume", help="If --out already holds a run, continue it instead of refusing.")] = False,
+        "--resume", help="If --out already holds a run, continue it instead of refusing.",
+        rich_help_panel=OUTPUT)] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="If --out already holds a run, delete its checkpoints, samples and "
-        "logs and start again.")] = False,
+        "logs and start again.", rich_help_panel=OUTPUT)] = False,
+    tensorboard: Tensorboard = None,
+    wandb: Wandb = None,
+    wandb_project: WandbProject = None,
     json_mode: Json = False,
+    device: Device = None,
+    precision: PrecisionOpt = None,
+    compile: CompileOpt = None,
+    compile_mode: CompileMode = None,
+    deterministic: Annotated[bool | None, typer.Option(
+        "--deterministic/--no-deterministic", help="Deterministic GPU kernels: a resumed run "
+        "matches an uninterrupted one exactly on a GPU too (slower).", show_default="off",
+        rich_help_panel=RUNTIME)] = None,
     debug: Debug = False,
 ) -> None:
     """Train a GAN; writes a run directory with config, metrics, sample grids and checkpoints.
@@ -354,7 +454,13 @@ def train(
     if (resume_run or overwrite) and out is None:
         raise typer.BadParameter("needs --out: the run directory to continue or replace",
                                  param_hint="--resume/--overwrite")
-    values = {**(_call(debug, load_config_file, config) if config else {}), **flags}
+    if init_from is not None and resume_run:
+        raise typer.BadParameter("--init-from starts a new run from a checkpoint's weights; "
+                                 "--resume continues a run: use one", param_hint="--init-from")
+    from_file = _call(debug, load_config_file, config) if config else {}
+    if print_config:
+        return _print_config(from_file, flags, config, json_mode, debug)
+    values = {**from_file, **flags}
     deadline = _call(debug, session.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))
     if resume_run and out is not None and is_run_dir(out):
@@ -366,6 +472,32 @@ def train(
             log.info(note)
         result = _call(debug, session.train, resolved, out, log, download, deadline, overwrite)
     _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
+
+
+def _print_config(from_file: dict[str, Any], flags: dict[str, Any], path: Path | None,
+                  json_mode: bool, debug: bool) -> None:
+    """train --print-config: the settings a run would get, each with its source; nothing is
+    trained or written."""
+    from ganctl.logging import printable
+    from ganctl.session import resolve_layers
+
+    layers = {f"config file {path}": from_file, "flag": flags} if path else {"flag": flags}
+    resolved, sources = _call(debug, resolve_layers, layers)
+    doc = resolved.to_dict()
+    _outcome_decided()
+    if json_mode:
+        typer.echo(json.dumps({"config": doc, "sources": sources}))
+        return
+    table = Table(show_header=True, box=None)  # cells are Text: a value is never read as markup
+    for column in ("key", "value", "from"):
+        table.add_column(column, style="bold" if column == "key" else None)
+    for key, value in doc.items():
+        shown = _shown(key, value)
+        shown = ", ".join(map(str, shown)) or "none" if isinstance(shown, (list, tuple)) else shown
+        table.add_row(Text(key), Text(printable(str(shown))), Text(sources[key]))
+    Console(highlight=False).print(table)
+    if resolved.batch_size == 0:
+        typer.echo("batch_size 0 is auto: the largest that fits, found when the run starts")
 
 
 def _config_flags(params: dict[str, Any]) -> dict[str, Any]:
@@ -435,7 +567,7 @@ def _done_message(result: dict[str, Any]) -> str:
 @app.command()
 def resume(
     target: Annotated[str | None, typer.Argument(
-        metavar="[RUN_DIR|CKPT]", help="Run directory or checkpoint (default: the newest run "
+        metavar="RUN_DIR|CKPT", help="Run directory or checkpoint (default: the newest run "
         "under ./runs).", show_default=False)] = None,
     steps: Steps = None,
     device: Device = None,
@@ -461,6 +593,9 @@ def resume(
     eval_metrics: EvalMetrics = None,
     inception: Inception = None,
     max_time: MaxTime = None,
+    tensorboard: Tensorboard = None,
+    wandb: Wandb = None,
+    wandb_project: WandbProject = None,
     json_mode: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -475,7 +610,8 @@ def resume(
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir,
                        eval_every=eval_every, eval_num=eval_num, eval_num_real=eval_num_real,
                        eval_metrics=eval_metrics, inception=inception, max_file_mb=max_file_mb,
-                       precision=precision, compile=compile, compile_mode=compile_mode)
+                       precision=precision, compile=compile, compile_mode=compile_mode,
+                       tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)
     _OUTPUT.training = "resumed"
     deadline = _call(debug, session.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))
@@ -526,16 +662,28 @@ SHOWN_CLASSES = 20  # class names inspect prints before "... (N classes)"
 def _shown(key: str, value: Any) -> Any:
     """A config value as inspect's table shows it: a long class list cut short."""
     if value == "":
-        return "(none)" if key in ("augment", "preset") else "(default)"
+        return "(none)" if key in ("augment", "preset", "init_from") else "(default)"
     if key == "classes" and isinstance(value, (list, tuple)) and len(value) > SHOWN_CLASSES:
         return ", ".join(map(str, value[:SHOWN_CLASSES])) + f" ... ({len(value)} classes)"
     return value
 
 
+def _date(value: Any) -> str:
+    """A time (ISO 8601 text or seconds since the epoch) as a local date and time."""
+    from datetime import datetime
+
+    try:
+        when = (datetime.fromtimestamp(value) if isinstance(value, (int, float))
+                else datetime.fromisoformat(str(value))).astimezone()
+    except (ValueError, OverflowError, OSError):
+        return str(value)  # not a time: shown as it is
+    return when.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
 @app.command()
 def inspect(
     target: Annotated[str | None, typer.Argument(
-        metavar="[CKPT|RUN_DIR]", help="Checkpoint or run directory (default: the newest "
+        metavar="CKPT|RUN_DIR", help="Checkpoint or run directory (default: the newest "
         "checkpoint under ./runs).", show_default=False)] = None,
     verify: Annotated[bool, typer.Option(
         "--verify/--no-verify", help="Check the data against its checksum (--no-verify reads the "
@@ -564,12 +712,14 @@ def inspect(
     table.add_column("key", style="bold")
     table.add_column("value")
     rows = [("version", f"{info['version']} (schema {info['schema']})"),
-            ("step", info["step"]), ("created", info["created"]),
+            ("step", info["step"]), ("created", _date(info["created"])),
             ("file size", f"{info['file_size'] / 1e6:.2f} MB"),
             ("params", f"G {info['params']['G']:,}  D {info['params']['D']:,}"),
             *((k, _shown(k, v)) for k, v in info["config"].items()),
             *((f"last {k}", v) for k, v in (info["metrics"] or {}).items()
               if k not in ("step", "time"))]
+    if isinstance((info["metrics"] or {}).get("time"), (int, float)):
+        rows.append(("last logged", _date(info["metrics"]["time"])))
     if (scored := info["eval"]) and isinstance(scored.get("fid"), (int, float)):
         rows.append(("FID", f"{scored['fid']:.3f} ({scored.get('num_fake')} fakes vs "
                             f"{scored.get('num_real')} reals)"))
@@ -588,7 +738,7 @@ def inspect(
 @app.command("eval")
 def eval_(
     target: Annotated[str | None, typer.Argument(
-        metavar="[CKPT|RUN_DIR]", help="Checkpoint or run directory, or latest / best (default: "
+        metavar="CKPT|RUN_DIR", help="Checkpoint or run directory, or latest / best (default: "
         "the newest checkpoint under ./runs).", show_default=False)] = None,
     metrics: Annotated[str, typer.Option(help="fid, kid, pr, comma-separated.")] = "fid,kid",
     num: Annotated[int, typer.Option("--num", min=2, max=10_000_000, help="Fakes to score (G_ema, "

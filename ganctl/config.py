@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ganctl.errors import ConfigError
+from ganctl.errors import ConfigError, did_you_mean
 from ganctl.fsutil import NotRegularFile, read_regular
 
 # Fields that `ganctl resume` may change: run length, intervals, evaluation and where it runs.
@@ -73,7 +73,7 @@ class Config:
     d_width: int = 64  # D's base width (DCGAN's ndf: channels of its first layer)
     conditional: bool = False  # G and D take the class: conditional BatchNorm and projection D
     spectral_norm: str = "auto"  # on every layer of D: on, off, auto (on for resnet)
-    # objective and optimiser (the seed article: Adam, lr 2e-4, betas (0.5, 0.999))
+    # objective and optimiser (the article's: Adam, lr 2e-4, betas (0.5, 0.999))
     loss: str = "bce"
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -169,7 +169,8 @@ def check_keys(values: dict[str, Any], source: str) -> None:
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(
-            f"unknown config key {unknown[0]!r} in {source}; known keys: {', '.join(FIELD_NAMES)}"
+            f"unknown config key {unknown[0]!r} in {source}{did_you_mean(unknown[0], FIELD_NAMES)}; "
+            f"known keys: {', '.join(FIELD_NAMES)}"
         )
 
 

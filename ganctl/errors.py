@@ -5,6 +5,7 @@ subclass of GanctlError whose message is one line that says what is wrong and wh
 """
 
 import signal
+from collections.abc import Iterable
 
 
 class GanctlError(Exception):
@@ -50,7 +51,18 @@ def lookup(registry: dict, name: str, what: str, error: type[GanctlError] = Conf
     try:
         return registry[name]
     except KeyError:
-        raise error(f"unknown {what} {name!r}; choose one of {', '.join(sorted(registry))}") from None
+        raise error(f"unknown {what} {name!r}{did_you_mean(name, registry)}; choose one of "
+                    f"{', '.join(sorted(registry))}") from None
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """" (did you mean X?)" for the choice closest to a misspelt name, or '' if none is close."""
+    import difflib
+
+    text, options = str(name).lower(), [str(c) for c in choices]
+    close = ([c for c in options if text and c.startswith(text)]  # sngan: sngan-cifar10
+             or difflib.get_close_matches(text, options, n=1, cutoff=0.6))
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class FeatureNetError(GanctlError):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ganctl import checkpoint, presets, rundir
-from ganctl.config import BATCH_AUTO, RESUME_OVERRIDABLE, Config
+from ganctl.config import BATCH_AUTO, FIELD_NAMES, RESUME_OVERRIDABLE, Config
 from ganctl.data import ImageSet, is_path, load_dataset, preset
 from ganctl.data.cache import skip_summary
 from ganctl.device import Precision, configure_determinism, describe, resolve_device, resolve_precision
@@ -41,17 +41,43 @@ Restore = Callable[[TrainState], None]
 # --- configuration -----------------------------------------------------------------------------
 
 def resolve_config(values: dict[str, Any]) -> Config:
-    """defaults < dataset preset < named preset (values["preset"]) < `values` (file and flags,
-    already merged) -> a checked Config."""
+    """defaults < dataset preset < named preset (values["preset"]) < the model of
+    values["init_from"] < `values` (file and flags, already merged) -> a checked Config."""
+    return resolve_layers({"given": values})[0]
+
+
+def resolve_layers(given: dict[str, dict[str, Any]]) -> tuple[Config, dict[str, str]]:
+    """The config from the user's layers (name -> values, lowest first: a config file, then the
+    flags), and where each value came from: "default", "dataset NAME", "preset NAME",
+    "init-from CKPT", or the layer's name (`train --print-config` shows it)."""
+    values = {k: v for layer in given.values() for k, v in layer.items()}
     named = presets.get(values["preset"]).settings if values.get("preset") else {}
     if _other_named_dataset(named, values):  # the preset's image shape is its dataset's
         named = {k: v for k, v in named.items() if k not in PRESET_DATA_SHAPE}
-    values = {**named, **values}
+    model = init_model(values["init_from"]) if values.get("init_from") else {}
+    values = {**named, **model, **values}
     dataset = values.get("dataset", Config.dataset)
     values = normalise(values)
-    config = Config.from_dict({**preset(dataset, values), **values})
+    data = preset(dataset, values)
+    config = Config.from_dict({**data, **values})
     validate(config)
-    return config
+    layers = [(f"dataset {dataset}", data), (f"preset {values.get('preset')}", named),
+              (f"init-from {values.get('init_from')}", model), *given.items()]
+    sources = {key: "default" for key in FIELD_NAMES}
+    for name, layer in layers:
+        sources.update({key: name for key in layer if key in sources})
+    return config, sources
+
+
+# what a fine-tuned run takes from its source checkpoint: the shape of G and D
+MODEL_KEYS = ("arch", "resolution", "channels", "z_dim", "g_width", "d_width", "conditional",
+              "spectral_norm")
+
+
+def init_model(target: str) -> dict[str, Any]:
+    """The model settings of the checkpoint `train --init-from` names (read from its header)."""
+    stored = stored_config(rundir.locate(target, lambda _: None, verify=False))
+    return {key: getattr(stored, key) for key in MODEL_KEYS}
 
 
 PRESET_DATA_SHAPE = ("resolution", "channels")
@@ -248,7 +274,7 @@ def _check_conditional(config: Config, data: ImageSet) -> None:
 @contextmanager
 def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
              check: CheckData | None = None, restore: Restore | None = None,
-             overwrite: bool = False) -> Iterator[Opened]:
+             overwrite: bool = False, initialise: Restore | None = None) -> Iterator[Opened]:
     """Device, data (checked by `check`), a fresh state and the evaluator; then the run
     directory, locked: without `restore` a new one (`out`, or the next numbered); with it the
     existing run `out`, into whose state `restore` loads its checkpoint. Then config.json,
@@ -273,6 +299,8 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
         log.info(note)
     state = init_state(config, device, data.images, labels)  # fails (too big ...) before any file
     try:
+        if initialise is not None:  # --init-from's weights: a mismatch fails before any file
+            initialise(state)
         evaluate = _evaluator(config, data, device, download, log)
         with ExitStack() as held:
             if restore is None:
@@ -298,13 +326,62 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
 
 def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
           deadline: float | None = None, overwrite: bool = False) -> RunResult:
-    """Start a new run of `config` in `out` (or the next numbered run dir) and train it."""
-    with open_run(config, log, download, out, overwrite=overwrite) as run:
+    """Start a new run of `config` in `out` (or the next numbered run dir) and train it; with
+    config.init_from, from that checkpoint's weights."""
+    initialise = None
+    if config.init_from:
+        header = rundir.locate(config.init_from, log.info)  # verified: its weights are used
+        config = config.replace(init_from=str(header.path.absolute()))
+        initialise = _init_weights(header, config)
+    with open_run(config, log, download, out, overwrite=overwrite, initialise=initialise) as run:
         c = run.state.config
         log.info(f"run {run.run_dir}: {c.arch} {c.resolution}x{c.resolution}x{c.channels} on "
                  f"{c.dataset} ({len(run.data.images)} images), batch {c.batch_size}, "
                  f"{runtime(c, run.state.batches.device)}")
+        if c.init_from:
+            log.info(f"weights of G, D and G_ema from {c.init_from} (fine-tuning from step 0)")
+        log.info(length_line(c, len(run.data.images)))
         return fit(run.state, run.run_dir, log, run.data.fingerprint, deadline, run.evaluate)
+
+
+def length_line(config: Config, images: int) -> str:
+    """What the run will do, before its first step: steps, batch, images seen and passes."""
+    seen = config.steps * config.batch_size
+    passes = seen / max(images, 1)
+    return (f"{config.steps:,} steps of batch {config.batch_size}: {seen:,} images, "
+            f"{f'{passes:,.1f}' if passes >= 0.1 else 'under 0.1'} passes over the data (--steps "
+            "or --max-time shorten it)")
+
+
+def _init_weights(header: checkpoint.Header, config: Config) -> Restore:
+    """Fine-tuning: G, D and G_ema from another run's checkpoint, with fresh optimisers at step 0.
+    The model must be the same (a ConfigError naming what differs, before any file is written)."""
+    source = stored_config(header)
+    differ = [key for key in MODEL_KEYS if not _same_model_setting(source, config, key)]
+    if differ:
+        theirs = ", ".join(f"{k} {getattr(source, k)}" for k in differ)
+        ours = ", ".join(f"{k} {getattr(config, k)}" for k in differ)
+        raise ConfigError(f"--init-from {header.path} was trained with {theirs}, this run has "
+                          f"{ours}; fine-tuning needs the same model: drop those settings (they "
+                          "come from the checkpoint) or start without --init-from")
+
+    def initialise(state: TrainState) -> None:
+        if len(source.classes) != len(state.config.classes) and source.conditional:
+            raise ConfigError(f"--init-from {header.path} is conditional on {len(source.classes)} "
+                              f"classes, dataset {state.config.dataset!r} has "
+                              f"{len(state.config.classes)}; fine-tune a conditional model on "
+                              "data with as many classes, or use --no-conditional from an "
+                              "unconditional run")
+        tensors = checkpoint.load_tensors(header, ("G.", "D.", "G_ema."))
+        for name in ("G", "D", "G_ema"):
+            checkpoint.load_module(getattr(state, name), tensors, name)
+    return initialise
+
+
+def _same_model_setting(a: Config, b: Config, key: str) -> bool:
+    if key == "spectral_norm":  # by its effect: auto is on for resnet
+        return bool(get_arch(a.arch).spectral_norm(a) == get_arch(b.arch).spectral_norm(b))
+    return bool(getattr(a, key) == getattr(b, key))
 
 
 def continue_run(out: Path, values: dict[str, Any], log: RunLog, download: bool = True,

@@ -21,7 +21,7 @@ from ganctl.config import Config
 from ganctl.data import cache, shapes, sources
 from ganctl.data.batches import Batch, Batches
 from ganctl.data.decode import Skip, is_gray, open_image
-from ganctl.errors import DataError, DataMissing, lookup
+from ganctl.errors import DataError, DataMissing, did_you_mean, lookup
 
 __all__ = ["Batch", "Batches", "DATASETS", "ImageSet", "load_dataset", "open_source", "preset"]
 
@@ -249,8 +249,8 @@ def _path_source(name: str, max_bytes: int) -> sources.Source:
         return sources.zip_source(name, path, max_bytes=max_bytes)
     if path.exists():
         raise DataError(f"--dataset {name} is a file but not a .zip; pass a folder of images or a zip")
-    raise DataError(f"unknown dataset {name!r}: not one of {', '.join(sorted(DATASETS))}, and no "
-                    "such folder or .zip")
+    raise DataError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}: not one of "
+                    f"{', '.join(sorted(DATASETS))}, and no such folder or .zip")
 
 
 def default_split(name: str) -> str | None:

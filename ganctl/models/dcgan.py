@@ -1,4 +1,4 @@
-"""DCGAN (Radford et al. 2016), as in the seed article: BatchNorm, ReLU in G, LeakyReLU(0.2)
+"""DCGAN (Radford et al. 2016), as in the article: BatchNorm, ReLU in G, LeakyReLU(0.2)
 in D, tanh output, weights drawn from N(0, 0.02). Conditional: class-conditional BatchNorm in G
 and a projection head on D. Under wgan-gp, D has no BatchNorm (the penalty is per image).
 

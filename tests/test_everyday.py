@@ -1,0 +1,225 @@
+"""Issue 12's everyday use, the parts in the CLI and the session: help with defaults in panels,
+--print-config with each value's source, "did you mean", dates in inspect, the run's length
+before its first step, and fine-tuning with --init-from."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY, assert_one_line_error, final_tensors, invoke
+from PIL import Image
+
+from ganctl import checkpoint, session
+from ganctl.config import FIELD_NAMES
+
+PANELS = ("Data", "Model", "Loss and optimiser", "Schedule", "Output", "Runtime")
+# options that are switches without a value of their own: nothing to show as a default
+SWITCHES = {"--help", "--list-presets", "--print-config", "--resume", "--overwrite", "--json",
+            "--debug", "--install-completion", "--show-completion"}
+
+
+def help_text(*command: str) -> str:
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def option_blocks(text: str) -> dict[str, str]:
+    """Each option of a rich help screen and the text of its row(s), by long name."""
+    blocks: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        found = re.match(r"│ (--[a-z0-9-]+)\s", line)  # a row's first cell (wrapped text is indented)
+        if found:
+            name = found.group(1)
+            blocks[name] = ""
+        if name:
+            blocks[name] += " " + line.strip("│ ").strip()
+    return blocks
+
+
+# --- help ------------------------------------------------------------------------------------------
+
+def test_train_help_groups_options_in_panels_and_shows_every_default(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one row per option
+    text = help_text("train")
+    for panel in PANELS:
+        assert f"─ {panel} ─" in text, panel
+    blocks = option_blocks(text)
+    config_options = {"--" + name.replace("_", "-") for name in FIELD_NAMES} - {"--classes"}
+    assert config_options <= blocks.keys()  # every config key is a flag of train
+    missing = [name for name, block in blocks.items()
+               if name not in SWITCHES and "[default:" not in block]
+    assert missing == []
+    assert "20000 on real datasets" in blocks["--steps"]  # the real datasets' length is written
+    assert "(dcgan)" in blocks["--arch"] and "(0.0002)" in blocks["--lr-g"]
+
+
+def test_resume_help_shows_defaults_too(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    blocks = option_blocks(help_text("resume"))
+    assert all("[default:" in block for name, block in blocks.items() if name not in SWITCHES
+               and name not in ("--allow-data-change",))
+
+
+def test_help_speaks_of_the_article_not_the_seed():
+    text = help_text("train")
+    assert "the article's" in text and "seed's" not in text and "seed article" not in text
+
+
+def test_shell_completion_can_be_installed():
+    assert "--install-completion" in help_text()
+
+
+# --- did you mean ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags,suggestion", [
+    (["--arch", "dcgn"], "did you mean 'dcgan'?"),
+    (["--loss", "hinj"], "did you mean 'hinge'?"),
+    (["--preset", "sngan"], "did you mean 'sngan-cifar10'?"),
+    (["--dataset", "cifar1"], "did you mean 'cifar10'?"),
+])
+def test_unknown_names_get_a_suggestion(workdir, flags, suggestion):
+    assert_one_line_error(invoke("train", *flags, *TINY), 1, suggestion)
+    assert not Path("runs").exists()
+
+
+def test_an_unknown_config_key_gets_a_suggestion(workdir):
+    Path("c.toml").write_text("stpes = 3\n")
+    assert_one_line_error(invoke("train", "--config", "c.toml", *TINY), 1,
+                          "unknown config key 'stpes'", "did you mean 'steps'?")
+
+
+def test_a_misspelt_flag_gets_the_close_ones(workdir):
+    result = invoke("train", "--stpes", "3")
+    assert result.exit_code == 2 and "--steps" in result.stderr
+
+
+# --- --print-config ---------------------------------------------------------------------------------
+
+def test_print_config_names_the_source_of_every_value(workdir):
+    assert invoke("train", *TINY, "--out", "base").exit_code == 0
+    Path("c.toml").write_text("lr_d = 1e-4\nsteps = 300\n")
+    result = invoke("train", "--print-config", "--json", "--dataset", "mnist", "--preset",
+                    "mlp-mnist", "--config", "c.toml", "--init-from", "base", "--steps", "7")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    config, sources = doc["config"], doc["sources"]
+    assert sources.keys() == set(FIELD_NAMES)
+    assert (config["steps"], sources["steps"]) == (7, "flag")  # the flag beats the file
+    assert (config["lr_d"], sources["lr_d"]) == (1e-4, "config file c.toml")
+    assert (config["loss"], sources["loss"]) == ("bce", "preset mlp-mnist")
+    assert (config["log_every"], sources["log_every"]) == (100, "dataset mnist")
+    assert (config["seed"], sources["seed"]) == (0, "default")
+    # a fine-tuned model is its checkpoint's: they beat the preset's mlp at 28x28x1
+    assert (config["arch"], config["resolution"], config["channels"], config["g_width"]) == \
+        ("dcgan", 32, 3, 8)
+    assert sources["arch"] == sources["g_width"] == "init-from base"
+    assert not Path("runs").exists()  # nothing trained, nothing written
+
+
+def test_print_config_as_a_table(workdir):
+    result = invoke("train", "--print-config", "--steps", "9", "--dataset", "mnist")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.strip()}
+    assert rows["steps"] == ["9", "flag"]
+    assert rows["channels"] == ["1", "dataset", "mnist"]
+    assert rows["arch"] == ["dcgan", "default"]
+
+
+def test_print_config_reports_bad_settings_like_train(workdir):
+    assert_one_line_error(invoke("train", "--print-config", "--arch", "nope"), 1, "unknown arch")
+
+
+# --- what train says before its first step, and inspect -----------------------------------------
+
+def test_train_says_the_runs_length_before_the_first_step(workdir):
+    result = invoke("train", *TINY, "--out", "r")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    length = next(i for i, line in enumerate(lines) if "steps of batch" in line)
+    first_step = next(i for i, line in enumerate(lines) if line.startswith("step "))
+    assert length < first_step
+    assert lines[length].startswith("4 steps of batch 8: 32 images, under 0.1 passes")
+
+
+def test_inspect_shows_times_as_dates(workdir):
+    assert invoke("train", *TINY, "--out", "r").exit_code == 0
+    result = invoke("inspect", "r")
+    assert result.exit_code == 0, result.output
+    created = re.search(r"created\s*│\s*(\S+ \S+)", result.stdout)
+    logged = re.search(r"last logged\s*│\s*(\S+ \S+)", result.stdout)
+    assert created and logged, result.stdout
+    for found in (created, logged):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", found.group(1))
+
+
+# --- fine-tuning ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def source(workdir) -> Path:
+    assert invoke("train", *TINY, "--out", "src").exit_code == 0
+    return Path("src")
+
+
+def test_init_from_starts_from_the_checkpoints_weights_exactly(source, monkeypatch):
+    seen = {}
+    real_fit = session.fit
+
+    def spy(state, *args, **kwargs):
+        seen["step"] = state.step
+        seen["opt"] = len(state.opt_G.state) + len(state.opt_D.state)
+        seen["tensors"] = {f"{name}.{k}": v.detach().clone() for name in ("G", "D", "G_ema")
+                           for k, v in getattr(state, name).state_dict().items()}
+        return real_fit(state, *args, **kwargs)
+
+    monkeypatch.setattr(session, "fit", spy)
+    result = invoke("train", "--init-from", str(source), "--dataset", "shapes", "--resolution",
+                    "32", "--steps", "2", "--batch-size", "8", "--device", "cpu", "--out", "ft",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    _, tensors = final_tensors(source)
+    assert seen["step"] == 0 and seen["opt"] == 0  # step 0, fresh optimisers
+    assert seen["tensors"].keys() == {k for k in tensors if k.split(".")[0] in ("G", "D", "G_ema")}
+    for name, value in seen["tensors"].items():
+        assert torch.equal(value, tensors[name].to(value.dtype)), name
+    stored = json.loads(Path("ft/config.json").read_text())
+    assert stored["init_from"] == str((source / "checkpoints" / "step-000000004.safetensors").absolute())
+    assert stored["g_width"] == 8  # the model came from the checkpoint, not the defaults
+    header = checkpoint.read_header(Path(json.loads(result.stdout)["checkpoint"]))
+    assert header.step == 2
+
+
+@pytest.mark.parametrize("flags,differs", [
+    (["--arch", "resnet"], "arch dcgan"),
+    (["--g-width", "16"], "g_width 8"),
+    (["--resolution", "64"], "resolution 32"),
+])
+def test_init_from_refuses_another_model(source, flags, differs):
+    result = invoke("train", "--init-from", str(source), *TINY, *flags, "--out", "ft")
+    assert_one_line_error(result, 1, differs, "fine-tuning needs the same model")
+    assert not Path("ft").exists()
+
+
+def test_init_from_a_conditional_model_needs_as_many_classes(workdir):
+    assert invoke("train", *TINY, "--conditional", "--out", "cond").exit_code == 0
+    folder = Path("two")
+    for i, name in enumerate(["a", "b"] * 8):  # 2 classes (shapes has 4)
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (i * 15, 0, 0)).save(folder / name / f"{i}.png")
+    result = invoke("train", "--init-from", "cond", "--dataset", str(folder), *TINY, "--out", "ft")
+    assert_one_line_error(result, 1, "conditional on", "classes")
+    assert not Path("ft").exists()
+
+
+def test_init_from_what_is_not_a_checkpoint(workdir):
+    assert_one_line_error(invoke("train", "--init-from", "nowhere", *TINY), 1, "nowhere")
+
+
+def test_init_from_and_resume_exclude_each_other(source):
+    result = invoke("train", "--init-from", str(source), "--resume", "--out", "src", *TINY)
+    assert result.exit_code == 2 and "--init-from" in result.stderr
