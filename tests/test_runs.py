@@ -1,0 +1,289 @@
+"""Finding runs and caches: `ganctl runs` (each run's status, progress, losses, best FID, size
+and last update, read without disturbing a run in training) and `ganctl data cache list|clean`
+(ganctl's decode caches and FID statistics, removed without touching anything else)."""
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import TINY, damage, image_folder, invoke, nan_batches, rewrite, signal_at
+
+from ganctl import rundir, runs
+from ganctl.config import Config
+from ganctl.data import cache, load_dataset
+from ganctl.engine import loop
+from ganctl.errors import DataError, RunError
+from ganctl.metrics.stats import FeatureStats, save_stats
+
+
+def by_id(found: list[dict]) -> dict[str, dict]:
+    return {run["id"]: run for run in found}
+
+
+def copy_run(run_dir: Path, name: str) -> Path:
+    return Path(shutil.copytree(run_dir, run_dir.parent / name, symlinks=True))
+
+
+def last_record(run_dir: Path) -> dict:
+    return [r for r in rundir.read_metrics(run_dir) if "event" not in r][-1]
+
+
+# --- statuses --------------------------------------------------------------------------------------
+
+def test_each_status_and_what_is_not_a_run(trained_run, monkeypatch):
+    root = trained_run.parent
+    signal_at(monkeypatch, 2, signal.SIGTERM)  # a real stop: checkpoint at step 2, exit 143
+    assert invoke("train", *TINY, "--steps", "6", "--out", root / "0002-stopped").exit_code == 143
+    new = rundir.create_run_dir(root / "0003-new", Config())  # died before its first checkpoint
+    rundir.write_config(new, Config())
+    (copy_run(trained_run, "0004-bad-config") / "config.json").write_text("{not json")
+    for ckpt in rundir.list_checkpoints(copy_run(trained_run, "0005-bad-ckpts") / "checkpoints"):
+        damage(ckpt, "huge header")
+    training = copy_run(trained_run, "0006-training")
+    (root / "0000-empty").mkdir()  # not runs: an empty folder, someone else's, a file, a link
+    (root / "0007-foreign").mkdir()
+    (root / "0007-foreign" / "config.json").write_text('{"steps": 4}')
+    (root / "notes.txt").write_text("x")
+    (root / "0008-link").symlink_to(trained_run)
+
+    with rundir.locked(training):
+        found = runs.list_runs()
+    assert [(r["id"], r["status"], r["step"], r["steps"]) for r in found] == [
+        ("0001-shapes-dcgan", "complete", 4, 4),
+        ("0002-stopped", "stopped", 2, 6),
+        ("0003-new", "new", None, Config().steps),
+        ("0004-bad-config", "broken", 4, 4),
+        ("0005-bad-ckpts", "broken", None, 4),
+        ("0006-training", "running", 4, 4),
+    ]
+    assert all(tuple(run) == runs.FIELDS for run in found)
+    found = by_id(found)
+    assert "config.json is damaged" in found["0004-bad-config"]["problem"]
+    assert found["0004-bad-config"]["dataset"] == "shapes"  # from the checkpoint's copy
+    assert found["0005-bad-ckpts"]["problem"].startswith("no checkpoint is readable")
+    assert found["0001-shapes-dcgan"]["problem"] is None
+    assert found["0002-stopped"]["checkpoint"] == str(  # as relative as the runs root
+        Path("runs", "0002-stopped", "checkpoints", "step-000000002.safetensors"))
+    # once the trainer is gone, the run is what its checkpoints say
+    assert by_id(runs.list_runs())["0006-training"]["status"] == "complete"
+
+
+def test_a_run_that_cannot_be_read_is_listed_as_broken(trained_run, monkeypatch):
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(rundir, "list_checkpoints", denied)  # as a folder without read permission
+    (run,) = runs.list_runs()
+    assert tuple(run) == runs.FIELDS
+    assert (run["status"], run["problem"]) == (
+        "broken", f"cannot read {Path('runs', '0001-shapes-dcgan', 'checkpoints')}: Permission denied")
+
+
+def test_probing_the_lock_creates_nothing_and_never_turns_a_start_away(trained_run):
+    (trained_run / rundir.LOCK).unlink()
+    assert rundir.is_locked(trained_run) is False
+    assert not (trained_run / rundir.LOCK).exists()  # no lock file: never trained here, not running
+    (trained_run / rundir.LOCK).touch()
+    # a listing holds a shared lock for a moment: a trainer starting then waits it out
+    probe = os.open(trained_run / rundir.LOCK, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)
+    threading.Timer(0.1, os.close, [probe]).start()
+    with rundir.locked(trained_run):
+        assert rundir.is_locked(trained_run) is True
+    assert rundir.is_locked(trained_run) is False
+
+
+def test_a_diverged_run_until_it_is_resumed(workdir, monkeypatch):
+    healthy = loop.train_step
+    nan_batches(monkeypatch, start_at=3)
+    assert invoke("train", *TINY, "--steps", "6", "--log-every", "1", "--out", "runs/r").exit_code == 1
+    run_dir = workdir / "runs" / "r"
+    run = runs.list_runs()[0]
+    assert (run["status"], run["step"], run["steps"], run["logged_step"]) == ("diverged", 2, 6, 2)
+    # a `ganctl eval` after it is no training: still diverged
+    with open(run_dir / rundir.METRICS, "a") as f:
+        f.write(json.dumps({"step": 2, "event": "eval", "fid": 80.0, "checkpoint": "x"}) + "\n")
+    assert runs.list_runs()[0]["status"] == "diverged"
+    # resumed, and stopped before it logged a record: its newer checkpoint says it went on
+    ckpt = run_dir / "checkpoints" / "step-000000002.safetensors"
+    later = datetime.fromtimestamp(time.time() + 3600).astimezone().isoformat(timespec="seconds")
+    rewrite(ckpt, ckpt, lambda tensors, meta: meta.update({"ganctl.created": later}))
+    assert runs.list_runs()[0]["status"] == "stopped"
+    # resumed to the end: training records follow the event
+    monkeypatch.setattr(loop, "train_step", healthy)
+    assert invoke("resume", run_dir).exit_code == 0
+    run = runs.list_runs()[0]
+    assert (run["status"], run["step"], run["logged_step"]) == ("complete", 6, 6)
+    assert run["losses"] == {k: v for k, v in last_record(run_dir).items() if k.startswith("loss")}
+
+
+# --- what a run shows --------------------------------------------------------------------------------
+
+def test_best_fid_from_the_best_checkpoint_else_from_eval_events(trained_run):
+    ckpts = trained_run / "checkpoints"
+    evaluated = ckpts / "step-000000002.safetensors"
+    rewrite(evaluated, evaluated, lambda tensors, meta: meta.update(
+        {"ganctl.eval": json.dumps({"step": 2, "event": "eval", "fid": 12.5})}))
+    rundir.set_pointer(trained_run, rundir.BEST, evaluated)
+    other = copy_run(trained_run, "0002-evaluated")
+    (other / "checkpoints" / "best").unlink()
+    with open(other / rundir.METRICS, "a") as f:  # as `ganctl eval` appends them
+        for step, fid in ((2, 30.0), (4, 20.0), (4, "nan")):
+            f.write(json.dumps({"step": step, "event": "eval", "fid": fid, "checkpoint": "c"}) + "\n")
+    found = by_id(runs.list_runs())
+    assert (found["0001-shapes-dcgan"]["best_fid"], found["0001-shapes-dcgan"]["best_step"]) == (12.5, 2)
+    assert (found["0002-evaluated"]["best_fid"], found["0002-evaluated"]["best_step"]) == (20.0, 4)
+    assert found["0002-evaluated"]["status"] == "complete"
+
+
+def test_size_update_time_and_the_table(trained_run, tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x" * 5000)
+    (trained_run / "samples" / "linked.bin").symlink_to(outside)  # not the run's: not counted
+    files = [p for p in trained_run.rglob("*") if p.is_file() and not p.is_symlink()]
+    size = sum(p.stat().st_size for p in files)
+    when = datetime(2026, 11, 28, 7, 12, 30).timestamp()
+    for p in files:
+        os.utime(p, (when, when - 60 * (p.name != "metrics.jsonl")))  # metrics.jsonl is newest
+    run = runs.list_runs()[0]
+    assert run["bytes"] == size
+    assert run["updated"] == datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
+    (trained_run / "notes.txt").write_bytes(b"n" * 1000)
+    os.utime(trained_run / "notes.txt", (when, when - 120))
+    assert runs.list_runs()[0]["bytes"] == size + 1000
+
+    losses = last_record(trained_run)
+    table = runs.format_runs(runs.list_runs()).splitlines()
+    assert table[0].split() == ["ID", "STATUS", "DATASET", "ARCH", "RES", "STEP", "LOSSES", "BEST",
+                                "FID", "UPDATED", "SIZE"]
+    assert table[1].split()[:8] == ["0001-shapes-dcgan", "complete", "shapes", "dcgan", "32", "4/4",
+                                    "D", f"{losses['loss_D']:.3f}"]
+    assert table[1].endswith(f"  -  2026-11-28 07:12  {runs.human_bytes(size + 1000)}")
+    assert [runs.human_bytes(n) for n in (999, 1000, 12_345_678, 999_999, 1_500_000_000)] == [
+        "999 B", "1.0 kB", "12.3 MB", "1.0 MB", "1.5 GB"]
+
+
+def test_the_last_record_of_a_long_metrics_file(trained_run):
+    records = [{"step": s, "time": 1.0, "loss_D": s / 10, "img_per_s": 1.0} for s in range(1, 5001)]
+    (trained_run / rundir.METRICS).write_text("".join(json.dumps(r) + "\n" for r in records)
+                                              + '{"step": 5001, "loss')  # cut short by a crash
+    assert (trained_run / rundir.METRICS).stat().st_size > 4 * runs.TAIL_BYTES
+    run = runs.list_runs()[0]
+    assert (run["logged_step"], run["losses"]) == (5000, {"loss_D": 500.0})
+
+
+def test_where_runs_are_looked_for(trained_run, workdir, monkeypatch):
+    assert runs.list_runs(workdir / "nowhere") == []
+    assert runs.format_runs([], workdir / "nowhere") == (
+        f"no runs under {workdir / 'nowhere'}/; start one with `ganctl train`")
+    assert [r["id"] for r in runs.list_runs(trained_run)] == ["0001-shapes-dcgan"]  # one run
+    monkeypatch.setenv("GANCTL_RUNS", str(workdir / "elsewhere"))
+    assert runs.list_runs() == []
+    (workdir / "elsewhere").mkdir()
+    shutil.move(trained_run, workdir / "elsewhere" / "0009-moved")
+    assert [r["path"] for r in runs.list_runs()] == [str(workdir / "elsewhere" / "0009-moved")]
+    (workdir / "afile").write_text("x")
+    with pytest.raises(RunError, match="afile is not a directory"):
+        runs.list_runs(workdir / "afile")
+
+
+# --- caches ------------------------------------------------------------------------------------------
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def fake_stats(cache_dir: Path, dataset: str) -> Path:
+    path = cache_dir / f"{Path(dataset).name}-0123456789abcdef{cache.STATS_SUFFIX}"
+    d = 4
+    save_stats(path, FeatureStats(6, np.zeros(d), np.eye(d), np.zeros((6, d), np.float32)),
+               {"dataset": dataset, "resolution": 32, "channels": 3, "crop": "center"})
+    return path
+
+
+def test_caches_are_listed_and_cleaned_leaving_everything_else(workdir):
+    imgs = image_folder(workdir / "imgs", 6)
+    data = load_dataset(Config(dataset=str(imgs), resolution=32, batch_size=2))  # decoded, kept open
+    load_dataset(Config(dataset=str(imgs), resolution=16, batch_size=2))
+    cache_dir = workdir / "cache"
+    stats = fake_stats(cache_dir, str(imgs))
+    # someone else's files in the cache dir, named like ganctl's or not
+    foreign = [cache_dir / "notes.txt", cache_dir / "mine-0123456789abcdef.json",
+               cache_dir / "x-0123456789abcdef.stats.safetensors"]
+    for path in foreign:
+        path.write_text('{"fingerprint": "something else"}')
+    outside = workdir / "outside.npy"
+    np.save(outside, np.zeros(3))
+    (cache_dir / "link-0123456789abcdef.images.npy").symlink_to(outside)
+    # a build that died (its temp file: no process, untouched for an hour) and one going on now
+    stale = cache_dir / f".gone-1111111111111111.raw.tmp-{dead_pid()}"
+    stale.write_bytes(b"r" * 700)
+    os.utime(stale, (time.time() - 3600,) * 2)
+    (cache_dir / "gone-1111111111111111.images.npy").write_bytes(cache.NPY_MAGIC + b"x" * 100)
+    live = cache_dir / f".busy-2222222222222222.raw.tmp-{os.getpid()}"
+    live.write_bytes(b"b" * 300)
+
+    entries = cache.list_caches()
+    assert sorted((e.slug, e.kind, e.state) for e in entries) == [
+        ("busy", "decoded", "writing"), ("gone", "decoded", "partial"),
+        ("imgs", "decoded", "complete"), ("imgs", "decoded", "complete"),
+        ("imgs", "fid_stats", "complete")]
+    assert [e.name for e in entries] == sorted(e.name for e in entries)
+    decoded = {e.source["resolution"]: e for e in entries if e.kind == "decoded" and e.source}
+    assert decoded[32].source == {"dataset": str(imgs), "origin": str(imgs), "count": 6,
+                                  "resolution": 32, "channels": 3, "crop": "center"}
+    assert [f.path.name.split(".", 1)[1] for f in decoded[32].files] == [
+        "json", "images.npy", "labels.npy"]  # the "done" file first
+    assert decoded[32].bytes == sum(f.path.stat().st_size for f in decoded[32].files)
+    assert json.loads(json.dumps(decoded[32].to_dict()))["files"][0] == decoded[32].files[0].path.name
+    (fid,) = [e for e in entries if e.kind == "fid_stats"]
+    assert fid.source["count"] == 6 and fid.bytes == stats.stat().st_size
+    assert "FID statistics" in cache.format_caches(entries)
+
+    with pytest.raises(DataError, match="no cache of 'celeba'; cached: busy, gone, imgs"):
+        cache.select_caches(entries, ["celeba"])
+    assert cache.clean_caches([decoded[16]]) == decoded[16].bytes  # a subset, by itself
+    assert not any(f.path.exists() for f in decoded[16].files)
+    assert len(cache.select_caches(cache.list_caches(), ["imgs"])) == 2  # its other caches
+
+    pixels = int(data.images.sum())
+    listed = cache.list_caches()
+    assert cache.clean_caches(listed) == sum(e.bytes for e in listed if e.state != "writing")
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(
+        [p.name for p in foreign] + ["link-0123456789abcdef.images.npy", live.name])
+    assert outside.is_file() and [e.state for e in cache.list_caches()] == ["writing"]
+    assert int(data.images.sum()) == pixels  # a run using the cache reads on from its memory map
+
+
+def test_clean_frees_exactly_what_it_listed_and_spares_a_replaced_file(workdir):
+    imgs = image_folder(workdir / "imgs", 4)
+    load_dataset(Config(dataset=str(imgs), resolution=32, batch_size=2))
+    stats = fake_stats(workdir / "cache", str(imgs))
+    entries = cache.list_caches()
+    decoded = next(e for e in entries if e.kind == "decoded")
+    images = next(f.path for f in decoded.files if f.path.name.endswith(".images.npy"))
+    # a new build put its file in place since the listing (the user took a while to say yes)
+    np.save(images.with_name("new.npy"), np.zeros(5, np.uint8))
+    os.replace(images.with_name("new.npy"), images)
+    expected = sum(f.bytes for e in entries for f in e.files if f.path != images)
+    assert cache.clean_caches(entries) == expected
+    assert [p.name for p in (workdir / "cache").iterdir()] == [images.name]
+    assert not stats.exists()
+    # without the rest of its set, the new file is a partial cache: the next clean takes it
+    size = images.stat().st_size
+    assert [(e.state, e.bytes) for e in cache.list_caches()] == [("partial", size)]
+    assert cache.clean_caches(cache.list_caches()) == size and not images.exists()
+    assert cache.list_caches() == [] and cache.format_caches([]) == (
+        f"no caches in {workdir / 'cache'}")
