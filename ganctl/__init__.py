@@ -1,3 +1,35 @@
-"""ganctl: train and sample GANs from the command line or from Python."""
+"""ganctl: train and sample GANs from the command line or from Python.
+
+    import ganctl
+    run = ganctl.train(steps=300, out="runs/quick")   # the built-in shapes dataset
+    G = ganctl.load("runs/quick")                     # its newest checkpoint's G_ema
+    G.grid(n=16).save("grid.png")
+
+train, load, evaluate, Generator and Run are ganctl.api's (see its docstrings). They are
+imported on first use: `import ganctl` stays cheap, as the command line imports it for
+__version__ before it knows whether a command needs torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["Generator", "Run", "__version__", "evaluate", "load", "train"]
+_API = frozenset({"Generator", "Run", "evaluate", "load", "train"})
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
+    from ganctl.api import Generator, Run, evaluate, load, train
+
+
+def __getattr__(name: str) -> Any:
+    """ganctl.train and the rest, from ganctl.api (imported with torch on the first access)."""
+    if name in _API:
+        from ganctl import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ganctl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

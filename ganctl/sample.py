@@ -9,8 +9,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import operator
+import re
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import SupportsIndex
 
 import torch
 from PIL import Image
@@ -18,7 +22,7 @@ from torch import nn
 
 from ganctl import checkpoint
 from ganctl.config import Config
-from ganctl.errors import ConfigError
+from ganctl.errors import ConfigError, did_you_mean
 from ganctl.fsutil import atomic_write
 from ganctl.models import build_generator
 from ganctl.models.base import num_classes
@@ -26,32 +30,131 @@ from ganctl.stored import check_models, stored_config
 
 GRID_PADDING = 2  # pixels between and around the images of a grid
 GENERATE_BATCH = 256
+MAX_SEED = 2**63 - 1  # what a torch.Generator seed and the seeds of `ganctl sample` reach
+MAX_SEEDS = 100_000  # seeds in one call: a typo such as 0-1000000000 is an error, not a hang
+Seeds = int | str | range | Sequence[int]  # 7, "0-63,100", range(16), [3, 1, 4]
+SEEDS_LIKE = "give one seed or more, like 7, range(16), [3, 1, 4] or '0-63,100'"
+TOO_MANY = f"more than {MAX_SEEDS} seeds at once (generate in parts: an image depends on its seed alone)"
+_SEED_PART = re.compile(r"^(\d{1,19})(?:-(\d{1,19}))?$")  # 7 or 0-63, ASCII digits: "+7", "٣" fail
 
 
-def latents_from_seeds(seeds: list[int] | range, z_dim: int) -> torch.Tensor:
-    """(n, z_dim) standard normal latents, row i drawn from a generator seeded with seeds[i]."""
+def parse_seeds(text: str) -> list[int]:
+    """'0-63,100' -> [0, 1, ..., 63, 100]: single seeds and inclusive ranges, comma-separated."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = _SEED_PART.match(part.strip())
+        if match is None:
+            what = (f"{part.strip()!r} is not a seed (0 to 2**63 - 1) or a range of them"
+                    if part.strip() else "an empty part")
+            raise _seeds_error(text, what)
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise _seeds_error(text, f"range {low}-{high} runs backwards (write {high}-{low})")
+        if high > MAX_SEED:
+            raise _seeds_error(text, f"seed {high} is past the largest, 2**63 - 1")
+        if len(seeds) + high - low + 1 > MAX_SEEDS:
+            raise _seeds_error(text, TOO_MANY)
+        seeds.extend(range(low, high + 1))
+    return seeds
+
+
+def _seeds_error(text: str, what: str) -> ConfigError:
+    return ConfigError(f"seeds {text[:100]!r}: {what}; write seeds like 0-63,100 (single seeds "
+                       "and ranges, comma-separated)")
+
+
+def seed_list(seeds: Seeds) -> list[int]:
+    """The seeds of an int (one seed), a "0-63,100" string, a range or a sequence of ints,
+    each checked to be a whole number from 0 to MAX_SEED; from 1 to MAX_SEEDS of them."""
+    if isinstance(seeds, str):
+        return parse_seeds(seeds)
+    chosen = [seeds] if isinstance(seeds, int) else seeds
+    if not isinstance(chosen, Sized) or isinstance(chosen, bool) or not chosen:
+        raise ConfigError(f"seeds {seeds!r}: {SEEDS_LIKE}")
+    if len(chosen) > MAX_SEEDS:
+        raise ConfigError(f"{len(chosen)} seeds: {TOO_MANY}")
+    return [_seed(s) for s in chosen]
+
+
+def _seed(s: object) -> int:
+    """A seed as an int: int or numpy's integers (anything with __index__), not 2.0 or "3"."""
+    if isinstance(s, bool) or not isinstance(s, SupportsIndex) or not 0 <= operator.index(s) <= MAX_SEED:
+        raise ConfigError(f"seed {s!r} is not a whole number from 0 to 2**63 - 1; {SEEDS_LIKE}")
+    return operator.index(s)
+
+
+def latents_from_seeds(seeds: Sequence[int], z_dim: int, truncation: float | None = None
+                       ) -> torch.Tensor:
+    """(n, z_dim) latents, row i drawn from a generator seeded with seeds[i]: standard normal, or
+    with `truncation` psi the standard normal truncated to [-psi, psi]."""
+    if truncation is not None:
+        psi = _check_psi(truncation)
+        return torch.stack([_truncated(int(s), z_dim, psi) for s in seeds])
     rows = [torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     return torch.stack(rows)
 
 
+def _check_psi(psi: float) -> float:
+    if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not psi >= 0:  # NaN too
+        raise ConfigError(f"truncation must be a number from 0 up (0: z = 0 for every seed; 1 keeps "
+                          f"|z| <= 1), or None for none; got {psi!r}; e.g. truncation=0.7")
+    return float(psi)
+
+
+def _truncated(seed: int, z_dim: int, psi: float) -> torch.Tensor:
+    """z ~ N(0, 1) truncated to [-psi, psi] by the inverse CDF of the seed's uniform draws:
+    z = sqrt(2) erfinv(erf(psi / sqrt(2)) (2u - 1)), so psi = 0 gives z = 0 exactly and a seed's
+    z shrinks smoothly towards 0 as psi falls. Computed in float64 on the CPU (deterministic)."""
+    u = torch.rand(z_dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    u += 2**-54  # the middle of its 2**-53 cell: strictly inside (0, 1), so erfinv stays finite
+    bound = math.erf(psi / math.sqrt(2))  # 1.0 from psi ~ 8.3 on: no truncation left
+    z = math.sqrt(2) * torch.special.erfinv(bound * (2 * u - 1))
+    return (z.clamp_(-psi, psi) + 0.0).float()  # + 0.0: -0.0 becomes 0.0, byte-identical z = 0
+
+
 @torch.no_grad()
-def labels_for_seeds(seeds: list[int] | range, config: Config) -> torch.Tensor | None:
-    """The class a conditional model draws each seed's image for: seed mod the number of
-    classes, so consecutive seeds go through every class; None for unconditional models."""
+def labels_for_seeds(seeds: Sequence[int], config: Config, class_: int | str | None = None
+                     ) -> torch.Tensor | None:
+    """The class a conditional model draws each seed's image for: `class_` (an index or a class
+    name) for all of them, or by default seed mod the number of classes, so consecutive seeds go
+    through every class; None for unconditional models, which take no class."""
     k = num_classes(config)
-    return torch.tensor([int(s) % k for s in seeds], dtype=torch.int64) if k else None
+    if not k:
+        if class_ is not None:
+            raise ConfigError(f"class {class_!r} given, but this model is unconditional (not trained "
+                              "conditional): it takes no class; leave the class out")
+        return None
+    if class_ is None:
+        return torch.tensor([int(s) % k for s in seeds], dtype=torch.int64)
+    return torch.full((len(seeds),), class_index(class_, config.classes), dtype=torch.int64)
+
+
+def class_index(class_: int | str, classes: Sequence[str]) -> int:
+    """The index of a class given by index or by name, or a ConfigError naming the choices."""
+    shown = ", ".join(f"{i} {name}" for i, name in enumerate(classes[:20]))
+    shown += " ..." if len(classes) > 20 else ""
+    if isinstance(class_, str):
+        if class_ in classes:
+            return list(classes).index(class_)
+        raise ConfigError(f"unknown class {class_!r}{did_you_mean(class_, classes)}; this model's "
+                          f"classes: {shown}")
+    if isinstance(class_, bool) or not isinstance(class_, int) or not 0 <= class_ < len(classes):
+        raise ConfigError(f"class {class_!r} is not a class index from 0 to {len(classes) - 1} "
+                          f"nor a class name; this model's classes: {shown}")
+    return class_
 
 
 @torch.no_grad()
 def generate(G: nn.Module, z: torch.Tensor, device: torch.device,
-             c: torch.Tensor | None = None) -> torch.Tensor:
-    """Images for latents z (and classes c) as uint8 (n, C, H, W), generated in eval mode in
-    fixed-size chunks."""
+             c: torch.Tensor | None = None, batch_size: int = GENERATE_BATCH) -> torch.Tensor:
+    """Images for latents z (and classes c) as uint8 (n, C, H, W) on the CPU, generated in eval
+    mode in chunks of `batch_size`."""
     was_training = G.training
     G.eval()
-    labels = c.split(GENERATE_BATCH) if c is not None else [None] * len(z.split(GENERATE_BATCH))
+    chunks = z.split(batch_size)
+    labels = c.split(batch_size) if c is not None else [None] * len(chunks)
     out = [to_uint8(G(chunk.to(device), None if k is None else k.to(device)).cpu())
-           for chunk, k in zip(z.split(GENERATE_BATCH), labels, strict=True)]
+           for chunk, k in zip(chunks, labels, strict=True)]
     G.train(was_training)
     return torch.cat(out)
 
@@ -61,10 +164,12 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def make_grid(images: torch.Tensor, padding: int = GRID_PADDING) -> torch.Tensor:
-    """(n, C, H, W) uint8 -> (H', W', C) uint8 grid, ceil(sqrt(n)) images per row, black gaps."""
+def make_grid(images: torch.Tensor, padding: int = GRID_PADDING, nrow: int | None = None
+              ) -> torch.Tensor:
+    """(n, C, H, W) uint8 -> (H', W', C) uint8 grid, `nrow` images per row (default
+    ceil(sqrt(n))), black gaps of `padding` pixels."""
     n, c, h, w = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = min(nrow, n) if nrow else math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = torch.zeros(rows * (h + padding) + padding, cols * (w + padding) + padding, c,
                        dtype=torch.uint8)
@@ -75,11 +180,15 @@ def make_grid(images: torch.Tensor, padding: int = GRID_PADDING) -> torch.Tensor
     return grid
 
 
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(H, W, C) uint8 -> a PIL image: mode "L" for one channel, "RGB" for three."""
+    array = image.numpy()
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
 def png_bytes(grid: torch.Tensor) -> bytes:
-    array = grid.numpy()
-    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    to_pil(grid).save(buf, format="PNG")
     return buf.getvalue()
 
 

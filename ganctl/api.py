@@ -1,0 +1,330 @@
+"""The Python surface of ganctl: train a run, load its generator, sample and score it.
+
+    import ganctl
+    run = ganctl.train(dataset="shapes", steps=1500, out="runs/shapes")
+    G = ganctl.load("runs/shapes")              # or a checkpoint file, "latest", "best"
+    G.grid(n=64).save("grid.png")               # the 8x8 grid `ganctl sample -n 64` writes
+    scores = ganctl.evaluate("runs/shapes", num=10000)
+
+These are the functions the command line runs (session, rundir, sample, evaluate), with the same
+files, checks and messages. Failures raise ganctl.errors exceptions (GanctlError and its
+subclasses, one-line messages); nothing here exits the interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from rich.console import Console
+from torch import nn
+
+from ganctl import rundir, session
+from ganctl.checkpoint import Header
+from ganctl.config import BOUNDS, FIELD_NAMES, Config, load_config_file
+from ganctl.device import resolve_device
+from ganctl.engine.loop import RunResult
+from ganctl.errors import ConfigError, Stopped, did_you_mean
+from ganctl.evaluate import evaluate_checkpoint
+from ganctl.logging import QuietOnClosedPipe, RunLog
+from ganctl.metrics import parse_metrics
+from ganctl.models.base import num_classes
+from ganctl.sample import (
+    GENERATE_BATCH,
+    GRID_PADDING,
+    Seeds,
+    generate,
+    labels_for_seeds,
+    latents_from_seeds,
+    load_generator,
+    make_grid,
+    seed_list,
+    to_pil,
+)
+
+PathLike = str | os.PathLike[str]
+DEFAULT_N = 64  # images when neither seeds nor n is given: `ganctl sample`'s default
+# train()'s own arguments; every other keyword is a config key (ganctl.config.Config's fields)
+TRAIN_ARGS = ("out", "config", "max_time", "resume", "overwrite", "download", "quiet")
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Run:
+    """Where train() left a run: its directory, the step reached of its total, the last
+    checkpoint and sample grid, the last logged metrics; `stopped` is "max-time" when max_time
+    ran out first (train again with resume=True to continue). `result` holds everything
+    `ganctl train --json` prints (device, seconds, batch size, precision ...)."""
+
+    run_dir: Path
+    step: int
+    steps: int
+    checkpoint: Path | None
+    samples: Path | None
+    metrics: dict[str, Any] | None
+    stopped: str | None
+    result: dict[str, Any]
+
+    @classmethod
+    def of(cls, result: RunResult) -> Run:
+        def path(p: str | None) -> Path | None:
+            return Path(p) if p is not None else None
+
+        return cls(Path(result.run_dir), result.step, result.steps, path(result.checkpoint),
+                   path(result.samples), result.metrics, result.stopped, result.to_dict())
+
+    def load(self, device: str = "auto") -> Generator:
+        """The generator of this run's last checkpoint (see ganctl.load).
+
+        Example: G = ganctl.train(steps=300).load(); G.grid(n=16)
+        """
+        return load(self.checkpoint or self.run_dir, device)
+
+
+def train(*, out: PathLike | None = None, config: PathLike | None = None,
+          max_time: str | None = None, resume: bool = False, overwrite: bool = False,
+          download: bool = True, quiet: bool = False, **settings: Any) -> Run:
+    """Train a GAN as `ganctl train` does; returns the Run.
+
+    `settings` are config keys, as the command line's flags with underscores (batch_size=32 for
+    --batch-size 32; the fields of ganctl.config.Config): dataset, preset, arch, loss, steps,
+    device, ... A setting of None counts as not given. They are layered as on the command line:
+    defaults < the dataset's preset < preset= < the config= file (TOML or JSON) < settings.
+    out: the run directory (default: the next ./runs/NNNN-<dataset>-<arch>). resume=True
+    continues the run in `out` if there is one (settings it was started with may be repeated,
+    not changed), overwrite=True replaces it. max_time ("3h30m", "90m") stops with a
+    checkpoint in time, counted from this call. Progress goes to stderr; quiet=True: nothing.
+
+    Ctrl-C (or a notebook's interrupt) finishes the step under way, writes a checkpoint and
+    raises ganctl.errors.Stopped, whose .result says where the run stands; train(out=...,
+    resume=True) continues it. Called from another thread than the main one, train() cannot
+    catch signals and leaves them to their handlers.
+
+    Example: run = ganctl.train(dataset="mnist", steps=2000, batch_size=64, out="runs/m")
+    """
+    given = _settings(settings)
+    if resume and overwrite:
+        raise ConfigError("resume=True and overwrite=True exclude each other: continue the run "
+                          "in out, or replace it")
+    if (resume or overwrite) and out is None:
+        raise ConfigError("resume=True and overwrite=True need out=: the run directory to "
+                          "continue or replace")
+    if resume and given.get("init_from"):
+        raise ConfigError("init_from starts a new run from a checkpoint's weights; resume=True "
+                          "continues a run: use one")
+    values = {**(load_config_file(Path(config)) if config is not None else {}), **given}
+    deadline = session.deadline_from(max_time)
+    try:
+        result = run_training(values, Path(out) if out is not None else None,
+                              RunLog(_console(quiet)), resume=resume, overwrite=overwrite,
+                              download=download, deadline=deadline)
+    except Stopped as e:
+        raise _resumable(e) from None
+    return Run.of(result)
+
+
+def run_training(values: dict[str, Any], out: Path | None, log: RunLog, *, resume: bool = False,
+                 overwrite: bool = False, download: bool = True, deadline: float | None = None
+                 ) -> RunResult:
+    """What `ganctl train` and train() do with the settings gathered (a config file's under the
+    given ones): continue the run in `out` (resume, where it holds one), or resolve the config,
+    say which settings do nothing, and start a new run."""
+    if resume and out is not None and rundir.is_run_dir(out):
+        return session.continue_run(out, values, log, download, deadline)
+    resolved = session.resolve_config(values)
+    for note in session.option_notes(values, resolved):
+        log.info(note)
+    return session.train(resolved, out, log, download, deadline, overwrite)
+
+
+def _settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The config keys given (paths as strings); an unknown one is a ConfigError that names the
+    closest known name."""
+    for key in settings:
+        if key not in FIELD_NAMES:
+            hint = did_you_mean(key, FIELD_NAMES + TRAIN_ARGS)
+            raise ConfigError(f"train() got an unknown setting {key!r}{hint}; settings are the "
+                              "config keys, the command line's flags with underscores "
+                              "(--batch-size is batch_size): see ganctl.config.Config")
+    return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in settings.items()
+            if v is not None}
+
+
+def _resumable(e: Stopped) -> Stopped:
+    """A stopped run's error, saying how to continue it from Python too."""
+    where = (e.result or {}).get("run_dir")
+    if where is None:
+        return e
+    return Stopped(e.exit_code - 128, f"{e}; from Python: ganctl.train(out={where!r}, resume=True)",
+                   e.result)
+
+
+def _console(quiet: bool) -> Console:
+    # stderr, like the command line's progress: stdout stays the caller's
+    return QuietOnClosedPipe(stderr=True, highlight=False, quiet=quiet)
+
+
+# --- load and sample ------------------------------------------------------------------------------
+
+class Generator:
+    """A checkpoint's EMA generator (G_ema, in eval mode), rebuilt from the file alone.
+
+    `config` is the run's Config, `step` the checkpoint's step, `checkpoint` its path, `device`
+    where G runs, `G` the torch module. Images come back as uint8 on the CPU, one latent per
+    seed, so an image depends on its seed alone (not on the batch it was made in).
+    Made by ganctl.load; example: G = ganctl.load("runs/m"); x = G.sample(seeds="0-15").
+    """
+
+    def __init__(self, G: nn.Module, config: Config, step: int, checkpoint: Path,
+                 device: torch.device) -> None:
+        self.G, self.config, self.step = G, config, step
+        self.checkpoint, self.device = checkpoint, device
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Generator({c.arch} {c.resolution}x{c.resolution}x{c.channels}, step {self.step}, "
+                f"{str(self.checkpoint)!r}, device {self.device})")
+
+    @property
+    def z_dim(self) -> int:
+        return self.config.z_dim
+
+    @property
+    def num_classes(self) -> int:
+        """Classes a conditional model draws (0: unconditional)."""
+        return num_classes(self.config)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names class_ may name (empty for an unconditional model, even one trained
+        on labelled data: config.classes holds the data's)."""
+        return self.config.classes if self.num_classes else ()
+
+    def sample(self, seeds: Seeds | None = None, *, n: int | None = None,
+               truncation: float | None = None, class_: int | str | None = None,
+               batch_size: int = GENERATE_BATCH) -> torch.Tensor:
+        """Images as a uint8 tensor (N, C, H, W) on the CPU, one per seed.
+
+        seeds: an int (one image), a range, a list, or a string like "0-63,100"; n=16 is
+        seeds range(16); neither gives seeds 0-63. truncation psi draws z from the standard
+        normal truncated to [-psi, psi] (None: untruncated, the images `ganctl sample` makes).
+        These models have no mapping network, so z itself is truncated: lower psi trades
+        variety for typical images, and psi = 0 gives z = 0, one image for every seed (per
+        class). class_: for a conditional model, an index or a name of `classes` for every
+        image (None: seed mod the number of classes, every class in turn); an unconditional
+        model takes none. batch_size: images per forward pass (memory, not the images).
+
+        Example: x = G.sample(seeds=range(16), truncation=0.7, class_="circle")
+        """
+        chosen = _seeds(seeds, n)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number from 1, got {batch_size!r}")
+        z = latents_from_seeds(chosen, self.z_dim, truncation)
+        c = labels_for_seeds(chosen, self.config, class_)
+        return generate(self.G, z, self.device, c, batch_size)
+
+    def images(self, seeds: Seeds | None = None, *, n: int | None = None,
+               truncation: float | None = None, class_: int | str | None = None,
+               batch_size: int = GENERATE_BATCH) -> list[Image.Image]:
+        """The images of sample() as PIL images (mode "L" for one channel, "RGB" for three).
+
+        Example: for seed, image in zip(range(4), G.images(n=4)): image.save(f"{seed}.png")
+        """
+        x = self.sample(seeds, n=n, truncation=truncation, class_=class_, batch_size=batch_size)
+        return [to_pil(image.permute(1, 2, 0)) for image in x]  # (H, W, C)
+
+    def grid(self, seeds: Seeds | None = None, *, n: int | None = None, nrow: int | None = None,
+             padding: int = GRID_PADDING, truncation: float | None = None,
+             class_: int | str | None = None, batch_size: int = GENERATE_BATCH) -> Image.Image:
+        """The images of sample() in one PIL image: `nrow` per row (default ceil(sqrt(N))),
+        `padding` black pixels between and around them; G.grid(n=64) is the grid
+        `ganctl sample -n 64` writes.
+
+        Example: G.grid(seeds="0-15", nrow=8).save("grid.png")
+        """
+        for name, value, low in (("nrow", nrow, 1), ("padding", padding, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < low):
+                raise ConfigError(f"{name} must be a whole number from {low}, got {value!r}")
+        x = self.sample(seeds, n=n, truncation=truncation, class_=class_, batch_size=batch_size)
+        return to_pil(make_grid(x, padding, nrow))
+
+
+def _seeds(seeds: Seeds | None, n: int | None) -> list[int]:
+    if seeds is not None and n is not None:
+        raise ConfigError("give seeds or n, not both (n=16 is seeds=range(16))")
+    if n is None:
+        return seed_list(range(DEFAULT_N) if seeds is None else seeds)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a whole number from 1 (the images, seeds 0..n-1), got {n!r}")
+    return seed_list(range(n))
+
+
+def load(target: PathLike | None = None, device: str = "auto") -> Generator:
+    """The EMA generator of a checkpoint, as `ganctl sample --ckpt` finds it.
+
+    target: a run directory (its newest checkpoint that verifies), a checkpoint file, "latest"
+    or "best" (the newest run's under ./runs, or GANCTL_RUNS; RUN/checkpoints/best for a run's),
+    or None (the newest run's newest checkpoint). The file is verified against its checksum and
+    nothing in it is run (no pickle). Damaged checkpoints passed over are warned about.
+    device: auto, cpu, cuda, cuda:K or mps.
+
+    Example: G = ganctl.load("runs/m"); G.grid(n=64).save("grid.png")
+    """
+    header = _locate(target)
+    dev = resolve_device(device)
+    loaded = load_generator(header, dev)
+    return Generator(loaded.G, loaded.config, loaded.header.step, header.path, dev)
+
+
+def _locate(target: PathLike | None) -> Header:
+    """rundir.locate, each damaged checkpoint it passed over a warning at the caller's line."""
+    passed: list[str] = []
+    header = rundir.locate(None if target is None else os.fspath(target), passed.append)
+    for message in passed:
+        warnings.warn(message, stacklevel=3)  # at the line calling load() or evaluate()
+    return header
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+def evaluate(target: PathLike | None = None, *, metrics: str | Sequence[str] = ("fid", "kid"),
+             num: int = 10000, num_real: int | None = None, dataset: str | None = None,
+             split: str | None = None, data_dir: PathLike | None = None, device: str = "auto",
+             inception: PathLike | None = None, download: bool = True, quiet: bool = False
+             ) -> dict[str, Any]:
+    """Score a checkpoint's G_ema as `ganctl eval --json` does; returns its JSON document as a
+    dict (scores under "metrics", with the image counts, seconds and protocol), and appends the
+    scores to the run's metrics.jsonl.
+
+    target as in load(). metrics: "fid", "kid", "pr" (a list, or "fid,kid"). num fakes (seeds
+    0..num-1) against num_real reals (None: all) of the run's own data, or of `dataset` (its
+    `split`). inception: the feature network's file (default: env GANCTL_INCEPTION, the cache,
+    else downloaded unless download=False). Progress goes to stderr; quiet=True: nothing.
+
+    Example: ganctl.evaluate("runs/m", num=10000)["metrics"]["fid"]
+    """
+    names = parse_metrics(metrics if isinstance(metrics, str) else ",".join(metrics))
+    _whole("num", num, *BOUNDS["eval_num"])
+    if num_real is not None:
+        _whole("num_real", num_real, 2, BOUNDS["eval_num_real"][1])
+    header = _locate(target)
+    overrides = {k: os.fspath(v) for k, v in (("dataset", dataset), ("split", split),
+                                               ("data_dir", data_dir)) if v is not None}
+    if dataset is not None and split is None:
+        overrides["split"] = ""  # another dataset: its own default split
+    return evaluate_checkpoint(header, resolve_device(device), names, num, num_real, overrides,
+                               None if inception is None else os.fspath(inception), download,
+                               RunLog(_console(quiet)))
+
+
+def _whole(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be a whole number from {int(low):,} to {int(high):,}, got {value!r}")
