@@ -612,7 +612,7 @@ def score(args, data: str, work: Path, runs: list[str], budget: Budget) -> list[
     from ganctl import checkpoint
     from ganctl.data import load_dataset
     from ganctl.device import resolve_device
-    from ganctl.evaluate import make_evaluator
+    from ganctl.scoring import make_evaluator
     from ganctl.logging import RunLog
     from ganctl.metrics import parse_metrics
     from ganctl.sample import load_generator

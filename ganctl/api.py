@@ -31,7 +31,6 @@ from ganctl.config import BOUNDS, FIELD_NAMES, Config, load_config_file
 from ganctl.device import resolve_device
 from ganctl.engine.loop import RunResult
 from ganctl.errors import ConfigError, Stopped, did_you_mean
-from ganctl.evaluate import evaluate_checkpoint
 from ganctl.logging import QuietOnClosedPipe, RunLog
 from ganctl.metrics import parse_metrics
 from ganctl.models.base import num_classes
@@ -47,6 +46,7 @@ from ganctl.sample import (
     seed_list,
     to_pil,
 )
+from ganctl.scoring import evaluate_checkpoint
 
 PathLike = str | os.PathLike[str]
 DEFAULT_N = 64  # images when neither seeds nor n is given: `ganctl sample`'s default

@@ -64,7 +64,7 @@ class _JsonErrors(typer.core.TyperGroup):
 
             for param in command.params if command is not None else ():
                 if param.name in RESUME_OVERRIDABLE and param.param_type_name == "option":
-                    param.show_default = "the run's"
+                    param.show_default = "the run's"  # type: ignore[attr-defined]
         return command
 
     def invoke(self, ctx: typer._click.Context) -> Any:
@@ -441,6 +441,7 @@ def train(
     Example: ganctl train --dataset shapes --steps 1500 --out runs/demo
     """
     from ganctl import session
+    from ganctl.api import run_training
     from ganctl.config import load_config_file
     from ganctl.logging import RunLog
     from ganctl.rundir import is_run_dir
@@ -460,17 +461,13 @@ def train(
     from_file = _call(debug, load_config_file, config) if config else {}
     if print_config:
         return _print_config(from_file, flags, config, json_mode, debug)
-    values = {**from_file, **flags}
     deadline = _call(debug, session.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))
     if resume_run and out is not None and is_run_dir(out):
         _OUTPUT.training = "resumed"
-        result = _call(debug, session.continue_run, out, values, log, download, deadline)
-    else:
-        resolved = _call(debug, session.resolve_config, values)
-        for note in session.option_notes(values, resolved):
-            log.info(note)
-        result = _call(debug, session.train, resolved, out, log, download, deadline, overwrite)
+    result = _call(debug, lambda: run_training({**from_file, **flags}, out, log, resume=resume_run,
+                                               overwrite=overwrite, download=download,
+                                               deadline=deadline))
     _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
 
 
@@ -767,10 +764,10 @@ def eval_(
     Example: ganctl eval runs/0001-shapes-dcgan --num 10000 --metrics fid,kid --json
     """
     from ganctl.device import resolve_device
-    from ganctl.evaluate import evaluate_checkpoint
     from ganctl.logging import RunLog
     from ganctl.metrics import parse_metrics
     from ganctl.rundir import locate
+    from ganctl.scoring import evaluate_checkpoint
 
     names = _call(debug, parse_metrics, metrics)
     header = _call(debug, locate, target, _say)

@@ -27,11 +27,11 @@ from ganctl.engine.loop import RunResult, fit
 from ganctl.engine.memory import find_batch_size
 from ganctl.engine.state import TrainState, init_state, load_state
 from ganctl.errors import CheckpointError, ConfigError, DataError
-from ganctl.evaluate import Evaluator, make_evaluator
-from ganctl.logging import RunLog
+from ganctl.logging import RunLog, check_sinks
 from ganctl.losses import augment
 from ganctl.metrics import parse_metrics
 from ganctl.models import get_arch
+from ganctl.scoring import Evaluator, make_evaluator
 from ganctl.stored import check_models, stored_config, validate
 
 CheckData = Callable[[ImageSet], None]
@@ -282,6 +282,7 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
     device = resolve_device(config.device)
     configure_determinism(config.deterministic)
     config = on_device(config, device)
+    check_sinks(config)  # --tensorboard/--wandb without their package: an error before any file
     for note in runtime_notes(config, device):
         log.info(note)
     data = load_dataset(config, download=download, progress=log.task)

@@ -67,8 +67,6 @@ def test_import_ganctl_is_cheap_and_its_names_are_the_apis():
         ganctl.trian  # noqa: B018
 
 
-@pytest.mark.xfail(strict=True, reason="the module ganctl/evaluate.py takes the name ganctl.evaluate "
-                   "once imported; it is to be renamed (then remove this mark)")
 def test_ganctl_evaluate_is_the_function():
     assert ganctl.evaluate is api.evaluate
 

@@ -54,12 +54,3 @@ def test_train_and_sample_script_stops_at_a_failed_train(tmp_path):
     assert "already holds a run" in failed.stderr
     assert "training failed with exit code 1" in failed.stderr
     assert not (tmp_path / "sampled").exists()
-
-
-def test_the_readme_python_example_runs_as_written(workdir, capsys):
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(code, "README.md", "exec"), {})
-    printed = capsys.readouterr().out.strip().splitlines()[-1]
-    assert printed.endswith("runs/from-python/checkpoints/step-000000050.safetensors")
-    assert (workdir / printed).is_file()

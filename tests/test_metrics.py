@@ -12,7 +12,7 @@ import scipy.linalg
 import torch
 from helpers import TINY, assert_one_line_error, image_folder, invoke, read_json, write_feature_net
 
-from ganctl import evaluate, rundir
+from ganctl import rundir, scoring
 from ganctl.errors import FeatureNetError
 from ganctl.metrics import inception, parse_metrics
 from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
@@ -204,8 +204,8 @@ def test_both_forms_are_accepted_and_anything_else_refused(tmp_path):
 def test_eval_scores_a_checkpoint_and_caches_the_real_statistics(trained_run, workdir, fake_net,
                                                                    monkeypatch):
     extracted = []
-    real_extract = evaluate.extract
-    monkeypatch.setattr(evaluate, "extract", lambda net, batches, total, what, progress: (
+    real_extract = scoring.extract
+    monkeypatch.setattr(scoring, "extract", lambda net, batches, total, what, progress: (
         extracted.append(what) or real_extract(net, batches, total, what, progress)))
     result = invoke("eval", "--num", "30", "--num-real", "40", "--metrics", "fid,kid,pr", "--json")
     assert result.exit_code == 0, result.output
@@ -254,8 +254,8 @@ def test_eval_errors_are_one_line(trained_run, workdir, tmp_path, monkeypatch):
 
 def test_training_evaluates_keeps_the_best_and_never_prunes_it(workdir, fake_net, monkeypatch):
     fids = iter([5.0, 3.0, 4.0, 6.0])  # step 2, 4, 6, 8: the best is step 4
-    real_compute = evaluate.compute
-    monkeypatch.setattr(evaluate, "compute", lambda names, real, fake, device: {
+    real_compute = scoring.compute
+    monkeypatch.setattr(scoring, "compute", lambda names, real, fake, device: {
         **real_compute(names, real, fake, device), "fid": next(fids)})
     result = invoke("train", *TINY, "--steps", "8", "--ckpt-every", "100", "--keep", "1",
                     "--eval-every", "2", *EVAL, "--out", "r")
