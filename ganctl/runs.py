@@ -152,13 +152,13 @@ def _newest_header(run_dir: Path) -> tuple[Header | None, str | None]:
     why = None
     for path in candidates:
         try:
-            return read_metadata(path), None
+            return _read_metadata(path), None
         except CheckpointError as e:
             why = why or str(e)
     return None, (f"no checkpoint is readable ({why})" if why else None)
 
 
-def read_metadata(path: Path) -> Header:
+def _read_metadata(path: Path) -> Header:
     """A checkpoint's header, its metadata checked as checkpoint.read_header checks it, but its
     tensor entries neither checked nor kept (tensors is empty): a quarter of the time on a
     ResNet's 500 entries, which a listing of hundreds of runs needs. Never to load from."""
@@ -189,7 +189,7 @@ def read_metadata(path: Path) -> Header:
 
 
 def _steps(header: Header) -> int | None:
-    steps = header.config.get("steps")  # read_metadata checked the config is a JSON object
+    steps = header.config.get("steps")  # _read_metadata checked the config is a JSON object
     return steps if type(steps) is int else None
 
 
@@ -208,7 +208,7 @@ def _best(run_dir: Path, tail: _Tail) -> tuple[float | None, int | None]:
     ckpt = rundir.pointed(run_dir, rundir.BEST)
     if ckpt is not None:
         try:
-            header = read_metadata(ckpt)
+            header = _read_metadata(ckpt)
             if header.fid is not None:
                 return header.fid, header.step
         except CheckpointError:

@@ -97,10 +97,18 @@ def test_probing_the_lock_creates_nothing_and_never_turns_a_start_away(trained_r
     # a listing holds a shared lock for a moment: a trainer starting then waits it out
     probe = os.open(trained_run / rundir.LOCK, os.O_RDONLY)
     fcntl.flock(probe, fcntl.LOCK_SH)
-    threading.Timer(0.1, os.close, [probe]).start()
-    with rundir.locked(trained_run):
-        assert rundir.is_locked(trained_run) is True
-    assert rundir.is_locked(trained_run) is False
+    seen = []
+
+    def start() -> None:
+        with rundir.locked(trained_run):  # a RunError here leaves `seen` empty
+            seen.append(rundir.is_locked(trained_run))
+
+    trainer = threading.Thread(target=start)
+    trainer.start()
+    time.sleep(0.1)
+    os.close(probe)
+    trainer.join()
+    assert seen == [True] and rundir.is_locked(trained_run) is False
 
 
 def test_a_diverged_run_until_it_is_resumed(workdir, monkeypatch):
