@@ -533,7 +533,8 @@ def format_caches(entries: list[Cached], cache_dir: Path | None = None) -> str:
                        for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
              for row in rows]
     total = sum(e.bytes for e in entries)
-    return "\n".join([*lines, f"{human_bytes(total)} in {len(entries)} caches in {cache_dir}"])
+    count = f"{len(entries)} cache{'s' if len(entries) != 1 else ''}"
+    return "\n".join([*lines, f"{human_bytes(total)} in {count} in {cache_dir}"])
 
 
 def _iso(timestamp: float) -> str:
