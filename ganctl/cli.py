@@ -812,6 +812,50 @@ def _eval_table(doc: dict[str, Any]) -> None:
     console.print(table)
 
 
+# --- runs and plot -------------------------------------------------------------------------------
+
+@app.command()
+def runs(
+    root: Annotated[Path | None, typer.Argument(
+        metavar="DIR", help="Where the runs are (or one run).", show_default="./runs, or env "
+        "GANCTL_RUNS")] = None,
+    json_mode: Json = False,
+    debug: Debug = False,
+) -> None:
+    """List the runs: status (running, stopped, complete, diverged, new, broken), step, last
+    losses, best FID, last update and size.
+
+    Example: ganctl runs --json
+    """
+    from ganctl.rundir import runs_root
+    from ganctl.runs import format_runs, list_runs
+
+    found = _call(debug, list_runs, root)
+    _emit(json_mode, {"root": str(root or runs_root()), "runs": found}, format_runs(found, root))
+
+
+@app.command()
+def plot(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run directory.")],
+    out: Annotated[Path | None, typer.Argument(
+        metavar="OUT.png", help="Where to write the PNG.", show_default="RUN/curves.png")] = None,
+    json_mode: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Draw a run's losses, D outputs, img/s and evaluation scores against step as a PNG
+    (training refreshes RUN/curves.png at each sample step).
+
+    Example: ganctl plot runs/0001-shapes-dcgan losses.png
+    """
+    from ganctl.plot import plot_run
+
+    target = out if out is not None else run / "curves.png"
+    if target.suffix.lower() != ".png":
+        raise typer.BadParameter(f"{target} must end in .png", param_hint="OUT.png")
+    written = _call(debug, plot_run, run, target)
+    _emit(json_mode, {"run_dir": str(run), "out": str(written)}, f"wrote {written}")
+
+
 # --- data ---------------------------------------------------------------------------------------------
 
 data_app = typer.Typer(help="Prepare and describe datasets (the decode cache). Example: ganctl "
@@ -888,6 +932,70 @@ def data_info(
              f"fingerprint {r['fingerprint']}",
              *(f"note        {w}" for w in r["warnings"])]
     _emit(json_mode, r, "\n".join(lines))
+
+
+cache_app = typer.Typer(help="Show and remove decode caches and cached FID statistics. "
+                             "Example: ganctl data cache list", no_args_is_help=True)
+data_app.add_typer(cache_app, name="cache")
+CacheDir = Annotated[Path | None, typer.Option(
+    "--cache-dir", help="The cache folder.", show_default="env GANCTL_CACHE_DIR, else "
+    "~/.cache/ganctl/decoded")]
+
+
+@cache_app.command("list")
+def cache_list(cache_dir: CacheDir = None, json_mode: Json = False, debug: Debug = False) -> None:
+    """Each decoded dataset and FID statistics file in the cache, with its size and last use.
+
+    Example: ganctl data cache list --json
+    """
+    from ganctl.data.cache import format_caches, list_caches
+
+    entries = _call(debug, list_caches, cache_dir)
+    _outcome_decided()
+    if json_mode:
+        typer.echo(json.dumps({"caches": [e.to_dict() for e in entries],
+                               "bytes": sum(e.bytes for e in entries)}))
+        return
+    typer.echo(format_caches(entries, cache_dir))
+
+
+@cache_app.command("clean")
+def cache_clean(
+    names: Annotated[list[str] | None, typer.Argument(
+        metavar="[NAME]...", help="Caches to remove, by name or dataset.", show_default="all")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
+    cache_dir: CacheDir = None,
+    json_mode: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Remove cached datasets and statistics (all, or those named); asks first unless --yes.
+    A run decodes its data again when it next needs it.
+
+    Example: ganctl data cache clean cifar10 --yes
+    """
+    from ganctl.data.cache import format_caches, human_bytes, list_caches, select_caches
+
+    entries = _call(debug, list_caches, cache_dir)
+    if names:
+        entries = _call(debug, select_caches, entries, names)
+    busy = [e.name for e in entries if e.state == "writing"]
+    for name in busy:  # a run is decoding it now
+        _say(f"{name} is being written by a running process: left alone")
+    entries = [e for e in entries if e.state != "writing"]
+    if not entries:
+        _emit(json_mode, {"removed": [], "freed_bytes": 0}, "nothing to remove")
+        return
+    if not yes:
+        if json_mode or not sys.stdin.isatty():
+            _fail("removing caches needs --yes when nothing can ask (no terminal, or --json)")
+        typer.echo(format_caches(entries, cache_dir))
+        if not typer.confirm(f"remove these {len(entries)} caches?", default=False):
+            _fail("nothing removed")
+    from ganctl.data.cache import clean_caches
+
+    freed = _call(debug, clean_caches, entries)
+    _emit(json_mode, {"removed": [e.name for e in entries], "freed_bytes": freed},
+          f"removed {len(entries)} caches, {human_bytes(freed)} freed")
 
 
 DEFERRED = STOP_SIGNALS

@@ -223,3 +223,52 @@ def test_init_from_what_is_not_a_checkpoint(workdir):
 def test_init_from_and_resume_exclude_each_other(source):
     result = invoke("train", "--init-from", str(source), "--resume", "--out", "src", *TINY)
     assert result.exit_code == 2 and "--init-from" in result.stderr
+
+
+# --- runs, plot and the cache from the command line -----------------------------------------------
+
+def test_runs_lists_a_complete_run_as_json_and_as_a_table(workdir):
+    assert invoke("train", *TINY).exit_code == 0
+    result = invoke("runs", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    [run] = doc["runs"]
+    assert (run["id"], run["status"], run["step"], run["steps"]) == ("0001-shapes-dcgan", "complete", 4, 4)
+    table = invoke("runs").stdout.splitlines()
+    assert table[0].split()[:3] == ["ID", "STATUS", "DATASET"]
+    assert table[1].split()[:5] == ["0001-shapes-dcgan", "complete", "shapes", "dcgan", "32"]
+
+
+def test_runs_under_an_empty_root_says_how_to_start_one(workdir):
+    result = invoke("runs")
+    assert result.exit_code == 0 and "start one with `ganctl train`" in result.stdout
+
+
+def test_plot_writes_a_png_of_a_fixed_size(workdir):
+    assert invoke("train", *TINY, "--out", "r").exit_code == 0
+    result = invoke("plot", "r", "curves-copy.png", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["out"] == "curves-copy.png"
+    with Image.open("curves-copy.png") as image:
+        assert image.format == "PNG" and image.size == (1200, 800)
+    assert_one_line_error(invoke("plot", "nowhere"), 1, "not a ganctl run directory")
+    assert invoke("plot", "r", "x.jpg").exit_code == 2
+
+
+def test_cache_clean_asks_unless_yes(workdir, monkeypatch):
+    monkeypatch.setenv("GANCTL_CACHE_DIR", str(workdir / "cache"))
+    folder = Path("imgs")
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 32), (i * 30, 0, 0)).save(folder / f"{i}.png")
+    assert invoke("data", "prepare", "--dataset", str(folder)).exit_code == 0
+    listed = json.loads(invoke("data", "cache", "list", "--json").stdout)
+    assert [c["kind"] for c in listed["caches"]] == ["decoded"] and listed["bytes"] > 0
+    # no terminal to ask on: refused, nothing removed
+    assert_one_line_error(invoke("data", "cache", "clean"), 1, "needs --yes")
+    assert len(json.loads(invoke("data", "cache", "list", "--json").stdout)["caches"]) == 1
+    result = invoke("data", "cache", "clean", "imgs", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["freed_bytes"] == listed["bytes"]
+    assert json.loads(invoke("data", "cache", "list", "--json").stdout)["caches"] == []
+    assert_one_line_error(invoke("data", "cache", "clean", "nope", "--yes"), 1, "no cache of 'nope'")
