@@ -1,17 +1,20 @@
-"""What a run tells its user: metrics.jsonl, a rich progress bar on a terminal, plain lines otherwise."""
+"""What a run tells its user: metrics.jsonl, a rich progress bar on a terminal, plain lines
+otherwise, and the optional sinks that watch a run (TensorBoard, Weights & Biases)."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
 import re
+import secrets
 import select
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.progress import (
@@ -23,10 +26,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ganctl.fsutil import open_append
+from ganctl.errors import ConfigError, first_line
+from ganctl.fsutil import atomic_write, open_append, read_regular
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
     from _typeshed import ReadableBuffer
+
+    from ganctl.config import Config
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 
@@ -39,6 +47,11 @@ def printable(text: str) -> str:
 
 LABELS = {"D_real": "D(x)", "D_fake": "D(G(z))"}  # how the progress line names a statistic
 _NOT_STATS = frozenset({"step", "time", "img_per_s"})
+# Lines by time as well as by step: whatever --log-every is, a user sees the run is alive (and
+# how it goes) soon after it starts and then at least this often. The first step is left out:
+# it may compile for minutes, and says so itself.
+FIRST_LINE_S = 10.0  # after the first step
+LINE_EVERY_S = 30.0  # after the last line
 
 
 def silence(fd: int) -> None:
@@ -188,6 +201,8 @@ class RunLog:
         self._note = ""  # shown after the statistics on the progress line (the last FID)
         self._t0 = time.perf_counter()
         self.started = False  # whether training began (start() was called)
+        self._next_line: float | None = None  # when a line by time is due (from the first step)
+        self._sinks: list[_Watched] = []
 
     def attach(self, metrics: Path) -> None:
         """From now on, records go to this metrics.jsonl too."""
@@ -227,6 +242,7 @@ class RunLog:
     def start(self, step: int, total: int) -> None:
         self._total, self._start_step, self._t0 = total, step, time.perf_counter()
         self.started = True
+        self._next_line = None
         if self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("step {task.completed}/{task.total}"), BarColumn(bar_width=16),
@@ -240,16 +256,34 @@ class RunLog:
         self._t0 += seconds
 
     def advance(self, step: int) -> None:
+        """A step is done. The first one starts the clock of the lines by time: it may have
+        compiled for minutes, and counted from before it a line would come at once."""
+        if self._next_line is None:
+            self._next_line = time.perf_counter() + FIRST_LINE_S
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step)
+
+    def line_due(self) -> bool:
+        """Whether the user has seen no line (or progress-line update) for long enough that one is
+        due: FIRST_LINE_S after the first step, then LINE_EVERY_S after the last."""
+        return self._next_line is not None and time.perf_counter() >= self._next_line
 
     def _append(self, record: dict[str, Any]) -> None:
         if self.path is not None:
             with open_append(self.path) as f:  # a FIFO in its place fails, never blocks
                 f.write((json.dumps(record) + "\n").encode())
 
-    def record(self, record: dict[str, Any]) -> None:
+    def record(self, record: dict[str, Any], watched: dict[str, float] | None = None) -> None:
+        """A metrics record: to metrics.jsonl, the sinks (with `watched`, numbers for them alone,
+        such as the learning rates) and the user."""
         self._append(record)
+        self.scalars(record["step"], {**scalar_tags(record), **scalar_tags(watched or {})})
+        self.show(record)
+
+    def show(self, record: dict[str, Any]) -> None:
+        """A record on the console alone (by time, between the records of metrics.jsonl): the
+        progress line's statistics on a terminal, a line otherwise."""
+        self._next_line = time.perf_counter() + LINE_EVERY_S
         if self._progress is not None and self._task is not None:
             # keep step, bar and ETA whole on a narrow terminal
             stats = format_record(record, losses_only=self.console.width < 120)
@@ -264,9 +298,34 @@ class RunLog:
         self._note = text
 
     def event(self, record: dict[str, Any], message: str) -> None:
-        """Something that happened to the run (a rollback ...): a metrics.jsonl line and a note."""
+        """Something that happened to the run (a rollback, an evaluation ...): a metrics.jsonl
+        line and a note; an evaluation's scores go to the sinks too."""
         self._append(record)
         self.info(message)
+        if record.get("event") == "eval":
+            self.scalars(record["step"], {f"eval/{k}": float(record[k]) for k in EVAL_METRICS
+                                          if _is_number(record.get(k))})
+
+    # --- the sinks (see Sink): a failing one is reported once and left, the run goes on ---
+
+    def watch(self, sinks: list[Sink]) -> None:
+        """From now on, scalars and sample grids go to `sinks` too; close() closes them."""
+        self._sinks += [_Watched(sink, self.info) for sink in sinks]
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if values:
+            for w in self._sinks:
+                w.send("log scalars", lambda sink: sink.scalars(step, values))
+
+    def image(self, tag: str, image: torch.Tensor | Path, step: int) -> None:
+        """A sample grid for the sinks: a (C, H, W) uint8 tensor or a PNG file."""
+        for w in self._sinks:
+            w.send("log an image", lambda sink: sink.image(tag, image, step))
+
+    def rewind(self, step: int) -> None:
+        """Training went back to `step` (a rollback): the steps after it will come again."""
+        for w in self._sinks:
+            w.send("rewind", lambda sink: sink.rewind(step))
 
     def _eta(self, step: int) -> float:
         done = step - self._start_step
@@ -277,3 +336,201 @@ class RunLog:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        sinks, self._sinks = self._sinks, []
+        for w in sinks:
+            w.send("close", lambda sink: sink.close())
+
+
+# --- sinks: where a run's numbers and grids also go ------------------------------------------------
+
+TENSORBOARD = "tensorboard"  # the run's folder of TensorBoard event files
+WANDB_ID = "wandb_id.txt"  # the run's W&B run id, made once: a resumed run continues that W&B run
+DEFAULT_WANDB_PROJECT = "ganctl"
+EVAL_METRICS = ("fid", "kid", "precision", "recall")  # the scores sent to the sinks and plotted
+EXTRAS = ("tensorboard", "wandb")  # config switches, each a package and a pip extra of that name
+_GROUPS = (("loss_", "loss/"), ("D_", "D/"), ("lr_", "lr/"))  # record key prefix -> tag group
+
+
+class Sink(Protocol):
+    """Where a run's scalars and sample grids also go. Steps increase, except after rewind."""
+
+    name: str
+
+    def scalars(self, step: int, values: dict[str, float]) -> None: ...
+
+    def image(self, tag: str, image: torch.Tensor | Path, step: int) -> None: ...
+
+    def rewind(self, step: int) -> None:
+        """Training went back to `step`: what comes next replaces the steps after it."""
+
+    def close(self) -> None: ...
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _tag(name: str) -> str:
+    if name == "img_per_s":
+        return "speed/img_per_s"
+    for prefix, group in _GROUPS:
+        if name.startswith(prefix):
+            rest = name[len(prefix):]
+            return group + (rest.upper() if prefix == "lr_" else rest)  # lr_g -> lr/G
+    return f"stats/{name}"
+
+
+def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a metrics record under grouped tags: loss/D, loss/R1, D/real, D/fake,
+    speed/img_per_s, lr/G; any other statistic a loss reports under stats/. Non-finite values
+    (text in a record) are left out."""
+    return {_tag(k): float(v) for k, v in record.items()
+            if k not in ("step", "time") and _is_number(v)}
+
+
+class _Watched:
+    """A sink whose first failure is reported, after which nothing more is sent to it."""
+
+    def __init__(self, sink: Sink, say: Callable[[str], None]) -> None:
+        self.sink = sink
+        self._say = say
+        self.failed = False
+
+    def send(self, what: str, call: Callable[[Sink], None]) -> None:
+        if self.failed:
+            return
+        try:
+            call(self.sink)
+        except Exception as e:  # a full disk, a network, a library's own bug: watching a run
+            self.failed = True  # must never end it
+            self._say(f"{self.sink.name}: cannot {what} ({first_line(e) or type(e).__name__}); "
+                      f"nothing more goes to {self.sink.name}, training goes on")
+
+
+def check_sinks(config: Config) -> None:
+    """ConfigError (one line, with the pip command) if a sink the config asks for has no
+    package: before any file is written, not after hours of training."""
+    for extra in EXTRAS:
+        if not getattr(config, extra):
+            continue
+        try:
+            importlib.import_module(extra)
+        except ImportError:
+            raise ConfigError(f"--{extra} needs the {extra} package, which is not installed; "
+                              f"install it with: pip install 'ganctl[{extra}]'") from None
+        except Exception as e:  # a broken install (a mismatched dependency ...)
+            raise ConfigError(f"--{extra}: the {extra} package fails to import ({first_line(e)}); "
+                              f"reinstall it with: pip install --force-reinstall "
+                              f"'ganctl[{extra}]'") from None
+
+
+def open_sinks(config: Config, run_dir: Path, step: int, say: Callable[[str], None]) -> list[Sink]:
+    """The sinks `config` asks for, for a run at `step`. One that cannot start (W&B not logged
+    in, offline ...) is reported and the run goes on without it."""
+    check_sinks(config)
+    openers: dict[str, Callable[[Config, Path, int], Sink]] = {
+        "tensorboard": TensorBoardSink, "wandb": WandbSink}
+    sinks = []
+    for extra in EXTRAS:
+        if getattr(config, extra):
+            try:
+                sinks.append(openers[extra](config, run_dir, step))
+            except Exception as e:  # as for _Watched: a sink never ends the run
+                say(f"{extra}: cannot start ({first_line(e) or type(e).__name__}); training "
+                    "goes on without it")
+    return sinks
+
+
+def _hwc(image: torch.Tensor | Path) -> np.ndarray:
+    """A grid as a (H, W, C) uint8 array, C 1 or 3: from a (C, H, W) tensor, or read from a PNG."""
+    if isinstance(image, Path):
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(image) as im:
+            return np.asarray(im.convert("RGB"))
+    return image.detach().permute(1, 2, 0).cpu().numpy()
+
+
+class TensorBoardSink:
+    """Scalars and grids as event files in RUN/tensorboard/ (`tensorboard --logdir RUN`)."""
+
+    name = "tensorboard"
+
+    def __init__(self, config: Config, run_dir: Path, step: int) -> None:
+        self.folder = run_dir / TENSORBOARD
+        self._writer = self._open(step)
+
+    def _open(self, step: int) -> Any:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: TensorBoard hides what earlier writers logged from step + 1 on (a process
+        # that stopped past its checkpoint, a rollback, an overwritten run): no step twice
+        return SummaryWriter(log_dir=str(self.folder), purge_step=step + 1,
+                             flush_secs=int(LINE_EVERY_S))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self._writer.add_scalar(tag, value, global_step=step)
+
+    def image(self, tag: str, image: torch.Tensor | Path, step: int) -> None:
+        self._writer.add_image(tag, _hwc(image), global_step=step, dataformats="HWC")
+
+    def rewind(self, step: int) -> None:
+        self._writer.close()
+        self._writer = self._open(step)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def wandb_id(run_dir: Path) -> str:
+    """The run's W&B id, made at its first W&B start and kept in the run, so that a resumed run
+    (even moved to another folder) continues the same W&B run."""
+    path = run_dir / WANDB_ID
+    try:
+        text = read_regular(path, 256).decode("ascii", "replace").strip()
+        if re.fullmatch(r"[0-9a-z]{8,64}", text):
+            return text
+    except OSError:  # absent (or not a file ours): a new id
+        pass
+    new = secrets.token_hex(8)
+    atomic_write(path, f"{new}\n".encode())
+    return new
+
+
+class WandbSink:
+    """Scalars and grids to Weights & Biases: project config.wandb_project (or ganctl), the run
+    named after its folder, its config as W&B's."""
+
+    name = "wandb"
+
+    def __init__(self, config: Config, run_dir: Path, step: int) -> None:
+        import wandb
+
+        self._wandb = wandb
+        run_dir = run_dir.resolve()
+        self._run = wandb.init(
+            project=config.wandb_project or DEFAULT_WANDB_PROJECT, dir=str(run_dir),
+            name=run_dir.name, id=wandb_id(run_dir), resume="allow",
+            # ganctl guards its own stdout and stderr (guard_user_output, --json's one document):
+            # W&B's console capture would wrap or redirect them again
+            settings=wandb.Settings(console="off"))
+        # a resumed run may change what resume may (steps, device ...): W&B refuses a changed
+        # value unless told
+        self._run.config.update(config.to_dict(), allow_val_change=True)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        self._run.log(values, step=step)
+
+    def image(self, tag: str, image: torch.Tensor | Path, step: int) -> None:
+        hwc = _hwc(image)
+        self._run.log({tag: self._wandb.Image(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc)},
+                      step=step)
+
+    def rewind(self, step: int) -> None:
+        """Nothing: W&B keeps a step's first values and drops what is logged at a step below
+        its last, so a replay after a rollback shows from where the first pass ended."""
+
+    def close(self) -> None:
+        self._run.finish()

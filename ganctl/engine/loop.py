@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ganctl import checkpoint, rundir
+from ganctl import checkpoint, plot, rundir
 from ganctl.config import Config
 from ganctl.engine.compiled import cache_dir, compile_error
 from ganctl.engine.guard import LR_FACTOR, MAX_ROLLBACKS, DivergenceGuard, StopSignals, TimeBudget
@@ -25,9 +25,9 @@ from ganctl.engine.memory import is_out_of_memory, out_of_memory_error
 from ganctl.engine.state import TrainState, load_state, snapshot
 from ganctl.engine.step import train_step
 from ganctl.errors import CheckpointError, Diverged, GanctlError, Stopped
-from ganctl.logging import RunLog
+from ganctl.logging import RunLog, open_sinks
 from ganctl.losses import NETWORKS, Stats
-from ganctl.sample import generate, labels_for_seeds, latents_from_seeds, save_grid
+from ganctl.sample import generate, labels_for_seeds, latents_from_seeds, make_grid, save_grid
 
 SAMPLE_SEEDS = range(64)  # the fixed noise of the grids written during training: the seed's 8x8
 
@@ -54,10 +54,20 @@ class RunResult:
         return asdict(self)
 
 
+@dataclass
+class _Window:
+    """The host values of a Meter's sums when a line was last shown (see Meter.peek)."""
+
+    sums: dict[str, float]
+    counts: dict[str, int]
+    drawn: int
+    t0: float
+
+
 class Meter:
-    """Sums step statistics on the device; reads them back only when a record is made. Steps
-    may report different names (a lazy phase's only on its steps): each name is averaged over
-    the steps that reported it."""
+    """Sums step statistics on the device; reads them back only when a record is made (or a
+    line shown, see peek). Steps may report different names (a lazy phase's only on its steps):
+    each name is averaged over the steps that reported it."""
 
     def __init__(self, batch_size: int, drawn: int) -> None:
         self.batch_size = batch_size
@@ -65,14 +75,20 @@ class Meter:
         self.count: dict[tuple[str, ...], int] = {}
         self.drawn = drawn  # real batches drawn when the interval began
         self.t0 = time.perf_counter()
+        self._shown = _Window({}, {}, drawn, self.t0)  # where the last peek left off
 
     def add(self, names: tuple[str, ...], values: torch.Tensor) -> None:
         seen = self.total.get(names)
         self.total[names] = values.clone() if seen is None else seen.add_(values)
         self.count[names] = self.count.get(names, 0) + 1
 
-    def record(self, step: int, drawn: int) -> dict[str, Any]:
-        """The interval's record; img_per_s counts the real images drawn (D's, d_steps included)."""
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (compiling, evaluating: not training) out of images/s."""
+        self.t0 += seconds
+        self._shown.t0 += seconds
+
+    def _sums(self) -> tuple[dict[str, float], dict[str, int]]:
+        """Sum and number of steps of each name since the interval began."""
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         if self.total:
@@ -81,27 +97,53 @@ class Meter:
             for (name, n), value in zip(names, values, strict=True):
                 sums[name] = sums.get(name, 0.0) + value
                 counts[name] = counts.get(name, 0) + n
-        elapsed = time.perf_counter() - self.t0
+        return sums, counts
+
+    def _record(self, step: int, sums: dict[str, float], counts: dict[str, int], batches: int,
+                elapsed: float) -> dict[str, Any]:
         rec: dict[str, Any] = {"step": step, "time": round(time.time(), 3)}
         for name in sorted(sums, key=lambda k: not k.startswith("loss")):  # losses first
             value = sums[name] / counts[name]
             # strict JSON has no inf or nan: a diagnostic that is not finite is written as text
             rec[name] = round(value, 5) if math.isfinite(value) else str(value)
-        rec["img_per_s"] = round((drawn - self.drawn) * self.batch_size / max(elapsed, 1e-9), 1)
+        rec["img_per_s"] = round(batches * self.batch_size / max(elapsed, 1e-9), 1)
+        return rec
+
+    def record(self, step: int, drawn: int) -> dict[str, Any]:
+        """The interval's record, and a new interval; img_per_s counts the real images drawn
+        (D's, d_steps included)."""
+        sums, counts = self._sums()
+        rec = self._record(step, sums, counts, drawn - self.drawn, time.perf_counter() - self.t0)
         self.total, self.count, self.drawn = {}, {}, drawn
         self.t0 = time.perf_counter()
+        self._shown = _Window({}, {}, drawn, self.t0)
+        return rec
+
+    def peek(self, step: int, drawn: int) -> dict[str, Any]:
+        """A record of the steps since the last record or peek, for the console alone. The
+        interval goes on untouched: the next record averages all of it, as without peeks."""
+        sums, counts = self._sums()
+        last, now = self._shown, time.perf_counter()
+        # the sums minus those the last peek read: float64 differences of float32 sums
+        fresh = {k: n - last.counts.get(k, 0) for k, n in counts.items() if n > last.counts.get(k, 0)}
+        rec = self._record(step, {k: sums[k] - last.sums.get(k, 0.0) for k in fresh}, fresh,
+                           drawn - last.drawn, now - last.t0)
+        self._shown = _Window(sums, counts, drawn, now)
         return rec
 
 
 # --- writing -------------------------------------------------------------------------------------
 
 def write_samples(state: TrainState, run_dir: Path, fixed_z: torch.Tensor, log: RunLog) -> Path | None:
-    """The grid of the fixed seeds (a conditional model's classes in turn); a grid that cannot be
-    written is reported, not fatal (the run and its checkpoints matter more)."""
+    """The grid of the fixed seeds (a conditional model's classes in turn), to its file and the
+    sinks; a grid that cannot be written is reported, not fatal (the run and its checkpoints
+    matter more)."""
     path = run_dir / rundir.SAMPLES / rundir.sample_name(state.step)
     c = labels_for_seeds(SAMPLE_SEEDS, state.config)
+    images = generate(state.G_ema, fixed_z, fixed_z.device, c)
+    log.image("samples", make_grid(images).permute(2, 0, 1), state.step)  # (C, H, W): the file's
     try:
-        save_grid(generate(state.G_ema, fixed_z, fixed_z.device, c), path)
+        save_grid(images, path)
     except OSError as e:
         log.info(f"cannot write the sample grid {path}: {e.strerror or e}; training goes on")
         return None
@@ -182,6 +224,7 @@ def roll_back(state: TrainState, good: LastGood, what: str, bad_step: int, run_d
         for group in state.optimizer(name).param_groups:
             group["lr"] *= factor
     rundir.trim_metrics(run_dir, state.step)
+    log.rewind(state.step)
     log.event({"step": bad_step, "event": "rollback", "loss": what, "to_step": state.step,
                **_learning_rates(state), "time": round(time.time(), 3)},
               f"{what} became non-finite at step {bad_step}: rolled back to step {state.step}, "
@@ -217,7 +260,7 @@ Evaluate = Callable[[nn.Module, Config], Scored]  # (G_ema, its config) -> score
 def _evaluate(state: TrainState, evaluate: Evaluate, meter: Meter, log: RunLog) -> dict[str, Any]:
     """Score G_ema; the result goes to metrics.jsonl, the log and the progress line."""
     result = evaluate(state.G_ema, state.config)
-    meter.t0 += result.seconds  # evaluating is not training: images/s leaves it out
+    meter.exclude(result.seconds)  # evaluating is not training: images/s leaves it out
     record = result.record(state.step)
     log.event(record, f"eval at step {state.step}: {result.summary()}")
     if isinstance(record.get("fid"), (int, float)):
@@ -244,14 +287,16 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     device = state.batches.device
     phases = state.loss.phases()
     fixed_z = latents_from_seeds(SAMPLE_SEEDS, config.z_dim).to(device)
-    meter = Meter(config.batch_size, state.drawn)
     guard = DivergenceGuard(device, state.step)
     budget = TimeBudget(deadline, state.step)
     good = LastGood(snapshot(state), state.step)
     made = _Made()
     out_of_time = False
-    t0 = time.perf_counter()
     compiling = _compile_note(state, log)
+    curves = plot.Curves(run_dir, log.info)
+    log.watch(open_sinks(config, run_dir, state.step, log.info))  # closed by log.close() below
+    meter = Meter(config.batch_size, state.drawn)  # after the sinks: W&B may take seconds
+    t0 = time.perf_counter()
     log.start(state.step, config.steps)
     try:
         with StopSignals() as signals:
@@ -261,7 +306,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                 log.advance(state.step)
                 if compiling:  # the first step compiled G and D: say so, and leave it out of img/s
                     compiling, seconds = False, time.perf_counter() - started
-                    meter.t0 += seconds
+                    meter.exclude(seconds)
                     log.exclude(seconds)
                     log.info(f"compiled in {seconds:.0f} s")
                     made.compile_seconds = round(seconds, 2)
@@ -280,7 +325,9 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                         continue
                 if _due(step, config.log_every, done):
                     made.last = meter.record(step, state.drawn)
-                    log.record(made.last)
+                    log.record(made.last, _learning_rates(state))
+                elif log.line_due():  # a slow run's user sees it go (metrics.jsonl does not)
+                    log.show(meter.peek(step, state.drawn))
                 scored = None
                 if evaluate and evaluating:
                     scored = _evaluate(state, evaluate, meter, log)
@@ -293,6 +340,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                     budget.pause(time.perf_counter() - saving, "save")
                 if _due(step, config.sample_every, done):  # after the checkpoint: it matters more
                     made.sample = write_samples(state, run_dir, fixed_z, log) or made.sample
+                    meter.exclude(curves.refresh(final=done or stopping))  # a view, not training
                 if stopping:
                     break
     except Exception as e:

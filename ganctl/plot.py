@@ -1,0 +1,224 @@
+"""Curves of a run against step, drawn from its metrics.jsonl: `ganctl plot` and the curves.png
+that training refreshes at its sample steps.
+
+matplotlib is imported inside the function that draws, so that `ganctl --help` and a run that
+never draws do not pay for it; it draws with the Agg backend, whatever the user's default is.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from array import array
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ganctl import rundir
+from ganctl.errors import RunError, first_line
+from ganctl.fsutil import atomic_write, open_regular
+from ganctl.logging import EVAL_METRICS, LABELS
+
+CURVES = "curves.png"  # in the run directory, refreshed while training
+SIZE = (12.0, 8.0)  # inches: at DPI, 1200 x 800 pixels whatever is drawn
+DPI = 100
+MAX_POINTS = 2000  # per curve: a long run's records are averaged in buckets down to this many
+MAX_SHARE = 0.05  # of training time spent redrawing curves.png
+DRAW_GUESS = 0.2  # seconds a draw is assumed to take until one is timed (the first: ~4 s in)
+MARKED_EVENTS = ("rollback", "diverged")  # drawn as dotted lines across every panel
+NOT_CURVES = ("step", "time")  # numbers of a record that are not drawn against step
+PANELS = (  # title, the records' keys ("loss_" stands for every loss a run reports), source
+    ("losses", ("loss_",), "logged"), ("D outputs", ("D_real", "D_fake"), "logged"),
+    ("images/s", ("img_per_s",), "logged"), ("FID", ("fid",), "eval"), ("KID", ("kid",), "eval"),
+    ("precision / recall", ("precision", "recall"), "eval"))
+
+
+@dataclass
+class Curve:
+    # machine arrays, not lists: numpy reads them without a copy (a long run has 100,000s)
+    steps: array = field(default_factory=lambda: array("d"))
+    values: array = field(default_factory=lambda: array("d"))
+
+    def add(self, step: int, value: float) -> None:
+        self.steps.append(step)
+        self.values.append(value)
+
+    def arrays(self) -> tuple[Any, Any]:
+        """(steps, values) as arrays, by step (`ganctl eval` of an older checkpoint appends an
+        earlier step), at most MAX_POINTS of them: a long run is averaged in buckets of k
+        consecutive records, its trend drawn as fast as a short run's."""
+        import numpy as np
+
+        x, y = np.frombuffer(self.steps), np.frombuffer(self.values)
+        order = np.argsort(x, kind="stable")
+        x, y = x[order], y[order]
+        k = math.ceil(len(x) / MAX_POINTS)
+        if k <= 1:
+            return x, y
+        starts = np.arange(0, len(x), k)
+        sizes = np.diff(np.append(starts, len(x)))  # k, ..., k, and what is left for the last
+        return np.add.reduceat(x, starts) / sizes, np.add.reduceat(y, starts) / sizes
+
+
+@dataclass
+class Panel:
+    title: str
+    curves: dict[str, Curve]  # by label
+
+
+@dataclass
+class Series:
+    """The numbers of a run's records by key, filled in one pass as records come (a long run's
+    refresh reads only what was appended since the last)."""
+
+    logged: dict[str, Curve] = field(default_factory=dict)  # step records, by key
+    eval: dict[str, Curve] = field(default_factory=dict)  # eval events' EVAL_METRICS
+    marks: set[int] = field(default_factory=set)  # steps of MARKED_EVENTS
+
+    def add(self, records: Iterable[dict[str, Any]]) -> None:
+        for r in records:
+            step, event = r.get("step"), r.get("event")
+            if not isinstance(step, int) or isinstance(step, bool):
+                continue
+            if event in MARKED_EVENTS:
+                self.marks.add(step)
+            if event is None or event == "eval":
+                into, keys = (self.logged, r) if event is None else (self.eval, EVAL_METRICS)
+                for key in keys:  # non-finite values (written as text) are left out
+                    value = r.get(key)
+                    if key not in NOT_CURVES and isinstance(value, (int, float)) \
+                            and not isinstance(value, bool):
+                        into.setdefault(key, Curve()).add(step, float(value))
+
+    def panels(self) -> list[Panel]:
+        """One panel per kind of number present: losses, D's outputs, images/s, each metric."""
+        found = []
+        for title, keys, source in PANELS:
+            series = self.logged if source == "logged" else self.eval
+            names = [k for k in series if k.startswith("loss_")] if keys == ("loss_",) else keys
+            curves = {LABELS.get(k, k): series[k] for k in names if k in series}
+            if curves:
+                found.append(Panel(title, curves))
+        return found
+
+
+def draw(series: Series, out: Path) -> Path:
+    """The panels of `series` as one PNG of SIZE at DPI, written atomically (a viewer never sees
+    half a file). Raises RunError when there is nothing to draw, OSError when `out` cannot be
+    written."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = series.panels()
+    if not shown:
+        raise RunError("no step records to plot yet")
+    fig = Figure(figsize=SIZE, dpi=DPI)
+    FigureCanvasAgg(fig)  # Agg, not the user's interactive default
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.95, wspace=0.18, hspace=0.35)
+    cols = math.ceil(math.sqrt(len(shown)))
+    rows = math.ceil(len(shown) / cols)
+    for i, panel in enumerate(shown):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for label, curve in panel.curves.items():
+            ax.plot(*curve.arrays(), label=label, linewidth=1)
+        for step in sorted(series.marks):  # where training rolled back after a divergence
+            ax.axvline(step, color="tab:red", linestyle=":", linewidth=0.8)
+        ax.set_title(panel.title, fontsize="medium")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(panel.curves) > 1:
+            ax.legend(fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)  # no bbox_inches="tight": the size stays fixed
+    atomic_write(out, buf.getvalue())
+    return out
+
+
+def plot_run(run_dir: Path, out: Path) -> Path:
+    """Draw a run's curves (losses, D outputs, images/s, evaluation metrics) against step into
+    `out`, a PNG of 1200 x 800 pixels; returns `out`. One-line RunError when `run_dir` is not a
+    run, has no records yet, or `out` cannot be written."""
+    if not rundir.is_run_dir(run_dir):
+        raise RunError(f"{run_dir} is not a ganctl run directory; give one, e.g. "
+                       "runs/0001-shapes-dcgan (`ganctl runs` lists them)")
+    series = Series()
+    series.add(rundir.read_metrics(run_dir))
+    if not series.panels():
+        raise RunError(f"{run_dir} has no metrics to plot yet ({rundir.METRICS} holds no step "
+                       "records); plot it again once training has logged (every log_every steps)")
+    try:
+        return draw(series, out)
+    except OSError as e:
+        raise RunError(f"cannot write {out} ({e.strerror or e}); choose another OUT") from None
+
+
+class Curves:
+    """RUN/curves.png, redrawn while training at sample steps, spending at most MAX_SHARE of the
+    time on it (the run's last step is always drawn). It reads only what metrics.jsonl gained since
+    the last draw, unless the file was rewritten (a rollback or resume trims it). A failure (a
+    read-only or full disk, a plotting error) is reported once and never stops the run: curves
+    are a view of the run, its checkpoints are the run."""
+
+    def __init__(self, run_dir: Path, say: Callable[[str], None]) -> None:
+        self.path = run_dir / CURVES
+        self._metrics = run_dir / rundir.METRICS
+        self._say = say
+        self._series = Series()
+        self._read: tuple[int, int] = (-1, 0)  # (inode, bytes) of metrics.jsonl parsed so far
+        # time.monotonic() before which a refresh is skipped (unless final): a short run draws
+        # only its last step
+        self._next = time.monotonic() + DRAW_GUESS / MAX_SHARE
+        self._reported = False
+
+    def refresh(self, final: bool = False) -> float:
+        """Redraw, unless the last draw was too recent (`final`: the run's last step); returns the
+        seconds it took."""
+        if not final and time.monotonic() < self._next:
+            return 0.0
+        started = time.monotonic()
+        try:
+            records = self._appended()  # first: it may start a new series (a rewritten file)
+            self._series.add(records)
+            if self._series.panels():  # nothing logged yet (sample_every < log_every): no draw
+                draw(self._series, self.path)
+        except Exception as e:  # any failure of a by-product: hours of training matter more
+            self._report(e)
+        spent = time.monotonic() - started
+        self._next = time.monotonic() + spent / MAX_SHARE
+        return spent
+
+    def _appended(self) -> list[dict[str, Any]]:
+        """The complete lines added to metrics.jsonl since the last call, parsed (damaged ones
+        left out, as rundir.read_metrics does); all of them again if the file was replaced."""
+        try:
+            f = open_regular(self._metrics)
+        except FileNotFoundError:
+            return []
+        with f:
+            inode, size = os.fstat(f.fileno()).st_ino, os.fstat(f.fileno()).st_size
+            if inode != self._read[0] or size < self._read[1]:  # rewritten: start again
+                self._series, self._read = Series(), (inode, 0)
+            f.seek(self._read[1])
+            raw = f.read()
+        whole = raw[: raw.rfind(b"\n") + 1]  # a line being appended is read next time
+        self._read = (inode, self._read[1] + len(whole))
+        return [r for r in map(_parse, whole.splitlines()) if r is not None]
+
+    def _report(self, e: Exception) -> None:
+        if not self._reported:
+            self._reported = True
+            why = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+            self._say(f"cannot refresh {self.path}: {why or type(e).__name__}; training goes on "
+                      "(`ganctl plot` draws it later)")
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
