@@ -187,7 +187,7 @@ SCALAR_TAGS = {"loss/D", "loss/G", "D/real", "D/fake", "speed/img_per_s", "lr/G"
 
 def test_tensorboard_holds_the_records_the_rates_and_the_grids(workdir):
     pytest.importorskip("tensorboard")
-    result = invoke("train", "--config", toml(workdir, "tensorboard = true\n"), *TINY, "--out", "r")
+    result = invoke("train", "--tensorboard", *TINY, "--out", "r")
     assert result.exit_code == 0, result.output
     acc = _tensorboard(workdir / "r")
     assert set(acc.Tags()["scalars"]) == SCALAR_TAGS
@@ -267,8 +267,7 @@ def wandb(monkeypatch) -> FakeWandb:
 
 
 def test_wandb_gets_the_run_its_scalars_and_grids_and_a_resume_continues_it(workdir, wandb):
-    config = toml(workdir, 'wandb = true\nwandb_project = "faces"\n')
-    result = invoke("train", "--config", config, *TINY, "--out", "r")
+    result = invoke("train", "--wandb", "--wandb-project", "faces", *TINY, "--out", "r")
     assert result.exit_code == 0, result.output
     run_dir = (workdir / "r").resolve()
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
@@ -341,6 +340,7 @@ def test_a_missing_sink_package_is_a_one_line_error_with_the_install_hint(workdi
     check_sinks(Config())  # nothing asked, nothing imported
     result = invoke("train", "--config", toml(workdir, f"{extra} = true\n"), *TINY, "--out", "r")
     assert_one_line_error(result, 1, f"pip install 'ganctl[{extra}]'")
+    assert not (workdir / "r").exists()  # refused before any file is written
 
 
 # --- curves ------------------------------------------------------------------------------------------
