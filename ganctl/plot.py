@@ -27,6 +27,7 @@ CURVES = "curves.png"  # in the run directory, refreshed while training
 SIZE = (12.0, 8.0)  # inches: at DPI, 1200 x 800 pixels whatever is drawn
 DPI = 100
 MAX_POINTS = 2000  # per curve: a long run's records are averaged in buckets down to this many
+FEW = 20  # points up to which a curve's points are marked
 MAX_SHARE = 0.05  # of training time spent redrawing curves.png
 DRAW_GUESS = 0.2  # seconds a draw is assumed to take until one is timed (the first: ~4 s in)
 MARKED_EVENTS = ("rollback", "diverged")  # drawn as dotted lines across every panel
@@ -112,6 +113,7 @@ def draw(series: Series, out: Path) -> Path:
     written."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     shown = series.panels()
     if not shown:
@@ -121,10 +123,16 @@ def draw(series: Series, out: Path) -> Path:
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.95, wspace=0.18, hspace=0.35)
     cols = math.ceil(math.sqrt(len(shown)))
     rows = math.ceil(len(shown) / cols)
+    first = None
     for i, panel in enumerate(shown):
-        ax = fig.add_subplot(rows, cols, i + 1)
+        # one step axis for all: a score lines up with the losses of its step
+        ax = fig.add_subplot(rows, cols, i + 1, sharex=first)
+        first = first or ax
         for label, curve in panel.curves.items():
-            ax.plot(*curve.arrays(), label=label, linewidth=1)
+            x, y = curve.arrays()
+            # points marked while few (evaluations; a first record alone draws no line)
+            ax.plot(x, y, label=label, linewidth=1, marker="." if len(x) <= FEW else None)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, never step 2.25
         for step in sorted(series.marks):  # where training rolled back after a divergence
             ax.axvline(step, color="tab:red", linestyle=":", linewidth=0.8)
         ax.set_title(panel.title, fontsize="medium")
