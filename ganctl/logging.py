@@ -343,8 +343,6 @@ class RunLog:
 
 # --- sinks: where a run's numbers and grids also go ------------------------------------------------
 
-TENSORBOARD = "tensorboard"  # the run's folder of TensorBoard event files
-WANDB_ID = "wandb_id.txt"  # the run's W&B run id, made once: a resumed run continues that W&B run
 DEFAULT_WANDB_PROJECT = "ganctl"
 EVAL_METRICS = ("fid", "kid", "precision", "recall")  # the scores sent to the sinks and plotted
 EXTRAS = ("tensorboard", "wandb")  # config switches, each a package and a pip extra of that name
@@ -458,7 +456,9 @@ class TensorBoardSink:
     name = "tensorboard"
 
     def __init__(self, config: Config, run_dir: Path, step: int) -> None:
-        self.folder = run_dir / TENSORBOARD
+        from ganctl import rundir  # noqa: PLC0415 (the run's file names; torch only when training)
+
+        self.folder = run_dir / rundir.TENSORBOARD
         self._writer = self._open(step)
 
     def _open(self, step: int) -> Any:
@@ -487,7 +487,9 @@ class TensorBoardSink:
 def wandb_id(run_dir: Path) -> str:
     """The run's W&B id, made at its first W&B start and kept in the run, so that a resumed run
     (even moved to another folder) continues the same W&B run."""
-    path = run_dir / WANDB_ID
+    from ganctl import rundir  # noqa: PLC0415
+
+    path = run_dir / rundir.WANDB_ID
     try:
         text = read_regular(path, 256).decode("ascii", "replace").strip()
         if re.fullmatch(r"[0-9a-z]{8,64}", text):

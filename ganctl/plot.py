@@ -23,7 +23,7 @@ from ganctl.errors import RunError, first_line
 from ganctl.fsutil import atomic_write, open_regular
 from ganctl.logging import EVAL_METRICS, LABELS
 
-CURVES = "curves.png"  # in the run directory, refreshed while training
+CURVES = rundir.CURVES  # in the run directory, refreshed while training
 SIZE = (12.0, 8.0)  # inches: at DPI, 1200 x 800 pixels whatever is drawn
 DPI = 100
 MAX_POINTS = 2000  # per curve: a long run's records are averaged in buckets down to this many

@@ -34,6 +34,9 @@ LATEST = "latest"  # a text file in CKPT_DIR naming the newest complete checkpoi
 BEST = "best"  # ... naming the checkpoint with the lowest FID so far (never pruned)
 POINTERS = (LATEST, BEST)
 LOCK = ".lock"
+CURVES = "curves.png"  # redrawn at sample steps (ganctl.plot)
+WANDB_ID = "wandb_id.txt"  # the run's Weights & Biases id, with --wandb: a resume continues it
+TENSORBOARD = "tensorboard"  # event files, with --tensorboard
 _INDEX_RE = re.compile(r"^(\d+)-")
 _STEP_RE = re.compile(r"^step-(\d{9})\.safetensors$")  # exactly what checkpoint_name writes
 # what ganctl writes in samples/ and checkpoints/ (temp files: fsutil.temp_path of those names)
@@ -41,6 +44,8 @@ _OWN_IN = {
     "samples": re.compile(r"^(\.step-\d{9}\.png\.tmp-\d+|step-\d{9}\.png)$"),
     "checkpoints": re.compile(r"^(\.(step-\d{9}\.safetensors|latest|best)\.tmp-\d+"
                               r"|step-\d{9}\.safetensors|latest|best)$"),
+    TENSORBOARD: re.compile(r"^events\.out\.tfevents\..+$"),
+    ".": re.compile(r"^\.curves\.png\.tmp-\d+$"),  # a redraw cut short
 }
 _TEMP_RE = re.compile(r"^\..*\.tmp-\d+$")
 MAX_RUN_FILE = 1 << 20  # config.json and pointers are small; a larger one is not ganctl's
@@ -171,7 +176,7 @@ def _own_files(run_dir: Path) -> list[Path]:
         if (run_dir / sub).is_dir():
             found += sorted(p for p in (run_dir / sub).iterdir() if own.match(p.name))
     # the marker last: until it goes, the folder is still a run
-    found += [run_dir / name for name in (DATA_REPORT, METRICS, CONFIG, MARKER)
+    found += [run_dir / name for name in (CURVES, WANDB_ID, DATA_REPORT, METRICS, CONFIG, MARKER)
               if (run_dir / name).exists() or (run_dir / name).is_symlink()]
     return found
 
@@ -204,7 +209,7 @@ def remove_run(run_dir: Path) -> list[Path]:
         raise RunError(f"cannot remove {e.filename or run_dir} ({e.strerror}); nothing was "
                        "deleted: fix its permissions or choose another --out") from None
     _clear_trash(trash)
-    for sub in (SAMPLES, CKPT_DIR):
+    for sub in (SAMPLES, CKPT_DIR, TENSORBOARD):
         try:
             (run_dir / sub).rmdir()
         except OSError:  # absent, or holds files that are not ganctl's

@@ -272,3 +272,19 @@ def test_cache_clean_asks_unless_yes(workdir, monkeypatch):
     assert json.loads(result.stdout)["freed_bytes"] == listed["bytes"]
     assert json.loads(invoke("data", "cache", "list", "--json").stdout)["caches"] == []
     assert_one_line_error(invoke("data", "cache", "clean", "nope", "--yes"), 1, "no cache of 'nope'")
+
+
+def test_overwrite_removes_the_watching_files_too(workdir):
+    """curves.png, RUN/tensorboard/ and wandb_id.txt are ganctl's: --overwrite replaces them, so
+    a new run never continues the old one's W&B run or TensorBoard curves."""
+    pytest.importorskip("tensorboard")
+    assert invoke("train", *TINY, "--out", "r", "--tensorboard").exit_code == 0
+    Path("r/wandb_id.txt").write_text("abcdef0123456789\n")
+    Path("r/.curves.png.tmp-123").write_bytes(b"half")
+    Path("r/notes.txt").write_text("mine")
+    old_events = sorted(Path("r/tensorboard").iterdir())
+    assert Path("r/curves.png").is_file() and old_events
+    assert invoke("train", *TINY, "--out", "r", "--overwrite").exit_code == 0
+    assert not Path("r/wandb_id.txt").exists() and not Path("r/.curves.png.tmp-123").exists()
+    assert not Path("r/tensorboard").exists()  # this run has no --tensorboard
+    assert Path("r/curves.png").is_file() and Path("r/notes.txt").read_text() == "mine"
