@@ -52,6 +52,7 @@ _NOT_STATS = frozenset({"step", "time", "img_per_s"})
 # it may compile for minutes, and says so itself.
 FIRST_LINE_S = 10.0  # after the first step
 LINE_EVERY_S = 30.0  # after the last line
+LONG_RUN_S = 30 * 60.0  # a run with this much still to go says so once, FIRST_LINE_S in
 
 
 def silence(fd: int) -> None:
@@ -202,6 +203,7 @@ class RunLog:
         self._t0 = time.perf_counter()
         self.started = False  # whether training began (start() was called)
         self._next_line: float | None = None  # when a line by time is due (from the first step)
+        self._length_told = False  # whether a long run's length was said
         self._sinks: list[_Watched] = []
 
     def attach(self, metrics: Path) -> None:
@@ -292,6 +294,19 @@ class RunLog:
         else:
             self.info(f"step {record['step']}/{self._total}  {format_record(record)}  "
                       f"eta {format_duration(self._eta(record['step']))}")
+        self._tell_length(record["step"])
+
+    def _tell_length(self, step: int) -> None:
+        """Once the speed is known (FIRST_LINE_S in), a long run's remaining time, in words: an
+        8-hour run on a CPU is news the user should have at the start, not from the ETA."""
+        if self._length_told or time.perf_counter() - self._t0 < FIRST_LINE_S:
+            return
+        self._length_told = True
+        left = self._eta(step)
+        if left >= LONG_RUN_S:
+            self.info(f"this run has about {format_duration(left)} to go at its speed so far; "
+                      "--steps or --max-time shortens it, and `ganctl resume` continues a "
+                      "stopped run")
 
     def note(self, text: str) -> None:
         """A short line part kept on the progress line from now on (e.g. the last FID)."""

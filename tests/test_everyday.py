@@ -16,6 +16,8 @@ from PIL import Image
 from ganctl import checkpoint, session
 from ganctl.config import FIELD_NAMES
 
+TINY_SMALL = ["--batch-size", "8", "--g-width", "8", "--d-width", "8", "--device", "cpu",
+              "--sample-every", "1000", "--ckpt-every", "1000", "--log-every", "1000"]
 PANELS = ("Data", "Model", "Loss and optimiser", "Schedule", "Output", "Runtime")
 # options that are switches without a value of their own: nothing to show as a default
 SWITCHES = {"--help", "--list-presets", "--print-config", "--resume", "--overwrite", "--json",
@@ -288,3 +290,21 @@ def test_overwrite_removes_the_watching_files_too(workdir):
     assert not Path("r/wandb_id.txt").exists() and not Path("r/.curves.png.tmp-123").exists()
     assert not Path("r/tensorboard").exists()  # this run has no --tensorboard
     assert Path("r/curves.png").is_file() and Path("r/notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("step_s,told", [(200.0, True), (2.0, False)])
+def test_a_long_run_says_how_long_it_has_to_go_once_its_speed_is_known(workdir, monkeypatch,
+                                                                         step_s, told):
+    """20 steps of 200 s (a big model on a CPU): 10 s in, the user is told about an hour is
+    left; 20 steps of 2 s are not worth a word."""
+    from test_watch import SlowClock  # noqa: PLC0415
+
+    clock = SlowClock(monkeypatch, step_s, step_s)
+    result = invoke("train", *TINY_SMALL, "--steps", "20", "--out", "r")
+    assert result.exit_code == 0, result.output
+    said = [(t, line) for t, line in clock.lines if "to go at its speed so far" in line]
+    assert len(said) == (1 if told else 0), result.stdout
+    if told:
+        seconds, line = said[0]
+        assert seconds == 2 * step_s  # the first line by time: step 2 ended 400 s in
+        assert "about 1h00m00s to go" in line and "--max-time" in line  # 18 steps of 200 s
