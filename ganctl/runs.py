@@ -4,15 +4,23 @@ Everything is read cheaply, so that hundreds of runs list in well under a second
 the header (never the tensors) of the newest checkpoint and of `best`, the tail of metrics.jsonl
 and one stat per file for the size. Nothing found there is trusted: a damaged run is listed as
 "broken" with the reason, a folder that is not a run is passed over, links are never followed,
-and nothing is written (the lock is probed read-only).
+and nothing is written (the lock is probed read-only). Whatever one run holds, it never stops
+the listing of the others: what cannot be read or used makes that run "broken", with the
+reason (naming the file) as its problem.
 
 A run's status, first match wins:
   running   another process holds the run's lock (it is training now)
-  broken    config.json is unreadable, or no checkpoint has a readable header
+  broken    config.json is unreadable or not a valid config, or no checkpoint has a readable
+            header
   new       no checkpoint yet (it stopped, or is about to start, before the first one)
   diverged  the last "diverged" event of metrics.jsonl has no training after it
   complete  the newest checkpoint is at the run's last step
   stopped   the newest checkpoint is before it: `ganctl resume` continues from there
+A run whose lock cannot be probed (an unreadable lock file, a filesystem without locks) keeps
+the status its files give, and its problem says it may be running.
+
+The result is strict JSON (RFC 8259): a non-finite number anywhere in it (a loss, a FID, a
+setting from a checkpoint) is the text "nan", "inf" or "-inf", as the training loop writes it.
 """
 
 from __future__ import annotations
@@ -29,14 +37,17 @@ from typing import Any
 from ganctl import fsutil, rundir
 from ganctl.checkpoint import MAX_HEADER_BYTES, Header
 from ganctl.config import Config
-from ganctl.data.cache import human_bytes
-from ganctl.errors import CheckpointError, RunError
+from ganctl.data.cache import human_bytes, printable_cell
+from ganctl.errors import CheckpointError, GanctlError, RunError
+from ganctl.fsutil import FileTooLarge, NotRegularFile
 
 STATUSES = ("running", "broken", "new", "diverged", "complete", "stopped")
 FIELDS = ("id", "path", "status", "problem", "dataset", "arch", "resolution", "step", "steps",
           "logged_step", "losses", "best_fid", "best_step", "checkpoint", "updated", "bytes")
 SETTINGS = ("dataset", "arch", "resolution")  # of a run's config, shown in the listing
 TAIL_BYTES = 64 << 10  # of metrics.jsonl: hundreds of records, far more than the last few needed
+# what a run's own files may raise as we read them: never more than that run's "broken"
+_RUN_ERRORS = (OSError, GanctlError, ValueError, TypeError, OverflowError, RecursionError)
 
 
 def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
@@ -76,16 +87,21 @@ def _is_run(entry: os.DirEntry[str]) -> bool:
 def describe(run_dir: Path) -> dict[str, Any]:
     """One run as list_runs shows it (see there)."""
     try:
-        return _describe(run_dir)
-    except OSError as e:  # a folder we may not read (permissions), or one removed as we look
+        return _jsonable(_describe(run_dir))
+    except _RUN_ERRORS as e:  # a folder we may not read (permissions), one removed as we look,
+        # or anything else in it that this listing did not foresee: that run alone is broken
+        if isinstance(e, OSError):
+            why = f"cannot read {e.filename or run_dir}: {e.strerror or e}"
+        else:
+            why = f"cannot read {run_dir}: {_one_line(e)}"
         fields = dict.fromkeys(FIELDS)
         return {**fields, "id": run_dir.name, "path": str(run_dir), "status": "broken",
-                "problem": f"cannot read {e.filename or run_dir}: {e.strerror or e}",
-                "losses": {}, "bytes": 0}
+                "problem": why, "losses": {}, "bytes": 0}
 
 
 def _describe(run_dir: Path) -> dict[str, Any]:
-    running = rundir.is_locked(run_dir) is True
+    locked = rundir.is_locked(run_dir)
+    running = locked is True
     config, problem = _config(run_dir)
     header, ckpt_problem = _newest_header(run_dir)
     tail = _tail(run_dir / rundir.METRICS)
@@ -97,10 +113,14 @@ def _describe(run_dir: Path) -> dict[str, Any]:
         steps = config.steps
     settings = _settings(config, header)
     best_fid, best_step = _best(run_dir, tail)
+    status = _status(running, problem or ckpt_problem, header, steps, tail)
+    problems = [p for p in (problem, ckpt_problem) if p is not None]
+    if locked is None:  # its files say what it was; whether a process trains it now is unknown
+        problems.append(f"cannot probe its lock {run_dir / rundir.LOCK}: it may be running")
     return {
         "id": run_dir.name, "path": str(run_dir),
-        "status": _status(running, problem or ckpt_problem, header, steps, tail),
-        "problem": problem or ckpt_problem,
+        "status": status,
+        "problem": "; ".join(problems) or None,
         **settings,
         "step": header.step if header is not None else None, "steps": steps,
         "logged_step": tail.last.get("step") if tail.last else None,
@@ -136,10 +156,25 @@ def _saved_after(header: Header, event: dict[str, Any]) -> bool:
 
 
 def _config(run_dir: Path) -> tuple[Config | None, str | None]:
+    """The run's config, or why there is none: config.json cannot be read (permissions: the
+    file is fine, and no fault of the run), is damaged, or holds values this ganctl does not
+    take (a wrong type, a key of a newer version)."""
+    path = run_dir / rundir.CONFIG
     try:
         return rundir.read_config(run_dir), None
     except RunError as e:
-        return None, str(e)
+        cause = e.__context__  # read_config says "damaged" for any OSError; a listing tells apart
+        if isinstance(cause, OSError) and not isinstance(
+                cause, FileNotFoundError | NotRegularFile | FileTooLarge):
+            return None, f"cannot read {path}: {cause.strerror or cause}"
+        return None, _one_line(e)
+    except (GanctlError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        why = _one_line(e)
+        return None, why if str(path) in why else f"{path} is not a valid config: {why}"
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _newest_header(run_dir: Path) -> tuple[Header | None, str | None]:
@@ -209,7 +244,7 @@ def _best(run_dir: Path, tail: _Tail) -> tuple[float | None, int | None]:
     if ckpt is not None:
         try:
             header = _read_metadata(ckpt)
-            if header.fid is not None:
+            if _finite(header.fid):
                 return header.fid, header.step
         except CheckpointError:
             pass
@@ -220,11 +255,24 @@ def _best(run_dir: Path, tail: _Tail) -> tuple[float | None, int | None]:
 
 
 def _losses(record: dict[str, Any] | None) -> dict[str, Any]:
-    """The record's losses (a non-finite one is text, as the loop writes it)."""
+    """The record's losses (a non-finite one is text, as the loop writes it: "nan", "inf")."""
     if record is None:
         return {}
-    return {k: v for k, v in record.items()
+    return {k: _jsonable(v) for k, v in record.items()
             if k.startswith("loss") and isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` with every non-finite float in it as text ("nan", "inf", "-inf"): json.dumps
+    would write NaN and Infinity, which are not JSON (Python's json.loads accepts them in a
+    file, so they can come from metrics.jsonl or a checkpoint's copy of the config)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 # --- metrics.jsonl's tail -----------------------------------------------------------------------
@@ -244,11 +292,11 @@ def _tail(path: Path) -> _Tail:
     for record in _tail_records(path):
         event = record.get("event")
         if event is None:
-            if isinstance(record.get("step"), int):
+            if _step(record.get("step")):
                 tail.last, tail.diverged = record, None
         elif event == "diverged":
             tail.diverged = record
-        elif event == "eval" and _finite(record.get("fid")) and isinstance(record.get("step"), int):
+        elif event == "eval" and _finite(record.get("fid")) and _step(record.get("step")):
             tail.fids.append((record["step"], float(record["fid"])))
     return tail
 
@@ -271,6 +319,10 @@ def _tail_records(path: Path) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def _step(value: Any) -> bool:
+    return type(value) is int and value >= 0
 
 
 def _finite(value: Any) -> bool:
@@ -303,42 +355,56 @@ def _usage(run_dir: Path) -> tuple[int, float | None]:
 
 
 def _iso(timestamp: float | None) -> str | None:
+    """ISO 8601 in local time; None for none, or a time no date can hold (a file's mtime set
+    to year 300000)."""
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 # --- the human table --------------------------------------------------------------------------------
 
 COLUMNS = ("ID", "STATUS", "DATASET", "ARCH", "RES", "STEP", "LOSSES", "BEST FID", "UPDATED", "SIZE")
 RIGHT = frozenset({"RES", "STEP", "BEST FID", "SIZE"})
+# longest cell of a column (longer ones end in "…"): one odd run must not widen every row
+WIDEST = {"ID": 64, "LOSSES": 48}
+WIDEST_OTHER = 32
+PROBLEM_CHARS = 500  # of a broken run's line under the table
 
 
 def format_runs(runs: list[dict[str, Any]], root: Path | None = None) -> str:
-    """list_runs' result as an aligned table, one run a line, then a line for each broken run
-    saying why; with no runs, a sentence saying where none were found."""
+    """list_runs' result as an aligned table, one run a line, then a line for each run with a
+    problem saying what it is; with no runs, a sentence saying where none were found. Every
+    cell is one line of printable text (control characters escaped), of bounded width."""
     if not runs:
         where = rundir.runs_root() if root is None else root
-        return f"no runs under {where}/; start one with `ganctl train`"
+        return printable_cell(f"no runs under {where}/; start one with `ganctl train`", 4096)
     rows = [COLUMNS, *(_row(run) for run in runs)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.rjust(w) if name in RIGHT else cell.ljust(w)
                        for name, cell, w in zip(COLUMNS, row, widths, strict=True)).rstrip()
              for row in rows]
-    lines += [f"{run['id']}: {run['problem']}" for run in runs if run.get("problem")]
+    lines += [printable_cell(f"{run['id']}: {run['problem']}", PROBLEM_CHARS)
+              for run in runs if run.get("problem")]
     return "\n".join(lines)
 
 
 def _row(run: dict[str, Any]) -> tuple[str, ...]:
     step = run["step"]
-    if run["status"] == "running" and run["logged_step"] is not None:
+    if run["status"] == "running" and _step(run["logged_step"]) and _step(step or 0):
         step = max(step or 0, run["logged_step"])  # its progress, past its last checkpoint
-    best = (f"{run['best_fid']:.2f} @{run['best_step']}" if run["best_fid"] is not None else "-")
-    return (run["id"], run["status"], _short(run["dataset"]), str(run["arch"] or "-"),
-            str(run["resolution"] or "-"),
-            f"{'-' if step is None else step}/{'-' if run['steps'] is None else run['steps']}",
-            _format_losses(run["losses"]) or "-", best, _local(run["updated"]),
-            human_bytes(run["bytes"]))
+    best = (f"{_number(run['best_fid'], '.2f')} @{run['best_step']}"
+            if run["best_fid"] is not None else "-")
+    cells = (run["id"], run["status"], _short(run["dataset"]), run["arch"] or "-",
+             run["resolution"] or "-",
+             f"{'-' if step is None else step}/{'-' if run['steps'] is None else run['steps']}",
+             _format_losses(run["losses"]) or "-", best, _local(run["updated"]),
+             human_bytes(run["bytes"]))
+    return tuple(printable_cell(str(cell), WIDEST.get(name, WIDEST_OTHER))
+                 for name, cell in zip(COLUMNS, cells, strict=True))
 
 
 def _short(dataset: Any) -> str:
@@ -349,14 +415,28 @@ def _short(dataset: Any) -> str:
 
 
 def _format_losses(losses: dict[str, Any]) -> str:
-    """`D 1.089 G 0.888` from loss_D and loss_G (a name without the prefix as it is)."""
+    """`D 1.089 G 0.888` from loss_D and loss_G (a name without the prefix as it is), each
+    value in 4 significant digits: 1.2e+308 and -1.8e+20 stay short."""
     parts = []
     for name, value in losses.items():
         label = name.removeprefix("loss_") if name != "loss" else name
-        parts.append(f"{label} {value:.3f}" if isinstance(value, float | int) else f"{label} {value}")
+        parts.append(f"{label} {_number(value, '.4g')}")
     return " ".join(parts)
 
 
-def _local(iso: str | None) -> str:
+def _number(value: Any, spec: str) -> str:
+    """A number in `spec`; anything else (the text "nan") as it is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return format(float(value), spec)
+        except OverflowError:  # an integer past any float
+            return "inf" if value > 0 else "-inf"
+    return str(value)
+
+
+def _local(iso: Any) -> str:
     """`2026-11-28 07:12` in this machine's time zone."""
-    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M") if iso else "-"
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "-"

@@ -175,10 +175,117 @@ def test_size_update_time_and_the_table(trained_run, tmp_path):
     assert table[0].split() == ["ID", "STATUS", "DATASET", "ARCH", "RES", "STEP", "LOSSES", "BEST",
                                 "FID", "UPDATED", "SIZE"]
     assert table[1].split()[:8] == ["0001-shapes-dcgan", "complete", "shapes", "dcgan", "32", "4/4",
-                                    "D", f"{losses['loss_D']:.3f}"]
+                                    "D", f"{losses['loss_D']:.4g}"]
     assert table[1].endswith(f"  -  2026-11-28 07:12  {runs.human_bytes(size + 1000)}")
     assert [runs.human_bytes(n) for n in (999, 1000, 12_345_678, 999_999, 1_500_000_000)] == [
         "999 B", "1.0 kB", "12.3 MB", "1.0 MB", "1.5 GB"]
+
+
+def strict_json(text: str):
+    """RFC 8259 JSON: NaN and Infinity, which Python's json.loads takes, are refused."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_run_whose_config_holds_bad_values_is_broken_and_the_others_listed(trained_run,
+                                                                                 monkeypatch):
+    config = json.loads((trained_run / rundir.CONFIG).read_text())
+    bad = {"0002-list": [1, 2], "0003-resolution": {**config, "resolution": [1]},
+           "0004-arch": {**config, "arch": None}, "0005-newer": {**config, "from_the_future": 1},
+           "0006-number": 7}
+    for name, value in bad.items():
+        (copy_run(trained_run, name) / rundir.CONFIG).write_text(json.dumps(value))
+    denied = copy_run(trained_run, "0007-denied")
+    readable = rundir.fsutil.read_regular
+
+    def read(path, limit=None):  # as config.json without read permission (tests may run as root)
+        if Path(path).resolve() == denied / rundir.CONFIG:
+            raise PermissionError(13, "Permission denied", str(path))
+        return readable(path, limit)
+
+    monkeypatch.setattr(rundir.fsutil, "read_regular", read)
+    found = by_id(runs.list_runs())
+    assert {i: r["status"] for i, r in found.items()} == {
+        "0001-shapes-dcgan": "complete", **dict.fromkeys([*bad, "0007-denied"], "broken")}
+    for name in bad:
+        problem = found[name]["problem"]
+        assert str(Path("runs", name, "config.json")) in problem, problem
+        assert found[name]["dataset"] == "shapes"  # from the checkpoint's copy of the config
+    assert "from_the_future" in found["0005-newer"]["problem"]
+    assert "resolution" in found["0003-resolution"]["problem"]
+    assert found["0007-denied"]["problem"] == (
+        f"cannot read {Path('runs', '0007-denied', 'config.json')}: Permission denied")
+    result = invoke("runs", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in strict_json(result.stdout)["runs"]] == ["complete"] + ["broken"] * 6
+    # anything a run's files make a reader raise is that run's problem alone
+    def unforeseen(run_dir):
+        raise ValueError("odd\nvalue")
+
+    monkeypatch.setattr(runs, "_usage", unforeseen)
+    run = runs.describe(trained_run)
+    assert (run["status"], run["problem"]) == ("broken", f"cannot read {trained_run}: odd value")
+
+
+def test_non_finite_numbers_are_text_and_the_json_is_strict(trained_run):
+    with open(trained_run / rundir.METRICS, "a") as f:  # Python's json.loads takes these
+        f.write('{"step": 5, "time": 1.0, "loss_D": NaN, "loss_G": Infinity, "loss_r": -Infinity}\n')
+        f.write('{"step": 5, "event": "eval", "fid": NaN, "checkpoint": "c"}\n')
+    odd = copy_run(trained_run, "0002-odd-settings")
+    (odd / rundir.CONFIG).write_text("{not json")  # its settings come from the checkpoints
+    for ckpt in rundir.list_checkpoints(odd / "checkpoints"):
+        def change(tensors, meta):
+            meta["ganctl.config"] = json.dumps({**json.loads(meta["ganctl.config"]),
+                                                "resolution": float("nan"), "arch": float("inf")})
+            meta["ganctl.eval"] = json.dumps({"step": 4, "event": "eval", "fid": float("inf")})
+        rewrite(ckpt, ckpt, change)
+    rundir.set_pointer(odd, rundir.BEST, rundir.list_checkpoints(odd / "checkpoints")[-1])
+    result = invoke("runs", "--json")
+    assert result.exit_code == 0, result.output
+    found = by_id(strict_json(result.stdout)["runs"])
+    assert found["0001-shapes-dcgan"]["losses"] == {"loss_D": "nan", "loss_G": "inf", "loss_r": "-inf"}
+    assert found["0001-shapes-dcgan"]["best_fid"] is None  # a NaN evaluation is no score
+    assert (found["0002-odd-settings"]["resolution"], found["0002-odd-settings"]["arch"]) == (
+        "nan", "inf")
+    assert found["0002-odd-settings"]["best_fid"] is None
+    assert "D nan G inf r -inf" in runs.format_runs(runs.list_runs())
+
+
+def test_each_run_is_one_line_of_the_table_whatever_its_values(trained_run):
+    copy_run(trained_run, "0002-new\nline\x1b[31m")
+    copy_run(trained_run, "0003-" + "x" * 200)
+    huge = copy_run(trained_run, "0004-huge")
+    with open(huge / rundir.METRICS, "a") as f:
+        f.write(json.dumps({"step": 5, "time": 1.0, "loss_D": 1.2e308, "loss_G": -1.8e20}) + "\n")
+    bad = copy_run(trained_run, "0005-bad")
+    (bad / rundir.CONFIG).write_text(json.dumps({"resolution": "a\nb"}))
+    found = runs.list_runs()
+    table = runs.format_runs(found).splitlines()
+    problems = [r for r in found if r["problem"]]
+    assert len(table) == 1 + len(found) + len(problems) and len(problems) == 1
+    assert all(ch.isprintable() for line in table for ch in line)
+    rows = {line.split()[0]: line for line in table[1:len(found) + 1]}
+    assert "0002-new\\nline\\x1b[31m" in rows
+    assert rows["0004-huge"].split()[6:10] == ["D", "1.2e+308", "G", "-1.8e+20"]
+    (long_id,) = [i for i in rows if i.startswith("0003-")]
+    assert len(long_id) == runs.WIDEST["ID"] and long_id.endswith("…")
+    assert max(len(line) for line in table[:len(found) + 1]) < 200
+    assert table[-1].startswith("0005-bad: ") and "\\n" in table[-1]
+
+
+def test_a_run_whose_lock_cannot_be_probed_may_be_running(trained_run, tmp_path):
+    (trained_run / rundir.LOCK).unlink()
+    (trained_run / rundir.LOCK).symlink_to(tmp_path / "elsewhere")  # opened without following
+    assert rundir.is_locked(trained_run) is None
+    (run,) = runs.list_runs()
+    assert run["status"] == "complete"
+    assert run["problem"] == (f"cannot probe its lock {Path('runs', '0001-shapes-dcgan', rundir.LOCK)}"
+                              ": it may be running")
+    result = invoke("runs", "--json")
+    assert strict_json(result.stdout)["runs"][0]["problem"] == run["problem"]
+    table = runs.format_runs([run]).splitlines()
+    assert table[1].split()[1] == "complete" and table[-1] == f"{run['id']}: {run['problem']}"
 
 
 def test_the_last_record_of_a_long_metrics_file(trained_run):
@@ -273,6 +380,25 @@ def test_caches_are_listed_and_cleaned_leaving_everything_else(workdir):
         [p.name for p in foreign] + ["link-0123456789abcdef.images.npy", live.name])
     assert outside.is_file() and [e.state for e in cache.list_caches()] == ["writing"]
     assert int(data.images.sum()) == pixels  # a run using the cache reads on from its memory map
+
+
+def test_an_old_temp_file_is_a_dead_build_whatever_its_pid(workdir):
+    cache_dir = workdir / "cache"
+    cache_dir.mkdir()
+    hour_ago = time.time() - 3600
+    # PIDs alive now (init, this process) that are not the writers: PIDs are reused
+    for name, pid in (("init", 1), ("reused", os.getpid())):
+        old = cache_dir / f".{name}-0123456789abcdef.npy.tmp-{pid}"
+        old.write_bytes(b"x" * 10)
+        os.utime(old, (hour_ago, hour_ago))
+    # one being written now, by a process of another machine (a shared disk): its PID is dead here
+    (cache_dir / f".remote-0123456789abcdef.raw.tmp-{dead_pid()}").write_bytes(b"y" * 10)
+    assert [(e.slug, e.state) for e in cache.list_caches()] == [
+        ("init", "partial"), ("remote", "writing"), ("reused", "partial")]
+    one = [e for e in cache.list_caches() if e.slug == "init"]
+    assert cache.format_caches(one).splitlines()[-1] == f"10 B in 1 cache in {cache_dir}"
+    assert cache.clean_caches(cache.list_caches()) == 20
+    assert [(e.slug, e.state) for e in cache.list_caches()] == [("remote", "writing")]
 
 
 def test_clean_frees_exactly_what_it_listed_and_spares_a_replaced_file(workdir):

@@ -288,8 +288,12 @@ _TEMP_RE = re.compile(rf"^\.(?P<stem>.+-{_KEY})\.(?P<part>raw|npy|json|images\.n
                       r"|stats\.safetensors)\.tmp-(?P<pid>\d+)$")
 NPY_MAGIC = b"\x93NUMPY"
 MAX_META = 256 << 20  # a decode's .json lists its skipped files: large, but not this large
-# A temp file is being written while its process lives, or (another machine's process, on a
-# shared disk) while it was touched this recently: a build appends to its temp continuously.
+# A temp file is being written while it was modified this recently (seconds): a build appends
+# to its temp continuously (chunk after chunk of decoded images, then the copy into the .npy),
+# so an older one was left by a build that died, whatever its name's PID says now: that PID
+# may have been reused by any process (1, a shell), and a build on another machine of a shared
+# disk has a PID that means nothing here. (A build suspended longer than this may have its
+# temps removed by `clean`; it then fails with a clear error and the next run builds again.)
 STALE_AFTER = 600.0
 DECODED, FID_STATS = "decoded", "fid_stats"
 KIND_LABELS = {DECODED: "decoded images", FID_STATS: "FID statistics"}
@@ -316,7 +320,8 @@ class CacheFile:
 class Cached:
     """One decoded dataset or one set of real statistics in the cache dir, with its files.
     state: "complete"; "partial" (left by a build that died: no use to anyone); "writing" (a
-    process is building it now: clean_caches leaves it alone)."""
+    process is building it now: one of its temp files was modified in the last STALE_AFTER
+    seconds; clean_caches leaves it alone)."""
 
     name: str  # <dataset>-<key>, the stem all its files share
     kind: str  # DECODED or FID_STATS
@@ -401,9 +406,9 @@ def _group(stem: str, kind: str, parts: dict[str, tuple[Path, os.stat_result]]) 
             del parts[part]
     if not parts:
         return None
-    temps = [(int(part.rsplit(":", 1)[1]), st) for part, (_, st) in parts.items()
-             if part.startswith("tmp:")]
-    if any(_alive(pid) or time.time() - st.st_mtime < STALE_AFTER for pid, st in temps):
+    now = time.time()
+    temps = [st for part, (_, st) in parts.items() if part.startswith("tmp:")]
+    if any(now - st.st_mtime < STALE_AFTER for st in temps):  # see STALE_AFTER
         state = "writing"
     else:
         state = "complete" if source is not None else "partial"
@@ -452,21 +457,6 @@ def _is_npy(path: Path) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process of this id runs on this machine (signal 0 checks, sends nothing)."""
-    if pid <= 0:  # 0 and negatives name process groups, never a writer
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    except (OverflowError, OSError):
-        return False
-    return True
-
-
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
@@ -505,6 +495,23 @@ def clean_caches(entries: list[Cached]) -> int:
     return freed
 
 
+def printable_cell(text: str, limit: int) -> str:
+    """`text` as one line of at most `limit` characters for a table: control and other
+    unprintable characters (a newline in a folder name, a terminal escape) escaped as \\n,
+    \\xNN or \\uNNNN, never sent to the terminal; a longer one cut, ending in "…"."""
+    out = "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
+    return out if len(out) <= limit else out[:max(0, limit - 1)] + "…"
+
+
+def _escape(char: str) -> str:
+    escaped = repr(char)[1:-1]  # \n, \t, \x1b, \u202e
+    if escaped == char:  # repr kept it as it is (some unprintable characters it leaves)
+        code = ord(char)
+        escaped = f"\\x{code:02x}" if code < 0x100 else (
+            f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return escaped
+
+
 def human_bytes(n: int) -> str:
     """Decimal units, as disks are sold and `ls -lh --si` shows: 512 B, 12.3 MB, 1.5 GB."""
     units = ("B", "kB", "MB", "GB", "TB", "PB")
@@ -519,14 +526,16 @@ def format_caches(entries: list[Cached], cache_dir: Path | None = None) -> str:
     cache_dir = cache_dir or default_cache_dir()
     if not entries:
         return f"no caches in {cache_dir}"
-    rows = [("NAME", "KIND", "STATE", "IMAGES", "RES", "SIZE", "LAST USED", "SOURCE")]
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "KIND", "STATE", "IMAGES", "RES", "SIZE", "LAST USED", "SOURCE")]
     for e in entries:
         s = e.source
         res = (f"{s['resolution']}x{s['resolution']}x{s['channels']}"
                if s.get("resolution") and s.get("channels") else "-")
-        rows.append((e.name, KIND_LABELS[e.kind], e.state, str(s.get("count") or "-"), res,
-                     human_bytes(e.bytes), _local(e.last_used),
-                     str(s.get("origin") or s.get("dataset") or "-")))
+        rows.append(tuple(printable_cell(cell, 256) for cell in (
+            e.name, KIND_LABELS[e.kind], e.state, str(s.get("count") or "-"), res,
+            human_bytes(e.bytes), _local(e.last_used),
+            str(s.get("origin") or s.get("dataset") or "-"))))
     right = {3, 4, 5}
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w)
@@ -534,12 +543,20 @@ def format_caches(entries: list[Cached], cache_dir: Path | None = None) -> str:
              for row in rows]
     total = sum(e.bytes for e in entries)
     count = f"{len(entries)} cache{'s' if len(entries) != 1 else ''}"
-    return "\n".join([*lines, f"{human_bytes(total)} in {count} in {cache_dir}"])
+    return "\n".join([*lines, printable_cell(f"{human_bytes(total)} in {count} in {cache_dir}",
+                                             4096)])
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+def _iso(timestamp: float) -> str | None:
+    """ISO 8601 in local time; None for a time no date can hold (an mtime in year 300000)."""
+    try:
+        return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _local(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+    try:
+        return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+    except (ValueError, OverflowError, OSError):
+        return "-"
