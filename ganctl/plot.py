@@ -12,16 +12,20 @@ import json
 import math
 import os
 import time
+import warnings
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ganctl import rundir
 from ganctl.errors import RunError, first_line
 from ganctl.fsutil import atomic_write, open_regular
 from ganctl.logging import EVAL_METRICS, LABELS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CURVES = rundir.CURVES  # in the run directory, refreshed while training
 SIZE = (12.0, 8.0)  # inches: at DPI, 1200 x 800 pixels whatever is drawn
@@ -31,6 +35,9 @@ FEW = 20  # points up to which a curve's points are marked
 MAX_SHARE = 0.05  # of training time spent redrawing curves.png
 DRAW_GUESS = 0.2  # seconds a draw is assumed to take until one is timed (the first: ~4 s in)
 MARKED_EVENTS = ("rollback", "diverged")  # drawn as dotted lines across every panel
+MARK_LABEL = "rollback"  # the dotted lines' legend entry, once per panel
+CLIP = 1e100  # |value| drawn at most: axis arithmetic overflows near 1e308; a divergence still shows
+WIDE = 1e3  # max|v| / median|v| beyond which a panel's y axis is logarithmic (a diverging loss)
 NOT_CURVES = ("step", "time")  # numbers of a record that are not drawn against step
 PANELS = (  # title, the records' keys ("loss_" stands for every loss a run reports), source
     ("losses", ("loss_",), "logged"), ("D outputs", ("D_real", "D_fake"), "logged"),
@@ -79,21 +86,25 @@ class Series:
     logged: dict[str, Curve] = field(default_factory=dict)  # step records, by key
     eval: dict[str, Curve] = field(default_factory=dict)  # eval events' EVAL_METRICS
     marks: set[int] = field(default_factory=set)  # steps of MARKED_EVENTS
+    run: str = ""  # the run's name (its folder), in the figure's title
+    last: int | None = None  # the highest step of a record drawn or marked
 
     def add(self, records: Iterable[dict[str, Any]]) -> None:
         for r in records:
             step, event = r.get("step"), r.get("event")
-            if not isinstance(step, int) or isinstance(step, bool):
-                continue
+            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+                continue  # not a training record (a negative step included)
             if event in MARKED_EVENTS:
                 self.marks.add(step)
-            if event is None or event == "eval":
+            elif event is None or event == "eval":
                 into, keys = (self.logged, r) if event is None else (self.eval, EVAL_METRICS)
-                for key in keys:  # non-finite values (written as text) are left out
-                    value = r.get(key)
-                    if key not in NOT_CURVES and isinstance(value, (int, float)) \
-                            and not isinstance(value, bool):
-                        into.setdefault(key, Curve()).add(step, float(value))
+                for key in keys:
+                    value = _number(r.get(key)) if key not in NOT_CURVES else None
+                    if value is not None:
+                        into.setdefault(key, Curve()).add(step, value)
+            else:
+                continue
+            self.last = step if self.last is None else max(self.last, step)
 
     def panels(self) -> list[Panel]:
         """One panel per kind of number present: losses, D's outputs, images/s, each metric."""
@@ -107,10 +118,50 @@ class Series:
         return found
 
 
+def _number(value: Any) -> float | None:
+    """A record's value as drawn: None for what is not a finite number (a gap in its curve), an
+    absurd magnitude held at ±CLIP."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)  # an int past float's range raises
+    except OverflowError:
+        return None
+    return max(-CLIP, min(CLIP, value)) if math.isfinite(value) else None
+
+
+def y_scale(values: Any) -> tuple[str, dict[str, float]]:
+    """(scale, its arguments) for a panel's y values: linear unless they span more than WIDE
+    (max|v| / median of the non-zero |v|, e.g. a loss diverging to 1e37 beside losses near 1),
+    then log when all are positive, else symlog, linear within the median |v| of 0."""
+    import numpy as np
+
+    size = np.abs(np.asarray(values, dtype=float))
+    nonzero = size[size > 0]
+    if not len(nonzero) or nonzero.max() <= WIDE * np.median(nonzero):
+        return "linear", {}
+    if (np.asarray(values) > 0).all():
+        return "log", {}
+    return "symlog", {"linthresh": float(np.median(nonzero))}
+
+
 def draw(series: Series, out: Path) -> Path:
-    """The panels of `series` as one PNG of SIZE at DPI, written atomically (a viewer never sees
-    half a file). Raises RunError when there is nothing to draw, OSError when `out` cannot be
-    written."""
+    """The panels of `series` as one PNG of SIZE at DPI, titled with the run and its last step,
+    written atomically (a viewer never sees half a file). Raises RunError when there is nothing
+    to draw, OSError when `out` cannot be written."""
+    buf = io.BytesIO()
+    # values are finite and clipped: any warning left (numpy's, matplotlib's) is noise to a user
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # no bbox_inches="tight": the size stays fixed
+        figure(series).savefig(buf, format="png", dpi=DPI)
+    atomic_write(out, buf.getvalue())
+    return out
+
+
+def figure(series: Series) -> Figure:
+    """The matplotlib Figure of `series`' panels, on an Agg canvas; RunError when it has none."""
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -120,30 +171,39 @@ def draw(series: Series, out: Path) -> Path:
         raise RunError("no step records to plot yet")
     fig = Figure(figsize=SIZE, dpi=DPI)
     FigureCanvasAgg(fig)  # Agg, not the user's interactive default
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.95, wspace=0.18, hspace=0.35)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.91, wspace=0.18, hspace=0.35)
+    fig.suptitle(" — ".join(filter(None, (series.run, f"step {series.last:,}"))))
     cols = math.ceil(math.sqrt(len(shown)))
     rows = math.ceil(len(shown) / cols)
     first = None
+    steps = set(series.marks)
     for i, panel in enumerate(shown):
         # one step axis for all: a score lines up with the losses of its step
         ax = fig.add_subplot(rows, cols, i + 1, sharex=first)
         first = first or ax
+        ys = []
         for label, curve in panel.curves.items():
             x, y = curve.arrays()
+            steps.update(x.tolist())
+            ys.append(y)
             # points marked while few (evaluations; a first record alone draws no line)
             ax.plot(x, y, label=label, linewidth=1, marker="." if len(x) <= FEW else None)
+        scale, how = y_scale(np.concatenate(ys))
+        ax.set_yscale(scale, **how)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, never step 2.25
-        for step in sorted(series.marks):  # where training rolled back after a divergence
-            ax.axvline(step, color="tab:red", linestyle=":", linewidth=0.8)
+        for j, step in enumerate(sorted(series.marks)):  # where training rolled back
+            ax.axvline(step, color="tab:red", linestyle=":", linewidth=0.8,
+                       label=MARK_LABEL if j == 0 else None)
         ax.set_title(panel.title, fontsize="medium")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(panel.curves) > 1:
+        if len(panel.curves) > 1 or series.marks:
             ax.legend(fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)  # no bbox_inches="tight": the size stays fixed
-    atomic_write(out, buf.getvalue())
-    return out
+    if first is not None and len(steps) == 1:  # one step: integers around it, not 9.45 .. 10.55
+        step = steps.pop()
+        half = max(1.0, round(step / 10))
+        first.set_xlim(step - half, step + half)
+    return fig
 
 
 def plot_run(run_dir: Path, out: Path) -> Path:
@@ -153,7 +213,7 @@ def plot_run(run_dir: Path, out: Path) -> Path:
     if not rundir.is_run_dir(run_dir):
         raise RunError(f"{run_dir} is not a ganctl run directory; give one, e.g. "
                        "runs/0001-shapes-dcgan (`ganctl runs` lists them)")
-    series = Series()
+    series = Series(run=run_dir.resolve().name)
     series.add(rundir.read_metrics(run_dir))
     if not series.panels():
         raise RunError(f"{run_dir} has no metrics to plot yet ({rundir.METRICS} holds no step "
@@ -175,7 +235,8 @@ class Curves:
         self.path = run_dir / CURVES
         self._metrics = run_dir / rundir.METRICS
         self._say = say
-        self._series = Series()
+        self._run = run_dir.resolve().name
+        self._series = Series(run=self._run)
         self._read: tuple[int, int] = (-1, 0)  # (inode, bytes) of metrics.jsonl parsed so far
         # time.monotonic() before which a refresh is skipped (unless final): a short run draws
         # only its last step
@@ -209,7 +270,7 @@ class Curves:
         with f:
             inode, size = os.fstat(f.fileno()).st_ino, os.fstat(f.fileno()).st_size
             if inode != self._read[0] or size < self._read[1]:  # rewritten: start again
-                self._series, self._read = Series(), (inode, 0)
+                self._series, self._read = Series(run=self._run), (inode, 0)
             f.seek(self._read[1])
             raw = f.read()
         whole = raw[: raw.rfind(b"\n") + 1]  # a line being appended is read next time
