@@ -286,6 +286,9 @@ def load(target: PathLike | None = None, device: str = "auto") -> Generator:
 
 def _locate(target: PathLike | None) -> Header:
     """rundir.locate, each damaged checkpoint it passed over a warning at the caller's line."""
+    if target is not None and not isinstance(target, (str, os.PathLike)):
+        raise ConfigError(f"target must be a run directory, a checkpoint path, 'latest' or "
+                          f"'best', got {type(target).__name__} {target!r}")
     passed: list[str] = []
     header = rundir.locate(None if target is None else os.fspath(target), passed.append)
     for message in passed:

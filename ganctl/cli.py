@@ -9,6 +9,7 @@ The user's output going away (a closed pipe or terminal) changes none of this.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import sys
@@ -24,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ganctl import __version__
-from ganctl.config import Config
+from ganctl.config import REAL_PRESET, SHAPES_PRESET, Config
 from ganctl.errors import STOP_SIGNALS
 from ganctl.fsutil import NotRegularFile
 
@@ -119,13 +120,18 @@ DATA, MODEL, LOSS, SCHEDULE, OUTPUT, RUNTIME = ("Data", "Model", "Loss and optim
 REAL = "on real datasets"  # the datasets' own defaults (ganctl.data.REAL_PRESET), shown in help
 
 
-def _default(key: str, note: str = "") -> str:
-    """An option's default as its help shows it: the config's, and what changes it."""
-    value = Config.__dataclass_fields__[key].default
-    if isinstance(value, (bool, str)):
-        value = {True: "on", False: "off", "": "none"}.get(value, value)
-    shown = value
-    return f"{shown}{'; ' + note if note else ''}"
+def _default(key: str) -> str:
+    """An option's default as its help shows it: the built-in shapes dataset's (what a bare
+    `ganctl train` uses), and a real dataset's where that differs."""
+    def shown(value: Any) -> Any:
+        return {True: "on", False: "off", "": "none"}.get(value, value) if isinstance(
+            value, (bool, str)) else value
+
+    value = SHAPES_PRESET.get(key, Config.__dataclass_fields__[key].default)
+    real = REAL_PRESET.get(key, Config.__dataclass_fields__[key].default)
+    if real == value:
+        return str(shown(value))
+    return f"{shown(value)} on shapes, {shown(real)} {REAL}"
 
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.",
@@ -148,16 +154,16 @@ CompileMode = Annotated[str | None, typer.Option(
     "max-autotune-no-cudagraphs.", show_default=_default("compile_mode"), rich_help_panel=RUNTIME)]
 Steps = Annotated[int | None, typer.Option(
     min=1, help="Total length of the run in steps (also on resume: the run ends at this step).",
-    show_default=_default("steps", f"20000 {REAL}"), rich_help_panel=SCHEDULE)]
+    show_default=_default("steps"), rich_help_panel=SCHEDULE)]
 SampleEvery = Annotated[int | None, typer.Option(
     min=1, help="Write a sample grid (and refresh curves.png) every N steps.",
-    show_default=_default("sample_every", f"1000 {REAL}"), rich_help_panel=SCHEDULE)]
+    show_default=_default("sample_every"), rich_help_panel=SCHEDULE)]
 CkptEvery = Annotated[int | None, typer.Option(
-    min=1, help="Write a checkpoint every N steps.", show_default=_default("ckpt_every", f"2000 {REAL}"),
+    min=1, help="Write a checkpoint every N steps.", show_default=_default("ckpt_every"),
     rich_help_panel=SCHEDULE)]
 LogEvery = Annotated[int | None, typer.Option(
     min=1, help="Log metrics (metrics.jsonl) every N steps; the screen also gets a line at "
-    "least every 30 s.", show_default=_default("log_every", f"100 {REAL}"), rich_help_panel=SCHEDULE)]
+    "least every 30 s.", show_default=_default("log_every"), rich_help_panel=SCHEDULE)]
 Keep = Annotated[int | None, typer.Option(min=0, help="Keep the newest N checkpoints "
                                              "(0 keeps all).", show_default=_default("keep"),
                                           rich_help_panel=OUTPUT)]
@@ -178,8 +184,8 @@ MaxFileMb = Annotated[int | None, typer.Option(
     help="Image files larger than this many MB are skipped as 'too large', unread.",
     show_default=_default("max_file_mb"), rich_help_panel=DATA)]
 Resolution = Annotated[int | None, typer.Option(
-    help="Image size: 32, 64 or 128; mlp 16, 28, 32 or 64.", show_default="the dataset's: "
-    "shapes, cifar10 and svhn 32, mnist 28, celeba and folders 64", rich_help_panel=DATA)]
+    help="Image size: 32, 64 or 128; mlp 16, 28, 32 or 64.", show_default="the dataset's: 64 for "
+    "celeba and folders, 32 for the others", rich_help_panel=DATA)]
 Channels = Annotated[int | None, typer.Option(help="1 or 3.", show_default="the dataset's",
                                               rich_help_panel=DATA)]
 EvalEvery = Annotated[int | None, typer.Option(
@@ -205,10 +211,10 @@ MaxTime = Annotated[str | None, typer.Option(
     show_default="none", rich_help_panel=SCHEDULE)]
 Tensorboard = Annotated[bool | None, typer.Option(
     "--tensorboard/--no-tensorboard", help="Write losses, D outputs, img/s, learning rates, "
-    "scores and sample grids to RUN/tensorboard/ (pip install 'ganctl\\[tensorboard]').",
+    "scores and sample grids to RUN/tensorboard/ (needs: pip install tensorboard).",
     show_default="off", rich_help_panel=OUTPUT)]
 Wandb = Annotated[bool | None, typer.Option(
-    "--wandb/--no-wandb", help="Log the same to Weights & Biases (pip install 'ganctl\\[wandb]').",
+    "--wandb/--no-wandb", help="Log the same to Weights & Biases (needs: pip install wandb).",
     show_default="off", rich_help_panel=OUTPUT)]
 WandbProject = Annotated[str | None, typer.Option(help="The W&B project.", show_default="ganctl",
                                                   rich_help_panel=OUTPUT)]
@@ -830,6 +836,8 @@ def runs(
     from ganctl.rundir import runs_root
     from ganctl.runs import format_runs, list_runs
 
+    if root is not None and not os.path.lexists(root):  # a mistyped DIR is not an empty one
+        _fail(f"{root} does not exist; give the folder that holds the runs (default ./runs)")
     found = _call(debug, list_runs, root)
     _emit(json_mode, {"root": str(root or runs_root()), "runs": found}, format_runs(found, root))
 
@@ -989,13 +997,14 @@ def cache_clean(
         if json_mode or not sys.stdin.isatty():
             _fail("removing caches needs --yes when nothing can ask (no terminal, or --json)")
         typer.echo(format_caches(entries, cache_dir))
-        if not typer.confirm(f"remove these {len(entries)} caches?", default=False):
+        what = "this cache" if len(entries) == 1 else f"these {len(entries)} caches"
+        if not typer.confirm(f"remove {what}?", default=False):
             _fail("nothing removed")
     from ganctl.data.cache import clean_caches
 
     freed = _call(debug, clean_caches, entries)
     _emit(json_mode, {"removed": [e.name for e in entries], "freed_bytes": freed},
-          f"removed {len(entries)} caches, {human_bytes(freed)} freed")
+          f"removed {len(entries)} cache{'s' if len(entries) != 1 else ''}, {human_bytes(freed)} freed")
 
 
 DEFERRED = STOP_SIGNALS

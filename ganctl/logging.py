@@ -204,6 +204,7 @@ class RunLog:
         self.started = False  # whether training began (start() was called)
         self._next_line: float | None = None  # when a line by time is due (from the first step)
         self._length_told = False  # whether a long run's length was said
+        self._deadline: float | None = None  # --max-time's end (time.monotonic())
         self._sinks: list[_Watched] = []
 
     def attach(self, metrics: Path) -> None:
@@ -241,14 +242,17 @@ class RunLog:
                 next_report = done + max(total // 10, 1)
         return advance_plain
 
-    def start(self, step: int, total: int) -> None:
+    def start(self, step: int, total: int, deadline: float | None = None) -> None:
+        """Training begins at `step` of `total`; with --max-time, it stops by `deadline` (a
+        time.monotonic() value), which caps the ETA."""
         self._total, self._start_step, self._t0 = total, step, time.perf_counter()
+        self._deadline = deadline
         self.started = True
         self._next_line = None
         if self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("step {task.completed}/{task.total}"), BarColumn(bar_width=16),
-                TimeRemainingColumn(compact=True), TextColumn("{task.fields[stats]}", markup=False),
+                _Remaining(self, compact=True), TextColumn("{task.fields[stats]}", markup=False),
                 console=self.console, transient=False)
             self._task = self._progress.add_task("train", total=total, completed=step, stats="")
             self._progress.start()
@@ -292,8 +296,9 @@ class RunLog:
             stats += f"  {self._note}" if self._note else ""
             self._progress.update(self._task, completed=record["step"], stats=stats)
         else:
+            until = " (--max-time)" if self._capped(record["step"]) else ""
             self.info(f"step {record['step']}/{self._total}  {format_record(record)}  "
-                      f"eta {format_duration(self._eta(record['step']))}")
+                      f"eta {format_duration(self._eta(record['step']))}{until}")
         self._tell_length(record["step"])
 
     def _tell_length(self, step: int) -> None:
@@ -303,7 +308,7 @@ class RunLog:
             return
         self._length_told = True
         left = self._eta(step)
-        if left >= LONG_RUN_S:
+        if left >= LONG_RUN_S and not self._capped(step):
             self.info(f"this run has about {format_duration(left)} to go at its speed so far; "
                       "--steps or --max-time shortens it, and `ganctl resume` continues a "
                       "stopped run")
@@ -343,9 +348,22 @@ class RunLog:
             w.send("rewind", lambda sink: sink.rewind(step))
 
     def _eta(self, step: int) -> float:
+        """Seconds until the run ends: at its last step, or at --max-time if that comes first."""
+        left = self._budget_left()
+        return self._to_last_step(step) if left is None else min(self._to_last_step(step), left)
+
+    def _to_last_step(self, step: int) -> float:
         done = step - self._start_step
         elapsed = time.perf_counter() - self._t0
         return elapsed / done * (self._total - step) if done > 0 else 0.0
+
+    def _budget_left(self) -> float | None:
+        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
+
+    def _capped(self, step: int) -> bool:
+        """Whether --max-time, not the last step, ends the run at its present speed."""
+        left = self._budget_left()
+        return left is not None and left < self._to_last_step(step)
 
     def close(self) -> None:
         if self._progress is not None:
@@ -362,6 +380,22 @@ DEFAULT_WANDB_PROJECT = "ganctl"
 EVAL_METRICS = ("fid", "kid", "precision", "recall")  # the scores sent to the sinks and plotted
 EXTRAS = ("tensorboard", "wandb")  # config switches, each a package and a pip extra of that name
 _GROUPS = (("loss_", "loss/"), ("D_", "D/"), ("lr_", "lr/"))  # record key prefix -> tag group
+
+
+class _Remaining(TimeRemainingColumn):
+    """The progress bar's time left, capped by --max-time when that ends the run first."""
+
+    def __init__(self, log: RunLog, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._log = log
+
+    def render(self, task: Any) -> Any:
+        left = self._log._budget_left()
+        if left is not None and (task.time_remaining is None or task.time_remaining > left):
+            from rich.text import Text  # noqa: PLC0415
+
+            return Text(f"{format_duration(left)} (max-time)", style="progress.remaining")
+        return super().render(task)
 
 
 class Sink(Protocol):
@@ -430,11 +464,11 @@ def check_sinks(config: Config) -> None:
             importlib.import_module(extra)
         except ImportError:
             raise ConfigError(f"--{extra} needs the {extra} package, which is not installed; "
-                              f"install it with: pip install 'ganctl[{extra}]'") from None
+                              f"install it with: pip install {extra} (ganctl's '{extra}' extra), "
+                              f"or train without --{extra}") from None
         except Exception as e:  # a broken install (a mismatched dependency ...)
             raise ConfigError(f"--{extra}: the {extra} package fails to import ({first_line(e)}); "
-                              f"reinstall it with: pip install --force-reinstall "
-                              f"'ganctl[{extra}]'") from None
+                              f"reinstall it with: pip install --force-reinstall {extra}") from None
 
 
 def open_sinks(config: Config, run_dir: Path, step: int, say: Callable[[str], None]) -> list[Sink]:

@@ -173,7 +173,7 @@ def _own_files(run_dir: Path) -> list[Path]:
     (a user's step-final.safetensors or notes in samples/ are not among them)."""
     found = []
     for sub, own in _OWN_IN.items():
-        if (run_dir / sub).is_dir():
+        if sub == "." or _real_dir(run_dir / sub):  # a linked folder is another's (shared logs)
             found += sorted(p for p in (run_dir / sub).iterdir() if own.match(p.name))
     # the marker last: until it goes, the folder is still a run
     found += [run_dir / name for name in (CURVES, WANDB_ID, DATA_REPORT, METRICS, CONFIG, MARKER)
@@ -189,8 +189,8 @@ def remove_run(run_dir: Path) -> list[Path]:
     go back and nothing is lost. Only then is the folder deleted."""
     paths = _own_files(run_dir)
     odd = [p for p in paths if p.is_dir() and not p.is_symlink()] + [
-        run_dir / sub for sub in (SAMPLES, CKPT_DIR)  # a file, or a link to nowhere
-        if os.path.lexists(run_dir / sub) and not (run_dir / sub).is_dir()]
+        run_dir / sub for sub in (SAMPLES, CKPT_DIR, TENSORBOARD)  # a file, or a link
+        if os.path.lexists(run_dir / sub) and not _real_dir(run_dir / sub)]
     if odd:
         raise RunError(f"cannot replace the run in {run_dir}: {odd[0]} is not what ganctl wrote "
                        "there; move it away or choose another --out")
@@ -270,10 +270,15 @@ def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) ->
     return run_dir
 
 
+def _real_dir(path: Path) -> bool:
+    """A folder itself, not a link to one: ganctl removes files only in its own folders."""
+    return path.is_dir() and not path.is_symlink()
+
+
 def remove_temp_files(run_dir: Path) -> None:
     """Temp files a killed writer left behind: never a checkpoint, only half of one."""
     for sub, own in _OWN_IN.items():
-        if (run_dir / sub).is_dir():
+        if _real_dir(run_dir / sub) or sub == ".":
             for path in (run_dir / sub).iterdir():
                 if own.match(path.name) and _TEMP_RE.match(path.name):
                     path.unlink(missing_ok=True)

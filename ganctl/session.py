@@ -350,8 +350,7 @@ def length_line(config: Config, images: int) -> str:
     seen = config.steps * config.batch_size
     passes = seen / max(images, 1)
     return (f"{config.steps:,} steps of batch {config.batch_size}: {seen:,} images, "
-            f"{f'{passes:,.1f}' if passes >= 0.1 else 'under 0.1'} passes over the data (--steps "
-            "or --max-time shorten it)")
+            f"{f'{passes:,.1f}' if passes >= 0.1 else 'under 0.1'} passes over the data")
 
 
 def _init_weights(header: checkpoint.Header, config: Config) -> Restore:
@@ -360,11 +359,13 @@ def _init_weights(header: checkpoint.Header, config: Config) -> Restore:
     source = stored_config(header)
     differ = [key for key in MODEL_KEYS if not _same_model_setting(source, config, key)]
     if differ:
-        theirs = ", ".join(f"{k} {getattr(source, k)}" for k in differ)
-        ours = ", ".join(f"{k} {getattr(config, k)}" for k in differ)
+        theirs = ", ".join(f"{k} {_model_setting(source, k)}" for k in differ)
+        ours = ", ".join(f"{k} {_model_setting(config, k)}" for k in differ)
         raise ConfigError(f"--init-from {header.path} was trained with {theirs}, this run has "
                           f"{ours}; fine-tuning needs the same model: drop those settings (they "
                           "come from the checkpoint) or start without --init-from")
+    if not config.conditional:  # a conditional model's shape waits for the data's classes
+        _same_structure(header, config)
 
     def initialise(state: TrainState) -> None:
         if len(source.classes) != len(state.config.classes) and source.conditional:
@@ -373,10 +374,34 @@ def _init_weights(header: checkpoint.Header, config: Config) -> Restore:
                               f"{len(state.config.classes)}; fine-tune a conditional model on "
                               "data with as many classes, or use --no-conditional from an "
                               "unconditional run")
+        _same_structure(header, state.config)
         tensors = checkpoint.load_tensors(header, ("G.", "D.", "G_ema."))
         for name in ("G", "D", "G_ema"):
             checkpoint.load_module(getattr(state, name), tensors, name)
     return initialise
+
+
+def _same_structure(header: checkpoint.Header, config: Config) -> None:
+    """The networks `config` builds hold the checkpoint's tensors, name for name and shape for
+    shape; other settings than the model's change them too (dcgan's D drops BatchNorm for a
+    gradient penalty), which the error says."""
+    with torch.device("meta"):
+        G, D = get_arch(config.arch).build(config)
+    try:
+        for name, net in (("G", G), ("D", D), ("G_ema", G)):
+            checkpoint.check_shapes(net, header, name)
+    except CheckpointError as e:
+        why = "; ".join(get_arch(config.arch).notes(config)) or "another loss or penalty"
+        raise ConfigError(f"--init-from {header.path}: this run's networks differ from the "
+                          f"checkpoint's ({str(e).split('(')[-1].rstrip(')')}), because of {why}; "
+                          "fine-tune with the loss and penalties the model was trained with") from None
+
+
+def _model_setting(config: Config, key: str) -> Any:
+    """A model setting as it takes effect (spectral norm auto is on for resnet)."""
+    if key == "spectral_norm":
+        return "on" if get_arch(config.arch).spectral_norm(config) else "off"
+    return getattr(config, key)
 
 
 def _same_model_setting(a: Config, b: Config, key: str) -> bool:

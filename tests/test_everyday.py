@@ -58,7 +58,7 @@ def test_train_help_groups_options_in_panels_and_shows_every_default(monkeypatch
                if name not in SWITCHES and "[default:" not in block]
     assert missing == []
     assert "20000 on real datasets" in blocks["--steps"]  # the real datasets' length is written
-    assert "(dcgan)" in blocks["--arch"] and "(0.0002)" in blocks["--lr-g"]
+    assert "(dcgan)" in blocks["--arch"] and "0.0005 on shapes, 0.0002 on real datasets" in blocks["--lr-g"]
 
 
 def test_resume_help_shows_defaults_too(monkeypatch):
@@ -308,3 +308,58 @@ def test_a_long_run_says_how_long_it_has_to_go_once_its_speed_is_known(workdir, 
         seconds, line = said[0]
         assert seconds == 2 * step_s  # the first line by time: step 2 ended 400 s in
         assert "about 1h00m00s to go" in line and "--max-time" in line  # 18 steps of 200 s
+
+
+@pytest.mark.parametrize("sub", ["tensorboard", "checkpoints", "samples"])
+def test_overwrite_never_empties_a_linked_folder(workdir, sub):
+    """RUN/tensorboard linked to a shared log folder (or checkpoints/ to a bigger disk): its files
+    are not the run's to delete; --overwrite refuses, and nothing is removed anywhere."""
+    assert invoke("train", *TINY, "--out", "r").exit_code == 0
+    shared = Path("shared")
+    if Path("r", sub).exists():
+        Path("r", sub).rename(shared)
+    else:
+        shared.mkdir()
+    names = {"tensorboard": "events.out.tfevents.1.other.1.0", "checkpoints": "step-000000001.safetensors",
+             "samples": "step-000000001.png"}
+    (shared / names[sub]).write_bytes(b"someone else's")
+    before = sorted(p.name for p in shared.iterdir())
+    Path("r", sub).symlink_to(shared.absolute())
+    result = invoke("train", *TINY, "--out", "r", "--overwrite")
+    assert_one_line_error(result, 1, f"r/{sub} is not what ganctl wrote there")
+    assert sorted(p.name for p in shared.iterdir()) == before
+    assert Path("r/config.json").is_file()  # the run is still there too
+
+
+@pytest.mark.parametrize("flags,cause", [(["--r1", "1"], "R1/R2: dcgan's D is built without BatchNorm"),
+                                         (["--loss", "wgan-gp"], "wgan-gp: dcgan's D"),
+                                         (["--preset", "small-data"], "R1/R2")])
+def test_init_from_refuses_a_loss_that_changes_the_networks_before_reading_data(source, flags, cause):
+    """Not only the model's own settings shape it: a gradient penalty drops dcgan's D
+    BatchNorm. Said as such, before any data is decoded or file written."""
+    result = invoke("train", "--init-from", str(source), *TINY, *flags, "--out", "ft")
+    assert_one_line_error(result, 1, "this run's networks differ from the checkpoint's", cause,
+                          "fine-tune with the loss and penalties the model was trained with")
+    assert "decoding" not in result.stdout and not Path("ft").exists()
+
+
+def test_a_run_stopped_by_max_time_logs_its_last_step_and_draws_its_curves(workdir):
+    result = invoke("train", *TINY, "--steps", "1000000", "--log-every", "100000", "--max-time",
+                    "3s", "--out", "r", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["stopped"] == "max-time"
+    from ganctl.rundir import read_metrics  # noqa: PLC0415
+    assert [r["step"] for r in read_metrics(Path("r"))] == [doc["step"]]
+    assert Path("r/curves.png").is_file()
+
+
+def test_runs_of_a_folder_that_does_not_exist_is_an_error(workdir):
+    assert_one_line_error(invoke("runs", "nowhere"), 1, "nowhere does not exist")
+
+
+def test_load_of_something_that_is_no_path_is_a_ganctl_error(workdir):
+    import ganctl  # noqa: PLC0415
+    from ganctl.errors import ConfigError  # noqa: PLC0415
+    with pytest.raises(ConfigError, match="got int 5"):
+        ganctl.load(5)

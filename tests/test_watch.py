@@ -337,10 +337,11 @@ def test_a_missing_sink_package_is_a_one_line_error_with_the_install_hint(workdi
     with pytest.raises(ConfigError) as e:
         check_sinks(Config(**{extra: True}))
     assert str(e.value) == (f"--{extra} needs the {extra} package, which is not installed; "
-                            f"install it with: pip install 'ganctl[{extra}]'")
+                            f"install it with: pip install {extra} (ganctl's '{extra}' extra), "
+                            f"or train without --{extra}")
     check_sinks(Config())  # nothing asked, nothing imported
     result = invoke("train", "--config", toml(workdir, f"{extra} = true\n"), *TINY, "--out", "r")
-    assert_one_line_error(result, 1, f"pip install 'ganctl[{extra}]'")
+    assert_one_line_error(result, 1, f"pip install {extra} ")
     assert not (workdir / "r").exists()  # refused before any file is written
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ganctl.config import Config
+from ganctl.config import REAL_PRESET, SHAPES_PRESET, Config
 from ganctl.data import cache, shapes, sources
 from ganctl.data.batches import Batch, Batches
 from ganctl.data.decode import Skip, is_gray, open_image
@@ -28,8 +28,6 @@ __all__ = ["Batch", "Batches", "DATASETS", "ImageSet", "load_dataset", "open_sou
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
-# what a real dataset brings when nobody says otherwise
-REAL_PRESET = {"steps": 20000, "sample_every": 1000, "ckpt_every": 2000, "log_every": 100}
 FOLDER_PRESET = {"resolution": 64, **REAL_PRESET}
 CHANNEL_PROBE = 64  # files looked at to decide a folder's default channels
 SYSTEM_FOLDERS = frozenset({"proc", "sys", "dev"})  # kernel views, never a dataset
@@ -164,10 +162,7 @@ def _cifar100(root: Path, split: str, _: int) -> sources.Source:
 DATASETS: dict[str, DatasetSpec] = {
     "shapes": DatasetSpec(
         open=None,
-        # small enough that `ganctl train` shows learning on a laptop CPU in minutes
-        # lr 5e-4 (not the article's 2e-4): its shapes come out in 1,500 steps, not blobs
-        preset={"resolution": 32, "channels": 3, "g_width": 32, "d_width": 32, "steps": 1500,
-                "sample_every": 250, "ckpt_every": 500, "lr_g": 5e-4, "lr_d": 5e-4},
+        preset=SHAPES_PRESET,
         description="built-in coloured shapes, generated on the fly (no download)"),
     "celeba": DatasetSpec(
         open=lambda root, split, max_bytes: sources.celeba_source("celeba", root / "celeba", split,

@@ -297,7 +297,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     log.watch(open_sinks(config, run_dir, state.step, log.info))  # closed by log.close() below
     meter = Meter(config.batch_size, state.drawn)  # after the sinks: W&B may take seconds
     t0 = time.perf_counter()
-    log.start(state.step, config.steps)
+    log.start(state.step, config.steps, deadline)
     try:
         with StopSignals() as signals:
             while state.step < config.steps:
@@ -323,7 +323,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                         meter = Meter(config.batch_size, state.drawn)
                         guard.reset(state.step)
                         continue
-                if _due(step, config.log_every, done):
+                if _due(step, config.log_every, done) or stopping:  # a stopped run's last step too
                     made.last = meter.record(step, state.drawn)
                     log.record(made.last, _learning_rates(state))
                 elif log.line_due():  # a slow run's user sees it go (metrics.jsonl does not)
@@ -340,6 +340,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                     budget.pause(time.perf_counter() - saving, "save")
                 if _due(step, config.sample_every, done):  # after the checkpoint: it matters more
                     made.sample = write_samples(state, run_dir, fixed_z, log) or made.sample
+                if _due(step, config.sample_every, done) or stopping:
                     meter.exclude(curves.refresh(final=done or stopping))  # a view, not training
                 if stopping:
                     break
