@@ -30,7 +30,7 @@ from ganctl.checkpoint import Header
 from ganctl.config import BOUNDS, FIELD_NAMES, Config, load_config_file
 from ganctl.device import resolve_device
 from ganctl.engine.loop import RunResult
-from ganctl.errors import ConfigError, Stopped, did_you_mean
+from ganctl.errors import ConfigError, RunError, Stopped, did_you_mean
 from ganctl.logging import QuietOnClosedPipe, RunLog
 from ganctl.metrics import parse_metrics
 from ganctl.models.base import num_classes
@@ -127,6 +127,11 @@ def train(*, out: PathLike | None = None, config: PathLike | None = None,
                               download=download, deadline=deadline)
     except Stopped as e:
         raise _resumable(e) from None
+    except RunError as e:
+        if out is None or not rundir.is_run_dir(Path(out)) or "already holds a run" not in str(e):
+            raise
+        raise RunError(f"{out} already holds a run; continue it with ganctl.train(out={str(out)!r}, "
+                       "resume=True), replace it with overwrite=True, or choose another out=") from None
     return Run.of(result)
 
 

@@ -363,3 +363,14 @@ def test_load_of_something_that_is_no_path_is_a_ganctl_error(workdir):
     from ganctl.errors import ConfigError  # noqa: PLC0415
     with pytest.raises(ConfigError, match="got int 5"):
         ganctl.load(5)
+
+
+def test_the_api_says_how_to_continue_a_run_in_python_terms(workdir):
+    import ganctl  # noqa: PLC0415
+    from ganctl.errors import RunError  # noqa: PLC0415
+    settings = {"steps": 2, "batch_size": 8, "g_width": 8, "d_width": 8, "device": "cpu",
+                "quiet": True}
+    ganctl.train(out="r", **settings)
+    with pytest.raises(RunError, match=r"ganctl.train\(out='r', resume=True\), replace it with "
+                                       r"overwrite=True"):
+        ganctl.train(out="r", **settings)
