@@ -206,12 +206,15 @@ class LoadedGenerator:
     header: checkpoint.Header
 
 
-def load_generator(header: checkpoint.Header, device: torch.device) -> LoadedGenerator:
-    """Rebuild G_ema from a (verified) checkpoint's metadata and load its weights."""
+def load_generator(header: checkpoint.Header, device: torch.device, ema: bool = True
+                   ) -> LoadedGenerator:
+    """Rebuild the generator from a (verified) checkpoint's metadata and load its weights:
+    G_ema (the EMA of G's weights, what samples use), or with ema=False G itself."""
+    name = "G_ema" if ema else "G"
     config = stored_config(header)
-    check_models(header, config, ("G_ema",))
+    check_models(header, config, (name,))
     G = build_generator(config)
-    checkpoint.load_module(G, checkpoint.load_tensors(header, ("G_ema.",)), "G_ema")
+    checkpoint.load_module(G, checkpoint.load_tensors(header, (f"{name}.",)), name)
     # the header without the file's bytes: they are not needed once G is loaded
     return LoadedGenerator(G.to(device).eval(), config, dataclasses.replace(header, blob=None))
 

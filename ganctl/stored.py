@@ -55,8 +55,8 @@ def check_models(header: checkpoint.Header, config: Config, networks: tuple[str,
     """The header's tensors are those of `config`'s models, network by network; the models, on
     the meta device (structure only: no memory, no weights), by name."""
     with torch.device("meta"):
-        if networks == ("G_ema",):
-            modules = {"G_ema": build_generator(config)}
+        if set(networks) <= {"G", "G_ema"}:  # a generator alone (sampling, export)
+            modules = {name: build_generator(config) for name in networks}
         else:
             G, D = build_models(config)
             modules = {"G": G, "D": D, "G_ema": G}
