@@ -1,0 +1,255 @@
+"""Latent walks: frames between seeds' latents, as an animated GIF, an MP4 video or a PNG grid.
+
+The path visits the seeds' latents in order (z of seed s is `latents_from_seeds`' row, the z of
+`ganctl sample`), moving between consecutive ones along a great circle (slerp), and with `loop`
+back from the last to the first, so that the animation repeats without a jump.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from ganctl.errors import ConfigError, GanctlError
+from ganctl.fsutil import atomic_write, fsync_dir, temp_path
+from ganctl.sample import (
+    GENERATE_BATCH,
+    LoadedGenerator,
+    generate,
+    labels_for_seeds,
+    latents_from_seeds,
+    make_grid,
+    png_bytes,
+    seed_list,
+    to_pil,
+)
+
+MAX_FRAMES = 10_000  # frames of one walk: more is a typo, not a video
+MAX_SCALE = 16
+MAX_FPS = 60  # a GIF counts time in 1/100 s, and viewers slow frames under 2/100 s down
+MAX_RAW_BYTES = 2 * 2**30  # frames x height x width x channels after scaling: a memory bound
+GRID_COLUMNS = 16  # at most this many images per row of a PNG walk
+PARALLEL = 0.9995  # |cos| of the angle from which slerp falls back to lerp (sin(angle) ~ 0.03)
+FORMATS = (".gif", ".mp4", ".png")
+
+
+class FfmpegError(GanctlError):
+    """ffmpeg ran but failed to write the video."""
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation from a (t = 0) to b (t = 1) along the great circle through them:
+    z = sin((1 - t) theta) / sin(theta) a + sin(t theta) / sin(theta) b, theta the angle between
+    a and b (Shoemake 1985; for GAN latents White 2016, "Sampling Generative Networks"). Between
+    vectors of one norm it keeps that norm, where lerp cuts through the low-density middle of
+    the Gaussian. Vectors (anti)parallel (|cos theta| > PARALLEL) or zero have no one great circle
+    between them: there it is lerp, (1 - t) a + t b. t = 0 and t = 1 return a and b exactly."""
+    if t == 0:
+        return a.clone()
+    if t == 1:
+        return b.clone()
+    a64, b64 = a.double(), b.double()  # the angle of nearly parallel vectors is lost in float32
+    norms = a64.norm() * b64.norm()
+    cos = (a64 @ b64 / norms).clamp(-1, 1) if norms > 0 else torch.tensor(1.0, dtype=torch.float64)
+    if abs(float(cos)) > PARALLEL:
+        z = (1 - t) * a64 + t * b64
+    else:
+        theta = torch.arccos(cos)
+        z = (torch.sin((1 - t) * theta) * a64 + torch.sin(t * theta) * b64) / torch.sin(theta)
+    return z.to(a.dtype)
+
+
+def positions(seeds: int, frames: int, loop: bool = True) -> list[tuple[int, float]]:
+    """Where each frame stands: (k, t), t of the way from seed k to seed k + 1 (mod seeds).
+
+    `frames` is the whole animation's frame count, spread evenly over the path: with `loop` the
+    `seeds` segments 1 -> 2 -> ... -> n -> 1, the last frame one step short of the first (so a
+    repeat is seamless); without, the n - 1 segments 1 -> ... -> n, the last frame on seed n.
+    A frame that lands on a seed has t = 0 exactly: always the first one, and every
+    frames / segments-th when that divides."""
+    segments = seeds if loop else seeds - 1
+    steps = frames if loop else frames - 1  # steps between frames along the path
+    out = []
+    for i in range(frames):
+        k, r = divmod(i * segments, steps)  # integers: seeds are hit exactly, no rounding
+        out.append((k, r / steps))
+    return out
+
+
+def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames: int = 60, *,
+                truncation: float | None = None, class_: int | str | None = None,
+                device: torch.device, fps: int = 20, scale: int = 1, loop: bool = True) -> dict:
+    """Write a walk through the latents of `seeds` to `out`, by its suffix:
+
+    .gif  an animated GIF of `frames` frames in all, `fps` frames a second (timed in 1/100 s),
+          repeating forever with `loop`, played once without; identical consecutive frames are
+          merged by the GIF writer (same total time).
+    .mp4  an H.264 video (yuv420p, the size padded with black to even numbers) through ffmpeg,
+          which must be on PATH.
+    .png  a grid with one row per segment (seed k -> seed k + 1): each row from its start seed's
+          image to its end seed's, min(16, frames // segments + 1) evenly spaced images.
+
+    frames: the frames of the whole animation (not per segment), from 2 to 10,000 and at least
+    one per segment; segments = len(seeds) with `loop` (the last seed back to the first; with
+    two seeds 1 -> 2 -> 1), len(seeds) - 1 without. The first frame is seed[0]'s image exactly
+    as `ganctl sample` draws it.
+    class_: a conditional model draws every frame in this class (index or name); None: each
+    frame in the class of its segment's start seed (seed mod classes, as `ganctl sample`), so
+    every frame that lands on a seed is that seed's own image and the class changes there.
+    scale: each pixel as a scale x scale block (nearest neighbour), 1 to 16; the grid's too.
+    Returns out, frames, seeds, width, height (of the file's images), format, checkpoint, step.
+    """
+    seeds, out = seed_list(list(seeds)), Path(out)
+    suffix = out.suffix.lower()
+    _check(seeds, frames, fps, scale, suffix, out)
+    segments = len(seeds) if loop else len(seeds) - 1
+    if frames < segments:
+        raise ConfigError(f"{frames} frames cannot pass {len(seeds)} seeds; give at least "
+                          f"{segments} frames (one per seed), e.g. {segments * 20}")
+    config = loaded.config
+    height, width = (config.resolution * scale,) * 2
+    if frames * height * width * config.channels > MAX_RAW_BYTES:
+        raise ConfigError(f"{frames} frames of {width}x{height} are more than "
+                          f"{MAX_RAW_BYTES // 2**30} GiB of pixels; use fewer frames or a smaller "
+                          "scale")
+    ffmpeg = _ffmpeg(out) if suffix == ".mp4" else None
+    z = latents_from_seeds(seeds, config.z_dim, truncation)
+    labels = labels_for_seeds(seeds, config, class_)  # checked before anything is generated
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the folder {out.parent}: {e.strerror}") from None
+    if suffix == ".png":
+        columns = min(GRID_COLUMNS, frames // segments + 1)
+        stops = [(k, j / (columns - 1)) for k in range(segments) for j in range(columns)]
+        images = torch.cat(list(_render(loaded, z, labels, stops, device, scale)))
+        grid = make_grid(images, nrow=columns)
+        _write(out, lambda: atomic_write(out, png_bytes(grid)))
+        count, (height, width) = len(stops), grid.shape[:2]
+    else:
+        stream = _render(loaded, z, labels, positions(len(seeds), frames, loop), device, scale)
+        if suffix == ".gif":
+            _write(out, lambda: atomic_write(out, _gif(stream, fps, loop)))
+        else:
+            assert ffmpeg is not None
+            height, width = height + height % 2, width + width % 2
+            _write(out, lambda: _mp4(ffmpeg, stream, out, width, height, fps))
+        count = frames
+    return {"out": str(out), "frames": count, "seeds": seeds, "width": width, "height": height,
+            "format": suffix[1:], "checkpoint": str(loaded.header.path),
+            "step": loaded.header.step}
+
+
+def _check(seeds: list[int], frames: int, fps: int, scale: int, suffix: str, out: Path) -> None:
+    if len(seeds) < 2:
+        raise ConfigError(f"an interpolation needs two seeds or more, got {len(seeds)}; e.g. "
+                          "--seeds 1,2,3")
+    for name, value, low, high in (("frames", frames, 2, MAX_FRAMES), ("fps", fps, 1, MAX_FPS),
+                                   ("scale", scale, 1, MAX_SCALE)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    if suffix not in FORMATS:
+        raise ConfigError(f"output {out} must end in .gif (animation), .mp4 (video, needs "
+                          "ffmpeg) or .png (a grid, one row per pair of seeds)")
+
+
+def _ffmpeg(out: Path) -> str:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise ConfigError(f"cannot write {out.name}: ffmpeg is not on PATH; install it or write "
+                          f"{out.with_suffix('.gif').name}")
+    return ffmpeg
+
+
+def _write(out: Path, write) -> None:
+    try:
+        write()
+    except OSError as e:
+        raise ConfigError(f"cannot write {out}: {e.strerror or e}") from None
+
+
+def _render(loaded: LoadedGenerator, z: torch.Tensor, labels: torch.Tensor | None,
+            stops: Sequence[tuple[int, float]], device: torch.device, scale: int
+            ) -> Iterator[torch.Tensor]:
+    """The images at `stops` ((k, t): t of the way from seed k to k + 1, mod the seeds), as
+    uint8 (n, C, H * scale, W * scale) batches: at most GENERATE_BATCH latents held at once."""
+    n = len(z)
+    for i in range(0, len(stops), GENERATE_BATCH):
+        part = stops[i:i + GENERATE_BATCH]
+        zs = torch.stack([slerp(z[k % n], z[(k + 1) % n], t) for k, t in part])
+        # the start seed's class; a stop on a seed (t = 0 or 1) that seed's own
+        c = None if labels is None else torch.stack(
+            [labels[(k + 1) % n] if t == 1 else labels[k % n] for k, t in part])
+        yield upscale(generate(loaded.G, zs, device, c), scale)
+
+
+def upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """(n, C, H, W) -> (n, C, H * scale, W * scale): each pixel a scale x scale block."""
+    if scale == 1:
+        return images
+    return images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+
+
+def _gif(batches: Iterator[torch.Tensor], fps: int, loop: bool) -> bytes:
+    """An animated GIF ("L" for one channel, RGB quantised per frame otherwise)."""
+    frames = [to_pil(image.permute(1, 2, 0)) for batch in batches for image in batch]  # (H, W, C)
+    # loop=0: repeat forever; no loop key: the NETSCAPE block is left out and it plays once
+    repeat = {"loop": 0} if loop else {}
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=round(1000 / fps), optimize=False, **repeat)
+    return buf.getvalue()
+
+
+def _mp4(ffmpeg: str, batches: Iterator[torch.Tensor], out: Path, width: int, height: int,
+         fps: int) -> None:
+    """Pipe raw RGB frames (padded to width x height) to ffmpeg, which encodes H.264 into a temp
+    file beside `out`; renamed over `out` once ffmpeg succeeded."""
+    tmp = temp_path(out)
+    command = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
+               "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
+               "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart",
+               "-f", "mp4", str(tmp)]
+    try:
+        with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty ffmpeg never blocks
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=err)
+            assert proc.stdin is not None
+            try:
+                for batch in batches:
+                    proc.stdin.write(_rgb(batch, width, height).numpy().tobytes())
+                proc.stdin.close()
+            except BrokenPipeError:  # ffmpeg ended early: its stderr says why
+                pass
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            code = proc.wait()
+            err.seek(0)
+            lines = err.read().decode(errors="replace").strip().splitlines()
+        if code != 0:
+            why = lines[-1].strip()[:300] if lines else f"exit status {code}"
+            raise FfmpegError(f"ffmpeg could not write {out.name}: {why}; write "
+                              f"{out.with_suffix('.gif').name} instead, or check the ffmpeg install")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(out.parent)
+
+
+def _rgb(batch: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """(n, C, H, W) uint8 -> (n, height, width, 3): one channel repeated, black padding at the
+    right and bottom to the (even) size."""
+    n, c, h, w = batch.shape
+    frames = torch.zeros(n, height, width, 3, dtype=torch.uint8)
+    frames[:, :h, :w] = batch.permute(0, 2, 3, 1).expand(n, h, w, 3)  # (n, H, W, C); C = 1 or 3
+    return frames
+
