@@ -1,0 +1,404 @@
+"""Bulk export: many generated images as files, a folder that trains as a `--dataset`.
+
+One file per seed (`seed0000000123.png`; in class sub-folders for conditional models) or shards
+of arrays (`images-000000.npz`), `labels.csv` and `manifest.json`. The generator runs on the
+main thread while worker threads encode and write (PIL releases the GIL while it encodes); at
+most a few batches wait, so memory stays bounded whatever the count.
+
+Resumable: every file is written atomically (temp file in the same folder, fsync, rename), so a
+file under its final name is complete, and a rerun skips it. The manifest is written first
+(status "incomplete") and names the settings; a rerun with other settings into the same folder
+is refused rather than mixing images of two models.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ganctl import __version__
+from ganctl.errors import ConfigError
+from ganctl.fsutil import atomic_write, fsync_dir, temp_path
+from ganctl.models.base import num_classes
+from ganctl.sample import (
+    MAX_SEED,
+    LoadedGenerator,
+    class_index,
+    generate,
+    labels_for_seeds,
+    latents_from_seeds,
+)
+
+FORMATS = ("png", "jpg", "webp", "npz")
+_PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+LOSSY = ("jpg", "webp")
+MANIFEST, LABELS = "manifest.json", "labels.csv"
+MANIFEST_SCHEMA = 1
+SEED_DIGITS = 10  # seed0000000123.png: fixed, so names stay put when a rerun adds seeds
+SHARD_BYTES = 256 << 20  # npz shards of at most this many image bytes ...
+MAX_SHARD = 10_000  # ... and at most this many images
+MAX_WORKERS = 8
+PENDING_PER_WORKER = 4  # write jobs queued or running per worker thread: bounds memory
+_TEMP = re.compile(r"^\.(seed\d+\.(?:png|jpg|webp)|images-\d+\.npz|manifest\.json|labels\.csv)"
+                   r"\.tmp-(\d+)$")  # fsutil.temp_path of the files written here
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+@=, -]")
+
+
+def image_name(seed: int, fmt: str) -> str:
+    """seed0000000123.png: zero-padded to SEED_DIGITS (larger seeds take more digits)."""
+    return f"seed{seed:0{SEED_DIGITS}d}.{fmt}"
+
+
+def shard_name(index: int) -> str:
+    return f"images-{index:06d}.npz"
+
+
+def class_folders(classes: Sequence[str]) -> list[str]:
+    """A folder name per class: the name with characters unsafe in paths replaced by '_', no
+    leading dot (a hidden folder is not read as a class), unique, never empty."""
+    folders: list[str] = []
+    for i, name in enumerate(classes):
+        folder = _UNSAFE.sub("_", str(name)).strip(" ").lstrip(".")[:100] or f"class_{i}"
+        folder = folder if folder not in folders else f"{folder}_{i}"
+        folders.append(folder)
+    return folders
+
+
+def export_images(loaded: LoadedGenerator, seeds: list[int], out_dir: Path, fmt: str = "png", *,
+                  truncation: float | None = None, class_: int | str | None = None,
+                  batch_size: int = 256, device: torch.device,
+                  progress: Callable[[int], None] | None = None, workers: int = 0,
+                  quality: int = 95) -> dict:
+    """Write an image per seed into out_dir (see the module's docstring); files already there
+    are kept. `progress(k)` is called as k more images are done (skipped ones first).
+    `workers` threads encode and write (0: up to MAX_WORKERS, one per CPU)."""
+    start = time.perf_counter()
+    fmt = _check_format(fmt, quality, batch_size)
+    out_dir = Path(out_dir)
+    config = loaded.config
+    labels_for_seeds([0], config, class_)  # the class fits the model, before anything is written
+    fixed = None if class_ is None else class_index(class_, config.classes)
+    manifest = _manifest(loaded, _unique(seeds), fmt, truncation, fixed, quality)
+    seeds = _merge(_open_out_dir(out_dir, manifest), manifest)
+    manifest.update(seeds=_seed_text(seeds), count=len(seeds))
+    _remove_dead_temps(out_dir)
+    _write_json(out_dir / MANIFEST, {**manifest, "status": "incomplete"})
+
+    c = labels_for_seeds(seeds, config, class_)
+    labels = [-1] * len(seeds) if c is None else c.tolist()
+    folders = class_folders(config.classes) if num_classes(config) else []
+    paths = _paths(out_dir, seeds, labels, folders, fmt, manifest.get("shard_size", 0))
+    units = _missing_units(paths, seeds, fmt, manifest.get("shard_size", 0), batch_size)
+    skipped = len(seeds) - sum(len(u) for u in units)
+    if progress is not None and skipped:
+        progress(skipped)
+    label_of = dict(zip(seeds, labels, strict=True))
+    path_of = dict(zip(seeds, paths, strict=True))
+    written = _produce(loaded, units, label_of, path_of, fmt, quality, truncation, batch_size,
+                       device, progress, workers or min(MAX_WORKERS, os.cpu_count() or 1))
+
+    _write_labels(out_dir, seeds, labels, paths, config.classes)
+    _write_json(out_dir / MANIFEST, {**manifest, "status": "complete"})
+    seconds = time.perf_counter() - start
+    return {"out_dir": str(out_dir), "count": len(seeds), "written": written, "skipped": skipped,
+            "seconds": round(seconds, 3), "images_per_s": round(written / seconds, 1),
+            "format": fmt, "checkpoint": manifest["checkpoint"], "step": manifest["step"]}
+
+
+# --- checks and the manifest ------------------------------------------------------------------
+
+def _check_format(fmt: str, quality: int, batch_size: int) -> str:
+    fmt = {"jpeg": "jpg"}.get(str(fmt).lower(), str(fmt).lower())
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown image format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ConfigError(f"quality {quality!r} must be a whole number from 1 to 100 (jpg, webp)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size {batch_size!r} must be a whole number from 1 up")
+    return fmt
+
+
+def _unique(seeds: Sequence[int]) -> list[int]:
+    """The seeds, each checked and once, in their order."""
+    if isinstance(seeds, (str, bytes)) or not len(seeds):
+        raise ConfigError("give one seed or more to export, like range(50000) or [3, 1, 4]")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise ConfigError(f"seed {s!r} is not a whole number from 0 to 2**63 - 1")
+    return list(dict.fromkeys(seeds))
+
+
+def _manifest(loaded: LoadedGenerator, seeds: list[int], fmt: str, truncation: float | None,
+              fixed: int | None, quality: int) -> dict:
+    config = loaded.config
+    network = {"arch": config.arch, "resolution": config.resolution, "channels": config.channels,
+               "z_dim": config.z_dim, "g_width": config.g_width, "conditional": config.conditional,
+               "classes": list(config.classes)}
+    image_bytes = config.resolution ** 2 * config.channels
+    return {"ganctl_export": MANIFEST_SCHEMA, "ganctl_version": __version__,
+            "checkpoint": str(loaded.header.path), "step": loaded.header.step,
+            "checkpoint_sha256": _file_sha256(Path(loaded.header.path)),
+            "generator_sha256": _weights_sha256(loaded.G), "network": network,
+            "truncation": None if truncation is None else float(truncation),
+            "class_index": fixed, "format": fmt, "quality": quality if fmt in LOSSY else None,
+            "shard_size": max(1, min(MAX_SHARD, SHARD_BYTES // image_bytes)) if fmt == "npz" else 0,
+            "seeds": _seed_text(seeds), "count": len(seeds)}
+
+
+# what must match for a rerun to add to a folder: the same pixels, the same way written
+SETTINGS = ("ganctl_export", "checkpoint_sha256", "generator_sha256", "network", "truncation",
+            "class_index", "format", "quality", "shard_size")
+
+
+def _open_out_dir(out_dir: Path, manifest: dict) -> dict | None:
+    """Create out_dir (its parent must exist); the manifest of an export already in it, None
+    for a new or empty folder; any other folder with files is refused."""
+    if not out_dir.parent.is_dir():
+        raise ConfigError(f"{out_dir.parent} does not exist; create it first or choose another "
+                          "output folder")
+    out_dir.mkdir(exist_ok=True)
+    if not (out_dir / MANIFEST).exists():
+        if any(out_dir.iterdir()):
+            raise ConfigError(f"{out_dir} is not empty and holds no export ({MANIFEST}); choose "
+                              "an empty or new folder")
+        return None
+    try:
+        previous = json.loads((out_dir / MANIFEST).read_text())
+        assert isinstance(previous, dict) and previous.get("ganctl_export")
+    except (OSError, ValueError, AssertionError):
+        raise ConfigError(f"{out_dir / MANIFEST} is not a ganctl export manifest; choose another "
+                          "output folder") from None
+    changed = [k for k in SETTINGS if previous.get(k) != manifest[k]]
+    if changed:
+        what = ", ".join(f"{k} {previous.get(k)!r} -> {manifest[k]!r}" if k in
+                         ("truncation", "class_index", "format", "quality") else k for k in changed)
+        raise ConfigError(f"{out_dir} holds an export with other settings ({what}); export into "
+                          "a new folder, or rerun with the settings of its manifest.json")
+    return previous
+
+
+def _merge(previous: dict | None, manifest: dict) -> list[int]:
+    """The seeds the folder will hold: a rerun of images may add seeds to those already there;
+    npz shards are cut from the seed list, so theirs cannot change."""
+    seeds = _parse_seed_text(manifest["seeds"])
+    if previous is None:
+        return seeds
+    before = _parse_seed_text(str(previous.get("seeds", "")))
+    if manifest["format"] == "npz" and before != seeds:
+        raise ConfigError(f"npz shards of seeds {previous.get('seeds')} are there; export the same "
+                          "seeds to finish them, or other seeds into a new folder")
+    return sorted(set(before) | set(seeds))
+
+
+def _seed_text(seeds: list[int]) -> str:
+    """[0, 1, 2, 3, 7] -> '0-3,7': runs of consecutive seeds as ranges, in the list's order."""
+    parts: list[str] = []
+    i = 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def _parse_seed_text(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        seeds.extend(range(int(low), int(high or low) + 1))
+    return seeds
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _weights_sha256(G: torch.nn.Module) -> str:
+    """Of G's tensors as loaded: tells G_ema from G, which come from the same checkpoint."""
+    digest = hashlib.sha256()
+    for name, tensor in G.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, value: dict) -> None:
+    atomic_write(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+def _remove_dead_temps(out_dir: Path) -> None:
+    """Temp files of the writes here that a killed export left behind (a live process's are
+    its own: left alone)."""
+    folders = [out_dir, *(p for p in out_dir.iterdir() if p.is_dir() and not p.is_symlink())]
+    for folder in folders:
+        for entry in os.scandir(folder):
+            match = _TEMP.match(entry.name)
+            if match and entry.is_file(follow_symlinks=False) and not _alive(int(match[2])):
+                Path(entry.path).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes none yet: a leftover of an earlier call in it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+# --- what to write, what is there ----------------------------------------------------------------
+
+def _paths(out_dir: Path, seeds: list[int], labels: list[int], folders: list[str], fmt: str,
+           shard_size: int) -> list[Path]:
+    """Each seed's file: its image, or the shard holding it (folders made as needed)."""
+    if fmt == "npz":
+        return [out_dir / shard_name(i // shard_size) for i in range(len(seeds))]
+    paths = [out_dir / folders[k] / image_name(s, fmt) if folders else out_dir / image_name(s, fmt)
+             for s, k in zip(seeds, labels, strict=True)]
+    for folder in {p.parent for p in paths}:
+        folder.mkdir(exist_ok=True)
+    return paths
+
+
+def _missing_units(paths: list[Path], seeds: list[int], fmt: str, shard_size: int,
+                   batch_size: int) -> list[list[int]]:
+    """The seeds still to write, in units: batches of images, or whole shards."""
+    present = set()
+    for folder in {p.parent for p in paths}:  # one listing per folder, not a stat per file
+        present |= {folder / e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False)}
+    if fmt == "npz":
+        return [seeds[i:i + shard_size] for i in range(0, len(seeds), shard_size)
+                if paths[i] not in present]
+    missing = [s for s, p in zip(seeds, paths, strict=True) if p not in present]
+    return [missing[i:i + batch_size] for i in range(0, len(missing), batch_size)]
+
+
+# --- generate on this thread, encode and write on workers ----------------------------------------
+
+def _produce(loaded: LoadedGenerator, units: list[list[int]], label_of: dict[int, int],
+             path_of: dict[int, Path], fmt: str, quality: int, truncation: float | None,
+             batch_size: int, device: torch.device, progress: Callable[[int], None] | None,
+             workers: int) -> int:
+    """Generate each unit and hand it to the writers; returns the images written. On any
+    exception (a signal's too) the writers stop at the next file and are waited for, so every
+    file is whole or absent."""
+    stop = threading.Event()
+    pending: deque[tuple[Future, int]] = deque()
+    written = 0
+
+    def settle(limit: int) -> None:
+        nonlocal written
+        while len(pending) > limit:
+            future, n = pending.popleft()
+            future.result()
+            written += n
+            if progress is not None:
+                progress(n)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ganctl-export")
+    try:
+        for unit in units:
+            images = _generate(loaded, unit, label_of, truncation, batch_size, device)
+            for piece, x in _pieces(unit, images, 1 if fmt == "npz" else workers):
+                settle(workers * PENDING_PER_WORKER - 1)
+                job = (_write_shard if fmt == "npz" else _write_images)
+                pending.append((pool.submit(job, piece, x, label_of, path_of, fmt, quality, stop),
+                                len(piece)))
+        settle(0)
+    finally:
+        stop.set()  # a no-op when all is done; else the writers finish the file they are on
+        pool.shutdown(wait=True, cancel_futures=True)
+    return written
+
+
+def _generate(loaded: LoadedGenerator, seeds: list[int], label_of: dict[int, int],
+              truncation: float | None, batch_size: int, device: torch.device) -> np.ndarray:
+    """(n, H, W, C) uint8 images of the seeds."""
+    z = latents_from_seeds(seeds, loaded.config.z_dim, truncation)
+    c = (torch.tensor([label_of[s] for s in seeds], dtype=torch.int64)
+         if num_classes(loaded.config) else None)
+    x = generate(loaded.G, z, device, c, batch_size)  # (N, C, H, W)
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())  # (N, H, W, C)
+
+
+def _pieces(seeds: list[int], images: np.ndarray, n: int) -> Iterator[tuple[list[int], np.ndarray]]:
+    size = math.ceil(len(seeds) / n)
+    for i in range(0, len(seeds), size):
+        yield seeds[i:i + size], images[i:i + size]
+
+
+def encode(image: np.ndarray, fmt: str, quality: int = 95) -> bytes:
+    """(H, W, C) uint8 -> the bytes of an image file; PNG exactly as sample grids are encoded."""
+    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    buf = io.BytesIO()
+    pil.save(buf, format=_PIL_FORMAT[fmt], **({"quality": quality} if fmt in LOSSY else {}))
+    return buf.getvalue()
+
+
+def _write_images(seeds: list[int], images: np.ndarray, label_of: dict[int, int],
+                  path_of: dict[int, Path], fmt: str, quality: int, stop: threading.Event) -> None:
+    for seed, image in zip(seeds, images, strict=True):
+        if stop.is_set():
+            return
+        _put(path_of[seed], encode(image, fmt, quality))
+    for folder in {path_of[s].parent for s in seeds}:
+        fsync_dir(folder)  # once per job, not per file: the renames above made durable
+
+
+def _write_shard(seeds: list[int], images: np.ndarray, label_of: dict[int, int],
+                 path_of: dict[int, Path], fmt: str, quality: int, stop: threading.Event) -> None:
+    if stop.is_set():
+        return
+    buf = io.BytesIO()
+    np.savez(buf, images=images, seeds=np.array(seeds, dtype=np.int64),
+             labels=np.array([label_of[s] for s in seeds], dtype=np.int64))
+    atomic_write(path_of[seeds[0]], buf.getbuffer())
+
+
+def _put(path: Path, data: bytes) -> None:
+    """atomic_write without the fsync of the folder per file (see _write_images)."""
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_labels(out_dir: Path, seeds: list[int], labels: list[int], paths: list[Path],
+                  classes: Sequence[str]) -> None:
+    buf = io.StringIO()
+    rows = csv.writer(buf, lineterminator="\n")
+    rows.writerow(["file", "seed", "class_index", "class_name"])
+    for seed, k, path in zip(seeds, labels, paths, strict=True):
+        rows.writerow([path.relative_to(out_dir).as_posix(), seed, "" if k < 0 else k,
+                       "" if k < 0 else classes[k]])
+    atomic_write(out_dir / LABELS, buf.getvalue().encode())

@@ -1,0 +1,224 @@
+"""Bulk export (ganctl.bulk.export_images): files per seed, labels, manifest, resume, refusal."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, invoke
+from PIL import Image
+
+import ganctl
+from ganctl import bulk, rundir
+from ganctl.errors import ConfigError
+from ganctl.sample import (
+    GRID_PADDING,
+    LoadedGenerator,
+    generate,
+    labels_for_seeds,
+    latents_from_seeds,
+    load_generator,
+    make_grid,
+    png_bytes,
+)
+
+CPU = torch.device("cpu")
+KW = {"batch_size": 8, "g_width": 8, "d_width": 8, "log_every": 1, "sample_every": 100,
+      "ckpt_every": 2, "device": "cpu", "quiet": True, "steps": 2}
+
+
+def _load(run_dir: Path, ema: bool = True) -> LoadedGenerator:
+    return load_generator(rundir.locate(str(run_dir), lambda _: None), CPU, ema=ema)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ganctl.train(**KW, out=tmp_path_factory.mktemp("bulk") / "plain").run_dir
+
+
+@pytest.fixture(scope="module")
+def cond(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Conditional on the shapes: classes circle, square, triangle."""
+    return ganctl.train(**KW, conditional=True, out=tmp_path_factory.mktemp("bulk") / "cond").run_dir
+
+
+def export(loaded: LoadedGenerator, seeds, out: Path, fmt: str = "png", **kw) -> dict:
+    return bulk.export_images(loaded, list(seeds), out, fmt, device=CPU, batch_size=kw.pop(
+        "batch_size", 4), workers=kw.pop("workers", 2), **kw)
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "labels.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _files(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+def test_one_png_per_seed_with_labels_and_manifest(plain, tmp_path):
+    loaded = _load(plain)
+    r = export(loaded, range(10, 30), tmp_path / "out")
+    out = tmp_path / "out"
+    names = [f"seed{s:010d}.png" for s in range(10, 30)]
+    assert _files(out) == sorted([*names, "labels.csv", "manifest.json"])
+    assert (r["count"], r["written"], r["skipped"], r["format"]) == (20, 20, 0, "png")
+    assert r["step"] == 2 and r["checkpoint"] == str(loaded.header.path)
+    for name in names:
+        assert Image.open(out / name).size == (32, 32)
+    assert _rows(out)[0] == {"file": names[0], "seed": "10", "class_index": "", "class_name": ""}
+    assert [row["seed"] for row in _rows(out)] == [str(s) for s in range(10, 30)]
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["status"], m["seeds"], m["count"], m["format"], m["truncation"]) == (
+        "complete", "10-29", 20, "png", None)
+    assert m["checkpoint_sha256"] == hashlib.sha256(loaded.header.path.read_bytes()).hexdigest()
+    assert m["step"] == 2 and m["network"]["arch"] == "dcgan" and m["ganctl_version"]
+
+    before = {n: (out / n).stat().st_mtime_ns for n in names}
+    again = export(loaded, range(10, 30), out)
+    assert (again["written"], again["skipped"]) == (0, 20)
+    assert before == {n: (out / n).stat().st_mtime_ns for n in names}  # none rewritten
+
+
+def test_an_image_is_byte_identical_to_its_grid_cell(plain, tmp_path):
+    loaded = _load(plain)
+    export(loaded, [5, 3, 11], tmp_path / "out", batch_size=2, truncation=0.8)
+    images = generate(loaded.G, latents_from_seeds(range(16), 100, 0.8), CPU)  # a 4x4 grid
+    grid = make_grid(images)
+    for seed in (5, 3, 11):
+        row, col = divmod(seed, 4)
+        y, x = GRID_PADDING + row * 34, GRID_PADDING + col * 34
+        cell = grid[y:y + 32, x:x + 32]
+        assert (tmp_path / "out" / f"seed{seed:010d}.png").read_bytes() == png_bytes(cell)
+
+
+def test_interrupted_then_rerun_gives_exactly_every_image(plain, tmp_path):
+    loaded, out = _load(plain), tmp_path / "out"
+    calls = []
+
+    def interrupt(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export(loaded, range(40), out, progress=interrupt, batch_size=4, workers=2)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "incomplete"
+    done = [p for p in out.glob("seed*.png")]
+    assert 0 < len(done) < 40 and not list(out.glob(".*"))  # whole files only, no temp file
+    for p in done:
+        Image.open(p).load()  # each decodes
+    (out / ".seed0000000039.png.tmp-999999999").write_bytes(b"half")  # a killed export's
+
+    seen = []
+    r = export(loaded, range(40), out, progress=seen.append)
+    assert r["skipped"] == len(done) and r["written"] == 40 - len(done) and sum(seen) == 40
+    assert _files(out) == sorted([f"seed{s:010d}.png" for s in range(40)]
+                                 + ["labels.csv", "manifest.json"])
+    fresh = tmp_path / "fresh"
+    export(loaded, range(40), fresh)
+    for s in range(40):  # the resumed folder is the one written in one go
+        name = f"seed{s:010d}.png"
+        assert (out / name).read_bytes() == (fresh / name).read_bytes()
+
+
+def test_conditional_class_folders_train_as_a_dataset(cond, tmp_path, workdir):
+    loaded, out = _load(cond), tmp_path / "out"
+    assert loaded.config.classes == ("circle", "square", "triangle")
+    export(loaded, range(24), out)
+    for k, name in enumerate(loaded.config.classes):
+        assert sorted(p.name for p in (out / name).iterdir()) == [
+            f"seed{s:010d}.png" for s in range(24) if s % 3 == k]
+    rows = _rows(out)
+    assert rows[4] == {"file": "square/seed0000000004.png", "seed": "4", "class_index": "1",
+                       "class_name": "square"}
+    # pixels of the class each seed was drawn for
+    c = labels_for_seeds([4], loaded.config)
+    x = generate(loaded.G, latents_from_seeds([4], 100), CPU, c)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(Image.open(out / rows[4]["file"])), x)
+
+    result = invoke("train", *TINY, "--steps", "2", "--dataset", out, "--conditional",
+                    "--out", "again")
+    assert result.exit_code == 0, result.output
+    config = json.loads((workdir / "again" / "config.json").read_text())
+    assert config["classes"] == ["circle", "square", "triangle"]
+
+    one = tmp_path / "one"
+    export(loaded, range(6), one, class_="triangle")
+    assert _files(one) == sorted([f"triangle/seed{s:010d}.png" for s in range(6)]
+                                 + ["labels.csv", "manifest.json"])
+    assert {row["class_name"] for row in _rows(one)} == {"triangle"}
+
+
+def test_unconditional_export_trains_as_a_dataset(plain, tmp_path, workdir):
+    export(_load(plain), range(16), tmp_path / "out", "jpg")
+    result = invoke("train", *TINY, "--steps", "2", "--dataset", tmp_path / "out", "--out", "r")
+    assert result.exit_code == 0, result.output
+
+
+def test_other_settings_into_the_same_folder_are_refused(plain, cond, tmp_path):
+    loaded, out = _load(plain), tmp_path / "out"
+    export(loaded, range(8), out)
+    for what, kwargs in (("truncation", {"truncation": 0.7}), ("format", {"fmt": "jpg"}),
+                         ("generator_sha256", {"loaded": _load(plain, ema=False)}),
+                         ("checkpoint_sha256", {"loaded": _load(cond)})):
+        args = {"loaded": loaded, "fmt": "png", **kwargs}
+        with pytest.raises(ConfigError, match=what) as e:
+            export(args.pop("loaded"), range(8), out, args.pop("fmt"), **args)
+        assert len(str(e.value).splitlines()) == 1
+    assert _files(out) == sorted([f"seed{s:010d}.png" for s in range(8)]
+                                 + ["labels.csv", "manifest.json"])
+    # the same settings may add seeds: the folder then holds them all
+    r = export(loaded, range(4, 12), out)
+    assert (r["count"], r["written"], r["skipped"]) == (12, 4, 8)
+    assert json.loads((out / "manifest.json").read_text())["seeds"] == "0-11"
+    assert len(_rows(out)) == 12
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        export(loaded, range(2), tmp_path / "other")
+    with pytest.raises(ConfigError, match="unknown image format"):
+        export(loaded, range(2), tmp_path / "gif", "gif")
+    with pytest.raises(ConfigError, match="unconditional"):
+        export(loaded, range(2), tmp_path / "cls", class_=1)
+
+
+def test_npz_shards_load_back_and_resume_per_shard(plain, tmp_path, monkeypatch):
+    monkeypatch.setattr(bulk, "MAX_SHARD", 4)
+    loaded, out = _load(plain), tmp_path / "out"
+
+    def interrupt(n: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export(loaded, range(38), out, "npz", progress=interrupt, workers=1)
+    done = sorted(p.name for p in out.glob("images-*.npz"))
+    assert 0 < len(done) < 10 and not list(out.glob(".*"))
+    r = export(loaded, range(38), out, "npz")
+    assert (r["skipped"], r["written"]) == (4 * len(done), 38 - 4 * len(done))
+    assert _files(out) == [*(f"images-{i:06d}.npz" for i in range(10)), "labels.csv",
+                           "manifest.json"]
+    shards = [np.load(out / f"images-{i:06d}.npz") for i in range(10)]
+    images = np.concatenate([s["images"] for s in shards])
+    assert images.dtype == np.uint8 and images.shape == (38, 32, 32, 3)
+    assert np.concatenate([s["seeds"] for s in shards]).tolist() == list(range(38))
+    assert np.concatenate([s["labels"] for s in shards]).tolist() == [-1] * 38
+    expected = generate(loaded.G, latents_from_seeds(range(38), 100), CPU).permute(0, 2, 3, 1)
+    assert np.array_equal(images, expected.numpy())
+    assert _rows(out)[5]["file"] == "images-000001.npz"
+    with pytest.raises(ConfigError, match="same seeds"):
+        export(loaded, range(40), out, "npz")
+
+
+def test_lossy_formats_decode(plain, tmp_path):
+    loaded = _load(plain)
+    for fmt, pil in (("jpg", "JPEG"), ("webp", "WEBP")):
+        export(loaded, range(3), tmp_path / fmt, fmt, quality=80)
+        image = Image.open(tmp_path / fmt / f"seed0000000001.{fmt}")
+        assert (image.format, image.size) == (pil, (32, 32))
