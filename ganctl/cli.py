@@ -625,36 +625,138 @@ def resume(
 
 # --- sample ---------------------------------------------------------------------------------------------
 
+SAMPLES, BULK, MOTION = "What to draw", "Bulk export", "Interpolation"
+MAX_GRID = 4096  # images in one grid file; more go to --out-dir
+
+
 @app.command()
 def sample(
-    out: Annotated[Path, typer.Argument(metavar="OUT.png", help="Where to write the grid.")],
-    n: Annotated[int, typer.Option("-n", "--num", min=1, max=4096,
-                                   help="Number of images (ceil(sqrt(n)) per row).")] = 64,
+    out: Annotated[Path | None, typer.Argument(
+        metavar="OUT", help="The image to write: .png, .jpg or .webp (a grid, or one image with "
+        "-n 1); .gif, .mp4 or .png with --interpolate. Not with --out-dir.",
+        show_default=False)] = None,
+    n: Annotated[int | None, typer.Option(
+        "-n", "--num", min=1, max=10_000_000, help="Number of images: seeds SEED..SEED+n-1.",
+        show_default="64; 8 a class with --class all", rich_help_panel=SAMPLES)] = None,
+    seed: Annotated[int, typer.Option(min=0, max=2**62, help="Image i uses latent seed SEED+i.",
+                                      rich_help_panel=SAMPLES)] = 0,
+    seeds: Annotated[str | None, typer.Option(
+        metavar="0-63,100", help="The seeds, as ranges and lists (one latent per seed: an image "
+        "depends on its seed alone). Instead of -n/--seed.", show_default="none",
+        rich_help_panel=SAMPLES)] = None,
+    truncation: Annotated[float | None, typer.Option(
+        metavar="PSI", help="Latents from the normal truncated to [-PSI, PSI]: lower is more "
+        "typical, less varied (0: one image for every seed).", show_default="none",
+        rich_help_panel=SAMPLES)] = None,
+    class_: Annotated[str | None, typer.Option(
+        "--class", metavar="K|NAME|all", help="Conditional models: the class by index or name, "
+        "or all: one grid row per class.", show_default="seed mod the number of classes",
+        rich_help_panel=SAMPLES)] = None,
+    no_ema: Annotated[bool, typer.Option(
+        "--no-ema", help="Sample G itself, not its EMA G_ema.", rich_help_panel=SAMPLES)] = False,
+    nrow: Annotated[int | None, typer.Option(min=1, help="Images per grid row.",
+                                             show_default="square", rich_help_panel=SAMPLES)] = None,
+    scale: Annotated[int, typer.Option(min=1, max=64, help="Nearest-neighbour upscaling (a 32x32 "
+                                       "model's grid at 4 is viewable).", rich_help_panel=SAMPLES)] = 1,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out-dir", metavar="DIR", help="Bulk export: one file per image, named by seed (class "
+        "folders for conditional models), labels.csv and manifest.json; resumable.",
+        show_default="none", rich_help_panel=BULK)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Bulk export: png, jpg, webp or npz.",
+                                     rich_help_panel=BULK)] = "png",
+    interpolate: Annotated[bool, typer.Option(
+        "--interpolate", help="Spherical interpolation between the seeds' latents, looping: "
+        "OUT.gif, OUT.mp4 (needs ffmpeg) or OUT.png (a row per pair).",
+        rich_help_panel=MOTION)] = False,
+    frames: Annotated[int, typer.Option(min=2, max=10_000, help="Frames of the whole loop.",
+                                        rich_help_panel=MOTION)] = 60,
+    fps: Annotated[int, typer.Option(min=1, max=60, help="Frames per second of a GIF or MP4.",
+                                     rich_help_panel=MOTION)] = 20,
+    loop: Annotated[bool, typer.Option("--loop/--no-loop", help="Back from the last seed to the "
+                                       "first (a GIF that repeats without a jump).",
+                                       rich_help_panel=MOTION)] = True,
     ckpt: Annotated[str | None, typer.Option(
-        "--ckpt", metavar="CKPT|RUN_DIR", help="Checkpoint or run directory (default: the "
-        "newest checkpoint under ./runs).")] = None,
-    seed: Annotated[int, typer.Option(min=0, max=2**62, help="Image i uses latent seed SEED+i.")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K | mps.")] = "auto",
+        "--ckpt", metavar="CKPT|RUN_DIR", help="Checkpoint, run directory, latest or best.",
+        show_default="the newest checkpoint under ./runs")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=65536, help="Latents per G call.",
+                                            rich_help_panel=RUNTIME)] = 256,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K | mps.",
+                                        rich_help_panel=RUNTIME)] = "auto",
     json_mode: Json = False,
     debug: Debug = False,
 ) -> None:
-    """Write a grid of n samples from a checkpoint's EMA generator as a PNG.
+    """Draw samples from a checkpoint's EMA generator: a grid, one image, a folder of many
+    (--out-dir), or an interpolation (--interpolate).
 
     Example: ganctl sample -n 64 out.png --ckpt runs/0001-shapes-dcgan --seed 7
     """
     from ganctl.device import describe, resolve_device
     from ganctl.rundir import locate
-    from ganctl.sample import sample_grid
+    from ganctl.sample import load_generator, parse_class, parse_seeds
 
+    if (out is None) == (out_dir is None):
+        raise typer.BadParameter("give OUT (one file) or --out-dir DIR (one file per image)",
+                                 param_hint="OUT")
+    if seeds is not None and (n is not None or seed):
+        raise typer.BadParameter("--seeds names the seeds itself: leave out -n and --seed",
+                                 param_hint="--seeds")
     header = _call(debug, locate, ckpt, _say)
     dev = _call(debug, resolve_device, device)
     if ckpt is None and not json_mode:
         _say(f"using newest checkpoint {header.path}")
-    r = _call(debug, sample_grid, header, out, n, seed, dev)
-    images = f"{n} images" if n > 1 else "1 image"
+    loaded = _call(debug, load_generator, header, dev, not no_ema)
+    default_n = 8 if class_ == "all" else 4 if interpolate else 64
+    chosen = (_call(debug, parse_seeds, seeds) if seeds is not None
+              else list(range(seed, seed + (n or default_n))))
+    if chosen[-1] > 2**63 - 1:
+        _fail(f"seeds {chosen[0]}..{chosen[-1]} go past 2**63 - 1; use a smaller --seed")
+    klass = parse_class(class_, loaded.config.classes) if class_ is not None else None
+    if out_dir is not None:
+        return _bulk(loaded, chosen, out_dir, fmt, truncation, klass, batch_size, dev, json_mode, debug)
+    assert out is not None
+    if len(chosen) > MAX_GRID and not interpolate:
+        _fail(f"{len(chosen)} images are too many for one file (at most {MAX_GRID}); write one "
+              "file per image with --out-dir DIR")
+    if interpolate:
+        motion = {"frames": frames, "fps": fps, "loop": loop, "scale": scale}
+        return _interpolate(loaded, chosen, out, motion, truncation, klass, dev, json_mode, debug)
+    from ganctl.sample import sample_file
+
+    r = _call(debug, lambda: sample_file(loaded, out, chosen, dev, truncation=truncation, class_=klass,
+                                         nrow=nrow or 0, scale=scale, batch_size=batch_size))
+    images = f"{r['n']} images" if r["n"] > 1 else "1 image"
     _emit(json_mode, r, f"wrote {r['out']}: {images} ({r['width']}x{r['height']} px) from "
-                        f"{r['checkpoint']} (step {r['step']}), seeds {seed}-{seed + n - 1}, "
+                        f"{r['checkpoint']} (step {r['step']}), seeds {r['seeds']}, "
                         f"device {describe(dev)}")
+
+
+def _bulk(loaded: Any, seeds: list[int], out_dir: Path, fmt: str, truncation: float | None,
+          klass: int | str | None, batch_size: int, device: Any, json_mode: bool, debug: bool) -> None:
+    """sample --out-dir: one file per seed, resumable (ganctl.bulk)."""
+    from ganctl.bulk import export_images
+    from ganctl.logging import RunLog
+
+    log = RunLog(_console(json_mode))
+    progress = log.task(f"writing {len(seeds)} images into {out_dir}", len(seeds))
+    r = _call(debug, lambda: export_images(loaded, seeds, out_dir, fmt, truncation=truncation,
+                                           class_=klass, batch_size=batch_size, device=device,
+                                           progress=progress))
+    _emit(json_mode, r, f"{out_dir}: {r['count']} images ({r['written']} written, {r['skipped']} "
+                        f"already there) at {r['images_per_s']:,.0f} img/s")
+
+
+def _interpolate(loaded: Any, seeds: list[int], out: Path, motion: dict[str, Any],
+                 truncation: float | None, klass: int | str | None, device: Any, json_mode: bool,
+                 debug: bool) -> None:
+    """sample --interpolate (ganctl.interpolate)."""
+    from ganctl.interpolate import interpolate
+
+    r = _call(debug, lambda: interpolate(loaded, seeds, out, motion["frames"], truncation=truncation,
+                                         class_=klass, device=device, fps=motion["fps"],
+                                         scale=motion["scale"], loop=motion["loop"]))
+    r["device"] = str(device)
+    _emit(json_mode, r, f"wrote {r['out']}: {r['frames']} frames ({r['width']}x{r['height']} px) "
+                        f"through seeds {', '.join(map(str, seeds))}")
 
 
 # --- inspect --------------------------------------------------------------------------------------------

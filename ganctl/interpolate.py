@@ -29,6 +29,7 @@ from ganctl.sample import (
     png_bytes,
     seed_list,
     to_pil,
+    upscale,
 )
 
 MAX_FRAMES = 10_000  # frames of one walk: more is a typo, not a video
@@ -188,13 +189,6 @@ def _render(loaded: LoadedGenerator, z: torch.Tensor, labels: torch.Tensor | Non
         c = None if labels is None else torch.stack(
             [labels[(k + 1) % n] if t == 1 else labels[k % n] for k, t in part])
         yield upscale(generate(loaded.G, zs, device, c), scale)
-
-
-def upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """(n, C, H, W) -> (n, C, H * scale, W * scale): each pixel a scale x scale block."""
-    if scale == 1:
-        return images
-    return images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
 
 
 def _gif(batches: Iterator[torch.Tensor], fps: int, loop: bool) -> bytes:

@@ -187,9 +187,68 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def png_bytes(grid: torch.Tensor) -> bytes:
+    return image_bytes(grid, "PNG")
+
+
+# what `ganctl sample OUT` writes, by OUT's suffix
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+QUALITY = 95  # JPEG and WebP (lossy): near enough to the pixels to judge samples by
+
+
+def image_bytes(image: torch.Tensor, fmt: str, quality: int = QUALITY) -> bytes:
+    """(H, W, C) uint8 encoded as PNG, JPEG or WEBP (lossless PNG; the others at `quality`)."""
     buf = io.BytesIO()
-    to_pil(grid).save(buf, format="PNG")
+    to_pil(image).save(buf, format=fmt, **({} if fmt == "PNG" else {"quality": quality}))
     return buf.getvalue()
+
+
+def upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """(n, C, H, W) -> (n, C, H*scale, W*scale), nearest neighbour: each pixel a block."""
+    if scale == 1:
+        return images
+    return images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+
+
+def parse_class(text: str, classes: Sequence[str]) -> int | str:
+    """`--class` as typed: a class name, else a whole number (an index)."""
+    if text in classes or not (text.isascii() and text.isdigit()):
+        return text
+    return int(text)
+
+
+def sample_images(loaded: LoadedGenerator, seeds: Sequence[int], device: torch.device, *,
+                  truncation: float | None = None, class_: int | str | None = None,
+                  batch_size: int = GENERATE_BATCH) -> tuple[torch.Tensor, int]:
+    """The seeds' images (n, C, H, W) uint8 and the images per grid row that suit them: with
+    class_ "all", one row of the seeds for each class of a conditional model."""
+    z = latents_from_seeds(seeds, loaded.config.z_dim, truncation)
+    if class_ != "all" or "all" in loaded.config.classes:
+        c = labels_for_seeds(seeds, loaded.config, class_)
+        return generate(loaded.G, z, device, c, batch_size), 0
+    k = num_classes(loaded.config)
+    if not k:
+        raise ConfigError("--class all draws a row for each class, but this model is unconditional "
+                          "(not trained --conditional): leave --class out")
+    rows = [generate(loaded.G, z, device, torch.full((len(seeds),), i, dtype=torch.int64), batch_size)
+            for i in range(k)]
+    return torch.cat(rows), len(seeds)
+
+
+def write_image_file(images: torch.Tensor, out: Path, nrow: int = 0, scale: int = 1) -> tuple[int, int]:
+    """Images to `out` (PNG, JPEG or WEBP by its suffix; its folder made if missing): one image
+    alone, without a border; several as a grid of `nrow` a row (0: square). Atomic. Returns
+    (width, height) in pixels."""
+    fmt = IMAGE_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"output {out} must end in {', '.join(IMAGE_FORMATS)}")
+    images = upscale(images, scale)
+    picture = images[0].permute(1, 2, 0) if len(images) == 1 else make_grid(images, nrow=nrow or None)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, image_bytes(picture.contiguous(), fmt))
+    except OSError as e:
+        raise ConfigError(f"cannot write {out}: {e.strerror or e}") from None
+    return picture.shape[1], picture.shape[0]
 
 
 def save_grid(images: torch.Tensor, path: Path) -> tuple[int, int]:
@@ -224,16 +283,34 @@ def sample_grid(header: checkpoint.Header, out: Path, n: int, seed: int,
     """Write an n-image grid from a checkpoint to `out`; seeds seed..seed+n-1."""
     if seed + n > 2**63:
         raise ConfigError(f"seeds {seed}..{seed + n - 1} go past 2**63 - 1; use a smaller --seed")
-    if out.suffix.lower() != ".png":
-        raise ConfigError(f"output {out} must end in .png (sample grids are PNG)")
-    if not out.parent.exists():
-        raise ConfigError(f"output directory {out.parent} does not exist; create it first")
-    loaded = load_generator(header, device)
-    z = latents_from_seeds(range(seed, seed + n), loaded.config.z_dim)
-    c = labels_for_seeds(range(seed, seed + n), loaded.config)
-    try:
-        width, height = save_grid(generate(loaded.G, z, device, c), out)
-    except OSError as e:
-        raise ConfigError(f"cannot write {out}: {e.strerror}") from None
-    return {"out": str(out), "checkpoint": str(header.path), "step": loaded.header.step, "n": n,
-            "seed": seed, "width": width, "height": height, "device": str(device)}
+    return sample_file(load_generator(header, device), out, list(range(seed, seed + n)), device)
+
+
+def sample_file(loaded: LoadedGenerator, out: Path, seeds: Sequence[int], device: torch.device, *,
+                truncation: float | None = None, class_: int | str | None = None, nrow: int = 0,
+                scale: int = 1, batch_size: int = GENERATE_BATCH) -> dict:
+    """`ganctl sample OUT`: the seeds' images as one file (a grid, or one image alone)."""
+    if IMAGE_FORMATS.get(out.suffix.lower()) is None:  # before minutes of generating
+        raise ConfigError(f"output {out} must end in {', '.join(IMAGE_FORMATS)}")
+    images, per_row = sample_images(loaded, seeds, device, truncation=truncation, class_=class_,
+                                    batch_size=batch_size)
+    width, height = write_image_file(images, out, nrow or per_row, scale)
+    return {"out": str(out), "checkpoint": str(loaded.header.path), "step": loaded.header.step,
+            "n": len(images), "seeds": compact_seeds(seeds), "truncation": truncation,
+            "class": class_, "width": width, "height": height, "device": str(device)}
+
+
+def compact_seeds(seeds: Sequence[int]) -> str:
+    """Seeds as `--seeds` takes them: runs of consecutive seeds as ranges ("0-63,100")."""
+    parts: list[str] = []
+    start = prev = None
+    for s in seeds:
+        if start is not None and s == prev + 1:  # type: ignore[operator]
+            prev = s
+            continue
+        if start is not None:
+            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+        start = prev = s
+    if start is not None:
+        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+    return ",".join(parts)

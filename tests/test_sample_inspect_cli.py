@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,8 +43,8 @@ def test_an_image_depends_on_its_seed_not_its_batch(trained_run, workdir):
     assert invoke("sample", "-n", "4", "four.png", "--seed", 4).exit_code == 0
     one = torch.from_numpy(np.array(Image.open(workdir / "one.png")))
     four = torch.from_numpy(np.array(Image.open(workdir / "four.png")))
-    tile = one[2:34, 2:34]
-    assert torch.equal(four[36:68, 36:68], tile)  # row 1, column 1 of a 2x2 grid
+    assert one.shape[:2] == (32, 32)  # one image is written alone, without a border
+    assert torch.equal(four[36:68, 36:68], one)  # row 1, column 1 of a 2x2 grid
 
 
 def test_sample_json(trained_run, workdir):
@@ -53,9 +54,10 @@ def test_sample_json(trained_run, workdir):
     assert (doc["width"], doc["height"]) == (70, 70)
 
 
-@pytest.mark.parametrize("out, fragment", [("x.jpg", "must end in .png"),
-                                           ("no/such/dir/x.png", "does not exist")])
+@pytest.mark.parametrize("out, fragment", [("x.bmp", "must end in .png, .jpg, .jpeg, .webp"),
+                                           ("a-file/x.png", "cannot write a-file/x.png")])
 def test_sample_bad_output(trained_run, out, fragment):
+    Path("a-file").write_text("a file where a folder would go")
     result = invoke("sample", out)
     assert result.exit_code == 1 and fragment in result.stderr
 

@@ -1,0 +1,161 @@
+"""Issue 13's `ganctl sample`: seeds, truncation, classes, --no-ema, grids and single images in
+PNG, JPEG and WebP, upscaling; the determinism that makes an image depend on its seed alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, assert_one_line_error, invoke
+from PIL import Image
+
+from ganctl import rundir
+from ganctl.sample import GRID_PADDING, load_generator, sample_images
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def run(workdir) -> Path:
+    assert invoke("train", *TINY, "--out", "r").exit_code == 0
+    return Path("r")
+
+
+@pytest.fixture
+def cond(workdir) -> Path:
+    assert invoke("train", *TINY, "--conditional", "--out", "c").exit_code == 0
+    return Path("c")
+
+
+def pixels(path: str | Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def cell(grid: np.ndarray, i: int, nrow: int, size: int = 32) -> np.ndarray:
+    """Image i of a grid written with nrow images a row."""
+    r, k = divmod(i, nrow)
+    y, x = GRID_PADDING + r * (size + GRID_PADDING), GRID_PADDING + k * (size + GRID_PADDING)
+    return grid[y:y + size, x:x + size]
+
+
+def sample(*args: object):
+    result = invoke("sample", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+# --- seeds -------------------------------------------------------------------------------------
+
+def test_a_seeds_image_is_the_same_alone_in_a_batch_of_3_and_of_64(run):
+    sample("-n", "1", "alone.png", "--seed", "5", "--ckpt", run)
+    sample("--seeds", "4-6", "three.png", "--ckpt", run, "--nrow", "3", "--batch-size", "2")
+    sample("-n", "64", "many.png", "--ckpt", run, "--nrow", "8")
+    alone = pixels("alone.png")
+    assert alone.shape == (32, 32, 3)  # one image: no border
+    assert np.array_equal(cell(pixels("three.png"), 1, 3), alone)
+    assert np.array_equal(cell(pixels("many.png"), 5, 8), alone)
+
+
+def test_seeds_take_ranges_and_lists(run):
+    doc = sample("--seeds", "3,0-1,7", "g.png", "--ckpt", run, "--nrow", "4")
+    assert doc["n"] == 4 and doc["seeds"] == "3,0-1,7"
+    one = sample("-n", "1", "s7.png", "--seed", "7", "--ckpt", run)
+    assert np.array_equal(cell(pixels("g.png"), 3, 4), pixels("s7.png"))
+    assert one["width"] == one["height"] == 32
+
+
+@pytest.mark.parametrize("seeds", ["5-2", "a", "1,,2", "-3", "0-99999999"])
+def test_bad_seeds_are_a_one_line_error(run, seeds):
+    assert_one_line_error(invoke("sample", "--seeds", seeds, "x.png", "--ckpt", run), 1, "seed")
+    assert not Path("x.png").exists()
+
+
+def test_seeds_and_n_exclude_each_other(run):
+    result = invoke("sample", "--seeds", "1-3", "-n", "3", "x.png", "--ckpt", run)
+    assert result.exit_code == 2 and "--seeds" in result.stderr
+
+
+# --- truncation and classes ------------------------------------------------------------------------
+
+def test_truncation_narrows_the_samples_and_zero_gives_one_image(run):
+    loaded = load_generator(rundir.locate(str(run), print), CPU)
+    spread = []
+    for psi in (2.0, 1.0, 0.5, 0.0):
+        images, _ = sample_images(loaded, list(range(32)), CPU, truncation=psi)
+        spread.append(images.float().std(dim=0).mean().item())  # per-pixel std across seeds
+    assert spread[0] > spread[1] > spread[2] > spread[3] == 0.0
+    sample("-n", "4", "t0.png", "--truncation", "0", "--ckpt", run, "--nrow", "4")
+    grid = pixels("t0.png")
+    assert all(np.array_equal(cell(grid, i, 4), cell(grid, 0, 4)) for i in range(4))
+
+
+@pytest.mark.parametrize("psi", ["-1", "nan"])
+def test_bad_truncation_is_a_one_line_error(run, psi):
+    assert_one_line_error(invoke("sample", "-n", "2", "x.png", "--truncation", psi, "--ckpt", run), 1,
+                          "truncation")
+
+
+def test_class_on_an_unconditional_model_is_an_error(run):
+    for value in ("1", "all", "circle"):
+        assert_one_line_error(invoke("sample", "-n", "2", "x.png", "--class", value, "--ckpt", run),
+                              1, "unconditional")
+
+
+def test_class_by_name_or_index_and_all_gives_a_row_per_class(cond):
+    sample("-n", "3", "by_name.png", "--class", "square", "--ckpt", cond, "--nrow", "3")
+    sample("-n", "3", "by_index.png", "--class", "1", "--ckpt", cond, "--nrow", "3")
+    assert np.array_equal(pixels("by_name.png"), pixels("by_index.png"))
+    doc = sample("-n", "3", "all.png", "--class", "all", "--ckpt", cond)
+    assert doc["n"] == 9 and (doc["width"], doc["height"]) == (3 * 34 + 2, 3 * 34 + 2)
+    assert np.array_equal(cell(pixels("all.png"), 3, 3), cell(pixels("by_name.png"), 0, 3))
+    assert_one_line_error(invoke("sample", "-n", "2", "x.png", "--class", "hexagon", "--ckpt", cond),
+                          1, "unknown class 'hexagon'", "circle")
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,fmt", [("g.png", "PNG"), ("g.jpg", "JPEG"), ("g.jpeg", "JPEG"),
+                                      ("g.webp", "WEBP")])
+def test_grids_in_each_format_into_a_folder_made_for_them(run, name, fmt):
+    doc = sample("-n", "4", f"new/folder/{name}", "--ckpt", run)
+    with Image.open(f"new/folder/{name}") as image:
+        assert image.format == fmt and image.size == (doc["width"], doc["height"]) == (70, 70)
+
+
+def test_an_unknown_format_is_refused_before_anything_is_drawn(run):
+    assert_one_line_error(invoke("sample", "-n", "2", "x.bmp", "--ckpt", run), 1, ".png, .jpg")
+
+
+def test_scale_and_nrow(run):
+    sample("-n", "1", "one.png", "--ckpt", run)
+    doc = sample("-n", "1", "big.png", "--scale", "4", "--ckpt", run)
+    assert (doc["width"], doc["height"]) == (128, 128)
+    big, one = pixels("big.png"), pixels("one.png")
+    assert np.array_equal(big[::4, ::4], one) and np.array_equal(big[3::4, 3::4], one)
+    doc = sample("-n", "6", "row.png", "--nrow", "6", "--ckpt", run)
+    assert (doc["width"], doc["height"]) == (6 * 34 + 2, 34 + 2)
+
+
+def test_no_ema_samples_g_itself(run):
+    sample("-n", "1", "ema.png", "--ckpt", run)
+    sample("-n", "1", "g.png", "--ckpt", run, "--no-ema")
+    assert not np.array_equal(pixels("ema.png"), pixels("g.png"))
+
+
+def test_latest_and_best_are_accepted(workdir):
+    assert invoke("train", *TINY).exit_code == 0
+    assert sample("-n", "1", "l.png", "--ckpt", "latest")["step"] == 4
+    assert_one_line_error(invoke("sample", "-n", "1", "b.png", "--ckpt", "best"), 1, "best")
+
+
+def test_one_file_of_too_many_images_points_at_out_dir(run):
+    assert_one_line_error(invoke("sample", "-n", "5000", "x.png", "--ckpt", run), 1, "--out-dir")
+
+
+def test_out_and_out_dir_exclude_each_other(run):
+    assert invoke("sample", "x.png", "--out-dir", "d", "--ckpt", run).exit_code == 2
+    assert invoke("sample", "--ckpt", run).exit_code == 2
