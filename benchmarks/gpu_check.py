@@ -612,10 +612,10 @@ def score(args, data: str, work: Path, runs: list[str], budget: Budget) -> list[
     from ganctl import checkpoint
     from ganctl.data import load_dataset
     from ganctl.device import resolve_device
-    from ganctl.scoring import make_evaluator
     from ganctl.logging import RunLog
     from ganctl.metrics import parse_metrics
     from ganctl.sample import load_generator
+    from ganctl.scoring import make_evaluator
 
     device = resolve_device(args.device)
     log = RunLog(Console(stderr=True, highlight=False))

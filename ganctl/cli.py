@@ -759,6 +759,39 @@ def _interpolate(loaded: Any, seeds: list[int], out: Path, motion: dict[str, Any
                         f"through seeds {', '.join(map(str, seeds))}")
 
 
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="The file to write (.pt for "
+                                        "torchscript, .onnx for onnx, by convention).")],
+    target: Annotated[str | None, typer.Argument(
+        metavar="CKPT|RUN_DIR", help="Checkpoint, run directory, latest or best.",
+        show_default="the newest checkpoint under ./runs")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="torchscript or onnx (needs: pip install "
+                                     "onnx onnxruntime).")] = "torchscript",
+    no_ema: Annotated[bool, typer.Option("--no-ema", help="Export G itself, not G_ema.")] = False,
+    json_mode: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Export the generator to run without ganctl: inputs z (B, z_dim) float32 (and c (B,) int64
+    for a conditional model), output images (B, C, H, W) in [-1, 1]; any batch size. The file is
+    checked against the PyTorch generator on fixed latents before it is kept.
+
+    Example: ganctl export g.onnx runs/0001-shapes-dcgan --format onnx
+    """
+    import torch
+
+    from ganctl.export import export_generator
+    from ganctl.rundir import locate
+    from ganctl.sample import load_generator
+
+    header = _call(debug, locate, target, _say)
+    loaded = _call(debug, load_generator, header, torch.device("cpu"), not no_ema)
+    r = _call(debug, lambda: export_generator(loaded, fmt, out))
+    _emit(json_mode, r, f"wrote {r['out']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB): the same "
+                        f"images as the checkpoint's generator within {r['max_abs_diff']:.1e} "
+                        f"(batch sizes {', '.join(map(str, r['checked_batch_sizes']))})")
+
+
 # --- inspect --------------------------------------------------------------------------------------------
 
 SHOWN_CLASSES = 20  # class names inspect prints before "... (N classes)"
