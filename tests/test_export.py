@@ -1,0 +1,231 @@
+"""ganctl.export: TorchScript and ONNX files of a generator that give its images (dynamic batch,
+class input for conditional models), checked before they are written, never half-written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, invoke
+
+from ganctl import checkpoint, export, rundir
+from ganctl.errors import ConfigError, GanctlError
+from ganctl.sample import LoadedGenerator, labels_for_seeds, latents_from_seeds, load_generator, to_uint8
+
+RUNS = {"dcgan": [], "resnet": ["--arch", "resnet"], "mlp": ["--arch", "mlp", "--resolution", "16"],
+        "conditional": ["--conditional"]}
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+
+# The README's snippet: the exported files used without ganctl (z_dim from the export's output).
+README_SNIPPET = """\
+import numpy as np, onnxruntime, torch  # z_dim: the export's output says it (so does ganctl inspect)
+images = torch.jit.load("G.pt")(torch.randn(16, z_dim)).numpy()  # (16, C, H, W) float32 in [-1, 1]
+z = np.random.randn(16, z_dim).astype(np.float32)  # a conditional G also takes "c": (16,) int64 classes
+images = onnxruntime.InferenceSession("G.onnx").run(None, {"z": z})[0]  # (16, C, H, W) in [-1, 1]
+pixels = ((images + 1) * 127.5).round().clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)  # (16, H, W, C)
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny trained run per kind, trained on first use."""
+    root, made = tmp_path_factory.mktemp("export-runs"), {}
+
+    class Runs(dict):
+        def __missing__(self, kind: str) -> Path:
+            out = root / kind
+            result = invoke("train", *TINY, *RUNS[kind], "--out", out)
+            assert result.exit_code == 0, result.output
+            self[kind] = out
+            return out
+
+    return Runs(made)
+
+
+def loaded_of(run_dir: Path, ema: bool = True) -> LoadedGenerator:
+    ckpt = rundir.latest_in_run(run_dir)
+    assert ckpt is not None
+    return load_generator(checkpoint.open_checkpoint(ckpt), torch.device("cpu"), ema)
+
+
+def reference(loaded: LoadedGenerator, n: int, start: int = 100) -> tuple[tuple, torch.Tensor]:
+    """Inputs of seeds start..start+n-1 (not the ones the export checked) and G's images for them."""
+    seeds = range(start, start + n)
+    z, c = latents_from_seeds(seeds, loaded.config.z_dim), labels_for_seeds(seeds, loaded.config)
+    with torch.no_grad():
+        images = loaded.G(z, c)
+    return ((z,) if c is None else (z, c)), images
+
+
+@pytest.mark.parametrize("kind", list(RUNS))
+def test_torchscript_gives_the_generators_images_at_any_batch_size(runs, kind, tmp_path):
+    loaded = loaded_of(runs[kind])
+    out = tmp_path / "G.pt"
+    r = export.export_generator(loaded, "torchscript", out, batch=4)
+    assert r["out"] == str(out) and r["format"] == "torchscript" and r["bytes"] == out.stat().st_size
+    assert r["checked_batch_sizes"] == [4, 7, 1] and r["max_abs_diff"] <= export.TOLERANCE
+    assert r["z_dim"] == loaded.config.z_dim and r["step"] == loaded.header.step == 4
+    assert r["checkpoint"] == str(loaded.header.path)
+    cond = kind == "conditional"
+    assert list(r["inputs"]) == (["z", "c"] if cond else ["z"])
+    assert r["classes"] == (list(loaded.config.classes) if cond else [])
+    G = torch.jit.load(str(out))
+    for n in (1, 3, 16):  # none of them the traced 4
+        inputs, want = reference(loaded, n)
+        with torch.no_grad():
+            got = G(*inputs)
+        res = loaded.config.resolution
+        assert got.shape == (n, loaded.config.channels, res, res) and got.dtype == torch.float32
+        assert (got - want).abs().max() <= 1e-4
+    assert not list(tmp_path.glob(".*"))  # no temp file left beside it
+    assert loaded.G.training is False  # the caller's module is left as it was
+
+
+def test_conditional_export_takes_the_class(runs, tmp_path):
+    loaded = loaded_of(runs["conditional"])
+    export.export_generator(loaded, "torchscript", tmp_path / "G.pt")
+    G = torch.jit.load(str(tmp_path / "G.pt"))
+    z = latents_from_seeds([5, 5], loaded.config.z_dim)
+    c = torch.tensor([1, 2])
+    with torch.no_grad():
+        images, want = G(z, c), loaded.G(z, c)
+    # the tiny G's images are all near 0 (|x| ~ 1e-3), so the classes differ by little, but
+    # by far more than the TorchScript file differs from G
+    assert (images - want).abs().max() <= 1e-6
+    assert (images[0] - images[1]).abs().max() > 1e-5  # same z, another class: another image
+    with pytest.raises(Exception):  # noqa: B017 (the class is not optional)
+        G(z)
+
+
+@pytest.mark.parametrize("kind", list(RUNS))
+def test_onnx_gives_the_generators_images_at_any_batch_size(runs, kind, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    loaded = loaded_of(runs[kind])
+    out = tmp_path / "G.onnx"
+    r = export.export_generator(loaded, "onnx", out)
+    assert r["format"] == "onnx" and r["max_abs_diff"] <= export.TOLERANCE
+    assert r["bytes"] == out.stat().st_size
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    names = ["z", "c"] if kind == "conditional" else ["z"]
+    assert [i.name for i in session.get_inputs()] == names
+    assert [o.name for o in session.get_outputs()] == ["images"]
+    for n in (1, 5):
+        inputs, want = reference(loaded, n)
+        got = session.run(None, {k: x.numpy() for k, x in zip(names, inputs, strict=True)})[0]
+        assert got.shape == tuple(want.shape) and got.dtype == np.float32
+        assert np.abs(got - want.numpy()).max() <= 1e-4
+
+
+def test_onnx_opset(runs, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    out = tmp_path / "G.onnx"
+    export.export_generator(loaded_of(runs["dcgan"]), "onnx", out, opset=17)
+    assert onnx.load(str(out)).opset_import[0].version == 17
+    with pytest.raises(ConfigError, match="for --format onnx only"):
+        export.export_generator(loaded_of(runs["dcgan"]), "torchscript", tmp_path / "G.pt", opset=17)
+
+
+def test_readme_snippet(runs, tmp_path, monkeypatch):
+    """The snippet runs as written on files ganctl exported, and maps images to the same pixels
+    ganctl's own samples get."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    loaded = loaded_of(runs["dcgan"])
+    monkeypatch.chdir(tmp_path)
+    r = export.export_generator(loaded, "torchscript", Path("G.pt"))
+    export.export_generator(loaded, "onnx", Path("G.onnx"))
+    scope: dict = {"z_dim": r["z_dim"]}
+    exec(README_SNIPPET, scope)
+    with torch.no_grad():
+        want = loaded.G(torch.from_numpy(scope["z"]))
+    assert np.abs(scope["images"] - want.numpy()).max() <= 1e-4
+    pixels = scope["pixels"]
+    assert pixels.shape == (16, 32, 32, 3) and pixels.dtype == np.uint8
+    assert np.array_equal(pixels, to_uint8(torch.from_numpy(scope["images"])).permute(0, 2, 3, 1).numpy())
+    assert len(README_SNIPPET.splitlines()) == 5
+
+
+def test_export_is_float32_on_the_cpu_whatever_g_was(runs, tmp_path):
+    """A generator in float64 (as one on another device) is copied to the CPU in float32 for the
+    export; the caller's module keeps its precision."""
+    loaded = loaded_of(runs["dcgan"])
+    G64 = loaded.G.double()
+    r = export.export_generator(LoadedGenerator(G64, loaded.config, loaded.header), "torchscript",
+                                tmp_path / "G.pt")
+    assert r["max_abs_diff"] <= export.TOLERANCE
+    assert next(G64.parameters()).dtype == torch.float64
+    z = latents_from_seeds(range(2), loaded.config.z_dim)
+    assert torch.jit.load(str(tmp_path / "G.pt"))(z).dtype == torch.float32
+
+
+def test_no_ema_exports_g(runs, tmp_path):
+    loaded = loaded_of(runs["dcgan"], ema=False)
+    export.export_generator(loaded, "torchscript", tmp_path / "G.pt")
+    inputs, want = reference(loaded, 3)
+    assert (torch.jit.load(str(tmp_path / "G.pt"))(*inputs) - want).abs().max() <= 1e-4
+
+
+def test_missing_onnx_packages_is_one_line_with_the_install(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    with pytest.raises(ConfigError) as e:
+        export.export_generator(loaded_of(runs["dcgan"]), "onnx", tmp_path / "G.onnx")
+    message = str(e.value)
+    assert "pip install onnx onnxruntime" in message and "ganctl[onnx]" in message
+    assert "\n" not in message and not (tmp_path / "G.onnx").exists()
+
+
+def test_out_in_a_missing_folder_is_created(runs, tmp_path):
+    out = tmp_path / "a" / "b" / "G.pt"
+    export.export_generator(loaded_of(runs["dcgan"]), "torchscript", out)
+    assert out.is_file()
+
+
+def test_out_that_is_a_directory_is_an_error(runs, tmp_path):
+    with pytest.raises(ConfigError, match="is a directory; give a file name") as e:
+        export.export_generator(loaded_of(runs["dcgan"]), "torchscript", tmp_path)
+    assert "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_format_and_bad_batch(runs, tmp_path):
+    loaded = loaded_of(runs["dcgan"])
+    with pytest.raises(ConfigError, match="unknown export format 'onx'.*did you mean 'onnx'"):
+        export.export_generator(loaded, "onx", tmp_path / "G")
+    with pytest.raises(ConfigError, match="batch 0"):
+        export.export_generator(loaded, "torchscript", tmp_path / "G", batch=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_a_failed_check_writes_nothing_and_keeps_the_old_file(runs, tmp_path, monkeypatch, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnx")
+    out = tmp_path / "G.bin"
+    out.write_bytes(b"the old export")
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no file can pass
+    with pytest.raises(GanctlError, match="export check failed.*nothing was written") as e:
+        export.export_generator(loaded_of(runs["dcgan"]), fmt, out)
+    assert "\n" not in str(e.value)
+    assert out.read_bytes() == b"the old export"
+    assert [p.name for p in tmp_path.iterdir()] == ["G.bin"]  # no temp file either
+
+
+def test_a_wrong_file_fails_the_check(runs, tmp_path, monkeypatch):
+    """A file that gives other images (here: a traced wrapper that adds 0.01) is refused."""
+
+    class Off(export.Unconditional):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.G(z) + 0.01
+
+    real_trace = torch.jit.trace
+    monkeypatch.setattr(torch.jit, "trace",
+                        lambda module, example, **kw: real_trace(Off(module.G).eval(), example, **kw))
+    with pytest.raises(GanctlError, match=r"differ from the generator's by 0\.01"):
+        export.export_generator(loaded_of(runs["dcgan"]), "torchscript", tmp_path / "G.pt")
+    assert list(tmp_path.iterdir()) == []
