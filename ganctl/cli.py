@@ -761,11 +761,10 @@ def _interpolate(loaded: Any, seeds: list[int], out: Path, motion: dict[str, Any
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="The file to write (.pt for "
-                                        "torchscript, .onnx for onnx, by convention).")],
-    target: Annotated[str | None, typer.Argument(
-        metavar="CKPT|RUN_DIR", help="Checkpoint, run directory, latest or best.",
-        show_default="the newest checkpoint under ./runs")] = None,
+    paths: Annotated[list[str], typer.Argument(
+        metavar="[CKPT|RUN_DIR] OUT", help="The checkpoint, run directory, latest or best (default: "
+        "the newest checkpoint under ./runs), then the file to write (.pt for torchscript, .onnx "
+        "for onnx, by convention).", show_default=False)],
     fmt: Annotated[str, typer.Option("--format", help="torchscript or onnx (needs: pip install "
                                      "onnx onnxruntime).")] = "torchscript",
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Export G itself, not G_ema.")] = False,
@@ -776,7 +775,7 @@ def export(
     for a conditional model), output images (B, C, H, W) in [-1, 1]; any batch size. The file is
     checked against the PyTorch generator on fixed latents before it is kept.
 
-    Example: ganctl export g.onnx runs/0001-shapes-dcgan --format onnx
+    Example: ganctl export runs/0001-shapes-dcgan g.onnx --format onnx
     """
     import torch
 
@@ -784,6 +783,9 @@ def export(
     from ganctl.rundir import locate
     from ganctl.sample import load_generator
 
+    if len(paths) > 2:
+        raise typer.BadParameter("give at most a checkpoint and OUT", param_hint="[CKPT|RUN_DIR] OUT")
+    target, out = (None, Path(paths[0])) if len(paths) == 1 else (paths[0], Path(paths[1]))
     header = _call(debug, locate, target, _say)
     loaded = _call(debug, load_generator, header, torch.device("cpu"), not no_ema)
     r = _call(debug, lambda: export_generator(loaded, fmt, out))
