@@ -159,3 +159,64 @@ def test_one_file_of_too_many_images_points_at_out_dir(run):
 def test_out_and_out_dir_exclude_each_other(run):
     assert invoke("sample", "x.png", "--out-dir", "d", "--ckpt", run).exit_code == 2
     assert invoke("sample", "--ckpt", run).exit_code == 2
+
+
+# --- bulk export, interpolation and export from the command line ---------------------------------
+
+def test_bulk_export_stopped_by_sigterm_then_rerun_ends_with_exactly_n_files(workdir):
+    """A kill in the middle leaves only whole files; the rerun writes the rest."""
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from helpers import start  # noqa: PLC0415
+    assert invoke("train", *TINY, "--g-width", "32", "--out", "r").exit_code == 0
+    n = 3000
+    proc = start("sample", "-n", n, "--out-dir", "out", "--ckpt", "r", "--batch-size", "64",
+                 "--device", "cpu", cwd=workdir)
+    deadline = time.monotonic() + 60
+    while len(list(Path("out").glob("seed*.png"))) < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    first = sorted(Path("out").glob("seed*.png"))
+    assert 200 <= len(first) < n
+    for path in first:  # every file there is whole
+        with Image.open(path) as image:
+            image.load()
+    doc = sample("-n", n, "--out-dir", "out", "--ckpt", "r", "--batch-size", "64")
+    assert (doc["count"], doc["skipped"], doc["written"]) == (n, len(first), n - len(first))
+    files = sorted(p.name for p in Path("out").iterdir())
+    assert len([f for f in files if f.startswith("seed")]) == n
+    assert not [f for f in files if ".tmp" in f]
+    assert json.loads(Path("out/manifest.json").read_text())["status"] == "complete"
+
+
+def test_a_bulk_export_trains_as_a_dataset_and_matches_the_grid(cond):
+    doc = sample("--seeds", "0-11", "--out-dir", "aug", "--ckpt", cond)
+    assert doc["count"] == 12
+    sample("-n", "1", "s5.png", "--seed", "5", "--ckpt", cond)
+    [five] = Path("aug").glob("*/seed0000000005.png")
+    assert np.array_equal(pixels(five), pixels("s5.png"))
+    assert (Path("aug/labels.csv").read_text().splitlines()[0]
+            == "file,seed,class_index,class_name")
+    result = invoke("train", "--dataset", "aug", "--conditional", *TINY, "--steps", "2",
+                    "--out", "again")
+    assert result.exit_code == 0, result.output
+
+
+def test_interpolation_gif_from_the_command_line(run):
+    doc = sample("--interpolate", "--seeds", "1,2,3", "--frames", "12", "walk.gif", "--ckpt", run,
+                 "--scale", "2")
+    assert doc["frames"] == 12
+    with Image.open("walk.gif") as gif:
+        assert gif.size == (64, 64) and 1 < gif.n_frames <= 12
+
+
+def test_torchscript_export_from_the_command_line(run):
+    result = invoke("export", run, "g.pt", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["max_abs_diff"] <= 1e-4 and doc["checked_batch_sizes"] == [4, 7, 1]
+    loaded = torch.jit.load("g.pt")
+    assert tuple(loaded(torch.zeros(5, doc["z_dim"])).shape) == (5, 3, 32, 32)
