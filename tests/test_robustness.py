@@ -368,17 +368,18 @@ def test_the_time_budget_trains_up_to_the_deadline_minus_a_step_and_a_checkpoint
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     budget = TimeBudget(deadline=110.0, start_step=0)  # 10 s from "now"
     clock[0] += 2.0  # the first step: 2 s of warm-up, which stands in for a step until a second
-    assert not budget.exhausted(1)  # 102 + 2 + 1 (a checkpoint, guessed) <= 110
+    assert not budget.exhausted(1)  # 102 + 2 + 1 + 0.5 (a checkpoint and curves, guessed) <= 110
     budget.pause(0.5, "save")  # a checkpoint took 0.5 s: not step time
-    clock[0] += 0.5
+    budget.pause(0.25, "view")  # so did redrawing curves.png, which follows the last checkpoint
+    clock[0] += 0.75
     step = 1
     while True:  # steps of 0.25 s
         step += 1
         clock[0] += 0.25
         if budget.exhausted(step):
             break
-    # at 109.25 one more step and a checkpoint (0.25 + 0.5) still fit by 110; at 109.5 not
-    assert (step, clock[0]) == (29, 109.5)
+    # at 109.0 one more step, a checkpoint and a redraw (0.25 + 0.5 + 0.25) still fit by 110
+    assert (step, clock[0]) == (27, 109.25)
     clock[0] = 105.0
     assert not budget.exhausted(step)
     budget.pause(5.0, "eval")  # an evaluation due next takes 5 s more

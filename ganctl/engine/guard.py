@@ -79,6 +79,7 @@ class TimeBudget:
     checkpoint writes and evaluations are timed apart (pause) and kept out of the step time."""
 
     SAVE_GUESS = 1.0  # seconds a checkpoint write is assumed to take until one has been timed
+    VIEW_GUESS = 0.5  # ... and the last redraw of curves.png, which follows the last checkpoint
 
     def __init__(self, deadline: float | None, start_step: int) -> None:
         self.deadline = deadline
@@ -86,13 +87,17 @@ class TimeBudget:
         self.first: tuple[float, int] | None = None  # (time, step) when the first step ended
         self.paused = 0.0  # seconds of checkpoints and evaluations since then
         self.save = self.SAVE_GUESS
+        self.view = self.VIEW_GUESS
         self.eval = 0.0
 
     def pause(self, seconds: float, kind: str) -> None:
-        """A checkpoint write ("save") or an evaluation ("eval") that took `seconds`."""
+        """A checkpoint write ("save"), a redraw of the run's curves ("view") or an evaluation
+        ("eval") that took `seconds`."""
         self.paused += seconds
         if kind == "save":
             self.save = seconds
+        elif kind == "view":
+            self.view = seconds
         else:
             self.eval = seconds
 
@@ -105,7 +110,8 @@ class TimeBudget:
             per_step = now - self.t0  # the first step, warm-up and all: a generous estimate
         else:
             per_step = max(now - self.first[0] - self.paused, 0.0) / (step - self.first[1])
-        return now + per_step + self.save + (self.eval if eval_next else 0.0) > self.deadline
+        ends = per_step + self.save + self.view + (self.eval if eval_next else 0.0)
+        return now + ends > self.deadline
 
 
 class DivergenceGuard:

@@ -341,7 +341,9 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                 if _due(step, config.sample_every, done):  # after the checkpoint: it matters more
                     made.sample = write_samples(state, run_dir, fixed_z, log) or made.sample
                 if _due(step, config.sample_every, done) or stopping:
-                    meter.exclude(curves.refresh(final=done or stopping))  # a view, not training
+                    if drawn := curves.refresh(final=done or stopping):
+                        meter.exclude(drawn)  # a view of the run, not training
+                        budget.pause(drawn, "view")  # the last one follows the last checkpoint
                 if stopping:
                     break
     except Exception as e:
