@@ -697,6 +697,12 @@ def sample(
     if (out is None) == (out_dir is None):
         raise typer.BadParameter("give OUT (one file) or --out-dir DIR (one file per image)",
                                  param_hint="OUT")
+    if interpolate and out_dir is not None:
+        raise typer.BadParameter("--interpolate writes one file (OUT.gif, .mp4 or .png), not "
+                                 "--out-dir", param_hint="--interpolate")
+    if not interpolate and (frames != 60 or fps != 20 or not loop):
+        raise typer.BadParameter("--frames, --fps and --no-loop are for --interpolate",
+                                 param_hint="--interpolate")
     if seeds is not None and (n is not None or seed):
         raise typer.BadParameter("--seeds names the seeds itself: leave out -n and --seed",
                                  param_hint="--seeds")
@@ -765,8 +771,9 @@ def export(
         metavar="[CKPT|RUN_DIR] OUT", help="The checkpoint, run directory, latest or best (default: "
         "the newest checkpoint under ./runs), then the file to write (.pt for torchscript, .onnx "
         "for onnx, by convention).", show_default=False)],
-    fmt: Annotated[str, typer.Option("--format", help="torchscript or onnx (needs: pip install "
-                                     "onnx onnxruntime).")] = "torchscript",
+    fmt: Annotated[str | None, typer.Option("--format", help="torchscript or onnx (needs: pip "
+                                            "install onnx onnxruntime).",
+                                            show_default="from OUT: .onnx is onnx, else torchscript")] = None,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Export G itself, not G_ema.")] = False,
     json_mode: Json = False,
     debug: Debug = False,
@@ -786,12 +793,22 @@ def export(
     if len(paths) > 2:
         raise typer.BadParameter("give at most a checkpoint and OUT", param_hint="[CKPT|RUN_DIR] OUT")
     target, out = (None, Path(paths[0])) if len(paths) == 1 else (paths[0], Path(paths[1]))
+    onnx_name = out.suffix.lower() == ".onnx"
+    fmt = fmt or ("onnx" if onnx_name else "torchscript")
+    if onnx_name != (fmt == "onnx"):
+        raise typer.BadParameter(f"{out} is named for {'onnx' if onnx_name else 'torchscript'} "
+                                 f"but --format is {fmt}", param_hint="--format")
     header = _call(debug, locate, target, _say)
+    if target is None and not json_mode:
+        _say(f"using newest checkpoint {header.path}")
     loaded = _call(debug, load_generator, header, torch.device("cpu"), not no_ema)
     r = _call(debug, lambda: export_generator(loaded, fmt, out))
-    _emit(json_mode, r, f"wrote {r['out']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB): the same "
-                        f"images as the checkpoint's generator within {r['max_abs_diff']:.1e} "
-                        f"(batch sizes {', '.join(map(str, r['checked_batch_sizes']))})")
+    takes = f"z (B, {r['z_dim']})" + (f" and c (B,) of {len(r['classes'])} classes" if r["classes"] else "")
+    _emit(json_mode, r, f"wrote {r['out']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB): takes "
+                        f"{takes}, gives images (B, {r['channels']}, {r['resolution']}, "
+                        f"{r['resolution']}) in [-1, 1]; the same images as the checkpoint's "
+                        f"generator within {r['max_abs_diff']:.1e} (batch sizes "
+                        f"{', '.join(map(str, r['checked_batch_sizes']))})")
 
 
 # --- inspect --------------------------------------------------------------------------------------------

@@ -220,3 +220,24 @@ def test_torchscript_export_from_the_command_line(run):
     assert doc["max_abs_diff"] <= 1e-4 and doc["checked_batch_sizes"] == [4, 7, 1]
     loaded = torch.jit.load("g.pt")
     assert tuple(loaded(torch.zeros(5, doc["z_dim"])).shape) == (5, 3, 32, 32)
+
+
+def test_export_takes_its_format_from_the_name_and_refuses_a_mismatch(run):
+    pytest.importorskip("onnxruntime")
+    doc = sample_json("export", run, "g.onnx")
+    assert doc["format"] == "onnx" and doc["z_dim"] == 100
+    result = invoke("export", run, "g2.onnx", "--format", "torchscript")
+    assert result.exit_code == 2 and "named for onnx" in result.stderr
+    assert not Path("g2.onnx").exists()
+
+
+def test_options_of_another_mode_are_refused(run):
+    assert invoke("sample", "--seeds", "1,2", "--frames", "10", "x.png", "--ckpt", run).exit_code == 2
+    assert invoke("sample", "--interpolate", "--out-dir", "d", "--ckpt", run).exit_code == 2
+    assert not Path("x.png").exists() and not Path("d").exists()
+
+
+def sample_json(*args: object) -> dict:
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
