@@ -720,6 +720,7 @@ def sample(
     if out_dir is not None:
         return _bulk(loaded, chosen, out_dir, fmt, truncation, klass, batch_size, dev, json_mode, debug)
     assert out is not None
+    _check_out(out)
     if len(chosen) > MAX_GRID and not interpolate:
         _fail(f"{len(chosen)} images are too many for one file (at most {MAX_GRID}); write one "
               "file per image with --out-dir DIR")
@@ -734,6 +735,17 @@ def sample(
     _emit(json_mode, r, f"wrote {r['out']}: {images} ({r['width']}x{r['height']} px) from "
                         f"{r['checkpoint']} (step {r['step']}), seeds {r['seeds']}, "
                         f"device {describe(dev)}")
+
+
+def _check_out(out: Path) -> None:
+    """OUT may be a new file or a regular file ganctl replaces; never a link (its target or the
+    link would be lost), a folder or a device."""
+    if out.is_symlink():
+        _fail(f"{out} is a symbolic link; give the path of a file (ganctl does not write through "
+              "or over links)")
+    if out.exists() and not out.is_file():
+        _fail(f"{out} exists and is not a regular file (a folder, FIFO or device); choose another "
+              "name")
 
 
 def _bulk(loaded: Any, seeds: list[int], out_dir: Path, fmt: str, truncation: float | None,
@@ -798,9 +810,15 @@ def export(
     if onnx_name != (fmt == "onnx"):
         raise typer.BadParameter(f"{out} is named for {'onnx' if onnx_name else 'torchscript'} "
                                  f"but --format is {fmt}", param_hint="--format")
+    _check_out(out)
+    if out.suffix.lower() == ".safetensors":
+        _fail(f"{out} is a checkpoint's name: export writes a generator, never over a checkpoint; "
+              "give OUT ending in .pt or .onnx (usage: ganctl export [CKPT|RUN_DIR] OUT)")
     header = _call(debug, locate, target, _say)
     if target is None and not json_mode:
         _say(f"using newest checkpoint {header.path}")
+    if out.exists() and out.resolve() == header.path.resolve():
+        _fail(f"{out} is the checkpoint being exported; give OUT a new name")
     loaded = _call(debug, load_generator, header, torch.device("cpu"), not no_ema)
     r = _call(debug, lambda: export_generator(loaded, fmt, out))
     takes = f"z (B, {r['z_dim']})" + (f" and c (B,) of {len(r['classes'])} classes" if r["classes"] else "")

@@ -193,6 +193,7 @@ def png_bytes(grid: torch.Tensor) -> bytes:
 # what `ganctl sample OUT` writes, by OUT's suffix
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 QUALITY = 95  # JPEG and WebP (lossy): near enough to the pixels to judge samples by
+MAX_FILE_PIXELS = 1 << 30  # bytes of pixels in one grid file (a 16k x 16k RGB image is 0.8 GB)
 
 
 def image_bytes(image: torch.Tensor, fmt: str, quality: int = QUALITY) -> bytes:
@@ -292,6 +293,13 @@ def sample_file(loaded: LoadedGenerator, out: Path, seeds: Sequence[int], device
     """`ganctl sample OUT`: the seeds' images as one file (a grid, or one image alone)."""
     if IMAGE_FORMATS.get(out.suffix.lower()) is None:  # before minutes of generating
         raise ConfigError(f"output {out} must end in {', '.join(IMAGE_FORMATS)}")
+    config = loaded.config
+    rows = num_classes(config) if class_ == "all" else 1
+    size = len(seeds) * max(rows, 1) * config.channels * (config.resolution * scale) ** 2
+    if size > MAX_FILE_PIXELS:  # before an allocation that fails (or swaps) after a minute
+        raise ConfigError(f"{len(seeds) * max(rows, 1)} images at {config.resolution * scale} px are "
+                          f"{size / 1e9:.1f} GB of pixels, more than one file holds (at most "
+                          f"{MAX_FILE_PIXELS / 1e9:.0f} GB); lower -n or --scale, or use --out-dir")
     images, per_row = sample_images(loaded, seeds, device, truncation=truncation, class_=class_,
                                     batch_size=batch_size)
     width, height = write_image_file(images, out, nrow or per_row, scale)

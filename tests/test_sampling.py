@@ -241,3 +241,27 @@ def sample_json(*args: object) -> dict:
     result = invoke(*args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+def test_export_never_writes_over_a_checkpoint(run):
+    ckpt = run / "checkpoints" / "step-000000004.safetensors"
+    before = ckpt.read_bytes()
+    assert_one_line_error(invoke("export", ckpt), 1, "never over a checkpoint")
+    assert_one_line_error(invoke("export", run, ckpt), 1, "never over a checkpoint")
+    assert ckpt.read_bytes() == before
+
+
+def test_out_may_not_be_a_link_or_a_folder(run):
+    Path("target.txt").write_text("keep")
+    Path("link.png").symlink_to("target.txt")
+    assert_one_line_error(invoke("sample", "-n", "2", "link.png", "--ckpt", run), 1, "symbolic link")
+    assert_one_line_error(invoke("export", run, "link.png"), 1, "symbolic link")
+    assert Path("link.png").is_symlink() and Path("target.txt").read_text() == "keep"
+    Path("folder.png").mkdir()
+    assert_one_line_error(invoke("sample", "-n", "2", "folder.png", "--ckpt", run), 1,
+                          "not a regular file")
+
+
+def test_a_grid_too_big_for_memory_is_refused_before_drawing(run):
+    assert_one_line_error(invoke("sample", "-n", "4096", "--scale", "64", "big.png", "--ckpt", run),
+                          1, "GB of pixels", "--out-dir")
