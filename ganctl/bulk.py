@@ -290,11 +290,37 @@ def _missing_units(paths: list[Path], seeds: list[int], fmt: str, shard_size: in
     present = set()
     for folder in {p.parent for p in paths}:  # one listing per folder, not a stat per file
         present |= {folder / e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False)}
+    present = {p for p in present if _whole(p, fmt)}  # a file cut or damaged by hand is redone
     if fmt == "npz":
         return [seeds[i:i + shard_size] for i in range(0, len(seeds), shard_size)
                 if paths[i] not in present]
     missing = [s for s, p in zip(seeds, paths, strict=True) if p not in present]
     return [missing[i:i + batch_size] for i in range(0, len(missing), batch_size)]
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk
+
+
+def _whole(path: Path, fmt: str) -> bool:
+    """Whether a file of ours ends as a file of its format does (ganctl writes atomically, so
+    only someone else cuts one short): PNG's IEND chunk, JPEG's end marker, WebP's RIFF size,
+    a zip's end record for npz. Reads its first and last bytes only."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(size - 22, 0))
+            tail = f.read()
+    except OSError:
+        return False
+    if fmt == "png":
+        return tail.endswith(_PNG_END)
+    if fmt in ("jpg", "jpeg"):
+        return tail.endswith(b"\xff\xd9")
+    if fmt == "webp":
+        riff = int.from_bytes(head[4:8], "little")
+        return head[:4] == b"RIFF" and head[8:12] == b"WEBP" and riff + 8 == size
+    return b"PK\x05\x06" in tail  # npz: a zip's end-of-central-directory record
 
 
 # --- generate on this thread, encode and write on workers ----------------------------------------

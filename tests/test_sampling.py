@@ -265,3 +265,16 @@ def test_out_may_not_be_a_link_or_a_folder(run):
 def test_a_grid_too_big_for_memory_is_refused_before_drawing(run):
     assert_one_line_error(invoke("sample", "-n", "4096", "--scale", "64", "big.png", "--ckpt", run),
                           1, "GB of pixels", "--out-dir")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "npz"])
+def test_a_rerun_redoes_files_cut_or_damaged_by_hand(run, fmt):
+    sample("-n", "6", "--out-dir", "x", "--format", fmt, "--ckpt", run)
+    files = sorted(p for p in Path("x").iterdir() if p.suffix == f".{fmt}")
+    whole = files[0].read_bytes()
+    files[0].write_bytes(whole[: len(whole) // 2])  # cut short
+    if len(files) > 1:
+        files[1].write_bytes(b"junk")
+    doc = sample("-n", "6", "--out-dir", "x", "--format", fmt, "--ckpt", run)
+    assert doc["written"] == min(len(files), 2) * (6 // len(files))
+    assert files[0].read_bytes() == whole
