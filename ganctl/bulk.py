@@ -33,7 +33,7 @@ from PIL import Image
 
 from ganctl import __version__
 from ganctl.errors import ConfigError
-from ganctl.fsutil import atomic_write, fsync_dir, temp_path
+from ganctl.fsutil import atomic_write, fsync_dir, read_regular, temp_path
 from ganctl.models.base import num_classes
 from ganctl.sample import (
     MAX_SEED,
@@ -49,6 +49,7 @@ _PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 LOSSY = ("jpg", "webp")
 MANIFEST, LABELS = "manifest.json", "labels.csv"
 MANIFEST_SCHEMA = 1
+MAX_MANIFEST = 64 << 20  # bytes: seeds are kept as ranges, so a real manifest is far smaller
 SEED_DIGITS = 10  # seed0000000123.png: fixed, so names stay put when a rerun adds seeds
 SHARD_BYTES = 256 << 20  # npz shards of at most this many image bytes ...
 MAX_SHARD = 10_000  # ... and at most this many images
@@ -177,12 +178,13 @@ def _open_out_dir(out_dir: Path, manifest: dict) -> dict | None:
             raise ConfigError(f"{out_dir} is not empty and holds no export ({MANIFEST}); choose "
                               "an empty or new folder")
         return None
-    try:
-        previous = json.loads((out_dir / MANIFEST).read_text())
-        assert isinstance(previous, dict) and previous.get("ganctl_export")
-    except (OSError, ValueError, AssertionError):
+    try:  # a regular file of sane size: a FIFO or a huge file in its place must not hang or fill memory
+        previous = json.loads(read_regular(out_dir / MANIFEST, MAX_MANIFEST))
+    except (OSError, ValueError, RecursionError):
+        previous = None
+    if not isinstance(previous, dict) or not previous.get("ganctl_export"):
         raise ConfigError(f"{out_dir / MANIFEST} is not a ganctl export manifest; choose another "
-                          "output folder") from None
+                          "output folder")
     changed = [k for k in SETTINGS if previous.get(k) != manifest[k]]
     if changed:
         what = ", ".join(f"{k} {previous.get(k)!r} -> {manifest[k]!r}" if k in

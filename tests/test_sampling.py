@@ -278,3 +278,11 @@ def test_a_rerun_redoes_files_cut_or_damaged_by_hand(run, fmt):
     doc = sample("-n", "6", "--out-dir", "x", "--format", fmt, "--ckpt", run)
     assert doc["written"] == min(len(files), 2) * (6 // len(files))
     assert files[0].read_bytes() == whole
+
+
+def test_a_fifo_in_place_of_the_manifest_is_refused_not_waited_on(run):
+    import os  # noqa: PLC0415
+    Path("x").mkdir()
+    os.mkfifo("x/manifest.json")
+    assert_one_line_error(invoke("sample", "-n", "2", "--out-dir", "x", "--ckpt", run), 1,
+                          "not a ganctl export manifest")
