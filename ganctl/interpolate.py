@@ -33,7 +33,7 @@ from ganctl.sample import (
 )
 
 MAX_FRAMES = 10_000  # frames of one walk: more is a typo, not a video
-MAX_SCALE = 16
+MAX_SCALE = 64  # as `ganctl sample --scale`; the size cap below guards memory
 MAX_FPS = 60  # a GIF counts time in 1/100 s, and viewers slow frames under 2/100 s down
 MAX_RAW_BYTES = 2 * 2**30  # frames x height x width x channels after scaling: a memory bound
 GRID_COLUMNS = 16  # at most this many images per row of a PNG walk
@@ -104,7 +104,7 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
     class_: a conditional model draws every frame in this class (index or name); None: each
     frame in the class of its segment's start seed (seed mod classes, as `ganctl sample`), so
     every frame that lands on a seed is that seed's own image and the class changes there.
-    scale: each pixel as a scale x scale block (nearest neighbour), 1 to 16; the grid's too.
+    scale: each pixel as a scale x scale block (nearest neighbour), 1 to 64; the grid's too.
     Returns out, frames, seeds, width, height (of the file's images), format, checkpoint, step.
     """
     seeds, out = seed_list(list(seeds)), Path(out)

@@ -300,7 +300,7 @@ def test_one_class_for_every_frame(loaded, tmp_path):
     ([1, 2], "w.gif", {"frames": 2.5}, "frames must be"),
     ([1, 2, 3, 4], "w.gif", {"frames": 3}, "at least 4 frames"),
     ([1, 2], "w.gif", {"fps": 0}, "fps must be"),
-    ([1, 2], "w.gif", {"scale": 17}, "scale must be"),
+    ([1, 2], "w.gif", {"scale": 65}, "scale must be"),
     ([1, 2], "w.jpg", {}, ".gif (animation), .mp4 (video, needs ffmpeg) or .png"),
     ([1, -2], "w.gif", {}, "seed -2"),
     ([1, 2], "w.gif", {"truncation": -1.0}, "truncation must be"),
