@@ -33,7 +33,7 @@ from PIL import Image
 
 from ganctl import __version__
 from ganctl.errors import ConfigError
-from ganctl.fsutil import atomic_write, fsync_dir, read_regular, temp_path
+from ganctl.fsutil import atomic_file, atomic_write, fsync_dir, read_regular, sha256_file
 from ganctl.models.base import num_classes
 from ganctl.sample import (
     MAX_SEED,
@@ -153,7 +153,7 @@ def _manifest(loaded: LoadedGenerator, seeds: list[int], fmt: str, truncation: f
     image_bytes = config.resolution ** 2 * config.channels
     return {"ganctl_export": MANIFEST_SCHEMA, "ganctl_version": __version__,
             "checkpoint": str(loaded.header.path), "step": loaded.header.step,
-            "checkpoint_sha256": _file_sha256(Path(loaded.header.path)),
+            "checkpoint_sha256": sha256_file(Path(loaded.header.path)),
             "generator_sha256": _weights_sha256(loaded.G), "network": network,
             "truncation": None if truncation is None else float(truncation),
             "class_index": fixed, "format": fmt, "quality": quality if fmt in LOSSY else None,
@@ -226,14 +226,6 @@ def _parse_seed_text(text: str) -> list[int]:
         low, _, high = part.partition("-")
         seeds.extend(range(int(low), int(high or low) + 1))
     return seeds
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _weights_sha256(G: torch.nn.Module) -> str:
@@ -409,16 +401,8 @@ def _write_shard(seeds: list[int], images: np.ndarray, label_of: dict[int, int],
 
 def _put(path: Path, data: bytes) -> None:
     """atomic_write without the fsync of the folder per file (see _write_images)."""
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, sync_dir=False) as f:
+        f.write(data)
 
 
 def _write_labels(out_dir: Path, seeds: list[int], labels: list[int], paths: list[Path],

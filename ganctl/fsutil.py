@@ -7,6 +7,7 @@ the decode cache all write through here.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -92,10 +93,11 @@ def temp_path(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, sync_dir: bool = True) -> Iterator[BinaryIO]:
     """A file to write `path` through, so that a crash at any moment leaves the old file or the
     new one: a temp file in the same directory, fsync, rename over the target, fsync of the
-    directory. Nothing is renamed if the block raises."""
+    directory (sync_dir=False leaves that to the caller, who writes many files into it). Nothing
+    is renamed if the block raises."""
     path = Path(path)
     tmp = temp_path(path)
     try:
@@ -107,7 +109,8 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def atomic_write(path: Path, *chunks: bytes | memoryview) -> None:
@@ -115,3 +118,12 @@ def atomic_write(path: Path, *chunks: bytes | memoryview) -> None:
     with atomic_file(path) as f:
         for chunk in chunks:
             f.write(chunk)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -14,6 +14,7 @@ from helpers import TINY, assert_one_line_error, image_folder, invoke, read_json
 
 from ganctl import rundir, scoring
 from ganctl.errors import FeatureNetError
+from ganctl.fsutil import sha256_file
 from ganctl.metrics import inception, parse_metrics
 from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
 from ganctl.metrics.kid import kernel_inception_distance, mmd2_unbiased
@@ -187,7 +188,7 @@ def test_both_forms_are_accepted_and_anything_else_refused(tmp_path):
     torch.testing.assert_close(float_form(images), nvlabs_form(images), rtol=1e-5, atol=1e-5)
     grey = float_form(images[:, :1])
     torch.testing.assert_close(grey, float_form(images[:, :1].expand(-1, 3, -1, -1)))
-    assert float_form.describe()["sha256"] == inception.sha256_of(tmp_path / "a.pt")
+    assert float_form.describe()["sha256"] == sha256_file(tmp_path / "a.pt")
     for form, why in (("other", "returns (1, 10) features"), ("garbage", "not a TorchScript file")):
         path = tmp_path / f"{form}.pt"
         if form == "garbage":
@@ -214,7 +215,7 @@ def test_eval_scores_a_checkpoint_and_caches_the_real_statistics(trained_run, wo
     assert (doc["step"], doc["num_real"], doc["num_fake"], doc["dataset"]) == (4, 40, 30, "shapes")
     assert set(doc["metrics"]) >= {"fid", "kid", "kid_std", "precision", "recall"}
     assert doc["metrics"]["kid_subset_size"] == 30 and doc["metrics"]["fid"] > 0
-    assert doc["feature_net"]["sha256"] == inception.sha256_of(fake_net)
+    assert doc["feature_net"]["sha256"] == sha256_file(fake_net)
     assert doc["protocol"]["version"] == 1 and "bilinear" in doc["protocol"]["resize"]
     assert doc["real_stats"].startswith("computed ")
     assert extracted == ["features of 40 real images of shapes", "features of the fakes"]

@@ -14,7 +14,6 @@ in fp32 with TF32 off.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ganctl.errors import FeatureNetError
-from ganctl.fsutil import atomic_file
+from ganctl.fsutil import atomic_file, sha256_file
 
 FILE_NAME = "inception-2015-12-05.pt"
 URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + FILE_NAME
@@ -89,14 +88,6 @@ def fetch(dest: Path, progress: Callable[[str, int], Progress] | None = None) ->
             if advance:
                 advance(1)
     return dest
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _torchscript(path: Path) -> torch.jit.ScriptModule:
@@ -171,7 +162,7 @@ _LOADED: dict[tuple[str, str, str], FeatureNet] = {}
 def load(path: Path, device: torch.device) -> FeatureNet:
     """The feature network in `path`, on `device`, in fp32 (an fp16 copy is run in fp32)."""
     path = Path(path)
-    sha256 = sha256_of(path)
+    sha256 = sha256_file(path)
     key = (str(path.resolve()), sha256, str(device))
     if key in _LOADED:
         return _LOADED[key]
