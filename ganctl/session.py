@@ -374,7 +374,8 @@ def _init_weights(header: checkpoint.Header, config: Config) -> Restore:
                               f"{len(state.config.classes)}; fine-tune a conditional model on "
                               "data with as many classes, or use --no-conditional from an "
                               "unconditional run")
-        _same_structure(header, state.config)
+        if state.config.conditional:  # now that the data's classes shape it
+            _same_structure(header, state.config)
         tensors = checkpoint.load_tensors(header, ("G.", "D.", "G_ema."))
         for name in ("G", "D", "G_ema"):
             checkpoint.load_module(getattr(state, name), tensors, name)
