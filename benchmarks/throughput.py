@@ -38,6 +38,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -259,6 +260,7 @@ def measure(row: Row, folder: Path, args, device: torch.device,
             out["other_load_cores"] = other.cores()
     except Exception as e:  # noqa: BLE001 - the row says what failed, the others go on
         out["error"] = f"{type(e).__name__}: {first_line(e, 300)}"
+        traceback.print_exc(file=sys.stderr)  # where it failed: the row keeps one line
     finally:
         del state
         if device.type == "cuda":

@@ -93,18 +93,21 @@ def temp_path(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_file(path: Path, sync_dir: bool = True) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, sync_dir: bool = True, sync: bool = True) -> Iterator[BinaryIO]:
     """A file to write `path` through, so that a crash at any moment leaves the old file or the
     new one: a temp file in the same directory, fsync, rename over the target, fsync of the
-    directory (sync_dir=False leaves that to the caller, who writes many files into it). Nothing
-    is renamed if the block raises."""
+    directory. A caller who writes many files and makes them durable together once (os.sync)
+    passes sync=False and sync_dir=False: a killed process still leaves each file whole or
+    absent, only a power cut before that sync can leave one empty. Nothing is renamed if the
+    block raises."""
     path = Path(path)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

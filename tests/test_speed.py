@@ -219,6 +219,51 @@ def test_cuda_graph_modes_are_those_that_replay_graphs_on_cuda():
     assert not compiled.cuda_graphs("reduce-overhead", cpu)
 
 
+class StaticOutput(torch.nn.Module):
+    """Returns the same tensor at every call without autograd, rewritten in place: what a
+    replayed CUDA graph does with its output memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.out = torch.zeros(2, 3)
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            return self.linear(x)
+        return self.out.copy_(self.linear(x))
+
+
+def test_cuda_graph_outputs_without_autograd_are_copied_out_of_the_graphs_memory():
+    """The second H200 lease: with the no-graph fakes, reduce-overhead still failed, because
+    D's call on the real batch starts a new CUDA graph generation that may overwrite the fakes
+    before D sees them. GraphOutputs copies what a call without autograd returns."""
+    net = StaticOutput()
+    x1, x2 = torch.randn(2, 4), torch.randn(2, 4)
+    with torch.no_grad():
+        bare = net(x1)
+        net(x2)
+        assert torch.equal(bare, net.linear(x2))  # the unwrapped output was overwritten
+        wrapped = compiled.GraphOutputs(net)
+        first = wrapped(x1)
+        wrapped(x2)
+        assert torch.equal(first, net.linear(x1))  # the wrapped one was not
+    attached = wrapped(x1)  # with autograd (a backward pending) no copy is made
+    attached.sum().backward()
+    assert net.linear.weight.grad is not None
+    assert list(wrapped.parameters()) == list(net.parameters())
+
+
+def test_compile_network_wraps_only_modes_that_replay_graphs():
+    net = torch.nn.Linear(4, 3)
+    assert not isinstance(compiled.compile_network(net, "default", torch.device("cuda")),
+                          compiled.GraphOutputs)
+    assert not isinstance(compiled.compile_network(net, "reduce-overhead", torch.device("cpu")),
+                          compiled.GraphOutputs)
+    assert isinstance(compiled.compile_network(net, "reduce-overhead", torch.device("cuda")),
+                      compiled.GraphOutputs)
+
+
 class GradModeSpy(torch.nn.Module):
     """Wraps G: records, for each call, whether it built a graph."""
 

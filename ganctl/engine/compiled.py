@@ -78,8 +78,26 @@ def prepare_cache() -> None:
         os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)  # empty: torch's default, not the cwd
 
 
-def compile_network(net: nn.Module, mode: str) -> nn.Module:
-    """net compiled (lazily: the first call compiles), sharing its parameters and buffers."""
+class GraphOutputs(nn.Module):
+    """A network compiled with CUDA graphs, whose outputs made without autograd are copied out
+    of the graphs' memory. torch's CUDA graph trees start a new generation at a compiled call
+    when no backward is pending, and its replay may overwrite the outputs of the generation
+    before: D's phase makes G's fakes without a graph, then calls D on the real batch (a new
+    generation) and then on those fakes. Outputs with a pending backward stay valid until it
+    runs, so they are not copied."""
+
+    def __init__(self, compiled: nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, *args: torch.Tensor | None) -> torch.Tensor:
+        out = self.compiled(*args)
+        return out if torch.is_grad_enabled() else out.clone()
+
+
+def compile_network(net: nn.Module, mode: str, device: torch.device) -> nn.Module:
+    """net compiled (lazily: the first call compiles), sharing its parameters and buffers;
+    wrapped in GraphOutputs when the mode replays CUDA graphs on `device`."""
     import torch._dynamo  # noqa: PLC0415 (seconds of import: only when compiling)
 
     # its "No CUDA runtime is found" warning on a CPU says nothing about this run
@@ -87,7 +105,8 @@ def compile_network(net: nn.Module, mode: str) -> nn.Module:
 
     limit = torch._dynamo.config.cache_size_limit
     torch._dynamo.config.cache_size_limit = max(limit, RECOMPILE_LIMIT)
-    return torch.compile(net, mode=mode)  # type: ignore[return-value]
+    compiled: nn.Module = torch.compile(net, mode=mode)  # type: ignore[assignment]
+    return GraphOutputs(compiled) if cuda_graphs(mode, device) else compiled
 
 
 def compile_error(e: BaseException) -> ConfigError | None:

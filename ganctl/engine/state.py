@@ -88,8 +88,8 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
                         labels=labels, memory_format=layout),
         noise=torch.Generator(device=device).manual_seed(config.seed),
         amp=Amp(precision),
-        G_train=compile_network(G, config.compile_mode) if fast else G,
-        D_train=compile_network(D, config.compile_mode) if fast else D,
+        G_train=compile_network(G, config.compile_mode, device) if fast else G,
+        D_train=compile_network(D, config.compile_mode, device) if fast else D,
         normed={"G": spectral_norms(G), "D": spectral_norms(D)},
         cuda_graphs=fast and cuda_graphs(config.compile_mode, device),
     )
