@@ -16,6 +16,7 @@ is refused rather than mixing images of two models.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,7 @@ from ganctl.models.base import num_classes
 from ganctl.sample import (
     MAX_SEED,
     LoadedGenerator,
+    check_truncation,
     class_index,
     generate,
     labels_for_seeds,
@@ -85,41 +88,52 @@ def class_folders(classes: Sequence[str]) -> list[str]:
 def export_images(loaded: LoadedGenerator, seeds: list[int], out_dir: Path, fmt: str = "png", *,
                   truncation: float | None = None, class_: int | str | None = None,
                   batch_size: int = 256, device: torch.device,
-                  progress: Callable[[int], None] | None = None, workers: int = 0,
+                  progress: Callable[[int], None] | None = None,
+                  start: Callable[[int], None] | None = None, workers: int = 0,
                   quality: int = 95) -> dict:
     """Write an image per seed into out_dir (see the module's docstring); files already there
-    are kept. `progress(k)` is called as k more images are done (skipped ones first).
-    `workers` threads encode and write (0: up to MAX_WORKERS, one per CPU)."""
-    start = time.perf_counter()
+    are kept. Once every setting is checked and the folder scanned, `start(count)` is called
+    with the images the folder will hold (a rerun may add seeds to those of the earlier call);
+    then `progress(k)` as k more of them are done (those already there first). `workers`
+    threads encode and write (0: up to MAX_WORKERS, one per CPU). A second export into the same
+    folder at the same time is refused."""
+    began = time.perf_counter()
     fmt = _check_format(fmt, quality, batch_size)
     out_dir = Path(out_dir)
     config = loaded.config
+    if truncation is not None:
+        check_truncation(truncation)
     labels_for_seeds([0], config, class_)  # the class fits the model, before anything is written
     fixed = None if class_ is None else class_index(class_, config.classes)
     manifest = _manifest(loaded, _unique(seeds), fmt, truncation, fixed, quality)
-    seeds = _merge(_open_out_dir(out_dir, manifest), manifest)
-    manifest.update(seeds=_seed_text(seeds), count=len(seeds))
-    _remove_dead_temps(out_dir)
-    _write_json(out_dir / MANIFEST, {**manifest, "status": "incomplete"})
+    with _folder_lock(_make_out_dir(out_dir)):
+        seeds = _merge(_open_out_dir(out_dir, manifest), manifest)
+        manifest.update(seeds=_seed_text(seeds), count=len(seeds))
+        _remove_dead_temps(out_dir)
+        _write_json(out_dir / MANIFEST, {**manifest, "status": "incomplete"})
 
-    c = labels_for_seeds(seeds, config, class_)
-    labels = [-1] * len(seeds) if c is None else c.tolist()
-    folders = class_folders(config.classes) if num_classes(config) else []
-    paths = _paths(out_dir, seeds, labels, folders, fmt, manifest.get("shard_size", 0))
-    units = _missing_units(paths, seeds, fmt, manifest.get("shard_size", 0), batch_size)
-    skipped = len(seeds) - sum(len(u) for u in units)
-    if progress is not None and skipped:
-        progress(skipped)
-    label_of = dict(zip(seeds, labels, strict=True))
-    path_of = dict(zip(seeds, paths, strict=True))
-    written = _produce(loaded, units, label_of, path_of, fmt, quality, truncation, batch_size,
-                       device, progress, workers or min(MAX_WORKERS, os.cpu_count() or 1))
+        c = labels_for_seeds(seeds, config, class_)
+        labels = [-1] * len(seeds) if c is None else c.tolist()
+        folders = class_folders(config.classes) if num_classes(config) else []
+        names = _names(out_dir, seeds, labels, folders, fmt, manifest.get("shard_size", 0))
+        units = _missing_units(out_dir, names, seeds, fmt, manifest.get("shard_size", 0),
+                               batch_size)
+        skipped = len(seeds) - sum(len(u) for u in units)
+        if start is not None:
+            start(len(seeds))
+        if progress is not None and skipped:
+            progress(skipped)
+        label_of = dict(zip(seeds, labels, strict=True))
+        root = os.fspath(out_dir)
+        path_of = {seed: f"{root}/{name}" for seed, name in zip(seeds, names, strict=True)}
+        written = _produce(loaded, units, label_of, path_of, fmt, quality, truncation, batch_size,
+                           device, progress, workers or min(MAX_WORKERS, os.cpu_count() or 1))
 
-    _write_labels(out_dir, seeds, labels, paths, config.classes)
-    if hasattr(os, "sync"):
-        os.sync()  # every image durable (written without an fsync each) before the manifest says so
-    _write_json(out_dir / MANIFEST, {**manifest, "status": "complete"})
-    seconds = time.perf_counter() - start
+        _write_labels(out_dir, seeds, labels, names, config.classes)
+        if hasattr(os, "sync"):
+            os.sync()  # every image durable (written without an fsync each) before the manifest says so
+        _write_json(out_dir / MANIFEST, {**manifest, "status": "complete"})
+    seconds = time.perf_counter() - began
     return {"out_dir": str(out_dir), "count": len(seeds), "written": written, "skipped": skipped,
             "seconds": round(seconds, 3), "images_per_s": round(written / seconds, 1),
             "format": fmt, "checkpoint": manifest["checkpoint"], "step": manifest["step"]}
@@ -170,13 +184,43 @@ SETTINGS = ("ganctl_export", "checkpoint_sha256", "generator_sha256", "network",
             "class_index", "format", "quality", "shard_size")
 
 
+def _make_out_dir(out_dir: Path) -> Path:
+    """out_dir, made with its missing parents; a file where a folder must be is a clear error."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                what = "the output folder" if folder == out_dir else f"a parent of {out_dir}"
+                raise ConfigError(f"{folder} is not a folder ({what}); give --out-dir a "
+                                  "new or empty folder, or a ganctl export to add to")
+            break
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the output folder {out_dir}: {e.strerror or e}") from None
+    return out_dir
+
+
+@contextmanager
+def _folder_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the folder itself (no lock file among the images) for the export's
+    length: a second export into it at once is refused, not left to race on the manifest."""
+    fd = os.open(out_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another ganctl sample is writing into {out_dir}; wait for it to "
+                              "end (or stop it), then rerun to add to its export") from None
+        except OSError:
+            pass  # a file system without locks (some network mounts): export unguarded
+        yield
+    finally:
+        os.close(fd)
+
+
 def _open_out_dir(out_dir: Path, manifest: dict) -> dict | None:
-    """Create out_dir (its parent must exist); the manifest of an export already in it, None
-    for a new or empty folder; any other folder with files is refused."""
-    if not out_dir.parent.is_dir():
-        raise ConfigError(f"{out_dir.parent} does not exist; create it first or choose another "
-                          "output folder")
-    out_dir.mkdir(exist_ok=True)
+    """The manifest of an export already in out_dir, None for a new or empty folder; any other
+    folder with files is refused."""
     if not (out_dir / MANIFEST).exists():
         if any(out_dir.iterdir()):
             raise ConfigError(f"{out_dir} is not empty and holds no export ({MANIFEST}); choose "
@@ -270,29 +314,33 @@ def _alive(pid: int) -> bool:
 
 # --- what to write, what is there ----------------------------------------------------------------
 
-def _paths(out_dir: Path, seeds: list[int], labels: list[int], folders: list[str], fmt: str,
-           shard_size: int) -> list[Path]:
-    """Each seed's file: its image, or the shard holding it (folders made as needed)."""
+def _names(out_dir: Path, seeds: list[int], labels: list[int], folders: list[str], fmt: str,
+           shard_size: int) -> list[str]:
+    """Each seed's file, relative to out_dir ('cat/seed0000000007.png'): its image, or the shard
+    holding it; the class folders made as needed. Plain strings: millions of Path objects took
+    most of a 10-million-image export's start."""
     if fmt == "npz":
-        return [out_dir / shard_name(i // shard_size) for i in range(len(seeds))]
-    paths = [out_dir / folders[k] / image_name(s, fmt) if folders else out_dir / image_name(s, fmt)
-             for s, k in zip(seeds, labels, strict=True)]
-    for folder in {p.parent for p in paths}:
-        folder.mkdir(exist_ok=True)
-    return paths
+        return [shard_name(i // shard_size) for i in range(len(seeds))]
+    if not folders:
+        return [image_name(s, fmt) for s in seeds]
+    for k in set(labels):
+        (out_dir / folders[k]).mkdir(exist_ok=True)
+    return [f"{folders[k]}/{image_name(s, fmt)}" for s, k in zip(seeds, labels, strict=True)]
 
 
-def _missing_units(paths: list[Path], seeds: list[int], fmt: str, shard_size: int,
+def _missing_units(out_dir: Path, names: list[str], seeds: list[int], fmt: str, shard_size: int,
                    batch_size: int) -> list[list[int]]:
     """The seeds still to write, in units: batches of images, or whole shards."""
     present = set()
-    for folder in {p.parent for p in paths}:  # one listing per folder, not a stat per file
-        present |= {folder / e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False)}
-    present = {p for p in present if _whole(p, fmt)}  # a file cut or damaged by hand is redone
+    for folder in {name.rpartition("/")[0] for name in names}:  # a listing per folder, no stat per file
+        prefix = f"{folder}/" if folder else ""
+        present |= {prefix + e.name for e in os.scandir(out_dir / folder)
+                    if e.is_file(follow_symlinks=False)}
+    present = {name for name in present.intersection(names) if _whole(out_dir / name, fmt)}
     if fmt == "npz":
         return [seeds[i:i + shard_size] for i in range(0, len(seeds), shard_size)
-                if paths[i] not in present]
-    missing = [s for s, p in zip(seeds, paths, strict=True) if p not in present]
+                if names[i] not in present]
+    missing = [s for s, name in zip(seeds, names, strict=True) if name not in present]
     return [missing[i:i + batch_size] for i in range(0, len(missing), batch_size)]
 
 
@@ -324,7 +372,7 @@ def _whole(path: Path, fmt: str) -> bool:
 # --- generate on this thread, encode and write on workers ----------------------------------------
 
 def _produce(loaded: LoadedGenerator, units: list[list[int]], label_of: dict[int, int],
-             path_of: dict[int, Path], fmt: str, quality: int, truncation: float | None,
+             path_of: dict[int, str], fmt: str, quality: int, truncation: float | None,
              batch_size: int, device: torch.device, progress: Callable[[int], None] | None,
              workers: int) -> int:
     """Generate each unit and hand it to the writers; returns the images written. On any
@@ -333,6 +381,7 @@ def _produce(loaded: LoadedGenerator, units: list[list[int]], label_of: dict[int
     stop = threading.Event()
     pending: deque[tuple[Future, int]] = deque()
     written = 0
+    files = _Tally()  # images the writers finished, counted file by file
 
     def settle(limit: int) -> None:
         nonlocal written
@@ -350,13 +399,27 @@ def _produce(loaded: LoadedGenerator, units: list[list[int]], label_of: dict[int
             for piece, x in _pieces(unit, images, 1 if fmt == "npz" else workers):
                 settle(workers * PENDING_PER_WORKER - 1)
                 job = (_write_shard if fmt == "npz" else _write_images)
-                pending.append((pool.submit(job, piece, x, label_of, path_of, fmt, quality, stop),
-                                len(piece)))
+                pending.append((pool.submit(job, piece, x, label_of, path_of, fmt, quality, stop,
+                                            files), len(piece)))
         settle(0)
     finally:
         stop.set()  # a no-op when all is done; else the writers finish the file they are on
         pool.shutdown(wait=True, cancel_futures=True)
+        if progress is not None and files.count > written:  # stopped: the files of unfinished jobs
+            progress(files.count - written)
     return written
+
+
+class _Tally:
+    """A count that writer threads add to."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.count += n
 
 
 def _generate(loaded: LoadedGenerator, seeds: list[int], label_of: dict[int, int],
@@ -384,21 +447,25 @@ def encode(image: np.ndarray, fmt: str, quality: int = 95) -> bytes:
 
 
 def _write_images(seeds: list[int], images: np.ndarray, label_of: dict[int, int],
-                  path_of: dict[int, Path], fmt: str, quality: int, stop: threading.Event) -> None:
+                  path_of: dict[int, str], fmt: str, quality: int, stop: threading.Event,
+                  files: _Tally) -> None:
     for seed, image in zip(seeds, images, strict=True):
         if stop.is_set():
             return
-        _put(path_of[seed], encode(image, fmt, quality))
+        _put(Path(path_of[seed]), encode(image, fmt, quality))
+        files.add(1)
 
 
 def _write_shard(seeds: list[int], images: np.ndarray, label_of: dict[int, int],
-                 path_of: dict[int, Path], fmt: str, quality: int, stop: threading.Event) -> None:
+                 path_of: dict[int, str], fmt: str, quality: int, stop: threading.Event,
+                 files: _Tally) -> None:
     if stop.is_set():
         return
     buf = io.BytesIO()
     np.savez(buf, images=images, seeds=np.array(seeds, dtype=np.int64),
              labels=np.array([label_of[s] for s in seeds], dtype=np.int64))
-    atomic_write(path_of[seeds[0]], buf.getbuffer())
+    atomic_write(Path(path_of[seeds[0]]), buf.getbuffer())
+    files.add(len(seeds))
 
 
 def _put(path: Path, data: bytes) -> None:
@@ -410,12 +477,12 @@ def _put(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _write_labels(out_dir: Path, seeds: list[int], labels: list[int], paths: list[Path],
+def _write_labels(out_dir: Path, seeds: list[int], labels: list[int], names: list[str],
                   classes: Sequence[str]) -> None:
     buf = io.StringIO()
     rows = csv.writer(buf, lineterminator="\n")
     rows.writerow(["file", "seed", "class_index", "class_name"])
-    for seed, k, path in zip(seeds, labels, paths, strict=True):
-        rows.writerow([path.relative_to(out_dir).as_posix(), seed, "" if k < 0 else k,
+    for seed, k, name in zip(seeds, labels, names, strict=True):
+        rows.writerow([name, seed, "" if k < 0 else k,
                        "" if k < 0 else classes[k]])
     atomic_write(out_dir / LABELS, buf.getvalue().encode())

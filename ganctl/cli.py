@@ -83,6 +83,7 @@ class _Command:
     name: str = ""  # "ganctl train", "ganctl data prepare" ... (once it accepts signals)
     training: str = ""  # train and resume: "started" or "resumed", what the loop would do
     log: Any = None  # their RunLog, which knows whether the loop began
+    at_stop: Callable[[], tuple[str, dict[str, Any]]] | None = None  # how far it got, at a stop
 
     def unfinished(self) -> str:
         """What a stop came before."""
@@ -239,7 +240,11 @@ def _stopped(signum: int) -> int:
     """Report a stop signal that ended the command outside training; its exit code, 128 + N."""
     name = signal.Signals(signum).name
     code = 128 + signum
-    _report(f"stopped by {name} before {_OUTPUT.unfinished()}", code, {"stopped": name})
+    if _OUTPUT.at_stop is not None:
+        where, result = _OUTPUT.at_stop()
+        _report(f"stopped by {name} {where}", code, {"stopped": name, **result})
+    else:
+        _report(f"stopped by {name} before {_OUTPUT.unfinished()}", code, {"stopped": name})
     return code
 
 
@@ -692,7 +697,7 @@ def sample(
     """
     from ganctl.device import describe, resolve_device
     from ganctl.rundir import locate
-    from ganctl.sample import load_generator, parse_class, parse_seeds
+    from ganctl.sample import check_truncation, load_generator, parse_class, parse_seeds
 
     if (out is None) == (out_dir is None):
         raise typer.BadParameter("give OUT (one file) or --out-dir DIR (one file per image)",
@@ -706,24 +711,28 @@ def sample(
     if seeds is not None and (n is not None or seed):
         raise typer.BadParameter("--seeds names the seeds itself: leave out -n and --seed",
                                  param_hint="--seeds")
+    default_n = 8 if class_ == "all" else 4 if interpolate else 64
+    chosen = (_usage("--seeds", parse_seeds, seeds) if seeds is not None
+              else list(range(seed, seed + (n or default_n))))
+    if chosen[-1] > 2**63 - 1:
+        raise typer.BadParameter(f"seeds {chosen[0]}..{chosen[-1]} go past 2**63 - 1; use a "
+                                 "smaller --seed", param_hint="--seed")
+    if truncation is not None:
+        _usage("--truncation", check_truncation, truncation)
+    if out is not None:
+        _check_out(out)
+        if len(chosen) > MAX_GRID and not interpolate:
+            _fail(f"{len(chosen)} images are too many for one file (at most {MAX_GRID}); write "
+                  "one file per image with --out-dir DIR")
     header = _call(debug, locate, ckpt, _say)
     dev = _call(debug, resolve_device, device)
     if ckpt is None and not json_mode:
         _say(f"using newest checkpoint {header.path}")
     loaded = _call(debug, load_generator, header, dev, not no_ema)
-    default_n = 8 if class_ == "all" else 4 if interpolate else 64
-    chosen = (_call(debug, parse_seeds, seeds) if seeds is not None
-              else list(range(seed, seed + (n or default_n))))
-    if chosen[-1] > 2**63 - 1:
-        _fail(f"seeds {chosen[0]}..{chosen[-1]} go past 2**63 - 1; use a smaller --seed")
     klass = parse_class(class_, loaded.config.classes) if class_ is not None else None
     if out_dir is not None:
         return _bulk(loaded, chosen, out_dir, fmt, truncation, klass, batch_size, dev, json_mode, debug)
     assert out is not None
-    _check_out(out)
-    if len(chosen) > MAX_GRID and not interpolate:
-        _fail(f"{len(chosen)} images are too many for one file (at most {MAX_GRID}); write one "
-              "file per image with --out-dir DIR")
     if interpolate:
         motion = {"frames": frames, "fps": fps, "loop": loop, "scale": scale}
         return _interpolate(loaded, chosen, out, motion, truncation, klass, dev, json_mode, debug)
@@ -738,14 +747,33 @@ def sample(
 
 
 def _check_out(out: Path) -> None:
-    """OUT may be a new file or a regular file ganctl replaces; never a link (its target or the
-    link would be lost), a folder or a device."""
+    """OUT may be a new file (its missing folders are made) or a regular file ganctl replaces;
+    never a link (its target or the link would be lost), a folder or a device, nor a path under
+    a file, nor a hidden name without a suffix (".png" is a name, not a format)."""
+    if out.name.startswith(".") and not out.suffix:
+        _fail(f"{out} is a hidden file's name with no suffix; name the file like out{out.name}")
     if out.is_symlink():
         _fail(f"{out} is a symbolic link; give the path of a file (ganctl does not write through "
               "or over links)")
     if out.exists() and not out.is_file():
         _fail(f"{out} exists and is not a regular file (a folder, FIFO or device); choose another "
               "name")
+    for folder in out.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                _fail(f"{folder} is a file, not a folder; choose OUT in a folder")
+            break
+
+
+def _usage(hint: str, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args), its ConfigError a bad command line (exit 2) naming the option `hint`: for
+    checks of an option's own text, which need no checkpoint."""
+    from ganctl.errors import ConfigError
+
+    try:
+        return fn(*args)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e), param_hint=hint) from None
 
 
 def _bulk(loaded: Any, seeds: list[int], out_dir: Path, fmt: str, truncation: float | None,
@@ -755,10 +783,30 @@ def _bulk(loaded: Any, seeds: list[int], out_dir: Path, fmt: str, truncation: fl
     from ganctl.logging import RunLog
 
     log = RunLog(_console(json_mode))
-    progress = log.task(f"writing {len(seeds)} images into {out_dir}", len(seeds))
+    done = {"count": 0, "of": len(seeds)}
+    bar: list[Callable[[int], None]] = []
+
+    def start(count: int) -> None:  # once the settings are checked and the folder scanned
+        done["of"] = count
+        more = (f" ({len(seeds)} asked for, and the rest of the export already there)"
+                if count != len(seeds) else "")
+        bar.append(log.task(f"writing {count} images into {out_dir}{more}", count))
+
+    def progress(k: int) -> None:
+        done["count"] += k
+        bar[0](k)
+
+    def at_stop() -> tuple[str, dict[str, Any]]:
+        if not bar:
+            return "before any image was written", {}
+        return (f"with {done['count']:,} of {done['of']:,} images in {out_dir}; run the same "
+                "command again to finish (the files there are kept)",
+                {"out_dir": str(out_dir), "done": done["count"], "count": done["of"]})
+
+    _OUTPUT.at_stop = at_stop
     r = _call(debug, lambda: export_images(loaded, seeds, out_dir, fmt, truncation=truncation,
                                            class_=klass, batch_size=batch_size, device=device,
-                                           progress=progress))
+                                           progress=progress, start=start))
     _emit(json_mode, r, f"{out_dir}: {r['count']} images ({r['written']} written, {r['skipped']} "
                         f"already there) at {r['images_per_s']:,.0f} img/s")
 
@@ -773,8 +821,16 @@ def _interpolate(loaded: Any, seeds: list[int], out: Path, motion: dict[str, Any
                                          class_=klass, device=device, fps=motion["fps"],
                                          scale=motion["scale"], loop=motion["loop"]))
     r["device"] = str(device)
-    _emit(json_mode, r, f"wrote {r['out']}: {r['frames']} frames ({r['width']}x{r['height']} px) "
-                        f"through seeds {', '.join(map(str, seeds))}")
+    through = f"seeds {', '.join(map(str, seeds))}"
+    if r["format"] != "png":
+        return _emit(json_mode, r, f"wrote {r['out']}: {r['frames']} frames ({r['width']}x"
+                                   f"{r['height']} px) through {through}")
+    cut = (f"; a PNG row holds at most {r['columns']} images, not the {r['columns_asked']} that "
+           f"--frames {motion['frames']} asks for: a .gif or .mp4 shows every frame"
+           if r["columns_asked"] > r["columns"] else "")
+    _emit(json_mode, r, f"wrote {r['out']}: a grid of {r['rows']} rows (one per pair of {through}"
+                        f"{', back to the first' if motion['loop'] else ''}) of {r['columns']} "
+                        f"images each ({r['width']}x{r['height']} px){cut}")
 
 
 @app.command()

@@ -105,7 +105,9 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
     frame in the class of its segment's start seed (seed mod classes, as `ganctl sample`), so
     every frame that lands on a seed is that seed's own image and the class changes there.
     scale: each pixel as a scale x scale block (nearest neighbour), 1 to 64; the grid's too.
-    Returns out, frames, seeds, width, height (of the file's images), format, checkpoint, step.
+    Returns out, frames (the images in the file), seeds, width, height (of the file's images),
+    format, checkpoint, step; for .png also rows, columns and columns_asked (frames // segments
+    + 1, more than columns when the grid's cap cut the row).
     """
     seeds, out = seed_list(list(seeds)), Path(out)
     suffix = out.suffix.lower()
@@ -134,6 +136,8 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
         grid = make_grid(images, nrow=columns)
         _write(out, lambda: atomic_write(out, png_bytes(grid)))
         count, (height, width) = len(stops), grid.shape[:2]
+        grid_shape = {"rows": segments, "columns": columns,
+                      "columns_asked": frames // segments + 1}
     else:
         stream = _render(loaded, z, labels, positions(len(seeds), frames, loop), device, scale)
         if suffix == ".gif":
@@ -142,15 +146,16 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
             assert ffmpeg is not None
             height, width = height + height % 2, width + width % 2
             _write(out, lambda: _mp4(ffmpeg, stream, out, width, height, fps))
-        count = frames
+        count, grid_shape = frames, {}
     return {"out": str(out), "frames": count, "seeds": seeds, "width": width, "height": height,
             "format": suffix[1:], "checkpoint": str(loaded.header.path),
-            "step": loaded.header.step}
+            "step": loaded.header.step, **grid_shape}
 
 
 def _check(seeds: list[int], frames: int, fps: int, scale: int, suffix: str, out: Path) -> None:
-    if len(seeds) < 2:
-        raise ConfigError(f"an interpolation needs two seeds or more, got {len(seeds)}; e.g. "
+    if len(set(seeds)) < 2:
+        got = f"{len(seeds)}" if len(seeds) < 2 else f"only seed {seeds[0]}"
+        raise ConfigError(f"an interpolation needs two different seeds or more, got {got}; e.g. "
                           "--seeds 1,2,3")
     for name, value, low, high in (("frames", frames, 2, MAX_FRAMES), ("fps", fps, 1, MAX_FPS),
                                    ("scale", scale, 1, MAX_SCALE)):

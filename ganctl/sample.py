@@ -35,7 +35,7 @@ MAX_SEEDS = 100_000  # seeds in one call: a typo such as 0-1000000000 is an erro
 Seeds = int | str | range | Sequence[int]  # 7, "0-63,100", range(16), [3, 1, 4]
 SEEDS_LIKE = "give one seed or more, like 7, range(16), [3, 1, 4] or '0-63,100'"
 TOO_MANY = f"more than {MAX_SEEDS} seeds at once (generate in parts: an image depends on its seed alone)"
-_SEED_PART = re.compile(r"^(\d{1,19})(?:-(\d{1,19}))?$")  # 7 or 0-63, ASCII digits: "+7", "٣" fail
+_SEED_PART = re.compile(r"^([0-9]{1,19})(?:-([0-9]{1,19}))?$")  # 7 or 0-63, ASCII digits: "+7", "٣" fail
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -88,16 +88,17 @@ def latents_from_seeds(seeds: Sequence[int], z_dim: int, truncation: float | Non
     """(n, z_dim) latents, row i drawn from a generator seeded with seeds[i]: standard normal, or
     with `truncation` psi the standard normal truncated to [-psi, psi]."""
     if truncation is not None:
-        psi = _check_psi(truncation)
+        psi = check_truncation(truncation)
         return torch.stack([_truncated(int(s), z_dim, psi) for s in seeds])
     rows = [torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     return torch.stack(rows)
 
 
-def _check_psi(psi: float) -> float:
-    if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not psi >= 0:  # NaN too
-        raise ConfigError(f"truncation must be a number from 0 up (0: z = 0 for every seed; 1 keeps "
-                          f"|z| <= 1), or None for none; got {psi!r}; e.g. truncation=0.7")
+def check_truncation(psi: float) -> float:
+    """Truncation psi as a float: a number from 0 up (NaN is not)."""
+    if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not psi >= 0:
+        raise ConfigError(f"truncation must be a number from 0 up, like 0.7 (0: z = 0 for every "
+                          f"seed; 1 keeps |z| <= 1), got {psi!r}")
     return float(psi)
 
 

@@ -222,3 +222,49 @@ def test_lossy_formats_decode(plain, tmp_path):
         export(loaded, range(3), tmp_path / fmt, fmt, quality=80)
         image = Image.open(tmp_path / fmt / f"seed0000000001.{fmt}")
         assert (image.format, image.size) == (pil, (32, 32))
+
+
+def test_out_dir_is_made_with_its_parents_and_a_file_in_the_way_is_an_error(plain, tmp_path):
+    loaded = _load(plain)
+    export(loaded, range(3), tmp_path / "a" / "b" / "c")
+    assert len(list((tmp_path / "a" / "b" / "c").glob("seed*.png"))) == 3
+    (tmp_path / "f").write_text("a file")
+    for out, where in ((tmp_path / "f", "the output folder"),
+                       (tmp_path / "f" / "sub", f"a parent of {tmp_path / 'f' / 'sub'}")):
+        with pytest.raises(ConfigError, match=f"{tmp_path / 'f'} is not a folder \\({where}\\)"):
+            export(loaded, range(3), out)
+    assert (tmp_path / "f").read_text() == "a file"
+
+
+def test_a_second_export_into_a_folder_being_written_is_refused(plain, tmp_path):
+    import fcntl  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    loaded, out = _load(plain), tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running export holds it
+        with pytest.raises(ConfigError, match="another ganctl sample is writing into"):
+            export(loaded, range(3), out)
+        assert list(out.iterdir()) == []  # nothing written, not even a manifest
+    finally:
+        os.close(fd)
+    export(loaded, range(3), out)  # free again: the lock went with its holder
+    assert len(list(out.glob("seed*.png"))) == 3
+
+
+def test_start_counts_the_folders_images_when_a_rerun_adds_seeds(plain, tmp_path):
+    loaded, out = _load(plain), tmp_path / "out"
+    export(loaded, range(5), out)
+    started, seen = [], []
+    r = export(loaded, range(3, 8), out, start=started.append, progress=seen.append)
+    assert started == [8] and sum(seen) == 8  # seeds 0-4 kept, 5-7 new: the bar ends at 8 of 8
+    assert (r["count"], r["skipped"], r["written"]) == (8, 5, 3)
+
+
+def test_bad_truncation_is_refused_before_anything_is_written(plain, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="truncation must be a number from 0 up"):
+        export(_load(plain), range(3), out, truncation=-0.5)
+    assert not out.exists()

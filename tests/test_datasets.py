@@ -526,3 +526,36 @@ def test_images_outside_the_classes_and_empty_classes_are_reported(workdir):
     result = train_ok("--dataset", "mixed", "--resolution", "32", "--out", "r")
     assert "in no class (label -1): see r/data_report.json" in result.stdout
     assert report(workdir / "r")["unlabelled"] == 2
+
+
+@pytest.mark.parametrize(("size", "mode", "expected"), [
+    ((32, 32), "RGB", (3, 32)),  # a bulk export of a 32x32 model trains at 32, not 64
+    ((28, 28), "L", (1, 32)),  # MNIST-sized: up to dcgan's smallest
+    ((8, 8), "RGB", (3, 32)),
+    ((48, 48), "RGB", (3, 64)),
+    ((100, 80), "RGB", (3, 64)),  # the shorter side, rounded up, at most 64
+    ((512, 512), "RGB", (3, 64)),
+])
+def test_a_folders_default_resolution_and_channels_follow_its_images(tmp_path, size, mode, expected):
+    from PIL import Image  # noqa: PLC0415
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        Image.new(mode, size, color=i * 40 if mode == "L" else (i * 40, 0, 0)).save(folder / f"{i}.png")
+    got = datasets.preset(str(folder))
+    assert (got["channels"], got["resolution"]) == expected
+    given = datasets.preset(str(folder), {"resolution": 128})
+    assert (given["channels"], given["resolution"]) == (expected[0], 128)  # the user's stands
+
+
+def test_train_on_a_folder_of_32px_images_defaults_to_32(tmp_path, workdir):
+    from PIL import Image  # noqa: PLC0415
+
+    for i in range(8):
+        Image.new("RGB", (32, 32), color=(i * 30, 10, 10)).save(workdir / f"{i}.png")
+    result = invoke("train", "--print-config", "--json", "--dataset", str(workdir))
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["config"]["resolution"] == 32
+    assert doc["sources"]["resolution"].startswith("dataset ")

@@ -294,7 +294,8 @@ def test_one_class_for_every_frame(loaded, tmp_path):
 # --- bad requests -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("seeds", "name", "kwargs", "fragment"), [
-    ([1], "w.gif", {}, "two seeds or more"),
+    ([1], "w.gif", {}, "two different seeds or more, got 1"),
+    ([3, 3, 3], "w.gif", {}, "two different seeds or more, got only seed 3"),
     ([1, 2], "w.gif", {"frames": 1}, "frames must be a whole number from 2 to 10000"),
     ([1, 2], "w.gif", {"frames": 10_001}, "from 2 to 10000"),
     ([1, 2], "w.gif", {"frames": 2.5}, "frames must be"),

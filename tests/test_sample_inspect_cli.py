@@ -55,7 +55,10 @@ def test_sample_json(trained_run, workdir):
 
 
 @pytest.mark.parametrize("out, fragment", [("x.bmp", "must end in .png, .jpg, .jpeg, .webp"),
-                                           ("a-file/x.png", "cannot write a-file/x.png")])
+                                           ("a-file/x.png", "a-file is a file, not a folder"),
+                                           ("a-file/sub/x.png", "a-file is a file, not a folder"),
+                                           (".png", ".png is a hidden file's name with no suffix; "
+                                                    "name the file like out.png")])
 def test_sample_bad_output(trained_run, out, fragment):
     Path("a-file").write_text("a file where a folder would go")
     result = invoke("sample", out)

@@ -68,9 +68,12 @@ def test_seeds_take_ranges_and_lists(run):
     assert one["width"] == one["height"] == 32
 
 
-@pytest.mark.parametrize("seeds", ["5-2", "a", "1,,2", "-3", "0-99999999"])
-def test_bad_seeds_are_a_one_line_error(run, seeds):
-    assert_one_line_error(invoke("sample", "--seeds", seeds, "x.png", "--ckpt", run), 1, "seed")
+@pytest.mark.parametrize("seeds", ["5-2", "a", "1,,2", "-3", "0-99999999", "\uff13", "\u0663"])
+def test_bad_seeds_are_a_bad_command_line(run, seeds):
+    """A malformed --seeds is a bad command line (exit 2), checked before the checkpoint is
+    read; only ASCII digits are seeds (full-width and Arabic-Indic ones are not)."""
+    result = invoke("sample", "--seeds", seeds, "x.png", "--ckpt", "no-such-run")
+    assert_one_line_error(result, 2, "Invalid value for --seeds", "write seeds like 0-63,100")
     assert not Path("x.png").exists()
 
 
@@ -94,9 +97,11 @@ def test_truncation_narrows_the_samples_and_zero_gives_one_image(run):
 
 
 @pytest.mark.parametrize("psi", ["-1", "nan"])
-def test_bad_truncation_is_a_one_line_error(run, psi):
-    assert_one_line_error(invoke("sample", "-n", "2", "x.png", "--truncation", psi, "--ckpt", run), 1,
-                          "truncation")
+def test_bad_truncation_is_a_bad_command_line(run, psi):
+    result = invoke("sample", "-n", "2", "x.png", "--truncation", psi, "--ckpt", "no-such-run")
+    assert_one_line_error(result, 2, "Invalid value for --truncation",
+                          "truncation must be a number from 0 up, like 0.7")
+    assert "None" not in result.stderr  # the Python API's words are not the command line's
 
 
 def test_class_on_an_unconditional_model_is_an_error(run):
@@ -181,6 +186,9 @@ def test_bulk_export_stopped_by_sigterm_then_rerun_ends_with_exactly_n_files(wor
     assert proc.returncode == 128 + signal.SIGTERM, err
     first = sorted(Path("out").glob("seed*.png"))
     assert 200 <= len(first) < n
+    # the stop says how far it got, to the image, and how to go on
+    assert (f"stopped by SIGTERM with {len(first):,} of {n:,} images in out; run the same "
+            "command again to finish") in err
     for path in first:  # every file there is whole
         with Image.open(path) as image:
             image.load()
@@ -211,6 +219,22 @@ def test_interpolation_gif_from_the_command_line(run):
     assert doc["frames"] == 12
     with Image.open("walk.gif") as gif:
         assert gif.size == (64, 64) and 1 < gif.n_frames <= 12
+
+
+def test_interpolation_png_says_its_rows_and_when_the_row_is_cut(run):
+    result = invoke("sample", "--interpolate", "--seeds", "1,2,3", "--frames", "12", "--no-loop",
+                    "w.png", "--ckpt", run)
+    assert result.exit_code == 0, result.output
+    assert ("a grid of 2 rows (one per pair of seeds 1, 2, 3) of 7 images each (240x70 px)"
+            in result.stdout)
+    doc = sample("--interpolate", "--seeds", "1,2", "--frames", "600", "w.png", "--ckpt", run)
+    assert (doc["rows"], doc["columns"], doc["columns_asked"]) == (2, 16, 301)
+    result = invoke("sample", "--interpolate", "--seeds", "1,2", "--frames", "600", "w.png",
+                    "--ckpt", run)
+    assert ("a PNG row holds at most 16 images, not the 301 that --frames 600 asks for: a .gif "
+            "or .mp4 shows every frame") in result.stdout
+    with Image.open("w.png") as grid:
+        assert grid.size == (16 * 34 + 2, 2 * 34 + 2)
 
 
 def test_torchscript_export_from_the_command_line(run):

@@ -29,7 +29,8 @@ MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
 FOLDER_PRESET = {"resolution": 64, **REAL_PRESET}
-CHANNEL_PROBE = 64  # files looked at to decide a folder's default channels
+CHANNEL_PROBE = 64  # files looked at to decide a folder's default channels and resolution
+MIN_PROBED = 32  # the smallest default resolution a folder's images give (dcgan's smallest)
 SYSTEM_FOLDERS = frozenset({"proc", "sys", "dev"})  # kernel views, never a dataset
 
 
@@ -286,30 +287,41 @@ def open_source(config: Config, download: bool = True) -> sources.Source:
         return spec.open(root, split, max_bytes)
 
 
-def _probe_channels(source: sources.Source) -> int:
-    """3 unless every one of the first few readable images is grayscale."""
-    seen = 0
+def _probe(source: sources.Source) -> tuple[int, int]:
+    """A folder's or zip's default (channels, resolution) from its first few readable images:
+    3 channels unless every one is grayscale; the resolution their median shorter side rounds
+    up to as a power of two, from MIN_PROBED (32) to FOLDER_PRESET's 64 (32x32 images, such as a
+    bulk export of a 32x32 model, train at 32; 28x28 ones at 32; photos at 64)."""
+    gray, sides = True, list[int]()
     for i in range(len(source)):
-        if seen >= CHANNEL_PROBE:
+        if len(sides) >= CHANNEL_PROBE:
             break
         try:
             image = open_image(source.read(i))  # type: ignore[arg-type]
         except (Skip, OSError):
             continue
-        if not is_gray(image):
-            return 3
-        seen += 1
-    return 1 if seen else 3
+        gray = gray and is_gray(image)
+        sides.append(min(image.size))
+    if not sides:
+        return 3, FOLDER_PRESET["resolution"]
+    side = sorted(sides)[len(sides) // 2]
+    resolution = MIN_PROBED
+    while resolution < min(side, FOLDER_PRESET["resolution"]):
+        resolution *= 2
+    return (1 if gray else 3), resolution
 
 
 def preset(name: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The defaults dataset `name` brings; for a folder or zip, channels come from its images."""
+    """The defaults dataset `name` brings; for a folder or zip, channels and resolution come
+    from its images (_probe), unless given."""
     if not is_path(name):
         return dict(_spec(name).preset)
     values = values or {}
     out = dict(FOLDER_PRESET)
-    if "channels" not in values:
-        out["channels"] = _probe_channels(_path_source(name, sources.DEFAULT_MAX_BYTES))
+    if "channels" not in values or "resolution" not in values:
+        channels, resolution = _probe(_path_source(name, sources.DEFAULT_MAX_BYTES))
+        out["channels"] = values.get("channels", channels)
+        out["resolution"] = values.get("resolution", resolution)
     return out
 
 
