@@ -15,7 +15,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -39,7 +39,7 @@ class _JsonErrors(typer.core.TyperGroup):
              windows_expand_args: bool = True, **extra: Any) -> Any:
         global _OUTPUT
         argv = list(sys.argv[1:] if args is None else args)
-        _OUTPUT = _Command(json="--json" in argv)
+        _OUTPUT = _Command(json="--json" in argv, argv=argv)
         try:
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False,
                               windows_expand_args=windows_expand_args, **extra)
@@ -83,6 +83,7 @@ class _Command:
     name: str = ""  # "ganctl train", "ganctl data prepare" ... (once it accepts signals)
     training: str = ""  # train and resume: "started" or "resumed", what the loop would do
     log: Any = None  # their RunLog, which knows whether the loop began
+    argv: list[str] = field(default_factory=list)  # the command line (--gpus runs it again)
     at_stop: Callable[[], tuple[str, dict[str, Any]]] | None = None  # how far it got, at a stop
 
     def unfinished(self) -> str:
@@ -153,6 +154,14 @@ CompileOpt = Annotated[bool | None, typer.Option(
 CompileMode = Annotated[str | None, typer.Option(
     help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, "
     "max-autotune-no-cudagraphs.", show_default=_default("compile_mode"), rich_help_panel=RUNTIME)]
+Gpus = Annotated[int | None, typer.Option(
+    min=1, max=1024, help="Train on N processes of this machine, one per GPU (with --device "
+    "cpu: N CPU processes), through torch's launcher; for several machines use torchrun (see "
+    "the README).", show_default="1", rich_help_panel=RUNTIME)]
+SyncBn = Annotated[bool | None, typer.Option(
+    "--sync-bn/--no-sync-bn", help="Several GPUs: BatchNorm statistics over the global batch "
+    "(SyncBatchNorm) rather than each process's share.", show_default="off",
+    rich_help_panel=RUNTIME)]
 Steps = Annotated[int | None, typer.Option(
     min=1, help="Total length of the run in steps (also on resume: the run ends at this step).",
     show_default=_default("steps"), rich_help_panel=SCHEDULE)]
@@ -226,6 +235,10 @@ def _report(message: str, code: int, result: dict[str, Any] | None = None) -> No
     from ganctl.logging import printable
 
     _outcome_decided()
+    if rank := _rank():  # another rank: its errors alone, never JSON (rank 0 speaks for the run)
+        if code < 128:
+            print(printable(f"error: rank {rank}: {message}"), file=sys.stderr)
+        return
     _json_error(message, code, result)
     print(printable(f"error: {message}" if code == 1 else message), file=sys.stderr)
 
@@ -286,16 +299,45 @@ def _say(message: str) -> None:
 
 def _console(json_mode: bool) -> Console:
     # With --json, stdout carries the JSON document alone: everything human goes to stderr.
+    # Under torchrun, ranks other than 0 show nothing (rank 0 speaks for the run).
     from ganctl.logging import QuietOnClosedPipe
 
+    if _rank():
+        return QuietOnClosedPipe(file=open(os.devnull, "w"), highlight=False)  # noqa: SIM115
     return QuietOnClosedPipe(stderr=json_mode, highlight=False)
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 outside a launcher)."""
+    from ganctl.distributed import from_environment
+
+    try:
+        found = from_environment()
+    except Exception:  # noqa: BLE001 - bad variables are reported where the run joins
+        return 0
+    return found[0] if found else 0
+
+
+def _launch(processes: int) -> None:
+    """--gpus N: this command line again on N processes (torch's launcher); its exit code."""
+    from ganctl.distributed import from_environment, launch, without_option
+
+    if _call(False, from_environment) is not None:
+        raise typer.BadParameter("already running under torchrun: its --nproc_per_node sets the "
+                                 "processes, leave --gpus out", param_hint="--gpus")
+    code = launch(processes, without_option(_OUTPUT.argv, "--gpus"))
+    _outcome_decided()
+    if code:
+        raise typer.Exit(code)
+
+
 def _emit(json_mode: bool, result: dict[str, Any], human: str) -> None:
-    """The command's result: the JSON document with --json, else `human`."""
+    """The command's result: the JSON document with --json, else `human` (rank 0's alone)."""
     from ganctl.logging import printable
 
     _outcome_decided()
+    if _rank():
+        return
     if json_mode:
         typer.echo(json.dumps(result))
     else:
@@ -445,6 +487,8 @@ def train(
         "--deterministic/--no-deterministic", help="Deterministic GPU kernels: a resumed run "
         "matches an uninterrupted one exactly on a GPU too (slower).", show_default="off",
         rich_help_panel=RUNTIME)] = None,
+    gpus: Gpus = None,
+    sync_bn: SyncBn = None,
     debug: Debug = False,
 ) -> None:
     """Train a GAN; writes a run directory with config, metrics, sample grids and checkpoints.
@@ -459,6 +503,8 @@ def train(
 
     if list_presets:
         return _list_presets(json_mode)
+    if gpus is not None and gpus > 1 and not print_config:
+        return _launch(gpus)
     _OUTPUT.training = "started"
     flags = _config_flags(locals())
     if resume_run and overwrite:
@@ -604,10 +650,13 @@ def resume(
     tensorboard: Tensorboard = None,
     wandb: Wandb = None,
     wandb_project: WandbProject = None,
+    gpus: Gpus = None,
+    sync_bn: SyncBn = None,
     json_mode: Json = False,
     debug: Debug = False,
 ) -> None:
-    """Continue a run from its newest checkpoint with the config stored in it.
+    """Continue a run from its newest checkpoint with the config stored in it (on any number
+    of processes: --gpus, torchrun).
 
     Example: ganctl resume runs/0003-shapes-dcgan --steps 3000
     """
@@ -619,7 +668,10 @@ def resume(
                        eval_every=eval_every, eval_num=eval_num, eval_num_real=eval_num_real,
                        eval_metrics=eval_metrics, inception=inception, max_file_mb=max_file_mb,
                        precision=precision, compile=compile, compile_mode=compile_mode,
-                       tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project)
+                       tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project,
+                       sync_bn=sync_bn)
+    if gpus is not None and gpus > 1:
+        return _launch(gpus)
     _OUTPUT.training = "resumed"
     deadline = _call(debug, session.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))

@@ -26,7 +26,7 @@ from ganctl.fsutil import NotRegularFile, read_regular
 RESUME_OVERRIDABLE = frozenset(
     {"dataset", "steps", "log_every", "sample_every", "ckpt_every", "keep", "device", "data_dir",
      "eval_every", "eval_num", "eval_num_real", "eval_metrics", "inception", "max_file_mb",
-     "precision", "compile", "compile_mode", "tensorboard", "wandb", "wandb_project"}
+     "precision", "compile", "compile_mode", "tensorboard", "wandb", "wandb_project", "sync_bn"}
 )
 CROPS = ("center", "none")
 SPECTRAL_NORM = ("auto", "on", "off")
@@ -108,6 +108,7 @@ class Config:
     precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32), fp32, tf32, bf16, fp16
     compile: str = "auto"  # torch.compile of G and D: auto (on for CUDA), on, off
     compile_mode: str = "default"  # torch.compile's mode (reduce-overhead: CUDA graphs)
+    sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch
     # evaluation during training (0: none); an evaluation step is also a checkpoint step
     eval_every: int = 0
     eval_num: int = 10000  # fakes per evaluation

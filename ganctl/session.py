@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ganctl import checkpoint, presets, rundir
+from ganctl import checkpoint, distributed, presets, rundir
 from ganctl.config import BATCH_AUTO, FIELD_NAMES, RESUME_OVERRIDABLE, Config
 from ganctl.data import ImageSet, is_path, load_dataset, preset
 from ganctl.data.cache import skip_summary
@@ -279,13 +279,14 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
     directory, locked: without `restore` a new one (`out`, or the next numbered); with it the
     existing run `out`, into whose state `restore` loads its checkpoint. Then config.json,
     metrics.jsonl and the data report."""
-    device = resolve_device(config.device)
+    device = distributed.setup(resolve_device(config.device))  # under torchrun: this rank's
     configure_determinism(config.deterministic)
     config = on_device(config, device)
     check_sinks(config)  # --tensorboard/--wandb without their package: an error before any file
     for note in runtime_notes(config, device):
         log.info(note)
-    data = load_dataset(config, download=download, progress=log.task)
+    with distributed.local_first():  # the decode cache built once per node, not once per rank
+        data = load_dataset(config, download=download, progress=log.task)
     if check is not None:
         check(data)
     if restore is None:  # a new run: the class names come from the data (a config may repeat them)
@@ -302,22 +303,27 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
     try:
         if initialise is not None:  # --init-from's weights: a mismatch fails before any file
             initialise(state)
-        evaluate = _evaluator(config, data, device, download, log)
+        writer = distributed.WORLD.writer  # rank 0 alone writes and evaluates
+        evaluate = _evaluator(config, data, device, download, log) if writer else None
         with ExitStack() as held:
-            if restore is None:
+            if restore is None and writer:
                 run_dir, made = _claim(out, config, overwrite, held, log)
                 try:
                     _write_run_files(run_dir, config, data, log)
                 except BaseException:  # a full disk ...: leave no half-made run behind
                     rundir.abandon(run_dir, made)
                     raise
-            else:
+            elif restore is not None:
                 assert out is not None
                 run_dir = out
-                held.enter_context(rundir.locked(run_dir))
+                if writer:
+                    held.enter_context(rundir.locked(run_dir))
                 restore(state)
-                _write_run_files(run_dir, config, data, log)
-            log.attach(run_dir / rundir.METRICS)
+                if writer:
+                    _write_run_files(run_dir, config, data, log)
+            run_dir = Path(distributed.broadcast_object(str(run_dir) if writer else None))
+            if writer:
+                log.attach(run_dir / rundir.METRICS)
             yield Opened(run_dir, state, data, evaluate)
     finally:
         state.batches.close()
@@ -337,12 +343,21 @@ def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
     with open_run(config, log, download, out, overwrite=overwrite, initialise=initialise) as run:
         c = run.state.config
         log.info(f"run {run.run_dir}: {c.arch} {c.resolution}x{c.resolution}x{c.channels} on "
-                 f"{c.dataset} ({len(run.data.images)} images), batch {c.batch_size}, "
-                 f"{runtime(c, run.state.batches.device)}")
+                 f"{c.dataset} ({len(run.data.images)} images), batch {c.batch_size}"
+                 f"{per_process(c)}, {runtime(c, run.state.batches.device)}")
         if c.init_from:
             log.info(f"weights of G, D and G_ema from {c.init_from} (fine-tuning from step 0)")
         log.info(length_line(c, len(run.data.images)))
         return fit(run.state, run.run_dir, log, run.data.fingerprint, deadline, run.evaluate)
+
+
+def per_process(config: Config) -> str:
+    """', 32 per process on 2 processes' under torchrun; '' for one process."""
+    size = distributed.WORLD.size
+    if size == 1:
+        return ""
+    sync = "synchronised" if config.sync_bn else "per process"
+    return f" ({config.batch_size // size} per process on {size} processes, BatchNorm {sync})"
 
 
 def length_line(config: Config, images: int) -> str:
@@ -518,6 +533,15 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
 
     def restore(state: TrainState) -> None:
         load_state(state, checkpoint.load_tensors(header), log.info)
+        recorded = str(header.metadata.get("ganctl.world_size", "1"))
+        trained_on = int(recorded) if recorded.isdecimal() and recorded.isascii() else 1
+        here = distributed.WORLD.size
+        if trained_on != here:
+            log.info(f"this run trained on {trained_on} process(es); it continues on {here} "
+                     f"(the global batch {state.config.batch_size} stays, "
+                     f"{state.config.batch_size // here} per process)")
+        if not distributed.WORLD.writer:
+            return
         damaged = rundir.trim_metrics(run_dir, state.step)
         if damaged:
             log.info(f"{run_dir / rundir.METRICS}: dropped {damaged} damaged line(s) (cut short, "
@@ -529,6 +553,7 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
         state = run.state
         device = state.batches.device
         log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "
+                 f"batch {state.config.batch_size}{per_process(state.config)}, "
                  f"{runtime(state.config, device)}")
         if state.step == config.steps:
             log.info(f"run is already complete at step {state.step}; pass a larger --steps to "

@@ -51,14 +51,20 @@ class Batches:
     def __init__(self, images: np.ndarray | torch.Tensor, batch_size: int, seed: int,
                  device: torch.device, mirror: bool = False, resident: bool | None = None,
                  labels: np.ndarray | torch.Tensor | None = None,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 rank: int = 0, world: int = 1) -> None:
         """labels: (N,) class indices of the images, or None for unlabelled data; memory_format:
-        the batches' layout (the networks', channels_last on CUDA and CPU)."""
+        the batches' layout (the networks', channels_last on CUDA and CPU). With `world`
+        processes, batch_size is the global batch: the position advances by it, and this
+        `rank` takes its share, rows rank * b ... (rank + 1) * b of each (b = batch_size /
+        world), so the ranks' batches are disjoint and together the one-process batch."""
         self.memory_format = memory_format
         self.count = len(images)
         if labels is not None and len(labels) != self.count:
             raise ValueError(f"{len(labels)} labels for {self.count} images")
         self.batch_size = batch_size
+        self.local = batch_size // world  # this rank's rows of each batch
+        self.offset = rank * self.local
         self.seed = seed
         self.device = device
         self.mirror = mirror
@@ -112,9 +118,9 @@ class Batches:
     # --- batches ------------------------------------------------------------------------------------
     def next(self) -> Batch:
         """The next batch: images as float in [-1, 1], (B, C, H, W), and labels, on the device."""
-        _, start, stop = self._advance()
+        _, start, _ = self._advance()
         if self.resident:
-            idx = self._perm[start:stop]
+            idx = self._perm[start + self.offset:start + self.offset + self.local]
             x = self.images.index_select(0, idx)  # type: ignore[union-attr]
             flip = self._flips[idx]
             c = None if self.labels is None else self.labels.index_select(0, idx)
@@ -148,7 +154,8 @@ class Batches:
                 if index + self.batch_size > self.count:
                     epoch, index = epoch + 1, 0
                     perm, flips = self._epoch_order(epoch)
-                idx = perm[index:index + self.batch_size]
+                first = index + self.offset
+                idx = perm[first:first + self.local]
                 index += self.batch_size
                 x = torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()]))
                 c = None if self.labels is None else self.labels.index_select(0, idx)

@@ -19,6 +19,7 @@ from torch import nn
 
 from ganctl import checkpoint, plot, rundir
 from ganctl.config import Config
+from ganctl.distributed import WORLD, agree, barrier
 from ganctl.engine.compiled import cache_dir, compile_error
 from ganctl.engine.guard import LR_FACTOR, MAX_ROLLBACKS, DivergenceGuard, StopSignals, TimeBudget
 from ganctl.engine.memory import is_out_of_memory, out_of_memory_error
@@ -160,6 +161,7 @@ def save_checkpoint(state: TrainState, tensors: dict[str, torch.Tensor], run_dir
         "ganctl.created": datetime.now(UTC).isoformat(timespec="seconds"),
         "ganctl.dataset_fingerprint": fingerprint,
         "ganctl.device": str(state.batches.device),  # where it ran (config.device may be "auto")
+        "ganctl.world_size": str(WORLD.size),  # processes it trained on (it resumes on any number)
     }
     if metrics is not None:
         extra["ganctl.metrics"] = json.dumps(metrics)
@@ -223,7 +225,8 @@ def roll_back(state: TrainState, good: LastGood, what: str, bad_step: int, run_d
     for name in NETWORKS:  # ... lowered once more for each rollback to it
         for group in state.optimizer(name).param_groups:
             group["lr"] *= factor
-    rundir.trim_metrics(run_dir, state.step)
+    if WORLD.writer:
+        rundir.trim_metrics(run_dir, state.step)
     log.rewind(state.step)
     log.event({"step": bad_step, "event": "rollback", "loss": what, "to_step": state.step,
                **_learning_rates(state), "time": round(time.time(), 3)},
@@ -293,8 +296,11 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     made = _Made()
     out_of_time = False
     compiling = _compile_note(state, log)
+    writer = WORLD.writer  # rank 0 alone writes, evaluates and shows progress
+    evals = bool(config.eval_every) and (evaluate is not None or not writer)
     curves = plot.Curves(run_dir, log.info)
-    log.watch(open_sinks(config, run_dir, state.step, log.info))  # closed by log.close() below
+    if writer:
+        log.watch(open_sinks(config, run_dir, state.step, log.info))  # closed by log.close() below
     meter = Meter(config.batch_size, state.drawn)  # after the sinks: W&B may take seconds
     t0 = time.perf_counter()
     log.start(state.step, config.steps, deadline)
@@ -312,13 +318,16 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                     made.compile_seconds = round(seconds, 2)
 
                 step, done = state.step, state.step == config.steps
-                evaluating = evaluate is not None and _due(step, config.eval_every, done)
-                eval_next = evaluate is not None and (step + 1) % config.eval_every == 0
+                evaluating = evals and _due(step, config.eval_every, done)
+                eval_next = evals and (step + 1) % config.eval_every == 0
                 out_of_time = not done and budget.exhausted(step, eval_next)
+                if WORLD.active:  # any rank's signal or deadline stops every rank at this step
+                    signum, late = agree(signals.signum or 0, int(out_of_time))
+                    signals.signum, out_of_time = signum or None, bool(late)
                 stopping = signals.signum is not None or out_of_time
                 save = stopping or evaluating or _due(step, config.ckpt_every, done)
                 if save or _due(step, config.log_every, done) or _due(step, config.sample_every, done):
-                    if broke := guard.check(state.G, state.D):
+                    if broke := _check(guard, state):
                         roll_back(state, good, *broke, run_dir, log)
                         meter = Meter(config.batch_size, state.drawn)
                         guard.reset(state.step)
@@ -329,15 +338,22 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                 elif log.line_due():  # a slow run's user sees it go (metrics.jsonl does not)
                     log.show(meter.peek(step, state.drawn))
                 scored = None
-                if evaluate and evaluating:
+                if evaluating and evaluate is not None:
                     scored = _evaluate(state, evaluate, meter, log)
                     budget.pause(scored["seconds"], "eval")
                 if save:
                     saving = time.perf_counter()
                     good.update(snapshot(state), step)
-                    made.ckpt = save_checkpoint(state, good.tensors, run_dir, made.last, fingerprint,
-                                                scored)
+                    if writer:
+                        made.ckpt = save_checkpoint(state, good.tensors, run_dir, made.last,
+                                                    fingerprint, scored)
                     budget.pause(time.perf_counter() - saving, "save")
+                if evaluating or save:
+                    barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
+                if not writer:
+                    if stopping:
+                        break
+                    continue
                 if _due(step, config.sample_every, done):  # after the checkpoint: it matters more
                     made.sample = write_samples(state, run_dir, fixed_z, log) or made.sample
                 if _due(step, config.sample_every, done) or stopping:
@@ -354,6 +370,16 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
         state.batches.close()
         log.close()
     return _finish(state, run_dir, made, out_of_time, signals, round(time.perf_counter() - t0, 2), log)
+
+
+def _check(guard: DivergenceGuard, state: TrainState) -> tuple[str, int] | None:
+    """The guard's finding, agreed over the ranks: any rank's rolls every rank back."""
+    broke = guard.check(state.G, state.D)
+    if WORLD.active:
+        [anyone] = agree(int(broke is not None))
+        if anyone and broke is None:
+            return "a loss of another process", state.step
+    return broke
 
 
 def _compile_note(state: TrainState, log: RunLog) -> bool:

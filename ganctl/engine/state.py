@@ -17,6 +17,7 @@ from ganctl import checkpoint
 from ganctl.config import Config
 from ganctl.data import Batches
 from ganctl.device import Precision, memory_format, resolve_precision
+from ganctl.distributed import WORLD, broadcast_module, split_batch, sync_batchnorm
 from ganctl.engine.amp import Amp
 from ganctl.engine.compiled import compile_network, compiles, cuda_graphs, prepare_cache
 from ganctl.errors import CheckpointError, ConfigError, first_line
@@ -76,6 +77,12 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
             raise
         raise ConfigError(f"the model does not fit in {device} memory ({first_line(e, 120)}); "
                           "lower --g-width, --d-width or --z-dim") from None
+    if WORLD.active:
+        split_batch(config.batch_size)  # the global batch divides among the processes
+        if config.sync_bn:
+            G, D = sync_batchnorm(G, device), sync_batchnorm(D, device)
+        broadcast_module(G)  # rank 0's weights everywhere (the seed gives the same already)
+        broadcast_module(D)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     loss = make_loss(config)
     fast = compiles(config, device)
@@ -85,7 +92,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
         opt_D=_adam(D, config.lr_d, config, _updates_per_regulariser(loss.phases(), "D")),
         loss=loss,
         batches=Batches(images, config.batch_size, config.seed, device, mirror=config.mirror,
-                        labels=labels, memory_format=layout),
+                        labels=labels, memory_format=layout, rank=WORLD.rank, world=WORLD.size),
         noise=torch.Generator(device=device).manual_seed(config.seed),
         amp=Amp(precision),
         G_train=compile_network(G, config.compile_mode, device) if fast else G,

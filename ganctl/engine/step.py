@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ganctl.distributed import average_gradients
 from ganctl.engine.state import TrainState
 from ganctl.losses import NETWORKS, Phase, Stats, StepInputs, requires_grad
 from ganctl.models.layers import power_iterations
@@ -21,8 +22,10 @@ def draw(state: TrainState, keep_graph: bool) -> StepInputs:
     real = state.batches.next()
     state.drawn += 1
     keep_graph = keep_graph and not state.cuda_graphs  # G's phase makes its own (compiled.cuda_graphs)
+    batches = state.batches
     z = torch.randn(state.config.batch_size, state.config.z_dim, generator=state.noise,
-                    device=state.batches.device)  # (B, z_dim)
+                    device=batches.device)  # (B, z_dim): the global batch's, the same on every rank
+    z = z[batches.offset:batches.offset + batches.local]  # this rank's rows, as its real batch
     return StepInputs(state.G_train, state.D_train, real, z, keep_graph, backward=state.amp.backward,
                       augment=state.loss.augment, generator=state.noise, grad=state.amp.input_grad,
                       D_eager=state.D)
@@ -37,6 +40,7 @@ def run_phase(state: TrainState, phase: Phase, inputs: StepInputs) -> Stats:
         opt.zero_grad(set_to_none=True)
         with state.amp.phase(phase.module):
             stats = state.loss.accumulate(phase, inputs)
+        average_gradients(state.network(phase.module))  # over the ranks (no-op for one process)
         state.amp.step(phase.module, opt)
         power_iterations(state.normed[phase.module])  # spectral norm follows the new weights
     if phase.module == "G":

@@ -1,0 +1,327 @@
+"""Training on several processes with torch.distributed: torchrun's environment, the process
+groups, and the few collectives the engine needs.
+
+A run under torchrun (WORLD_SIZE > 1 in the environment) is data parallel: every rank holds the
+same G and D, draws its shard of each global batch, and the gradients of each phase are
+averaged over the ranks with one all-reduce of the flattened gradients before the optimizer
+steps (as StyleGAN2-ADA does, rather than the DistributedDataParallel wrapper: a GAN step calls
+D on reals and fakes with G or D frozen in between, which DDP's reducer does not allow without
+find_unused_parameters and re-wrapping). The weights start from rank 0's and stay equal.
+
+Control flow is decided together over a gloo group on the CPU (a per-step all-reduce of a few
+integers that never waits on the GPU): a stop signal or --max-time on any rank stops every rank
+at the same step; a divergence seen by any rank rolls every rank back. Rank 0 alone writes the
+run directory, checkpoints, samples, metrics and progress, and evaluates; the others wait at a
+barrier meanwhile. A rank that dies closes its sockets, and the others' next collective fails
+at once with a one-line error (a rank that hangs: after TIMEOUT_S).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ganctl.errors import ConfigError, GanctlError
+
+TIMEOUT_S = float(os.environ.get("GANCTL_DIST_TIMEOUT", "600"))  # a hung rank's collective fails after this
+
+
+class RankFailed(GanctlError):
+    """Another rank of a distributed run died or stopped answering."""
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    control: Any = None  # the gloo group that decides control flow (None: one process)
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes files and output: rank 0, or the only process."""
+        return self.rank == 0
+
+
+WORLD = World()
+
+
+def from_environment() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) from torchrun's variables, None outside a launcher (or
+    for a world of one)."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise ConfigError("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers (set by "
+                          "torchrun)") from None
+    return (rank, size, local) if size > 1 else None
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join the process group of a torchrun launch (once): NCCL on CUDA, each rank on its
+    LOCAL_RANK GPU whatever --device auto would pick; gloo on a CPU. Returns this rank's device.
+    Outside a launcher, the device as it is."""
+    found = from_environment()
+    if found is None:
+        return device
+    import torch.distributed as dist  # noqa: PLC0415
+
+    rank, size, local = found
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"rank {rank} has LOCAL_RANK {local}, but this machine has "
+                              f"{torch.cuda.device_count()} GPU(s); start at most that many "
+                              "processes per node (torchrun --nproc_per_node)")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise ConfigError(f"distributed training runs on CUDA GPUs or CPUs, not {device.type}")
+    if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=TIMEOUT_S)
+        if device.type == "cuda":  # device_id: NCCL's communicators made now, on this GPU
+            dist.init_process_group("nccl", timeout=timeout, device_id=device)
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
+        control = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else None
+        WORLD.rank, WORLD.size, WORLD.local_rank = rank, size, local
+        WORLD.control = control if control is not None else dist.group.WORLD
+    return device
+
+
+def teardown() -> None:
+    if WORLD.active:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        WORLD.rank, WORLD.size, WORLD.local_rank, WORLD.control = 0, 1, 0, None
+
+
+def _failed(e: BaseException) -> RankFailed:
+    first = " ".join(str(e).split())[:200]
+    return RankFailed(f"rank {WORLD.rank} of {WORLD.size}: another rank died or stopped answering "
+                      f"({type(e).__name__}: {first}); the run stops here; its last checkpoint "
+                      "holds; continue with ganctl resume once every process is back")
+
+
+@contextmanager
+def collective() -> Iterator[None]:
+    """A collective's failure (a dead peer) as RankFailed."""
+    try:
+        yield
+    except (RuntimeError, OSError) as e:
+        if WORLD.active and not isinstance(e, GanctlError):
+            raise _failed(e) from None
+        raise
+
+
+def agree(*values: int) -> list[int]:
+    """The largest of each value over the ranks (0 and 1 flags: any rank's 1 wins); one
+    CPU all-reduce on the control group."""
+    if not WORLD.active:
+        return list(values)
+    import torch.distributed as dist  # noqa: PLC0415
+
+    t = torch.tensor(values, dtype=torch.int64)
+    with collective():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=WORLD.control)
+    return [int(v) for v in t.tolist()]
+
+
+def barrier() -> None:
+    """Every rank waits here for the others (rank 0 writing or evaluating)."""
+    if WORLD.active:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        with collective():
+            dist.barrier(group=WORLD.control)
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's value on every rank."""
+    if not WORLD.active:
+        return value
+    import torch.distributed as dist  # noqa: PLC0415
+
+    box = [value]
+    with collective():
+        dist.broadcast_object_list(box, src=0, group=WORLD.control)
+    return box[0]
+
+
+@contextmanager
+def local_first() -> Iterator[None]:
+    """The block runs on each node's local rank 0 first (a decode cache built once per node),
+    then on the others, which find its work done."""
+    if WORLD.active and WORLD.local_rank != 0:
+        barrier()
+    yield
+    if WORLD.active and WORLD.local_rank == 0:
+        barrier()
+
+
+def broadcast_module(net: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank."""
+    if not WORLD.active:
+        return
+    import torch.distributed as dist  # noqa: PLC0415
+
+    with collective(), torch.no_grad():
+        for t in [*net.parameters(), *net.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def average_gradients(net: nn.Module) -> None:
+    """Each trainable parameter's gradient, averaged over the ranks, in one all-reduce (a
+    parameter without a gradient on this rank counts as zeros, so every rank sends the same
+    shapes)."""
+    if not WORLD.active:
+        return
+    import torch.distributed as dist  # noqa: PLC0415
+
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in params])
+    with collective():
+        dist.all_reduce(flat)
+    flat.div_(WORLD.size)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        piece = flat[offset:offset + n].view_as(p)
+        if p.grad is None:
+            p.grad = piece.clone()
+        else:
+            p.grad.copy_(piece)
+        offset += n
+
+
+def split_batch(batch_size: int) -> int:
+    """This rank's share of the global batch; an error when it does not divide."""
+    if batch_size % WORLD.size:
+        raise ConfigError(f"--batch-size {batch_size} is the global batch and must divide among "
+                          f"the {WORLD.size} processes; use a multiple of {WORLD.size}")
+    return batch_size // WORLD.size
+
+
+# --- ganctl train --gpus N: torch's own launcher, on this machine ---------------------------------
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for the rendezvous."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """argv without `name VALUE` and `name=VALUE`."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(f"{name}="):
+            out.append(arg)
+    return out
+
+
+def launch(processes: int, argv: list[str]) -> int:
+    """`python -m ganctl ARGV` on `processes` local processes through torch's elastic launcher
+    (what torchrun runs): a free port, the ranks' output on this terminal, a stop signal passed
+    on to every rank (each checkpoints and stops). Returns the exit code for the command: the
+    ranks' own when they agree (0, or 128 + N after a stop), else 1."""
+    import sys  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException  # noqa: PLC0415
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch  # noqa: PLC0415
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes,
+                          run_id=uuid.uuid4().hex[:12], rdzv_backend="c10d",
+                          rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
+                          monitor_interval=0.5, start_method="spawn")
+    try:
+        elastic_launch(config, sys.executable)("-m", "ganctl", *argv)
+    except ChildFailedError as e:
+        codes = {failure.exitcode for failure in e.failures.values()}
+        return codes.pop() if len(codes) == 1 and next(iter(codes)) > 0 else 1
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    return 0
+
+
+# --- BatchNorm over the global batch on CPU processes ---------------------------------------------
+
+class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of every rank's batch together, for CPU
+    processes (torch's SyncBatchNorm runs on CUDA alone): the per-channel sums, sums of squares
+    and counts are all-reduced with autograd (torch.distributed.nn), so the gradient flows
+    through the shared statistics as with one process. Evaluation, and a single process, are
+    plain BatchNorm. Its tensors are BatchNorm's: checkpoints load either way."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected a 2D or higher input (got {input.dim()}D)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not WORLD.active:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # noqa: PLC0415
+
+        channels = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        count = x.new_tensor([x.numel() // channels])
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        total = stats[-1]
+        mean = stats[:channels] / total
+        var = (stats[channels:2 * channels] / total - mean * mean).clamp_min(0)  # biased, as BatchNorm
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                tracked = self.num_batches_tracked
+                assert tracked is not None
+                tracked.add_(1)
+                m = 1.0 / float(tracked) if self.momentum is None else self.momentum
+                unbiased = var * total / (total - 1).clamp_min(1)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)  # type: ignore[union-attr]
+        return y
+
+
+def sync_batchnorm(net: nn.Module, device: torch.device) -> nn.Module:
+    """net with every BatchNorm computing its statistics over the global batch: torch's
+    SyncBatchNorm on CUDA, GlooSyncBatchNorm on CPU processes."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    for name, child in net.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlooSyncBatchNorm):
+            synced = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                       child.track_running_stats)
+            synced.load_state_dict(child.state_dict())
+            synced.train(child.training)
+            setattr(net, name, synced.to(device))
+        else:
+            sync_batchnorm(child, device)
+    return net

@@ -1,0 +1,184 @@
+"""Training on several processes (issue 14): gloo on the CPU, two processes, under torchrun and
+under `ganctl train --gpus 2` (torch's launcher API)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, assert_one_line_error, invoke
+from safetensors.torch import load_file
+
+from ganctl import distributed
+from ganctl.data import Batches
+from ganctl.errors import ConfigError
+
+# a run whose steps take milliseconds: 8-channel DCGAN at 32x32 on the CPU, global batch 8
+TINY = ["--device", "cpu", "--batch-size", "8", "--g-width", "8", "--d-width", "8",
+        "--log-every", "1", "--sample-every", "1000", "--ckpt-every", "1000"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run(*args: object, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _start(*args: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ganctl", *map(str, args)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the ranks of a launcher), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_for(predicate, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.1)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(path).items() if k.split(".")[0] in ("G", "D", "G_ema")}
+
+
+# --- the pieces, in one process ------------------------------------------------------------------
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_ranks_draw_disjoint_shares_that_make_the_one_process_batch(resident):
+    """Each rank takes its rows of the global batch: disjoint, and together (in rank order)
+    the batch one process draws, over an epoch's end too."""
+    n = 40
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+
+    def ids(batches: Batches) -> list[int]:
+        return ((batches.next().x[:, 0, 0, 0] + 1) * 127.5).round().long().tolist()
+
+    one = Batches(images, 8, seed=3, device=torch.device("cpu"), resident=resident)
+    ranks = [Batches(images, 8, seed=3, device=torch.device("cpu"), resident=resident, rank=r,
+                     world=2) for r in range(2)]
+    try:
+        for _ in range(7):  # 40 images, batch 8: an epoch ends after 5
+            whole = ids(one)
+            shares = [ids(b) for b in ranks]
+            assert shares[0] + shares[1] == whole
+            assert not set(shares[0]) & set(shares[1])
+        assert ranks[0].state() == ranks[1].state() == one.state()  # the position is global
+    finally:
+        for b in (one, *ranks):
+            b.close()
+
+
+def test_the_global_batch_must_divide_among_the_processes(monkeypatch):
+    monkeypatch.setattr(distributed.WORLD, "size", 3)
+    assert distributed.split_batch(9) == 3
+    with pytest.raises(ConfigError, match="--batch-size 8 is the global batch and must divide "
+                                          "among the 3 processes; use a multiple of 3"):
+        distributed.split_batch(8)
+
+
+def test_gpus_is_taken_out_of_the_command_line_it_starts():
+    argv = ["train", "--gpus", "2", "--steps", "9", "--gpus=4", "--out", "r"]
+    assert distributed.without_option(argv, "--gpus") == ["train", "--steps", "9", "--out", "r"]
+
+
+def test_sync_bn_is_recorded_and_gpus_one_trains_in_this_process(workdir):
+    result = invoke("train", *TINY, "--steps", "2", "--gpus", "1", "--sync-bn", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path("r/config.json").read_text())["sync_bn"] is True
+
+
+def test_bad_launcher_variables_are_a_one_line_error(workdir, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    assert_one_line_error(invoke("train", *TINY, "--steps", "2", "--out", "r"), 1,
+                          "WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers")
+
+
+# --- two processes ------------------------------------------------------------------------------
+
+def test_two_processes_under_torchrun_train_as_one_with_the_same_global_batch(workdir):
+    """torchrun, 2 gloo processes, BatchNorm synchronised: one run directory, rank 0's output
+    alone, and after 3 steps the weights of a one-process run with the same global batch."""
+    steps = ["--steps", "3", "--ckpt-every", "3"]
+    done = _run("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ganctl", "train",
+                *TINY, *steps, "--sync-bn", "--out", "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "batch 8 (4 per process on 2 processes, BatchNorm synchronised)" in done.stdout
+    assert done.stdout.count("done: step 3/3") == 1  # the other rank is silent
+    result = invoke("train", *TINY, *steps, "--out", "one")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in workdir.iterdir() if p.name != "data") == ["one", "two"]
+    assert [p.name for p in Path("two/checkpoints").glob("*.safetensors")] == [
+        "step-000000003.safetensors"]
+    assert len(Path("two/metrics.jsonl").read_text().splitlines()) == 3  # one writer
+    one, two = (_weights(Path(r) / "checkpoints" / "step-000000003.safetensors")
+                for r in ("one", "two"))
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.allclose(one[k].float(), two[k].float(), atol=1e-5, rtol=1e-4), k
+
+
+def test_sigterm_to_one_rank_stops_both_after_one_checkpoint_and_it_resumes_anywhere(workdir):
+    proc = _start("train", *TINY, "--steps", "100000", "--gpus", "2", "--out", "r")
+    try:
+        _wait_for(lambda: Path("r/metrics.jsonl").exists()
+                  and len(Path("r/metrics.jsonl").read_text().splitlines()) >= 2)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[1], signal.SIGTERM)  # one rank only: the other hears of it and stops too
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    saved = list(Path("r/checkpoints").glob("*.safetensors"))
+    assert len(saved) == 1
+    step = int(saved[0].stem.split("-")[1])
+    assert f"stopped by SIGTERM at step {step}" in err
+    # on one process, then on two again
+    result = invoke("resume", "r", "--steps", step + 2)
+    assert result.exit_code == 0, result.output
+    assert "this run trained on 2 process(es); it continues on 1" in result.output
+    done = _run("-m", "ganctl", "resume", "r", "--steps", step + 4, "--gpus", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "this run trained on 1 process(es); it continues on 2" in done.stdout
+    assert f"done: step {step + 4}/{step + 4}" in done.stdout
+
+
+def test_a_rank_that_dies_ends_the_run_within_a_minute(workdir):
+    proc = _start("train", *TINY, "--steps", "100000", "--gpus", "2", "--out", "r")
+    try:
+        _wait_for(lambda: Path("r/metrics.jsonl").exists()
+                  and len(Path("r/metrics.jsonl").read_text().splitlines()) >= 2)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 2, ranks
+        started = time.monotonic()
+        os.kill(ranks[0], signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert time.monotonic() - started < 60
+    finally:
+        proc.kill()
+    assert proc.returncode not in (0, None)
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ranks), 30)
