@@ -210,6 +210,39 @@ def average_gradients(net: nn.Module) -> None:
         offset += n
 
 
+def share(count: int) -> tuple[int, int]:
+    """This rank's contiguous block of range(count): the seeds of the fakes it evaluates."""
+    size, rank = WORLD.size, WORLD.rank
+    return count * rank // size, count * (rank + 1) // size
+
+
+def merge_features(acc: Any) -> Any:
+    """Every rank's feature Accumulator (ganctl.metrics.stats), summed on rank 0, which gets
+    the merged one (its kept features in seed order: rank 0's block first); None on the other
+    ranks. One process: acc itself."""
+    if not WORLD.active:
+        return acc
+    import torch.distributed as dist  # noqa: PLC0415
+
+    with collective():
+        counts: list[Any] = [None] * WORLD.size
+        dist.all_gather_object(counts, acc.count, group=WORLD.control)
+        if acc.total is None:  # no fakes here (fewer than ranks): zeros of the others' shape
+            raise ConfigError(f"--eval-num {sum(c or 0 for c in counts)} gives rank {WORLD.rank} "
+                              f"no fakes; evaluate at least {WORLD.size} images")
+        for t in (acc.total, acc.outer):
+            dist.reduce(t, dst=0)
+        kept: list[Any] | None = [None] * WORLD.size if WORLD.writer else None
+        dist.gather_object(torch.cat(acc.kept) if acc.kept else None, kept, dst=0,
+                           group=WORLD.control)
+    if not WORLD.writer:
+        return None
+    assert kept is not None
+    rows = torch.cat([k for k in kept if k is not None])[:acc.keep]
+    acc.kept, acc._kept_rows, acc.count = [rows], len(rows), sum(int(c or 0) for c in counts)
+    return acc
+
+
 def split_batch(batch_size: int) -> int:
     """This rank's share of the global batch; an error when it does not divide."""
     if batch_size % WORLD.size:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ganctl import rundir
+from ganctl import distributed, rundir
 from ganctl.checkpoint import Header
 from ganctl.config import Config
 from ganctl.data import ImageSet, load_dataset
@@ -73,13 +73,18 @@ def _slug(text: str) -> str:
 def extract(net: inception.FeatureNet, batches: Any, total: int, description: str,
             progress: Progress | None) -> FeatureStats:
     """Feature statistics of the uint8 image batches (an iterable of (B, C, H, W) tensors)."""
+    return _accumulate(net, batches, total, description, progress).result()
+
+
+def _accumulate(net: inception.FeatureNet, batches: Any, total: int, description: str,
+                progress: Progress | None) -> Accumulator:
     advance = progress(description, total) if progress else None
     acc = Accumulator()
     for images in batches:
         acc.add(net(images))
         if advance:
             advance(len(images))
-    return acc.result()
+    return acc
 
 
 def real_batches(images: np.ndarray | torch.Tensor, count: int, batch: int):
@@ -89,9 +94,10 @@ def real_batches(images: np.ndarray | torch.Tensor, count: int, batch: int):
         yield torch.as_tensor(np.asarray(images[idx]))  # (B, C, H, W) uint8, in the fixed order
 
 
-def fake_batches(G: nn.Module, config: Config, count: int, batch: int, device: torch.device):
-    """G's images for seeds 0..count-1 (a conditional model's classes in turn), as uint8."""
-    for start in range(0, count, batch):
+def fake_batches(G: nn.Module, config: Config, count: int, batch: int, device: torch.device,
+                 first: int = 0):
+    """G's images for seeds first..count-1 (a conditional model's classes in turn), as uint8."""
+    for start in range(first, count, batch):
         seeds = range(start, min(start + batch, count))
         z = latents_from_seeds(seeds, config.z_dim).to(device)
         c = labels_for_seeds(seeds, config)
@@ -112,12 +118,18 @@ class Evaluator:
         t0 = time.perf_counter()
         was_training = G.training
         G.eval()
+        first, stop = distributed.share(self.num_fake)  # this process's seeds: all, alone
         try:
             batch = batch_size_for(self.net.device)
-            fake = extract(self.net, fake_batches(G, config, self.num_fake, batch, self.net.device),
-                           self.num_fake, "features of the fakes", self.progress)
+            acc = _accumulate(self.net, fake_batches(G, config, stop, batch, self.net.device, first),
+                              stop - first, "features of the fakes", self.progress)
         finally:
             G.train(was_training)
+        merged = distributed.merge_features(acc)  # every process's fakes, on rank 0
+        if merged is None:  # another rank: rank 0 scores them once
+            return EvalResult({}, self.real.count, self.num_fake, round(time.perf_counter() - t0, 2),
+                              self.real_stats, self.net.describe())
+        fake = merged.result()
         scores = compute(self.metrics, self.real, fake, self.net.device)
         return EvalResult(scores, self.real.count, fake.count, round(time.perf_counter() - t0, 2),
                           self.real_stats, self.net.describe())

@@ -303,8 +303,9 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
     try:
         if initialise is not None:  # --init-from's weights: a mismatch fails before any file
             initialise(state)
-        writer = distributed.WORLD.writer  # rank 0 alone writes and evaluates
-        evaluate = _evaluator(config, data, device, download, log) if writer else None
+        writer = distributed.WORLD.writer  # rank 0 alone writes
+        with distributed.local_first():  # real statistics computed once per node, then cached
+            evaluate = _evaluator(config, data, device, download, log)
         with ExitStack() as held:
             if restore is None and writer:
                 run_dir, made = _claim(out, config, overwrite, held, log)

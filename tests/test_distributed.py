@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, assert_one_line_error, invoke
+from helpers import ROOT, assert_one_line_error, invoke, write_feature_net
 from safetensors.torch import load_file
 
 from ganctl import distributed
@@ -119,10 +119,15 @@ def test_bad_launcher_variables_are_a_one_line_error(workdir, monkeypatch):
 
 # --- two processes ------------------------------------------------------------------------------
 
-def test_two_processes_under_torchrun_train_as_one_with_the_same_global_batch(workdir):
+def test_two_processes_under_torchrun_train_as_one_with_the_same_global_batch(workdir, tmp_path,
+                                                                             monkeypatch):
     """torchrun, 2 gloo processes, BatchNorm synchronised: one run directory, rank 0's output
-    alone, and after 3 steps the weights of a one-process run with the same global batch."""
-    steps = ["--steps", "3", "--ckpt-every", "3"]
+    alone, and after 3 steps the weights of a one-process run with the same global batch; the
+    evaluation at step 3 (each process makes half the fakes) scores as the one-process one."""
+    monkeypatch.setenv("GANCTL_INCEPTION", str(write_feature_net(tmp_path / "nets" / "f.pt")))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    steps = ["--steps", "3", "--ckpt-every", "3", "--eval-every", "3", "--eval-num", "24",
+             "--eval-num-real", "48"]
     done = _run("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ganctl", "train",
                 *TINY, *steps, "--sync-bn", "--out", "two")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -130,15 +135,20 @@ def test_two_processes_under_torchrun_train_as_one_with_the_same_global_batch(wo
     assert done.stdout.count("done: step 3/3") == 1  # the other rank is silent
     result = invoke("train", *TINY, *steps, "--out", "one")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in workdir.iterdir() if p.name != "data") == ["one", "two"]
+    assert sorted(p.parent.name for p in workdir.rglob("config.json")) == ["one", "two"]
     assert [p.name for p in Path("two/checkpoints").glob("*.safetensors")] == [
         "step-000000003.safetensors"]
-    assert len(Path("two/metrics.jsonl").read_text().splitlines()) == 3  # one writer
+    assert len(Path("two/metrics.jsonl").read_text().splitlines()) == 4  # one writer: 3 steps, 1 eval
     one, two = (_weights(Path(r) / "checkpoints" / "step-000000003.safetensors")
                 for r in ("one", "two"))
     assert one.keys() == two.keys()
     for k in one:
         assert torch.allclose(one[k].float(), two[k].float(), atol=1e-5, rtol=1e-4), k
+    scores = [[json.loads(line) for line in Path(r, "metrics.jsonl").read_text().splitlines()
+               if '"eval"' in line] for r in ("one", "two")]
+    assert len(scores[0]) == len(scores[1]) == 1
+    assert scores[1][0]["num_fake"] == 24 and scores[1][0]["fid"] == pytest.approx(
+        scores[0][0]["fid"], rel=1e-3)
 
 
 def test_sigterm_to_one_rank_stops_both_after_one_checkpoint_and_it_resumes_anywhere(workdir):

@@ -296,8 +296,8 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     made = _Made()
     out_of_time = False
     compiling = _compile_note(state, log)
-    writer = WORLD.writer  # rank 0 alone writes, evaluates and shows progress
-    evals = bool(config.eval_every) and (evaluate is not None or not writer)
+    writer = WORLD.writer  # rank 0 alone writes and shows progress
+    evals = evaluate is not None  # every rank makes its share of the fakes; rank 0 scores them
     curves = plot.Curves(run_dir, log.info)
     if writer:
         log.watch(open_sinks(config, run_dir, state.step, log.info))  # closed by log.close() below
@@ -348,8 +348,8 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                         made.ckpt = save_checkpoint(state, good.tensors, run_dir, made.last,
                                                     fingerprint, scored)
                     budget.pause(time.perf_counter() - saving, "save")
-                if evaluating or save:
-                    barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
+                if save:
+                    barrier()  # the other ranks wait for rank 0's checkpoint
                 if not writer:
                     if stopping:
                         break
