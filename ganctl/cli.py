@@ -693,10 +693,13 @@ def sample(
         "-n 1); .gif, .mp4 or .png with --interpolate. Not with --out-dir.",
         show_default=False)] = None,
     n: Annotated[int | None, typer.Option(
-        "-n", "--num", min=1, max=10_000_000, help="Number of images: seeds SEED..SEED+n-1.",
-        show_default="64; 8 a class with --class all", rich_help_panel=SAMPLES)] = None,
-    seed: Annotated[int, typer.Option(min=0, max=2**62, help="Image i uses latent seed SEED+i.",
-                                      rich_help_panel=SAMPLES)] = 0,
+        "-n", "--num", min=1, max=10_000_000, help="Number of images: seeds SEED..SEED+n-1 (at "
+        f"most {MAX_GRID} in one file; more with --out-dir).",
+        show_default="64; 8 a class with --class all; 4 seeds with --interpolate",
+        rich_help_panel=SAMPLES)] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=2**63 - 1, help="Image i uses latent "
+                                             "seed SEED+i.", show_default="0",
+                                             rich_help_panel=SAMPLES)] = None,
     seeds: Annotated[str | None, typer.Option(
         metavar="0-63,100", help="The seeds, as ranges and lists (one latent per seed: an image "
         "depends on its seed alone). Instead of -n/--seed.", show_default="none",
@@ -719,8 +722,9 @@ def sample(
         "--out-dir", metavar="DIR", help="Bulk export: one file per image, named by seed (class "
         "folders for conditional models), labels.csv and manifest.json; resumable.",
         show_default="none", rich_help_panel=BULK)] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Bulk export: png, jpg, webp or npz.",
-                                     rich_help_panel=BULK)] = "png",
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="Bulk export: png, jpg, webp or npz (one file takes its format from "
+        "OUT's suffix).", show_default="png", rich_help_panel=BULK)] = None,
     interpolate: Annotated[bool, typer.Option(
         "--interpolate", help="Spherical interpolation between the seeds' latents, looping: "
         "OUT.gif, OUT.mp4 (needs ffmpeg) or OUT.png (a row per pair).",
@@ -760,9 +764,11 @@ def sample(
     if not interpolate and (frames != 60 or fps != 20 or not loop):
         raise typer.BadParameter("--frames, --fps and --no-loop are for --interpolate",
                                  param_hint="--interpolate")
-    if seeds is not None and (n is not None or seed):
+    if seeds is not None and (n is not None or seed is not None):
         raise typer.BadParameter("--seeds names the seeds itself: leave out -n and --seed",
                                  param_hint="--seeds")
+    _check_modes(out, out_dir, interpolate, fmt, scale, nrow, class_)
+    seed = seed or 0
     default_n = 8 if class_ == "all" else 4 if interpolate else 64
     chosen = (_usage("--seeds", parse_seeds, seeds) if seeds is not None
               else list(range(seed, seed + (n or default_n))))
@@ -783,7 +789,8 @@ def sample(
     loaded = _call(debug, load_generator, header, dev, not no_ema)
     klass = parse_class(class_, loaded.config.classes) if class_ is not None else None
     if out_dir is not None:
-        return _bulk(loaded, chosen, out_dir, fmt, truncation, klass, batch_size, dev, json_mode, debug)
+        return _bulk(loaded, chosen, out_dir, fmt or "png", truncation, klass, batch_size, dev,
+                     json_mode, debug)
     assert out is not None
     if interpolate:
         motion = {"frames": frames, "fps": fps, "loop": loop, "scale": scale}
@@ -792,10 +799,36 @@ def sample(
 
     r = _call(debug, lambda: sample_file(loaded, out, chosen, dev, truncation=truncation, class_=klass,
                                          nrow=nrow or 0, scale=scale, batch_size=batch_size))
-    images = f"{r['n']} images" if r["n"] > 1 else "1 image"
+    images, which = (f"{r['n']} images", "seeds") if r["n"] > 1 else ("1 image", "seed")
     _emit(json_mode, r, f"wrote {r['out']}: {images} ({r['width']}x{r['height']} px) from "
-                        f"{r['checkpoint']} (step {r['step']}), seeds {r['seeds']}, "
+                        f"{r['checkpoint']} (step {r['step']}), {which} {r['seeds']}, "
                         f"device {describe(dev)}")
+
+
+def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt: str | None,
+                 scale: int, nrow: int | None, class_: str | None) -> None:
+    """Options of another mode are a bad command line, not silently ignored."""
+    from ganctl.bulk import FORMATS
+
+    def bad(message: str, hint: str) -> None:
+        raise typer.BadParameter(message, param_hint=hint)
+
+    if fmt is not None and out_dir is None:
+        bad("--format is for --out-dir; one file takes its format from OUT's suffix "
+            "(.png, .jpg, .webp)", "--format")
+    if fmt is not None and fmt.lower() not in (*FORMATS, "jpeg"):
+        bad(f"{fmt!r} is not one of {', '.join(FORMATS)}", "--format")
+    if out_dir is not None and (scale != 1 or nrow is not None):
+        bad("--scale and --nrow shape a grid or one image; --out-dir writes each image at the "
+            "model's size", "--scale/--nrow")
+    if interpolate and nrow is not None:
+        bad("--interpolate's PNG has one row per pair of seeds; leave --nrow out", "--nrow")
+    if class_ == "all" and (interpolate or out_dir is not None):
+        bad("--class all draws a grid with a row per class; with --out-dir or --interpolate give "
+            "one class (index or name), or leave --class out", "--class")
+    if out is not None and not interpolate and out.suffix.lower() in (".gif", ".mp4"):
+        bad(f"{out.name}: .gif and .mp4 are for --interpolate; a grid is .png, .jpg or .webp",
+            "OUT")
 
 
 def _check_out(out: Path) -> None:
@@ -859,8 +892,9 @@ def _bulk(loaded: Any, seeds: list[int], out_dir: Path, fmt: str, truncation: fl
     r = _call(debug, lambda: export_images(loaded, seeds, out_dir, fmt, truncation=truncation,
                                            class_=klass, batch_size=batch_size, device=device,
                                            progress=progress, start=start))
+    speed = f"at {r['images_per_s']:,.0f} img/s" if r["written"] else "nothing left to write"
     _emit(json_mode, r, f"{out_dir}: {r['count']} images ({r['written']} written, {r['skipped']} "
-                        f"already there) at {r['images_per_s']:,.0f} img/s")
+                        f"already there), {speed}")
 
 
 def _interpolate(loaded: Any, seeds: list[int], out: Path, motion: dict[str, Any],
@@ -913,6 +947,12 @@ def export(
     if len(paths) > 2:
         raise typer.BadParameter("give at most a checkpoint and OUT", param_hint="[CKPT|RUN_DIR] OUT")
     target, out = (None, Path(paths[0])) if len(paths) == 1 else (paths[0], Path(paths[1]))
+    if len(paths) == 1 and (out.is_dir() or out.suffix.lower() == ".safetensors"
+                            or paths[0] in ("latest", "best")):
+        raise typer.BadParameter(f"{paths[0]} is what to export; give OUT, the file to write, "
+                                 f"after it: ganctl export {paths[0]} g.pt", param_hint="OUT")
+    if fmt is not None and fmt not in ("torchscript", "onnx"):
+        raise typer.BadParameter(f"{fmt!r} is not torchscript or onnx", param_hint="--format")
     onnx_name = out.suffix.lower() == ".onnx"
     fmt = fmt or ("onnx" if onnx_name else "torchscript")
     if onnx_name != (fmt == "onnx"):

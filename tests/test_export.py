@@ -19,14 +19,15 @@ RUNS = {"dcgan": [], "resnet": ["--arch", "resnet"], "mlp": ["--arch", "mlp", "-
         "conditional": ["--conditional"]}
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
-# The README's snippet: the exported files used without ganctl (z_dim from the export's output).
-README_SNIPPET = """\
-import numpy as np, onnxruntime, torch  # z_dim: the export's output says it (so does ganctl inspect)
-images = torch.jit.load("G.pt")(torch.randn(16, z_dim)).numpy()  # (16, C, H, W) float32 in [-1, 1]
-z = np.random.randn(16, z_dim).astype(np.float32)  # a conditional G also takes "c": (16,) int64 classes
-images = onnxruntime.InferenceSession("G.onnx").run(None, {"z": z})[0]  # (16, C, H, W) in [-1, 1]
-pixels = ((images + 1) * 127.5).round().clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)  # (16, H, W, C)
-"""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_blocks() -> list[str]:
+    """The ```python blocks of README.md's "### export" section, as written there."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### export\n"):]
+    section = section[:section.index("\n### ", 1)]
+    return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -130,24 +131,30 @@ def test_onnx_opset(runs, tmp_path):
         export.export_generator(loaded_of(runs["dcgan"]), "torchscript", tmp_path / "G.pt", opset=17)
 
 
-def test_readme_snippet(runs, tmp_path, monkeypatch):
-    """The snippet runs as written on files ganctl exported, and maps images to the same pixels
-    ganctl's own samples get."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
+def test_readme_snippets_run_as_written(runs, tmp_path, monkeypatch):
+    """Each README block runs alone, in a fresh namespace (nothing given to it), on files ganctl
+    exported from a 100-d model, and maps images to the pixels ganctl's own samples get."""
     loaded = loaded_of(runs["dcgan"])
     monkeypatch.chdir(tmp_path)
-    r = export.export_generator(loaded, "torchscript", Path("G.pt"))
+    blocks = readme_blocks()
+    assert len(blocks) == 2 and "jit.load" in blocks[0] and "onnxruntime" in blocks[1]
+    export.export_generator(loaded, "torchscript", Path("G.pt"))
+    scope: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)  # noqa: S102 - the README's own text
+    assert tuple(scope["images"].shape) == (16, 3, 32, 32) and scope["pixels"].dtype == torch.uint8
+    assert torch.equal(scope["pixels"], to_uint8(scope["images"].detach()).permute(0, 2, 3, 1))
+    if sys.modules.get("onnxruntime") is None:
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnx")
     export.export_generator(loaded, "onnx", Path("G.onnx"))
-    scope: dict = {"z_dim": r["z_dim"]}
-    exec(README_SNIPPET, scope)
+    scope = {}
+    exec(compile(blocks[1], "README.md", "exec"), scope)  # noqa: S102
     with torch.no_grad():
         want = loaded.G(torch.from_numpy(scope["z"]))
     assert np.abs(scope["images"] - want.numpy()).max() <= 1e-4
     pixels = scope["pixels"]
     assert pixels.shape == (16, 32, 32, 3) and pixels.dtype == np.uint8
     assert np.array_equal(pixels, to_uint8(torch.from_numpy(scope["images"])).permute(0, 2, 3, 1).numpy())
-    assert len(README_SNIPPET.splitlines()) == 5
 
 
 def test_export_is_float32_on_the_cpu_whatever_g_was(runs, tmp_path):

@@ -96,8 +96,9 @@ def test_inspect_an_older_checkpoint_file(trained_run):
 
 
 def test_sample_seed_bounds(trained_run):
-    assert invoke("sample", "x.png", "--seed", str(2**62 + 1)).exit_code == 2
-    ok = invoke("sample", "-n", "2", "x.png", "--seed", str(2**62))
+    assert invoke("sample", "x.png", "--seed", str(2**63)).exit_code == 2
+    assert invoke("sample", "-n", "2", "x.png", "--seed", str(2**63 - 1)).exit_code == 2  # runs past
+    ok = invoke("sample", "-n", "2", "x.png", "--seed", str(2**63 - 2))
     assert ok.exit_code == 0, ok.output
 
 

@@ -255,6 +255,30 @@ def test_export_takes_its_format_from_the_name_and_refuses_a_mismatch(run):
     assert not Path("g2.onnx").exists()
 
 
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["-n", "4", "x.png", "--format", "jpg"], "--format is for --out-dir"),
+    (["-n", "4", "--out-dir", "d", "--format", "bmp"], "'bmp' is not one of png, jpg, webp, npz"),
+    (["-n", "4", "--out-dir", "d", "--scale", "4"], "--out-dir writes each image at the model's size"),
+    (["-n", "4", "--out-dir", "d", "--nrow", "2"], "--out-dir writes each image"),
+    (["--interpolate", "--seeds", "1,2", "w.png", "--nrow", "4"], "leave --nrow out"),
+    (["--interpolate", "--seeds", "1,2", "w.gif", "--class", "all"], "--class all draws a grid"),
+    (["-n", "4", "--out-dir", "d", "--class", "all"], "--class all draws a grid"),
+    (["-n", "4", "x.gif"], "x.gif: .gif and .mp4 are for --interpolate"),
+    (["--seed", "0", "--seeds", "1-3", "x.png"], "--seeds names the seeds itself"),
+])
+def test_an_option_of_another_mode_is_a_bad_command_line_not_ignored(run, args, fragment):
+    result = invoke("sample", *args, "--ckpt", run)
+    assert_one_line_error(result, 2, fragment)
+    assert not Path("x.png").exists() and not Path("d").exists() and not Path("w.png").exists()
+
+
+def test_export_without_out_says_so(run):
+    for args in ([str(run)], ["latest"]):
+        assert_one_line_error(invoke("export", *args), 2, "is what to export; give OUT")
+    assert_one_line_error(invoke("export", run, "g.pt", "--format", "tflite"), 2,
+                          "'tflite' is not torchscript or onnx")
+
+
 def test_options_of_another_mode_are_refused(run):
     assert invoke("sample", "--seeds", "1,2", "--frames", "10", "x.png", "--ckpt", run).exit_code == 2
     assert invoke("sample", "--interpolate", "--out-dir", "d", "--ckpt", run).exit_code == 2
@@ -270,7 +294,7 @@ def sample_json(*args: object) -> dict:
 def test_export_never_writes_over_a_checkpoint(run):
     ckpt = run / "checkpoints" / "step-000000004.safetensors"
     before = ckpt.read_bytes()
-    assert_one_line_error(invoke("export", ckpt), 1, "never over a checkpoint")
+    assert_one_line_error(invoke("export", ckpt), 2, "is what to export; give OUT")
     assert_one_line_error(invoke("export", run, ckpt), 1, "never over a checkpoint")
     assert ckpt.read_bytes() == before
 
