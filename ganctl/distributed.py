@@ -79,24 +79,30 @@ def setup(device: torch.device) -> torch.device:
     import torch.distributed as dist  # noqa: PLC0415
 
     rank, size, local = found
+    backend = os.environ.get("GANCTL_DIST_BACKEND", "nccl" if device.type == "cuda" else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise ConfigError(f"GANCTL_DIST_BACKEND={backend!r}: use nccl or gloo")
     if device.type == "cuda":
-        if local >= torch.cuda.device_count():
-            raise ConfigError(f"rank {rank} has LOCAL_RANK {local}, but this machine has "
-                              f"{torch.cuda.device_count()} GPU(s); start at most that many "
-                              "processes per node (torchrun --nproc_per_node)")
-        device = torch.device("cuda", local)
+        count = torch.cuda.device_count()
+        if local >= count and backend == "nccl":
+            raise ConfigError(f"rank {rank} has LOCAL_RANK {local}, but this machine has {count} "
+                              "GPU(s); start at most that many processes per node (torchrun "
+                              "--nproc_per_node)")
+        # gloo may share GPUs among ranks (a check of the distributed code on one GPU)
+        device = torch.device("cuda", local % count)
         torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise ConfigError(f"distributed training runs on CUDA GPUs or CPUs, not {device.type}")
+    elif device.type != "cpu" or backend == "nccl":
+        raise ConfigError(f"distributed training runs on CUDA GPUs (nccl or gloo) or CPUs (gloo), "
+                          f"not {device.type} with {backend}")
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=TIMEOUT_S)
-        if device.type == "cuda":  # device_id: NCCL's communicators made now, on this GPU
+        if backend == "nccl":  # device_id: NCCL's communicators made now, on this GPU
             dist.init_process_group("nccl", timeout=timeout, device_id=device)
+            WORLD.control = dist.new_group(backend="gloo", timeout=timeout)
         else:
             dist.init_process_group("gloo", timeout=timeout)
-        control = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else None
+            WORLD.control = dist.group.WORLD
         WORLD.rank, WORLD.size, WORLD.local_rank = rank, size, local
-        WORLD.control = control if control is not None else dist.group.WORLD
     return device
 
 
