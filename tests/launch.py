@@ -5,11 +5,14 @@ hooks). Used by the tests that kill or signal a real process, and by benchmarks/
     GANCTL_TEST_SLOW_WRITE=S python tests/launch.py ...
         atomic writes of over 1 MB (checkpoints) take about S seconds, written in ten pieces,
         so that a kill lands in the middle of one
+    GANCTL_TEST_NAN=R:S python tests/launch.py ...
+        under torchrun, rank R's real batch of step S is NaN (once), as a broken shard would be
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import os
 import sys
 import time
@@ -56,8 +59,30 @@ def slow_writes(seconds: float) -> None:
     fsutil.open = slow_open  # type: ignore[attr-defined]
 
 
+def nan_batch(rank: int, step: int) -> None:
+    """Rank `rank`'s real batch of step `step` is NaN, once."""
+    from ganctl.engine import loop  # noqa: PLC0415
+
+    real_step = loop.train_step
+    fired: list[int] = []
+
+    def poisoned(state, phases):
+        if int(os.environ.get("RANK", "0")) != rank or state.step + 1 != step or fired:
+            return real_step(state, phases)
+        fired.append(step)
+        clean = state.batches.next
+        state.batches.next = lambda: dataclasses.replace(b := clean(), x=b.x * float("nan"))
+        try:
+            return real_step(state, phases)
+        finally:
+            del state.batches.next
+    loop.train_step = poisoned
+
+
 if __name__ == "__main__":
     if delay := os.environ.get("GANCTL_TEST_SLOW_WRITE"):
         slow_writes(float(delay))
+    if where := os.environ.get("GANCTL_TEST_NAN"):
+        nan_batch(*map(int, where.split(":")))
     sys.argv[0] = "ganctl"
     run()

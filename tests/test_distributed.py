@@ -151,6 +151,24 @@ def test_two_processes_under_torchrun_train_as_one_with_the_same_global_batch(wo
         scores[0][0]["fid"], rel=1e-3)
 
 
+def test_a_nan_on_one_rank_rolls_every_rank_back_and_the_run_goes_on(workdir):
+    """Rank 1's batch of step 4 is NaN: the averaged gradients carry it to both ranks, both roll
+    back to the checkpoint of step 3 together (no rank left waiting in an all-reduce), and the
+    run ends at its last step with finite weights."""
+    env = {**_env(), "GANCTL_TEST_NAN": "1:4"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           str(ROOT / "tests" / "launch.py"), "train", *TINY, "--steps", "6",
+                           "--ckpt-every", "3", "--out", "r"], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = [json.loads(line) for line in Path("r/metrics.jsonl").read_text().splitlines()]
+    rollbacks = [e for e in events if e.get("event") == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["step"] == 4 and rollbacks[0]["to_step"] == 3
+    assert "rolled back to step 3" in done.stdout + done.stderr
+    weights = _weights(Path("r/checkpoints/step-000000006.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
 def test_sigterm_to_one_rank_stops_both_after_one_checkpoint_and_it_resumes_anywhere(workdir):
     proc = _start("train", *TINY, "--steps", "100000", "--gpus", "2", "--out", "r")
     try:
