@@ -325,7 +325,16 @@ def _launch(processes: int) -> None:
     if _call(False, from_environment) is not None:
         raise typer.BadParameter("already running under torchrun: its --nproc_per_node sets the "
                                  "processes, leave --gpus out", param_hint="--gpus")
-    code = launch(processes, without_option(_OUTPUT.argv, "--gpus"))
+    argv = without_option(_OUTPUT.argv, "--gpus")
+    on_cpu = any(a in ("--device=cpu",) for a in argv) or any(
+        a == "--device" and b == "cpu" for a, b in zip(argv, argv[1:], strict=False))
+    import torch
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not on_cpu and 0 < found < processes:
+        raise typer.BadParameter(f"--gpus {processes} but this machine has {found} GPU(s); use "
+                                 f"--gpus {found} or fewer", param_hint="--gpus")
+    code = _call(False, launch, processes, argv)
     _outcome_decided()
     if code:
         raise typer.Exit(code)
