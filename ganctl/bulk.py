@@ -25,6 +25,7 @@ import os
 import re
 import threading
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -107,14 +108,15 @@ def export_images(loaded: LoadedGenerator, seeds: list[int], out_dir: Path, fmt:
     fixed = None if class_ is None else class_index(class_, config.classes)
     manifest = _manifest(loaded, _unique(seeds), fmt, truncation, fixed, quality)
     with _folder_lock(_make_out_dir(out_dir)):
-        seeds = _merge(_open_out_dir(out_dir, manifest), manifest)
+        seeds = _merge(_open_out_dir(out_dir, manifest), manifest, out_dir)
+        folders = class_folders(config.classes) if num_classes(config) else []
+        _check_places(out_dir, folders)
         manifest.update(seeds=_seed_text(seeds), count=len(seeds))
         _remove_dead_temps(out_dir)
         _write_json(out_dir / MANIFEST, {**manifest, "status": "incomplete"})
 
         c = labels_for_seeds(seeds, config, class_)
         labels = [-1] * len(seeds) if c is None else c.tolist()
-        folders = class_folders(config.classes) if num_classes(config) else []
         names = _names(out_dir, seeds, labels, folders, fmt, manifest.get("shard_size", 0))
         units = _missing_units(out_dir, names, seeds, fmt, manifest.get("shard_size", 0),
                                batch_size)
@@ -186,6 +188,9 @@ SETTINGS = ("ganctl_export", "checkpoint_sha256", "generator_sha256", "network",
 
 def _make_out_dir(out_dir: Path) -> Path:
     """out_dir, made with its missing parents; a file where a folder must be is a clear error."""
+    if out_dir.is_symlink():
+        raise ConfigError(f"{out_dir} is a symbolic link; give --out-dir the folder it points to "
+                          "(ganctl does not write through links)")
     for folder in (out_dir, *out_dir.parents):
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir():
@@ -242,13 +247,31 @@ def _open_out_dir(out_dir: Path, manifest: dict) -> dict | None:
     return previous
 
 
-def _merge(previous: dict | None, manifest: dict) -> list[int]:
+def _check_places(out_dir: Path, folders: list[str]) -> None:
+    """Where the export writes, nothing else may stand: a folder or link named labels.csv, a
+    file or link in place of a class folder. Checked before the manifest changes."""
+    for name in (LABELS, MANIFEST):
+        path = out_dir / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ConfigError(f"{path} is in the way (not a regular file) where the export writes "
+                              f"its {name}; move it away and rerun")
+    for folder in folders:
+        path = out_dir / folder
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise ConfigError(f"{path} is in the way: the class folder there must be a real folder "
+                              "(ganctl does not write through links); move it away and rerun")
+
+
+def _merge(previous: dict | None, manifest: dict, out_dir: Path) -> list[int]:
     """The seeds the folder will hold: a rerun of images may add seeds to those already there;
     npz shards are cut from the seed list, so theirs cannot change."""
     seeds = _parse_seed_text(manifest["seeds"])
     if previous is None:
         return seeds
-    before = _parse_seed_text(str(previous.get("seeds", "")))
+    try:
+        before = _parse_seed_text(previous.get("seeds"), MAX_FOLDER_SEEDS)
+    except ValueError as e:
+        raise ConfigError(f"{out_dir / MANIFEST} is damaged ({e}); export into a new folder") from None
     if manifest["format"] == "npz" and before != seeds:
         raise ConfigError(f"npz shards of seeds {previous.get('seeds')} are there; export the same "
                           "seeds to finish them, or other seeds into a new folder")
@@ -268,11 +291,22 @@ def _seed_text(seeds: list[int]) -> str:
     return ",".join(parts)
 
 
-def _parse_seed_text(text: str) -> list[int]:
+def _parse_seed_text(text: object, limit: int | None = None) -> list[int]:
+    """_seed_text's inverse; ValueError for text it could not have written, or for more than
+    `limit` seeds."""
+    if not isinstance(text, str):
+        raise ValueError(f"seeds {str(text)[:40]!r} are not text like 0-63,100")
     seeds: list[int] = []
     for part in filter(None, text.split(",")):
-        low, _, high = part.partition("-")
-        seeds.extend(range(int(low), int(high or low) + 1))
+        match = _SEED_RUN.match(part)
+        if match is None:
+            raise ValueError(f"{part[:40]!r} is not a seed or a range of seeds")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if not low <= high <= MAX_SEED:
+            raise ValueError(f"{part[:40]!r} is not a range of seeds")
+        if limit is not None and len(seeds) + high - low + 1 > limit:
+            raise ValueError(f"more than {limit:,} seeds")
+        seeds.extend(range(low, high + 1))
     return seeds
 
 
@@ -345,6 +379,8 @@ def _missing_units(out_dir: Path, names: list[str], seeds: list[int], fmt: str, 
 
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk
+_SEED_RUN = re.compile(r"^([0-9]{1,19})(?:-([0-9]{1,19}))?$")
+MAX_FOLDER_SEEDS = 100_000_000  # seeds one export folder may hold (a manifest with more is damaged)
 
 
 def _whole(path: Path, fmt: str) -> bool:
@@ -360,13 +396,19 @@ def _whole(path: Path, fmt: str) -> bool:
     except OSError:
         return False
     if fmt == "png":
-        return tail.endswith(_PNG_END)
+        return head.startswith(b"\x89PNG\r\n\x1a\n") and tail.endswith(_PNG_END)
     if fmt in ("jpg", "jpeg"):
-        return tail.endswith(b"\xff\xd9")
+        return head.startswith(b"\xff\xd8\xff") and tail.endswith(b"\xff\xd9")
     if fmt == "webp":
         riff = int.from_bytes(head[4:8], "little")
         return head[:4] == b"RIFF" and head[8:12] == b"WEBP" and riff + 8 == size
-    return b"PK\x05\x06" in tail  # npz: a zip's end-of-central-directory record
+    if b"PK\x05\x06" not in tail:  # npz: a zip's end-of-central-directory record
+        return False
+    try:  # a shard is few and large: its member list is read too
+        with zipfile.ZipFile(path) as shard:
+            return {"images.npy", "seeds.npy", "labels.npy"} <= set(shard.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 # --- generate on this thread, encode and write on workers ----------------------------------------

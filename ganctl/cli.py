@@ -788,6 +788,10 @@ def sample(
         _usage("--truncation", check_truncation, truncation)
     if out is not None:
         _check_out(out)
+        if interpolate:  # the walk's own errors, before the checkpoint is read
+            from ganctl.interpolate import check_request
+
+            _usage("--interpolate", check_request, chosen, frames, fps, scale, out, loop)
         if len(chosen) > MAX_GRID and not interpolate:
             _fail(f"{len(chosen)} images are too many for one file (at most {MAX_GRID}); write "
                   "one file per image with --out-dir DIR")
@@ -802,7 +806,8 @@ def sample(
                      json_mode, debug)
     assert out is not None
     if interpolate:
-        motion = {"frames": frames, "fps": fps, "loop": loop, "scale": scale}
+        motion = {"frames": frames, "fps": fps, "loop": loop, "scale": scale,
+                  "batch_size": batch_size}
         return _interpolate(loaded, chosen, out, motion, truncation, klass, dev, json_mode, debug)
     from ganctl.sample import sample_file
 
@@ -840,10 +845,13 @@ def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt:
             "OUT")
 
 
-def _check_out(out: Path) -> None:
-    """OUT may be a new file (its missing folders are made) or a regular file ganctl replaces;
-    never a link (its target or the link would be lost), a folder or a device, nor a path under
-    a file, nor a hidden name without a suffix (".png" is a name, not a format)."""
+def _check_out(out: Path, kind: str = "image") -> None:
+    """OUT may be a new file (its missing folders are made) or a file of the same kind ganctl
+    replaces (fsutil.is_replaceable: an image over an image, never over a run's metrics or a
+    checkpoint); never a link (its target or the link would be lost), a folder or a device, nor
+    a path under a file, nor a hidden name without a suffix (".png" is a name, not a format)."""
+    from ganctl.fsutil import is_replaceable
+
     if out.name.startswith(".") and not out.suffix:
         _fail(f"{out} is a hidden file's name with no suffix; name the file like out{out.name}")
     if out.is_symlink():
@@ -852,6 +860,10 @@ def _check_out(out: Path) -> None:
     if out.exists() and not out.is_file():
         _fail(f"{out} exists and is not a regular file (a folder, FIFO or device); choose another "
               "name")
+    what = {"image": "an image", "torchscript": "a TorchScript file", "onnx": "an ONNX file"}[kind]
+    if out.is_file() and not is_replaceable(out, kind):
+        _fail(f"{out} exists and is not {what}; ganctl replaces only a file of the kind it "
+              "writes (not a run's files or a checkpoint): choose another name")
     for folder in out.parents:
         if folder.exists():
             if not folder.is_dir():
@@ -914,7 +926,8 @@ def _interpolate(loaded: Any, seeds: list[int], out: Path, motion: dict[str, Any
 
     r = _call(debug, lambda: interpolate(loaded, seeds, out, motion["frames"], truncation=truncation,
                                          class_=klass, device=device, fps=motion["fps"],
-                                         scale=motion["scale"], loop=motion["loop"]))
+                                         scale=motion["scale"], loop=motion["loop"],
+                                         batch_size=motion["batch_size"]))
     r["device"] = str(device)
     through = f"seeds {', '.join(map(str, seeds))}"
     if r["format"] != "png":
@@ -967,10 +980,10 @@ def export(
     if onnx_name != (fmt == "onnx"):
         raise typer.BadParameter(f"{out} is named for {'onnx' if onnx_name else 'torchscript'} "
                                  f"but --format is {fmt}", param_hint="--format")
-    _check_out(out)
     if out.suffix.lower() == ".safetensors":
         _fail(f"{out} is a checkpoint's name: export writes a generator, never over a checkpoint; "
               "give OUT ending in .pt or .onnx (usage: ganctl export [CKPT|RUN_DIR] OUT)")
+    _check_out(out, fmt)
     header = _call(debug, locate, target, _say)
     if target is None and not json_mode:
         _say(f"using newest checkpoint {header.path}")

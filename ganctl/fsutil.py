@@ -130,3 +130,28 @@ def sha256_file(path: Path) -> str:
         while block := f.read(8 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+# what the first bytes of a file ganctl may replace look like, by kind of output
+_MAGIC = {
+    "image": (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a"),  # and RIFF....WEBP, ....ftyp
+    "torchscript": (b"PK\x03\x04",),
+    "onnx": (b"\x08",),  # a ModelProto's first field, ir_version
+}
+
+
+def is_replaceable(path: Path, kind: str) -> bool:
+    """Whether an existing regular file looks like an output of `kind` (image: PNG, JPEG, WebP,
+    GIF or MP4; torchscript; onnx) by its first bytes, so that writing a new one over it loses
+    nothing the user did not make with ganctl: a run's metrics.jsonl, config.json or checkpoint,
+    named as OUT by mistake, never does."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    if head.startswith(_MAGIC[kind]):
+        return True
+    if kind == "image":
+        return (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:8] == b"ftyp"
+    return False

@@ -35,7 +35,8 @@ from ganctl.sample import (
 MAX_FRAMES = 10_000  # frames of one walk: more is a typo, not a video
 MAX_SCALE = 64  # as `ganctl sample --scale`; the size cap below guards memory
 MAX_FPS = 60  # a GIF counts time in 1/100 s, and viewers slow frames under 2/100 s down
-MAX_RAW_BYTES = 2 * 2**30  # frames x height x width x channels after scaling: a memory bound
+MAX_RAW_BYTES = 2 * 2**30  # a memory bound on the pixels held at once
+COPIES = 3  # copies of the pixels held at once: the generated batches, the frames or grid, the file
 GRID_COLUMNS = 16  # at most this many images per row of a PNG walk
 PARALLEL = 0.9995  # |cos| of the angle from which slerp falls back to lerp (sin(angle) ~ 0.03)
 FORMATS = (".gif", ".mp4", ".png")
@@ -86,7 +87,8 @@ def positions(seeds: int, frames: int, loop: bool = True) -> list[tuple[int, flo
 
 def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames: int = 60, *,
                 truncation: float | None = None, class_: int | str | None = None,
-                device: torch.device, fps: int = 20, scale: int = 1, loop: bool = True) -> dict:
+                device: torch.device, fps: int = 20, scale: int = 1, loop: bool = True,
+                batch_size: int = GENERATE_BATCH) -> dict:
     """Write a walk through the latents of `seeds` to `out`, by its suffix:
 
     .gif  an animated GIF of `frames` frames in all, `fps` frames a second (timed in 1/100 s),
@@ -111,17 +113,14 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
     """
     seeds, out = seed_list(list(seeds)), Path(out)
     suffix = out.suffix.lower()
-    _check(seeds, frames, fps, scale, suffix, out)
-    segments = len(seeds) if loop else len(seeds) - 1
-    if frames < segments:
-        raise ConfigError(f"{frames} frames cannot pass {len(seeds)} seeds; give at least "
-                          f"{segments} frames (one per seed), e.g. {segments * 20}")
+    segments = check_request(seeds, frames, fps, scale, out, loop)
     config = loaded.config
     height, width = (config.resolution * scale,) * 2
-    if frames * height * width * config.channels > MAX_RAW_BYTES:
-        raise ConfigError(f"{frames} frames of {width}x{height} are more than "
-                          f"{MAX_RAW_BYTES // 2**30} GiB of pixels; use fewer frames or a smaller "
-                          "scale")
+    count = segments * min(GRID_COLUMNS, frames // segments + 1) if suffix == ".png" else frames
+    if count * height * width * config.channels * COPIES > MAX_RAW_BYTES:
+        raise ConfigError(f"{count} images of {width}x{height} take more than "
+                          f"{MAX_RAW_BYTES // 2**30} GiB of memory (pixels, the frames and the "
+                          "file held at once); use fewer frames or seeds, or a smaller scale")
     ffmpeg = _ffmpeg(out) if suffix == ".mp4" else None
     z = latents_from_seeds(seeds, config.z_dim, truncation)
     labels = labels_for_seeds(seeds, config, class_)  # checked before anything is generated
@@ -132,14 +131,15 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
     if suffix == ".png":
         columns = min(GRID_COLUMNS, frames // segments + 1)
         stops = [(k, j / (columns - 1)) for k in range(segments) for j in range(columns)]
-        images = torch.cat(list(_render(loaded, z, labels, stops, device, scale)))
+        images = torch.cat(list(_render(loaded, z, labels, stops, device, scale, batch_size)))
         grid = make_grid(images, nrow=columns)
         _write(out, lambda: atomic_write(out, png_bytes(grid)))
         count, (height, width) = len(stops), grid.shape[:2]
         grid_shape = {"rows": segments, "columns": columns,
                       "columns_asked": frames // segments + 1}
     else:
-        stream = _render(loaded, z, labels, positions(len(seeds), frames, loop), device, scale)
+        stream = _render(loaded, z, labels, positions(len(seeds), frames, loop), device, scale,
+                         batch_size)
         if suffix == ".gif":
             _write(out, lambda: atomic_write(out, _gif(stream, fps, loop)))
         else:
@@ -152,7 +152,10 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
             "step": loaded.header.step, **grid_shape}
 
 
-def _check(seeds: list[int], frames: int, fps: int, scale: int, suffix: str, out: Path) -> None:
+def check_request(seeds: list[int], frames: int, fps: int, scale: int, out: Path,
+                  loop: bool = True) -> int:
+    """The request's own errors, before any model is read; the walk's segments."""
+    suffix = Path(out).suffix.lower()
     if len(set(seeds)) < 2:
         got = f"{len(seeds)}" if len(seeds) < 2 else f"only seed {seeds[0]}"
         raise ConfigError(f"an interpolation needs two different seeds or more, got {got}; e.g. "
@@ -164,6 +167,15 @@ def _check(seeds: list[int], frames: int, fps: int, scale: int, suffix: str, out
     if suffix not in FORMATS:
         raise ConfigError(f"output {out} must end in .gif (animation), .mp4 (video, needs "
                           "ffmpeg) or .png (a grid, one row per pair of seeds)")
+    segments = len(seeds) if loop else len(seeds) - 1
+    if segments > MAX_FRAMES:
+        raise ConfigError(f"{len(seeds)} seeds make {segments} segments, more than one walk's "
+                          f"{MAX_FRAMES} frames can pass; walk fewer seeds at a time")
+    if frames < segments:
+        raise ConfigError(f"{frames} frames cannot pass {len(seeds)} seeds; give at least "
+                          f"{segments} frames (one per seed), e.g. "
+                          f"{min(segments * 20, MAX_FRAMES)}")
+    return segments
 
 
 def _ffmpeg(out: Path) -> str:
@@ -182,13 +194,13 @@ def _write(out: Path, write) -> None:
 
 
 def _render(loaded: LoadedGenerator, z: torch.Tensor, labels: torch.Tensor | None,
-            stops: Sequence[tuple[int, float]], device: torch.device, scale: int
-            ) -> Iterator[torch.Tensor]:
+            stops: Sequence[tuple[int, float]], device: torch.device, scale: int,
+            batch_size: int = GENERATE_BATCH) -> Iterator[torch.Tensor]:
     """The images at `stops` ((k, t): t of the way from seed k to k + 1, mod the seeds), as
     uint8 (n, C, H * scale, W * scale) batches: at most GENERATE_BATCH latents held at once."""
     n = len(z)
-    for i in range(0, len(stops), GENERATE_BATCH):
-        part = stops[i:i + GENERATE_BATCH]
+    for i in range(0, len(stops), batch_size):
+        part = stops[i:i + batch_size]
         zs = torch.stack([slerp(z[k % n], z[(k + 1) % n], t) for k, t in part])
         # the start seed's class; a stop on a seed (t = 0 or 1) that seed's own
         c = None if labels is None else torch.stack(

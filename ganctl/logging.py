@@ -233,13 +233,15 @@ class RunLog:
             return advance
 
         next_report = max(total // 10, 1)
+        last = time.monotonic()
 
-        def advance_plain(n: int) -> None:
-            nonlocal done, next_report
+        def advance_plain(n: int) -> None:  # a line every 10%, and at least every LINE_EVERY_S
+            nonlocal done, next_report, last
             done += n
-            if done >= next_report or done >= total:
+            if done >= next_report or done >= total or time.monotonic() - last >= LINE_EVERY_S:
                 self.info(f"  {done}/{total} ({100 * done // max(total, 1)}%)")
                 next_report = done + max(total // 10, 1)
+                last = time.monotonic()
         return advance_plain
 
     def start(self, step: int, total: int, deadline: float | None = None) -> None:

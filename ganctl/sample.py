@@ -95,10 +95,10 @@ def latents_from_seeds(seeds: Sequence[int], z_dim: int, truncation: float | Non
 
 
 def check_truncation(psi: float) -> float:
-    """Truncation psi as a float: a number from 0 up (NaN is not)."""
-    if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not psi >= 0:
-        raise ConfigError(f"truncation must be a number from 0 up, like 0.7 (0: z = 0 for every "
-                          f"seed; 1 keeps |z| <= 1), got {psi!r}")
+    """Truncation psi as a float: a finite number from 0 up (from about 8.3 on nothing is cut)."""
+    if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not 0 <= psi < math.inf:
+        raise ConfigError(f"truncation must be a finite number from 0 up, like 0.7 (0: z = 0 for "
+                          f"every seed; 1 keeps |z| <= 1; leave it out for none), got {psi!r}")
     return float(psi)
 
 

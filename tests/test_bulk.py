@@ -265,6 +265,51 @@ def test_start_counts_the_folders_images_when_a_rerun_adds_seeds(plain, tmp_path
 
 def test_bad_truncation_is_refused_before_anything_is_written(plain, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(ConfigError, match="truncation must be a number from 0 up"):
+    with pytest.raises(ConfigError, match="truncation must be a finite number from 0 up"):
         export(_load(plain), range(3), out, truncation=-0.5)
     assert not out.exists()
+
+
+def test_links_and_things_in_the_way_are_refused_before_the_manifest_changes(cond, tmp_path):
+    loaded, out = _load(cond), tmp_path / "out"
+    export(loaded, range(6), out)
+    status = json.loads((out / "manifest.json").read_text())["status"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in [f.name for f in (out / "square").iterdir()]:
+        (out / "square" / name).unlink()
+    (out / "square").rmdir()
+    (out / "square").symlink_to(outside)  # a class folder that is a link: nothing written through it
+    with pytest.raises(ConfigError, match="square is in the way: the class folder there must be a real"):
+        export(loaded, range(6), out)
+    assert list(outside.iterdir()) == []
+    (out / "square").unlink()
+    (out / "labels.csv").unlink()
+    (out / "labels.csv").mkdir()  # a folder where labels.csv goes
+    with pytest.raises(ConfigError, match="labels.csv is in the way"):
+        export(loaded, range(6), out)
+    assert json.loads((out / "manifest.json").read_text())["status"] == status  # untouched
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    with pytest.raises(ConfigError, match="is a symbolic link; give --out-dir the folder it points to"):
+        export(loaded, range(6), link)
+
+
+@pytest.mark.parametrize("seeds", ["abc", [1, 2], "0-99999999999", "5-2"])
+def test_a_damaged_manifest_is_named_not_expanded(plain, tmp_path, seeds):
+    loaded, out = _load(plain), tmp_path / "out"
+    export(loaded, range(3), out)
+    doc = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**doc, "seeds": seeds}))
+    with pytest.raises(ConfigError, match="manifest.json is damaged"):
+        export(loaded, range(3), out)
+
+
+def test_a_file_that_only_ends_like_an_image_is_redone(plain, tmp_path):
+    loaded, out = _load(plain), tmp_path / "out"
+    export(loaded, range(3), out)
+    good = (out / "seed0000000001.png").read_bytes()
+    (out / "seed0000000001.png").write_bytes(b"garbage" + good[-12:])  # IEND at the end, no header
+    r = export(loaded, range(3), out)
+    assert (r["written"], r["skipped"]) == (1, 2)
+    assert (out / "seed0000000001.png").read_bytes() == good

@@ -4,6 +4,7 @@ PNG, JPEG and WebP, upscaling; the determinism that makes an image depend on its
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,7 @@ def test_truncation_narrows_the_samples_and_zero_gives_one_image(run):
 def test_bad_truncation_is_a_bad_command_line(run, psi):
     result = invoke("sample", "-n", "2", "x.png", "--truncation", psi, "--ckpt", "no-such-run")
     assert_one_line_error(result, 2, "Invalid value for --truncation",
-                          "truncation must be a number from 0 up, like 0.7")
+                          "truncation must be a finite number from 0 up, like 0.7")
     assert "None" not in result.stderr  # the Python API's words are not the command line's
 
 
@@ -270,6 +271,37 @@ def test_an_option_of_another_mode_is_a_bad_command_line_not_ignored(run, args, 
     result = invoke("sample", *args, "--ckpt", run)
     assert_one_line_error(result, 2, fragment)
     assert not Path("x.png").exists() and not Path("d").exists() and not Path("w.png").exists()
+
+
+def test_out_never_replaces_a_file_of_another_kind(run):
+    """A run's metrics, config or checkpoint named as OUT by mistake is refused; an image over
+    an image, or a model over a model, is replaced."""
+    metrics = run / "metrics.jsonl"
+    before = metrics.read_bytes()
+    assert_one_line_error(invoke("export", run, metrics), 1, "is not a TorchScript file")
+    (run / "g.onnx").write_text("not a model")
+    assert_one_line_error(invoke("export", run, run / "g.onnx"), 1, "is not an ONNX file")
+    ckpt = run / "checkpoints" / "step-000000004.safetensors"
+    shutil.copy(ckpt, "ck.png")
+    assert_one_line_error(invoke("sample", "-n", "1", "ck.png", "--ckpt", run), 1,
+                          "ck.png exists and is not an image")
+    assert metrics.read_bytes() == before and Path("ck.png").read_bytes() == ckpt.read_bytes()
+    assert invoke("sample", "-n", "1", "again.png", "--ckpt", run).exit_code == 0
+    assert invoke("sample", "-n", "2", "again.png", "--ckpt", run).exit_code == 0  # image over image
+    assert invoke("export", run, "g.pt").exit_code == 0
+    assert invoke("export", run, "g.pt").exit_code == 0
+
+
+def test_interpolation_requests_are_checked_before_the_checkpoint(run):
+    for args, fragment in ((["--seeds", "1"], "two different seeds"),
+                           (["--seeds", "1-5", "--frames", "3"], "3 frames cannot pass 5 seeds")):
+        result = invoke("sample", "--interpolate", *args, "w.gif", "--ckpt", "no-such-run")
+        assert_one_line_error(result, 2, fragment)
+
+
+def test_truncation_must_be_finite(run):
+    result = invoke("sample", "-n", "2", "x.png", "--truncation", "inf", "--ckpt", run)
+    assert_one_line_error(result, 2, "truncation must be a finite number")
 
 
 def test_export_without_out_says_so(run):
