@@ -240,8 +240,10 @@ def test_truncated_latents_stay_within_psi_and_shrink_with_it():
     # N(0, 1) truncated to [-1, 1] has the variance 1 - 2 phi(1) / (2 Phi(1) - 1): std 0.5396
     assert z[1.0].std().item() == pytest.approx(0.5396, abs=0.005)
     assert torch.equal(latents_from_seeds([8, 9], 16, 0.7)[1], latents_from_seeds([9], 16, 0.7)[0])
-    wide = latents_from_seeds(range(200), 100, math.inf)  # no bound: a standard normal
+    wide = latents_from_seeds(range(200), 100, 9.0)  # erf(9 / sqrt 2) is 1.0: a standard normal
     assert wide.isfinite().all() and wide.std().item() == pytest.approx(1.0, abs=0.01)
+    with pytest.raises(ConfigError, match="finite"):  # inf would reach JSON as Infinity
+        latents_from_seeds([1], 100, math.inf)
     assert latents_from_seeds([3], 100, 40.0).abs().max() < 40  # erf(40 / sqrt 2) is 1.0
 
 
@@ -253,8 +255,8 @@ def test_truncation_narrows_the_samples_and_psi_0_is_one_image(G):
     assert spreads == sorted(spreads, reverse=True) and spreads[-1] < spreads[0] / 2
     x = G.sample(n=8, truncation=0)
     assert all(torch.equal(image, x[0]) for image in x) and spread(0.0) == 0.0
-    for psi in (-0.5, math.nan, "1", True):
-        with pytest.raises(ConfigError, match="truncation must be a number from 0 up"):
+    for psi in (-0.5, math.nan, math.inf, "1", True):
+        with pytest.raises(ConfigError, match="truncation must be a finite number from 0 up"):
             G.sample(n=2, truncation=psi)
 
 

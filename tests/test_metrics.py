@@ -205,9 +205,9 @@ def test_both_forms_are_accepted_and_anything_else_refused(tmp_path):
 def test_eval_scores_a_checkpoint_and_caches_the_real_statistics(trained_run, workdir, fake_net,
                                                                    monkeypatch):
     extracted = []
-    real_extract = scoring.extract
-    monkeypatch.setattr(scoring, "extract", lambda net, batches, total, what, progress: (
-        extracted.append(what) or real_extract(net, batches, total, what, progress)))
+    real_accumulate = scoring._accumulate  # what extract and the fakes' features go through
+    monkeypatch.setattr(scoring, "_accumulate", lambda net, batches, total, what, progress: (
+        extracted.append(what) or real_accumulate(net, batches, total, what, progress)))
     result = invoke("eval", "--num", "30", "--num-real", "40", "--metrics", "fid,kid,pr", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
