@@ -159,8 +159,8 @@ Gpus = Annotated[int | None, typer.Option(
     "cpu: N CPU processes), through torch's launcher; for several machines use torchrun (see "
     "the README).", show_default="1", rich_help_panel=RUNTIME)]
 SyncBn = Annotated[bool | None, typer.Option(
-    "--sync-bn/--no-sync-bn", help="Several GPUs: BatchNorm statistics over the global batch "
-    "(SyncBatchNorm) rather than each process's share.", show_default="off",
+    "--sync-bn/--no-sync-bn", help="Several processes (GPUs or CPU): BatchNorm statistics over "
+    "the global batch rather than each process's share.", show_default="off",
     rich_help_panel=RUNTIME)]
 Steps = Annotated[int | None, typer.Option(
     min=1, help="Total length of the run in steps (also on resume: the run ends at this step).",
@@ -334,6 +334,10 @@ def _launch(processes: int) -> None:
     if not on_cpu and 0 < found < processes:
         raise typer.BadParameter(f"--gpus {processes} but this machine has {found} GPU(s); use "
                                  f"--gpus {found} or fewer", param_hint="--gpus")
+    if not on_cpu and not found and not _OUTPUT.json:
+        _say(f"no CUDA GPU here: --gpus {processes} starts {processes} CPU processes (gloo)")
+    _OUTPUT.at_stop = lambda: ("after telling every process to stop (each stops at the same step "
+                               "and writes its checkpoint first: see the line above)", {})
     code = _call(False, launch, processes, argv)
     _outcome_decided()
     if code:
@@ -451,7 +455,8 @@ def train(
                                                     show_default=_default("ema_decay"),
                                                     rich_help_panel=LOSS)] = None,
     batch_size: Annotated[str | None, typer.Option(
-        metavar="N|auto", help="Images per step, or auto: the largest power of two (up to 2048) "
+        metavar="N|auto", help="Images per step (on several processes: the global batch, shared "
+        "among them), or auto: the largest power of two (up to 2048) "
         "whose step fits in the GPU's memory (on a CPU, 64).", show_default=_default("batch_size"),
         rich_help_panel=SCHEDULE)] = None,
     steps: Steps = None,
@@ -1058,6 +1063,8 @@ def inspect(
     table.add_column("value")
     rows = [("version", f"{info['version']} (schema {info['schema']})"),
             ("step", info["step"]), ("created", _date(info["created"])),
+            ("trained on", f"{info['device'] or '?'}" + (f", {info['processes']} processes"
+                                                        if info["processes"] > 1 else "")),
             ("file size", f"{info['file_size'] / 1e6:.2f} MB"),
             ("params", f"G {info['params']['G']:,}  D {info['params']['D']:,}"),
             *((k, _shown(k, v)) for k, v in info["config"].items()),

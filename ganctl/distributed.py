@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -329,7 +330,9 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
         count = x.new_tensor([x.numel() // channels])
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        with warnings.catch_warnings():  # torch marks it deprecated; its successor lacks autograd
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         total = stats[-1]
         mean = stats[:channels] / total
         var = (stats[channels:2 * channels] / total - mean * mean).clamp_min(0)  # biased, as BatchNorm

@@ -20,6 +20,8 @@ def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
         "schema": int(header.metadata["ganctl.schema"]),
         "step": header.step,
         "created": header.metadata.get("ganctl.created"),
+        "device": header.metadata.get("ganctl.device"),
+        "processes": _processes(header.metadata.get("ganctl.world_size")),
         "file_size": header.file_size,
         "params": {name: sum(p.numel() for p in models[name].parameters()) for name in ("G", "D")},
         "dataset_fingerprint": header.metadata.get("ganctl.dataset_fingerprint"),
@@ -29,6 +31,12 @@ def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
         "eval": header.eval,
         "best": _best(path),
     }
+
+
+def _processes(recorded: object) -> int:
+    """The processes the checkpoint was trained on (1 before several were possible)."""
+    text = str(recorded or "1")
+    return int(text) if text.isascii() and text.isdecimal() and int(text) > 0 else 1
 
 
 def _best(path: Path) -> dict[str, Any] | None:

@@ -294,6 +294,9 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
     elif config.conditional:
         _check_conditional(config, data)
     labels = data.labels if config.classes else None
+    if config.batch_size == BATCH_AUTO and distributed.WORLD.active:
+        raise ConfigError("--batch-size auto measures one process; with several give the global "
+                          "batch as a number (auto's choice on one GPU times the GPUs, say)")
     if config.batch_size == BATCH_AUTO:
         config = config.replace(batch_size=find_batch_size(config, device, data.images, labels,
                                                            log.info))
@@ -350,6 +353,10 @@ def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
             log.info(f"weights of G, D and G_ema from {c.init_from} (fine-tuning from step 0)")
         log.info(length_line(c, len(run.data.images)))
         return fit(run.state, run.run_dir, log, run.data.fingerprint, deadline, run.evaluate)
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
 
 
 def per_process(config: Config) -> str:
@@ -538,7 +545,7 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
         trained_on = int(recorded) if recorded.isdecimal() and recorded.isascii() else 1
         here = distributed.WORLD.size
         if trained_on != here:
-            log.info(f"this run trained on {trained_on} process(es); it continues on {here} "
+            log.info(f"this run trained on {_processes(trained_on)}; it continues on {_processes(here)} "
                      f"(the global batch {state.config.batch_size} stays, "
                      f"{state.config.batch_size // here} per process)")
         if not distributed.WORLD.writer:

@@ -188,10 +188,10 @@ def test_sigterm_to_one_rank_stops_both_after_one_checkpoint_and_it_resumes_anyw
     # on one process, then on two again
     result = invoke("resume", "r", "--steps", step + 2)
     assert result.exit_code == 0, result.output
-    assert "this run trained on 2 process(es); it continues on 1" in result.output
+    assert "this run trained on 2 processes; it continues on 1 process" in result.output
     done = _run("-m", "ganctl", "resume", "r", "--steps", step + 4, "--gpus", "2")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "this run trained on 1 process(es); it continues on 2" in done.stdout
+    assert "this run trained on 1 process; it continues on 2 processes" in done.stdout
     assert f"done: step {step + 4}/{step + 4}" in done.stdout
 
 
@@ -210,3 +210,29 @@ def test_a_rank_that_dies_ends_the_run_within_a_minute(workdir):
         proc.kill()
     assert proc.returncode not in (0, None)
     _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ranks), 30)
+
+
+def test_a_signal_during_the_stop_vote_is_kept_for_the_next_step(workdir, monkeypatch):
+    """The race a first-time user hit: SIGTERM landed while a rank waited in the all-reduce that
+    decides whether to stop; the vote (taken before it) said no, and the rank then forgot its
+    signal, so the run went on. Now the signal is voted on at the next step."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from ganctl.engine import loop  # noqa: PLC0415
+
+    votes = []
+
+    def agree(*values):
+        votes.append(values)
+        if len(votes) == 1:  # the signal arrives while this first vote is under way
+            os.kill(os.getpid(), signal.SIGTERM)
+            return [0] * len(values)  # ... the others voted before it: no stop yet
+        return list(values)
+
+    monkeypatch.setattr(loop, "WORLD", SimpleNamespace(active=True, writer=True, size=2, rank=0))
+    monkeypatch.setattr(loop, "agree", agree)
+    monkeypatch.setattr(loop, "barrier", lambda: None)
+    result = invoke("train", *TINY, "--steps", "50", "--out", "r")
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert "stopped by SIGTERM at step 2" in result.stderr
+    assert [p.name for p in Path("r/checkpoints").glob("*.safetensors")] == ["step-000000002.safetensors"]

@@ -321,10 +321,14 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                 evaluating = evals and _due(step, config.eval_every, done)
                 eval_next = evals and (step + 1) % config.eval_every == 0
                 out_of_time = not done and budget.exhausted(step, eval_next)
+                signum = signals.signum
                 if WORLD.active:  # any rank's signal or deadline stops every rank at this step
                     signum, late = agree(signals.signum or 0, int(out_of_time))
-                    signals.signum, out_of_time = signum or None, bool(late)
-                stopping = signals.signum is not None or out_of_time
+                    signum, out_of_time = signum or None, bool(late)
+                    if signum is not None:  # every rank stops by the agreed signal
+                        signals.signum = signum
+                    # else a signal that came during the all-reduce stays noted for the next step
+                stopping = signum is not None or out_of_time
                 save = stopping or evaluating or _due(step, config.ckpt_every, done)
                 if save or _due(step, config.log_every, done) or _due(step, config.sample_every, done):
                     if broke := _check(guard, state):
@@ -411,6 +415,9 @@ def _finish(state: TrainState, run_dir: Path, made: _Made, out_of_time: bool, si
                        precision=config.precision, compiled=state.compiled,
                        compile_seconds=made.compile_seconds)
     resume_hint = f"continue with: ganctl resume {shlex.quote(str(run_dir))}"
+    if WORLD.active:  # on as many processes, or any other number
+        resume_hint += (f" --gpus {WORLD.size} (or under torchrun as it started; any number of "
+                        "processes continues it)")
     if signals.signum is not None and state.step < config.steps:  # complete: nothing to resume
         result.stopped = signals.name
         raise Stopped(signals.signum, f"stopped by {signals.name} at step {state.step}; checkpoint "
