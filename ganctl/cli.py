@@ -318,6 +318,17 @@ def _rank() -> int:
     return found[0] if found else 0
 
 
+def _last_value(argv: list[str], name: str) -> str:
+    """The value an option takes on a command line (its last `name V` or `name=V`), or ""."""
+    value = ""
+    for a, b in zip(argv, [*argv[1:], ""], strict=True):
+        if a == name:
+            value = b
+        elif a.startswith(f"{name}="):
+            value = a.split("=", 1)[1]
+    return value
+
+
 def _launch(processes: int) -> None:
     """--gpus N: this command line again on N processes (torch's launcher); its exit code."""
     from ganctl.distributed import from_environment, launch, without_option
@@ -326,14 +337,21 @@ def _launch(processes: int) -> None:
         raise typer.BadParameter("already running under torchrun: its --nproc_per_node sets the "
                                  "processes, leave --gpus out", param_hint="--gpus")
     argv = without_option(_OUTPUT.argv, "--gpus")
-    on_cpu = any(a in ("--device=cpu",) for a in argv) or any(
-        a == "--device" and b == "cpu" for a, b in zip(argv, argv[1:], strict=False))
     import torch
 
     found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device, on_cpu = _last_value(argv, "--device"), _last_value(argv, "--device") == "cpu"
     if not on_cpu and 0 < found < processes:
         raise typer.BadParameter(f"--gpus {processes} but this machine has {found} GPU(s); use "
                                  f"--gpus {found} or fewer", param_hint="--gpus")
+    if device.startswith("cuda") and not found:
+        raise typer.BadParameter(f"--device {device} but no CUDA GPU is here; leave --device out "
+                                 "or use --device cpu", param_hint="--device")
+    batch = _last_value(argv, "--batch-size")
+    if batch.isdigit() and int(batch) % processes:
+        raise typer.BadParameter(f"--batch-size {batch} is the global batch and must divide among "
+                                 f"the {processes} processes; use a multiple of {processes}",
+                                 param_hint="--batch-size")
     if not on_cpu and not found and not _OUTPUT.json:
         _say(f"no CUDA GPU here: --gpus {processes} starts {processes} CPU processes (gloo)")
     _OUTPUT.at_stop = lambda: ("after telling every process to stop (each stops at the same step "

@@ -67,6 +67,9 @@ def from_environment() -> tuple[int, int, int] | None:
     except ValueError:
         raise ConfigError("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers (set by "
                           "torchrun)") from None
+    if size > 1 and not (0 <= rank < size and 0 <= local < size):
+        raise ConfigError(f"RANK {rank} and LOCAL_RANK {local} must lie in 0..{size - 1} for "
+                          f"WORLD_SIZE {size}; start through torchrun or ganctl train --gpus N")
     return (rank, size, local) if size > 1 else None
 
 
@@ -80,6 +83,12 @@ def setup(device: torch.device) -> torch.device:
     import torch.distributed as dist  # noqa: PLC0415
 
     rank, size, local = found
+    if os.environ.get(LAUNCHED) == "1":
+        _stop_with_launcher()
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ConfigError(f"WORLD_SIZE {size} is set but {name} is not: start through torchrun "
+                              "or ganctl train --gpus N, which set both")
     backend = os.environ.get("GANCTL_DIST_BACKEND", "nccl" if device.type == "cuda" else "gloo")
     if backend not in ("nccl", "gloo"):
         raise ConfigError(f"GANCTL_DIST_BACKEND={backend!r}: use nccl or gloo")
@@ -105,6 +114,28 @@ def setup(device: torch.device) -> torch.device:
             WORLD.control = dist.group.WORLD
         WORLD.rank, WORLD.size, WORLD.local_rank = rank, size, local
     return device
+
+
+LAUNCHED = "GANCTL_LAUNCHED"  # set by launch() for the processes it starts
+
+
+def _stop_with_launcher() -> None:
+    """A rank of `--gpus N` gets SIGTERM (and so checkpoints with the others and stops) when its
+    launcher dies without passing a signal on (kill -9, the OOM killer): no orphans left training
+    a run the user thinks is stopped. Linux only (prctl); elsewhere nothing."""
+    import ctypes  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher is already gone
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def teardown() -> None:
@@ -288,6 +319,8 @@ def launch(processes: int, argv: list[str]) -> int:
     (what torchrun runs): a free port, the ranks' output on this terminal, a stop signal passed
     on to every rank (each checkpoints and stops). Returns the exit code for the command: the
     ranks' own when they agree (0, or 128 + N after a stop), else 1."""
+    import dataclasses  # noqa: PLC0415
+    import signal  # noqa: PLC0415
     import sys  # noqa: PLC0415
     import uuid  # noqa: PLC0415
 
@@ -295,10 +328,15 @@ def launch(processes: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch  # noqa: PLC0415
 
+    options: dict[str, Any] = {}
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and "signals_to_handle" in {
+            f.name for f in dataclasses.fields(LaunchConfig)}:  # nohup'd or in the background
+        options["signals_to_handle"] = "SIGTERM,SIGHUP,SIGQUIT"  # SIGINT stays ignored
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes,
                           run_id=uuid.uuid4().hex[:12], rdzv_backend="c10d",
                           rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
-                          monitor_interval=0.5, start_method="spawn")
+                          monitor_interval=0.5, start_method="spawn", **options)
+    os.environ[LAUNCHED] = "1"  # the ranks inherit it
     try:
         elastic_launch(config, sys.executable)("-m", "ganctl", *argv)
     except ChildFailedError as e:
@@ -306,6 +344,8 @@ def launch(processes: int, argv: list[str]) -> int:
         return codes.pop() if len(codes) == 1 and next(iter(codes)) > 0 else 1
     except SignalException as e:
         return 128 + int(e.sigval)
+    finally:
+        os.environ.pop(LAUNCHED, None)
     return 0
 
 

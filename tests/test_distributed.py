@@ -111,10 +111,24 @@ def test_sync_bn_is_recorded_and_gpus_one_trains_in_this_process(workdir):
     assert json.loads(Path("r/config.json").read_text())["sync_bn"] is True
 
 
-def test_bad_launcher_variables_are_a_one_line_error(workdir, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "two")
-    assert_one_line_error(invoke("train", *TINY, "--steps", "2", "--out", "r"), 1,
-                          "WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers")
+@pytest.mark.parametrize(("env", "fragment"), [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers"),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK 5 and LOCAL_RANK 0 must lie in 0..1 for WORLD_SIZE 2"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": ""}, "WORLD_SIZE 2 is set but MASTER_ADDR is not"),
+])
+def test_bad_launcher_variables_are_a_one_line_error(workdir, monkeypatch, env, fragment):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert_one_line_error(invoke("train", *TINY, "--steps", "2", "--out", "r"), 1, fragment)
+    assert not Path("r").exists()
+
+
+def test_gpus_checks_what_it_can_before_starting_processes(workdir):
+    assert_one_line_error(invoke("train", *TINY, "--steps", "2", "--gpus", "2", "--batch-size", "7"),
+                          2, "--batch-size 7 is the global batch and must divide among the 2")
+    if not torch.cuda.is_available():
+        assert_one_line_error(invoke("train", "--gpus", "2", "--device", "cuda"), 2,
+                              "--device cuda but no CUDA GPU is here")
 
 
 # --- two processes ------------------------------------------------------------------------------
@@ -210,6 +224,24 @@ def test_a_rank_that_dies_ends_the_run_within_a_minute(workdir):
         proc.kill()
     assert proc.returncode not in (0, None)
     _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ranks), 30)
+
+
+def test_ranks_stop_with_a_checkpoint_when_their_launcher_is_killed(workdir):
+    """kill -9 of `--gpus 2` (the OOM killer, a scheduler) must not leave its ranks training
+    a run nobody watches: they get SIGTERM, stop together and checkpoint."""
+    proc = _start("train", *TINY, "--steps", "100000", "--gpus", "2", "--out", "r")
+    try:
+        _wait_for(lambda: Path("r/metrics.jsonl").exists()
+                  and len(Path("r/metrics.jsonl").read_text().splitlines()) >= 2)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 2, ranks
+        proc.kill()
+        proc.communicate(timeout=30)
+        _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ranks), 60)
+    finally:
+        proc.kill()
+    saved = list(Path("r/checkpoints").glob("*.safetensors"))
+    assert len(saved) == 1  # the stop's own checkpoint (--ckpt-every is 1000)
 
 
 def test_a_signal_during_the_stop_vote_is_kept_for_the_next_step(workdir, monkeypatch):
