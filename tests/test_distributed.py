@@ -142,7 +142,8 @@ def test_two_processes_under_torchrun_train_as_one_with_the_same_global_batch(wo
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     steps = ["--steps", "3", "--ckpt-every", "3", "--eval-every", "3", "--eval-num", "24",
              "--eval-num-real", "48"]
-    done = _run("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ganctl", "train",
+    done = _run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # free port
+                "-m", "ganctl", "train",
                 *TINY, *steps, "--sync-bn", "--out", "two")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "batch 8 (4 per process on 2 processes, BatchNorm synchronised)" in done.stdout
@@ -170,7 +171,8 @@ def test_a_nan_on_one_rank_rolls_every_rank_back_and_the_run_goes_on(workdir):
     back to the checkpoint of step 3 together (no rank left waiting in an all-reduce), and the
     run ends at its last step with finite weights."""
     env = {**_env(), "GANCTL_TEST_NAN": "1:4"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2",
                            str(ROOT / "tests" / "launch.py"), "train", *TINY, "--steps", "6",
                            "--ckpt-every", "3", "--out", "r"], env=env, capture_output=True,
                           text=True, timeout=180)
