@@ -75,6 +75,16 @@ def wait_for_step(stream, step: int) -> None:
 
 # --- faults from outside the package ----------------------------------------------------------
 
+def nan_step(real_step, state, phases):
+    """real_step(state, phases) with a NaN real batch, as a broken data pipeline would make it."""
+    clean = state.batches.next
+    state.batches.next = lambda: dataclasses.replace(b := clean(), x=b.x * float("nan"))
+    try:
+        return real_step(state, phases)
+    finally:
+        del state.batches.next
+
+
 def nan_batches(monkeypatch, steps: set[int] | None = None, start_at: int | None = None
                 ) -> list[int]:
     """From now on in this test, the real batch of each step in `steps` (once each) or of every
@@ -87,12 +97,7 @@ def nan_batches(monkeypatch, steps: set[int] | None = None, start_at: int | None
         n = state.step + 1
         if (steps and n in steps and n not in fired) or (start_at is not None and n >= start_at):
             fired.append(n)
-            clean = state.batches.next
-            state.batches.next = lambda: dataclasses.replace(b := clean(), x=b.x * float("nan"))
-            try:
-                return real_step(state, phases)
-            finally:
-                del state.batches.next
+            return nan_step(real_step, state, phases)
         return real_step(state, phases)
 
     monkeypatch.setattr(loop, "train_step", poisoned)

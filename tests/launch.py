@@ -12,7 +12,6 @@ hooks). Used by the tests that kill or signal a real process, and by benchmarks/
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import os
 import sys
 import time
@@ -61,6 +60,8 @@ def slow_writes(seconds: float) -> None:
 
 def nan_batch(rank: int, step: int) -> None:
     """Rank `rank`'s real batch of step `step` is NaN, once."""
+    from helpers import nan_step  # noqa: PLC0415 (tests/ is on the path: this script's folder)
+
     from ganctl.engine import loop  # noqa: PLC0415
 
     real_step = loop.train_step
@@ -70,12 +71,7 @@ def nan_batch(rank: int, step: int) -> None:
         if int(os.environ.get("RANK", "0")) != rank or state.step + 1 != step or fired:
             return real_step(state, phases)
         fired.append(step)
-        clean = state.batches.next
-        state.batches.next = lambda: dataclasses.replace(b := clean(), x=b.x * float("nan"))
-        try:
-            return real_step(state, phases)
-        finally:
-            del state.batches.next
+        return nan_step(real_step, state, phases)
     loop.train_step = poisoned
 
 

@@ -61,6 +61,20 @@ def _wait_for(predicate, seconds: float = 90) -> None:
         time.sleep(0.1)
 
 
+def _training_ranks() -> tuple[subprocess.Popen, list[int]]:
+    """`ganctl train --gpus 2` into ./r, once both ranks train: the launcher and the ranks."""
+    proc = _start("train", *TINY, "--steps", "100000", "--gpus", "2", "--out", "r")
+    try:
+        _wait_for(lambda: Path("r/metrics.jsonl").exists()
+                  and len(Path("r/metrics.jsonl").read_text().splitlines()) >= 2)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 2, ranks
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, ranks
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(path).items() if k.split(".")[0] in ("G", "D", "G_ema")}
 
@@ -186,12 +200,8 @@ def test_a_nan_on_one_rank_rolls_every_rank_back_and_the_run_goes_on(workdir):
 
 
 def test_sigterm_to_one_rank_stops_both_after_one_checkpoint_and_it_resumes_anywhere(workdir):
-    proc = _start("train", *TINY, "--steps", "100000", "--gpus", "2", "--out", "r")
+    proc, ranks = _training_ranks()
     try:
-        _wait_for(lambda: Path("r/metrics.jsonl").exists()
-                  and len(Path("r/metrics.jsonl").read_text().splitlines()) >= 2)
-        ranks = _children(proc.pid)
-        assert len(ranks) == 2, ranks
         os.kill(ranks[1], signal.SIGTERM)  # one rank only: the other hears of it and stops too
         out, err = proc.communicate(timeout=90)
     finally:
@@ -212,12 +222,8 @@ def test_sigterm_to_one_rank_stops_both_after_one_checkpoint_and_it_resumes_anyw
 
 
 def test_a_rank_that_dies_ends_the_run_within_a_minute(workdir):
-    proc = _start("train", *TINY, "--steps", "100000", "--gpus", "2", "--out", "r")
+    proc, ranks = _training_ranks()
     try:
-        _wait_for(lambda: Path("r/metrics.jsonl").exists()
-                  and len(Path("r/metrics.jsonl").read_text().splitlines()) >= 2)
-        ranks = _children(proc.pid)
-        assert len(ranks) == 2, ranks
         started = time.monotonic()
         os.kill(ranks[0], signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -231,12 +237,8 @@ def test_a_rank_that_dies_ends_the_run_within_a_minute(workdir):
 def test_ranks_stop_with_a_checkpoint_when_their_launcher_is_killed(workdir):
     """kill -9 of `--gpus 2` (the OOM killer, a scheduler) must not leave its ranks training
     a run nobody watches: they get SIGTERM, stop together and checkpoint."""
-    proc = _start("train", *TINY, "--steps", "100000", "--gpus", "2", "--out", "r")
+    proc, ranks = _training_ranks()
     try:
-        _wait_for(lambda: Path("r/metrics.jsonl").exists()
-                  and len(Path("r/metrics.jsonl").read_text().splitlines()) >= 2)
-        ranks = _children(proc.pid)
-        assert len(ranks) == 2, ranks
         proc.kill()
         proc.communicate(timeout=30)
         _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ranks), 60)
