@@ -318,45 +318,33 @@ def _rank() -> int:
     return found[0] if found else 0
 
 
-def _last_value(argv: list[str], name: str) -> str:
-    """The value an option takes on a command line (its last `name V` or `name=V`), or ""."""
-    value = ""
-    for a, b in zip(argv, [*argv[1:], ""], strict=True):
-        if a == name:
-            value = b
-        elif a.startswith(f"{name}="):
-            value = a.split("=", 1)[1]
-    return value
-
-
-def _launch(processes: int) -> None:
-    """--gpus N: this command line again on N processes (torch's launcher); its exit code."""
+def _launch(processes: int, device: str | None, batch_size: str | None = None) -> None:
+    """--gpus N: this command line again on N processes (torch's launcher); its exit code.
+    `device` and `batch_size` as given on it are checked first, before any process starts."""
     from ganctl.distributed import from_environment, launch, without_option
 
     if _call(False, from_environment) is not None:
         raise typer.BadParameter("already running under torchrun: its --nproc_per_node sets the "
                                  "processes, leave --gpus out", param_hint="--gpus")
-    argv = without_option(_OUTPUT.argv, "--gpus")
     import torch
 
     found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    device, on_cpu = _last_value(argv, "--device"), _last_value(argv, "--device") == "cpu"
+    on_cpu = device == "cpu"
     if not on_cpu and 0 < found < processes:
         raise typer.BadParameter(f"--gpus {processes} but this machine has {found} GPU(s); use "
                                  f"--gpus {found} or fewer", param_hint="--gpus")
-    if device.startswith("cuda") and not found:
+    if device is not None and device.startswith("cuda") and not found:
         raise typer.BadParameter(f"--device {device} but no CUDA GPU is here; leave --device out "
                                  "or use --device cpu", param_hint="--device")
-    batch = _last_value(argv, "--batch-size")
-    if batch.isdigit() and int(batch) % processes:
-        raise typer.BadParameter(f"--batch-size {batch} is the global batch and must divide among "
-                                 f"the {processes} processes; use a multiple of {processes}",
+    if batch_size is not None and batch_size.isdigit() and int(batch_size) % processes:
+        raise typer.BadParameter(f"--batch-size {batch_size} is the global batch and must divide "
+                                 f"among the {processes} processes; use a multiple of {processes}",
                                  param_hint="--batch-size")
     if not on_cpu and not found and not _OUTPUT.json:
         _say(f"no CUDA GPU here: --gpus {processes} starts {processes} CPU processes (gloo)")
     _OUTPUT.at_stop = lambda: ("after telling every process to stop (each stops at the same step "
                                "and writes its checkpoint first: see the line above)", {})
-    code = _call(False, launch, processes, argv)
+    code = _call(False, launch, processes, without_option(_OUTPUT.argv, "--gpus"))
     _outcome_decided()
     if code:
         raise typer.Exit(code)
@@ -536,7 +524,7 @@ def train(
     if list_presets:
         return _list_presets(json_mode)
     if gpus is not None and gpus > 1 and not print_config:
-        return _launch(gpus)
+        return _launch(gpus, device, batch_size)
     _OUTPUT.training = "started"
     flags = _config_flags(locals())
     if resume_run and overwrite:
@@ -703,7 +691,7 @@ def resume(
                        tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project,
                        sync_bn=sync_bn)
     if gpus is not None and gpus > 1:
-        return _launch(gpus)
+        return _launch(gpus, device)
     _OUTPUT.training = "resumed"
     deadline = _call(debug, session.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))
