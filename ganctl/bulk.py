@@ -38,7 +38,7 @@ from PIL import Image
 
 from ganctl import __version__
 from ganctl.errors import ConfigError
-from ganctl.fsutil import atomic_file, atomic_write, read_regular, sha256_file
+from ganctl.fsutil import atomic_file, atomic_write, nearest_existing, read_regular, sha256_file
 from ganctl.models.base import num_classes
 from ganctl.sample import (
     MAX_SEED,
@@ -191,13 +191,11 @@ def _make_out_dir(out_dir: Path) -> Path:
     if out_dir.is_symlink():
         raise ConfigError(f"{out_dir} is a symbolic link; give --out-dir the folder it points to "
                           "(ganctl does not write through links)")
-    for folder in (out_dir, *out_dir.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                what = "the output folder" if folder == out_dir else f"a parent of {out_dir}"
-                raise ConfigError(f"{folder} is not a folder ({what}); give --out-dir a "
-                                  "new or empty folder, or a ganctl export to add to")
-            break
+    folder = nearest_existing(out_dir)
+    if folder is not None and not folder.is_dir():
+        what = "the output folder" if folder == out_dir else f"a parent of {out_dir}"
+        raise ConfigError(f"{folder} is not a folder ({what}); give --out-dir a new or empty "
+                          "folder, or a ganctl export to add to")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -861,7 +861,7 @@ def _check_out(out: Path, kind: str = "image") -> None:
     replaces (fsutil.is_replaceable: an image over an image, never over a run's metrics or a
     checkpoint); never a link (its target or the link would be lost), a folder or a device, nor
     a path under a file, nor a hidden name without a suffix (".png" is a name, not a format)."""
-    from ganctl.fsutil import is_replaceable
+    from ganctl.fsutil import is_replaceable, nearest_existing
 
     if out.name.startswith(".") and not out.suffix:
         _fail(f"{out} is a hidden file's name with no suffix; name the file like out{out.name}")
@@ -875,11 +875,9 @@ def _check_out(out: Path, kind: str = "image") -> None:
     if out.is_file() and not is_replaceable(out, kind):
         _fail(f"{out} exists and is not {what}; ganctl replaces only a file of the kind it "
               "writes (not a run's files or a checkpoint): choose another name")
-    for folder in out.parents:
-        if folder.exists():
-            if not folder.is_dir():
-                _fail(f"{folder} is a file, not a folder; choose OUT in a folder")
-            break
+    folder = nearest_existing(out.parent)
+    if folder is not None and not folder.is_dir():
+        _fail(f"{folder} is a file, not a folder; choose OUT in a folder")
 
 
 def _usage(hint: str, fn: Callable[..., T], *args: Any) -> T:

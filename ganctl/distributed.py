@@ -138,15 +138,6 @@ def _stop_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def teardown() -> None:
-    if WORLD.active:
-        import torch.distributed as dist  # noqa: PLC0415
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        WORLD.rank, WORLD.size, WORLD.local_rank, WORLD.control = 0, 1, 0, None
-
-
 def _failed(e: BaseException) -> RankFailed:
     first = " ".join(str(e).split())[:200]
     return RankFailed(f"rank {WORLD.rank} of {WORLD.size}: another rank died or stopped answering "
@@ -265,9 +256,9 @@ def merge_features(acc: Any) -> Any:
     with collective():
         counts: list[Any] = [None] * WORLD.size
         dist.all_gather_object(counts, acc.count, group=WORLD.control)
-        if acc.total is None:  # no fakes here (fewer than ranks): zeros of the others' shape
-            raise ConfigError(f"--eval-num {sum(c or 0 for c in counts)} gives rank {WORLD.rank} "
-                              f"no fakes; evaluate at least {WORLD.size} images")
+        if not all(counts):  # a rank without fakes: every rank sees it and stops alike
+            raise ConfigError(f"--eval-num {sum(counts)} leaves a process without fakes; "
+                              f"evaluate at least {WORLD.size} images")
         for t in (acc.total, acc.outer):
             dist.reduce(t, dst=0)
         kept: list[Any] | None = [None] * WORLD.size if WORLD.writer else None
@@ -277,7 +268,7 @@ def merge_features(acc: Any) -> Any:
         return None
     assert kept is not None
     rows = torch.cat([k for k in kept if k is not None])[:acc.keep]
-    acc.kept, acc._kept_rows, acc.count = [rows], len(rows), sum(int(c or 0) for c in counts)
+    acc.kept, acc._kept_rows, acc.count = [rows], len(rows), sum(counts)
     return acc
 
 

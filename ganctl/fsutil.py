@@ -155,3 +155,13 @@ def is_replaceable(path: Path, kind: str) -> bool:
     if kind == "image":
         return (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:8] == b"ftyp"
     return False
+
+
+def nearest_existing(path: Path) -> Path | None:
+    """`path` if it exists (a dangling link counts), else its nearest ancestor that does: where
+    making `path` as a folder would start, and what must be a folder for that to work."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return None
