@@ -42,6 +42,7 @@ from ganctl.fsutil import atomic_file, atomic_write, nearest_existing, read_regu
 from ganctl.models.base import num_classes
 from ganctl.sample import (
     MAX_SEED,
+    SEED_PART,
     LoadedGenerator,
     check_truncation,
     class_index,
@@ -106,9 +107,10 @@ def export_images(loaded: LoadedGenerator, seeds: list[int], out_dir: Path, fmt:
         check_truncation(truncation)
     labels_for_seeds([0], config, class_)  # the class fits the model, before anything is written
     fixed = None if class_ is None else class_index(class_, config.classes)
-    manifest = _manifest(loaded, _unique(seeds), fmt, truncation, fixed, quality)
+    asked = _unique(seeds)
+    manifest = _manifest(loaded, fmt, truncation, fixed, quality)
     with _folder_lock(_make_out_dir(out_dir)):
-        seeds = _merge(_open_out_dir(out_dir, manifest), manifest, out_dir)
+        seeds = _merge(_open_out_dir(out_dir, manifest), asked, fmt, out_dir)
         folders = class_folders(config.classes) if num_classes(config) else []
         _check_places(out_dir, folders)
         manifest.update(seeds=_seed_text(seeds), count=len(seeds))
@@ -164,8 +166,9 @@ def _unique(seeds: Sequence[int]) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def _manifest(loaded: LoadedGenerator, seeds: list[int], fmt: str, truncation: float | None,
-              fixed: int | None, quality: int) -> dict:
+def _manifest(loaded: LoadedGenerator, fmt: str, truncation: float | None, fixed: int | None,
+              quality: int) -> dict:
+    """The export's settings (its seeds and count are added once merged with the folder's)."""
     config = loaded.config
     network = {"arch": config.arch, "resolution": config.resolution, "channels": config.channels,
                "z_dim": config.z_dim, "g_width": config.g_width, "conditional": config.conditional,
@@ -177,8 +180,7 @@ def _manifest(loaded: LoadedGenerator, seeds: list[int], fmt: str, truncation: f
             "generator_sha256": _weights_sha256(loaded.G), "network": network,
             "truncation": None if truncation is None else float(truncation),
             "class_index": fixed, "format": fmt, "quality": quality if fmt in LOSSY else None,
-            "shard_size": max(1, min(MAX_SHARD, SHARD_BYTES // image_bytes)) if fmt == "npz" else 0,
-            "seeds": _seed_text(seeds), "count": len(seeds)}
+            "shard_size": max(1, min(MAX_SHARD, SHARD_BYTES // image_bytes)) if fmt == "npz" else 0}
 
 
 # what must match for a rerun to add to a folder: the same pixels, the same way written
@@ -260,17 +262,16 @@ def _check_places(out_dir: Path, folders: list[str]) -> None:
                               "(ganctl does not write through links); move it away and rerun")
 
 
-def _merge(previous: dict | None, manifest: dict, out_dir: Path) -> list[int]:
-    """The seeds the folder will hold: a rerun of images may add seeds to those already there;
-    npz shards are cut from the seed list, so theirs cannot change."""
-    seeds = _parse_seed_text(manifest["seeds"])
+def _merge(previous: dict | None, seeds: list[int], fmt: str, out_dir: Path) -> list[int]:
+    """The seeds the folder will hold: a rerun of images may add `seeds` to those already
+    there; npz shards are cut from the seed list, so theirs cannot change."""
     if previous is None:
         return seeds
     try:
         before = _parse_seed_text(previous.get("seeds"), MAX_FOLDER_SEEDS)
     except ValueError as e:
         raise ConfigError(f"{out_dir / MANIFEST} is damaged ({e}); export into a new folder") from None
-    if manifest["format"] == "npz" and before != seeds:
+    if fmt == "npz" and before != seeds:
         raise ConfigError(f"npz shards of seeds {previous.get('seeds')} are there; export the same "
                           "seeds to finish them, or other seeds into a new folder")
     return sorted(set(before) | set(seeds))
@@ -289,20 +290,20 @@ def _seed_text(seeds: list[int]) -> str:
     return ",".join(parts)
 
 
-def _parse_seed_text(text: object, limit: int | None = None) -> list[int]:
+def _parse_seed_text(text: object, limit: int) -> list[int]:
     """_seed_text's inverse; ValueError for text it could not have written, or for more than
     `limit` seeds."""
     if not isinstance(text, str):
         raise ValueError(f"seeds {str(text)[:40]!r} are not text like 0-63,100")
     seeds: list[int] = []
     for part in filter(None, text.split(",")):
-        match = _SEED_RUN.match(part)
+        match = SEED_PART.match(part)
         if match is None:
             raise ValueError(f"{part[:40]!r} is not a seed or a range of seeds")
         low, high = int(match[1]), int(match[2] or match[1])
         if not low <= high <= MAX_SEED:
             raise ValueError(f"{part[:40]!r} is not a range of seeds")
-        if limit is not None and len(seeds) + high - low + 1 > limit:
+        if len(seeds) + high - low + 1 > limit:
             raise ValueError(f"more than {limit:,} seeds")
         seeds.extend(range(low, high + 1))
     return seeds
@@ -377,7 +378,6 @@ def _missing_units(out_dir: Path, names: list[str], seeds: list[int], fmt: str, 
 
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk
-_SEED_RUN = re.compile(r"^([0-9]{1,19})(?:-([0-9]{1,19}))?$")
 MAX_FOLDER_SEEDS = 100_000_000  # seeds one export folder may hold (a manifest with more is damaged)
 
 

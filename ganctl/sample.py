@@ -35,14 +35,14 @@ MAX_SEEDS = 100_000  # seeds in one call: a typo such as 0-1000000000 is an erro
 Seeds = int | str | range | Sequence[int]  # 7, "0-63,100", range(16), [3, 1, 4]
 SEEDS_LIKE = "give one seed or more, like 7, range(16), [3, 1, 4] or '0-63,100'"
 TOO_MANY = f"more than {MAX_SEEDS} seeds at once (generate in parts: an image depends on its seed alone)"
-_SEED_PART = re.compile(r"^([0-9]{1,19})(?:-([0-9]{1,19}))?$")  # 7 or 0-63, ASCII digits: "+7", "٣" fail
+SEED_PART = re.compile(r"^([0-9]{1,19})(?:-([0-9]{1,19}))?$")  # 7 or 0-63, ASCII digits: "+7", "٣" fail
 
 
 def parse_seeds(text: str) -> list[int]:
     """'0-63,100' -> [0, 1, ..., 63, 100]: single seeds and inclusive ranges, comma-separated."""
     seeds: list[int] = []
     for part in text.split(","):
-        match = _SEED_PART.match(part.strip())
+        match = SEED_PART.match(part.strip())
         if match is None:
             what = (f"{part.strip()!r} is not a seed (0 to 2**63 - 1) or a range of them"
                     if part.strip() else "an empty part")
