@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ganctl import __version__
 from ganctl.errors import ConfigError
@@ -42,11 +41,13 @@ from ganctl.fsutil import atomic_file, atomic_write, nearest_existing, read_regu
 from ganctl.models.base import num_classes
 from ganctl.sample import (
     MAX_SEED,
+    QUALITY,
     SEED_PART,
     LoadedGenerator,
     check_truncation,
     class_index,
     generate,
+    image_bytes,
     labels_for_seeds,
     latents_from_seeds,
 )
@@ -92,7 +93,7 @@ def export_images(loaded: LoadedGenerator, seeds: list[int], out_dir: Path, fmt:
                   batch_size: int = 256, device: torch.device,
                   progress: Callable[[int], None] | None = None,
                   start: Callable[[int], None] | None = None, workers: int = 0,
-                  quality: int = 95) -> dict:
+                  quality: int = QUALITY) -> dict:
     """Write an image per seed into out_dir (see the module's docstring); files already there
     are kept. Once every setting is checked and the folder scanned, `start(count)` is called
     with the images the folder will hold (a rerun may add seeds to those of the earlier call);
@@ -478,12 +479,10 @@ def _pieces(seeds: list[int], images: np.ndarray, n: int) -> Iterator[tuple[list
         yield seeds[i:i + size], images[i:i + size]
 
 
-def encode(image: np.ndarray, fmt: str, quality: int = 95) -> bytes:
-    """(H, W, C) uint8 -> the bytes of an image file; PNG exactly as sample grids are encoded."""
-    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-    buf = io.BytesIO()
-    pil.save(buf, format=_PIL_FORMAT[fmt], **({"quality": quality} if fmt in LOSSY else {}))
-    return buf.getvalue()
+def encode(image: np.ndarray, fmt: str, quality: int = QUALITY) -> bytes:
+    """(H, W, C) uint8 -> the bytes of an image file, encoded as `ganctl sample` encodes its
+    files (sample.image_bytes: PNG byte for byte as a grid's cell would be)."""
+    return image_bytes(torch.from_numpy(image), _PIL_FORMAT[fmt], quality)
 
 
 def _write_images(seeds: list[int], images: np.ndarray, label_of: dict[int, int],
