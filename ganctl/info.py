@@ -21,7 +21,7 @@ def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
         "step": header.step,
         "created": header.metadata.get("ganctl.created"),
         "device": header.metadata.get("ganctl.device"),
-        "processes": _processes(header.metadata.get("ganctl.world_size")),
+        "processes": trained_processes(header),
         "file_size": header.file_size,
         "params": {name: sum(p.numel() for p in models[name].parameters()) for name in ("G", "D")},
         "dataset_fingerprint": header.metadata.get("ganctl.dataset_fingerprint"),
@@ -33,9 +33,10 @@ def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
     }
 
 
-def _processes(recorded: object) -> int:
-    """The processes the checkpoint was trained on (1 before several were possible)."""
-    text = str(recorded or "1")
+def trained_processes(header: checkpoint.Header) -> int:
+    """The processes a checkpoint was trained on (1 before several were possible, or when the
+    record is not a whole number)."""
+    text = str(header.metadata.get("ganctl.world_size") or "1")
     return int(text) if text.isascii() and text.isdecimal() and int(text) > 0 else 1
 
 

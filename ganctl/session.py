@@ -27,6 +27,7 @@ from ganctl.engine.loop import RunResult, fit
 from ganctl.engine.memory import find_batch_size
 from ganctl.engine.state import TrainState, init_state, load_state
 from ganctl.errors import CheckpointError, ConfigError, DataError
+from ganctl.info import trained_processes
 from ganctl.logging import RunLog, check_sinks
 from ganctl.losses import augment
 from ganctl.metrics import parse_metrics
@@ -541,8 +542,7 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
 
     def restore(state: TrainState) -> None:
         load_state(state, checkpoint.load_tensors(header), log.info)
-        recorded = str(header.metadata.get("ganctl.world_size", "1"))
-        trained_on = int(recorded) if recorded.isdecimal() and recorded.isascii() else 1
+        trained_on = trained_processes(header)
         here = distributed.WORLD.size
         if trained_on != here:
             log.info(f"this run trained on {_processes(trained_on)}; it continues on {_processes(here)} "
