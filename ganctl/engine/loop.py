@@ -352,7 +352,6 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                         made.ckpt = save_checkpoint(state, good.tensors, run_dir, made.last,
                                                     fingerprint, scored)
                     budget.pause(time.perf_counter() - saving, "save")
-                if save:
                     barrier()  # the other ranks wait for rank 0's checkpoint
                 if not writer:
                     if stopping:
