@@ -222,3 +222,49 @@ def test_a_stop_during_start_up_of_a_process_is_one_json_document(workdir, signu
     message = f"stopped by {name} before training started; no checkpoint was written"
     assert json.loads(out) == {"stopped": name, "error": message, "exit_code": code}
     assert err == message + "\n"
+
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("ganctl")  # what `pip install` made of [project.scripts]
+
+
+def test_the_entry_point_holds_stops_back_before_importing_the_command_line():
+    """The console script's first act: every module it imports after ganctl.__main__ (typer,
+    rich, ganctl.cli, torch) is imported with the stop signals already held back."""
+    probe = ("import signal, sys\n"
+             "class Watch:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name in ('typer', 'rich', 'ganctl.cli', 'torch'):\n"
+             "            held = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
+             "            print(name, sorted(int(s) for s in held), flush=True)\n"
+             "sys.meta_path.insert(0, Watch())\n"
+             "sys.argv = ['ganctl', '--version']\n"
+             "from ganctl.__main__ import main\n"
+             "main()\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = dict(line.split(" ", 1) for line in done.stdout.splitlines() if not line.startswith("ganctl "))
+    assert "ganctl.cli" in seen and "typer" in seen, done.stdout
+    for name, held in seen.items():
+        assert set(json.loads(held)) >= {int(s) for s in STOP_SIGNALS}, name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.skipif(not CONSOLE_SCRIPT.exists(), reason="the ganctl console script is not installed")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=NAMES.get)
+def test_a_stop_the_moment_the_console_script_holds_it_is_one_json_document(workdir, signum):
+    """The earliest a stop can be kept (the interpreter's own start-up comes before any code of
+    ganctl's): sent as soon as the signal shows as held, it is still one JSON document."""
+    proc = subprocess.Popen([str(CONSOLE_SCRIPT), "inspect", "--json", "missing.safetensors"],
+                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not blocked(proc.pid, signum) and time.monotonic() < deadline:
+        pass
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    name, code = NAMES[signum], 128 + signum
+    assert proc.returncode == code, err
+    message = f"stopped by {name} before ganctl inspect finished"
+    assert json.loads(out) == {"stopped": name, "error": message, "exit_code": code}
+    assert err == message + "\n"
