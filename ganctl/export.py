@@ -11,6 +11,11 @@ whatever device the generator was loaded on, and is checked before it is written
 loaded back (torch.jit.load, or an onnxruntime session on the CPU) and its images compared with
 the PyTorch generator's on fixed latents at several batch sizes. A file that differs by more than
 TOLERANCE is never written; OUT is replaced atomically, so it holds the old file or the checked one.
+
+Each file carries ganctl's mark (fsutil.mark_json, kind "generator"): in a TorchScript zip the
+extra file extra/ganctl.json (torch.jit.load(path, _extra_files={"ganctl.json": ""}) reads it), in
+an ONNX model the metadata_props entry "ganctl". An existing OUT is replaced only if it has the
+mark: a user's own torch.save zip or ONNX model of the same name is never written over.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import torch
 from torch import nn
 
 from ganctl.errors import ConfigError, GanctlError, first_line, lookup
-from ganctl.fsutil import atomic_write
+from ganctl.fsutil import MARK, MARK_FILE, atomic_write, is_ganctl_file, mark_json
 from ganctl.sample import LoadedGenerator, labels_for_seeds, latents_from_seeds
 
 TOLERANCE = 1e-4  # max |exported - PyTorch| over the images' [-1, 1] range
 FORMATS = ("torchscript", "onnx")
+KIND = "generator"  # the kind in the mark of the files export writes
+LABELS = {"torchscript": "a TorchScript file", "onnx": "an ONNX file"}
 ONNX_MISSING = ("ONNX export needs the onnx and onnxruntime packages: pip install onnx onnxruntime "
                 "(ganctl's 'onnx' extra: pip install 'ganctl[onnx]'), or use --format torchscript")
 
@@ -80,6 +87,7 @@ def export_generator(loaded: LoadedGenerator, fmt: str, out: Path, *, batch: int
     if out.is_dir():
         raise ConfigError(f"output {out} is a directory; give a file name, like "
                           f"{out / ('G.onnx' if fmt == 'onnx' else 'G.pt')}")
+    check_replaceable(out, fmt)
     if fmt == "onnx":
         _require_onnx()
     started = time.perf_counter()
@@ -100,6 +108,7 @@ def export_generator(loaded: LoadedGenerator, fmt: str, out: Path, *, batch: int
         else:
             data, run = _onnx(wrapper, examples[batch], names, opset)
         diff = _check(wrapper, run, examples, fmt, out)
+    check_replaceable(out, fmt)  # again: a file may have been put there while the export ran
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, data)
@@ -117,6 +126,18 @@ def export_generator(loaded: LoadedGenerator, fmt: str, out: Path, *, batch: int
             "resolution": config.resolution, "channels": config.channels,
             "checkpoint": str(loaded.header.path), "step": loaded.header.step, "bytes": len(data),
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+def check_replaceable(out: Path, fmt: str) -> None:
+    """OUT may be new, or ganctl's own export in this format (its mark says so); anything else
+    there (a user's torch.save file or ONNX model, an export from a ganctl that wrote no mark, a
+    link, a FIFO) raises ConfigError, and is left as it was."""
+    if out.is_symlink():
+        raise ConfigError(f"{out} is a symbolic link; give the path of a file (ganctl does not "
+                          "write through or over links)")
+    if out.exists() and not is_ganctl_file(out, fmt, KIND):
+        raise ConfigError(f"{out} exists and is not {LABELS[fmt]} written by ganctl export (it has "
+                          "no ganctl mark); move it away or choose another OUT")
 
 
 def _require_onnx() -> None:
@@ -149,7 +170,7 @@ def _torchscript(wrapper: nn.Module, example: Inputs) -> tuple[bytes, Runner]:
     with torch.no_grad():
         traced = torch.jit.trace(wrapper, example, check_trace=False)  # check_trace: _check does
     buf = io.BytesIO()
-    torch.jit.save(traced, buf)
+    torch.jit.save(traced, buf, _extra_files={MARK_FILE: mark_json(KIND, format="torchscript")})
     data = buf.getvalue()
     # DESIGN's "nothing calls torch.load" is about checkpoints, which a stranger may hand over:
     # this loads back the TorchScript file made just above, from its bytes, to check it
@@ -167,8 +188,11 @@ def _onnx(wrapper: nn.Module, example: Inputs, names: list[str], opset: int | No
     onnx = importlib.import_module("onnx")  # optional packages (ganctl's 'onnx' extra)
     onnxruntime = importlib.import_module("onnxruntime")
     try:
-        data = _onnx_bytes(wrapper, example, names, opset)
-        onnx.checker.check_model(onnx.load_from_string(data))
+        model = onnx.load_from_string(_onnx_bytes(wrapper, example, names, opset))
+        mark = model.metadata_props.add()
+        mark.key, mark.value = MARK, mark_json(KIND, format="onnx")
+        data = model.SerializeToString()
+        onnx.checker.check_model(model)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
+import json
 import os
 import stat
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 def fsync_dir(directory: Path) -> None:
@@ -132,29 +135,159 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-# what the first bytes of a file ganctl may replace look like, by kind of output
-_MAGIC = {
-    "image": (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a"),  # and RIFF....WEBP, ....ftyp
-    "torchscript": (b"PK\x03\x04",),
-    "onnx": (b"\x08",),  # a ModelProto's first field, ir_version
-}
+# what the first bytes of an image ganctl may replace look like
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")  # and RIFF....WEBP, ....ftyp
 
 
-def is_replaceable(path: Path, kind: str) -> bool:
-    """Whether an existing regular file looks like an output of `kind` (image: PNG, JPEG, WebP,
-    GIF or MP4; torchscript; onnx) by its first bytes, so that writing a new one over it loses
-    nothing the user did not make with ganctl: a run's metrics.jsonl, config.json or checkpoint,
-    named as OUT by mistake, never does."""
+def is_replaceable(path: Path) -> bool:
+    """Whether an existing regular file looks like an image (PNG, JPEG, WebP, GIF or MP4) by its
+    first bytes, so that a grid written over it loses nothing the user did not make with ganctl
+    (sample is re-run): a run's metrics.jsonl, config.json or checkpoint, named as OUT by
+    mistake, never is. Model files take a proof, not a look: is_ganctl_file."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
     except OSError:
         return False
-    if head.startswith(_MAGIC[kind]):
+    return (head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+            or head[4:8] == b"ftyp")
+
+
+# --- ganctl's mark in the model files it writes ------------------------------------------------
+# A TorchScript file is a zip like any torch.save file, and an ONNX file's first byte is what
+# many protobufs start with: only a mark ganctl puts inside says a file is ganctl's to replace.
+MARK = "ganctl"  # an ONNX model's metadata_props key; in a TorchScript zip, the extra file MARK_FILE
+MARK_FILE = f"{MARK}.json"  # torch.jit.save's _extra_files name: <archive>/extra/ganctl.json
+MARK_BYTES = 64 << 10  # a mark is a small JSON object: a larger entry is not one, and is not read
+MARK_READ_BUDGET = 16 << 20  # bytes read to find a mark, whatever a file claims about itself
+ONNX_FIELDS = 4096  # ModelProto fields walked for metadata_props (a real model has a few dozen)
+ONNX_METADATA_PROPS = 14  # ModelProto.metadata_props: repeated StringStringEntryProto {key 1, value 2}
+VARINT_BYTES = 10  # the longest protobuf varint (a 64-bit value)
+
+
+def mark_json(kind: str, **fields: Any) -> str:
+    """The mark of a model file ganctl writes: which ganctl, which kind of model (generator,
+    checkpoint...), and anything else the writer adds."""
+    from ganctl import __version__
+
+    return json.dumps({MARK: __version__, "kind": kind, **fields})
+
+
+def read_mark(path: Path, fmt: str) -> dict[str, Any] | None:
+    """The ganctl mark inside a model file of format `fmt` (torchscript or onnx), or None: no
+    mark, not a regular file, unreadable, or not that format at all. Bounded on a hostile file:
+    at most MARK_READ_BUDGET bytes are read, whatever its zip directory or protobuf claims."""
+    reader = {"torchscript": _zip_mark, "onnx": _onnx_mark}[fmt]
+    try:
+        with open_regular(path) as f:
+            text = reader(_Budgeted(f, MARK_READ_BUDGET))
+        mark = json.loads(text) if text is not None else None
+    except Exception:  # any problem parsing a stranger's file (zipfile raises a dozen kinds): no mark
+        return None
+    return mark if isinstance(mark, dict) and isinstance(mark.get(MARK), str) else None
+
+
+def is_ganctl_file(path: Path, fmt: str, kind: str) -> bool:
+    """Whether `path` is ganctl's own model file of format `fmt` and kind `kind` (its mark says
+    so): the one file of that format ganctl may write over. Files of an older ganctl that wrote
+    no mark are not."""
+    mark = read_mark(path, fmt)
+    return mark is not None and mark.get("kind") == kind
+
+
+class _Budgeted:
+    """A binary file's read, seek and tell, refusing (OSError) to read more than `budget` bytes
+    in all: what parses a stranger's file through it costs at most that much."""
+
+    def __init__(self, f: BinaryIO, budget: int) -> None:
+        self._f, self._left = f, budget
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:  # to the end: ask for what is there (a read reserves what it asks)
+            n = max(0, os.fstat(self._f.fileno()).st_size - self._f.tell())
+        data = self._f.read(min(n, self._left + 1))
+        self._left -= len(data)
+        if self._left < 0:
+            raise OSError(errno.EFBIG, "read past the budget for finding a mark")
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seekable(self) -> bool:
         return True
-    if kind == "image":
-        return (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:8] == b"ftyp"
-    return False
+
+
+def _zip_mark(f: Any) -> str | None:
+    """The text of <archive>/extra/MARK_FILE in a TorchScript zip (torch.jit.save's extra file)."""
+    with zipfile.ZipFile(f) as archive:
+        for info in archive.infolist():
+            parts = info.filename.split("/")
+            if len(parts) == 3 and parts[1:] == ["extra", MARK_FILE] and info.file_size <= MARK_BYTES:
+                with archive.open(info) as member:  # its size may lie: read at most one too many
+                    text = member.read(MARK_BYTES + 1)
+                return text.decode() if len(text) <= MARK_BYTES else None
+    return None
+
+
+def _onnx_mark(f: Any) -> str | None:
+    """The value of the metadata_props entry keyed MARK in an ONNX ModelProto, found by walking
+    its top-level fields and seeking past the others: the graph, gigabytes maybe, is never read.
+    A field that runs past the end, a group or an unknown wire type raises (not an ONNX file)."""
+    end = f.seek(0, os.SEEK_END)
+    f.seek(0)
+    for _ in range(ONNX_FIELDS):
+        if f.tell() == end:
+            return None
+        number, wire = divmod(_varint(f), 8)
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            _varint(f)
+            continue
+        if wire not in (1, 2, 5):  # 3 and 4: groups, never in ONNX; 6 and 7 do not exist
+            raise ValueError(f"wire type {wire}")
+        size = _varint(f) if wire == 2 else {1: 8, 5: 4}[wire]  # fixed64, fixed32
+        start = f.tell()
+        if start + size > end:
+            raise ValueError("a field runs past the end of the file")
+        if wire == 2 and number == ONNX_METADATA_PROPS and size <= MARK_BYTES:
+            entry = _entry(f.read(size))
+            if entry.get(1) == MARK:
+                return entry.get(2, "")
+        f.seek(start + size)
+    return None
+
+
+def _entry(data: bytes) -> dict[int, str]:
+    """A StringStringEntryProto's strings by field number (1: key, 2: value)."""
+    f, strings = io.BytesIO(data), {}
+    while f.tell() < len(data):
+        number, wire = divmod(_varint(f), 8)
+        if wire != 2:
+            raise ValueError(f"wire type {wire} in a metadata entry")
+        size = _varint(f)
+        text = f.read(size)
+        if len(text) != size:
+            raise ValueError("a metadata entry runs past its end")
+        strings[number] = text.decode()
+    return strings
+
+
+def _varint(f: Any) -> int:
+    """A protobuf varint: 7 bits a byte, low first, the high bit set on all but the last."""
+    value = 0
+    for shift in range(0, 7 * VARINT_BYTES, 7):
+        byte = f.read(1)
+        if not byte:
+            raise EOFError("the file ends inside a varint")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    raise ValueError("a varint longer than 10 bytes")
 
 
 def nearest_existing(path: Path) -> Path | None:

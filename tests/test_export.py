@@ -3,15 +3,17 @@ class input for conditional models), checked before they are written, never half
 
 from __future__ import annotations
 
+import json
+import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, invoke
+from helpers import TINY, assert_one_line_error, invoke
 
-from ganctl import checkpoint, export, rundir
+from ganctl import __version__, checkpoint, export, fsutil, rundir
 from ganctl.errors import ConfigError, GanctlError
 from ganctl.sample import LoadedGenerator, labels_for_seeds, latents_from_seeds, load_generator, to_uint8
 
@@ -214,12 +216,13 @@ def test_a_failed_check_writes_nothing_and_keeps_the_old_file(runs, tmp_path, mo
         pytest.importorskip("onnxruntime")
         pytest.importorskip("onnx")
     out = tmp_path / "G.bin"
-    out.write_bytes(b"the old export")
+    export.export_generator(loaded_of(runs["dcgan"]), fmt, out)  # the old export, ganctl's own
+    old = out.read_bytes()
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no file can pass
     with pytest.raises(GanctlError, match="export check failed.*nothing was written") as e:
         export.export_generator(loaded_of(runs["dcgan"]), fmt, out)
     assert "\n" not in str(e.value)
-    assert out.read_bytes() == b"the old export"
+    assert out.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["G.bin"]  # no temp file either
 
 
@@ -236,3 +239,212 @@ def test_a_wrong_file_fails_the_check(runs, tmp_path, monkeypatch):
     with pytest.raises(GanctlError, match=r"differ from the generator's by 0\.01"):
         export.export_generator(loaded_of(runs["dcgan"]), "torchscript", tmp_path / "G.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- OUT: only ganctl's own export is replaced ------------------------------------------------
+
+def needs_onnx() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+
+
+def users_onnx_model(path: Path) -> None:
+    """A valid ONNX model of the user's own (y = x + 1), made without ganctl: no mark."""
+    onnx = pytest.importorskip("onnx")
+    helper = onnx.helper
+    one = helper.make_tensor("one", onnx.TensorProto.FLOAT, [1], [1.0])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "one"], ["y"])], "mine",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])], [one])
+    model = helper.make_model(graph, producer_name="someone")
+    helper.set_model_props(model, {"author": "me"})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def assert_refused_and_kept(result, out: Path, before: bytes, label: str) -> None:
+    assert_one_line_error(result, 1, f"{out.name} exists and is not {label} written by ganctl export",
+                          "no ganctl mark", "move it away or choose another OUT")
+    assert "unexpected" not in result.output
+    assert out.read_bytes() == before
+    assert not list(out.parent.glob(f".{out.name}.tmp-*"))
+
+
+def test_a_users_torch_save_zip_at_out_is_refused_and_kept(runs, tmp_path):
+    """torch.save writes a zip like TorchScript's: its first bytes prove nothing, the mark does."""
+    out = tmp_path / "model.pt"
+    torch.save({"weights": torch.arange(6.0)}, out)
+    before = out.read_bytes()
+    assert before.startswith(b"PK\x03\x04")
+    assert_refused_and_kept(invoke("export", runs["dcgan"], out), out, before, "a TorchScript file")
+    with pytest.raises(ConfigError, match="model.pt exists and is not a TorchScript file written by"):
+        export.export_generator(loaded_of(runs["dcgan"]), "torchscript", out)  # the engine too
+    assert out.read_bytes() == before
+
+
+def test_a_refusal_with_json_is_one_json_document(runs, tmp_path):
+    out = tmp_path / "model.pt"
+    torch.save([1, 2, 3], out)
+    before = out.read_bytes()
+    result = invoke("export", runs["dcgan"], out, "--json")
+    assert_refused_and_kept(result, out, before, "a TorchScript file")
+    doc = json.loads(result.stdout)  # the whole of stdout: one document
+    assert doc["exit_code"] == 1 and "exists and is not a TorchScript file written by" in doc["error"]
+
+
+@pytest.mark.parametrize("content", [b"\x08" + bytes(range(256)) * 40,  # ONNX's first byte, then noise
+                                     b"\x08\x07\x3a\xff\xff\xff\xff\x0f",  # a graph past the end
+                                     b"\x08" + b"\xff" * 20,  # a varint that never ends
+                                     b""])
+def test_a_users_onnx_looking_file_is_refused(runs, tmp_path, content):
+    out = tmp_path / "G.onnx"
+    out.write_bytes(content)
+    assert_refused_and_kept(invoke("export", runs["dcgan"], out), out, content, "an ONNX file")
+
+
+def test_a_users_onnx_model_without_the_mark_is_refused(runs, tmp_path):
+    out = tmp_path / "G.onnx"
+    users_onnx_model(out)
+    before = out.read_bytes()
+    assert_refused_and_kept(invoke("export", runs["dcgan"], out), out, before, "an ONNX file")
+
+
+@pytest.mark.parametrize("cut", ["truncated", "garbage"])
+def test_a_broken_zip_at_out_is_refused_without_a_traceback(runs, tmp_path, cut):
+    """Half of a real ganctl export (its zip directory gone) or a zip header then noise."""
+    out = tmp_path / "G.pt"
+    export.export_generator(loaded_of(runs["dcgan"]), "torchscript", out)
+    whole = out.read_bytes()
+    out.write_bytes(whole[:len(whole) // 2] if cut == "truncated" else b"PK\x03\x04" + b"\x00" * 500)
+    before = out.read_bytes()
+    assert_refused_and_kept(invoke("export", runs["dcgan"], out), out, before, "a TorchScript file")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_ganctls_own_export_is_replaced(runs, tmp_path, fmt):
+    """Re-running an export over its own output replaces it (a new file, renamed into place)."""
+    if fmt == "onnx":
+        needs_onnx()
+    out = tmp_path / ("G.onnx" if fmt == "onnx" else "G.pt")
+    assert invoke("export", runs["dcgan"], out).exit_code == 0
+    mark = fsutil.read_mark(out, fmt)
+    assert mark == {"ganctl": __version__, "kind": "generator", "format": fmt}
+    inode = out.stat().st_ino
+    result = invoke("export", runs["dcgan"], out)
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_ino != inode and fsutil.is_ganctl_file(out, fmt, "generator")
+    assert not fsutil.is_ganctl_file(out, fmt, "checkpoint")  # another kind's file is not this one
+    other = "torchscript" if fmt == "onnx" else "onnx"
+    assert not fsutil.is_ganctl_file(out, other, "generator")
+
+
+def test_the_marked_files_still_load_and_check_without_ganctl(runs, tmp_path):
+    """The mark changes nothing for a user: torch.jit.load alone loads the TorchScript file (and
+    reads the mark as an extra file); the ONNX file passes onnx.checker and runs in onnxruntime."""
+    loaded = loaded_of(runs["dcgan"])
+    export.export_generator(loaded, "torchscript", tmp_path / "G.pt")
+    extra = {fsutil.MARK_FILE: ""}
+    G = torch.jit.load(str(tmp_path / "G.pt"), _extra_files=extra)
+    assert json.loads(extra[fsutil.MARK_FILE])["kind"] == "generator"
+    inputs, want = reference(loaded, 2)
+    assert (G(*inputs) - want).abs().max() <= 1e-4
+    needs_onnx()
+    import onnx
+    import onnxruntime
+
+    export.export_generator(loaded, "onnx", tmp_path / "G.onnx")
+    model = onnx.load(str(tmp_path / "G.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert {p.key: json.loads(p.value)["kind"] for p in model.metadata_props} == {"ganctl": "generator"}
+    session = onnxruntime.InferenceSession(str(tmp_path / "G.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["ganctl"].startswith("{")
+    got = session.run(None, {"z": inputs[0].numpy()})[0]
+    assert np.abs(got - want.numpy()).max() <= 1e-4
+
+
+class Counting:
+    """A file that counts the bytes read from it."""
+
+    def __init__(self, f) -> None:
+        self.f, self.bytes_read = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.bytes_read += len(data)
+        return data
+
+    def seek(self, *args: int) -> int:
+        return self.f.seek(*args)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def __enter__(self) -> Counting:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+@pytest.fixture
+def opened(monkeypatch) -> list[Counting]:
+    """The files fsutil opens to read a mark, counting what is read from them."""
+    files: list[Counting] = []
+    real = fsutil.open_regular
+
+    def counting(path: Path) -> Counting:
+        files.append(Counting(real(path)))
+        return files[-1]
+
+    monkeypatch.setattr(fsutil, "open_regular", counting)
+    return files
+
+
+def test_the_onnx_mark_is_found_past_a_2_gib_graph_in_a_few_reads(tmp_path, opened):
+    """A sparse file: ir_version, a 2 GiB graph field, then the mark. Finding the mark under the
+    read budget proves the graph was skipped, not read."""
+    out = tmp_path / "big.onnx"
+    size = 2 << 30
+    key, value = b"ganctl", json.dumps({"ganctl": "0", "kind": "generator"}).encode()
+    entry = b"\x0a" + bytes([len(key)]) + key + b"\x12" + bytes([len(value)]) + value
+    with open(out, "wb") as f:
+        f.write(b"\x08\x07" + b"\x3a" + varint(size))  # field 1 = 7; field 7, length 2 GiB
+        f.seek(size, 1)
+        f.write(b"\x72" + varint(len(entry)) + entry)  # field 14, length-delimited
+    assert fsutil.is_ganctl_file(out, "onnx", "generator")
+    assert [f.bytes_read for f in opened] == [8 + 2 + len(entry)]  # 8 before the graph, 2 + entry after
+
+
+def test_the_read_budget_bounds_a_zip_that_holds_the_mark(runs, tmp_path, monkeypatch):
+    """The mark of a real export is found within the budget; with a budget too small for its zip
+    directory, the read stops and the file counts as unmarked."""
+    out = tmp_path / "G.pt"
+    export.export_generator(loaded_of(runs["dcgan"]), "torchscript", out)
+    assert fsutil.is_ganctl_file(out, "torchscript", "generator")
+    monkeypatch.setattr(fsutil, "MARK_READ_BUDGET", 100)
+    assert not fsutil.is_ganctl_file(out, "torchscript", "generator")
+
+
+def test_a_zip_whose_directory_claims_gigabytes_is_refused_unread(tmp_path, opened):
+    """A zip's end record claiming a 1 GiB directory in a sparse 1 GiB file: refused within the
+    read budget instead of reading the directory."""
+    out = tmp_path / "bomb.pt"
+    size = 1 << 30
+    with open(out, "wb") as f:
+        f.seek(size)
+        # end of central directory: 65535 entries, a directory of `size` bytes at offset 0
+        f.write(b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 0xFFFF, 0xFFFF, size, 0, 0))
+    assert fsutil.read_mark(out, "torchscript") is None
+    assert fsutil.MARK_READ_BUDGET < opened[0].bytes_read <= fsutil.MARK_READ_BUDGET + 1  # stopped there
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
