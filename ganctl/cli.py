@@ -336,8 +336,14 @@ def _launch(processes: int, device: str | None, batch_size: str | None = None) -
     if device is not None and device.startswith("cuda") and not found:
         raise typer.BadParameter(f"--device {device} but no CUDA GPU is here; leave --device out "
                                  "or use --device cpu", param_hint="--device")
-    if batch_size is not None and batch_size.isdigit() and int(batch_size) % processes:
-        raise typer.BadParameter(f"--batch-size {batch_size} is the global batch and must divide "
+    batch = None if batch_size is None else _batch_size(batch_size)
+    if batch == "auto":
+        raise typer.BadParameter(f"auto finds a batch size for one process; with --gpus {processes} "
+                                 f"give the global batch as a number divisible by {processes} "
+                                 f"(auto's choice on one GPU times {processes}, say)",
+                                 param_hint="--batch-size")
+    if isinstance(batch, int) and batch % processes:
+        raise typer.BadParameter(f"--batch-size {batch} is the global batch and must divide "
                                  f"among the {processes} processes; use a multiple of {processes}",
                                  param_hint="--batch-size")
     if not on_cpu and not found and not _OUTPUT.json:
@@ -856,11 +862,13 @@ def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt:
             "OUT")
 
 
-def _check_out(out: Path, kind: str = "image") -> None:
-    """OUT may be a new file (its missing folders are made) or a file of the same kind ganctl
-    replaces (fsutil.is_replaceable: an image over an image, never over a run's metrics or a
-    checkpoint); never a link (its target or the link would be lost), a folder or a device, nor
-    a path under a file, nor a hidden name without a suffix (".png" is a name, not a format)."""
+def _check_out(out: Path, fmt: str = "image") -> None:
+    """OUT may be a new file (its missing folders are made) or one ganctl replaces: an image
+    over an image (fsutil.is_replaceable; never a run's metrics or a checkpoint), a model file
+    over ganctl's own export (export.check_replaceable: its mark, never a user's model); never
+    a link (its target or the link would be lost), a folder or a device, nor a path under a
+    file, nor a hidden name without a suffix (".png" is a name, not a format)."""
+    from ganctl.errors import ConfigError
     from ganctl.fsutil import is_replaceable, nearest_existing
 
     if out.name.startswith(".") and not out.suffix:
@@ -871,10 +879,16 @@ def _check_out(out: Path, kind: str = "image") -> None:
     if out.exists() and not out.is_file():
         _fail(f"{out} exists and is not a regular file (a folder, FIFO or device); choose another "
               "name")
-    what = {"image": "an image", "torchscript": "a TorchScript file", "onnx": "an ONNX file"}[kind]
-    if out.is_file() and not is_replaceable(out, kind):
-        _fail(f"{out} exists and is not {what}; ganctl replaces only a file of the kind it "
+    if fmt == "image" and out.is_file() and not is_replaceable(out):
+        _fail(f"{out} exists and is not an image; ganctl replaces only a file of the kind it "
               "writes (not a run's files or a checkpoint): choose another name")
+    if fmt != "image":
+        from ganctl.export import check_replaceable
+
+        try:
+            check_replaceable(out, fmt)
+        except ConfigError as e:
+            _fail(str(e))
     folder = nearest_existing(out.parent)
     if folder is not None and not folder.is_dir():
         _fail(f"{folder} is a file, not a folder; choose OUT in a folder")

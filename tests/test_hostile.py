@@ -268,6 +268,26 @@ def test_a_model_that_does_not_fit_in_memory_is_one_line(workdir, monkeypatch):
     assert not (workdir / "r").exists()
 
 
+def test_gpus_with_batch_size_auto_is_refused_before_any_process_starts(workdir, monkeypatch):
+    """auto measures one process: with --gpus N it is a bad command line at once, not an error
+    from each of N processes after they loaded the data."""
+    from ganctl import distributed
+
+    def no_launch(*args: object) -> int:
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(distributed, "launch", no_launch)
+    for auto in ("auto", "AUTO"):
+        result = invoke("train", "--gpus", "2", "--batch-size", auto, "--device", "cpu")
+        assert_one_line_error(result, 2, "auto finds a batch size for one process",
+                              "divisible by 2")
+        assert_clean(result)
+    result = invoke("train", "--gpus", "2", "--batch-size", "lots", "--device", "cpu", "--json")
+    assert_one_line_error(result, 2, "'lots' is not a whole number")
+    assert json.loads(result.stdout)["exit_code"] == 2
+    assert not Path("runs").exists()
+
+
 # --- metadata and run files of every shape ------------------------------------------------------
 
 JSON_VALUES = [None, [], {}, "64", 1e308, True, -1, [1, 2], {"a": 1}, 2**70]
