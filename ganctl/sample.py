@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import numbers
 import operator
 import re
-from collections.abc import Sequence, Sized
+from collections.abc import Mapping, Sequence, Set, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import SupportsIndex
 
 import torch
 from PIL import Image
@@ -64,23 +64,55 @@ def _seeds_error(text: str, what: str) -> ConfigError:
 
 
 def seed_list(seeds: Seeds) -> list[int]:
-    """The seeds of an int (one seed), a "0-63,100" string, a range or a sequence of ints,
-    each checked to be a whole number from 0 to MAX_SEED; from 1 to MAX_SEEDS of them."""
+    """The seeds of an int (one seed), a "0-63,100" string, a range or a sequence of ints
+    (numpy's and torch's integers and 1-d arrays of them too), each checked to be a whole number
+    from 0 to MAX_SEED; from 1 to MAX_SEEDS of them. Not bytes (b"0-3" iterates as the numbers
+    48, 45, 51), a dict or a set (no order), nor an iterator (its length is unknown and reading
+    it consumes it)."""
     if isinstance(seeds, str):
         return parse_seeds(seeds)
-    chosen = [seeds] if isinstance(seeds, int) else seeds
-    if not isinstance(chosen, Sized) or isinstance(chosen, bool) or not chosen:
-        raise ConfigError(f"seeds {seeds!r}: {SEEDS_LIKE}")
-    if len(chosen) > MAX_SEEDS:
-        raise ConfigError(f"{len(chosen)} seeds: {TOO_MANY}")
-    return [_seed(s) for s in chosen]
+    one = whole(seeds)
+    if one is not None:
+        return [_seed(one)]
+    if (isinstance(seeds, (bool, bytes, bytearray, memoryview, Mapping, Set))
+            or not isinstance(seeds, Sized)):
+        raise ConfigError(f"seeds {brief_repr(seeds)}: {SEEDS_LIKE}")
+    try:
+        count = len(seeds)
+    except OverflowError:  # range(10**20): more than an index holds
+        raise ConfigError(f"seeds {brief_repr(seeds)}: {TOO_MANY}") from None
+    except TypeError:  # a 0-d array: Sized, yet without a length
+        raise ConfigError(f"seeds {brief_repr(seeds)}: {SEEDS_LIKE}") from None
+    if not count:
+        raise ConfigError(f"seeds {brief_repr(seeds)}: {SEEDS_LIKE}")
+    if count > MAX_SEEDS:
+        raise ConfigError(f"{count} seeds: {TOO_MANY}")
+    return [_seed(s) for s in seeds]
+
+
+def whole(value: object) -> int | None:
+    """value as an int if it is a whole number: an int or anything with __index__ (numpy's and
+    torch's integer scalars), not a bool, 2.0 or "3"; else None."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:  # an array of several, or of floats
+        return None
+
+
+def brief_repr(value: object, limit: int = 100) -> str:
+    """repr(value), cut to `limit` characters: a message stays one readable line."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _seed(s: object) -> int:
     """A seed as an int: int or numpy's integers (anything with __index__), not 2.0 or "3"."""
-    if isinstance(s, bool) or not isinstance(s, SupportsIndex) or not 0 <= operator.index(s) <= MAX_SEED:
-        raise ConfigError(f"seed {s!r} is not a whole number from 0 to 2**63 - 1; {SEEDS_LIKE}")
-    return operator.index(s)
+    seed = whole(s)
+    if seed is None or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed {brief_repr(s)} is not a whole number from 0 to 2**63 - 1; {SEEDS_LIKE}")
+    return seed
 
 
 def latents_from_seeds(seeds: Sequence[int], z_dim: int, truncation: float | None = None
@@ -94,12 +126,20 @@ def latents_from_seeds(seeds: Sequence[int], z_dim: int, truncation: float | Non
     return torch.stack(rows)
 
 
+# The largest |z| the inverse CDF below reaches from a uniform draw is 8.29, and erf(psi / sqrt 2)
+# is 1.0 in float64 from psi 8.3 on: any psi from here up cuts nothing and gives the same latents.
+TRUNCATION_NONE = 10.0
+
+
 def check_truncation(psi: float) -> float:
-    """Truncation psi as a float: a finite number from 0 up (from about 8.3 on nothing is cut)."""
-    if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not 0 <= psi < math.inf:
+    """Truncation psi as a float: a finite number from 0 up (an int, a float, numpy's). Above
+    TRUNCATION_NONE it counts as TRUNCATION_NONE, which already cuts nothing: the same latents,
+    and no float conversion of a huge int (10**400) that overflows."""
+    # (not 0 <= psi < inf is true of NaN too; math.isnan(10**400) would overflow)
+    if isinstance(psi, bool) or not isinstance(psi, numbers.Real) or not 0 <= psi < math.inf:
         raise ConfigError(f"truncation must be a finite number from 0 up, like 0.7 (0: z = 0 for "
-                          f"every seed; 1 keeps |z| <= 1; leave it out for none), got {psi!r}")
-    return float(psi)
+                          f"every seed; 1 keeps |z| <= 1; leave it out for none), got {brief_repr(psi)}")
+    return float(min(psi, TRUNCATION_NONE))
 
 
 def _truncated(seed: int, z_dim: int, psi: float) -> torch.Tensor:
@@ -122,8 +162,8 @@ def labels_for_seeds(seeds: Sequence[int], config: Config, class_: int | str | N
     k = num_classes(config)
     if not k:
         if class_ is not None:
-            raise ConfigError(f"class {class_!r} given, but this model is unconditional (not trained "
-                              "conditional): it takes no class; leave the class out")
+            raise ConfigError(f"class {brief_repr(class_)} given, but this model is unconditional (not "
+                              "trained conditional): it takes no class; leave the class out")
         return None
     if class_ is None:
         return torch.tensor([int(s) % k for s in seeds], dtype=torch.int64)
@@ -137,26 +177,34 @@ def class_index(class_: int | str, classes: Sequence[str]) -> int:
     if isinstance(class_, str):
         if class_ in classes:
             return list(classes).index(class_)
-        raise ConfigError(f"unknown class {class_!r}{did_you_mean(class_, classes)}; this model's "
-                          f"classes: {shown}")
-    if isinstance(class_, bool) or not isinstance(class_, int) or not 0 <= class_ < len(classes):
-        raise ConfigError(f"class {class_!r} is not a class index from 0 to {len(classes) - 1} "
+        raise ConfigError(f"unknown class {brief_repr(class_)}{did_you_mean(class_[:100], classes)}; "
+                          f"this model's classes: {shown}")
+    index = whole(class_)  # numpy's integers too
+    if index is None or not 0 <= index < len(classes):
+        raise ConfigError(f"class {brief_repr(class_)} is not a class index from 0 to {len(classes) - 1} "
                           f"nor a class name; this model's classes: {shown}")
-    return class_
+    return index
 
 
 @torch.no_grad()
 def generate(G: nn.Module, z: torch.Tensor, device: torch.device,
              c: torch.Tensor | None = None, batch_size: int = GENERATE_BATCH) -> torch.Tensor:
     """Images for latents z (and classes c) as uint8 (n, C, H, W) on the CPU, generated in eval
-    mode in chunks of `batch_size`."""
+    mode in chunks of `batch_size`. A chunk too big for the device's memory is a ConfigError
+    that says to lower the batch size (images do not depend on it)."""
     was_training = G.training
     G.eval()
     chunks = z.split(batch_size)
     labels = c.split(batch_size) if c is not None else [None] * len(chunks)
-    out = [to_uint8(G(chunk.to(device), None if k is None else k.to(device)).cpu())
-           for chunk, k in zip(chunks, labels, strict=True)]
-    G.train(was_training)
+    try:
+        out = [to_uint8(G(chunk.to(device), None if k is None else k.to(device)).cpu())
+               for chunk, k in zip(chunks, labels, strict=True)]
+    except (torch.OutOfMemoryError, MemoryError):
+        raise ConfigError(f"out of memory on {device} generating {len(chunks[0])} images at a time; "
+                          "lower the batch size (--batch-size, batch_size=): an image depends on its "
+                          "seed alone, not on its batch") from None
+    finally:
+        G.train(was_training)
     return torch.cat(out)
 
 
@@ -165,15 +213,60 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
+@dataclass(frozen=True)
+class GridShape:
+    """Where n images of h x w px go in a grid: `cols` a row, `rows` rows, `height` x `width` px
+    in all, the gaps of `padding` included."""
+
+    n: int
+    rows: int
+    cols: int
+    height: int
+    width: int
+    channels: int
+    padding: int
+
+    @classmethod
+    def of(cls, n: int, channels: int, h: int, w: int, padding: int = GRID_PADDING,
+           nrow: int | None = None) -> GridShape:
+        """nrow images a row (default ceil(sqrt(n))); whole-number arithmetic, so that a huge
+        padding or n gives a huge size to refuse, never a float overflow."""
+        cols = min(nrow, n) if nrow else math.isqrt(n - 1) + 1  # ceil(sqrt(n)) for n >= 1
+        rows = -(-n // cols)
+        return cls(n, rows, cols, rows * (h + padding) + padding, cols * (w + padding) + padding,
+                   channels, padding)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the grid's uint8 pixels."""
+        return self.height * self.width * self.channels
+
+    def too_big(self, fmt: str = "PNG") -> str | None:
+        """What makes this grid more than one image (MAX_FILE_PIXELS bytes) or than `fmt` holds,
+        or None when it fits: checked before any pixel is drawn or allocated."""
+        where = (f"a grid of {self.n} images ({self.cols} a row, padding {self.padding}) is "
+                 f"{self.width}x{self.height} px" if self.n > 1 else
+                 f"one image of {self.width}x{self.height} px")
+        if self.size > MAX_FILE_PIXELS:
+            return (f"{where}, {self.size / 1e9:.1f} GB of pixels, more than one image holds (at "
+                    f"most {MAX_FILE_PIXELS / 1e9:.0f} GB)")
+        side = MAX_SIDE.get(fmt)
+        if side is not None and max(self.height, self.width) > side:
+            return f"{where}, more than {fmt} holds ({side} px a side)"
+        return None
+
+
 def make_grid(images: torch.Tensor, padding: int = GRID_PADDING, nrow: int | None = None
               ) -> torch.Tensor:
     """(n, C, H, W) uint8 -> (H', W', C) uint8 grid, `nrow` images per row (default
-    ceil(sqrt(n))), black gaps of `padding` pixels."""
+    ceil(sqrt(n))), black gaps of `padding` pixels. A grid over MAX_FILE_PIXELS bytes is a
+    ConfigError before its memory is asked for (torch's allocation error says nothing useful)."""
     n, c, h, w = images.shape
-    cols = min(nrow, n) if nrow else math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = torch.zeros(rows * (h + padding) + padding, cols * (w + padding) + padding, c,
-                       dtype=torch.uint8)
+    shape = GridShape.of(n, c, h, w, padding, nrow)
+    if (problem := shape.too_big()) is not None:
+        raise ConfigError(f"{problem}; draw fewer or smaller images, or less padding")
+    cols = shape.cols
+    grid = torch.zeros(shape.height, shape.width, c, dtype=torch.uint8)
     for i in range(n):
         r, k = divmod(i, cols)
         y, x = padding + r * (h + padding), padding + k * (w + padding)
@@ -195,6 +288,8 @@ def png_bytes(grid: torch.Tensor) -> bytes:
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 QUALITY = 95  # JPEG and WebP (lossy): near enough to the pixels to judge samples by
 MAX_FILE_PIXELS = 1 << 30  # bytes of pixels in one grid file (a 16k x 16k RGB image is 0.8 GB)
+# the longest side each format's encoder takes (libjpeg: 65500; WebP: 16383); PNG's is 2**31 - 1
+MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}
 
 
 def image_bytes(image: torch.Tensor, fmt: str, quality: int = QUALITY) -> bytes:
@@ -294,19 +389,34 @@ def sample_file(loaded: LoadedGenerator, out: Path, seeds: Sequence[int], device
     """`ganctl sample OUT`: the seeds' images as one file (a grid, or one image alone)."""
     if IMAGE_FORMATS.get(out.suffix.lower()) is None:  # before minutes of generating
         raise ConfigError(f"output {out} must end in {', '.join(IMAGE_FORMATS)}")
-    config = loaded.config
-    rows = num_classes(config) if class_ == "all" else 1
-    size = len(seeds) * max(rows, 1) * config.channels * (config.resolution * scale) ** 2
-    if size > MAX_FILE_PIXELS:  # before an allocation that fails (or swaps) after a minute
-        raise ConfigError(f"{len(seeds) * max(rows, 1)} images at {config.resolution * scale} px are "
-                          f"{size / 1e9:.1f} GB of pixels, more than one file holds (at most "
-                          f"{MAX_FILE_PIXELS / 1e9:.0f} GB); lower -n or --scale, or use --out-dir")
+    check_file_size(loaded.config, out, len(seeds), class_, nrow, scale)
     images, per_row = sample_images(loaded, seeds, device, truncation=truncation, class_=class_,
                                     batch_size=batch_size)
     width, height = write_image_file(images, out, nrow or per_row, scale)
     return {"out": str(out), "checkpoint": str(loaded.header.path), "step": loaded.header.step,
             "n": len(images), "seeds": compact_seeds(seeds), "truncation": truncation,
             "class": class_, "width": width, "height": height, "device": str(device)}
+
+
+def check_file_size(config: Config, out: Path, n: int, class_: int | str | None, nrow: int,
+                    scale: int) -> None:
+    """`ganctl sample OUT`'s picture must fit one file: at most MAX_FILE_PIXELS bytes of pixels
+    and, for JPEG and WebP, their encoders' longest side. Checked before a minute of generating
+    and an allocation that fails (or swaps)."""
+    every_class = class_ == "all" and "all" not in config.classes and num_classes(config) > 0
+    per_class = n if every_class else 0  # sample_images: a row of the seeds for each class
+    count = n * num_classes(config) if every_class else n
+    side = config.resolution * scale
+    size = count * config.channels * side**2
+    if size > MAX_FILE_PIXELS:
+        raise ConfigError(f"{count} images at {side} px are {size / 1e9:.1f} GB of pixels, more than "
+                          f"one file holds (at most {MAX_FILE_PIXELS / 1e9:.0f} GB); lower -n or "
+                          "--scale, or use --out-dir")
+    fmt = IMAGE_FORMATS[out.suffix.lower()]
+    shape = (GridShape(1, 1, 1, side, side, config.channels, 0) if count == 1
+             else GridShape.of(count, config.channels, side, side, nrow=nrow or per_class or None))
+    if (problem := shape.too_big(fmt)) is not None:
+        raise ConfigError(f"{out.name}: {problem}; use .png, or set --nrow, or lower -n or --scale")
 
 
 def compact_seeds(seeds: Sequence[int]) -> str:

@@ -14,7 +14,8 @@ from helpers import TINY, assert_one_line_error, invoke
 from PIL import Image
 
 from ganctl import rundir
-from ganctl.sample import GRID_PADDING, load_generator, sample_images
+from ganctl.errors import ConfigError
+from ganctl.sample import GRID_PADDING, GridShape, generate, load_generator, make_grid, sample_images
 
 CPU = torch.device("cpu")
 
@@ -366,3 +367,48 @@ def test_a_fifo_in_place_of_the_manifest_is_refused_not_waited_on(run):
     os.mkfifo("x/manifest.json")
     assert_one_line_error(invoke("sample", "-n", "2", "--out-dir", "x", "--ckpt", run), 1,
                           "not a ganctl export manifest")
+
+
+def test_a_grid_longer_than_jpeg_or_webp_allow_is_refused_before_drawing(run):
+    """libjpeg takes at most 65500 px a side, WebP 16383: an 'unexpected ValueError' and a
+    broken-stream error before; now one line naming the limit, and a PNG of it works."""
+    assert_one_line_error(invoke("sample", "-n", "600", "--nrow", "1", "tall.webp", "--ckpt", run), 1,
+                          "tall.webp: a grid of 600 images (1 a row, padding 2) is 36x20402 px, more "
+                          "than WEBP holds (16383 px a side); use .png")
+    assert_one_line_error(invoke("sample", "-n", "2000", "--nrow", "1", "tall.jpg", "--ckpt", run), 1,
+                          "more than JPEG holds (65500 px a side)")
+    assert not Path("tall.webp").exists() and not Path("tall.jpg").exists()
+    assert sample("-n", "600", "--nrow", "1", "tall.png", "--ckpt", run)["height"] == 20402
+    assert sample("-n", "600", "--nrow", "30", "wide.webp", "--ckpt", run)["width"] == 30 * 34 + 2
+
+
+def test_make_grid_refuses_a_grid_past_one_image_before_allocating_it():
+    images = torch.zeros((2, 3, 4, 4), dtype=torch.uint8)
+    with pytest.raises(ConfigError) as e:  # was torch's 'Storage size calculation overflowed'
+        make_grid(images, padding=10**9)
+    message = str(e.value)
+    assert "is 3000000008x2000000004 px, 18000000084.0 GB of pixels, more than one image holds" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("nrow", [None, 1, 4, 100])
+def test_the_grid_shape_checked_is_the_grid_made(nrow):
+    for n in range(1, 30):
+        for padding in (0, 3):
+            shape = GridShape.of(n, 1, 5, 7, padding, nrow)
+            grid = make_grid(torch.ones((n, 1, 5, 7), dtype=torch.uint8), padding, nrow)
+            assert grid.shape == (shape.height, shape.width, 1) and shape.size == grid.numel()
+            assert int(grid.sum()) == n * 35 and shape.rows * shape.cols >= n > (shape.rows - 1) * shape.cols
+
+
+def test_running_out_of_memory_while_generating_says_to_lower_the_batch_size():
+    class Hungry(torch.nn.Module):
+        def forward(self, z, c):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore lines")
+
+    G = Hungry().train()
+    with pytest.raises(ConfigError) as e:
+        generate(G, torch.zeros(5, 8), CPU, batch_size=4)
+    assert str(e.value).startswith("out of memory on cpu generating 4 images at a time; lower the "
+                                   "batch size (--batch-size, batch_size=)")
+    assert G.training  # its mode is given back
