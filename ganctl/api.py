@@ -13,6 +13,8 @@ subclasses, one-line messages); nothing here exits the interpreter.
 
 from __future__ import annotations
 
+import numbers
+import operator
 import os
 import warnings
 from collections.abc import Sequence
@@ -30,14 +32,18 @@ from ganctl.checkpoint import Header
 from ganctl.config import BOUNDS, FIELD_NAMES, Config, load_config_file
 from ganctl.device import resolve_device
 from ganctl.engine.loop import RunResult
-from ganctl.errors import ConfigError, RunError, Stopped, did_you_mean
+from ganctl.errors import ConfigError, DeviceError, RunError, Stopped, did_you_mean
 from ganctl.logging import QuietOnClosedPipe, RunLog
-from ganctl.metrics import parse_metrics
+from ganctl.metrics import METRICS, parse_metrics
 from ganctl.models.base import num_classes
 from ganctl.sample import (
     GENERATE_BATCH,
     GRID_PADDING,
+    MAX_SEEDS,
+    GridShape,
     Seeds,
+    brief_repr,
+    check_truncation,
     generate,
     labels_for_seeds,
     latents_from_seeds,
@@ -45,11 +51,15 @@ from ganctl.sample import (
     make_grid,
     seed_list,
     to_pil,
+    whole,
 )
 from ganctl.scoring import evaluate_checkpoint
 
 PathLike = str | os.PathLike[str]
 DEFAULT_N = 64  # images when neither seeds nor n is given: `ganctl sample`'s default
+MAX_BATCH = int(BOUNDS["batch_size"][1])  # images per forward pass, as `ganctl sample --batch-size`
+MAX_SAMPLE_BYTES = 1 << 32  # uint8 pixels one sample() call returns (4 GiB): more, drawn in parts
+DEVICES = "auto, cpu, cuda, cuda:K or mps"
 # train()'s own arguments; every other keyword is a config key (ganctl.config.Config's fields)
 TRAIN_ARGS = ("out", "config", "max_time", "resume", "overwrite", "download", "quiet")
 
@@ -95,8 +105,9 @@ def train(*, out: PathLike | None = None, config: PathLike | None = None,
 
     `settings` are config keys, as the command line's flags with underscores (batch_size=32 for
     --batch-size 32; the fields of ganctl.config.Config): dataset, preset, arch, loss, steps,
-    device, ... A setting of None counts as not given. They are layered as on the command line:
-    defaults < the dataset's preset < preset= < the config= file (TOML or JSON) < settings.
+    device, ... A setting of None counts as not given; numpy's numbers count as Python's.
+    They are layered as on the command line: defaults < the dataset's preset < preset= < the
+    config= file (TOML or JSON) < settings.
     out: the run directory (default: the next ./runs/NNNN-<dataset>-<arch>). resume=True
     continues the run in `out` if there is one (settings it was started with may be repeated,
     not changed), overwrite=True replaces it. max_time ("3h30m", "90m") stops with a
@@ -110,6 +121,14 @@ def train(*, out: PathLike | None = None, config: PathLike | None = None,
     Example: run = ganctl.train(dataset="mnist", steps=2000, batch_size=64, out="runs/m")
     """
     given = _settings(settings)
+    for name, flag in (("resume", resume), ("overwrite", overwrite), ("download", download),
+                       ("quiet", quiet)):
+        _flag(name, flag)
+    _path("out", out, "a run directory's path")
+    _path("config", config, "the path of a TOML or JSON config file")
+    if max_time is not None and not isinstance(max_time, str):
+        raise ConfigError(f"max_time must be a duration like '3h30m', '90m' or '45s' (a string), "
+                          f"got {_got(max_time)}")
     if resume and overwrite:
         raise ConfigError("resume=True and overwrite=True exclude each other: continue the run "
                           "in out, or replace it")
@@ -150,16 +169,34 @@ def run_training(values: dict[str, Any], out: Path | None, log: RunLog, *, resum
 
 
 def _settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The config keys given (paths as strings); an unknown one is a ConfigError that names the
-    closest known name."""
+    """The config keys given, as the plain values a config file holds (see _plain); an unknown
+    one is a ConfigError that names the closest known name."""
     for key in settings:
         if key not in FIELD_NAMES:
             hint = did_you_mean(key, FIELD_NAMES + TRAIN_ARGS)
             raise ConfigError(f"train() got an unknown setting {key!r}{hint}; settings are the "
                               "config keys, the command line's flags with underscores "
                               "(--batch-size is batch_size): see ganctl.config.Config")
-    return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in settings.items()
-            if v is not None}
+    return {k: _plain(v) for k, v in settings.items() if v is not None}
+
+
+def _plain(value: Any) -> Any:
+    """A setting as TOML would give it: a path as its string, numpy's integers as int and its
+    floats as float (a notebook's np.int64(64) is a batch size); anything else as it is, for the
+    config's own checks to judge."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    number = whole(value)
+    if number is not None:
+        return number
+    if isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except OverflowError:  # Fraction(10**400): left to the config's "a float can hold"
+            return value
+    return value
 
 
 def _resumable(e: Stopped) -> Stopped:
@@ -169,6 +206,38 @@ def _resumable(e: Stopped) -> Stopped:
         return e
     return Stopped(e.exit_code - 128, f"{e}; from Python: ganctl.train(out={where!r}, resume=True)",
                    e.result)
+
+
+def _flag(name: str, value: object) -> None:
+    """True or False, nothing else: quiet="no" would be true, download=None false."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {_got(value)}")
+
+
+def _path(name: str, value: object, what: str) -> None:
+    """A path given as a str or an os.PathLike of str (pathlib.Path), or None; bytes are not
+    (os.fsdecode decodes them)."""
+    if value is None or isinstance(value, str):
+        return
+    if isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):
+        return
+    hint = "; decode it with os.fsdecode" if isinstance(value, bytes) else ""
+    raise ConfigError(f"{name} must be {what} (a str or pathlib.Path), got "
+                      f"{_got(value)}{hint}")
+
+
+def _got(value: object) -> str:
+    """A wrong value for a message: its type and a short repr ("int 3", "bytes b'r'", "None")."""
+    return "None" if value is None else f"{type(value).__name__} {brief_repr(value)}"
+
+
+def _device(device: object) -> str:
+    """A device as resolve_device takes it: its name, or a torch.device's."""
+    if isinstance(device, torch.device):
+        return str(device)
+    if not isinstance(device, str):
+        raise DeviceError(f"unknown device {_got(device)}; use {DEVICES} (a str or a torch.device)")
+    return device
 
 
 def _console(quiet: bool) -> Console:
@@ -221,19 +290,41 @@ class Generator:
         seeds range(16); neither gives seeds 0-63. truncation psi draws z from the standard
         normal truncated to [-psi, psi] (None: untruncated, the images `ganctl sample` makes).
         These models have no mapping network, so z itself is truncated: lower psi trades
-        variety for typical images, and psi = 0 gives z = 0, one image for every seed (per
-        class). class_: for a conditional model, an index or a name of `classes` for every
-        image (None: seed mod the number of classes, every class in turn); an unconditional
-        model takes none. batch_size: images per forward pass (memory, not the images).
+        variety for typical images, psi = 0 gives z = 0, one image for every seed (per class),
+        and from about 8.3 up nothing is cut (any larger psi gives the same images). class_: for
+        a conditional model, an index or a name of `classes` for every image (None: seed mod the
+        number of classes, every class in turn); an unconditional model takes none. batch_size:
+        images per forward pass (memory, not the images), 1 to 65,536. Integers may be numpy's.
+        One call draws at most 100,000 images and 4 GiB of pixels: draw more in parts. Every
+        argument is checked before anything is generated (a ConfigError, as `ganctl sample`'s).
 
         Example: x = G.sample(seeds=range(16), truncation=0.7, class_="circle")
         """
+        chosen = self._seeds(seeds, n, truncation, batch_size)
+        return self._draw(chosen, truncation, class_, batch_size)
+
+    def _seeds(self, seeds: Seeds | None, n: int | None, truncation: float | None,
+               batch_size: int) -> list[int]:
+        """The seeds asked for, once every argument but the class is checked: cheap checks first,
+        so a mistake costs no generating."""
         chosen = _seeds(seeds, n)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a whole number from 1, got {batch_size!r}")
+        _whole("batch_size", batch_size, 1, MAX_BATCH)
+        if truncation is not None:
+            check_truncation(truncation)
+        c = self.config
+        size = len(chosen) * c.channels * c.resolution**2
+        if size > MAX_SAMPLE_BYTES:  # before an allocation that fails, or swaps, after minutes
+            raise ConfigError(f"{len(chosen):,} images at {c.resolution}x{c.resolution}x{c.channels} "
+                              f"are {size / 1e9:.1f} GB of pixels, more than one call returns (at most "
+                              f"{MAX_SAMPLE_BYTES / 1e9:.1f} GB); ask for fewer seeds a call (an image "
+                              "depends on its seed alone)")
+        return chosen
+
+    def _draw(self, chosen: list[int], truncation: float | None, class_: int | str | None,
+              batch_size: int) -> torch.Tensor:
         z = latents_from_seeds(chosen, self.z_dim, truncation)
         c = labels_for_seeds(chosen, self.config, class_)
-        return generate(self.G, z, self.device, c, batch_size)
+        return generate(self.G, z, self.device, c, operator.index(batch_size))
 
     def images(self, seeds: Seeds | None = None, *, n: int | None = None,
                truncation: float | None = None, class_: int | str | None = None,
@@ -250,16 +341,19 @@ class Generator:
              class_: int | str | None = None, batch_size: int = GENERATE_BATCH) -> Image.Image:
         """The images of sample() in one PIL image: `nrow` per row (default ceil(sqrt(N))),
         `padding` black pixels between and around them; G.grid(n=64) is the grid
-        `ganctl sample -n 64` writes.
+        `ganctl sample -n 64` writes. A grid of more than 1 GiB of pixels is refused, before
+        anything is generated.
 
         Example: G.grid(seeds="0-15", nrow=8).save("grid.png")
         """
-        for name, value, low in (("nrow", nrow, 1), ("padding", padding, 0)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < low):
-                raise ConfigError(f"{name} must be a whole number from {low}, got {value!r}")
-        x = self.sample(seeds, n=n, truncation=truncation, class_=class_, batch_size=batch_size)
-        return to_pil(make_grid(x, padding, nrow))
+        rows = None if nrow is None else _whole("nrow", nrow, 1)
+        gap = _whole("padding", padding, 0)
+        chosen = self._seeds(seeds, n, truncation, batch_size)
+        c = self.config
+        shape = GridShape.of(len(chosen), c.channels, c.resolution, c.resolution, gap, rows)
+        if (problem := shape.too_big()) is not None:  # before generating, and before torch's
+            raise ConfigError(f"{problem}; draw fewer images or less padding, or take images()")
+        return to_pil(make_grid(self._draw(chosen, truncation, class_, batch_size), gap, rows))
 
 
 def _seeds(seeds: Seeds | None, n: int | None) -> list[int]:
@@ -267,9 +361,7 @@ def _seeds(seeds: Seeds | None, n: int | None) -> list[int]:
         raise ConfigError("give seeds or n, not both (n=16 is seeds=range(16))")
     if n is None:
         return seed_list(range(DEFAULT_N) if seeds is None else seeds)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be a whole number from 1 (the images, seeds 0..n-1), got {n!r}")
-    return seed_list(range(n))
+    return seed_list(range(_whole("n", n, 1, MAX_SEEDS, " (the images, seeds 0..n-1)")))
 
 
 def load(target: PathLike | None = None, device: str = "auto") -> Generator:
@@ -284,7 +376,7 @@ def load(target: PathLike | None = None, device: str = "auto") -> Generator:
     Example: G = ganctl.load("runs/m"); G.grid(n=64).save("grid.png")
     """
     header = _locate(target)
-    dev = resolve_device(device)
+    dev = resolve_device(_device(device))
     loaded = load_generator(header, dev)
     return Generator(loaded.G, loaded.config, loaded.header.step, header.path, dev)
 
@@ -292,8 +384,9 @@ def load(target: PathLike | None = None, device: str = "auto") -> Generator:
 def _locate(target: PathLike | None) -> Header:
     """rundir.locate, each damaged checkpoint it passed over a warning at the caller's line."""
     if target is not None and not isinstance(target, (str, os.PathLike)):
+        hint = "; decode it with os.fsdecode" if isinstance(target, bytes) else ""
         raise ConfigError(f"target must be a run directory, a checkpoint path, 'latest' or "
-                          f"'best', got {type(target).__name__} {target!r}")
+                          f"'best', got {_got(target)}{hint}")
     passed: list[str] = []
     header = rundir.locate(None if target is None else os.fspath(target), passed.append)
     for message in passed:
@@ -319,20 +412,49 @@ def evaluate(target: PathLike | None = None, *, metrics: str | Sequence[str] = (
 
     Example: ganctl.evaluate("runs/m", num=10000)["metrics"]["fid"]
     """
-    names = parse_metrics(metrics if isinstance(metrics, str) else ",".join(metrics))
-    _whole("num", num, *BOUNDS["eval_num"])
+    names = parse_metrics(_metrics_text(metrics))
+    num = _whole("num", num, *BOUNDS["eval_num"])
     if num_real is not None:
-        _whole("num_real", num_real, 2, BOUNDS["eval_num_real"][1])
+        num_real = _whole("num_real", num_real, 2, BOUNDS["eval_num_real"][1])
+    for name, value, what in (("dataset", dataset, "a dataset's name or a folder or .zip of images"),
+                              ("data_dir", data_dir, "the folder of the named datasets"),
+                              ("inception", inception, "the feature network's file")):
+        _path(name, value, what)
+    if split is not None and not isinstance(split, str):
+        raise ConfigError(f"split must be a split's name like 'train' or 'test', got "
+                          f"{_got(split)}")
+    _flag("download", download)
+    _flag("quiet", quiet)
+    dev = _device(device)
     header = _locate(target)
     overrides = {k: os.fspath(v) for k, v in (("dataset", dataset), ("split", split),
                                                ("data_dir", data_dir)) if v is not None}
     if dataset is not None and split is None:
         overrides["split"] = ""  # another dataset: its own default split
-    return evaluate_checkpoint(header, resolve_device(device), names, num, num_real, overrides,
+    return evaluate_checkpoint(header, resolve_device(dev), names, num, num_real, overrides,
                                None if inception is None else os.fspath(inception), download,
                                RunLog(_console(quiet)))
 
 
-def _whole(name: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{name} must be a whole number from {int(low):,} to {int(high):,}, got {value!r}")
+def _metrics_text(metrics: object) -> str:
+    """metrics as `ganctl eval --metrics` takes them: "fid,kid", or the names in a list."""
+    if isinstance(metrics, str):
+        return metrics
+    choose = f"choose from {', '.join(METRICS)}"
+    if not isinstance(metrics, (list, tuple)):
+        raise ConfigError(f"metrics must be names like 'fid,kid' or ['fid', 'kid'], got "
+                          f"{_got(metrics)}; {choose}")
+    for name in metrics:
+        if not isinstance(name, str):
+            raise ConfigError(f"metric {brief_repr(name)} is not a metric's name; {choose}")
+    return ",".join(metrics)
+
+
+def _whole(name: str, value: Any, low: float, high: float | None = None, note: str = "") -> int:
+    """value as an int (numpy's integers too, not bools or 2.0) from low to high, or a
+    ConfigError in the words of `ganctl`'s range checks."""
+    number = whole(value)
+    if number is None or number < low or (high is not None and number > high):
+        span = f"from {int(low):,}" + (f" to {int(high):,}" if high is not None else "")
+        raise ConfigError(f"{name} must be a whole number {span}{note}, got {brief_repr(value)}")
+    return number

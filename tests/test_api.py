@@ -20,9 +20,9 @@ from PIL import Image
 import ganctl
 from ganctl import api, rundir
 from ganctl.config import Config
-from ganctl.errors import CheckpointError, ConfigError, Stopped
+from ganctl.errors import CheckpointError, ConfigError, DeviceError, GanctlError, Stopped
 from ganctl.models import build_generator
-from ganctl.sample import latents_from_seeds, parse_seeds, sample_grid
+from ganctl.sample import TRUNCATION_NONE, latents_from_seeds, parse_seeds, sample_grid
 
 # the tiny model of helpers.TINY, as keywords
 TINY = {"batch_size": 8, "g_width": 8, "d_width": 8, "log_every": 2, "sample_every": 2,
@@ -329,6 +329,171 @@ def test_evaluate_scores_a_checkpoint_as_ganctl_eval_does(run_dir, tmp_path):
                           ({"metrics": "is"}, "unknown metric 'is'")):
         with pytest.raises(ConfigError, match=match):
             api.evaluate(run_dir, **kwargs)
+
+
+# --- hostile arguments: a one-line GanctlError, never a bare Python or torch error ------------------
+
+def one_line(e: pytest.ExceptionInfo, phrase: str) -> None:
+    message = str(e.value)
+    assert phrase in message and "\n" not in message, message
+    assert not message.startswith("unexpected"), message
+
+
+GENERATOR_MISTAKES = [
+    ("sample", {"n": 2.5}, ConfigError, "n must be a whole number from 1 to 100,000"),
+    ("sample", {"n": True}, ConfigError, "from 1 to 100,000 (the images, seeds 0..n-1), got True"),
+    ("sample", {"n": 10**12}, ConfigError, "n must be a whole number from 1 to 100,000"),
+    ("sample", {"n": "4"}, ConfigError, "from 1 to 100,000 (the images, seeds 0..n-1), got '4'"),
+    ("sample", {"n": -1}, ConfigError, "n must be a whole number from 1"),
+    ("sample", {"seeds": (s for s in range(3))}, ConfigError, "give one seed or more, like 7"),
+    ("sample", {"seeds": {1: 2}}, ConfigError, "seeds {1: 2}: give one seed or more"),
+    ("sample", {"seeds": {1, 2}}, ConfigError, "seeds {1, 2}: give one seed or more"),
+    ("sample", {"seeds": 2.0}, ConfigError, "seeds 2.0: give one seed or more"),
+    ("sample", {"seeds": [[1, 2]]}, ConfigError, "seed [1, 2] is not a whole number"),
+    ("sample", {"seeds": b"0-3"}, ConfigError, "seeds b'0-3': give one seed or more"),
+    ("sample", {"seeds": [True]}, ConfigError, "seed True is not a whole number"),
+    ("sample", {"seeds": range(10**20)}, ConfigError, "more than 100000 seeds at once"),
+    ("sample", {"seeds": np.array([[1, 2], [3, 4]])}, ConfigError, "seed array([1, 2]) is not"),
+    ("sample", {"seeds": np.arange(2.0)}, ConfigError, "seed np.float64(0.0) is not a whole number"),
+    ("sample", {"seeds": None, "n": None, "batch_size": 10**12}, ConfigError,
+     "batch_size must be a whole number from 1 to 65,536, got 1000000000000"),
+    ("sample", {"batch_size": 2.0}, ConfigError, "batch_size must be a whole number from 1"),
+    ("sample", {"batch_size": None}, ConfigError, "batch_size must be a whole number from 1"),
+    ("sample", {"truncation": math.nan}, ConfigError, "truncation must be a finite number from 0 up"),
+    ("sample", {"truncation": -math.inf}, ConfigError, "truncation must be a finite number"),
+    ("sample", {"truncation": "0.7"}, ConfigError, "truncation must be a finite number"),
+    ("sample", {"truncation": 1j}, ConfigError, "truncation must be a finite number"),
+    ("sample", {"class_": 1.0}, ConfigError, "class 1.0 given, but this model is unconditional"),
+    ("sample", {"class_": [0]}, ConfigError, "class [0] given, but this model is unconditional"),
+    ("images", {"n": 0}, ConfigError, "n must be a whole number from 1"),
+    ("images", {"seeds": "0-1000000"}, ConfigError, "more than 100000 seeds at once"),
+    ("grid", {"nrow": 0}, ConfigError, "nrow must be a whole number from 1, got 0"),
+    ("grid", {"nrow": 1.5}, ConfigError, "nrow must be a whole number from 1, got 1.5"),
+    ("grid", {"nrow": True}, ConfigError, "nrow must be a whole number from 1, got True"),
+    ("grid", {"padding": -1}, ConfigError, "padding must be a whole number from 0, got -1"),
+    ("grid", {"padding": None}, ConfigError, "padding must be a whole number from 0, got None"),
+    ("grid", {"padding": 10**9}, ConfigError, "GB of pixels, more than one image holds"),
+    ("grid", {"padding": 10**5, "truncation": math.inf}, ConfigError, "truncation must be a finite"),
+]
+
+
+@pytest.mark.parametrize("method, kwargs, error, phrase", GENERATOR_MISTAKES,
+                         ids=[f"{m}-{'-'.join(k)}-{i}" for i, (m, k, _, _) in enumerate(GENERATOR_MISTAKES)])
+def test_generator_mistakes_are_one_line_errors(G, method, kwargs, error, phrase, monkeypatch):
+    monkeypatch.setattr(api, "generate", lambda *a, **k: pytest.fail("generated despite a mistake"))
+    with pytest.raises(error) as e:
+        getattr(G, method)(**({"n": 2} | kwargs if "seeds" not in kwargs else kwargs))
+    one_line(e, phrase)
+
+
+@pytest.mark.parametrize("kwargs, error, phrase", [
+    ({"class_": 1.5}, ConfigError, "class 1.5 is not a class index from 0 to 2 nor a class name"),
+    ({"class_": True}, ConfigError, "class True is not a class index from 0 to 2"),
+    ({"class_": -1}, ConfigError, "class -1 is not a class index from 0 to 2"),
+    ({"class_": b"circle"}, ConfigError, "class b'circle' is not a class index"),
+    ({"class_": "x" * 10_000}, ConfigError, "unknown class 'xxxx"),
+])
+def test_a_conditional_models_class_of_the_wrong_type_is_an_error(conditional, kwargs, error, phrase):
+    with pytest.raises(error) as e:
+        conditional.sample(n=2, **kwargs)
+    one_line(e, phrase)
+    assert len(str(e.value)) < 300  # a huge name is cut, not echoed whole
+
+
+def test_numpy_and_torch_integers_and_a_huge_truncation_work(G, conditional):
+    x = G.sample(seeds=[3, 4, 5], truncation=0.5)
+    assert torch.equal(G.sample(seeds=np.arange(3, 6), truncation=np.float32(0.5)), x)
+    assert torch.equal(G.sample(seeds=torch.arange(3, 6), truncation=0.5, batch_size=np.int32(2)), x)
+    assert torch.equal(G.sample(seeds=np.int64(4), truncation=0.5), x[1:2])
+    assert torch.equal(G.sample(n=np.int64(6), truncation=0.5)[3:], x)
+    assert G.grid(n=np.int64(4), nrow=np.int64(1), padding=np.int64(0)).size == (32, 128)
+    assert torch.equal(conditional.sample(n=2, class_=np.int64(1)), conditional.sample(n=2, class_=1))
+    # from psi 8.3 up nothing is cut: 1e11, 1e300 and 10**400 (no float holds it) are psi 10
+    cut_nothing = G.sample(n=3, truncation=TRUNCATION_NONE)
+    for psi in (8.5, 1e11, 1e300, 10**400):
+        assert torch.equal(G.sample(n=3, truncation=psi), cut_nothing)
+
+
+def test_a_huge_integer_truncation_reaches_the_latents_as_psi_10():
+    z = latents_from_seeds(range(50), 64, 10**400)  # float(10**400) was an OverflowError
+    assert torch.equal(z, latents_from_seeds(range(50), 64, TRUNCATION_NONE))
+    assert torch.equal(z, latents_from_seeds(range(50), 64, 8.5)) and z.abs().max() < 8.3
+
+
+def test_more_pixels_than_one_call_returns_are_refused_before_generating(G, monkeypatch):
+    monkeypatch.setattr(api, "MAX_SAMPLE_BYTES", 10 * 3 * 32 * 32)  # ten 32x32 RGB images
+    monkeypatch.setattr(api, "generate", lambda *a, **k: pytest.fail("generated despite a mistake"))
+    for draw in (G.sample, G.images, G.grid):
+        with pytest.raises(ConfigError) as e:
+            draw(n=11)
+        one_line(e, "11 images at 32x32x3 are 0.0 GB of pixels, more than one call returns")
+
+
+@pytest.mark.parametrize("call, error, phrase", [
+    (lambda run: ganctl.load(3), ConfigError, "target must be a run directory, a checkpoint path"),
+    (lambda run: ganctl.load(["runs"]), ConfigError, "got list ['runs']"),
+    (lambda run: ganctl.load(bytes(run.run_dir)), ConfigError, "decode it with os.fsdecode"),
+    (lambda run: ganctl.load(run.run_dir, device="gpu"), DeviceError, "unknown device 'gpu'"),
+    (lambda run: ganctl.load(run.run_dir, device=3), DeviceError, "unknown device int 3; use auto, cpu"),
+    (lambda run: ganctl.load(run.run_dir, device=None), DeviceError, "unknown device None"),
+    (lambda run: run.load(device="gpu"), DeviceError, "unknown device 'gpu'"),
+    (lambda run: run.load(device=0), DeviceError, "unknown device int 0"),
+    (lambda run: ganctl.evaluate(run.run_dir, metrics=["fid", 3]), ConfigError,
+     "metric 3 is not a metric's name; choose from fid, kid, pr"),
+    (lambda run: ganctl.evaluate(run.run_dir, metrics=None), ConfigError,
+     "metrics must be names like 'fid,kid' or ['fid', 'kid'], got None"),
+    (lambda run: ganctl.evaluate(run.run_dir, metrics=b"fid"), ConfigError, "got bytes b'fid'"),
+    (lambda run: ganctl.evaluate(run.run_dir, metrics=[]), ConfigError, "no metric given"),
+    (lambda run: ganctl.evaluate(run.run_dir, metrics=("fid", "xx")), ConfigError, "unknown metric 'xx'"),
+    (lambda run: ganctl.evaluate(run.run_dir, num=2.5), ConfigError,
+     "num must be a whole number from 2 to 10,000,000, got 2.5"),
+    (lambda run: ganctl.evaluate(run.run_dir, num=10**12), ConfigError, "num must be a whole number"),
+    (lambda run: ganctl.evaluate(run.run_dir, num_real=1), ConfigError, "num_real must be a whole number"),
+    (lambda run: ganctl.evaluate(run.run_dir, dataset=3), ConfigError, "dataset must be a dataset's name"),
+    (lambda run: ganctl.evaluate(run.run_dir, split=3), ConfigError, "split must be a split's name"),
+    (lambda run: ganctl.evaluate(run.run_dir, data_dir=3), ConfigError, "data_dir must be the folder"),
+    (lambda run: ganctl.evaluate(run.run_dir, inception=b"net.pt"), ConfigError,
+     "inception must be the feature network's file (a str or pathlib.Path), got bytes"),
+    (lambda run: ganctl.evaluate(run.run_dir, device="gpu"), DeviceError, "unknown device 'gpu'"),
+    (lambda run: ganctl.evaluate(run.run_dir, device=3), DeviceError, "unknown device int 3"),
+    (lambda run: ganctl.evaluate(run.run_dir, quiet="yes"), ConfigError,
+     "quiet must be True or False, got str 'yes'"),
+    (lambda run: ganctl.evaluate(run.run_dir, download=None), ConfigError,
+     "download must be True or False, got None"),
+], ids=lambda v: "" if callable(v) or isinstance(v, type) else v[:40])
+def test_load_and_evaluate_mistakes_are_one_line_errors(_run, call, error, phrase, monkeypatch):
+    monkeypatch.setattr(api, "evaluate_checkpoint", lambda *a: pytest.fail("scored despite a mistake"))
+    with pytest.raises(error) as e:
+        call(_run)
+    one_line(e, phrase)
+
+
+def test_a_torch_device_is_a_device(_run):
+    assert ganctl.load(_run.run_dir, device=torch.device("cpu")).device == CPU
+
+
+@pytest.mark.parametrize("kwargs, phrase", [
+    ({"steps": "10"}, "steps must be an integer, got '10'"),
+    ({"steps": np.int64(0)}, "steps must be a whole number from 1"),  # numpy's: judged as an int
+    ({"out": 3}, "out must be a run directory's path (a str or pathlib.Path), got int 3"),
+    ({"out": b"r"}, "decode it with os.fsdecode"),
+    ({"config": 5}, "config must be the path of a TOML or JSON config file"),
+    ({"max_time": 5}, "max_time must be a duration like '3h30m', '90m' or '45s' (a string), got int 5"),
+    ({"max_time": "soon"}, "--max-time 'soon' is not a duration like 3h30m"),
+    ({"quiet": "yes"}, "quiet must be True or False, got str 'yes'"),
+    ({"download": None}, "download must be True or False, got None"),
+    ({"resume": "no", "out": "r"}, "resume must be True or False, got str 'no'"),
+    ({"overwrite": 1, "out": "r"}, "overwrite must be True or False, got int 1"),
+    ({"device": "gpu"}, "device 'gpu' is not one of auto, cpu, cuda, cuda:K, mps"),
+    ({"device": 3}, "device must be a string"),
+    ({"batch_size": 10**12}, "batch_size must be a whole number from 1 to 65536"),
+    ({"stpes": 1}, "unknown setting 'stpes'"),
+], ids=lambda v: "-".join(v) if isinstance(v, dict) else "")
+def test_train_mistakes_are_one_line_errors_before_any_run(workdir, kwargs, phrase):
+    with pytest.raises(GanctlError) as e:
+        ganctl.train(**{**TINY, "steps": 1, **kwargs})
+    one_line(e, phrase)
+    assert not (workdir / "runs").exists() and not (workdir / "r").exists()
 
 
 # --- the README's example ---------------------------------------------------------------------------
