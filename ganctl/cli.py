@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ganctl import __version__
-from ganctl.config import REAL_PRESET, SHAPES_PRESET, Config
+from ganctl.config import BATCH_AUTO, REAL_PRESET, SHAPES_PRESET, Config
 from ganctl.errors import STOP_SIGNALS
 from ganctl.fsutil import NotRegularFile
 
@@ -529,9 +529,6 @@ def train(
 
     if list_presets:
         return _list_presets(json_mode)
-    if gpus is not None and gpus > 1 and not print_config:
-        return _launch(gpus, device, batch_size)
-    _OUTPUT.training = "started"
     flags = _config_flags(locals())
     if resume_run and overwrite:
         raise typer.BadParameter("--resume and --overwrite exclude each other", param_hint="--resume")
@@ -544,6 +541,15 @@ def train(
     from_file = _call(debug, load_config_file, config) if config else {}
     if print_config:
         return _print_config(from_file, flags, config, json_mode, debug)
+    if gpus is not None and gpus > 1:
+        if resume_run and out is not None and is_run_dir(out):  # the run's own settings
+            return _launch(gpus, device, batch_size)
+        # the settings each process would resolve, checked once here before any starts: a
+        # config file's batch_size "auto" or a batch that does not divide among the processes
+        resolved = _call(debug, session.resolve_config, {**from_file, **flags})
+        return _launch(gpus, resolved.device, "auto" if resolved.batch_size == BATCH_AUTO
+                       else str(resolved.batch_size))
+    _OUTPUT.training = "started"
     deadline = _call(debug, session.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))
     if resume_run and out is not None and is_run_dir(out):
@@ -1373,6 +1379,19 @@ def cache_clean(
     _emit(json_mode, {"removed": [e.name for e in entries], "freed_bytes": freed},
           f"removed {len(entries)} cache{'s' if len(entries) != 1 else ''}, {human_bytes(freed)} freed")
 
+
+def _paragraphs_on_one_line(doc: str) -> str:
+    """A docstring with each paragraph on one line: rich keeps the source's line breaks inside
+    a paragraph (the command list showed "... on any number" / "of processes"), and wraps one
+    line at the terminal's width itself."""
+    from inspect import cleandoc
+
+    return "\n\n".join(" ".join(part.split()) for part in cleandoc(doc).split("\n\n"))
+
+
+for _commands in (app, data_app, cache_app):
+    for _info in _commands.registered_commands:
+        _info.help = _paragraphs_on_one_line(_info.help or _info.callback.__doc__ or "")
 
 DEFERRED = STOP_SIGNALS
 

@@ -374,3 +374,16 @@ def test_the_api_says_how_to_continue_a_run_in_python_terms(workdir):
     with pytest.raises(RunError, match=r"ganctl.train\(out='r', resume=True\), replace it with "
                                        r"overwrite=True"):
         ganctl.train(out="r", **settings)
+
+
+def test_help_wraps_each_command_summary_where_the_terminal_ends(monkeypatch):
+    """A docstring's line breaks are the source's, not the screen's: on a wide terminal every
+    command's summary is one line, its sentences unbroken (`resume` read "... on any number" /
+    "of processes" before)."""
+    monkeypatch.setenv("COLUMNS", "300")
+    for command in ((), ("data",), ("data", "cache")):
+        rows = [line for line in help_text(*command).splitlines() if line.startswith("│ ")]
+        commands = rows[[i for i, line in enumerate(rows) if "--help" in line][-1] + 1:]
+        assert commands and all(re.match(r"│ [a-z]+ +\S", line) for line in commands), commands
+    resume = " ".join(help_text("resume").split())
+    assert "on any number of processes" in resume

@@ -286,6 +286,16 @@ def test_gpus_with_batch_size_auto_is_refused_before_any_process_starts(workdir,
     assert_one_line_error(result, 2, "'lots' is not a whole number")
     assert json.loads(result.stdout)["exit_code"] == 2
     assert not Path("runs").exists()
+    # what the processes would resolve is checked once, here: a config file's auto, a default
+    # batch that does not divide among them, a bad value in the file
+    Path("auto.toml").write_text('batch_size = "auto"\n')
+    result = invoke("train", "--gpus", "2", "--config", "auto.toml", "--device", "cpu")
+    assert_one_line_error(result, 2, "auto finds a batch size for one process")
+    result = invoke("train", "--gpus", "3", "--device", "cpu")  # shapes' batch 64
+    assert_one_line_error(result, 2, "--batch-size 64 is the global batch", "multiple of 3")
+    Path("bad.toml").write_text("lr_g = -1\n")
+    assert_one_line_error(invoke("train", "--gpus", "2", "--config", "bad.toml"), 1, "lr_g")
+    assert not Path("runs").exists()
 
 
 # --- metadata and run files of every shape ------------------------------------------------------
