@@ -20,7 +20,15 @@ from ganctl import checkpoint, distributed, presets, rundir
 from ganctl.config import BATCH_AUTO, FIELD_NAMES, RESUME_OVERRIDABLE, Config
 from ganctl.data import ImageSet, is_path, load_dataset, preset
 from ganctl.data.cache import skip_summary
-from ganctl.device import Precision, configure_determinism, describe, resolve_device, resolve_precision
+from ganctl.device import (
+    Precision,
+    configure_determinism,
+    cpu_bf16_emulated,
+    cpu_bf16_faster,
+    describe,
+    resolve_device,
+    resolve_precision,
+)
 from ganctl.engine.compiled import resolve_compile
 from ganctl.engine.guard import deadline_after, parse_duration
 from ganctl.engine.loop import RunResult, fit
@@ -221,7 +229,7 @@ def fit_to_data(config: Config, data: ImageSet) -> Config:
 def on_device(config: Config, device: torch.device) -> Config:
     """The config with what "auto" means on `device` for precision and compile (the run records
     what it ran with); an explicit choice the device cannot run is a DeviceError now."""
-    return config.replace(precision=resolve_precision(config.precision, device),
+    return config.replace(precision=resolve_precision(config.precision, device, config),
                           compile=resolve_compile(config.compile, device))
 
 
@@ -234,6 +242,9 @@ def runtime_notes(config: Config, device: torch.device) -> list[str]:
     if config.precision == "fp16" and device.type == "cpu":
         notes.append("--precision fp16 on a CPU is emulated and several times slower than fp32 "
                      "(bf16 may be faster where the CPU has bf16 instructions)")
+    if config.precision == "bf16" and device.type == "cpu" and cpu_bf16_emulated():
+        notes.append("--precision bf16 on this CPU is emulated (it has no AVX512-BF16 or AMX) and "
+                     "slower than fp32 here; --precision auto picks fp32 on it")
     if config.compile == "off" and config.compile_mode != "default":
         notes.append(f"--compile-mode {config.compile_mode} does nothing without --compile")
     elif (config.compile == "on" and device.type != "cuda"
@@ -246,7 +257,10 @@ def runtime_notes(config: Config, device: torch.device) -> list[str]:
 def runtime(config: Config, device: torch.device) -> str:
     """How the step runs, for the start line: device, precision, compiled or eager."""
     how = f"compiled ({config.compile_mode})" if config.compile == "on" else "eager"
-    return f"device {describe(device)}, {Precision(config.precision, device).describe()}, {how}"
+    precision = Precision(config.precision, device).describe()
+    if device.type == "cpu" and config.precision == "bf16" and cpu_bf16_faster(config):
+        precision += " (auto's choice here: native bf16 on this CPU)"
+    return f"device {describe(device)}, {precision}, {how}"
 
 
 def _evaluator(config: Config, data: ImageSet, device: torch.device, download: bool,

@@ -13,16 +13,17 @@ import torch
 from helpers import TINY, assert_one_line_error, assert_same_tensors, final_tensors, invoke
 from test_zoo import LinearD
 
-from ganctl import checkpoint
+from ganctl import checkpoint, device
 from ganctl.config import Config
 from ganctl.data.batches import Batch, Batches
-from ganctl.device import Precision, resolve_precision
+from ganctl.device import Bf16Faster, Precision, resolve_precision
 from ganctl.engine import compiled, memory
 from ganctl.engine.amp import Amp
 from ganctl.engine.state import init_state, load_state, snapshot
 from ganctl.engine.step import train_step
 from ganctl.errors import ConfigError, DeviceError
 from ganctl.losses import StepInputs
+from ganctl.session import on_device, runtime, runtime_notes
 
 TINY_NO_STEPS = [a for i, a in enumerate(TINY) if a != "--steps" and TINY[i - 1] != "--steps"]
 IMAGES = np.random.default_rng(0).integers(0, 256, (32, 3, 32, 32), dtype=np.uint8)
@@ -47,16 +48,140 @@ def aot_eager(monkeypatch):
 
 # --- precision -----------------------------------------------------------------------------------
 
-def test_auto_precision_is_fp32_off_cuda_and_choices_are_checked():
-    cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32"
-    assert resolve_precision("bf16", cpu) == "bf16"
+def test_auto_precision_is_fp32_for_tiny_models_off_cuda_and_choices_are_checked():
+    cpu, config = torch.device("cpu"), tiny_config()
+    assert resolve_precision("auto", cpu, config) == "fp32"
+    assert resolve_precision("auto", torch.device("mps"), config) == "fp32"
+    assert resolve_precision("bf16", cpu, config) == "bf16"
     with pytest.raises(DeviceError, match="unknown precision 'fp8'"):
-        resolve_precision("fp8", cpu)
+        resolve_precision("fp8", cpu, config)
     with pytest.raises(DeviceError, match="fp16 needs a CUDA GPU"):
-        resolve_precision("fp16", torch.device("mps"))
+        resolve_precision("fp16", torch.device("mps"), config)
     with pytest.raises(ConfigError, match="precision must be one of auto, fp32, tf32, bf16, fp16"):
         Config(precision="half")
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Sets how this CPU does bf16 ('native', 'emulated', 'unknown'), as detected."""
+    def set_kind(kind: str) -> None:
+        monkeypatch.setattr(device, "cpu_bf16", lambda: kind)
+    return set_kind
+
+
+DCGAN64 = {"arch": "dcgan", "resolution": 64, "g_width": 64, "d_width": 64}  # what was measured
+
+
+@pytest.mark.parametrize("model,expected", [
+    (DCGAN64, "bf16"),  # issue 22: 1.8x on a CPU with AVX512-BF16 / AMX
+    ({**DCGAN64, "resolution": 128, "g_width": 128}, "bf16"),  # larger: more arithmetic
+    ({**DCGAN64, "resolution": 32}, "fp32"),  # not measured faster
+    ({**DCGAN64, "g_width": 8, "d_width": 8}, "fp32"),  # a tiny (test-sized) model
+    ({**DCGAN64, "d_width": 32}, "fp32"),
+    ({**DCGAN64, "arch": "resnet"}, "fp32"),
+    ({**DCGAN64, "arch": "mlp"}, "fp32"),
+    ({"g_width": 8, "d_width": 8}, "fp32"),  # tests' tiny dcgan at 32 px
+])
+def test_auto_on_a_native_bf16_cpu_is_bf16_only_where_it_was_measured_faster(cpu_bf16, model,
+                                                                              expected):
+    cpu_bf16("native")
+    assert resolve_precision("auto", torch.device("cpu"), Config(**model)) == expected
+    assert on_device(Config(**model), torch.device("cpu")).precision == expected
+
+
+@pytest.mark.parametrize("kind", ["emulated", "unknown"])
+def test_auto_is_fp32_on_a_cpu_without_native_bf16_whatever_the_model(cpu_bf16, kind):
+    cpu_bf16(kind)
+    for model in (DCGAN64, {**DCGAN64, "resolution": 256, "g_width": 256, "d_width": 256}):
+        assert resolve_precision("auto", torch.device("cpu"), Config(**model)) == "fp32"
+
+
+def test_the_start_line_says_why_auto_chose_bf16_on_a_cpu(cpu_bf16):
+    cpu = torch.device("cpu")
+    cpu_bf16("native")
+    chosen = on_device(Config(**DCGAN64), cpu)
+    assert runtime(chosen, cpu) == ("device cpu, bf16 autocast (float32 weights) (auto's choice "
+                                    "here: native bf16 on this CPU), eager")
+    assert runtime_notes(chosen, cpu) == []
+    assert runtime(on_device(tiny_config(), cpu), cpu) == "device cpu, fp32, eager"
+
+
+def test_a_run_records_bf16_where_auto_chose_it_and_says_so(workdir, cpu_bf16, monkeypatch):
+    """End to end on a tiny model: the table says from which size bf16 is faster (patched down
+    to the test's size here, as a new measurement would)."""
+    cpu_bf16("native")
+    monkeypatch.setitem(device.CPU_BF16_FASTER, "dcgan", Bf16Faster(resolution=32, width=8))
+    result = invoke("train", *TINY, "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "bf16 autocast (float32 weights) (auto's choice here: native bf16 on this CPU)" in (
+        result.stdout)
+    assert "emulated" not in result.stdout
+    assert json.loads((workdir / "r/config.json").read_text())["precision"] == "bf16"
+
+
+def test_explicit_bf16_on_a_cpu_that_emulates_it_runs_and_says_it_is_slower(workdir, cpu_bf16):
+    cpu, config = torch.device("cpu"), tiny_config(precision="bf16")
+    note = ("--precision bf16 on this CPU is emulated (it has no AVX512-BF16 or AMX) and slower "
+            "than fp32 here; --precision auto picks fp32 on it")
+    cpu_bf16("native")
+    assert runtime_notes(config, cpu) == []
+    cpu_bf16("unknown")  # ARM, Apple silicon: not measured, nothing claimed
+    assert runtime_notes(config, cpu) == []
+    cpu_bf16("emulated")
+    assert runtime_notes(config, cpu) == [note]
+    assert runtime(on_device(config, cpu), cpu) == "device cpu, bf16 autocast (float32 weights), eager"
+    result = invoke("train", *TINY, "--precision", "bf16", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert note in result.stdout
+    assert json.loads((workdir / "r/config.json").read_text())["precision"] == "bf16"
+
+
+def test_a_bf16_train_step_runs_on_the_cpu():
+    state = init_state(tiny_config(precision="bf16"), torch.device("cpu"), IMAGES)
+    assert state.amp.precision.name == "bf16"
+    for _ in range(3):
+        stats = train_step(state, state.loss.phases())
+        assert stats and all(bool(torch.isfinite(v).all()) for v in stats.values()), stats
+
+
+@pytest.fixture
+def fresh_detection():
+    device.cpu_bf16.cache_clear()
+    yield
+    device.cpu_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("machine,capabilities,kind", [
+    ("x86_64", {"avx2": True, "avx512_bf16": True, "amx_bf16": False}, "native"),
+    ("AMD64", {"avx2": True, "amx_bf16": True, "cpu_name": "Xeon"}, "native"),
+    ("x86_64", {"avx2": True, "avx512_f": True, "avx512_bf16": False}, "emulated"),
+    ("aarch64", {"bf16": True, "sve_bf16": True}, "unknown"),  # ARM's bf16: not measured
+    ("arm64", {"bf16": True}, "unknown"),  # Apple silicon
+])
+def test_cpu_bf16_reads_torchs_capabilities(monkeypatch, fresh_detection, machine, capabilities,
+                                            kind):
+    monkeypatch.setattr(device.platform, "machine", lambda: machine)
+    monkeypatch.setattr(device.torch.cpu, "get_capabilities", lambda: capabilities, raising=False)
+    assert device.cpu_bf16() == kind
+
+
+def test_cpu_bf16_reads_proc_cpuinfo_where_torch_has_no_capabilities(monkeypatch, fresh_detection,
+                                                                     tmp_path):
+    monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
+    monkeypatch.delattr(device.torch.cpu, "get_capabilities", raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu sse2 avx2 avx512f "
+                       "avx512_bf16 amx_tile amx_bf16\n\nprocessor\t: 1\n")
+    assert device._cpuinfo_flags(cpuinfo) >= {"avx2", "avx512_bf16", "amx_bf16"}
+    assert device._cpuinfo_flags(tmp_path / "absent") is None
+    monkeypatch.setattr(device, "_cpuinfo_flags", lambda: {"fpu", "avx2"})
+    assert device.cpu_bf16() == "emulated"
+    device.cpu_bf16.cache_clear()
+    monkeypatch.setattr(device, "_cpuinfo_flags", lambda: {"avx2", "avx512_bf16"})
+    assert device.cpu_bf16() == "native"
+    device.cpu_bf16.cache_clear()
+    monkeypatch.setattr(device, "_cpuinfo_flags", lambda: None)  # not Linux
+    assert device.cpu_bf16() == "unknown"
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -65,7 +65,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
         raise ConfigError("a conditional model needs the data's class names in its config and "
                           "its labels (session.fit_to_data fills the names in)")
     prepare_cache()  # before the fused Adam imports torch's compiler
-    precision = Precision(resolve_precision(config.precision, device), device)
+    precision = Precision(resolve_precision(config.precision, device, config), device)
     precision.apply()
     layout = memory_format(device)
     torch.manual_seed(config.seed)  # initial weights
