@@ -105,7 +105,7 @@ def export_images(loaded: LoadedGenerator, seeds: list[int], out_dir: Path, fmt:
     out_dir = Path(out_dir)
     config = loaded.config
     if truncation is not None:
-        check_truncation(truncation)
+        truncation = check_truncation(truncation)
     labels_for_seeds([0], config, class_)  # the class fits the model, before anything is written
     fixed = None if class_ is None else class_index(class_, config.classes)
     asked = _unique(seeds)

@@ -270,6 +270,14 @@ def test_bad_truncation_is_refused_before_anything_is_written(plain, tmp_path):
     assert not out.exists()
 
 
+def test_a_truncation_past_any_float_is_recorded_as_the_psi_it_draws_with(plain, tmp_path):
+    """From Python, 10**400 is a valid psi (nothing is cut from about 8.3 on): the manifest holds
+    the psi the latents were drawn with, not an OverflowError from float()."""
+    r = export(_load(plain), range(2), tmp_path / "out", truncation=10**400)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert r["count"] == 2 and manifest["truncation"] == 10.0
+
+
 def test_links_and_things_in_the_way_are_refused_before_the_manifest_changes(cond, tmp_path):
     loaded, out = _load(cond), tmp_path / "out"
     export(loaded, range(6), out)
