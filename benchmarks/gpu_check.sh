@@ -6,6 +6,11 @@
 # Device call 1:  bash benchmarks/gpu_check.sh stage            carry [".gpu/train"]  (~3 min)
 # Device call 2:  bash benchmarks/gpu_check.sh run              carry [".gpu/eval"]   (~5 min),
 #                 at once: the machine stays warm about 30 s between calls
+# Optional, < 1 min, the host CPU alone (issue 22): fp32 against bf16 train steps for each arch
+#                 (benchmarks/cpu_precision.py; the lent machines' CPUs may have AVX512-BF16/AMX),
+#                 best before call 2 in the same command: `bash benchmarks/gpu_check.sh cpu; bash
+#                 benchmarks/gpu_check.sh run`. Its table goes to stdout, the JSON to
+#                 $OUT/cpu_precision.json (or .gpu/ without $OUT).
 # On a CPU:       add --device cpu and tiny sizes (gpu_check.py's docstring has the lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,5 +23,8 @@ case "$what" in
   run)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
     exec timeout "${GPU_CHECK_TIMEOUT:-420}" python3 benchmarks/gpu_check.py run "$@" ;;
-  *) echo "usage: $0 stage|run [gpu_check.py options]" >&2; exit 2 ;;
+  cpu)  # 5 rows x 3 s timed, plus warm-ups: well under the minute on 16 cores
+    exec timeout "${GPU_CHECK_CPU_TIMEOUT:-90}" python3 benchmarks/cpu_precision.py --seconds 3 \
+      --out "${OUT:-.gpu}/cpu_precision.json" "$@" ;;
+  *) echo "usage: $0 stage|run|cpu [gpu_check.py or cpu_precision.py options]" >&2; exit 2 ;;
 esac

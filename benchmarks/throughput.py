@@ -10,7 +10,8 @@ In one process, on the same device, at the same batch size and resolution:
   ganctl     `ganctl train`'s engine on the same JPEGs (decode cache, data on the device, the
              loss's phases, the EMA) for each --archs, same widths, with --precision, --compile
              and --compile-mode as `ganctl train` takes them (default auto: bf16 + compile on a
-             CUDA GPU, fp32 eager on a CPU); dcgan is the like-for-like row;
+             CUDA GPU, fp32 eager on a CPU, bf16 eager on one with native bf16 for the models
+             measured faster in it: dcgan from 64 px, widths 64); dcgan is the like-for-like row;
   shapes     ganctl on the built-in dataset (--shapes-archs, default dcgan), same sizes;
   baseline   --baseline-archs: the same archs again in fp32 eager, for the speed-up of auto;
   sampling   each row's G_ema generating only (--sample-batch latents a call, in the row's
@@ -26,6 +27,7 @@ builds every row and runs its warmup (fills torch's compile cache for a later ti
 times nothing.
 
   python benchmarks/throughput.py --device cpu --resolution 32 --batch-size 64 --width 32
+  python benchmarks/throughput.py --device cpu --archs dcgan --shapes-archs '' --repeats 3  # 64x64
   python benchmarks/throughput.py --batch-size 128 --baseline-archs dcgan,resnet   # a GPU, 64x64
 """
 
@@ -34,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -49,9 +50,10 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.cpu_precision import cpu_name  # noqa: E402
 from benchmarks.data_throughput import OtherLoad, make_jpeg_folder, pick_device, sync  # noqa: E402
 from ganctl.data import ImageSet, load_dataset  # noqa: E402
-from ganctl.device import configure_determinism  # noqa: E402
+from ganctl.device import configure_determinism, cpu_bf16  # noqa: E402
 from ganctl.engine.state import TrainState, init_state  # noqa: E402
 from ganctl.engine.step import train_step  # noqa: E402
 from ganctl.errors import first_line  # noqa: E402
@@ -293,7 +295,7 @@ def say(message: str) -> None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads, bf16 {cpu_bf16()})"
 
 
 def timed_reference(folder: Path, args, device: torch.device) -> tuple[float, float | None]:
@@ -363,7 +365,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "shapes set ('' for none)")
     ap.add_argument("--baseline-archs", default="", help="archs also run in fp32 eager")
     ap.add_argument("--precision", default="auto", help="ganctl's --precision (auto: bf16 on "
-                    "CUDA GPUs that have it, else fp32)")
+                    "CUDA GPUs that have it and for dcgan from 64 px on CPUs with native bf16, "
+                    "else fp32)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="ganctl's --compile/--no-compile (default: auto, on for CUDA)")
     ap.add_argument("--compile-mode", default="default")

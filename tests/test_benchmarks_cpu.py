@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import gpu_check, throughput  # noqa: E402
+from benchmarks import cpu_precision, gpu_check, throughput  # noqa: E402
+from ganctl import device  # noqa: E402
 
 
 def test_smoke_runs_every_arch_with_every_loss_and_each_feature_somewhere() -> None:
@@ -109,3 +110,45 @@ def test_throughput_runs_on_the_cpu_and_reports_each_rows_precision(tmp_path: Pa
     assert all((r["precision"], r["compile"], r["compiled"]) == ("fp32", "off", False)
                for r in rows.values())  # auto on a CPU: what `ganctl train` does there
     assert all(r["train_img_per_s"] > 0 and r["sample_img_per_s"] > 0 for r in rows.values())
+
+
+def test_cpu_precision_plans_each_arch_at_its_presets_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = cpu_precision.parse_args([])
+    rows = cpu_precision.plan(args)
+    assert [r.name for r in rows] == ["mlp28", "mlp32", "dcgan32", "dcgan64", "resnet32"]
+    sizes = {r.name: (c.arch, c.resolution, c.channels, c.g_width, c.d_width, c.batch_size)
+             for r in rows for c in [r.config(args)]}
+    assert sizes == {"mlp28": ("mlp", 28, 1, 64, 64, 64), "mlp32": ("mlp", 32, 3, 64, 64, 64),
+                     "dcgan32": ("dcgan", 32, 3, 64, 64, 64),
+                     "dcgan64": ("dcgan", 64, 3, 64, 64, 128),  # issue 22's measurement
+                     "resnet32": ("resnet", 32, 3, 32, 64, 64)}
+    tiny = cpu_precision.parse_args(["--rows", "dcgan64,mlp28", "--width", "4", "--batch-size", "2"])
+    assert [(r.name, r.config(tiny).g_width, r.config(tiny).batch_size)
+            for r in cpu_precision.plan(tiny)] == [("mlp28", 4, 2), ("dcgan64", 4, 2)]
+    with pytest.raises(SystemExit) as exit:
+        cpu_precision.parse_args(["--rows", "dcgan128"])
+    assert exit.value.code == 2
+    # what auto picks is the package's rule, stated per row: bf16 for the measured size alone
+    monkeypatch.setattr(device, "cpu_bf16", lambda: "native")
+    assert {r.name: device.resolve_precision("auto", torch.device("cpu"), r.config(args))
+            for r in rows} == {"mlp28": "fp32", "mlp32": "fp32", "dcgan32": "fp32",
+                               "dcgan64": "bf16", "resnet32": "fp32"}
+
+
+def test_cpu_precision_times_both_precisions_and_prints_the_table(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Tiny widths, no timed seconds: each round still runs one step of each precision."""
+    args = cpu_precision.parse_args(["--rows", "dcgan32", "--width", "4", "--batch-size", "2",
+                                     "--seconds", "0", "--rounds", "2", "--warmup", "0"])
+    row = cpu_precision.measure(cpu_precision.plan(args)[0], args)
+    assert len(row["fp32_rounds"]) == len(row["bf16_rounds"]) == 2
+    assert row["fp32_ms"] == min(row["fp32_rounds"]) > 0 and row["bf16_ms"] > 0
+    assert row["bf16_speedup"] == row["fp32_ms"] / row["bf16_ms"]
+    assert (row["arch"], row["resolution"], row["g_width"], row["auto"]) == ("dcgan", 32, 4, "fp32")
+    doc = {"cpu": "Xeon", "machine": "x86_64", "native_bf16": "native", "bf16_flags": ["amx_bf16"],
+           "torch": "2", "threads": 2, "faster": [], "rows": [row]}
+    cpu_precision.print_table(doc)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("cpu: Xeon (x86_64, 2 torch threads), bf16 native (amx_bf16)")
+    assert out[1].split()[:4] == ["row", "arch", "px", "widths"] and out[2].startswith("dcgan32")
+    assert out[-1] == "bf16 at least 1.1x faster than fp32: no row"
