@@ -5,7 +5,9 @@ Layout of a file: tensors `G.*`, `D.*`, `G_ema.*` (module state dicts), `opt_G.*
 (optimizer state), `rng.*` and `state.*` (the rest of the training state); string metadata
 `ganctl.version`, `ganctl.schema`, `ganctl.config` (JSON), `ganctl.step`, `ganctl.created`,
 `ganctl.metrics` (JSON of the last logged record). Nothing here calls torch.load or pickle:
-opening a stranger's checkpoint runs no code.
+opening a stranger's checkpoint runs no code. A checkpoint is verified by streaming its checksum
+from an open descriptor, and only the tensors a command needs are then read from that same
+descriptor: sampling a 2 GB checkpoint holds G_ema's bytes, not the file's.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
+import sys
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
 from ganctl import __version__
@@ -63,6 +66,10 @@ def save(path: Path, tensors: dict[str, torch.Tensor], config_json: str, step: i
 
 # --- optimizer state as flat tensors --------------------------------------------------------
 
+ADAM_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # each of its parameter's shape and dtype
+ADAM_STEP = "step"  # a float count (torch keeps Adam's step as a float32 tensor)
+
+
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
     """`{prefix}.lr.{g}` per param group and `{prefix}.state.{i}.{key}` per parameter."""
     sd = opt.state_dict()
@@ -76,20 +83,55 @@ def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torc
 
 def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                    prefix: str) -> None:
+    """Put optimizer_tensors() back, each tensor checked first: torch's load_state_dict casts a
+    moment of another dtype to its parameter's without a word (an I32 exp_avg becomes garbage
+    floats) and takes one of another shape, which fails mid-step."""
     sd = opt.state_dict()
+    params = [p for group in opt.param_groups for p in group["params"]]  # state_dict's numbering
     state: dict[int, dict[str, torch.Tensor]] = {}
     lead = f"{prefix}.state."
     for name, value in tensors.items():
         if name.startswith(lead):
-            index, key = name[len(lead):].split(".", 1)
-            state.setdefault(int(index), {})[key] = value
+            index, key = _state_entry(name, lead, len(params))
+            _check_optimizer_tensor(name, key, value, params[index])
+            state.setdefault(index, {})[key] = value
     for g, group in enumerate(sd["param_groups"]):
-        group["lr"] = float(_require(tensors, f"{prefix}.lr.{g}"))
+        lr = _require(tensors, f"{prefix}.lr.{g}")
+        check_dtype(f"{prefix}.lr.{g}", dtype_name(lr.dtype), torch.float64, "resume")
+        _check_scalar(f"{prefix}.lr.{g}", lr)
+        group["lr"] = float(lr)
     sd["state"] = state
     try:
         opt.load_state_dict(sd)
     except (ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"optimizer state {prefix} does not fit the model: {e}") from None
+
+
+def _state_entry(name: str, lead: str, count: int) -> tuple[int, str]:
+    """(parameter index, key) of `{lead}{index}.{key}`, the index one of the optimizer's."""
+    index, _, key = name[len(lead):].partition(".")
+    if not (index.isascii() and index.isdecimal() and int(index) < count and key):
+        raise CheckpointError(f"checkpoint tensor {shown(name)} is not the state of one of "
+                              f"{lead[:-len('.state.')]}'s {count} parameters; the file is damaged")
+    return int(index), key
+
+
+def _check_optimizer_tensor(name: str, key: str, value: torch.Tensor, param: torch.Tensor) -> None:
+    if key in ADAM_MOMENTS:
+        check_dtype(name, dtype_name(value.dtype), param.dtype, "the model")
+        if value.shape != param.shape:
+            raise CheckpointError(f"checkpoint tensor {name} is {tuple(value.shape)}, its parameter "
+                                  f"is {tuple(param.shape)}; the file is damaged")
+    elif key == ADAM_STEP:
+        if value.dtype not in (torch.float32, torch.float64):
+            check_dtype(name, dtype_name(value.dtype), torch.float32, "resume")
+        _check_scalar(name, value)
+
+
+def _check_scalar(name: str, value: torch.Tensor) -> None:
+    if value.numel() != 1:
+        raise CheckpointError(f"checkpoint tensor {name} holds {value.numel()} numbers where resume "
+                              "needs one; the file is damaged")
 
 
 def _require(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -101,6 +143,30 @@ def _require(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
 
 def module_tensors(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+# --- dtypes ---------------------------------------------------------------------------------
+
+# safetensors' dtype names and the torch dtypes they are (little-endian in the file)
+DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2, "U16": torch.uint16, "I16": torch.int16, "F16": torch.float16,
+    "BF16": torch.bfloat16, "U32": torch.uint32, "I32": torch.int32, "F32": torch.float32,
+    "U64": torch.uint64, "I64": torch.int64, "F64": torch.float64,
+}
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype by safetensors' name for it (F32), as a checkpoint's header writes it."""
+    return _NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def check_dtype(name: str, stored: str, needed: torch.dtype, who: str) -> None:
+    """A tensor of the dtype `who` (the model, resume) needs: a same-size swap (F32 for I32)
+    passes every size check and loads as garbage, or fails later inside torch."""
+    if stored != dtype_name(needed):
+        raise CheckpointError(f"checkpoint tensor {name} is {stored}, {who} needs {dtype_name(needed)}")
 
 
 def check_shapes(module: torch.nn.Module, header: Header, prefix: str) -> None:
@@ -120,6 +186,16 @@ def check_shapes(module: torch.nn.Module, header: Header, prefix: str) -> None:
                                   f"needs {shape}")
 
 
+def check_dtypes(module: torch.nn.Module, header: Header, prefix: str) -> None:
+    """The header's tensors of a module (check_shapes: the same names) have the dtypes of the
+    module's (built on the meta device, whose tensors carry their dtypes)."""
+    lead = prefix + "."
+    for k, tensor in module.state_dict().items():
+        entry = header.tensors.get(lead + k)
+        if entry is not None:
+            check_dtype(lead + k, entry["dtype"], tensor.dtype, "the model")
+
+
 def load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
     lead = prefix + "."
     sd = {k[len(lead):]: v for k, v in tensors.items() if k.startswith(lead)}
@@ -130,15 +206,53 @@ def load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefi
         what = f"missing {lead}{missing[0]}" if missing else f"unexpected {lead}{unexpected[0]}"
         raise CheckpointError(f"checkpoint does not match its config's model ({what})")
     for k, v in sd.items():
-        if v.shape != expected[k].shape or v.dtype != expected[k].dtype:
-            raise CheckpointError(
-                f"checkpoint tensor {lead}{k} is {v.dtype} {tuple(v.shape)}, the model needs "
-                f"{expected[k].dtype} {tuple(expected[k].shape)}"
-            )
+        check_dtype(lead + k, dtype_name(v.dtype), expected[k].dtype, "the model")
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"checkpoint tensor {lead}{k} is {tuple(v.shape)}, the model "
+                                  f"needs {tuple(expected[k].shape)}")
     module.load_state_dict(sd)
 
 
 # --- reading ------------------------------------------------------------------------------
+
+BLOCK_BYTES = 4 << 20  # the checksum reads the file in blocks of this size: its memory, whatever the file's
+
+
+class CheckpointFile:
+    """A checkpoint held open: its checksum is computed from this descriptor and its tensors are
+    read from it at the header's offsets, so what is loaded is what was verified even when the
+    path is pruned or replaced meanwhile (an open file keeps its bytes), and only the tensors a
+    command needs are read. Closed by close() (or the Header's `with`), else as soon as nothing
+    refers to it (weakref.finalize: no descriptor outlives its Header)."""
+
+    def __init__(self, path: Path, f: BinaryIO) -> None:
+        self._finalizer = weakref.finalize(self, f.close)
+        self.path = path
+        self._fd = f.fileno()
+        self._stamp = _stamp(os.fstat(self._fd))  # what the file was when it was opened
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def fd(self) -> int:
+        """The descriptor, checked open and its file unchanged (written to in place since it was
+        opened, it no longer holds what was verified)."""
+        if self.closed:  # its number may belong to another file by now
+            raise ValueError(f"checkpoint {self.path} was closed before it was read")
+        if _stamp(os.fstat(self._fd)) != self._stamp:
+            raise CheckpointError(f"{self.path} was written to while it was read; try again")
+        return self._fd
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int]:
+    """Size and modification time: a write in place changes them. (Not ctime: pruning the file,
+    which leaves its bytes to the open descriptor, changes that.)"""
+    return st.st_size, st.st_mtime_ns
+
 
 @dataclass(frozen=True)
 class Header:
@@ -147,9 +261,21 @@ class Header:
     tensors: dict[str, dict[str, Any]]  # name -> {"dtype": .., "shape": [..], "data_offsets": ..}
     file_size: int
     data_start: int  # 8 + header length: where the tensor bytes begin
-    # the whole file as verified (open_checkpoint), so the tensors are read from exactly the
-    # bytes that passed the checksum, and the file is read once; None when only the header was
-    blob: bytes | None = field(default=None, repr=False, compare=False)
+    # the file, open, as verified (open_checkpoint): the tensors are read from exactly the bytes
+    # that passed the checksum; None when only the header was read. (Named when it held the
+    # file's bytes; `dataclasses.replace(header, blob=None)` lets it go once tensors are loaded.)
+    blob: CheckpointFile | None = field(default=None, repr=False, compare=False)
+
+    def close(self) -> None:
+        """Close the verified file (its tensors cannot be read from this header after)."""
+        if self.blob is not None:
+            self.blob.close()
+
+    def __enter__(self) -> Header:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def step(self) -> int:
@@ -180,7 +306,7 @@ class Header:
     @property
     def fid(self) -> float | None:
         value = (self.eval or {}).get("fid")
-        return float(value) if isinstance(value, (int, float)) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _open_error(path: Path, e: OSError) -> CheckpointError:
@@ -206,6 +332,28 @@ def read_header(path: Path) -> Header:
         raise _open_error(path, e) from None
 
 
+def open_checkpoint(path: Path) -> Header:
+    """A checkpoint verified against its checksum, streamed in blocks: its header, holding the
+    file open (Header.blob) for load_tensors to read the tensors a command needs from. Close it
+    (`with open_checkpoint(p) as header:`), or drop it."""
+    path = Path(path)
+    try:
+        f = open_regular(path)
+    except OSError as e:
+        raise _open_error(path, e) from None
+    opened = CheckpointFile(path, f)
+    try:
+        header = replace(_read_header(path, f), blob=opened)  # checked against the file's size
+        verify(header)
+    except OSError as e:
+        opened.close()
+        raise _open_error(path, e) from None
+    except BaseException:
+        opened.close()
+        raise
+    return header
+
+
 def _read_header(path: Path, f: BinaryIO) -> Header:
     size = os.fstat(f.fileno()).st_size
     head = f.read(8)
@@ -223,31 +371,65 @@ def _header_length(path: Path, head: bytes, size: int) -> int:
     return n
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: Python's json keeps the last of a repeated
+    key where safetensors refuses the file, so two readers would see two different files."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _parse_header(path: Path, raw: bytes, size: int) -> Header:
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise CheckpointError(f"{path} has a corrupted header (key {shown(e.args[0])} is in it twice); "
+                              "it is not a usable checkpoint") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise CheckpointError(f"{path} has a corrupted header (not JSON); "
                               "it is not a usable checkpoint") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} has a corrupted header; it is not a usable checkpoint")
     metadata = header.pop("__metadata__", None) or {}
-    _check_metadata(path, metadata)
+    check_metadata(path, metadata)
     _check_tensor_entries(path, header)
     _check_spans(path, header, size - 8 - len(raw))
     return Header(path, metadata, header, size, 8 + len(raw))
 
 
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
-                "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
-_DTYPES = frozenset(_DTYPE_BYTES)
+_DTYPE_BYTES = {name: dtype.itemsize for name, dtype in DTYPES.items()}
+_ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+
+
+def shown(name: str) -> str:
+    """A name from a file, fit for a one-line message: as it is if it is printable, else quoted
+    with escapes (a newline, a terminal escape or a lone surrogate stays out of the terminal)."""
+    return name[:80] if name.isprintable() else repr(name[:80])
+
+
+def _is_text(value: str) -> bool:
+    """Text that is UTF-8 (JSON's \\ud800 escapes make lone surrogates, which are not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_tensor_entries(path: Path, tensors: dict[str, Any]) -> None:
     for name, info in tensors.items():
         shape = info.get("shape") if isinstance(info, dict) else None
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(info, dict) and info.get("dtype") in _DTYPES
+        if not (name and name.isprintable() and _is_text(name)
+                and isinstance(info, dict) and info.keys() == _ENTRY_KEYS
+                and isinstance(info["dtype"], str) and info["dtype"] in _DTYPE_BYTES
                 and isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
                 and isinstance(offsets, list) and len(offsets) == 2
                 and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
@@ -278,30 +460,92 @@ def _check_spans(path: Path, tensors: dict[str, Any], data_size: int) -> None:
         raise CheckpointError(f"{path} is corrupted ({data_size - end} bytes past its data)")
 
 
+_JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", list: "a list",
+               dict: "an object", type(None): "null"}
+_DIGITS = re.compile(r"[0-9]{1,19}")  # a step or schema as str(int) writes it
+
+
+def check_metadata(path: Path, metadata: Any) -> None:
+    """The header's metadata is ganctl's: safetensors metadata is a map of text to text, and the
+    values ganctl reads (schema, step, config) are what it writes. Every reader of metadata
+    (Header.step, .config, .metrics, inspect, runs) relies on this having been checked."""
+    if not isinstance(metadata, dict) or "ganctl.schema" not in metadata:
+        raise CheckpointError(f"{path} is a safetensors file but not a ganctl checkpoint")
+    _check_whole_number(path, metadata, "ganctl.schema")
+    schema = int(metadata["ganctl.schema"])
+    if schema > SCHEMA:  # before the rest: a newer ganctl may write metadata this one cannot read
+        raise CheckpointError(
+            f"{path} was written by a newer ganctl (schema {schema}, this one reads "
+            f"{SCHEMA}); upgrade ganctl to read it")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            _damaged(path, f"{shown(key)} is {_kind(value)}, not a string")
+        if not (_is_text(key) and _is_text(value)):
+            _damaged(path, f"{shown(key)} is not UTF-8 text")
+    _check_whole_number(path, metadata, "ganctl.step")
+    try:
+        config = json.loads(metadata.get("ganctl.config", "null"))
+    except (ValueError, RecursionError):
+        config = None
+    if not isinstance(config, dict):
+        _damaged(path, "ganctl.config is not a JSON table")
+
+
+def _check_whole_number(path: Path, metadata: dict[str, Any], key: str) -> None:
+    if key not in metadata:
+        _damaged(path, f"{key} is missing")
+    value = metadata[key]
+    if not isinstance(value, str):
+        _damaged(path, f"{key} is {_kind(value)}, not a string")
+    if not _DIGITS.fullmatch(value):
+        _damaged(path, f"{key} is {value[:20]!r}, not a whole number")
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, in words."""
+    return _JSON_KINDS.get(type(value), "not text")
+
+
+def _damaged(path: Path, what: str) -> NoReturn:
+    raise CheckpointError(f"{path} has damaged ganctl metadata ({what}); use an earlier checkpoint")
+
+
 def verify(header: Header) -> None:
-    """Check the data section matches the checksum in the metadata (in the header's blob if it
-    has one, else in the file). Its size was checked when the header was read."""
+    """Check the data section matches the checksum in the metadata, streamed in blocks from the
+    header's open file if it has one (open_checkpoint), else from the file at its path."""
     path = header.path
     checksum = header.metadata.get("ganctl.checksum")
     if checksum is None:
         raise CheckpointError(f"{path} has no checksum (ganctl.checksum), so it cannot be "
                               "verified; `ganctl inspect --no-verify` shows its header")
-    if header.blob is not None:
-        digest = hashlib.sha256(memoryview(header.blob)[header.data_start:])
-    else:
-        digest = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                f.seek(header.data_start)
-                while block := f.read(8 << 20):
-                    digest.update(block)
-        except OSError as e:
-            raise _open_error(path, e) from None
+    try:
+        if header.blob is not None:
+            digest, end = _data_digest(header.blob.fd(), header.data_start)
+            header.blob.fd()  # unchanged while it was read
+            if end != header.file_size:
+                raise CheckpointError(f"{path} changed while it was read; try again")
+        else:
+            with open_regular(path) as f:
+                digest, _ = _data_digest(f.fileno(), header.data_start)
+    except OSError as e:
+        raise _open_error(path, e) from None
     rest = {k: v for k, v in header.metadata.items() if k != "ganctl.checksum"}
     digest.update(json.dumps(rest, sort_keys=True).encode())
     if "sha256:" + digest.hexdigest() != checksum:
         raise CheckpointError(f"{path} is corrupted: its data does not match its checksum; use an "
                               "earlier checkpoint")
+
+
+def _data_digest(fd: int, start: int) -> tuple[hashlib._Hash, int]:
+    """sha256 of the file from `start` to its end, read in blocks into one buffer; and where the
+    end was."""
+    digest = hashlib.sha256()
+    block = memoryview(bytearray(BLOCK_BYTES))
+    offset = start
+    while n := _read_at(fd, block, offset):
+        digest.update(block[:n])
+        offset += n
+    return digest, offset
 
 
 def _checksum(data: bytes | memoryview, metadata: dict[str, str]) -> str:
@@ -312,52 +556,62 @@ def _checksum(data: bytes | memoryview, metadata: dict[str, str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def open_checkpoint(path: Path) -> Header:
-    """A checkpoint read whole and verified against its checksum: its header, with the bytes
-    (so a file pruned or replaced meanwhile cannot matter to what is loaded from it)."""
-    path = Path(path)
-    try:
-        with open_regular(path) as f:
-            header = _read_header(path, f)  # checked against the file's size before more is read
-            f.seek(0)
-            blob = f.read(header.file_size + 1)
-    except OSError as e:
-        raise _open_error(path, e) from None
-    if len(blob) != header.file_size:
-        raise CheckpointError(f"{path} changed while it was read; try again")
-    header = replace(header, blob=blob)
-    verify(header)
-    return header
-
-
-def _check_metadata(path: Path, metadata: Any) -> None:
-    if not isinstance(metadata, dict) or "ganctl.schema" not in metadata:
-        raise CheckpointError(f"{path} is a safetensors file but not a ganctl checkpoint")
-    try:
-        schema = int(metadata["ganctl.schema"])
-        int(metadata["ganctl.step"])
-        config = json.loads(metadata["ganctl.config"])
-    except (KeyError, ValueError, TypeError, RecursionError):
-        raise CheckpointError(f"{path} has damaged ganctl metadata") from None
-    if schema > SCHEMA:
-        raise CheckpointError(
-            f"{path} was written by a newer ganctl (schema {schema}, this one reads "
-            f"{SCHEMA}); upgrade ganctl to read it")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} has damaged ganctl metadata (config is not a table)")
+def _read_at(fd: int, view: memoryview, offset: int) -> int:
+    """Fill `view` with the file's bytes from `offset`, straight into it (no copy); the count
+    read, short only at the end of the file. The descriptor's position is not used."""
+    done = 0
+    while done < len(view):
+        if hasattr(os, "preadv"):
+            n = os.preadv(fd, [view[done:]], offset + done)
+        else:  # (no preadv: a block's copy at a time)
+            chunk = os.pread(fd, min(len(view) - done, BLOCK_BYTES), offset + done)
+            n = len(chunk)
+            view[done:done + n] = chunk
+        if n == 0:
+            break
+        done += n
+    return done
 
 
 def load_tensors(source: Header | Path, prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Tensors (only those starting with one of `prefixes`, if given), on CPU: from a verified
-    header's bytes, or read from a file."""
+    header's open file (open_checkpoint), else read from the file at the path (unverified). Only
+    the asked tensors are read, each once into its own buffer."""
     path = source.path if isinstance(source, Header) else Path(source)
     try:
         if isinstance(source, Header) and source.blob is not None:
-            tensors = safetensors_load(source.blob)
-            return {k: v for k, v in tensors.items() if not prefixes or k.startswith(prefixes)}
-        with safe_open(str(path), framework="pt") as f:
-            names = [k for k in f.keys() if not prefixes or k.startswith(prefixes)]
-            return {k: f.get_tensor(k) for k in names}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} cannot be read ({e}); it is truncated or "
-                              "corrupted") from None
+            tensors = _read_tensors(source, source.blob.fd(), prefixes)
+            source.blob.fd()  # unchanged while they were read
+            return tensors
+        with open_regular(path) as f:
+            return _read_tensors(_read_header(path, f), f.fileno(), prefixes)
+    except OSError as e:
+        raise _open_error(path, e) from None
+
+
+def _read_tensors(header: Header, fd: int, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    chosen = [k for k in header.tensors if not prefixes or k.startswith(prefixes)]
+    out = {}
+    for name in sorted(chosen, key=lambda k: header.tensors[k]["data_offsets"]):
+        info = header.tensors[name]
+        start, stop = info["data_offsets"]
+        buffer = bytearray(stop - start)
+        if _read_at(fd, memoryview(buffer), header.data_start + start) != len(buffer):
+            raise CheckpointError(f"{header.path} is truncated or changed while it was read; use an "
+                                  "earlier checkpoint, or try again")
+        out[name] = _tensor(buffer, info["dtype"], info["shape"])
+    return out
+
+
+def _tensor(buffer: bytearray, dtype: str, shape: list[int]) -> torch.Tensor:
+    """The tensor whose little-endian bytes are `buffer`, sharing its memory (no copy)."""
+    torch_dtype = DTYPES[dtype]
+    if not buffer:  # frombuffer refuses an empty buffer
+        return torch.empty(shape, dtype=torch_dtype)
+    if torch_dtype == torch.bool:  # a byte other than 0 or 1 is no bool torch can hold
+        return torch.frombuffer(buffer, dtype=torch.uint8).ne(0).reshape(shape)
+    tensor = torch.frombuffer(buffer, dtype=torch_dtype)
+    if sys.byteorder == "big" and torch_dtype.itemsize > 1:
+        tensor = tensor.view(torch.uint8).view(-1, torch_dtype.itemsize).flip(1).contiguous() \
+            .view(torch_dtype)
+    return tensor.reshape(shape)

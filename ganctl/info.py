@@ -35,8 +35,8 @@ def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
 
 def trained_processes(header: checkpoint.Header) -> int:
     """The processes a checkpoint was trained on (1 before several were possible, or when the
-    record is not a whole number)."""
-    text = str(header.metadata.get("ganctl.world_size") or "1")
+    record is not a whole number). Metadata values are text (checkpoint.check_metadata)."""
+    text = header.metadata.get("ganctl.world_size") or "1"
     return int(text) if text.isascii() and text.isdecimal() and int(text) > 0 else 1
 
 

@@ -3,7 +3,8 @@
 `inspect`, `sample`, `eval` and `resume` all read a file that may come from another version of
 ganctl or have been edited: its config must be one this version can run (arch, loss,
 augmentation and metrics included), and its tensors must be the shapes that config's models
-have. Both are checked here, on the meta device (no memory), and a failure names the file.
+have, with their dtypes. Both are checked here, on the meta device (no memory), and a failure
+names the file.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def stored_config(header: checkpoint.Header, overrides: dict[str, Any] | None = 
 
 def check_models(header: checkpoint.Header, config: Config, networks: tuple[str, ...] = NETWORKS
                  ) -> dict[str, nn.Module]:
-    """The header's tensors are those of `config`'s models, network by network; the models, on
-    the meta device (structure only: no memory, no weights), by name."""
+    """The header's tensors are those of `config`'s models, network by network, in name, shape and
+    dtype (a same-size dtype swap would load as garbage); the models, on the meta device
+    (structure and dtypes only: no memory, no weights), by name."""
     with torch.device("meta"):
         if set(networks) <= {"G", "G_ema"}:  # a generator alone (sampling, export)
             modules = {name: build_generator(config) for name in networks}
@@ -63,6 +65,7 @@ def check_models(header: checkpoint.Header, config: Config, networks: tuple[str,
         for name in networks:
             try:
                 checkpoint.check_shapes(modules[name], header, name)
+                checkpoint.check_dtypes(modules[name], header, name)
             except CheckpointError as e:
                 raise CheckpointError(f"{header.path}: {e}; it cannot be used (a damaged file, "
                                       "or its config was edited)") from None

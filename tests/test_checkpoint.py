@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import damage, invoke, rewrite
+from helpers import TINY, assert_one_line_error, damage, invoke, rewrite
 from safetensors.torch import save_file
 
 from ganctl import checkpoint, fsutil
@@ -114,7 +114,7 @@ def test_damaged_checkpoint_is_refused_by_every_command(trained_run, how, messag
 
 @pytest.mark.parametrize("change, message", [
     (lambda t, m: t.update({"G_ema.fc.weight": t["G_ema.fc.weight"].int()}),
-     "G_ema.fc.weight is torch.int32"),
+     "checkpoint tensor G_ema.fc.weight is I32, the model needs F32"),
     (lambda t, m: t.update({"G_ema.fc.weight": t["G_ema.fc.weight"][:3]}),
      "G_ema.fc.weight is (3, 100), the config's model needs (512, 100)"),
     (lambda t, m: t.pop("G_ema.bn0.running_mean"), "missing G_ema.bn0.running_mean"),
@@ -173,3 +173,131 @@ def test_inspect_no_verify_reads_the_header_alone(trained_run):
     assert invoke("inspect", ckpt).exit_code == 1
     result = invoke("inspect", ckpt, "--no-verify", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["step"] == 4
+
+
+# --- dtypes: a same-size swap (the bytes kept, the header's dtype changed, the checksum redone) -----
+
+def swapped(name: str, dtype: torch.dtype):
+    """A change for `rewrite`: tensor `name`'s bytes read as `dtype` (of the same size)."""
+    return lambda t, m: t.update({name: t[name].view(dtype)})
+
+
+def assert_refused_unchanged(result, ckpt: Path, before: bytes, *fragments: str) -> None:
+    assert_one_line_error(result, 1, *fragments)
+    assert "unexpected" not in result.stderr and ckpt.read_bytes() == before
+
+
+G_EMA_AS_I32 = "checkpoint tensor G_ema.fc.weight is I32, the model needs F32"
+
+
+@pytest.mark.parametrize("command", [
+    ["inspect", "CKPT"], ["inspect", "CKPT", "--no-verify"], ["sample", "x.png", "--ckpt", "CKPT"],
+    ["export", "CKPT", "g.pt"], ["eval", "CKPT"], ["resume", "CKPT", "--steps", "6"]])
+def test_a_dtype_swapped_network_tensor_is_refused_by_every_command(trained_run, command):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    rewrite(ckpt, ckpt, swapped("G_ema.fc.weight", torch.int32))
+    before = ckpt.read_bytes()
+    result = invoke(*[ckpt if part == "CKPT" else part for part in command])
+    assert_refused_unchanged(result, ckpt, before, G_EMA_AS_I32)
+    assert not Path("x.png").exists() and not Path("g.pt").exists()
+
+
+def test_init_from_a_dtype_swapped_checkpoint_is_refused(trained_run, workdir):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    rewrite(ckpt, ckpt, swapped("G.fc.weight", torch.int32))
+    before = ckpt.read_bytes()
+    result = invoke("train", *TINY, "--init-from", ckpt, "--out", "ft")
+    assert_refused_unchanged(result, ckpt, before, "checkpoint tensor G.fc.weight is I32, the model "
+                                                   "needs F32")
+
+
+@pytest.mark.parametrize("change, message", [
+    (swapped("rng.torch", torch.int8), "checkpoint tensor rng.torch is I8, resume needs U8"),
+    (swapped("state.step", torch.float64), "checkpoint tensor state.step is F64, resume needs I64"),
+    (swapped("opt_G.lr.0", torch.int64), "checkpoint tensor opt_G.lr.0 is I64, resume needs F64"),
+    (swapped("opt_D.state.0.exp_avg", torch.int32),
+     "checkpoint tensor opt_D.state.0.exp_avg is I32, the model needs F32"),
+    (swapped("opt_G.state.1.step", torch.int32),
+     "checkpoint tensor opt_G.state.1.step is I32, resume needs F32"),
+    (lambda t, m: t.update({"opt_G.state.0.exp_avg": t["opt_G.state.0.exp_avg"].flatten()[:5]}),
+     "checkpoint tensor opt_G.state.0.exp_avg is (5,), its parameter is"),
+    (lambda t, m: t.update({"opt_G.state.x.exp_avg": t.pop("opt_G.state.0.exp_avg")}),
+     "checkpoint tensor opt_G.state.x.exp_avg is not the state of one of opt_G's"),
+    (lambda t, m: t.update({"opt_D.state.999.exp_avg": t.pop("opt_D.state.0.exp_avg")}),
+     "checkpoint tensor opt_D.state.999.exp_avg is not the state of one of opt_D's"),
+])
+def test_resume_refuses_training_state_of_another_dtype(trained_run, change, message):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    rewrite(ckpt, ckpt, change)
+    before = ckpt.read_bytes()
+    assert_refused_unchanged(invoke("resume", ckpt, "--steps", "6"), ckpt, before, message)
+
+
+# --- hostile headers: odd but valid JSON ------------------------------------------------------------
+
+def header(metadata: dict[str, str] | None = None, entries: str = "", repeated: str = "") -> str:
+    """Header text: a ganctl checkpoint's metadata changed by `metadata` (key -> JSON value as
+    written) and with the `repeated` member after them, and one tensor entry G.w unless
+    `entries` (JSON members as written: a repeated key stays, as it does in the file)."""
+    values = {"ganctl.schema": '"4"', "ganctl.step": '"1"', "ganctl.config": '"{}"', **(metadata or {})}
+    members = ", ".join([f'"{k}": {v}' for k, v in values.items()] + ([repeated] if repeated else []))
+    return '{"__metadata__": {' + members + "}, " + (entries or entry()) + "}"
+
+
+def entry(name: str = '"G.w"', dtype: str = '"F32"', shape: str = "[1]", offsets: str = "[0, 4]",
+          more: str = "") -> str:
+    return (f'{name}: {{"dtype": {dtype}, "shape": {shape}, "data_offsets": {offsets}'
+            + (f", {more}" if more else "") + "}")
+
+
+def crafted(path: Path, text: str, data: bytes = b"\0" * 4) -> Path:
+    """A file with this header text and data section."""
+    raw = text.encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+CORRUPTED = "corrupted header (entry 'G.w')"
+
+
+@pytest.mark.parametrize("text, message", [
+    (header({"ganctl.step": "1"}),
+     "has damaged ganctl metadata (ganctl.step is a number, not a string); use an earlier checkpoint"),
+    (header({"ganctl.schema": "4"}), "(ganctl.schema is a number, not a string)"),
+    (header({"ganctl.version": '["0.1"]'}), "(ganctl.version is a list, not a string)"),
+    (header({"ganctl.created": "null"}), "(ganctl.created is null, not a string)"),
+    (header({"ganctl.metrics": '{"loss": 1}'}), "(ganctl.metrics is an object, not a string)"),
+    (header({"ganctl.device": "true"}), "(ganctl.device is true or false, not a string)"),
+    (header({"ganctl.step": '"-1"'}), "(ganctl.step is '-1', not a whole number)"),
+    (header({"ganctl.step": '"4\\n"'}), "(ganctl.step is '4\\n', not a whole number)"),
+    (header({"ganctl.config": '"[]"'}), "(ganctl.config is not a JSON table)"),
+    (header({"ganctl.version": '"\\ud800"'}), "(ganctl.version is not UTF-8 text)"),
+    (header(repeated='"ganctl.step": "2"'), "corrupted header (key ganctl.step is in it twice)"),
+    (header(entries=f"{entry()}, {entry()}"), "corrupted header (key G.w is in it twice)"),
+    (header(entries='"G.w": ["F32", [1], [0, 4]]'), CORRUPTED),
+    (header(entries=entry(shape="[true]")), CORRUPTED),
+    (header(entries=entry(offsets="[0.0, 4.0]")), CORRUPTED),
+    (header(entries=entry(dtype='["F32"]')), CORRUPTED),
+    (header(entries=entry(more='"x": 1')), CORRUPTED),
+    (header(entries=entry(name='"G.w\\n\\u001b[2J"')), "corrupted header (entry 'G.w\\n\\x1b[2J')"),
+    (header(entries=entry(name='"G.\\udc80"')), "corrupted header (entry 'G.\\udc80')"),
+    (header(entries=entry(name='""')), "corrupted header (entry '')"),
+])
+def test_odd_but_valid_json_headers_are_refused_in_one_line(workdir, text, message):
+    bad = crafted(workdir / "bad.safetensors", text)
+    for command in (["inspect", bad], ["inspect", bad, "--no-verify"], ["sample", "x.png", "--ckpt", bad],
+                    ["resume", bad, "--steps", "6"]):
+        result = invoke(*command)
+        assert_one_line_error(result, 1, str(bad), message)
+        assert "unexpected" not in result.stderr
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        checkpoint.read_header(bad)
+
+
+def test_a_fid_that_is_not_a_number_is_none(tmp_path):
+    path = tmp_path / "c.safetensors"
+    for value, fid in (("true", None), ('"3"', None), ("2", 2.0), ("1.5", 1.5)):
+        checkpoint.save(path, {"G.w": torch.ones(1)}, CONFIG.to_json(), 1,
+                        {"ganctl.eval": f'{{"fid": {value}}}'})
+        assert checkpoint.read_header(path).fid == fid

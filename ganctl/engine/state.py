@@ -147,6 +147,10 @@ def snapshot(state: TrainState) -> dict[str, torch.Tensor]:
 
 def load_state(state: TrainState, tensors: dict[str, torch.Tensor],
                say: Callable[[str], None] | None = None) -> None:
+    """Put a checkpoint's tensors (state_tensors() of the run) into a fresh state, each checked
+    first: the networks' and optimizers' by checkpoint.load_module and load_optimizer, the rest
+    here."""
+    _check_dtypes(tensors, state_tensors(state))
     for name in NETWORKS:
         checkpoint.load_module(state.network(name), tensors, name)
         checkpoint.load_optimizer(state.optimizer(name), tensors, f"opt_{name}")
@@ -164,6 +168,21 @@ def load_state(state: TrainState, tensors: dict[str, torch.Tensor],
         raise CheckpointError(f"checkpoint lacks tensor {e.args[0]!r}; it is incomplete") from None
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint's training state is damaged: {e}") from None
+
+
+# checked by checkpoint.load_module and load_optimizer, against the networks' parameters
+_CHECKED_ON_LOAD = tuple(f"{name}." for name in (*NETWORKS, "G_ema")) + \
+    tuple(f"opt_{name}." for name in NETWORKS)
+
+
+def _check_dtypes(tensors: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> None:
+    """The loss, precision, RNG and position tensors have the dtypes a fresh state's have (those
+    this ganctl writes): torch refuses an RNG state of another dtype with a TypeError, and int()
+    takes a float step or data position without a word."""
+    for name, tensor in fresh.items():
+        if name in tensors and not name.startswith(_CHECKED_ON_LOAD):
+            checkpoint.check_dtype(name, checkpoint.dtype_name(tensors[name].dtype), tensor.dtype,
+                                   "resume")
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], lead: str) -> dict[str, torch.Tensor]:
