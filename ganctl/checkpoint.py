@@ -66,6 +66,7 @@ def save(path: Path, tensors: dict[str, torch.Tensor], config_json: str, step: i
 
 # --- optimizer state as flat tensors --------------------------------------------------------
 
+DAMAGED = "; the file is damaged: use an earlier checkpoint"  # after a tensor loaded wrong
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # each of its parameter's shape and dtype
 ADAM_STEP = "step"  # a float count (torch keeps Adam's step as a float32 tensor)
 
@@ -97,7 +98,7 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
             state.setdefault(index, {})[key] = value
     for g, group in enumerate(sd["param_groups"]):
         lr = _require(tensors, f"{prefix}.lr.{g}")
-        check_dtype(f"{prefix}.lr.{g}", dtype_name(lr.dtype), torch.float64, "resume")
+        check_dtype(f"{prefix}.lr.{g}", dtype_name(lr.dtype), torch.float64, "resume", DAMAGED)
         _check_scalar(f"{prefix}.lr.{g}", lr)
         group["lr"] = float(lr)
     sd["state"] = state
@@ -112,26 +113,26 @@ def _state_entry(name: str, lead: str, count: int) -> tuple[int, str]:
     index, _, key = name[len(lead):].partition(".")
     if not (index.isascii() and index.isdecimal() and int(index) < count and key):
         raise CheckpointError(f"checkpoint tensor {shown(name)} is not the state of one of "
-                              f"{lead[:-len('.state.')]}'s {count} parameters; the file is damaged")
+                              f"{lead[:-len('.state.')]}'s {count} parameters{DAMAGED}")
     return int(index), key
 
 
 def _check_optimizer_tensor(name: str, key: str, value: torch.Tensor, param: torch.Tensor) -> None:
     if key in ADAM_MOMENTS:
-        check_dtype(name, dtype_name(value.dtype), param.dtype, "the model")
+        check_dtype(name, dtype_name(value.dtype), param.dtype, "the model", DAMAGED)
         if value.shape != param.shape:
             raise CheckpointError(f"checkpoint tensor {name} is {tuple(value.shape)}, its parameter "
-                                  f"is {tuple(param.shape)}; the file is damaged")
+                                  f"is {tuple(param.shape)}{DAMAGED}")
     elif key == ADAM_STEP:
         if value.dtype not in (torch.float32, torch.float64):
-            check_dtype(name, dtype_name(value.dtype), torch.float32, "resume")
+            check_dtype(name, dtype_name(value.dtype), torch.float32, "resume", DAMAGED)
         _check_scalar(name, value)
 
 
 def _check_scalar(name: str, value: torch.Tensor) -> None:
     if value.numel() != 1:
         raise CheckpointError(f"checkpoint tensor {name} holds {value.numel()} numbers where resume "
-                              "needs one; the file is damaged")
+                              f"needs one{DAMAGED}")
 
 
 def _require(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -162,11 +163,13 @@ def dtype_name(dtype: torch.dtype) -> str:
     return _NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
-def check_dtype(name: str, stored: str, needed: torch.dtype, who: str) -> None:
+def check_dtype(name: str, stored: str, needed: torch.dtype, who: str, advice: str = "") -> None:
     """A tensor of the dtype `who` (the model, resume) needs: a same-size swap (F32 for I32)
-    passes every size check and loads as garbage, or fails later inside torch."""
+    passes every size check and loads as garbage, or fails later inside torch. `advice` ends the
+    message where the caller adds none."""
     if stored != dtype_name(needed):
-        raise CheckpointError(f"checkpoint tensor {name} is {stored}, {who} needs {dtype_name(needed)}")
+        raise CheckpointError(f"checkpoint tensor {name} is {stored}, {who} needs "
+                              f"{dtype_name(needed)}{advice}")
 
 
 def check_shapes(module: torch.nn.Module, header: Header, prefix: str) -> None:
@@ -206,7 +209,7 @@ def load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefi
         what = f"missing {lead}{missing[0]}" if missing else f"unexpected {lead}{unexpected[0]}"
         raise CheckpointError(f"checkpoint does not match its config's model ({what})")
     for k, v in sd.items():
-        check_dtype(lead + k, dtype_name(v.dtype), expected[k].dtype, "the model")
+        check_dtype(lead + k, dtype_name(v.dtype), expected[k].dtype, "the model", DAMAGED)
         if v.shape != expected[k].shape:
             raise CheckpointError(f"checkpoint tensor {lead}{k} is {tuple(v.shape)}, the model "
                                   f"needs {tuple(expected[k].shape)}")

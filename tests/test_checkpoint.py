@@ -208,7 +208,7 @@ def test_init_from_a_dtype_swapped_checkpoint_is_refused(trained_run, workdir):
     before = ckpt.read_bytes()
     result = invoke("train", *TINY, "--init-from", ckpt, "--out", "ft")
     assert_refused_unchanged(result, ckpt, before, "checkpoint tensor G.fc.weight is I32, the model "
-                                                   "needs F32")
+                                                   "needs F32; the file is damaged: use an earlier")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -230,7 +230,8 @@ def test_resume_refuses_training_state_of_another_dtype(trained_run, change, mes
     ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
     rewrite(ckpt, ckpt, change)
     before = ckpt.read_bytes()
-    assert_refused_unchanged(invoke("resume", ckpt, "--steps", "6"), ckpt, before, message)
+    assert_refused_unchanged(invoke("resume", ckpt, "--steps", "6"), ckpt, before, message,
+                             "the file is damaged: use an earlier checkpoint")
 
 
 # --- hostile headers: odd but valid JSON ------------------------------------------------------------

@@ -182,7 +182,7 @@ def _check_dtypes(tensors: dict[str, torch.Tensor], fresh: dict[str, torch.Tenso
     for name, tensor in fresh.items():
         if name in tensors and not name.startswith(_CHECKED_ON_LOAD):
             checkpoint.check_dtype(name, checkpoint.dtype_name(tensors[name].dtype), tensor.dtype,
-                                   "resume")
+                                   "resume", checkpoint.DAMAGED)
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], lead: str) -> dict[str, torch.Tensor]:
