@@ -554,7 +554,13 @@ def wandb_id(run_dir: Path) -> str:
 
 class WandbSink:
     """Scalars and grids to Weights & Biases: project config.wandb_project (or ganctl), the run
-    named after its folder, its config as W&B's."""
+    named after its folder, its config as W&B's.
+
+    W&B takes a run's steps in increasing order only: a row it already holds cannot be replaced,
+    a step below its last is dropped with a warning on the user's terminal, and one equal to it is
+    merged into that row. So no step is sent twice: a resumed run sends from the step W&B asks for
+    next (online, the one after those it holds; offline, `wandb sync` joins the processes' logs
+    in order), and after a rollback the replayed steps W&B already has are left out."""
 
     name = "wandb"
 
@@ -572,18 +578,26 @@ class WandbSink:
         # a resumed run may change what resume may (steps, device ...): W&B refuses a changed
         # value unless told
         self._run.config.update(config.to_dict(), allow_val_change=True)
+        self._next = int(self._run.starting_step)  # steps below it are W&B's already
+        self._last = self._next - 1  # the last step sent
+
+    def _log(self, values: dict[str, Any], step: int) -> None:
+        if step >= self._next:  # a step's scalars and then its grid: one row
+            self._run.log(values, step=step)
+            self._last = max(self._last, step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        self._run.log(values, step=step)
+        self._log(values, step)
 
     def image(self, tag: str, image: torch.Tensor | Path, step: int) -> None:
-        hwc = _hwc(image)
-        self._run.log({tag: self._wandb.Image(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc)},
-                      step=step)
+        if step >= self._next:  # not read from its PNG for nothing
+            hwc = _hwc(image)
+            self._log({tag: self._wandb.Image(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc)}, step)
 
     def rewind(self, step: int) -> None:
-        """Nothing: W&B keeps a step's first values and drops what is logged at a step below
-        its last, so a replay after a rollback shows from where the first pass ended."""
+        """The replay up to the last step sent is left out: W&B keeps the first pass there, and
+        shows the replay from where the first pass ended."""
+        self._next = self._last + 1
 
     def close(self) -> None:
         self._run.finish()

@@ -5,6 +5,8 @@ import errno
 import io
 import json
 import math
+import os
+import struct
 import sys
 import time
 import types
@@ -225,13 +227,149 @@ def test_tensorboard_after_a_rollback_and_a_resume_has_one_point_a_step(workdir,
     assert lr[4].value == pytest.approx(lr[3].value * LR_FACTOR)  # step 5's, replayed
 
 
-# --- Weights & Biases (a stand-in module) ----------------------------------------------------------
+# --- Weights & Biases (the real package, offline) --------------------------------------------------
+
+# An offline run's records are in RUN/wandb/offline-run-<time>-<id>/run-<id>.wandb, the log that
+# `wandb sync` uploads. wandb ships no Python reader for it: it is LevelDB's log format (32 KiB
+# blocks of chunks, each with a 7-byte header: crc32c, length, type) after a 7-byte file header,
+# and each record a wandb.proto Record message.
+WANDB_HEADER = b":W&B\xe1\xbe\x00"  # ident, magic 0xBEE1 (little-endian), format version 0
+LOG_BLOCK = 32 * 1024
+CHUNK = struct.Struct("<IHB")  # crc32c, length, type: FULL 1, FIRST 2, MIDDLE 3, LAST 4
+FULL, FIRST, LAST = 1, 2, 4
+
+
+def wandb_records(path):
+    """The Records of a .wandb transaction log, in order."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:len(WANDB_HEADER)] == WANDB_HEADER, f"{path}: not a version-0 .wandb log"
+    records, pos, pieces = [], len(WANDB_HEADER), b""
+    while pos + CHUNK.size <= len(data):
+        if LOG_BLOCK - pos % LOG_BLOCK < CHUNK.size:  # a block's tail too short for a header
+            pos += LOG_BLOCK - pos % LOG_BLOCK
+            continue
+        _, length, kind = CHUNK.unpack_from(data, pos)
+        if kind == 0:  # zeros: the block's unused end
+            pos += LOG_BLOCK - pos % LOG_BLOCK
+            continue
+        piece = data[pos + CHUNK.size:pos + CHUNK.size + length]
+        pos += CHUNK.size + length
+        pieces = piece if kind in (FULL, FIRST) else pieces + piece
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            records.append(record)
+    return records
+
+
+class OfflineRun:
+    """What one W&B process wrote offline: its run record, config and history rows (step ->
+    {key: value}, an image as its dict of path, size ...)."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+        [log] = folder.glob("run-*.wandb")
+        self.run = None
+        self.config: dict = {}
+        self.history: list[tuple[int, dict]] = []
+        for record in wandb_records(log):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                self.run = record.run
+            elif kind == "config":
+                self.config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+            elif kind == "history":
+                row: dict = {}
+                for item in record.history.item:
+                    *parents, key = item.nested_key or [item.key]
+                    if not key.startswith("_"):
+                        where = row
+                        for parent in parents:
+                            where = where.setdefault(parent, {})
+                        where[key] = json.loads(item.value_json)
+                self.history.append((record.history.step.num, row))
+
+    def image(self, row: dict, tag: str) -> np.ndarray:
+        with Image.open(self.folder / "files" / row[tag]["path"]) as png:
+            return np.asarray(png.convert("RGB"))
+
+
+def offline_runs(run_dir) -> list[OfflineRun]:
+    """Each W&B process's offline run in RUN/wandb, in the order they started."""
+    runs = [OfflineRun(f) for f in (run_dir / "wandb").glob("offline-run-*")]
+    return sorted(runs, key=lambda part: part.run.start_time.ToNanoseconds())
+
+
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """The real wandb, offline: no network, no login, nothing under ~ (its settings, cache and
+    data in the test's folder), quiet; its service process is stopped after the test."""
+    wandb = pytest.importorskip("wandb", reason="the wandb package is not installed (it comes "
+                                                "with ganctl's dev extra: pip install -e '.[dev]')")
+    for name in [k for k in os.environ if k.startswith("WANDB_")]:  # a user's key, entity ...
+        monkeypatch.delenv(name)
+    home = tmp_path / "wandb-home"
+    for name, value in (("MODE", "offline"), ("SILENT", "true"), ("DIR", home),
+                        ("CONFIG_DIR", home / "config"), ("CACHE_DIR", home / "cache"),
+                        ("DATA_DIR", home / "data"), ("ARTIFACT_DIR", home / "artifacts")):
+        monkeypatch.setenv(f"WANDB_{name}", str(value))
+    yield wandb
+    wandb.teardown()
+
+
+def test_wandb_offline_run_holds_the_records_and_grids_once_a_step_through_a_rollback_and_a_resume(
+        workdir, offline_wandb, monkeypatch):
+    """Step 7 diverges: training goes back to the checkpoint of step 4 and replays 5 and 6 (sent
+    before) and on to 8; then a resume to 10. W&B cannot replace a step: it keeps the first
+    pass's 5 and 6, and holds each step once, in order, in one run."""
+    nan_batches(monkeypatch, steps={7})
+    first_sent: dict[int, dict] = {}  # each step's first record
+    real_record = RunLog.record
+    monkeypatch.setattr(RunLog, "record", lambda log, r, watched=None: (
+        first_sent.setdefault(r["step"], {**r, **(watched or {})}), real_record(log, r, watched)))
+    args = [*SMALL, "--log-every", "1", "--sample-every", "2", "--ckpt-every", "4"]
+    result = invoke("train", "--wandb", "--wandb-project", "faces", *args, "--steps", "8",
+                    "--out", "r")
+    assert result.exit_code == 0 and "rolled back to step 4" in result.stdout, result.output
+    result = invoke("resume", "r", "--steps", "10")
+    assert result.exit_code == 0, result.output
+
+    run_dir = workdir / "r"
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    first, resumed = offline_runs(run_dir)  # one a process; `wandb sync` uploads both as one run
+    for part, steps in ((first, 8), (resumed, 10)):
+        assert part.run.run_id == run_id and part.run.resume  # the same run, resumed if it exists
+        assert (part.run.project, part.run.display_name) == ("faces", "r")
+        assert part.config == {**read_json(run_dir / "config.json"), "steps": steps}
+    assert [step for step, _ in first.history] == list(range(1, 9))
+    assert [step for step, _ in resumed.history] == [9, 10]
+    tags = {"loss/D": "loss_D", "loss/G": "loss_G", "D/real": "D_real", "D/fake": "D_fake",
+            "speed/img_per_s": "img_per_s", "lr/G": "lr_g", "lr/D": "lr_d"}
+    for part in (first, resumed):
+        for step, row in part.history:
+            assert set(row) == SCALAR_TAGS | ({"samples"} if step % 2 == 0 else set())
+            assert {tag: row[tag] for tag in tags} == pytest.approx(
+                {tag: first_sent[step][key] for tag, key in tags.items()}, rel=1e-6), step
+            if step not in (5, 6):  # the replay's: only metrics.jsonl has it
+                [record] = [r for r in read_metrics(run_dir) if r["step"] == step and "event" not in r]
+                assert row["loss/G"] == pytest.approx(record["loss_G"], rel=1e-6)
+            if step in (2, 4, 8, 10):  # not replayed: the grid itself
+                assert np.array_equal(part.image(row, "samples"), np.asarray(Image.open(
+                    run_dir / "samples" / f"step-{step:09d}.png").convert("RGB")))
+    lr = [row["lr/G"] for _, row in first.history]
+    assert lr[:6] == [lr[0]] * 6 and lr[6:] == pytest.approx([lr[0] * LR_FACTOR] * 2)  # 5, 6: first pass
+
+
+# --- Weights & Biases failing (a stand-in module: the real one cannot be made to fail on cue
+# offline, nor hold the steps of an online run it resumes) -----------------------------------------
 
 class FakeRun:
     def __init__(self, wandb: "FakeWandb") -> None:
         self.wandb = wandb
-        self.config = types.SimpleNamespace(update=lambda values, **kwargs: wandb.configs.append(
-            (values, kwargs)))
+        self.starting_step = wandb.starting_step
+        self.config = types.SimpleNamespace(update=lambda values, **kwargs: None)
 
     def log(self, values, step):
         if self.wandb.failure:
@@ -239,7 +377,7 @@ class FakeRun:
         self.wandb.logged.append((step, values))
 
     def finish(self):
-        self.wandb.finished += 1
+        pass
 
 
 class FakeWandb(types.ModuleType):
@@ -248,10 +386,9 @@ class FakeWandb(types.ModuleType):
     def __init__(self) -> None:
         super().__init__("wandb")
         self.inits: list[dict] = []
-        self.configs: list[tuple[dict, dict]] = []
         self.logged: list[tuple[int, dict]] = []
-        self.finished = 0
         self.failure: Exception | None = None
+        self.starting_step = 0  # a resumed online run: the step after those W&B holds
         self.Settings = lambda **kwargs: ("settings", kwargs)
         self.Image = lambda data: ("image", data)
 
@@ -267,37 +404,19 @@ def wandb(monkeypatch) -> FakeWandb:
     return fake
 
 
-def test_wandb_gets_the_run_its_scalars_and_grids_and_a_resume_continues_it(workdir, wandb):
-    result = invoke("train", "--wandb", "--wandb-project", "faces", *TINY, "--out", "r")
+def test_a_resumed_online_wandb_run_gets_only_the_steps_it_does_not_hold(workdir, wandb):
+    """A process killed at step 3, after its checkpoint of step 2, sent step 3 to W&B: the resume
+    replays 3, which W&B (starting at step 4) would drop with a warning. It is not sent."""
+    config = toml(workdir, "wandb = true\n")
+    args = [*SMALL, "--log-every", "1", "--ckpt-every", "2"]
+    result = invoke("train", "--config", config, *args, "--steps", "2", "--out", "r")
     assert result.exit_code == 0, result.output
-    run_dir = (workdir / "r").resolve()
-    run_id = (run_dir / "wandb_id.txt").read_text().strip()
-    assert len(run_id) == 16
-    assert wandb.inits == [{"project": "faces", "dir": str(run_dir), "name": "r", "id": run_id,
-                            "resume": "allow", "settings": ("settings", {"console": "off"})}]
-    assert wandb.configs == [(read_json(run_dir / "config.json"), {"allow_val_change": True})]
-    assert [(step, sorted(values)) for step, values in wandb.logged] == [
-        (2, sorted(SCALAR_TAGS)), (2, ["samples"]), (4, sorted(SCALAR_TAGS)), (4, ["samples"])]
-    records = read_metrics(run_dir)
-    assert [values["loss/G"] for _, values in wandb.logged[::2]] == [r["loss_G"] for r in records]
-    kind, grid = wandb.logged[-1][1]["samples"]
-    assert kind == "image" and np.array_equal(grid, np.asarray(Image.open(
-        run_dir / "samples" / "step-000000004.png")))
-    assert wandb.finished == 1
-
-    result = invoke("resume", "r", "--steps", "6")
+    assert wandb.inits[0]["project"] == "ganctl"  # the default project
+    wandb.logged.clear()
+    wandb.starting_step = 4
+    result = invoke("resume", "r", "--steps", "5")
     assert result.exit_code == 0, result.output
-    assert wandb.inits[1]["id"] == run_id and wandb.inits[1]["resume"] == "allow"
-    assert wandb.configs[1] == ({**wandb.configs[0][0], "steps": 6}, {"allow_val_change": True})
-    assert [step for step, _ in wandb.logged[4:]] == [6, 6]
-    assert wandb.finished == 2
-
-
-def test_wandb_project_defaults_to_ganctl(workdir, wandb):
-    result = invoke("train", "--config", toml(workdir, "wandb = true\n"), *TINY, "--steps", "2",
-                    "--out", "r")
-    assert result.exit_code == 0, result.output
-    assert wandb.inits[0]["project"] == "ganctl"
+    assert [step for step, _ in wandb.logged] == [4, 5, 5]  # step 5's scalars, then its grid
 
 
 @pytest.mark.parametrize("where", ["init", "log"])
