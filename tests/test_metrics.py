@@ -189,14 +189,15 @@ def test_both_forms_are_accepted_and_anything_else_refused(tmp_path):
     grey = float_form(images[:, :1])
     torch.testing.assert_close(grey, float_form(images[:, :1].expand(-1, 3, -1, -1)))
     assert float_form.describe()["sha256"] == sha256_file(tmp_path / "a.pt")
-    for form, why in (("other", "returns (1, 10) features"), ("garbage", "not a TorchScript file")):
+    for form, why in (("other", "it returns features of shape (1, 10), not (1, 2048)"),
+                      ("garbage", "not a TorchScript file (a pickle")):
         path = tmp_path / f"{form}.pt"
         if form == "garbage":
             path.write_bytes(b"\x80\x04not a model")
         else:
             write_feature_net(path, form)
-        with pytest.raises(FeatureNetError, match=re.escape(f"network ganctl knows (it {why}")
-                           if form == "other" else f"network ganctl knows .{why}"):
+        with pytest.raises(FeatureNetError, match="network ganctl knows; use NVlabs' .*; "
+                           + re.escape(why)):
             inception.load(path, cpu)
 
 

