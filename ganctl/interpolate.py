@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -40,6 +42,7 @@ COPIES = 3  # copies of the pixels held at once: the generated batches, the fram
 GRID_COLUMNS = 16  # at most this many images per row of a PNG walk
 PARALLEL = 0.9995  # |cos| of the angle from which slerp falls back to lerp (sin(angle) ~ 0.03)
 FORMATS = (".gif", ".mp4", ".png")
+MAX_REASON = 300  # characters of ffmpeg's last stderr line kept in the error
 
 
 class FfmpegError(GanctlError):
@@ -222,7 +225,8 @@ def _gif(batches: Iterator[torch.Tensor], fps: int, loop: bool) -> bytes:
 def _mp4(ffmpeg: str, batches: Iterator[torch.Tensor], out: Path, width: int, height: int,
          fps: int) -> None:
     """Pipe raw RGB frames (padded to width x height) to ffmpeg, which encodes H.264 into a temp
-    file beside `out`; renamed over `out` once ffmpeg succeeded."""
+    file beside `out`; synced and renamed over `out` once ffmpeg succeeded, so that `out` is the
+    old file or the whole new video, never a part (ffmpeg failing, ganctl killed, a power cut)."""
     tmp = temp_path(out)
     command = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
                "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
@@ -230,30 +234,54 @@ def _mp4(ffmpeg: str, batches: Iterator[torch.Tensor], out: Path, width: int, he
                "-f", "mp4", str(tmp)]
     try:
         with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty ffmpeg never blocks
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=err)
-            assert proc.stdin is not None
-            try:
-                for batch in batches:
-                    proc.stdin.write(_rgb(batch, width, height).numpy().tobytes())
-                proc.stdin.close()
-            except BrokenPipeError:  # ffmpeg ended early: its stderr says why
-                pass
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            code = proc.wait()
+            code = _encode(command, batches, err, width, height)
             err.seek(0)
             lines = err.read().decode(errors="replace").strip().splitlines()
         if code != 0:
-            why = lines[-1].strip()[:300] if lines else f"exit status {code}"
-            raise FfmpegError(f"ffmpeg could not write {out.name}: {why}; write "
+            raise FfmpegError(f"ffmpeg could not write {out.name}: {_why(code, lines)}; write "
                               f"{out.with_suffix('.gif').name} instead, or check the ffmpeg install")
+        with open(tmp, "rb") as f:  # ffmpeg does not sync what it wrote
+            os.fsync(f.fileno())
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(out.parent)
+
+
+def _encode(command: list[str], batches: Iterator[torch.Tensor], err: BinaryIO, width: int,
+            height: int) -> int:
+    """Run ffmpeg with the frames on its stdin and its stderr to `err`; its exit status."""
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=err)
+    except OSError as e:  # found on PATH but cannot run: not executable, a broken binary ...
+        raise FfmpegError(f"cannot run {command[0]}: {e.strerror or e}; reinstall ffmpeg, or "
+                          "write a .gif instead") from None
+    assert proc.stdin is not None
+    try:
+        for batch in batches:
+            proc.stdin.write(_rgb(batch, width, height).numpy().tobytes())
+        proc.stdin.close()
+    except BrokenPipeError:  # ffmpeg ended early: its stderr says why
+        pass
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc.wait()
+
+
+def _why(code: int, lines: list[str]) -> str:
+    """ffmpeg's last stderr line (where it says what went wrong), else how it ended."""
+    if lines:
+        return lines[-1].strip()[:MAX_REASON]
+    if code < 0:  # killed: no word from ffmpeg itself
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"it was killed by {name} ({signal.strsignal(-code) or 'a signal'})"
+    return f"it exited with status {code} and said nothing"
 
 
 def _rgb(batch: torch.Tensor, width: int, height: int) -> torch.Tensor:
