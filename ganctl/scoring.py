@@ -22,13 +22,14 @@ from ganctl.checkpoint import Header
 from ganctl.config import Config
 from ganctl.data import ImageSet, load_dataset
 from ganctl.data.cache import default_cache_dir
-from ganctl.errors import ConfigError
+from ganctl.errors import CheckpointError, ConfigError, FeatureNetError
 from ganctl.logging import RunLog
-from ganctl.metrics import PROTOCOL, Scores, compute, inception
-from ganctl.metrics.stats import Accumulator, FeatureStats, load_stats, save_stats, stats_key
+from ganctl.metrics import PROTOCOL, Scores, compute, inception, least_images
+from ganctl.metrics.stats import Accumulator, DamagedStats, FeatureStats, load_stats, save_stats, stats_key
 from ganctl.sample import labels_for_seeds, latents_from_seeds, load_generator, to_uint8
 
 REAL_ORDER_SEED = 0  # the fixed random order in which real images are taken
+GENERATOR = "the generator (G_ema)"  # what made the fakes, in messages, unless told better
 Progress = Callable[[str, int], Callable[[int], None]]
 
 
@@ -82,9 +83,23 @@ def _accumulate(net: inception.FeatureNet, batches: Any, total: int, description
     acc = Accumulator()
     for images in batches:
         acc.add(net(images))
+        if acc.count == len(images):  # the first batch: a broken network fails now, not in minutes
+            _require_finite_features(acc, net, description)
         if advance:
             advance(len(images))
+    _require_finite_features(acc, net, description)
     return acc
+
+
+def _require_finite_features(acc: Accumulator, net: inception.FeatureNet, description: str) -> None:
+    """uint8 images are always finite, so NaN or inf features come from the feature network
+    (or from images it cannot read): say how many, never let numpy fail on them later."""
+    bad = acc.nonfinite
+    if bad:
+        raise FeatureNetError(f"the feature network {net.path} gave NaN or inf features for {bad} "
+                              f"of {acc.count} images while computing the {description}; the feature "
+                              f"network file or the images are broken: use NVlabs' "
+                              f"{inception.FILE_NAME} ({inception.URL})")
 
 
 def real_batches(images: np.ndarray | torch.Tensor, count: int, batch: int):
@@ -95,14 +110,32 @@ def real_batches(images: np.ndarray | torch.Tensor, count: int, batch: int):
 
 
 def fake_batches(G: nn.Module, config: Config, count: int, batch: int, device: torch.device,
-                 first: int = 0):
-    """G's images for seeds first..count-1 (a conditional model's classes in turn), as uint8."""
+                 first: int = 0, source: str = GENERATOR):
+    """G's images for seeds first..count-1 (a conditional model's classes in turn), as uint8.
+    NaN or inf pixels (a diverged generator) would become black or white images and a finite,
+    meaningless score: they are counted on the device and refused after the first batch and at
+    the end, naming `source`."""
+    bad: torch.Tensor | None = None
     for start in range(first, count, batch):
         seeds = range(start, min(start + batch, count))
         z = latents_from_seeds(seeds, config.z_dim).to(device)
         c = labels_for_seeds(seeds, config)
         with torch.no_grad():
-            yield to_uint8(G(z, None if c is None else c.to(device)))  # as a user would save them
+            x = G(z, None if c is None else c.to(device))
+        nonfinite = (~torch.isfinite(x)).flatten(1).any(dim=1).sum()
+        bad = nonfinite if bad is None else bad + nonfinite
+        if start == first:
+            _require_finite_images(bad, seeds.stop - first, source)
+        yield to_uint8(x)  # as a user would save them
+    if bad is not None:
+        _require_finite_images(bad, count - first, source)
+
+
+def _require_finite_images(bad: torch.Tensor, made: int, source: str) -> None:
+    if int(bad):
+        raise CheckpointError(f"{source} makes images with NaN or inf pixels for {int(bad)} of "
+                              f"{made} latent seeds: a broken checkpoint (training diverged, or its "
+                              "weights are damaged); score or resume an earlier checkpoint")
 
 
 class Evaluator:
@@ -114,15 +147,16 @@ class Evaluator:
         self.metrics, self.num_fake = metrics, num_fake
         self.progress = log.task if log is not None else None
 
-    def __call__(self, G: nn.Module, config: Config) -> EvalResult:
+    def __call__(self, G: nn.Module, config: Config, source: str = GENERATOR) -> EvalResult:
+        """G's scores; `source` names G in messages (a checkpoint's G_ema, say)."""
         t0 = time.perf_counter()
         was_training = G.training
         G.eval()
         first, stop = distributed.share(self.num_fake)  # this process's seeds: all, alone
         try:
             batch = batch_size_for(self.net.device)
-            acc = _accumulate(self.net, fake_batches(G, config, stop, batch, self.net.device, first),
-                              stop - first, "features of the fakes", self.progress)
+            fakes = fake_batches(G, config, stop, batch, self.net.device, first, source)
+            acc = _accumulate(self.net, fakes, stop - first, "features of the fakes", self.progress)
         finally:
             G.train(was_training)
         merged = distributed.merge_features(acc)  # every process's fakes, on rank 0
@@ -135,31 +169,66 @@ class Evaluator:
                           self.real_stats, self.net.describe())
 
 
+def check_counts(metrics: list[str], num_fake: int, num_real: int | None) -> None:
+    """Enough fakes, and enough reals when a number is asked, for every metric: refused before
+    the data, the generator or any feature is computed (minutes), naming the option to raise."""
+    need, title = least_images(metrics)
+    if num_fake < need:
+        raise ConfigError(f"{title} needs at least {need} fake images, got {num_fake}; raise --num "
+                          f"(--eval-num when training) to {need} or more")
+    if num_real and num_real < need:
+        raise ConfigError(f"{title} needs at least {need} real images, got {num_real}; raise "
+                          f"--num-real (--eval-num-real when training) to {need} or more, or 0 for all")
+
+
 def make_evaluator(config: Config, data: ImageSet, device: torch.device, metrics: list[str],
                    num_fake: int, num_real: int | None, inception_path: str | None,
                    download: bool, log: RunLog, progress: bool = True) -> Evaluator:
     """The feature network and the real statistics (from the cache, or computed and cached).
     progress=False: the evaluator shows no progress bar (training shows its own)."""
-    if num_fake < 2:
-        raise ConfigError(f"--num must be at least 2 fake images, got {num_fake}")
+    check_counts(metrics, num_fake, num_real)
     count = len(data.images) if not num_real else min(num_real, len(data.images))
-    if count < 2:
-        raise ConfigError(f"scoring needs at least 2 real images; the dataset has {len(data.images)}")
+    need, title = least_images(metrics)
+    if count < need:
+        raise ConfigError(f"{title} needs at least {need} real images; {config.dataset} has "
+                          f"{len(data.images)}: score against a dataset with more (--dataset)")
     net = inception.load(inception.locate(inception_path, download, log.task), device)
+    depends = {"fingerprint": data.fingerprint, "resolution": config.resolution,
+               "channels": config.channels, "crop": config.crop, "feature_net_sha256": net.sha256}
     key = stats_key(dataset=data.fingerprint, resolution=config.resolution, channels=config.channels,
                     crop=config.crop, feature_net=net.sha256, num_real=count)
     path = default_cache_dir() / f"{_slug(config.dataset)}-{key}.stats.safetensors"
-    real = load_stats(path)
+    shown = log if progress else None
+    real = _cached(path, count, depends, log)
     if real is not None:
         log.info(f"real statistics of {count} images from the cache: {path}")
-        return Evaluator(net, real, f"cache {path}", metrics, num_fake, log if progress else None)
+        return Evaluator(net, real, f"cache {path}", metrics, num_fake, shown)
     real = extract(net, real_batches(data.images, count, batch_size_for(device)), count,
                    f"features of {count} real images of {config.dataset}", log.task)
-    save_stats(path, real, {"dataset": config.dataset, "fingerprint": data.fingerprint,
-                            "resolution": config.resolution, "channels": config.channels,
-                            "crop": config.crop, "feature_net_sha256": net.sha256})
+    _store(path, real, {"dataset": config.dataset, **depends}, log)
+    return Evaluator(net, real, f"computed {path}", metrics, num_fake, shown)
+
+
+def _cached(path: Path, count: int, depends: dict[str, Any], log: RunLog) -> FeatureStats | None:
+    """The cached real statistics if they are whole and are of what is asked; a damaged file is
+    said in one line and then computed again (and replaced, atomically), never trusted."""
+    try:
+        return load_stats(path, count, inception.FEATURES, depends)
+    except DamagedStats as e:
+        log.info(f"cached statistics {path} were damaged ({e}); computing them again")
+        return None
+
+
+def _store(path: Path, real: FeatureStats, meta: dict[str, Any], log: RunLog) -> None:
+    """Cache the real statistics; a cache that cannot be written (full, read-only) costs the
+    next evaluation their computing again, not this one its scores."""
+    try:
+        save_stats(path, real, meta)
+    except OSError as e:
+        log.info(f"real statistics not cached in {path} ({e.strerror or e}); they will be computed "
+                 "again next time")
+        return
     log.info(f"real statistics cached in {path}")
-    return Evaluator(net, real, f"computed {path}", metrics, num_fake, log if progress else None)
 
 
 def evaluate_checkpoint(header: Header, device: torch.device, metrics: list[str], num_fake: int,
@@ -167,12 +236,13 @@ def evaluate_checkpoint(header: Header, device: torch.device, metrics: list[str]
                         download: bool, log: RunLog) -> dict[str, Any]:
     """`ganctl eval`: a checkpoint's G_ema against its training data (or `overrides`' dataset);
     the result is appended to the run's metrics.jsonl as an "eval" event."""
+    check_counts(metrics, num_fake, num_real)  # before the generator and the data are read
     loaded = load_generator(header, device)
     config = loaded.config.replace(**overrides, batch_size=1)
     data = load_dataset(config, download=download, progress=log.task)
     evaluator = make_evaluator(config, data, device, metrics, num_fake, num_real, inception_path,
                                download, log)
-    result = evaluator(loaded.G, loaded.config)
+    result = evaluator(loaded.G, loaded.config, f"the G_ema of {header.path}")
     doc = {"checkpoint": str(header.path), "step": header.step, "dataset": config.dataset,
            "split": config.split or None, **result.to_dict()}
     if header.path.parent.name == rundir.CKPT_DIR and rundir.is_run_dir(header.path.parent.parent):

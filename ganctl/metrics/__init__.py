@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from ganctl.errors import ConfigError
+from ganctl.errors import ConfigError, FeatureNetError
 from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
 from ganctl.metrics.kid import SUBSET_SIZE, SUBSETS, kernel_inception_distance
 from ganctl.metrics.pr import K, precision_recall
-from ganctl.metrics.stats import KEEP, PROTOCOL_VERSION, FeatureStats
+from ganctl.metrics.stats import KEEP, MIN_COUNT, PROTOCOL_VERSION, FeatureStats
 
 Scores = dict[str, float | int]
 MetricFn = Callable[[FeatureStats, FeatureStats, torch.device], Scores]
@@ -43,6 +44,10 @@ def _pr(real: FeatureStats, fake: FeatureStats, device: torch.device) -> Scores:
 
 
 METRICS: dict[str, MetricFn] = {"fid": _fid, "kid": _kid, "pr": _pr}
+# the fewest images of each side (reals, fakes) a metric is defined on: a covariance needs 2,
+# KID's unbiased estimate subsets of 2, precision/recall a k-th neighbour other than the point
+LEAST_IMAGES = {"fid": MIN_COUNT, "kid": 2, "pr": K + 1}
+TITLES = {"fid": "FID", "kid": "KID", "pr": f"precision/recall (k = {K})"}
 
 PROTOCOL = {
     "version": PROTOCOL_VERSION,
@@ -70,7 +75,33 @@ def parse_metrics(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def least_images(names: list[str]) -> tuple[int, str]:
+    """The fewest images of each side that every metric in `names` is defined on, and the title
+    of the metric that needs them (for the message asking for more)."""
+    need, name = max((LEAST_IMAGES[n], n) for n in names)
+    return need, TITLES[name]
+
+
+def check_inputs(names: list[str], real: FeatureStats, fake: FeatureStats) -> None:
+    """What the arithmetic assumes, checked before it runs: the same number of features on both
+    sides, enough images for every metric, finite values (numpy's eigh or SVD would otherwise
+    fail with a LinAlgError, or the score would be NaN)."""
+    if real.mean.shape != fake.mean.shape:
+        raise FeatureNetError(f"the real statistics have {real.mean.shape[0]} features per image and "
+                              f"the fakes {fake.mean.shape[0]}; compute both with the same feature network")
+    need, title = least_images(names)
+    for side, stats in (("real", real), ("fake", fake)):
+        if min(stats.count, len(stats.kept)) < need:
+            raise ConfigError(f"{title} needs at least {need} {side} images, got {stats.count}; "
+                              "score more images")
+        for what, array in (("mean", stats.mean), ("covariance", stats.cov), ("features", stats.kept)):
+            if not np.isfinite(array).all():
+                raise FeatureNetError(f"the {side} images' feature {what} has NaN or inf values; the "
+                                      "feature network file or the images are broken")
+
+
 def compute(names: list[str], real: FeatureStats, fake: FeatureStats, device: torch.device) -> Scores:
+    check_inputs(names, real, fake)
     scores: Scores = {}
     for name in names:
         scores.update(METRICS[name](real, fake, device))

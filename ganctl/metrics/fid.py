@@ -29,12 +29,20 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(np.linalg.eigvalsh(middle), 0, None)).sum())
 
 
+def _require_finite(**arrays: np.ndarray) -> None:
+    """numpy's eigh and SVD fail on NaN or inf with a LinAlgError that names neither: say which."""
+    for name, array in arrays.items():
+        if not np.isfinite(array).all():
+            raise ValueError(f"FID of non-finite statistics: {name} has NaN or inf values")
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
                      sigma2: np.ndarray) -> float:
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"feature statistics of different sizes: {mu1.shape} and {mu2.shape}")
+    _require_finite(mu1=mu1, sigma1=sigma1, mu2=mu2, sigma2=sigma2)
     diff = mu1 - mu2
     value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2)
     return max(float(value), 0.0)  # a distance: rounding must not make identical sets negative
@@ -48,6 +56,9 @@ def frechet_distance_of_features(x1: np.ndarray, x2: np.ndarray) -> float:
     x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
     if x1.shape[1] != x2.shape[1]:
         raise ValueError(f"features of different sizes: {x1.shape[1]} and {x2.shape[1]}")
+    if min(len(x1), len(x2)) < 2:
+        raise ValueError(f"FID needs at least 2 images of each set, got {len(x1)} and {len(x2)}")
+    _require_finite(x1=x1, x2=x2)
     n1, n2 = len(x1), len(x2)
     mu1, mu2 = x1.mean(0), x2.mean(0)
     c1, c2 = x1 - mu1, x2 - mu2

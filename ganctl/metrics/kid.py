@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ganctl.metrics.stats import float64_device
+
 SUBSETS = 100
 SUBSET_SIZE = 1000
 
@@ -40,6 +42,7 @@ def kernel_inception_distance(real: np.ndarray | torch.Tensor, fake: np.ndarray 
                               device: torch.device | str = "cpu") -> KID:
     """KID over `subsets` pairs of random subsets (without replacement) of `subset_size` images,
     or of as many as the smaller set has. Deterministic for a given seed."""
+    device = float64_device(torch.device(device))
     real_t = torch.as_tensor(real).to(device, torch.float64)
     fake_t = torch.as_tensor(fake).to(device, torch.float64)
     size = min(subset_size, len(real_t), len(fake_t))

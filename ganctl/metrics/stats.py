@@ -1,6 +1,7 @@
 """What a set of images leaves for the metrics: its count, the mean and covariance of its
 features (float64, for FID), and the features of up to KEEP of them (for KID and
-precision/recall). Real-data statistics are cached, atomically, beside the decode cache.
+precision/recall). Real-data statistics are cached, atomically, beside the decode cache; a
+cached file is checked whole before it is trusted (DamagedStats says why it is not).
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from ganctl.errors import first_line
 from ganctl.fsutil import atomic_write
 
 KEEP = 10_000  # features kept for KID subsets and precision/recall
 PROTOCOL_VERSION = 1  # bump when anything that changes a score changes
+META_KEY = "ganctl.stats"  # the cached file's metadata: JSON, the count and what the stats depend on
+MIN_COUNT = 2  # a covariance needs two images
+TENSORS = ("mean", "cov", "kept")
+SYMMETRY_TOLERANCE = 1e-6  # of a cached covariance, relative to its largest entry
+MEAN_TOLERANCE = 1e-6  # between a cached mean and the mean of the kept features, when all are kept
 
 
 @dataclass(frozen=True)
@@ -29,8 +36,14 @@ class FeatureStats:
     kept: np.ndarray  # (min(count, KEEP), d) float32: the first images' features
 
 
+def float64_device(device: torch.device) -> torch.device:
+    """Where float64 arithmetic on `device`'s tensors can run: there, except Apple's mps, which
+    has no float64 (the CPU then)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 class Accumulator:
-    """Sums features batch by batch on their device, in float64."""
+    """Sums features batch by batch on their device (the CPU for mps), in float64."""
 
     def __init__(self, keep: int = KEEP) -> None:
         self.keep = keep
@@ -39,10 +52,14 @@ class Accumulator:
         self.outer: torch.Tensor | None = None
         self.kept: list[torch.Tensor] = []
         self._kept_rows = 0
+        self._nonfinite: torch.Tensor | None = None  # rows with a NaN or inf, counted on the device
 
     def add(self, features: torch.Tensor) -> None:
-        """features: (B, d) float32."""
-        x = features.double()
+        """features: (B, d) float32. Rows with a NaN or inf are counted (nonfinite) without
+        waiting for the device; the sums they spoil are refused by result()."""
+        x = features.to(float64_device(features.device), torch.float64)
+        bad = (~torch.isfinite(x)).any(dim=1).sum()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
         if self.total is None or self.outer is None:
             self.total, self.outer = x.sum(0), x.T @ x
         else:
@@ -54,9 +71,16 @@ class Accumulator:
             self._kept_rows += len(take)
         self.count += len(features)
 
+    @property
+    def nonfinite(self) -> int:
+        """How many of the images added so far gave a NaN or inf feature (waits for the device)."""
+        return 0 if self._nonfinite is None else int(self._nonfinite)
+
     def result(self) -> FeatureStats:
-        if self.count < 2 or self.total is None or self.outer is None:
-            raise ValueError(f"feature statistics need at least 2 images, got {self.count}")
+        if self.count < MIN_COUNT or self.total is None or self.outer is None:
+            raise ValueError(f"feature statistics need at least {MIN_COUNT} images, got {self.count}")
+        if self.nonfinite or not bool(torch.isfinite(self.total).all() & torch.isfinite(self.outer).all()):
+            raise ValueError(f"{self.nonfinite} of {self.count} images gave non-finite features")
         n = self.count
         mean = (self.total / n).cpu().numpy()
         outer = self.outer.cpu().numpy()
@@ -73,24 +97,100 @@ def stats_key(**parts: object) -> str:
 def save_stats(path: Path, stats: FeatureStats, meta: dict[str, object]) -> None:
     tensors = {"mean": torch.from_numpy(stats.mean), "cov": torch.from_numpy(stats.cov),
                "kept": torch.from_numpy(np.ascontiguousarray(stats.kept))}
-    metadata = {"ganctl.stats": json.dumps({**meta, "count": stats.count})}
+    metadata = {META_KEY: json.dumps({**meta, "count": stats.count})}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, safetensors_bytes(tensors, metadata=metadata))
 
 
-def load_stats(path: Path) -> FeatureStats | None:
-    """Cached statistics, or None when absent or unreadable (they are then computed again)."""
-    if not path.is_file():
+class DamagedStats(Exception):
+    """A cached statistics file that cannot be trusted; the message says why (for the log line
+    that announces computing them again)."""
+
+
+def load_stats(path: Path, count: int | None = None, features: int | None = None,
+               expect: dict[str, object] | None = None) -> FeatureStats | None:
+    """Cached statistics; None when there are none. A file that is unreadable, incomplete or
+    inconsistent (with itself, or with the `count` of images, the `features` per image and the
+    metadata values in `expect` that the caller wants) raises DamagedStats: such a file is
+    computed again, never trusted and never a crash."""
+    if not path.exists():
         return None
+    if not path.is_file():
+        raise DamagedStats("not a regular file")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["ganctl.stats"])
-            mean, cov, kept = (f.get_tensor(k).numpy() for k in ("mean", "cov", "kept"))
-    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError):
-        return None
-    count = meta.get("count")
+            raw = (f.metadata() or {}).get(META_KEY)
+            missing = [k for k in TENSORS if k not in set(f.keys())]
+            tensors = {k: f.get_tensor(k) for k in TENSORS if k not in missing}
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as e:
+        raise DamagedStats(f"not a readable safetensors file: {first_line(e, 120)}") from None
+    if missing:
+        raise DamagedStats(f"no {', '.join(missing)} tensor")
+    meta = _metadata(raw)
+    n = _count(meta, count)
+    for key, value in (expect or {}).items():
+        if meta.get(key) != value:
+            raise DamagedStats(f"its {key} is {meta.get(key)!r}, not {value!r}")
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise DamagedStats(f"its {name} is {str(t.dtype).removeprefix('torch.')}, not floating point")
+    mean, cov = tensors["mean"].double().numpy(), tensors["cov"].double().numpy()
+    kept = tensors["kept"].float().numpy()
+    _check_arrays(mean, cov, kept, n, features)
+    stats = FeatureStats(n, mean, cov, kept)
+    _check_consistent(stats)
+    return stats
+
+
+def _metadata(raw: str | None) -> dict:
+    """The file's ganctl.stats metadata: a JSON object."""
+    if raw is None:
+        raise DamagedStats(f"no {META_KEY} metadata")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise DamagedStats(f"its {META_KEY} metadata is not JSON") from None
+    if not isinstance(meta, dict):
+        raise DamagedStats(f"its {META_KEY} metadata is a JSON {type(meta).__name__}, not an object")
+    return meta
+
+
+def _count(meta: dict, count: int | None) -> int:
+    """The number of images the statistics are of: a whole number, at least MIN_COUNT, and the
+    `count` asked for when one is."""
+    n = meta.get("count")
+    if isinstance(n, bool) or not isinstance(n, int) or n < MIN_COUNT:
+        raise DamagedStats(f"its count is {n!r}, not a whole number of at least {MIN_COUNT} images")
+    if count is not None and n != count:
+        raise DamagedStats(f"they are of {n} images, not {count}")
+    return n
+
+
+def _check_arrays(mean: np.ndarray, cov: np.ndarray, kept: np.ndarray, count: int,
+                  features: int | None) -> None:
+    """Shapes (d,), (d, d) and (min(count, KEEP), d), and finite values."""
     d = mean.shape[0] if mean.ndim == 1 else -1
-    if not isinstance(count, int) or cov.shape != (d, d) or kept.ndim != 2 or kept.shape[1] != d:
-        return None
-    return FeatureStats(count, mean.astype(np.float64), cov.astype(np.float64),
-                        kept.astype(np.float32))
+    if d < 1 or (features is not None and d != features):
+        raise DamagedStats(f"its mean has shape {mean.shape}, not ({features or 'd'},)")
+    for name, array, shape in (("cov", cov, (d, d)), ("kept", kept, (min(count, KEEP), d))):
+        if array.shape != shape:
+            raise DamagedStats(f"its {name} has shape {array.shape}, not {shape}")
+    for name, array in (("mean", mean), ("cov", cov), ("kept", kept)):
+        if not np.isfinite(array).all():
+            raise DamagedStats(f"its {name} has NaN or inf values")
+
+
+def _check_consistent(stats: FeatureStats) -> None:
+    """What the numbers must satisfy together: a symmetric covariance with no negative
+    variance, and (when every image's features are kept) the kept features' mean."""
+    cov = stats.cov
+    scale = float(np.abs(cov).max()) or 1.0
+    if not np.allclose(cov, cov.T, rtol=0, atol=SYMMETRY_TOLERANCE * scale):
+        raise DamagedStats("its cov is not symmetric")
+    if (np.diag(cov) < -SYMMETRY_TOLERANCE * scale).any():
+        raise DamagedStats("its cov has negative variances")
+    if stats.count == len(stats.kept):
+        centre = stats.kept.astype(np.float64).mean(0)
+        tolerance = MEAN_TOLERANCE * (float(np.abs(centre).max()) + 1.0)
+        if not np.allclose(stats.mean, centre, rtol=0, atol=tolerance):
+            raise DamagedStats("its mean is not the mean of its kept features")

@@ -1,0 +1,396 @@
+"""Scoring's bad inputs are ganctl's own one-line errors, never "unexpected": feature networks that
+fail, answer the wrong thing or give NaN, a generator that makes NaN images, too few images for a
+metric (refused before any feature is computed), degenerate statistics, and damaged cached real
+statistics (computed again, with one line saying so)."""
+
+import json
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, assert_one_line_error, image_folder, invoke, rewrite, write_feature_net
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import ganctl
+from ganctl import scoring
+from ganctl.errors import CheckpointError, ConfigError, FeatureNetError, GanctlError
+from ganctl.metrics import compute, inception
+from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
+from ganctl.metrics.stats import (
+    Accumulator,
+    DamagedStats,
+    FeatureStats,
+    float64_device,
+    load_stats,
+    save_stats,
+)
+
+CKPT = "runs/0001-shapes-dcgan/checkpoints/step-000000004.safetensors"
+FEW = ["--num", "6", "--num-real", "8"]  # a few images: each eval here takes about a second
+
+
+@pytest.fixture
+def scored(trained_run, workdir, tmp_path, monkeypatch):
+    """The tiny trained run, a stand-in feature network found through GANCTL_INCEPTION, no download."""
+    monkeypatch.setenv("GANCTL_INCEPTION", str(write_feature_net(tmp_path / "nets" / "fake.pt")))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(inception.urllib.request, "urlopen", refuse_download)
+    return trained_run
+
+
+def refuse_download(*args, **kwargs):
+    raise AssertionError("no download in these tests")
+
+
+def assert_clean_error(result, *fragments: str) -> str:
+    """Exit 1 with exactly one line on stderr, `error: ...`, holding the fragments; no
+    'unexpected'. Returns the line."""
+    assert_one_line_error(result, 1, *fragments)
+    line = result.stderr.strip()
+    assert "unexpected" not in result.output, line
+    return line
+
+
+def script(module: torch.nn.Module, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        torch.jit.script(module).save(str(path))
+    return path
+
+
+# --- feature networks of the float299 form that go wrong after the probe (a batch of 1) -----------
+
+class NanForOddRows(torch.nn.Module):
+    """Finite features for the probe, NaN for every second image of a batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x.mean(dim=(1, 2, 3))[:, None].expand(-1, 2048) + torch.arange(2048.0)
+        odd = (torch.arange(x.shape[0]) % 2 == 1)[:, None]
+        return torch.where(odd, torch.full_like(f, float("nan")), f)
+
+
+class NanAlways(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full([x.shape[0], 2048], float("nan"))
+
+
+class BoomAfterProbe(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            raise RuntimeError("boom")
+        return torch.zeros(x.shape[0], 2048)
+
+
+class WrongShapeAfterProbe(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 2048 if x.shape[0] == 1 else 10)
+
+
+class IntegersAfterProbe(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 2048)
+        return out if x.shape[0] == 1 else out.long()
+
+
+class OnTheMetaDevice(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros([x.shape[0], 2048], device=torch.device("meta"))
+
+
+@pytest.mark.parametrize("net, fragments, last", [
+    (BoomAfterProbe, ["ganctl knows; use NVlabs'", "it fails on a batch of 8 images: "],
+     "RuntimeError: boom"),
+    (WrongShapeAfterProbe, ["ganctl knows; use NVlabs'"],
+     "it returns features of shape (8, 10), not (8, 2048)"),
+    (IntegersAfterProbe, ["ganctl knows; use NVlabs'"], "it returns int64 features, not floating point"),
+    (OnTheMetaDevice, ["ganctl knows; use NVlabs'", "it fails on 1 image: "],
+     "NotImplementedError: Cannot copy out of meta tensor; no data!"),
+    (NanAlways, ["ganctl knows; use NVlabs'"], "it returns NaN or inf features for a black image"),
+])
+def test_a_feature_network_that_fails_when_run_is_one_line_with_its_error_last(scored, tmp_path, net,
+                                                                               fragments, last):
+    path = script(net(), tmp_path / "stranger.pt")
+    result = invoke("eval", "--inception", path, *FEW, "--metrics", "fid")
+    line = assert_clean_error(result, str(path), *fragments)
+    assert line.endswith(last), line
+    assert "Traceback" not in line and "interpreter" not in line and "HERE" not in line
+    with pytest.raises(GanctlError) as e:  # the API: the same error, the same line
+        ganctl.evaluate(CKPT, metrics="fid", num=6, num_real=8, inception=path, quiet=True)
+    assert type(e.value) is FeatureNetError and f"error: {e.value}" == line
+
+
+def test_a_torch_save_pickle_offered_as_inception_says_so_in_one_line(scored, tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save(NanAlways().state_dict() | {"w": torch.zeros(3)}, path)
+    line = assert_clean_error(invoke("eval", "--inception", path, *FEW), str(path),
+                              "is not an Inception feature network ganctl knows; use NVlabs'",
+                              "not a TorchScript file (a torch.save file: a pickle, which ganctl "
+                              "never loads)")
+    assert line.endswith("RuntimeError: PytorchStreamReader failed locating file constants.pkl: "
+                         "file not found"), line
+    with pytest.raises(FeatureNetError, match=re.escape(line.removeprefix("error: "))):
+        ganctl.evaluate(CKPT, num=6, num_real=8, inception=path, quiet=True)
+
+
+def test_nan_features_say_how_many_images_and_what_is_broken(scored, tmp_path):
+    path = script(NanForOddRows(), tmp_path / "nan.pt")
+    line = assert_clean_error(invoke("eval", "--inception", path, *FEW, "--metrics", "fid,kid,pr"),
+                              f"the feature network {path} gave NaN or inf features for 4 of 8 images "
+                              "while computing the features of 8 real images of shapes",
+                              "the feature network file or the images are broken", inception.FILE_NAME)
+    with pytest.raises(FeatureNetError) as e:
+        ganctl.evaluate(CKPT, num=6, num_real=8, inception=path, quiet=True)
+    assert f"error: {e.value}" == line
+
+
+def test_a_generator_making_nan_images_names_the_checkpoint(scored, workdir):
+    def poison(tensors, meta):
+        for name in tensors:
+            if name.startswith("G_ema.") and tensors[name].is_floating_point():
+                tensors[name] = torch.full_like(tensors[name], float("nan"))
+
+    broken = workdir / "broken.safetensors"
+    rewrite(workdir / CKPT, broken, poison)
+    assert_clean_error(invoke("eval", broken, *FEW, "--metrics", "fid"),
+                       f"the G_ema of {broken} makes images with NaN or inf pixels for 6 of 6 latent "
+                       "seeds: a broken checkpoint", "score or resume an earlier checkpoint")
+    with pytest.raises(CheckpointError, match="makes images with NaN or inf pixels"):
+        ganctl.evaluate(broken, num=6, num_real=8, quiet=True)
+
+
+# --- too few images: refused before any feature is computed ----------------------------------------
+
+@pytest.fixture
+def no_features(monkeypatch):
+    """Fails the test if any feature is computed."""
+    monkeypatch.setattr(scoring, "_accumulate", lambda *args: pytest.fail("features were computed"))
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--num", "3"], ["precision/recall (k = 3) needs at least 4 fake images, got 3", "raise --num "]),
+    (["--num-real", "3"], ["precision/recall (k = 3) needs at least 4 real images, got 3",
+                           "raise --num-real"]),
+])
+def test_precision_recall_with_too_few_images_is_refused_first(scored, no_features, args, fragments):
+    assert_clean_error(invoke("eval", "--metrics", "fid,pr", *FEW, *args), *fragments)
+
+
+def test_the_api_refuses_too_few_images_for_precision_recall(scored, no_features):
+    with pytest.raises(ConfigError, match=r"needs at least 4 fake images, got 3; raise --num"):
+        ganctl.evaluate(CKPT, metrics="pr", num=3, quiet=True)
+    with pytest.raises(ConfigError, match=r"needs at least 4 real images, got 3; raise --num-real"):
+        ganctl.evaluate(CKPT, metrics=["kid", "pr"], num=8, num_real=3, quiet=True)
+
+
+def test_a_dataset_with_too_few_images_for_precision_recall(scored, workdir, no_features):
+    image_folder(workdir / "three", 3)
+    assert_clean_error(invoke("eval", "--dataset", "three", "--metrics", "pr", "--num", "8"),
+                       "precision/recall (k = 3) needs at least 4 real images; three has 3")
+
+
+def test_training_with_too_few_images_for_precision_recall_fails_before_it_starts(workdir, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("GANCTL_INCEPTION", str(write_feature_net(tmp_path / "fake.pt")))
+    result = invoke("train", *TINY, "--eval-every", "2", "--eval-metrics", "pr", "--eval-num", "3",
+                    "--out", "r")
+    assert_clean_error(result, "needs at least 4 fake images, got 3", "--eval-num")
+    assert not (workdir / "r").exists()
+
+
+# --- degenerate and non-finite statistics --------------------------------------------------------
+
+def constant(value: float, n: int = 5, d: int = 16) -> FeatureStats:
+    """Statistics of n identical images: a zero covariance."""
+    x = np.full((n, d), value)
+    return FeatureStats(n, x.mean(0), np.cov(x, rowvar=False), x.astype(np.float32))
+
+
+def test_identical_images_give_a_number_and_identical_sets_zero():
+    cpu = torch.device("cpu")
+    assert compute(["fid", "kid"], constant(0.5), constant(0.5), cpu)["fid"] == 0.0
+    assert compute(["fid"], constant(0.5), constant(1.5), cpu)["fid"] == pytest.approx(16.0)
+    assert compute(["fid"], constant(0.5, n=3000), constant(1.5, n=3000), cpu)["fid"] == pytest.approx(16.0)
+    x = np.ones((4, 8))
+    assert frechet_distance_of_features(x, x) == 0.0
+    assert frechet_distance(x[0], np.zeros((8, 8)), x[0], np.zeros((8, 8))) == 0.0
+
+
+def test_non_finite_statistics_are_refused_before_the_arithmetic():
+    bad = constant(0.5)
+    bad.cov[0, 0] = np.inf
+    with pytest.raises(FeatureNetError, match="real images' feature covariance has NaN or inf values; "
+                                              "the feature network file or the images are broken"):
+        compute(["fid"], bad, constant(0.5), torch.device("cpu"))
+    with pytest.raises(ValueError, match="sigma1 has NaN or inf values"):  # not numpy's LinAlgError
+        frechet_distance(bad.mean, bad.cov, bad.mean, constant(0.5).cov)
+    with pytest.raises(ValueError, match="x2 has NaN or inf values"):
+        frechet_distance_of_features(np.ones((3, 4)), np.full((3, 4), np.nan))
+    with pytest.raises(ConfigError, match=r"precision/recall \(k = 3\) needs at least 4 fake images"):
+        compute(["pr"], constant(0.5), constant(0.5, n=3), torch.device("cpu"))
+
+
+def test_float64_sums_run_where_float64_exists():
+    """Apple's mps has no float64: the accumulator's sums and KID run on the CPU there."""
+    assert float64_device(torch.device("mps")) == torch.device("cpu")
+    assert float64_device(torch.device("cuda:1")) == torch.device("cuda:1")
+    acc = Accumulator()
+    acc.add(torch.tensor([[1.0, float("inf")], [2.0, 3.0], [float("nan"), 0.0]]))
+    assert acc.nonfinite == 2
+    with pytest.raises(ValueError, match="2 of 3 images gave non-finite features"):
+        acc.result()
+
+
+# --- damaged cached statistics -------------------------------------------------------------------------
+
+def stats_file(workdir):
+    (path,) = (workdir / "cache").glob("*.stats.safetensors")
+    return path
+
+
+def read(path):
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+
+
+def damaged(path, change) -> None:
+    """Rewrite the statistics file with change(tensors, meta) applied."""
+    tensors, meta = read(path)
+    change(tensors, meta)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def set_meta(**values):
+    def change(tensors, meta):
+        meta["ganctl.stats"] = json.dumps({**json.loads(meta["ganctl.stats"]), **values})
+    return change
+
+
+def set_stats(value):
+    def change(tensors, meta):
+        meta["ganctl.stats"] = value
+    return change
+
+
+def drop(name):
+    def change(tensors, meta):
+        del tensors[name]
+    return change
+
+
+def poke(name, value, index=0):
+    """Set one entry (in row-major order) of a tensor."""
+    def change(tensors, meta):
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[index] = value
+    return change
+
+
+DAMAGE = {  # how -> (change, why the message gives)
+    "metadata a list": (set_stats("[1, 2]"), "its ganctl.stats metadata is a JSON list, not an object"),
+    "metadata a number": (set_stats("7"), "metadata is a JSON int, not an object"),
+    "metadata a string": (set_stats('"x"'), "metadata is a JSON str, not an object"),
+    "metadata not JSON": (set_stats("{"), "its ganctl.stats metadata is not JSON"),
+    "no metadata": (lambda t, m: m.clear(), "no ganctl.stats metadata"),
+    "no kept": (drop("kept"), "no kept tensor"),
+    "kept of the wrong shape": (lambda t, m: t.update(kept=t["kept"][:3].contiguous()),
+                                "its kept has shape (3, "),
+    "kept of integers": (lambda t, m: t.update(kept=t["kept"].long()),
+                         "its kept is int64, not floating point"),
+    "NaN in the mean": (poke("mean", float("nan")), "its mean has NaN or inf values"),
+    "inf in the covariance": (poke("cov", float("inf")), "its cov has NaN or inf values"),
+    "a covariance not symmetric": (poke("cov", 1e6, index=1), "its cov is not symmetric"),
+    "a mean not of its features": (poke("mean", 1e3), "its mean is not the mean of its kept features"),
+    "count not matching": (set_meta(count=9), "they are of 9 images, not 8"),
+    "count of one": (set_meta(count=1), "its count is 1, not a whole number of at least 2 images"),
+    "count not a number": (set_meta(count="8"), "its count is '8'"),
+    "another feature network": (set_meta(feature_net_sha256="0" * 64), "its feature_net_sha256 is '0000"),
+    "the mean of another size": (lambda t, m: t.update(mean=t["mean"][:5].contiguous()),
+                                 "its mean has shape (5,), not ("),
+}
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_load_stats_says_why_it_refuses_a_cached_file(tmp_path, how):
+    acc = Accumulator()
+    acc.add(torch.rand(8, 64, generator=torch.Generator().manual_seed(0)))
+    path = tmp_path / "x.stats.safetensors"
+    expect = {"feature_net_sha256": "f" * 64}
+    save_stats(path, acc.result(), {"dataset": "x", **expect})
+    assert load_stats(path, 8, 64, expect).count == 8
+    change, why = DAMAGE[how]
+    damaged(path, change)
+    with pytest.raises(DamagedStats, match=re.escape(why)):
+        load_stats(path, 8, 64, expect)
+
+
+def test_unreadable_cached_files_are_damaged_too(tmp_path):
+    path = tmp_path / "x.stats.safetensors"
+    assert load_stats(path) is None  # absent: simply none
+    for content in (b"", b"not safetensors at all", b"\xff" * 8 + b"{}"):
+        path.write_bytes(content)
+        with pytest.raises(DamagedStats, match="not a readable safetensors file"):
+            load_stats(path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(DamagedStats, match="not a regular file"):
+        load_stats(path)
+
+
+@pytest.mark.parametrize("how", ["metadata a list", "no kept", "count not matching", "NaN in the mean",
+                                 "truncated"])
+def test_a_damaged_cache_is_computed_again_with_one_line_saying_so(scored, workdir, how):
+    args = ["eval", *FEW, "--metrics", "fid,kid,pr", "--json"]
+    fresh = invoke(*args)
+    assert fresh.exit_code == 0, fresh.output
+    path = stats_file(workdir)
+    good = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(good[:-100])
+        why = "not a readable safetensors file"
+    else:
+        change, why = DAMAGE[how]
+        damaged(path, change)
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert "unexpected" not in again.output
+    (line,) = [line for line in again.stderr.splitlines() if "were damaged" in line]
+    assert line.startswith(f"cached statistics {path} were damaged ({why}"), line
+    assert line.endswith("); computing them again"), line
+    first, second = json.loads(fresh.stdout), json.loads(again.stdout)
+    assert second["metrics"] == first["metrics"] and second["real_stats"] == f"computed {path}"
+    assert path.read_bytes() == good  # rebuilt whole, in place
+    third = invoke(*args)
+    assert json.loads(third.stdout)["real_stats"] == f"cache {path}" and "were damaged" not in third.output
+
+
+def test_the_api_computes_a_damaged_cache_again(scored, workdir, capsys):
+    first = ganctl.evaluate(CKPT, metrics="fid,kid", num=6, num_real=8, quiet=True)
+    path = stats_file(workdir)
+    damaged(path, set_stats("[]"))
+    again = ganctl.evaluate(CKPT, metrics="fid,kid", num=6, num_real=8)
+    assert again["metrics"] == first["metrics"] and again["real_stats"] == f"computed {path}"
+    assert "were damaged (its ganctl.stats metadata is a JSON list, not an object)" in capsys.readouterr().err
+
+
+def test_training_computes_a_damaged_cache_again_and_says_so(scored, workdir):
+    assert invoke("eval", *FEW, "--metrics", "fid").exit_code == 0  # the cache training will use
+    damaged(stats_file(workdir), drop("kept"))
+    result = invoke("train", *TINY, "--eval-every", "4", "--eval-num", "6", "--eval-num-real", "8",
+                    "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert f"cached statistics {stats_file(workdir)} were damaged (no kept tensor); computing them " \
+           "again" in result.stdout.splitlines()
+    assert "eval at step 4: FID" in result.stdout
+
+
+def test_training_with_a_feature_network_giving_nan_fails_before_it_starts(workdir, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("GANCTL_INCEPTION", str(script(NanForOddRows(), tmp_path / "nan.pt")))
+    result = invoke("train", *TINY, "--eval-every", "2", "--eval-num-real", "8", "--out", "r")
+    assert_clean_error(result, "gave NaN or inf features for 4 of 8 images",
+                       "the feature network file or the images are broken")
+    assert not (workdir / "r").exists()
