@@ -29,6 +29,7 @@ from helpers import (
 )
 
 from ganctl import checkpoint, rundir
+from ganctl.engine import loop
 from ganctl.engine.guard import TimeBudget, parse_duration
 from ganctl.engine.state import NETWORKS
 from ganctl.errors import STOP_SIGNALS
@@ -294,19 +295,44 @@ def test_max_time_stops_with_a_checkpoint_and_exit_0(workdir):
     assert bad.exit_code == 1 and "not a duration" in bad.stderr
 
 
-@pytest.mark.slow
-def test_a_20_s_budget_trains_for_most_of_its_20_s(workdir):
-    """Checkpoints are 2,000 steps apart, far beyond the budget: it trains up to the deadline
-    less a step and a save, then checkpoints off-schedule and exits 0."""
-    t0 = time.monotonic()
-    result = invoke("train", *TINY, "--steps", "1000000", "--ckpt-every", "2000", "--log-every",
-                    "100", "--max-time", "20s", "--out", "r", "--json")
-    elapsed = time.monotonic() - t0
+def test_a_20_s_budget_trains_for_most_of_its_20_s(workdir, monkeypatch):
+    """On an injected clock (time.monotonic, which the budget and the deadline read): a 3 s first
+    step (warm-up), then steps of 0.5 s, and a checkpoint takes the 1 s the budget guesses.
+    Checkpoints are 2,000 steps apart, far beyond the budget: it trains while one more step, its
+    checkpoint and the last curves still fit, then checkpoints off-schedule by the deadline and
+    exits 0."""
+    first_s, step_s, start = 3.0, 0.5, 1000.0
+    clock = [start]
+    ended: dict[int, float] = {}  # step -> when it ended
+    saved: list[float] = []  # when each checkpoint was written
+    real_step, real_save = loop.train_step, loop.save_checkpoint
+
+    def timed_step(state, phases):
+        stats = real_step(state, phases)
+        clock[0] += first_s if state.step == 1 else step_s
+        ended[state.step] = clock[0]
+        return stats
+
+    def timed_save(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        clock[0] += TimeBudget.SAVE_GUESS
+        saved.append(clock[0])
+        return path
+
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(loop, "train_step", timed_step)
+    monkeypatch.setattr(loop, "save_checkpoint", timed_save)
+    result = invoke("train", *TINY, "--steps", "1000000", "--ckpt-every", "2000", "--sample-every",
+                    "2000", "--log-every", "100", "--max-time", "20s", "--out", "r", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["stopped"] == "max-time" and doc["step"] > 100
-    assert 16.0 <= elapsed <= 20.0, elapsed
-    assert valid_steps(workdir / "r") == [doc["step"]]
+    last, deadline = doc["step"], start + 20.0
+    assert doc["stopped"] == "max-time" and valid_steps(workdir / "r") == [last]
+    assert saved == [ended[last] + TimeBudget.SAVE_GUESS] and saved[0] <= deadline  # in time
+    one_more = step_s + TimeBudget.SAVE_GUESS + TimeBudget.VIEW_GUESS  # a step, its save, curves
+    assert ended[last - 1] + one_more <= deadline < ended[last] + one_more  # not a step early
+    assert (last, ended[last] - start) == (32, 18.5)  # 18.5 of the 20 s trained
+    assert rundir.read_metrics(workdir / "r")[-1]["step"] == last  # its last step logged
 
 
 # --- the wrapper loop (examples/train_until_done.sh) -------------------------------------------------
