@@ -8,14 +8,17 @@ model is rebuilt from the file alone.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import math
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ganctl.errors import ConfigError, did_you_mean
+from ganctl.errors import ConfigError, did_you_mean, first_line
 from ganctl.fsutil import NotRegularFile, read_regular
 
 # Fields that `ganctl resume` may change: run length, intervals, evaluation and where it runs.
@@ -59,7 +62,7 @@ SHAPES_PRESET = {"resolution": 32, "channels": 3, "g_width": 32, "d_width": 32, 
                  "sample_every": 250, "ckpt_every": 500, "lr_g": 5e-4, "lr_d": 5e-4}
 REAL_PRESET = {"steps": 20000, "sample_every": 1000, "ckpt_every": 2000, "log_every": 100}
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ class Config:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
+            _check_type(f.name, getattr(self, f.name), str(f.type))
             if f.type == "float":  # 1 in a TOML file means 1.0; keep config.json typed
                 object.__setattr__(self, f.name, float(getattr(self, f.name)))
             elif f.type.startswith("tuple"):  # a JSON list
@@ -134,26 +137,24 @@ class Config:
         if not self.dataset.strip():
             raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
         if self.crop not in CROPS:
-            raise ConfigError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+            raise ConfigError(f"crop must be one of {', '.join(CROPS)}, got {shown(self.crop)}")
         if self.channels not in (1, 3):
-            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+            raise ConfigError(f"channels must be 1 or 3, got {shown(self.channels)}")
         for name in ("beta1", "beta2", "ema_decay"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.spectral_norm not in SPECTRAL_NORM:
             raise ConfigError(f"spectral_norm must be one of {', '.join(SPECTRAL_NORM)}, got "
-                              f"{self.spectral_norm!r}")
+                              f"{shown(self.spectral_norm)}")
         for name, choices in (("precision", PRECISIONS), ("compile", COMPILE),
                               ("compile_mode", COMPILE_MODES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}, got "
-                                  f"{getattr(self, name)!r}"[:300])
+                                  f"{shown(getattr(self, name))}")
         if self.eval_num_real == 1:
             raise ConfigError(f"eval_num_real must be 0 (all) or at least 2, got {self.eval_num_real}")
-        if not _DEVICE_RE.match(self.device):
-            raise ConfigError(
-                f"device {self.device!r} is not one of auto, cpu, cuda, cuda:K, mps"
-            )
+        if not _DEVICE_RE.fullmatch(self.device):  # fullmatch: "cpu\n" is no device
+            raise ConfigError(f"device {shown(self.device)} is not one of auto, cpu, cuda, cuda:K, mps")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-shaped: tuples (class names) as lists."""
@@ -199,8 +200,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
         values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"config file {path} is not valid {_kind(path)}: {e}") from None
+    except ValueError as e:  # TOMLDecodeError, JSONDecodeError, a number of over 4300 digits
+        raise ConfigError(f"config file {path} is not valid {_kind(path)}: "
+                          f"{first_line(e)}") from None
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply; write flat keys") from None
     flat = "a flat object of keys" if _kind(path) == "JSON" else "flat `key = value` lines"
@@ -211,9 +213,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} gives {twice[0]} twice (as - and _); keep one")
     values = {k.replace("-", "_"): v for k, v in values.items()}
     for key, value in values.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key not in FIELD_TYPES:  # a [section] header
             raise ConfigError(f"config file {path}: {key} is a table; write {flat}")
     check_keys(values, str(path))
+    check_types(values, f"config file {path}")
     return values
 
 
@@ -221,21 +224,76 @@ def _kind(path: Path) -> str:
     return "JSON" if path.suffix == ".json" else "TOML"
 
 
+FIELD_TYPES = {f.name: str(f.type) for f in fields(Config)}  # "int", "float", "str", ...
 _TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "str": str,
                                              "bool": bool}
+_WANTED = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+           "tuple[str, ...]": "a list of strings"}
+# Spellings a file or a call may use beyond a field's own type; session.normalise turns them
+# into it (batch_size = "auto" is BATCH_AUTO, compile = true is "on").
+_ALSO_WANTED = {"batch_size": 'an integer or "auto"',
+                "compile": f"a string ({', '.join(COMPILE)}) or true/false",
+                "spectral_norm": f"a string ({', '.join(SPECTRAL_NORM)}) or true/false"}
+SHOWN_CHARS = 60  # of a wrong value quoted in a message
+FLOAT_MAX = sys.float_info.max
 
 
-def _check_type(name: str, value: Any, annotation: Any) -> None:
-    kind = str(annotation)
+def check_types(values: dict[str, Any], where: str = "") -> None:
+    """Every known key's value of a type that key takes (unknown keys are check_keys' to name).
+    Checked where the values come in, before anything uses them (the preset or the checkpoint
+    they name is looked up before Config sees them): the error names the key, where it came from
+    (`where`: "config file F") and the type it wants."""
+    for key, value in values.items():
+        kind = FIELD_TYPES.get(key)
+        if kind is not None and not _also_accepted(key, value):
+            _check_type(key, value, kind, where)
+
+
+def _also_accepted(key: str, value: Any) -> bool:
+    if key == "batch_size":
+        return isinstance(value, str) and value.strip().lower() == "auto"
+    return key in ("compile", "spectral_norm") and isinstance(value, bool)
+
+
+def _check_type(name: str, value: Any, kind: str, where: str = "") -> None:
+    """ConfigError unless `value` is of the field type `kind` ("int", "float", "str", "bool",
+    "tuple[str, ...]"); an int is a float (1 in a file means 1.0), a bool is never a number."""
     if kind == "tuple[str, ...]":
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{name} must be a list of strings, got {value!r}"[:300])
-        return
-    expected = _TYPES[kind]
-    if (isinstance(value, bool) and kind != "bool") or not isinstance(value, expected):
-        want = {"int": "an integer", "float": "a number", "str": "a string",
-                "bool": "true or false"}[kind]
-        raise ConfigError(f"{name} must be {want}, got {value!r}")
+        good = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    else:
+        good = isinstance(value, _TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
+    prefix = f"{where}: " if where else ""
+    if not good:
+        want = _ALSO_WANTED.get(name, _WANTED[kind])
+        raise ConfigError(f"{prefix}{name} must be {want}, got {shown(value)}")
+    if isinstance(value, str) and "\0" in value:  # no path or name holds one; the OS refuses it
+        raise ConfigError(f"{prefix}{name} must be a string without NUL characters, got "
+                          f"{shown(value)}")
+    if kind == "float" and isinstance(value, int) and not -FLOAT_MAX <= value <= FLOAT_MAX:
+        raise ConfigError(f"{prefix}{name} must be a number a float can hold (at most about "
+                          f"1.8e308), got {shown(value)}")
+
+
+def shown(value: Any) -> str:
+    """A value as a message quotes it: in a config file's own words where it has them (true,
+    null, a table, a date), and short (a number of a thousand digits, a long list)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, (datetime.date, datetime.time)):  # TOML's dates and times
+        what = ("a date and time" if isinstance(value, datetime.datetime)
+                else "a date" if isinstance(value, datetime.date) else "a time")
+        return f"{value.isoformat()} ({what})"
+    if isinstance(value, int) and value.bit_length() > 3 * SHOWN_CHARS:  # str() may refuse it
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        text = repr(value)
+    except ValueError:  # a list holding an integer of over 4300 digits
+        return f"a {type(value).__name__}"
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"
 
 
 ABOVE_LOW = ("lr_g", "lr_d")  # their lower bound itself is not allowed
@@ -253,7 +311,7 @@ def _check_bounds(config: Config) -> None:
         if value != value or not low <= value <= high or (above and value == low):  # NaN != NaN
             what = "a whole number" if isinstance(value, int) else "a number"
             span = f"above {low} and at most {high}" if above else f"from {low} to {high}"
-            raise ConfigError(f"{name} must be {what} {span}, got {value}"[:200]
+            raise ConfigError(f"{name} must be {what} {span}, got {shown(value)}"
                               + _BOUND_HINTS.get(name, ""))
     if len(config.classes) > MAX_CLASSES or any(len(c) > MAX_CLASS_NAME for c in config.classes):
         raise ConfigError(f"classes: at most {MAX_CLASSES} class names of at most "

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ganctl import checkpoint, distributed, presets, rundir
-from ganctl.config import BATCH_AUTO, FIELD_NAMES, RESUME_OVERRIDABLE, Config
+from ganctl.config import BATCH_AUTO, FIELD_NAMES, RESUME_OVERRIDABLE, Config, check_types, shown
 from ganctl.data import ImageSet, is_path, load_dataset, preset
 from ganctl.data.cache import skip_summary
 from ganctl.device import (
@@ -60,6 +60,7 @@ def resolve_layers(given: dict[str, dict[str, Any]]) -> tuple[Config, dict[str, 
     flags), and where each value came from: "default", "dataset NAME", "preset NAME",
     "init-from CKPT", or the layer's name (`train --print-config` shows it)."""
     values = {k: v for layer in given.values() for k, v in layer.items()}
+    check_types(values)  # before the preset and the checkpoint they name are looked up
     named = presets.get(values["preset"]).settings if values.get("preset") else {}
     if _other_named_dataset(named, values):  # the preset's image shape is its dataset's
         named = {k: v for k, v in named.items() if k not in PRESET_DATA_SHAPE}
@@ -131,14 +132,13 @@ def normalise(values: dict[str, Any]) -> dict[str, Any]:
     """Values as they are stored, however flags and files spell them: a folder or zip dataset
     absolute (resume finds it from anywhere), ~ expanded in data_dir, on/off switches from
     booleans, choices in lower case, batch size auto as BATCH_AUTO."""
+    check_types(values)
     out = dict(values)
     dataset = out.get("dataset")
-    if dataset is not None and not isinstance(dataset, str):
-        raise ConfigError(f"dataset must be a string, got {dataset!r}")
     if dataset is not None and not dataset.strip():
         raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
     if dataset and is_path(dataset):
-        out["dataset"] = str(Path(dataset).expanduser().absolute())
+        out["dataset"] = str(_expanded("dataset", dataset).absolute())
     if isinstance(out.get("augment"), str):  # stored without spaces, in lower case; none as ""
         spec = "".join(out["augment"].split()).lower()
         out["augment"] = "" if spec in augment.OFF else spec
@@ -154,8 +154,17 @@ def normalise(values: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("batch_size"), str) and out["batch_size"].strip().lower() == "auto":
         out["batch_size"] = BATCH_AUTO  # found when the run starts, on its device
     if isinstance(out.get("data_dir"), str) and out["data_dir"]:
-        out["data_dir"] = str(Path(out["data_dir"]).expanduser())
+        out["data_dir"] = str(_expanded("data_dir", out["data_dir"]))
     return out
+
+
+def _expanded(key: str, path: str) -> Path:
+    """~ and ~user expanded; a ~user that this machine does not know is the user's to fix."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{key} {shown(path)} starts with a ~ that names no home directory here; "
+                          "write the path out") from None
 
 
 def deadline_from(max_time: str | None) -> float | None:

@@ -1,7 +1,10 @@
 """The config: typed, frozen, validated; layered defaults < preset < file < flags."""
 
 import dataclasses
+import datetime
 import json
+import math
+import re
 
 import pytest
 from helpers import TINY, assert_one_line_error, invoke, read_json
@@ -82,3 +85,143 @@ def test_a_runs_own_config_json_starts_another_run(trained_run, workdir):
     (workdir / "c.toml").write_text('classes = ["a"]\n')  # a run keeps the classes it started with
     result = invoke("train", *TINY, "--config", "c.toml", "--out", trained_run, "--resume")
     assert_one_line_error(result, 1, "was started with classes = ('circle', 'square', 'triangle')")
+
+
+# --- every key against every type a TOML or JSON file can hold (issue 22) -------------------------
+
+# Values of each TOML and JSON type, as the file spells them and as Python holds them.
+TOML_VALUES = {"integer": ("7", 7), "float": ("0.5", 0.5), "boolean": ("true", True),
+               "string": ('"x"', "x"), "array": ("[1, 2]", [1, 2]), "table": ("{ a = 1 }", {"a": 1}),
+               "date-time": ("1979-05-27T07:32:00Z", datetime.datetime(1979, 5, 27, 7, 32,
+                                                                      tzinfo=datetime.UTC)),
+               "local date": ("1979-05-27", datetime.date(1979, 5, 27)),
+               "local time": ("07:32:00", datetime.time(7, 32))}
+JSON_VALUES = {"null": ("null", None), "integer": ("7", 7), "float": ("0.5", 0.5),
+               "boolean": ("true", True), "string": ('"x"', "x"), "array": ("[1, 2]", [1, 2]),
+               "object": ('{"a": 1}', {"a": 1})}
+# right-typed numbers no field takes: NaN, infinities, a number of 30 digits
+TOML_EXTREMES = ["nan", "inf", "-inf", "123456789012345678901234567890"]
+JSON_EXTREMES = ["NaN", "-Infinity", "1e999", "123456789012345678901234567890"]
+KINDS = {f.name: str(f.type) for f in dataclasses.fields(Config)}
+
+
+def _accepted(key: str, value: object) -> bool:
+    """Whether a file or a call may give `key` this value's type (the value may still be out of
+    range): ints for floats, true/false for compile and spectral_norm, a list of names for classes."""
+    kind = KINDS[key]
+    if isinstance(value, bool):
+        return kind == "bool" or key in ("compile", "spectral_norm")
+    if kind == "tuple[str, ...]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, {"int": int, "float": (int, float), "str": str, "bool": bool}[kind])
+
+
+def _wrong(key: str, values: dict[str, tuple[str, object]]) -> list[str]:
+    return [text for text, value in values.values() if not _accepted(key, value)]
+
+
+@pytest.fixture(scope="module")
+def fast_cli():
+    """`ganctl` built into one click command for all of this module's calls (typer's CliRunner
+    builds it again for each: most of a --print-config's time)."""
+    import typer.main
+    import typer.testing
+
+    from ganctl.cli import app
+
+    command = typer.main.get_command(app)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(typer.testing, "_get_command", lambda _: command)
+        yield
+
+
+def _assert_names(message: str, key: str, *fragments: str) -> None:
+    assert len(message.splitlines()) == 1 and "unexpected" not in message, message
+    assert re.search(rf"\b{key}\b", message), message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.mark.parametrize("key", KINDS)
+def test_every_key_refuses_every_wrong_type_in_a_file(tmp_path, key):
+    """load_config_file (what --config reads) names the key, the file and the type it wants."""
+    for suffix, values, line in ((".toml", TOML_VALUES, "{key} = {text}"),
+                                 (".json", JSON_VALUES, '{{"{key}": {text}}}')):
+        for text in _wrong(key, values):
+            path = tmp_path / f"c{suffix}"
+            path.write_text(line.format(key=key, text=text))
+            with pytest.raises(ConfigError) as caught:
+                load_config_file(path)
+            _assert_names(str(caught.value), key, f"config file {path}: {key} must be")
+
+
+@pytest.mark.parametrize("key", KINDS)
+def test_every_key_refuses_every_wrong_type_through_the_api(workdir, key):
+    import ganctl
+
+    wrong = [value for _, value in TOML_VALUES.values() if not _accepted(key, value)]
+    for value in wrong:
+        with pytest.raises(ConfigError) as caught:
+            ganctl.train(**{key: value}, quiet=True)
+        _assert_names(str(caught.value), key, f"{key} must be")
+    assert not (workdir / "runs").exists()
+
+
+@pytest.mark.parametrize("key", [k for k, kind in KINDS.items() if kind in ("int", "float")])
+def test_every_number_refuses_nan_infinities_and_huge_values(workdir, key):
+    import ganctl
+
+    for value in (math.nan, math.inf, -math.inf, 10**30, 10**400, -(10**5000)):
+        with pytest.raises(ConfigError) as caught:
+            ganctl.train(**{key: value}, quiet=True)
+        _assert_names(str(caught.value), key)
+        assert len(str(caught.value)) < 400, str(caught.value)
+    assert not (workdir / "runs").exists()
+
+
+@pytest.mark.parametrize("index, key", list(enumerate(KINDS)))
+def test_the_command_line_says_which_key_file_and_type_in_one_line(workdir, fast_cli, index, key):
+    """Through `train --config F --print-config`, one wrong value of each file type per key (the
+    values take turns across the keys, so every type is seen); numbers also get an extreme."""
+    for suffix, values, extremes, line in (
+            (".toml", TOML_VALUES, TOML_EXTREMES, "{key} = {text}"),
+            (".json", JSON_VALUES, JSON_EXTREMES, '{{"{key}": {text}}}')):
+        wrong = _wrong(key, values)
+        path = workdir / f"c{suffix}"
+        path.write_text(line.format(key=key, text=wrong[index % len(wrong)]))
+        result = invoke("train", "--config", path, "--print-config")
+        assert_one_line_error(result, 1, f"config file {path}: {key} must be")
+        _assert_names(result.stderr.strip(), key)
+        if KINDS[key] in ("int", "float"):
+            path.write_text(line.format(key=key, text=extremes[index % len(extremes)]))
+            result = invoke("train", "--config", path, "--print-config")
+            assert_one_line_error(result, 1)
+            _assert_names(result.stderr.strip(), key)
+    assert not (workdir / "runs").exists()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("init_from = 7", "config file c.toml: init_from must be a string, got 7"),
+    ('preset = ["a"]', "config file c.toml: preset must be a string, got ['a']"),
+    ("compile_mode = 1979-05-27", "compile_mode must be a string, got 1979-05-27 (a date)"),
+    ('batch_size = "lots"', 'batch_size must be an integer or "auto", got \'lots\''),
+    ("compile = 1", "compile must be a string (auto, on, off) or true/false, got 1"),
+    ("lr_g = " + "9" * 400, "lr_g must be a number a float can hold"),
+    ("steps = " + "9" * 5000, "config file c.toml is not valid TOML: Exceeds the limit"),
+    ('dataset = "a\\u0000b"', "dataset must be a string without NUL characters"),
+    ('data_dir = "~no_such_user_here/x"', "data_dir '~no_such_user_here/x' starts with a ~"),
+])
+def test_wrong_values_in_a_file_read_as_the_user_wrote_them(workdir, text, fragment):
+    (workdir / "c.toml").write_text(text)
+    assert_one_line_error(invoke("train", "--config", "c.toml", "--print-config"), 1, fragment)
+
+
+def test_accepted_spellings_stay_accepted(workdir):
+    (workdir / "c.toml").write_text('batch_size = " Auto "\ncompile = false\nspectral_norm = true\n'
+                                    'lr_g = 1\nclasses = []\nprecision = "FP32"\n')
+    result = invoke("train", "--config", "c.toml", "--print-config", "--json")
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)["config"]
+    assert (config["batch_size"], config["compile"], config["spectral_norm"]) == (0, "off", "on")
+    assert config["lr_g"] == 1.0 and isinstance(config["lr_g"], float)
+    assert config["precision"] == "fp32"
