@@ -77,27 +77,41 @@ class DatasetSpec:
 
 
 # --- downloads (torchvision's utilities and file lists; imported only when used) ----------------
+# A download fills in what is missing and never replaces a file that is there: a damaged one is
+# the user's to delete (the reader names it). Each file arrives under a .part name and is renamed
+# once its checksum matched, so a cut download never looks like the dataset's file.
+
+def _download_to(target: Path, url: str, md5: str) -> None:
+    """url into target (by way of target.part), unless target exists."""
+    from torchvision.datasets.utils import download_url
+    if target.exists():
+        return
+    part = target.with_name(target.name + ".part")
+    download_url(url, str(target.parent), part.name, md5)  # raises on a bad checksum
+    os.replace(part, target)
+
 
 def _download_cifar(cls_name: str) -> Callable[[Path, str], None]:
     def download(root: Path, split: str) -> None:
         import torchvision.datasets as tvd
-        from torchvision.datasets.utils import download_and_extract_archive
         cls = getattr(tvd, cls_name)
-        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+        _download_to(root / cls.filename, cls.url, cls.tgz_md5)
+        sources.extract_missing(root / cls.filename, root, cls.base_folder)
     return download
 
 
 def _download_mnist(cls_name: str) -> Callable[[Path, str], None]:
     def download(root: Path, split: str) -> None:
         import torchvision.datasets as tvd
-        from torchvision.datasets.utils import download_and_extract_archive
         cls = getattr(tvd, cls_name)
         raw = root / cls_name / "raw"
-        for filename, md5 in cls.resources:
+        for filename, md5 in cls.resources:  # the .gz files, read as they are
+            if (raw / filename.removesuffix(".gz")).exists():
+                continue
             errors = []
             for mirror in cls.mirrors:
                 try:
-                    download_and_extract_archive(mirror + filename, str(raw), filename=filename, md5=md5)
+                    _download_to(raw / filename, mirror + filename, md5)
                     break
                 except Exception as e:  # next mirror
                     errors.append(f"{mirror}: {e}")
@@ -108,9 +122,8 @@ def _download_mnist(cls_name: str) -> Callable[[Path, str], None]:
 
 def _download_svhn(root: Path, split: str) -> None:
     import torchvision.datasets as tvd
-    from torchvision.datasets.utils import download_url
     url, filename, md5 = tvd.SVHN.split_list[split]
-    download_url(url, str(root), filename, md5)
+    _download_to(root / filename, url, md5)
 
 
 CELEBA_FILES = ("img_align_celeba.zip", "list_eval_partition.txt")  # what training reads
@@ -128,8 +141,9 @@ def _download_celeba(root: Path, split: str) -> None:
     from torchvision.datasets.utils import download_file_from_google_drive
     folder = root / tvd.CelebA.base_folder
     for file_id, md5, filename in tvd.CelebA.file_list:
-        if filename not in CELEBA_FILES:
-            continue
+        if filename not in CELEBA_FILES or (folder / filename).exists() or (
+                filename == CELEBA_FILES[0] and (folder / "img_align_celeba").is_dir()):
+            continue  # not needed, or there (gdown writes a temp file and renames it)
         try:
             download_file_from_google_drive(file_id, str(folder), filename, md5)
         except Exception as e:  # gdown's quota refusal, a network error, a bad checksum
@@ -152,12 +166,12 @@ def _mnist(folder: str, classes: list[str]) -> Callable[[Path, str, int], source
 def _cifar10(root: Path, split: str, _: int) -> sources.Source:
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     return sources.cifar_source("cifar10", root / "cifar-10-batches-py", files, "batches.meta",
-                                "labels", "label_names", split)
+                                "labels", "label_names", split, count=10)
 
 
 def _cifar100(root: Path, split: str, _: int) -> sources.Source:
     return sources.cifar_source("cifar100", root / "cifar-100-python", [split], "meta",
-                                "fine_labels", "fine_label_names", split)
+                                "fine_labels", "fine_label_names", split, count=100)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -200,7 +214,7 @@ DATASETS: dict[str, DatasetSpec] = {
         preset={"resolution": 32, "channels": 3, **REAL_PRESET},
         how_to_get="get train_32x32.mat (test_32x32.mat, extra_32x32.mat for those splits) from "
                    "http://ufldl.stanford.edu/housenumbers/ "
-                   "into DIR (reading it needs scipy)",
+                   "into DIR",
         description="SVHN house numbers, 32x32 colour"),
 }
 
@@ -298,7 +312,7 @@ def _probe(source: sources.Source) -> tuple[int, int]:
             break
         try:
             image = open_image(source.read(i))  # type: ignore[arg-type]
-        except (Skip, OSError):
+        except (Skip, OSError):  # unreadable or not an image: the build skips it too
             continue
         gray = gray and is_gray(image)
         sides.append(min(image.size))

@@ -21,6 +21,7 @@ import stat
 import struct
 import threading
 import time
+import tokenize
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -79,25 +80,44 @@ def _files(base: Path) -> tuple[Path, Path, Path]:
     return meta, images, labels
 
 
+class Damaged(Exception):
+    """A cache whose files cannot be what build() wrote; args[0] says what is wrong."""
+
+
+# what reading a damaged .json or .npy raises: a cut or garbled header or body (numpy tokenizes
+# the header and parses it with ast.literal_eval), text that is not UTF-8, JSON nested past
+# the stack
+READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError, RecursionError,
+               struct.error)
+
+
 def _load(base: Path, resolution: int, channels: int) -> Decoded | None:
-    """The cache at base, or None when it is absent, damaged or not what its name promises."""
+    """The cache at base; None when there is none (its .json, written last, is absent: never
+    built, or a build that died). Damaged(what) when its files are not what build() wrote:
+    cut, garbled, of another shape, or labels outside its classes."""
     meta_path, images_path, labels_path = _files(base)
-    if not (meta_path.is_file() and images_path.is_file() and labels_path.is_file()):
+    if not meta_path.is_file():
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(fsutil.read_regular(meta_path, MAX_META).decode("utf-8"))
         images = np.load(images_path, mmap_mode="r", allow_pickle=False)
         labels = np.load(labels_path, allow_pickle=False)
-    except (OSError, ValueError, json.JSONDecodeError, UnicodeDecodeError):
-        return None  # damaged: rebuild
+    except FileNotFoundError as e:
+        raise Damaged(f"{Path(e.filename or images_path).name} is missing") from None
+    except READ_ERRORS as e:
+        raise Damaged(f"{type(e).__name__}: {' '.join(str(e).split())[:100]}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("content_fingerprint"), str) \
             or not isinstance(meta.get("classes"), list):
-        return None
-    if images.dtype != np.uint8 or images.shape[1:] != (channels, resolution, resolution) \
+        raise Damaged(f"{meta_path.name} is not a decode's description")
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
+            or images.shape[1:] != (channels, resolution, resolution) \
             or images.shape[0] != meta.get("count") or images.shape[0] == 0:
-        return None
-    if labels.dtype != np.int64 or labels.shape != (images.shape[0],):
-        return None
+        raise Damaged(f"{images_path.name} does not hold the {meta.get('count')} images "
+                      f"of {channels}x{resolution}x{resolution} its .json promises")
+    if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 \
+            or labels.shape != (images.shape[0],) \
+            or ((labels < -1) | (labels >= len(meta["classes"]))).any():
+        raise Damaged(f"{labels_path.name} does not hold a label (or -1) for each image")
     return Decoded(images, labels, [str(c) for c in meta["classes"]], meta["content_fingerprint"],
                    meta, images_path)
 
@@ -201,7 +221,9 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
         if count == 0:
             reasons = Counter(s["reason"] for s in skipped)
             raise DataError(f"dataset {source.name!r} has no usable image in {source.origin}"
-                            + (f" ({_summary(reasons)} skipped)" if reasons else ""))
+                            + (f" ({_summary(reasons)} skipped)" if reasons else "")
+                            + "; it needs readable images (jpg, png, webp, bmp, gif, tiff): "
+                              "replace the damaged ones or pass another dataset")
         _npy_from_raw(tmp_raw, tmp_npy, (count, channels, resolution, resolution))
         meta_path, images_path, labels_path = _files(base)
         os.replace(tmp_npy, images_path)
@@ -222,7 +244,11 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
     finally:
         tmp_raw.unlink(missing_ok=True)
         tmp_npy.unlink(missing_ok=True)
-    loaded = _load(base, resolution, channels)
+    try:
+        loaded = _load(base, resolution, channels)
+    except Damaged as e:  # written a moment ago: the disk or another process changed it
+        raise DataError(f"the decode cache just written in {cache_dir} reads back damaged "
+                        f"({e}); check the disk, or set GANCTL_CACHE_DIR elsewhere") from None
     assert loaded is not None
     return loaded
 
@@ -254,12 +280,14 @@ def load_or_build(source: Source, resolution: int, channels: int, crop: str,
     """The cached decode of `source` at these settings, building it on first use."""
     cache_dir = cache_dir or default_cache_dir()
     key = cache_key(source, resolution, channels, crop)
-    found = _load(cache_dir / _stem(source, key), resolution, channels)
+    task = f"decoding {source.name} into {cache_dir}"
+    try:
+        found = _load(cache_dir / _stem(source, key), resolution, channels)
+    except Damaged as e:  # ganctl's own files: built again in their place, and said so
+        found, task = None, f"{task} (its cache there was damaged: {e}; decoding it again)"
     if found is not None:
         return found
-    progress = None
-    if progress_factory is not None:
-        progress = progress_factory(f"decoding {source.name} into {cache_dir}", len(source))
+    progress = progress_factory(task, len(source)) if progress_factory is not None else None
     return build(source, resolution, channels, crop, cache_dir, progress)
 
 

@@ -9,6 +9,7 @@ the caller counts it and goes on.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -18,6 +19,12 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 CROPS = ("center", "none")
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 Image.MAX_IMAGE_PIXELS = 16384 * 16384  # larger is a decompression bomb, not a photo
+
+
+# What PIL's format plugins raise on a header that is garbage or cut short: their own errors
+# (OSError, SyntaxError), and the unpacking, indexing and table lookups they do on its bytes.
+HEADER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
+                 TypeError)
 
 
 class Skip(Exception):
@@ -39,7 +46,7 @@ def open_image(data: bytes) -> Image.Image:
     except (UnidentifiedImageError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as e:
         raise Skip("too large" if "decompression bomb" in str(e).lower() else "not an image") from None
-    except (OSError, SyntaxError, ValueError):
+    except HEADER_ERRORS:
         raise Skip("not an image") from None
 
 

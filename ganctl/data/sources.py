@@ -14,8 +14,10 @@ import hashlib
 import io
 import os
 import struct
+import tarfile
 import threading
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,6 +26,7 @@ from pickletools import genops
 import numpy as np
 
 from ganctl import fsutil
+from ganctl.data import matfile
 from ganctl.data.decode import IMAGE_EXTENSIONS, Skip
 from ganctl.errors import DataError, DataMissing
 
@@ -31,6 +34,17 @@ DEFAULT_MAX_BYTES = 256 << 20  # --max-file-mb: larger image files are skipped u
 # A whole-dataset file of torchvision's formats (an MNIST idx, a CIFAR batch, an SVHN .mat, a
 # partition list): the largest real one is SVHN's extra split, 1.3 GB.
 MAX_DATA_FILE = 4 << 30
+# What to do about a damaged file: a named dataset's comes again from its download (never over
+# the damaged one: that is the user's to delete); a folder's or zip's only the user has.
+REFETCH = "delete it and run again with --download, or put an intact copy there"
+REPLACE = "replace it with an intact copy"
+PIXELS_PER_CIFAR_IMAGE = 3 * 32 * 32
+
+
+def damaged(path: Path, why: str, fix: str = REFETCH) -> DataError:
+    """The one-line error for a file that cannot be decoded: which file, what is wrong, and
+    what to do. Nothing deletes or replaces it."""
+    return DataError(f"{path} is truncated or corrupted ({' '.join(why.split())[:200]}); {fix}")
 
 
 @dataclass
@@ -178,14 +192,43 @@ def folder_source(name: str, root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> 
                   ignored=ignored, sizes=np.minimum(sizes, max_bytes))
 
 
+# what zipfile raises for a damaged archive: a bad or lying central directory, a multi-disk
+# or otherwise unsupported one, offsets past the end
+LOCAL_HEADER = b"PK\x03\x04"  # the signature every member's data starts with
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError, EOFError,
+              struct.error)
+
+
+def _check_offsets(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
+    """BadZipFile unless the first and last members the central directory lists start where it
+    says: a directory that points elsewhere (a cut or patched file) would make every member
+    unreadable, one skip at a time."""
+    assert archive.fp is not None
+    for info in {min(infos, key=_offset), max(infos, key=_offset)} if infos else ():
+        archive.fp.seek(info.header_offset)
+        if archive.fp.read(len(LOCAL_HEADER)) != LOCAL_HEADER:
+            raise zipfile.BadZipFile(f"the central directory puts {info.filename!r} at byte "
+                                     f"{info.header_offset}, where no member starts")
+
+
+def _offset(info: zipfile.ZipInfo) -> int:
+    return info.header_offset
+
+
 def zip_source(name: str, path: Path, members: list[str] | None = None,
-               labels: np.ndarray | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
+               labels: np.ndarray | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+               fix: str = REPLACE) -> Source:
+    """A zip's images; a member that cannot be read is skipped (counted), a zip that cannot be
+    opened is a DataError that says `fix`."""
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{path} is not a readable zip file ({e}); check the file or download it "
-                        "again") from None
-    infos = {i.filename: i for i in archive.infolist() if not i.is_dir()}
+        found = archive.infolist()
+        _check_offsets(archive, found)
+    except ZIP_ERRORS as e:
+        raise damaged(path, f"zip: {e}", fix) from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}; check it is there and readable") from None
+    infos = {i.filename: i for i in found if not i.is_dir()}
     if members is None:
         images, ignored = _split_by_type(sorted(PurePosixPath(n) for n in infos))
         members = [str(p) for p in images]
@@ -222,6 +265,33 @@ def zip_source(name: str, path: Path, members: list[str] | None = None,
 
 # --- torchvision's formats ------------------------------------------------------------------------------
 
+def extract_missing(archive: Path, root: Path, folder: str) -> None:
+    """The regular files under `folder` in a .tar.gz (CIFAR's), written into root/folder where
+    there is none yet: a file there, intact or damaged, is left as it is. Members elsewhere, or
+    that are links or devices, are passed over; a damaged archive is a DataError naming it."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                rel = PurePosixPath(member.name)
+                if not member.isfile() or rel.is_absolute() or rel.parts[:1] != (folder,) \
+                        or ".." in rel.parts or member.size > MAX_DATA_FILE:
+                    continue
+                target = root.joinpath(*rel.parts)
+                if target.exists():
+                    continue
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file's
+                with source:
+                    data = source.read(member.size)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fsutil.atomic_write(target, data)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise damaged(archive, f"tar.gz: {e}") from None
+    except OSError as e:
+        raise DataError(f"cannot extract {archive} into {root}: {e.strerror or e}; check free "
+                        "space and permissions") from None
+
+
 def _array_source(name: str, origin: str, files: list[Path], images: np.ndarray,
                   labels: np.ndarray, classes: list[str], split: str) -> Source:
     """images: (N, H, W) or (N, H, W, C) uint8."""
@@ -234,29 +304,55 @@ def read_data_file(path: Path, gunzip: bool = False) -> bytes:
     """A whole-dataset file (decompressed with gunzip), refused beyond MAX_DATA_FILE bytes."""
     try:
         raw = read_regular(path, MAX_DATA_FILE)
-        if gunzip:
-            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
-                raw = f.read(MAX_DATA_FILE + 1)  # a gzip bomb stops here
-            if len(raw) > MAX_DATA_FILE:
-                raise Skip("too large")
     except Skip as skip:
         raise DataError(f"{path} is {skip.reason}, not a dataset file; delete it and download "
                         "again") from None
-    return raw
+    return _gunzip(path, raw) if gunzip else raw
+
+
+def _gunzip(path: Path, raw: bytes) -> bytes:
+    """A .gz file's content; a truncated or corrupted one (a cut download, a flipped bit the
+    CRC catches) is a DataError naming it, a gzip bomb stops at MAX_DATA_FILE."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            out = f.read(MAX_DATA_FILE + 1)
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+        raise damaged(path, f"gzip: {e}") from None
+    if len(out) > MAX_DATA_FILE:
+        raise DataError(f"{path} is too large, not a dataset file; delete it and download again")
+    return out
 
 
 def read_idx(path: Path) -> np.ndarray:
     """An MNIST idx file (raw or .gz) of unsigned bytes -> ndarray."""
     raw = read_data_file(path, gunzip=path.suffix == ".gz")
     try:
-        zero, dtype, ndim = raw[0:2], raw[2], raw[3]
-        if zero != b"\x00\x00" or dtype != 0x08:
+        if len(raw) < 4 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
             raise ValueError("not an idx file of unsigned bytes")
-        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        ndim = raw[3]
+        shape = struct.unpack_from(f">{ndim}I", raw, 4)
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
         return data.reshape(shape)
-    except (OSError, ValueError, IndexError, struct.error, EOFError) as e:
-        raise DataError(f"{path} is not a valid MNIST idx file ({e}); delete it and download again") from None
+    except (ValueError, struct.error) as e:  # a cut header, a size the data does not fill
+        raise damaged(path, f"idx: {e}") from None
+
+
+def class_indices(path: Path, labels: np.ndarray | list, classes: list[str]) -> np.ndarray:
+    """Labels as (N,) int64, each a class's index: a damaged file's stray value would reach
+    the per-class counts and a conditional model's embedding."""
+    if isinstance(labels, list) and not all(type(v) is int for v in labels):
+        raise damaged(path, "labels that are not whole numbers")
+    if isinstance(labels, list) and not all(0 <= v < len(classes) for v in labels):
+        bad = next(v for v in labels if not 0 <= v < len(classes))
+        raise damaged(path, f"label {bad} is none of the {len(classes)} classes")
+    array = np.asarray(labels)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise damaged(path, f"labels of shape {array.shape} and type {array.dtype}, not a list "
+                            "of whole numbers")
+    outside = (array < 0) | (array >= len(classes))
+    if outside.any():
+        raise damaged(path, f"label {array[outside][0]} is none of the {len(classes)} classes")
+    return array.astype(np.int64)
 
 
 def _first_existing(candidates: list[Path]) -> Path | None:
@@ -273,8 +369,12 @@ def mnist_source(name: str, dirs: list[Path], split: str, classes: list[str]) ->
             raise _missing(name, dirs, [base + "[.gz]"])
         found[kind] = path
     images, labels = read_idx(found["images-idx3"]), read_idx(found["labels-idx1"])
-    if images.ndim != 3 or len(images) != len(labels):
-        raise DataError(f"{found['images-idx3']} and its labels do not match; download them again")
+    if images.ndim != 3 or 0 in images.shape:
+        raise damaged(found["images-idx3"], f"images of shape {images.shape}, not (N, H, W)")
+    labels = class_indices(found["labels-idx1"], labels, classes)
+    if len(images) != len(labels):
+        raise damaged(found["labels-idx1"], f"{len(labels)} labels for the "
+                                            f"{len(images)} images of {found['images-idx3'].name}")
     return _array_source(name, str(found["images-idx3"].parent), list(found.values()), images,
                          labels, classes, split)
 
@@ -323,47 +423,60 @@ def read_cifar_pickle(path: Path) -> dict[str, list]:
                 inside = False
             elif name not in _STRUCTURE_OPS:
                 key = None
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path} is not a readable CIFAR batch ({e}); delete it and download "
-                        "again") from None
+    except (ValueError, EOFError, struct.error) as e:  # genops' cut or unknown opcodes, bad text
+        raise damaged(path, f"pickle: {e}") from None
     return out
 
 
 def cifar_source(name: str, folder: Path, files: list[str], meta: str, label_key: str,
-                 names_key: str, split: str) -> Source:
+                 names_key: str, split: str, count: int) -> Source:
+    """CIFAR's python batches of `count` classes, every label checked against the meta file's
+    class names."""
     paths = [folder / f for f in files]
     missing = [p.name for p in paths + [folder / meta] if not p.is_file()]
     if missing:
         raise _missing(name, [folder], missing)
+    classes = [str(c) for c in read_cifar_pickle(folder / meta).get(names_key, [])]
+    if len(classes) != count:
+        raise damaged(folder / meta, f"{len(classes)} {names_key}, not {name}'s {count}")
     images, labels = [], []
     for path in paths:
         batch = read_cifar_pickle(path)
-        batch_labels = batch.get(label_key, [])
+        batch_labels = class_indices(path, batch.get(label_key, []), classes)
         data = batch["data"][0]
-        if not batch_labels or len(data) != len(batch_labels) * 3072:
-            raise DataError(f"{path} does not hold CIFAR images and {label_key}; download it again")
+        if not len(batch_labels) or len(data) != len(batch_labels) * PIXELS_PER_CIFAR_IMAGE:
+            raise damaged(path, f"{len(data)} bytes of pixels for {len(batch_labels)} {label_key}")
         # (N, 3072) rows are channel-planar 32x32 RGB -> (N, 32, 32, 3)
         pixels = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
         images.append(pixels.transpose(0, 2, 3, 1))
-        labels.extend(batch_labels)
-    classes = [str(c) for c in read_cifar_pickle(folder / meta).get(names_key, [])]
-    return _array_source(name, str(folder), paths, np.concatenate(images), np.array(labels),
+        labels.append(batch_labels)
+    return _array_source(name, str(folder), paths, np.concatenate(images), np.concatenate(labels),
                          classes, split)
 
 
+SVHN_LABELS = (1, 10)  # SVHN writes digit 0 as label 10
+
+
 def svhn_source(name: str, path: Path, split: str) -> Source:
+    """SVHN's X, (H, W, 3, N) uint8, and y, N labels 1..10, from its MATLAB 5 file (matfile.py:
+    no C reader sees the file)."""
     if not path.is_file():
         raise _missing(name, [path.parent], [path.name])
     try:
-        from scipy import io as sio
-    except ImportError:
-        raise DataError("SVHN's .mat files need scipy: pip install scipy") from None
-    try:
-        mat = sio.loadmat(io.BytesIO(read_data_file(path)))
-        images = np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2))  # (32, 32, 3, N) -> (N, 32, 32, 3)
-        labels = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN writes digit 0 as label 10
-    except (KeyError, ValueError, OSError, TypeError) as e:
-        raise DataError(f"{path} is not a valid SVHN .mat file ({e}); download it again") from None
+        arrays = matfile.read_mat(read_data_file(path), MAX_DATA_FILE)
+    except ValueError as e:
+        raise damaged(path, f".mat: {e}") from None
+    pixels, y = arrays.get("X"), arrays.get("y")
+    if pixels is None or y is None:
+        raise damaged(path, "no X and y arrays")
+    if pixels.ndim != 4 or pixels.shape[2] != 3 or 0 in pixels.shape or pixels.dtype.kind not in "iuf":
+        raise damaged(path, f"X of shape {pixels.shape}, not (H, W, 3, N)")
+    y = y.reshape(-1)
+    low, high = SVHN_LABELS
+    if len(y) != pixels.shape[3] or not ((y >= low) & (y <= high) & (y == np.round(y))).all():
+        raise damaged(path, f"y is not {pixels.shape[3]} labels from {low} to {high}")
+    images = np.ascontiguousarray(pixels.transpose(3, 0, 1, 2))  # (H, W, 3, N) -> (N, H, W, 3)
+    labels = y.astype(np.int64) % 10
     return _array_source(name, str(path.parent), [path], images.astype(np.uint8), labels,
                          [str(d) for d in range(10)], split)
 
@@ -385,9 +498,8 @@ def celeba_source(name: str, folder: Path, split: str, max_bytes: int = DEFAULT_
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-            raise DataError(f"{partition} line {number} is not '<file> <0|1|2>'; download the "
-                            "file again")
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2") or not _is_file_name(parts[0]):
+            raise damaged(partition, f"line {number} is not '<file> <0|1|2>'")
         if wanted is None or int(parts[1]) == wanted:
             names.append(parts[0])
     labels = np.full(len(names), -1, dtype=np.int64)
@@ -401,9 +513,15 @@ def celeba_source(name: str, folder: Path, split: str, max_bytes: int = DEFAULT_
 
         return Source(name=name, origin=str(images_dir), fingerprint=fingerprint, keys=names,
                       labels=labels, classes=[], read=read, encoded=True)
-    src = zip_source(name, archive, [f"img_align_celeba/{n}" for n in names], labels, max_bytes)
+    src = zip_source(name, archive, [f"img_align_celeba/{n}" for n in names], labels, max_bytes,
+                     fix=REFETCH)
     src.fingerprint = _hash(src.fingerprint, _stat_fingerprint([partition]), split)
     return src
+
+
+def _is_file_name(name: str) -> bool:
+    """A plain file name: a partition list that names a path (../x, /etc/x) is not CelebA's."""
+    return name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 def _missing(name: str, dirs: list[Path], files: list[str]) -> DataMissing:
