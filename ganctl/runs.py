@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ganctl import fsutil, rundir
-from ganctl.checkpoint import MAX_HEADER_BYTES, Header
+from ganctl.checkpoint import MAX_HEADER_BYTES, Header, check_metadata
 from ganctl.config import Config
 from ganctl.data.cache import human_bytes, printable_cell
 from ganctl.errors import CheckpointError, GanctlError, RunError
@@ -210,16 +210,7 @@ def _read_metadata(path: Path) -> Header:
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise CheckpointError(f"{path} has a corrupted header (not JSON)") from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict) or "ganctl.schema" not in metadata:
-        raise CheckpointError(f"{path} is not a ganctl checkpoint")
-    if not all(isinstance(v, str) for v in metadata.values()):  # safetensors' metadata is text
-        raise CheckpointError(f"{path} has damaged ganctl metadata")
-    try:
-        int(metadata["ganctl.step"])
-        if not isinstance(json.loads(metadata["ganctl.config"]), dict):
-            raise ValueError
-    except (KeyError, ValueError, TypeError, RecursionError):
-        raise CheckpointError(f"{path} has damaged ganctl metadata") from None
+    check_metadata(path, metadata)  # the one check every reader of a checkpoint's metadata gets
     return Header(path, metadata, {}, size, 8 + n)
 
 

@@ -421,3 +421,15 @@ def test_clean_frees_exactly_what_it_listed_and_spares_a_replaced_file(workdir):
     assert cache.clean_caches(cache.list_caches()) == size and not images.exists()
     assert cache.list_caches() == [] and cache.format_caches([]) == (
         f"no caches in {workdir / 'cache'}")
+
+
+def test_a_checkpoint_whose_metadata_inspect_refuses_is_one_runs_passes_over(trained_run):
+    """runs reads a checkpoint's metadata with the check every other reader gets (a step of -1
+    passed its int() before)."""
+    run = copy_run(trained_run, "0002-odd-step")
+    for ckpt in rundir.list_checkpoints(run / "checkpoints"):
+        rewrite(ckpt, ckpt, lambda tensors, meta: meta.update({"ganctl.step": "-1"}))
+    found = by_id(runs.list_runs())["0002-odd-step"]
+    assert found["status"] == "broken" and found["problem"].startswith("no checkpoint is readable")
+    assert "ganctl.step is '-1', not a whole number" in found["problem"]
+    assert invoke("inspect", run).exit_code == 1
