@@ -404,6 +404,7 @@ def _init_weights(header: checkpoint.Header, config: Config) -> Restore:
     """Fine-tuning: G, D and G_ema from another run's checkpoint, with fresh optimisers at step 0.
     The model must be the same (a ConfigError naming what differs, before any file is written)."""
     source = stored_config(header)
+    check_models(header, source)  # a damaged file (a tensor's shape or dtype) named by its path
     differ = [key for key in MODEL_KEYS if not _same_model_setting(source, config, key)]
     if differ:
         theirs = ", ".join(f"{k} {_model_setting(source, k)}" for k in differ)
@@ -424,6 +425,7 @@ def _init_weights(header: checkpoint.Header, config: Config) -> Restore:
         if state.config.conditional:  # now that the data's classes shape it
             _same_structure(header, state.config)
         tensors = checkpoint.load_tensors(header, ("G.", "D.", "G_ema."))
+        header.close()  # the file is not read again: no descriptor held for the whole run
         for name in ("G", "D", "G_ema"):
             checkpoint.load_module(getattr(state, name), tensors, name)
     return initialise

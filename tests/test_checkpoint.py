@@ -207,8 +207,9 @@ def test_init_from_a_dtype_swapped_checkpoint_is_refused(trained_run, workdir):
     rewrite(ckpt, ckpt, swapped("G.fc.weight", torch.int32))
     before = ckpt.read_bytes()
     result = invoke("train", *TINY, "--init-from", ckpt, "--out", "ft")
-    assert_refused_unchanged(result, ckpt, before, "checkpoint tensor G.fc.weight is I32, the model "
-                                                   "needs F32; the file is damaged: use an earlier")
+    assert_refused_unchanged(result, ckpt, before, f"{ckpt}: checkpoint tensor G.fc.weight is I32, "
+                                                   "the model needs F32; it cannot be used")
+    assert not Path("ft").exists()  # refused from the header, before the data or a run dir
 
 
 @pytest.mark.parametrize("change, message", [
