@@ -473,12 +473,15 @@ def check_sinks(config: Config) -> None:
                               f"reinstall it with: pip install --force-reinstall {extra}") from None
 
 
-def open_sinks(config: Config, run_dir: Path, step: int, say: Callable[[str], None]) -> list[Sink]:
+def open_sinks(config: Config, run_dir: Path, step: int, say: Callable[[str], None],
+               quiet: bool = False) -> list[Sink]:
     """The sinks `config` asks for, for a run at `step`. One that cannot start (W&B not logged
-    in, offline ...) is reported and the run goes on without it."""
+    in, offline ...) is reported and the run goes on without it. quiet: nothing of theirs on
+    the terminal either (W&B's banner and summary), as the run's own output."""
     check_sinks(config)
     openers: dict[str, Callable[[Config, Path, int], Sink]] = {
-        "tensorboard": TensorBoardSink, "wandb": WandbSink}
+        "tensorboard": TensorBoardSink,
+        "wandb": lambda c, folder, at: WandbSink(c, folder, at, quiet=quiet)}
     sinks = []
     for extra in EXTRAS:
         if getattr(config, extra):
@@ -564,7 +567,7 @@ class WandbSink:
 
     name = "wandb"
 
-    def __init__(self, config: Config, run_dir: Path, step: int) -> None:
+    def __init__(self, config: Config, run_dir: Path, step: int, quiet: bool = False) -> None:
         import wandb
 
         self._wandb = wandb
@@ -574,7 +577,7 @@ class WandbSink:
             name=run_dir.name, id=wandb_id(run_dir), resume="allow",
             # ganctl guards its own stdout and stderr (guard_user_output, --json's one document):
             # W&B's console capture would wrap or redirect them again
-            settings=wandb.Settings(console="off"))
+            settings=wandb.Settings(console="off", silent=quiet))
         # a resumed run may change what resume may (steps, device ...): W&B refuses a changed
         # value unless told
         self._run.config.update(config.to_dict(), allow_val_change=True)

@@ -36,7 +36,7 @@ from ganctl.engine.memory import find_batch_size
 from ganctl.engine.state import TrainState, init_state, load_state
 from ganctl.errors import CheckpointError, ConfigError, DataError
 from ganctl.info import trained_processes
-from ganctl.logging import RunLog, check_sinks
+from ganctl.logging import DEFAULT_WANDB_PROJECT, RunLog, check_sinks
 from ganctl.losses import augment
 from ganctl.metrics import parse_metrics
 from ganctl.models import get_arch
@@ -518,6 +518,18 @@ def _moved(config: Config, header: checkpoint.Header, overrides: dict[str, Any],
     return moved
 
 
+def _wandb_project_note(before: dict[str, Any], config: Config, log: RunLog) -> None:
+    """W&B keeps a run per project: a run that logged to one and resumes with --wandb-project
+    naming another starts a new W&B run there, which the user is told rather than left to find."""
+    if not (config.wandb and before.get("wandb") is True):
+        return
+    was = before.get("wandb_project") or DEFAULT_WANDB_PROJECT
+    now = config.wandb_project or DEFAULT_WANDB_PROJECT
+    if was != now:
+        log.info(f"W&B: this run logged to project {was!r}; in project {now!r} it continues as a "
+                 f"new W&B run (W&B keeps runs per project; --wandb-project {was} keeps the old one)")
+
+
 def _check_dataset_exists(config: Config, run_dir: Path) -> None:
     """A run's folder or zip dataset must still be where the run recorded it: a moved one (or
     another machine's path) is named, not silently replaced by whatever is there now."""
@@ -553,6 +565,7 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
                               "checkpoints/ or start a new run")
     config = _moved(_checkpoint_config(header, overrides), header, overrides, log)
     _check_dataset_exists(config, run_dir)
+    _wandb_project_note(header.config, config, log)
 
     def check(data: ImageSet) -> None:
         _check_classes(config, data, "the run was started with")  # not even --allow-data-change

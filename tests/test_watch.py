@@ -419,6 +419,28 @@ def test_a_resumed_online_wandb_run_gets_only_the_steps_it_does_not_hold(workdir
     assert [step for step, _ in wandb.logged] == [4, 5, 5]  # step 5's scalars, then its grid
 
 
+def test_resume_into_another_wandb_project_says_it_is_a_new_wandb_run(workdir, wandb):
+    result = invoke("train", "--config", toml(workdir, "wandb = true\n"), *SMALL, "--steps", "2",
+                    "--out", "r")
+    assert result.exit_code == 0, result.output
+    result = invoke("resume", "r", "--steps", "3", "--wandb-project", "faces")
+    assert result.exit_code == 0, result.output
+    assert [init["project"] for init in wandb.inits] == ["ganctl", "faces"]
+    assert "W&B: this run logged to project 'ganctl'; in project 'faces' it continues as a new " \
+           "W&B run" in result.stdout
+    result = invoke("resume", "r", "--steps", "4", "--wandb-project", "faces")
+    assert "W&B:" not in result.stdout  # the run's project is faces now
+
+
+def test_a_quiet_run_from_python_keeps_wandb_quiet_too(workdir, wandb):
+    import ganctl
+
+    settings = {"batch_size": 8, "g_width": 8, "d_width": 8, "device": "cpu", "steps": 1}
+    ganctl.train(wandb=True, **settings, out="q", quiet=True)
+    ganctl.train(wandb=True, **settings, out="loud")
+    assert [init["settings"][1]["silent"] for init in wandb.inits] == [True, False]
+
+
 @pytest.mark.parametrize("where", ["init", "log"])
 def test_a_failing_sink_or_curves_png_is_reported_once_and_the_run_goes_on(workdir, wandb,
                                                                            monkeypatch, where):

@@ -300,7 +300,8 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     evals = evaluate is not None  # every rank makes its share of the fakes; rank 0 scores them
     curves = plot.Curves(run_dir, log.info)
     if writer:
-        log.watch(open_sinks(config, run_dir, state.step, log.info))  # closed by log.close() below
+        # closed by log.close() below
+        log.watch(open_sinks(config, run_dir, state.step, log.info, quiet=log.console.quiet))
     meter = Meter(config.batch_size, state.drawn)  # after the sinks: W&B may take seconds
     t0 = time.perf_counter()
     log.start(state.step, config.steps, deadline)
