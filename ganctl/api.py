@@ -32,7 +32,7 @@ from ganctl.checkpoint import Header
 from ganctl.config import BOUNDS, FIELD_NAMES, Config, load_config_file
 from ganctl.device import resolve_device
 from ganctl.engine.loop import RunResult
-from ganctl.errors import ConfigError, DeviceError, RunError, Stopped, did_you_mean
+from ganctl.errors import ConfigError, DeviceError, RunError, Stopped, did_you_mean, shorten
 from ganctl.logging import QuietOnClosedPipe, RunLog
 from ganctl.metrics import METRICS, parse_metrics
 from ganctl.models.base import num_classes
@@ -174,7 +174,7 @@ def _settings(settings: dict[str, Any]) -> dict[str, Any]:
     for key in settings:
         if key not in FIELD_NAMES:
             hint = did_you_mean(key, FIELD_NAMES + TRAIN_ARGS)
-            raise ConfigError(f"train() got an unknown setting {key!r}{hint}; settings are the "
+            raise ConfigError(f"train() got an unknown setting {shorten(key)}{hint}; settings are the "
                               "config keys, the command line's flags with underscores "
                               "(--batch-size is batch_size): see ganctl.config.Config")
     return {k: _plain(v) for k, v in settings.items() if v is not None}

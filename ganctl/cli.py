@@ -8,6 +8,7 @@ The user's output going away (a closed pipe or terminal) changes none of this.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -232,15 +233,17 @@ WandbProject = Annotated[str | None, typer.Option(help="The W&B project.", show_
 
 def _report(message: str, code: int, result: dict[str, Any] | None = None) -> None:
     """One line on stderr and, with --json, the error as JSON on stdout."""
-    from ganctl.logging import printable
+    from ganctl.logging import one_line
 
     _outcome_decided()
+    # one line whatever a value quoted in it holds (a path or setting with a line break in it)
+    message = one_line(message)
     if rank := _rank():  # another rank: its errors alone, never JSON (rank 0 speaks for the run)
         if code < 128:
-            print(printable(f"error: rank {rank}: {message}"), file=sys.stderr)
+            print(f"error: rank {rank}: {message}", file=sys.stderr)
         return
     _json_error(message, code, result)
-    print(printable(f"error: {message}" if code == 1 else message), file=sys.stderr)
+    print(f"error: {message}" if code == 1 else message, file=sys.stderr)
 
 
 def _fail(message: str, code: int = 1, result: dict[str, Any] | None = None) -> None:
@@ -277,8 +280,7 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
             traceback.print_exc()
         if isinstance(e, NotRegularFile):
             _fail(f"{e.filename} is not a regular file (a FIFO, socket or device); move it away")
-        where = f" ({e.filename})" if e.filename else ""
-        _fail(f"{e.strerror or e}{where}; check free space and permissions")
+        _fail(_os_error(e))
     except MemoryError:  # a checkpoint, model or dataset larger than this machine's memory
         if debug:
             traceback.print_exc()
@@ -288,6 +290,24 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
             raise
         _fail(f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")
     raise AssertionError("unreachable")
+
+
+# what to do about an operating system's error, by its errno (else: free space and permissions)
+_OS_HINTS = {errno.ENAMETOOLONG: "use a shorter path", errno.ENOSPC: "free some space",
+             errno.EDQUOT: "free some space (a disk quota is full)", errno.EROFS:
+             "the file system is read-only: choose a writable place", errno.ENOENT:
+             "check the path", errno.ENOTDIR: "a part of the path is a file, not a folder",
+             errno.EACCES: "check the permissions", errno.EPERM: "check the permissions",
+             errno.ELOOP: "the path's links go round in a loop", errno.EMFILE:
+             "too many open files: raise the limit (ulimit -n)"}
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as one line: what, where (a long path cut short) and what to do."""
+    where = f" ({str(e.filename)[:200]}{'...' if len(str(e.filename)) > 200 else ''})" \
+        if e.filename else ""
+    hint = _OS_HINTS.get(e.errno or 0, "check free space and permissions")
+    return f"{e.strerror or e}{where}; {hint}"
 
 
 def _say(message: str) -> None:
@@ -564,7 +584,7 @@ def _print_config(from_file: dict[str, Any], flags: dict[str, Any], path: Path |
                   json_mode: bool, debug: bool) -> None:
     """train --print-config: the settings a run would get, each with its source; nothing is
     trained or written."""
-    from ganctl.logging import printable
+    from ganctl.logging import one_line
     from ganctl.session import resolve_layers
 
     layers = {f"config file {path}": from_file, "flag": flags} if path else {"flag": flags}
@@ -580,7 +600,7 @@ def _print_config(from_file: dict[str, Any], flags: dict[str, Any], path: Path |
     for key, value in doc.items():
         shown = _shown(key, value)
         shown = ", ".join(map(str, shown)) or "none" if isinstance(shown, (list, tuple)) else shown
-        table.add_row(Text(key), Text(printable(str(shown))), Text(sources[key]))
+        table.add_row(Text(key), Text(one_line(str(shown))), Text(sources[key]))
     Console(highlight=False).print(table)
     if resolved.batch_size == 0:
         typer.echo("batch_size 0 is auto: the largest that fits, found when the run starts")
@@ -1264,8 +1284,8 @@ def _data_report(dataset: str | None, data_dir: str | None, split: str | None,
             "skipped": report.get("skipped", 0),
             "skipped_by_reason": report.get("skipped_by_reason", {}),
             "fingerprint": data.fingerprint, "cache": report.get("cache"),
-            "bytes": int(data.images.nbytes), **data.label_report(),
-            "warnings": data.label_warnings()}
+            "bytes": int(data.images.nbytes), **_call(debug, data.label_report),
+            "warnings": _call(debug, data.label_warnings)}
 
 
 @data_app.command("prepare")

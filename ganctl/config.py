@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ganctl.errors import ConfigError, did_you_mean, first_line
+from ganctl.errors import ConfigError, did_you_mean, first_line, shorten
 from ganctl.fsutil import NotRegularFile, read_regular
 
 # Fields that `ganctl resume` may change: run length, intervals, evaluation and where it runs.
@@ -179,7 +179,7 @@ def check_keys(values: dict[str, Any], source: str) -> None:
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(
-            f"unknown config key {unknown[0]!r} in {source}{did_you_mean(unknown[0], FIELD_NAMES)}; "
+            f"unknown config key {shorten(unknown[0])} in {source}{did_you_mean(unknown[0], FIELD_NAMES)}; "
             f"known keys: {', '.join(FIELD_NAMES)}"
         )
 

@@ -51,8 +51,15 @@ def lookup(registry: dict, name: str, what: str, error: type[GanctlError] = Conf
     try:
         return registry[name]
     except KeyError:
-        raise error(f"unknown {what} {name!r}{did_you_mean(name, registry)}; choose one of "
-                    f"{', '.join(sorted(registry))}") from None
+        raise error(f"unknown {what} {shorten(name)}{did_you_mean(name, registry)}; choose one "
+                    f"of {', '.join(sorted(registry))}") from None
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """repr(value), cut to about `limit` characters: a message quotes what was given, not all of
+    a 5,000-character mistake."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def did_you_mean(name: object, choices: Iterable[str]) -> str:

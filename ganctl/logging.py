@@ -45,6 +45,12 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+def one_line(text: str) -> str:
+    """printable(text) with its line breaks shown as \\n and \\r: an error or a table cell stays
+    one line whatever a value quoted in it (a path, a setting) holds."""
+    return printable(text.replace("\r", "\\r").replace("\n", "\\n"))
+
+
 LABELS = {"D_real": "D(x)", "D_fake": "D(G(z))"}  # how the progress line names a statistic
 _NOT_STATS = frozenset({"step", "time", "img_per_s"})
 # Lines by time as well as by step: whatever --log-every is, a user sees the run is alive (and

@@ -211,6 +211,7 @@ def _read_metadata(path: Path) -> Header:
         raise CheckpointError(f"{path} has a corrupted header (not JSON)") from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     check_metadata(path, metadata)  # the one check every reader of a checkpoint's metadata gets
+    assert isinstance(metadata, dict)  # (check_metadata refused anything else)
     return Header(path, metadata, {}, size, 8 + n)
 
 

@@ -92,3 +92,25 @@ def test_terminal_escapes_in_user_strings_are_shown_not_sent(trained_run, workdi
     result = invoke("inspect", bad)
     assert result.exit_code == 0 and "\x1b" not in result.stdout and "\\x1b[31mred" in result.stdout
     assert_one_line_error(invoke("inspect", "no\x1b[2Jwhere"), 1, "no\\x1b[2Jwhere does not exist")
+
+
+LONG = "a" * 3000
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--init-from", "x\ny"], ["x\\ny does not exist"]),  # a line break in a value: shown as \n
+    (["--config", "odd\r.toml"], ["odd\\r.toml does not exist"]),
+    (["--arch", LONG], ["unknown arch 'aaaa", "... (3002 characters)"]),
+    (["--loss", LONG], ["unknown loss 'aaaa", "... (3002 characters)"]),
+    (["--preset", LONG], ["(3002 characters)"]),
+    (["--eval-metrics", LONG], ["unknown metric 'aaaa", "(3002 characters)"]),
+    (["--augment", LONG], ["augment 'aaaa", "(3002 characters)"]),
+    (["--dataset", LONG], ["File name too long", "use a shorter path"]),
+])
+def test_a_value_quoted_in_an_error_keeps_it_one_short_line(workdir, args, fragments):
+    for json_mode in ([], ["--json"]):
+        result = invoke("train", *args, "--print-config", *json_mode)
+        assert_one_line_error(result, 1, *fragments)
+        assert len(result.stderr) < 400, result.stderr
+        if json_mode:
+            assert "\n" not in json.loads(result.stdout)["error"]

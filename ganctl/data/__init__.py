@@ -21,7 +21,7 @@ from ganctl.config import REAL_PRESET, SHAPES_PRESET, Config
 from ganctl.data import cache, shapes, sources
 from ganctl.data.batches import Batch, Batches
 from ganctl.data.decode import Skip, is_gray, open_image
-from ganctl.errors import DataError, DataMissing, did_you_mean, lookup
+from ganctl.errors import DataError, DataMissing, did_you_mean, lookup, shorten
 
 __all__ = ["Batch", "Batches", "DATASETS", "ImageSet", "load_dataset", "open_source", "preset"]
 
@@ -259,7 +259,7 @@ def _path_source(name: str, max_bytes: int) -> sources.Source:
         return sources.zip_source(name, path, max_bytes=max_bytes)
     if path.exists():
         raise DataError(f"--dataset {name} is a file but not a .zip; pass a folder of images or a zip")
-    raise DataError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}: not one of "
+    raise DataError(f"unknown dataset {shorten(name)}{did_you_mean(name, DATASETS)}: not one of "
                     f"{', '.join(sorted(DATASETS))}, and no such folder or .zip")
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ganctl.errors import ConfigError
+from ganctl.errors import ConfigError, shorten
 
 Generator = torch.Generator | None
 
@@ -70,18 +70,18 @@ def parse(spec: str) -> list[str]:
         return []
     name, colon, listed = spec.partition(":")
     if name != "diffaug":
-        raise ConfigError(f"augment {spec!r}: the augmentation is diffaug, e.g. diffaug or "
+        raise ConfigError(f"augment {shorten(spec)}: the augmentation is diffaug, e.g. diffaug or "
                           "diffaug:translation,color,cutout (none turns it off)")
     if not colon:
         return list(POLICIES)
     policies = [p.strip() for p in listed.split(",")]
     for p in policies:
         if p not in POLICIES:
-            raise ConfigError(f"augment {spec!r}: {'an empty' if not p else 'unknown'} policy"
+            raise ConfigError(f"augment {shorten(spec)}: {'an empty' if not p else 'unknown'} policy"
                               f"{'' if not p else ' ' + repr(p)}; list some of "
                               f"{', '.join(POLICIES)}, comma-separated, or write diffaug for all")
     if len(set(policies)) < len(policies):
-        raise ConfigError(f"augment {spec!r} names a policy twice; name each once")
+        raise ConfigError(f"augment {shorten(spec)} names a policy twice; name each once")
     return policies
 
 
