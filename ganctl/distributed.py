@@ -13,13 +13,20 @@ integers that never waits on the GPU): a stop signal or --max-time on any rank s
 at the same step; a divergence seen by any rank rolls every rank back. Rank 0 alone writes the
 run directory, checkpoints, samples, metrics and progress, and evaluates; the others wait at a
 barrier meanwhile. A rank that dies closes its sockets, and the others' next collective fails
-at once with a one-line error (a rank that hangs: after TIMEOUT_S).
+at once with a one-line error (a rank that hangs: after GANCTL_DIST_TIMEOUT seconds). Joining
+the process group fails the same way, in one line: torch's C++ log of the attempt is kept off
+the terminal unless the join succeeds.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import re
+import sys
+import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +38,8 @@ from torch import nn
 
 from ganctl.errors import ConfigError, GanctlError
 
-TIMEOUT_S = float(os.environ.get("GANCTL_DIST_TIMEOUT", "600"))  # a hung rank's collective fails after this
+TIMEOUT_VARIABLE = "GANCTL_DIST_TIMEOUT"  # seconds a rank waits for the others: to join, in a collective
+DEFAULT_TIMEOUT_S = 600.0
 
 
 class RankFailed(GanctlError):
@@ -85,10 +93,7 @@ def setup(device: torch.device) -> torch.device:
     rank, size, local = found
     if os.environ.get(LAUNCHED) == "1":
         _stop_with_launcher()
-    for name in ("MASTER_ADDR", "MASTER_PORT"):
-        if not os.environ.get(name):
-            raise ConfigError(f"WORLD_SIZE {size} is set but {name} is not: start through torchrun "
-                              "or ganctl train --gpus N, which set both")
+    address, port, waited = _rendezvous(size)
     backend = os.environ.get("GANCTL_DIST_BACKEND", "nccl" if device.type == "cuda" else "gloo")
     if backend not in ("nccl", "gloo"):
         raise ConfigError(f"GANCTL_DIST_BACKEND={backend!r}: use nccl or gloo")
@@ -105,18 +110,130 @@ def setup(device: torch.device) -> torch.device:
         raise ConfigError(f"distributed training runs on CUDA GPUs (nccl or gloo) or CPUs (gloo), "
                           f"not {device.type} with {backend}")
     if not dist.is_initialized():
-        timeout = datetime.timedelta(seconds=TIMEOUT_S)
-        if backend == "nccl":  # device_id: NCCL's communicators made now, on this GPU
-            dist.init_process_group("nccl", timeout=timeout, device_id=device)
-            WORLD.control = dist.new_group(backend="gloo", timeout=timeout)
-        else:
-            dist.init_process_group("gloo", timeout=timeout)
-            WORLD.control = dist.group.WORLD
+        try:
+            with _torch_log_kept_back():
+                WORLD.control = _waiting_for_signals(_join, backend, device,
+                                                     datetime.timedelta(seconds=waited))
+        except (RuntimeError, OSError, ValueError) as e:  # DistError, NCCL's, a socket's
+            raise _join_failed(e, rank, size, f"{address}:{port}", waited) from None
         WORLD.rank, WORLD.size, WORLD.local_rank = rank, size, local
     return device
 
 
 LAUNCHED = "GANCTL_LAUNCHED"  # set by launch() for the processes it starts
+
+
+def timeout_s() -> float:
+    """GANCTL_DIST_TIMEOUT: how long a rank waits for the others, in seconds."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "")
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{TIMEOUT_VARIABLE}={text!r} must be a positive number of seconds "
+                          f"(default {DEFAULT_TIMEOUT_S:g})")
+    return seconds
+
+
+def _rendezvous(size: int) -> tuple[str, int, float]:
+    """MASTER_ADDR, MASTER_PORT and the timeout, checked before any socket opens."""
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ConfigError(f"WORLD_SIZE {size} is set but {name} is not: start through torchrun "
+                              "or ganctl train --gpus N, which set both")
+    text = os.environ["MASTER_PORT"]
+    if not (text.isdigit() and 0 < int(text) < 1 << 16):
+        raise ConfigError(f"MASTER_PORT={text!r} must be a TCP port, 1 to 65535")
+    return os.environ["MASTER_ADDR"], int(text), timeout_s()
+
+
+def _join(backend: str, device: torch.device, timeout: datetime.timedelta) -> Any:
+    """Join the process group; returns the control group (gloo, on the CPU)."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if backend == "nccl":  # device_id: NCCL's communicators made now, on this GPU
+        torch.cuda.set_device(device)  # this thread's current device too
+        dist.init_process_group("nccl", timeout=timeout, device_id=device)
+        return dist.new_group(backend="gloo", timeout=timeout)
+    dist.init_process_group("gloo", timeout=timeout)
+    return dist.group.WORLD
+
+
+def _waiting_for_signals(fn: Any, *args: Any) -> Any:
+    """fn(*args) on a helper thread while this one waits where a stop signal acts at once: torch
+    waits for the other ranks in C++, where Python runs no signal handler, so a rank stopped by
+    its launcher (another rank died) or by Ctrl-C would sit out the whole timeout first."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = e
+
+    worker = threading.Thread(target=target, name="ganctl-join", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(SIGNAL_POLL_S)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+SIGNAL_POLL_S = 0.1
+_BACKTRACE = re.compile(r"^(frame #\d+:|Exception raised from |<omitting python frames>|\s*$)")
+
+
+@contextmanager
+def _torch_log_kept_back() -> Iterator[None]:
+    """The block with file descriptor 2 on a temporary file: torch's C++ logs each retry of a
+    rendezvous with a backtrace of some 20 lines, written past Python's sys.stderr. After a
+    success what it said (less backtraces) goes to stderr; after a failure it is dropped, the
+    one-line error telling what happened."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+b") as kept:
+        os.dup2(kept.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        kept.seek(0)
+        said = [line for line in kept.read().decode(errors="replace").splitlines()
+                if not _BACKTRACE.match(line)]
+    if said:
+        print("\n".join(said), file=sys.stderr)
+
+
+def _join_failed(e: BaseException, rank: int, size: int, where: str, waited: float) -> RankFailed:
+    """Why joining the process group failed, in one line: the rendezvous's TCP store at
+    MASTER_ADDR:MASTER_PORT not reachable, its port taken, or the other ranks not there in time."""
+    text = " ".join(str(e).split())
+    lowered = text.lower()
+    who = f"rank {rank} of {size}"
+    longer = f"or give them longer with {TIMEOUT_VARIABLE}=<seconds>"
+    if "eaddrinuse" in lowered or "address already in use" in lowered:
+        return RankFailed(f"{who}: the rendezvous port MASTER_PORT {where.rsplit(':', 1)[1]} is in use "
+                          "on this machine; choose a free one (torchrun --standalone and ganctl "
+                          "train --gpus N pick one)")
+    if "timed out" in lowered or "timeout" in lowered:
+        joined = re.search(r"(\d+)/(\d+) clients joined", text)
+        if "connect" in lowered:
+            waited_for = (f"an answer from the rendezvous's TCP store at MASTER_ADDR:MASTER_PORT "
+                          f"{where} (rank 0 or torchrun hosts it)")
+        else:
+            count = f" ({joined[1]} of {joined[2]} joined)" if joined else ""
+            waited_for = (f"the other ranks to join the rendezvous at MASTER_ADDR:MASTER_PORT "
+                          f"{where}{count}")
+        return RankFailed(f"{who} waited {waited:g} s ({TIMEOUT_VARIABLE}) for {waited_for}; start "
+                          f"all {size} ranks with the same MASTER_ADDR and MASTER_PORT, {longer}")
+    return RankFailed(f"{who} could not join the others at MASTER_ADDR:MASTER_PORT {where} "
+                      f"({type(e).__name__}: {text[:200]}); check that all {size} ranks run (one "
+                      f"that stopped says why) and reach it; each waits {waited:g} s for the others "
+                      f"({TIMEOUT_VARIABLE})")
 
 
 def _stop_with_launcher() -> None:
@@ -308,11 +425,11 @@ def without_option(argv: list[str], name: str) -> list[str]:
 def launch(processes: int, argv: list[str]) -> int:
     """`python -m ganctl ARGV` on `processes` local processes through torch's elastic launcher
     (what torchrun runs): a free port, the ranks' output on this terminal, a stop signal passed
-    on to every rank (each checkpoints and stops). Returns the exit code for the command: the
-    ranks' own when they agree (0, or 128 + N after a stop), else 1."""
+    on to every rank (each checkpoints and stops). Returns the exit code for the command: 0, or
+    128 + N when every rank stopped on signal N; a rank that failed is RankFailed, one line
+    after the ranks' own (torch's log of the launch is kept off the terminal)."""
     import dataclasses  # noqa: PLC0415
     import signal  # noqa: PLC0415
-    import sys  # noqa: PLC0415
     import uuid  # noqa: PLC0415
 
     from torch.distributed.elastic.multiprocessing.api import SignalException  # noqa: PLC0415
@@ -329,10 +446,14 @@ def launch(processes: int, argv: list[str]) -> int:
                           monitor_interval=0.5, start_method="spawn", **options)
     os.environ[LAUNCHED] = "1"  # the ranks inherit it
     try:
-        elastic_launch(config, sys.executable)("-m", "ganctl", *argv)
+        with _launcher_log_off():
+            elastic_launch(config, sys.executable)("-m", "ganctl", *argv)
     except ChildFailedError as e:
-        codes = {failure.exitcode for failure in e.failures.values()}
-        return codes.pop() if len(codes) == 1 and next(iter(codes)) > 0 else 1
+        codes = {rank: failure.exitcode for rank, failure in e.failures.items()}
+        stops = set(codes.values())
+        if len(stops) == 1 and next(iter(stops)) >= STOPPED:  # every rank stopped on a signal
+            return stops.pop()
+        raise _ranks_failed(codes, processes) from None
     except SignalException as e:
         return 128 + int(e.sigval)
     finally:
@@ -340,14 +461,81 @@ def launch(processes: int, argv: list[str]) -> int:
     return 0
 
 
+STOPPED = 128  # an exit code from 128 up: a rank stopped on signal (code - 128), after its checkpoint
+_LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher")
+
+
+class _LauncherLogFilter(logging.Filter):
+    """Drops the records of torch's elastic agent and launcher."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(_LAUNCHER_LOGGERS)
+
+
+@contextmanager
+def _launcher_log_off() -> Iterator[None]:
+    """torch's elastic agent logs each rank it stops and each that failed, with a traceback of
+    the failure: the ranks say it themselves, and the launcher one line after them."""
+    handlers: set[logging.Handler] = set()
+    for name in _LAUNCHER_LOGGERS:
+        logger: logging.Logger | None = logging.getLogger(name)
+        while logger is not None:
+            handlers.update(logger.handlers)
+            logger = logger.parent if logger.propagate else None
+    if logging.lastResort is not None:
+        handlers.add(logging.lastResort)
+    quiet = _LauncherLogFilter()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+def _exit_reason(code: int, processes: int = 1) -> str:
+    """An exit code as words: 'exited with code 1', 'was killed by SIGKILL'."""
+    import signal  # noqa: PLC0415
+
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"{'was' if processes == 1 else 'were'} killed by {name}"
+
+
+def _ranks_failed(codes: dict[int, int], size: int) -> RankFailed:
+    """The launcher's line after its ranks failed (exit codes by rank, negative: killed by that
+    signal): all alike, or the likeliest cause, a rank killed (the OOM killer's SIGKILL) before
+    one that exited with an error (maybe its collective lost the killed one) before one that
+    the launcher stopped after the others (SIGTERM)."""
+    import signal  # noqa: PLC0415
+
+    if len(codes) == size and len(set(codes.values())) == 1:
+        return RankFailed(f"all {size} processes {_exit_reason(next(iter(codes.values())), size)}; "
+                          "their own errors above say why")
+    stopped = (-int(signal.SIGTERM), STOPPED + int(signal.SIGTERM))
+    rank = min(codes, key=lambda r: (codes[r] in stopped, codes[r] > 0, r))
+    said = " (its error is above)" if codes[rank] > 0 else ""
+    return RankFailed(f"rank {rank} of {size} {_exit_reason(codes[rank])}{said}, and the run stopped "
+                      "on every process; fix that and run the command again (ganctl resume "
+                      "continues a run that has a checkpoint)")
+
+
 # --- BatchNorm over the global batch on CPU processes ---------------------------------------------
 
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are those of every rank's batch together, for CPU
-    processes (torch's SyncBatchNorm runs on CUDA alone): the per-channel sums, sums of squares
-    and counts are all-reduced with autograd (torch.distributed.nn), so the gradient flows
-    through the shared statistics as with one process. Evaluation, and a single process, are
-    plain BatchNorm. Its tensors are BatchNorm's: checkpoints load either way."""
+    processes (torch's SyncBatchNorm runs on CUDA alone). Two all-reduces with autograd
+    (torch.distributed.nn), so the gradient flows through the shared statistics as with one
+    process: the per-channel sums and the count give the global mean, then the sums of squared
+    deviations from it give the variance. (E[x²] - mean² in one all-reduce cancels for a channel
+    whose mean is large against its spread: runs on 1 and 2 processes drifted apart by 1e-3.)
+    Evaluation, and a single process, are plain BatchNorm. Its tensors are BatchNorm's:
+    checkpoints load either way."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -356,31 +544,40 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not WORLD.active:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # noqa: PLC0415
-
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
-        count = x.new_tensor([x.numel() // channels])
-        with warnings.catch_warnings():  # torch marks it deprecated; its successor lacks autograd
-            warnings.simplefilter("ignore", FutureWarning)
-            stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
-        total = stats[-1]
-        mean = stats[:channels] / total
-        var = (stats[channels:2 * channels] / total - mean * mean).clamp_min(0)  # biased, as BatchNorm
         shape = [1, channels] + [1] * (x.dim() - 2)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        sums = _summed(torch.cat([x.sum(dims), x.new_tensor([x.numel() // channels])]))
+        total = sums[-1]
+        mean = sums[:channels] / total
+        deviation = x - mean.view(shape)
+        var = _summed((deviation * deviation).sum(dims)) / total  # biased, as BatchNorm's
+        y = deviation * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                tracked = self.num_batches_tracked
-                assert tracked is not None
-                tracked.add_(1)
-                m = 1.0 / float(tracked) if self.momentum is None else self.momentum
-                unbiased = var * total / (total - 1).clamp_min(1)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)  # type: ignore[union-attr]
+            self._track(mean.detach(), var.detach(), total)
         return y
+
+    @torch.no_grad()
+    def _track(self, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor) -> None:
+        """The running statistics as BatchNorm keeps them: the unbiased variance."""
+        tracked = self.num_batches_tracked
+        assert tracked is not None and self.running_var is not None
+        tracked.add_(1)
+        m = 1.0 / float(tracked) if self.momentum is None else self.momentum
+        unbiased = var * total / (total - 1).clamp_min(1)
+        self.running_mean.mul_(1 - m).add_(mean, alpha=m)  # type: ignore[union-attr]
+        self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+
+
+def _summed(t: torch.Tensor) -> torch.Tensor:
+    """t summed over the ranks, differentiable: the gradient is summed back to every rank."""
+    from torch.distributed.nn.functional import all_reduce  # noqa: PLC0415
+
+    with warnings.catch_warnings():  # torch marks it deprecated; its successor lacks autograd
+        warnings.simplefilter("ignore", FutureWarning)
+        return all_reduce(t)
 
 
 def sync_batchnorm(net: nn.Module, device: torch.device) -> nn.Module:

@@ -7,12 +7,18 @@ hooks). Used by the tests that kill or signal a real process, and by benchmarks/
         so that a kill lands in the middle of one
     GANCTL_TEST_NAN=R:S python tests/launch.py ...
         under torchrun, rank R's real batch of step S is NaN (once), as a broken shard would be
+    GANCTL_TEST_DIE_JOINING=R:S python tests/launch.py ...
+        under torchrun or --gpus, rank R is killed (SIGKILL, as by the OOM killer) S seconds after it
+        starts to join the process group, the others waiting for it there
+`train --gpus N` through this script starts its ranks through it too: the faults reach them
+through the environment.
 """
 
 from __future__ import annotations
 
 import builtins
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -75,10 +81,41 @@ def nan_batch(rank: int, step: int) -> None:
     loop.train_step = poisoned
 
 
+def die_joining(rank: int, seconds: float) -> None:
+    """Rank `rank` is killed `seconds` after it starts to join the process group."""
+    from ganctl import distributed  # noqa: PLC0415
+
+    real_join = distributed._join
+
+    def dying(*args):
+        if int(os.environ.get("RANK", "0")) == rank:
+            time.sleep(seconds)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_join(*args)
+    distributed._join = dying
+
+
+def ranks_through_this_script() -> None:
+    """`--gpus N` starts `python -m ganctl ...`; here `python tests/launch.py ...`."""
+    from torch.distributed.launcher import api  # noqa: PLC0415
+
+    real_launch = api.elastic_launch
+
+    def through_this_script(config, entrypoint):
+        start = real_launch(config, entrypoint)
+        return lambda *args: start(__file__, *args[2:])  # args: -m ganctl ARGS...
+    api.elastic_launch = through_this_script
+
+
 if __name__ == "__main__":
     if delay := os.environ.get("GANCTL_TEST_SLOW_WRITE"):
         slow_writes(float(delay))
     if where := os.environ.get("GANCTL_TEST_NAN"):
         nan_batch(*map(int, where.split(":")))
+    if where := os.environ.get("GANCTL_TEST_DIE_JOINING"):
+        rank, seconds = where.split(":")
+        die_joining(int(rank), float(seconds))
+    if any(arg == "--gpus" or arg.startswith("--gpus=") for arg in sys.argv):
+        ranks_through_this_script()
     sys.argv[0] = "ganctl"
     run()
