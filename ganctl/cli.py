@@ -239,8 +239,9 @@ def _report(message: str, code: int, result: dict[str, Any] | None = None) -> No
     # one line whatever a value quoted in it holds (a path or setting with a line break in it)
     message = one_line(message)
     if rank := _rank():  # another rank: its errors alone, never JSON (rank 0 speaks for the run)
-        if code < 128:
-            print(f"error: rank {rank}: {message}", file=sys.stderr)
+        if code < 128:  # once named: "rank 1 of 2 waited ..." needs no "rank 1: " before it
+            named = message.startswith(f"rank {rank} ")
+            print(f"error: {message}" if named else f"error: rank {rank}: {message}", file=sys.stderr)
         return
     _json_error(message, code, result)
     print(f"error: {message}" if code == 1 else message, file=sys.stderr)
