@@ -253,7 +253,7 @@ def runtime_notes(config: Config, device: torch.device) -> list[str]:
                      "(bf16 may be faster where the CPU has bf16 instructions)")
     if config.precision == "bf16" and device.type == "cpu" and cpu_bf16_emulated():
         notes.append("--precision bf16 on this CPU is emulated (it has no AVX512-BF16 or AMX) and "
-                     "slower than fp32 here; --precision auto picks fp32 on it")
+                     "several times slower than fp32 here; --precision auto picks fp32 on it")
     if config.compile == "off" and config.compile_mode != "default":
         notes.append(f"--compile-mode {config.compile_mode} does nothing without --compile")
     elif (config.compile == "on" and device.type != "cuda"

@@ -121,8 +121,8 @@ def test_a_run_records_bf16_where_auto_chose_it_and_says_so(workdir, cpu_bf16, m
 
 def test_explicit_bf16_on_a_cpu_that_emulates_it_runs_and_says_it_is_slower(workdir, cpu_bf16):
     cpu, config = torch.device("cpu"), tiny_config(precision="bf16")
-    note = ("--precision bf16 on this CPU is emulated (it has no AVX512-BF16 or AMX) and slower "
-            "than fp32 here; --precision auto picks fp32 on it")
+    note = ("--precision bf16 on this CPU is emulated (it has no AVX512-BF16 or AMX) and several "
+            "times slower than fp32 here; --precision auto picks fp32 on it")
     cpu_bf16("native")
     assert runtime_notes(config, cpu) == []
     cpu_bf16("unknown")  # ARM, Apple silicon: not measured, nothing claimed
