@@ -147,8 +147,9 @@ Device = Annotated[str | None, typer.Option(
          "else mps, else cpu.", show_default="auto", rich_help_panel=RUNTIME)]
 PrecisionOpt = Annotated[str | None, typer.Option(
     "--precision", help="auto | fp32 | tf32 | bf16 | fp16. auto: bf16 on CUDA GPUs that have it "
-    "(Ampere and newer), else fp32. Weights, losses and the EMA stay float32; fp16 adds loss "
-    "scaling.", show_default="auto", rich_help_panel=RUNTIME)]
+    "(Ampere and newer) and on CPUs with native bf16 (AVX512-BF16, AMX) for models measured "
+    "faster in it (dcgan from 64 px, widths 64), else fp32. Weights, losses and the EMA stay "
+    "float32; fp16 adds loss scaling.", show_default="auto", rich_help_panel=RUNTIME)]
 CompileOpt = Annotated[bool | None, typer.Option(
     "--compile/--no-compile", help="torch.compile G and D. The first step compiles; kernels are "
     "cached for the next start.", show_default="on for CUDA, off on a CPU", rich_help_panel=RUNTIME)]

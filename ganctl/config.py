@@ -108,7 +108,9 @@ class Config:
     keep: int = 3  # newest checkpoints kept; 0 keeps all
     device: str = "auto"
     # how the step runs (a run records what "auto" became on its device)
-    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32), fp32, tf32, bf16, fp16
+    # auto (bf16 on GPUs that have it, and on native-bf16 CPUs where device.CPU_BF16_FASTER
+    # measured it faster; else fp32), fp32, tf32, bf16, fp16
+    precision: str = "auto"
     compile: str = "auto"  # torch.compile of G and D: auto (on for CUDA), on, off
     compile_mode: str = "default"  # torch.compile's mode (reduce-overhead: CUDA graphs)
     sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch
