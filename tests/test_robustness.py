@@ -1,6 +1,7 @@
 """Never lose a run: signals, kill -9 mid-write, a full disk, divergence, time budgets, runs in
 use, closed pipes, and the wrapper loop that restarts a run until it is done."""
 
+import errno
 import json
 import os
 import random
@@ -214,7 +215,25 @@ def test_os_errors_are_one_line(capsys):
         _call(False, full)
     assert getattr(stop.value, "exit_code", None) == 1
     assert capsys.readouterr().err == ("error: No space left on device (runs/x/metrics.jsonl); "
-                                       "check free space and permissions\n")
+                                       "free some space\n")
+
+
+@pytest.mark.parametrize("errno_, what, hint", [
+    (errno.ENAMETOOLONG, "File name too long", "use a shorter path"),
+    (errno.EROFS, "Read-only file system", "the file system is read-only: choose a writable place"),
+    (errno.EACCES, "Permission denied", "check the permissions"),
+    (errno.EIO, "Input/output error", "check free space and permissions"),  # no better advice
+])
+def test_an_os_errors_advice_follows_its_errno(capsys, errno_, what, hint):
+    from ganctl.cli import _call
+
+    def failing():
+        raise OSError(errno_, what, "x" * 500)
+
+    with pytest.raises(BaseException) as stop:
+        _call(False, failing)
+    assert getattr(stop.value, "exit_code", None) == 1
+    assert capsys.readouterr().err == f"error: {what} ({'x' * 200}...); {hint}\n"
 
 
 def test_a_closed_stdout_pipe_does_not_stop_training(workdir):
