@@ -232,13 +232,21 @@ WandbProject = Annotated[str | None, typer.Option(help="The W&B project.", show_
                                                   rich_help_panel=OUTPUT)]
 
 
-def _report(message: str, code: int, result: dict[str, Any] | None = None) -> None:
-    """One line on stderr and, with --json, the error as JSON on stdout."""
+def _report(message: str, code: int, result: dict[str, Any] | None = None,
+            peer: bool = False) -> None:
+    """One line on stderr and, with --json, the error as JSON on stdout. A rank of `--gpus N`
+    leaves its error to the launcher instead, which reports the cause once (`peer`: this error
+    was caused by another rank's)."""
     from ganctl.logging import one_line
 
     _outcome_decided()
     # one line whatever a value quoted in it holds (a path or setting with a line break in it)
     message = one_line(message)
+    if code < 128 and os.environ.get("GANCTL_LAUNCH_REPORTS"):
+        from ganctl.distributed import leave_report
+
+        if leave_report(message, code, result, peer):
+            return
     if rank := _rank():  # another rank: its errors alone, never JSON (rank 0 speaks for the run)
         if code < 128:  # once named: "rank 1 of 2 waited ..." needs no "rank 1: " before it
             named = message.startswith(f"rank {rank} ")
@@ -248,9 +256,10 @@ def _report(message: str, code: int, result: dict[str, Any] | None = None) -> No
     print(f"error: {message}" if code == 1 else message, file=sys.stderr)
 
 
-def _fail(message: str, code: int = 1, result: dict[str, Any] | None = None) -> None:
+def _fail(message: str, code: int = 1, result: dict[str, Any] | None = None,
+          peer: bool = False) -> None:
     """One line on stderr (and, with --json, the error as JSON on stdout), then exit `code`."""
-    _report(message, code, result)
+    _report(message, code, result, peer)
     raise typer.Exit(code)
 
 
@@ -276,7 +285,8 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
     except GanctlError as e:
         if debug:
             traceback.print_exc()
-        _fail(str(e), e.exit_code, e.result)  # a stopped run still reports where it stands
+        # a stopped run still reports where it stands
+        _fail(str(e), e.exit_code, e.result, peer=getattr(e, "peer", False))
     except OSError as e:  # disk full, permissions, a vanished file: say which and what to do
         if debug:
             traceback.print_exc()

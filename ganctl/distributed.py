@@ -21,9 +21,11 @@ the terminal unless the join succeeds.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -31,19 +33,27 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ganctl.errors import ConfigError, GanctlError
+from ganctl.fsutil import atomic_write
 
 TIMEOUT_VARIABLE = "GANCTL_DIST_TIMEOUT"  # seconds a rank waits for the others: to join, in a collective
 DEFAULT_TIMEOUT_S = 600.0
 
 
 class RankFailed(GanctlError):
-    """Another rank of a distributed run died or stopped answering."""
+    """Another rank of a distributed run died or stopped answering (`peer`: this rank failed
+    because of another's failure, which is the one to report), or the ranks a launcher
+    started failed."""
+
+    def __init__(self, message: str, peer: bool = False) -> None:
+        super().__init__(message)
+        self.peer = peer
 
 
 @dataclass
@@ -121,6 +131,9 @@ def setup(device: torch.device) -> torch.device:
 
 
 LAUNCHED = "GANCTL_LAUNCHED"  # set by launch() for the processes it starts
+# launch()'s folder where each rank leaves its error, for the launcher to report it once (one
+# line, one JSON document with --json) instead of every rank printing its own
+REPORTS = "GANCTL_LAUNCH_REPORTS"
 
 
 def timeout_s() -> float:
@@ -229,11 +242,44 @@ def _join_failed(e: BaseException, rank: int, size: int, where: str, waited: flo
             waited_for = (f"the other ranks to join the rendezvous at MASTER_ADDR:MASTER_PORT "
                           f"{where}{count}")
         return RankFailed(f"{who} waited {waited:g} s ({TIMEOUT_VARIABLE}) for {waited_for}; start "
-                          f"all {size} ranks with the same MASTER_ADDR and MASTER_PORT, {longer}")
+                          f"all {size} ranks with the same MASTER_ADDR and MASTER_PORT, {longer}", peer=True)
     return RankFailed(f"{who} could not join the others at MASTER_ADDR:MASTER_PORT {where} "
                       f"({type(e).__name__}: {text[:200]}); check that all {size} ranks run (one "
                       f"that stopped says why) and reach it; each waits {waited:g} s for the others "
-                      f"({TIMEOUT_VARIABLE})")
+                      f"({TIMEOUT_VARIABLE})", peer=True)
+
+
+def leave_report(message: str, code: int, result: dict[str, Any] | None, peer: bool) -> bool:
+    """Under launch(): this rank's error (`peer`: caused by another rank's) left for the launcher,
+    which reports the cause once; True when left there, so that the rank prints nothing."""
+    folder = os.environ.get(REPORTS)
+    if not folder or os.environ.get(LAUNCHED) != "1":
+        return False
+    try:
+        found = from_environment()
+    except ConfigError:
+        return False
+    doc = {"message": message, "exit_code": code, "result": result, "peer": peer}
+    try:
+        atomic_write(Path(folder) / f"rank-{found[0] if found else 0}.json",
+                     json.dumps(doc).encode())
+    except (OSError, TypeError, ValueError):  # the launcher's folder gone: say it here instead
+        return False
+    return True
+
+
+def _read_reports(folder: str, size: int) -> dict[int, dict[str, Any]]:
+    """The errors the ranks left (leave_report), by rank; unreadable ones are left out."""
+    reports = {}
+    for rank in range(size):
+        try:
+            doc = json.loads((Path(folder) / f"rank-{rank}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("message"), str) \
+                and type(doc.get("exit_code")) is int:
+            reports[rank] = doc
+    return reports
 
 
 def _stop_with_launcher() -> None:
@@ -255,11 +301,16 @@ def _stop_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+_SOURCE = re.compile(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*")  # "[/__w/.../pair.cc:561] " in torch's texts
+
+
 def _failed(e: BaseException) -> RankFailed:
-    first = " ".join(str(e).split())[:200]
+    said = _SOURCE.sub("", " ".join(str(e).split()))
+    first = said.split(". ")[0][:160]  # its first sentence: "Connection closed by peer [...]:48797"
     return RankFailed(f"rank {WORLD.rank} of {WORLD.size}: another rank died or stopped answering "
-                      f"({type(e).__name__}: {first}); the run stops here; its last checkpoint "
-                      "holds; continue with ganctl resume once every process is back")
+                      f"({type(e).__name__}: {first}); this one stops too; a run that had begun "
+                      "keeps its last checkpoint, and ganctl resume continues it once every process "
+                      "is back", peer=True)
 
 
 @contextmanager
@@ -444,7 +495,8 @@ def launch(processes: int, argv: list[str]) -> int:
                           run_id=uuid.uuid4().hex[:12], rdzv_backend="c10d",
                           rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
                           monitor_interval=0.5, start_method="spawn", **options)
-    os.environ[LAUNCHED] = "1"  # the ranks inherit it
+    reports = tempfile.mkdtemp(prefix="ganctl-ranks-")
+    os.environ.update({LAUNCHED: "1", REPORTS: reports})  # the ranks inherit them
     try:
         with _launcher_log_off():
             elastic_launch(config, sys.executable)("-m", "ganctl", *argv)
@@ -453,11 +505,13 @@ def launch(processes: int, argv: list[str]) -> int:
         stops = set(codes.values())
         if len(stops) == 1 and next(iter(stops)) >= STOPPED:  # every rank stopped on a signal
             return stops.pop()
-        raise _ranks_failed(codes, processes) from None
+        raise _ranks_failed(codes, processes, _read_reports(reports, processes)) from None
     except SignalException as e:
         return 128 + int(e.sigval)
     finally:
         os.environ.pop(LAUNCHED, None)
+        os.environ.pop(REPORTS, None)
+        shutil.rmtree(reports, ignore_errors=True)
     return 0
 
 
@@ -507,13 +561,27 @@ def _exit_reason(code: int, processes: int = 1) -> str:
     return f"{'was' if processes == 1 else 'were'} killed by {name}"
 
 
-def _ranks_failed(codes: dict[int, int], size: int) -> RankFailed:
-    """The launcher's line after its ranks failed (exit codes by rank, negative: killed by that
-    signal): all alike, or the likeliest cause, a rank killed (the OOM killer's SIGKILL) before
-    one that exited with an error (maybe its collective lost the killed one) before one that
-    the launcher stopped after the others (SIGTERM)."""
+def _ranks_failed(codes: dict[int, int], size: int,
+                  reports: dict[int, dict[str, Any]] | None = None) -> GanctlError:
+    """The launcher's one line after its ranks failed (exit codes by rank, negative: killed by
+    that signal; the errors they left, by rank): the first rank's own error (not one caused by
+    another's), else the likeliest cause, a rank killed (the OOM killer's SIGKILL) before one
+    that exited with an error (maybe its collective lost the killed one) before one that the
+    launcher stopped after the others (SIGTERM); else what the ranks said."""
     import signal  # noqa: PLC0415
 
+    reports = reports or {}
+    own = [rank for rank in sorted(reports) if not reports[rank].get("peer")]
+    killed = [rank for rank, code in codes.items() if code < 0 and rank not in reports]
+    if own or (reports and not killed):
+        rank = (own or sorted(reports))[0]
+        doc = reports[rank]
+        message = doc["message"]
+        failed = GanctlError(message if rank == 0 or message.startswith(f"rank {rank} ")
+                             else f"rank {rank}: {message}")
+        failed.exit_code = doc["exit_code"]
+        failed.result = doc["result"] if isinstance(doc.get("result"), dict) else None
+        return failed
     if len(codes) == size and len(set(codes.values())) == 1:
         return RankFailed(f"all {size} processes {_exit_reason(next(iter(codes.values())), size)}; "
                           "their own errors above say why")

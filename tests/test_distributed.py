@@ -395,6 +395,30 @@ def test_gloo_sync_batchnorm_is_batchnorm_on_the_whole_batch(two_ranks):
         assert len(errors) == 6 and max(errors.values()) < 2e-5, (rank, errors)
 
 
+def test_an_error_of_every_rank_is_reported_once_by_the_launcher(workdir):
+    """Both ranks refuse the run dir (rank 1 may instead lose rank 0 at a collective): the
+    launcher says the cause once, one line and with --json one JSON document, not each rank's
+    own line and a last one of its own."""
+    assert invoke("train", *TINY, "--steps", "1", "--out", "a").exit_code == 0
+    done = _run("-m", "ganctl", "train", *TINY, "--steps", "2", "--gpus", "2", "--out", "a", "--json")
+    assert done.returncode == 1, done.stderr[-3000:]
+    message = ("a already holds a run; continue it with `ganctl resume a` (or train --resume), "
+               "replace it with --overwrite, or choose another --out")
+    assert done.stderr == f"error: {message}\n"
+    assert json.loads(done.stdout) == {"error": message, "exit_code": 1}
+
+
+def test_the_launcher_reports_the_first_ranks_own_error_before_those_it_caused():
+    own = {"message": "no data", "exit_code": 1, "result": None, "peer": False}
+    lost = {"message": "rank 0 of 2: another rank died", "exit_code": 1, "result": None, "peer": True}
+    failed = distributed._ranks_failed({0: 1, 1: 1}, 2, {0: lost, 1: own})
+    assert (str(failed), failed.exit_code) == ("rank 1: no data", 1)
+    killed = distributed._ranks_failed({0: -9, 1: 1}, 2, {1: {**lost, "message": "rank 1 of 2: x"}})
+    assert str(killed).startswith("rank 0 of 2 was killed by SIGKILL, and the run stopped")
+    assert str(distributed._ranks_failed({0: 1, 1: 1}, 2, {0: lost, 1: lost})) == lost["message"]
+    assert "their own errors above" in str(distributed._ranks_failed({0: 1, 1: 1}, 2, {}))
+
+
 def test_a_nan_on_one_rank_rolls_every_rank_back_and_the_run_goes_on(workdir):
     """Rank 1's batch of step 4 is NaN: the averaged gradients carry it to both ranks, both roll
     back to the checkpoint of step 3 together (no rank left waiting in an all-reduce), and the
