@@ -53,7 +53,7 @@ from ganctl.sample import (
     to_pil,
     whole,
 )
-from ganctl.scoring import evaluate_checkpoint
+from ganctl.scoring import API_ARGUMENTS, evaluate_checkpoint
 
 PathLike = str | os.PathLike[str]
 DEFAULT_N = 64  # images when neither seeds nor n is given: `ganctl sample`'s default
@@ -433,7 +433,7 @@ def evaluate(target: PathLike | None = None, *, metrics: str | Sequence[str] = (
         overrides["split"] = ""  # another dataset: its own default split
     return evaluate_checkpoint(header, resolve_device(dev), names, num, num_real, overrides,
                                None if inception is None else os.fspath(inception), download,
-                               RunLog(_console(quiet)))
+                               RunLog(_console(quiet)), API_ARGUMENTS)
 
 
 def _metrics_text(metrics: object) -> str:

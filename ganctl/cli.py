@@ -612,10 +612,10 @@ def _print_config(from_file: dict[str, Any], flags: dict[str, Any], path: Path |
     for key, value in doc.items():
         shown = _shown(key, value)
         shown = ", ".join(map(str, shown)) or "none" if isinstance(shown, (list, tuple)) else shown
+        if key == "batch_size" and value == BATCH_AUTO:
+            shown = "auto"  # found when the run starts
         table.add_row(Text(key), Text(one_line(str(shown))), Text(sources[key]))
     Console(highlight=False).print(table)
-    if resolved.batch_size == 0:
-        typer.echo("batch_size 0 is auto: the largest that fits, found when the run starts")
 
 
 def _config_flags(params: dict[str, Any]) -> dict[str, Any]:

@@ -206,6 +206,8 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def describe(self) -> str:
+        if self.name == "tf32" and self.device.type != "cuda":  # TensorFloat-32 is a CUDA GPU's
+            return "fp32 (tf32 asked for: a CUDA GPU's)"
         return {"fp32": "fp32", "tf32": "tf32 (float32 weights, TensorFloat-32 math)",
                 "bf16": "bf16 autocast (float32 weights)",
                 "fp16": "fp16 autocast with loss scaling (float32 weights)"}[self.name]

@@ -169,24 +169,42 @@ class Evaluator:
                           self.real_stats, self.net.describe())
 
 
-def check_counts(metrics: list[str], num_fake: int, num_real: int | None) -> None:
+@dataclass(frozen=True)
+class CountOptions:
+    """How the caller names the numbers of fakes and reals, for the messages that say to raise
+    them: `ganctl eval`'s options (the default), training's, or the Python API's arguments."""
+
+    fake: str = "--num"
+    real: str = "--num-real"
+    all_real: str = "leave --num-real out for all of them"
+
+
+EVAL_OPTIONS = CountOptions()
+TRAIN_OPTIONS = CountOptions("--eval-num", "--eval-num-real", "0 for all of them")
+API_ARGUMENTS = CountOptions("num=", "num_real=", "None for all of them")
+
+
+def check_counts(metrics: list[str], num_fake: int, num_real: int | None,
+                 options: CountOptions = EVAL_OPTIONS) -> None:
     """Enough fakes, and enough reals when a number is asked, for every metric: refused before
     the data, the generator or any feature is computed (minutes), naming the option to raise."""
     need, title = least_images(metrics)
     if num_fake < need:
-        raise ConfigError(f"{title} needs at least {need} fake images, got {num_fake}; raise --num "
-                          f"(--eval-num when training) to {need} or more")
+        raise ConfigError(f"{title} needs at least {need} fake images, got {num_fake}; raise "
+                          f"{options.fake} to {need} or more")
     if num_real and num_real < need:
         raise ConfigError(f"{title} needs at least {need} real images, got {num_real}; raise "
-                          f"--num-real (--eval-num-real when training) to {need} or more, or 0 for all")
+                          f"{options.real} to {need} or more, or {options.all_real}")
 
 
 def make_evaluator(config: Config, data: ImageSet, device: torch.device, metrics: list[str],
                    num_fake: int, num_real: int | None, inception_path: str | None,
-                   download: bool, log: RunLog, progress: bool = True) -> Evaluator:
+                   download: bool, log: RunLog, progress: bool = True,
+                   options: CountOptions = EVAL_OPTIONS) -> Evaluator:
     """The feature network and the real statistics (from the cache, or computed and cached).
-    progress=False: the evaluator shows no progress bar (training shows its own)."""
-    check_counts(metrics, num_fake, num_real)
+    progress=False: the evaluator shows no progress bar (training shows its own); `options`:
+    what the caller calls the numbers of images, for its messages."""
+    check_counts(metrics, num_fake, num_real, options)
     count = len(data.images) if not num_real else min(num_real, len(data.images))
     need, title = least_images(metrics)
     if count < need:
@@ -233,15 +251,16 @@ def _store(path: Path, real: FeatureStats, meta: dict[str, Any], log: RunLog) ->
 
 def evaluate_checkpoint(header: Header, device: torch.device, metrics: list[str], num_fake: int,
                         num_real: int | None, overrides: dict[str, Any], inception_path: str | None,
-                        download: bool, log: RunLog) -> dict[str, Any]:
+                        download: bool, log: RunLog, options: CountOptions = EVAL_OPTIONS
+                        ) -> dict[str, Any]:
     """`ganctl eval`: a checkpoint's G_ema against its training data (or `overrides`' dataset);
     the result is appended to the run's metrics.jsonl as an "eval" event."""
-    check_counts(metrics, num_fake, num_real)  # before the generator and the data are read
+    check_counts(metrics, num_fake, num_real, options)  # before the generator and the data are read
     loaded = load_generator(header, device)
     config = loaded.config.replace(**overrides, batch_size=1)
     data = load_dataset(config, download=download, progress=log.task)
     evaluator = make_evaluator(config, data, device, metrics, num_fake, num_real, inception_path,
-                               download, log)
+                               download, log, options=options)
     result = evaluator(loaded.G, loaded.config, f"the G_ema of {header.path}")
     doc = {"checkpoint": str(header.path), "step": header.step, "dataset": config.dataset,
            "split": config.split or None, **result.to_dict()}

@@ -40,7 +40,7 @@ from ganctl.logging import DEFAULT_WANDB_PROJECT, RunLog, check_sinks
 from ganctl.losses import augment
 from ganctl.metrics import parse_metrics
 from ganctl.models import get_arch
-from ganctl.scoring import Evaluator, make_evaluator
+from ganctl.scoring import TRAIN_OPTIONS, Evaluator, make_evaluator
 from ganctl.stored import check_models, stored_config, validate
 
 CheckData = Callable[[ImageSet], None]
@@ -280,7 +280,7 @@ def _evaluator(config: Config, data: ImageSet, device: torch.device, download: b
         return None
     return make_evaluator(config, data, device, parse_metrics(config.eval_metrics), config.eval_num,
                           config.eval_num_real or None, config.inception or None, download, log,
-                          progress=False)
+                          progress=False, options=TRAIN_OPTIONS)
 
 
 def _check_conditional(config: Config, data: ImageSet) -> None:

@@ -171,18 +171,20 @@ def no_features(monkeypatch):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--num", "3"], ["precision/recall (k = 3) needs at least 4 fake images, got 3", "raise --num "]),
-    (["--num-real", "3"], ["precision/recall (k = 3) needs at least 4 real images, got 3",
-                           "raise --num-real"]),
+    (["--num", "3"], ["precision/recall (k = 3) needs at least 4 fake images, got 3; raise --num to "
+                      "4 or more"]),
+    (["--num-real", "3"], ["precision/recall (k = 3) needs at least 4 real images, got 3; raise "
+                           "--num-real to 4 or more, or leave --num-real out for all of them"]),
 ])
 def test_precision_recall_with_too_few_images_is_refused_first(scored, no_features, args, fragments):
     assert_clean_error(invoke("eval", "--metrics", "fid,pr", *FEW, *args), *fragments)
 
 
 def test_the_api_refuses_too_few_images_for_precision_recall(scored, no_features):
-    with pytest.raises(ConfigError, match=r"needs at least 4 fake images, got 3; raise --num"):
+    with pytest.raises(ConfigError, match=r"needs at least 4 fake images, got 3; raise num= to 4"):
         ganctl.evaluate(CKPT, metrics="pr", num=3, quiet=True)
-    with pytest.raises(ConfigError, match=r"needs at least 4 real images, got 3; raise --num-real"):
+    with pytest.raises(ConfigError, match=r"needs at least 4 real images, got 3; raise num_real= to "
+                                          r"4 or more, or None for all of them"):
         ganctl.evaluate(CKPT, metrics=["kid", "pr"], num=8, num_real=3, quiet=True)
 
 
@@ -197,7 +199,7 @@ def test_training_with_too_few_images_for_precision_recall_fails_before_it_start
     monkeypatch.setenv("GANCTL_INCEPTION", str(write_feature_net(tmp_path / "fake.pt")))
     result = invoke("train", *TINY, "--eval-every", "2", "--eval-metrics", "pr", "--eval-num", "3",
                     "--out", "r")
-    assert_clean_error(result, "needs at least 4 fake images, got 3", "--eval-num")
+    assert_clean_error(result, "needs at least 4 fake images, got 3; raise --eval-num to 4 or more")
     assert not (workdir / "r").exists()
 
 

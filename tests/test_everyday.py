@@ -387,3 +387,9 @@ def test_help_wraps_each_command_summary_where_the_terminal_ends(monkeypatch):
         assert commands and all(re.match(r"│ [a-z]+ +\S", line) for line in commands), commands
     resume = " ".join(help_text("resume").split())
     assert "on any number of processes" in resume
+
+
+def test_print_config_shows_batch_size_auto_as_auto(workdir):
+    result = invoke("train", "--batch-size", "auto", "--print-config")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"batch_size +auto +flag", result.stdout), result.stdout

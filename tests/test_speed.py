@@ -616,6 +616,7 @@ def test_settings_that_do_nothing_on_this_device_are_pointed_out(workdir):
     assert result.exit_code == 0, result.output
     assert "--precision tf32 changes nothing on cpu" in result.stdout
     assert "--compile-mode max-autotune does nothing without --compile" in result.stdout
+    assert "device cpu, fp32 (tf32 asked for: a CUDA GPU's), eager" in result.stdout  # not "tf32 math"
 
 
 def test_compile_may_be_a_boolean_in_a_config_file(workdir):
