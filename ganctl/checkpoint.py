@@ -364,11 +364,23 @@ def _read_header(path: Path, f: BinaryIO) -> Header:
     return _parse_header(path, raw, size)
 
 
+# files often given where a checkpoint goes, by their first bytes: named instead of a header
+# length that makes no sense
+_NOT_CHECKPOINTS = ((b"PK\x03\x04", "a zip archive (a TorchScript file, such as ganctl export "
+                     "writes, or a torch.save file)"), (b"\x80", "a Python pickle (torch.save's "
+                     "old format)"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+                    (b"\x08", "perhaps an ONNX model"), (b"{", "JSON text (a run's config.json?)"))
+
+
 def _header_length(path: Path, head: bytes, size: int) -> int:
     if len(head) < 8:
         raise CheckpointError(f"{path} is truncated or not a safetensors file")
     (n,) = struct.unpack("<Q", head[:8])
     if n > MAX_HEADER_BYTES or 8 + n > size:
+        kind = next((what for magic, what in _NOT_CHECKPOINTS if head.startswith(magic)), None)
+        if kind is not None:
+            raise CheckpointError(f"{path} is not a ganctl checkpoint: it is {kind}; give a "
+                                  ".safetensors checkpoint or a run directory")
         raise CheckpointError(f"{path} has a header of {n} bytes in a {size}-byte file: "
                               "truncated, corrupted or not a safetensors file")
     return n

@@ -579,7 +579,9 @@ class WandbSink:
         self._wandb = wandb
         run_dir = run_dir.resolve()
         self._run = wandb.init(
-            project=config.wandb_project or DEFAULT_WANDB_PROJECT, dir=str(run_dir),
+            # the run's folder holds W&B's files too, unless the user's WANDB_DIR says where
+            project=config.wandb_project or DEFAULT_WANDB_PROJECT,
+            dir=None if os.environ.get("WANDB_DIR") else str(run_dir),
             name=run_dir.name, id=wandb_id(run_dir), resume="allow",
             # ganctl guards its own stdout and stderr (guard_user_output, --json's one document):
             # W&B's console capture would wrap or redirect them again

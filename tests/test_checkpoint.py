@@ -89,6 +89,20 @@ def test_huge_header_length_is_refused_without_reading(tmp_path):
         checkpoint.read_header(path)
 
 
+@pytest.mark.parametrize("head, kind", [
+    (b"PK\x03\x04" + bytes(40), "a zip archive (a TorchScript file"),
+    (b"\x80\x04\x95" + bytes(40), "a Python pickle"),
+    (b"\x08\x07\x12" + bytes(40), "perhaps an ONNX model"),
+    (b'{"steps": 4, "arch": "dcgan"}', "JSON text"),
+])
+def test_a_file_of_another_kind_is_named_instead_of_a_header_length(tmp_path, head, kind):
+    path = tmp_path / "G.pt"
+    path.write_bytes(head)
+    result = invoke("inspect", path)
+    assert_one_line_error(result, 1, f"{path} is not a ganctl checkpoint: it is {kind}",
+                          "give a .safetensors checkpoint or a run directory")
+
+
 def test_no_pickle_and_no_torch_load_in_the_package():
     package = Path(checkpoint.__file__).parent
     pattern = re.compile(r"torch\.load\(|\bimport pickle\b|pickle\.loads?\(|from pickle ")

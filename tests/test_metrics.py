@@ -142,6 +142,13 @@ def test_the_feature_network_is_looked_for_in_order(tmp_path, monkeypatch):
     assert inception.locate(str(given)) == given
     with pytest.raises(FeatureNetError, match="--inception .*missing.pt does not exist"):
         inception.locate(str(tmp_path / "missing.pt"))
+    with pytest.raises(FeatureNetError, match=r"--inception .* is a directory; give the Inception "
+                                              r"file itself \(inception-2015-12-05.pt: https"):
+        inception.locate(str(tmp_path))
+    monkeypatch.setenv("GANCTL_INCEPTION", str(tmp_path / "gone.pt"))
+    with pytest.raises(FeatureNetError) as wrong:  # not told to set the variable that is wrong
+        inception.locate(None)
+    assert "GANCTL_INCEPTION" in str(wrong.value) and "set GANCTL_INCEPTION" not in str(wrong.value)
 
 
 def test_offline_or_no_download_says_what_file_where_from_and_where_to(tmp_path, monkeypatch):

@@ -311,9 +311,9 @@ def offline_wandb(tmp_path, monkeypatch):
     for name in [k for k in os.environ if k.startswith("WANDB_")]:  # a user's key, entity ...
         monkeypatch.delenv(name)
     home = tmp_path / "wandb-home"
-    for name, value in (("MODE", "offline"), ("SILENT", "true"), ("DIR", home),
-                        ("CONFIG_DIR", home / "config"), ("CACHE_DIR", home / "cache"),
-                        ("DATA_DIR", home / "data"), ("ARTIFACT_DIR", home / "artifacts")):
+    for name, value in (("MODE", "offline"), ("SILENT", "true"), ("CONFIG_DIR", home / "config"),
+                        ("CACHE_DIR", home / "cache"), ("DATA_DIR", home / "data"),
+                        ("ARTIFACT_DIR", home / "artifacts")):
         monkeypatch.setenv(f"WANDB_{name}", str(value))
     yield wandb
     wandb.teardown()
@@ -417,6 +417,14 @@ def test_a_resumed_online_wandb_run_gets_only_the_steps_it_does_not_hold(workdir
     result = invoke("resume", "r", "--steps", "5")
     assert result.exit_code == 0, result.output
     assert [step for step, _ in wandb.logged] == [4, 5, 5]  # step 5's scalars, then its grid
+
+
+def test_wandb_files_go_to_the_run_unless_wandb_dir_says_where(workdir, wandb, monkeypatch):
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    assert invoke("train", "--wandb", *SMALL, "--steps", "1", "--out", "r").exit_code == 0
+    monkeypatch.setenv("WANDB_DIR", str(workdir / "elsewhere"))
+    assert invoke("train", "--wandb", *SMALL, "--steps", "1", "--out", "s").exit_code == 0
+    assert [init["dir"] for init in wandb.inits] == [str((workdir / "r").resolve()), None]
 
 
 def test_resume_into_another_wandb_project_says_it_is_a_new_wandb_run(workdir, wandb):

@@ -64,7 +64,10 @@ def locate(path: str | Path | None = None, download: bool = True,
         if given:
             found = Path(given).expanduser()
             if not found.is_file():
-                raise FeatureNetError(f"{what} {found} does not exist; {_how_to_get()}")
+                state = ("is a directory" if found.is_dir() else "is not a regular file"
+                         if found.exists() else "does not exist")
+                raise FeatureNetError(f"{what} {found} {state}; give the Inception file itself "
+                                      f"({FILE_NAME}: {URL})")
             return found
     cached = models_dir() / FILE_NAME
     if cached.is_file():
