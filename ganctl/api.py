@@ -60,6 +60,14 @@ DEFAULT_N = 64  # images when neither seeds nor n is given: `ganctl sample`'s de
 MAX_BATCH = int(BOUNDS["batch_size"][1])  # images per forward pass, as `ganctl sample --batch-size`
 MAX_SAMPLE_BYTES = 1 << 32  # uint8 pixels one sample() call returns (4 GiB): more, drawn in parts
 DEVICES = "auto, cpu, cuda, cuda:K or mps"
+# flags of `ganctl train` that are not settings of a run, and what a Python caller does instead
+COMMAND_LINE_ONLY = {
+    "gpus": "several processes are started by the command line (ganctl train --gpus N, or "
+            "torchrun -m ganctl train); train() trains in this process",
+    "print_config": "the resolved settings are ganctl.session.resolve_config(settings)",
+    "list_presets": "the presets are ganctl.presets.PRESETS",
+    "json": "train() returns a Run; its .result is what --json prints",
+    "debug": "errors are raised as they are, tracebacks included"}
 # train()'s own arguments; every other keyword is a config key (ganctl.config.Config's fields)
 TRAIN_ARGS = ("out", "config", "max_time", "resume", "overwrite", "download", "quiet")
 
@@ -172,6 +180,8 @@ def _settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The config keys given, as the plain values a config file holds (see _plain); an unknown
     one is a ConfigError that names the closest known name."""
     for key in settings:
+        if key in COMMAND_LINE_ONLY:
+            raise ConfigError(f"train() has no {key}=: {COMMAND_LINE_ONLY[key]}")
         if key not in FIELD_NAMES:
             hint = did_you_mean(key, FIELD_NAMES + TRAIN_ARGS)
             raise ConfigError(f"train() got an unknown setting {shorten(key)}{hint}; settings are the "

@@ -350,9 +350,11 @@ def _rank() -> int:
     return found[0] if found else 0
 
 
-def _launch(processes: int, device: str | None, batch_size: str | None = None) -> None:
+def _launch(processes: int, device: str | None, batch_size: str | None = None,
+            batch_from: str = "--batch-size") -> None:
     """--gpus N: this command line again on N processes (torch's launcher); its exit code.
-    `device` and `batch_size` as given on it are checked first, before any process starts."""
+    `device` and `batch_size` (given by `batch_from`: the flag, a config file or the default)
+    are checked first, before any process starts."""
     from ganctl.distributed import from_environment, launch, without_option
 
     if _call(False, from_environment) is not None:
@@ -373,11 +375,11 @@ def _launch(processes: int, device: str | None, batch_size: str | None = None) -
         raise typer.BadParameter(f"auto finds a batch size for one process; with --gpus {processes} "
                                  f"give the global batch as a number divisible by {processes} "
                                  f"(auto's choice on one GPU times {processes}, say)",
-                                 param_hint="--batch-size")
+                                 param_hint=batch_from)
     if isinstance(batch, int) and batch % processes:
-        raise typer.BadParameter(f"--batch-size {batch} is the global batch and must divide "
-                                 f"among the {processes} processes; use a multiple of {processes}",
-                                 param_hint="--batch-size")
+        raise typer.BadParameter(f"batch size {batch} is the global batch and must divide among "
+                                 f"the {processes} processes; use a multiple of {processes} "
+                                 "(--batch-size)", param_hint=batch_from)
     if not on_cpu and not found and not _OUTPUT.json:
         _say(f"no CUDA GPU here: --gpus {processes} starts {processes} CPU processes (gloo)")
     _OUTPUT.at_stop = lambda: ("after telling every process to stop (each stops at the same step "
@@ -579,8 +581,10 @@ def train(
         # the settings each process would resolve, checked once here before any starts: a
         # config file's batch_size "auto" or a batch that does not divide among the processes
         resolved = _call(debug, session.resolve_config, {**from_file, **flags})
+        batch_from = ("--batch-size" if "batch_size" in flags else f"batch_size in {config}"
+                      if "batch_size" in from_file else "the default batch size")
         return _launch(gpus, resolved.device, "auto" if resolved.batch_size == BATCH_AUTO
-                       else str(resolved.batch_size))
+                       else str(resolved.batch_size), batch_from)
     _OUTPUT.training = "started"
     deadline = _call(debug, session.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))
@@ -1036,11 +1040,12 @@ def export(
                                  f"after it: ganctl export {paths[0]} g.pt", param_hint="OUT")
     if fmt is not None and fmt not in ("torchscript", "onnx"):
         raise typer.BadParameter(f"{fmt!r} is not torchscript or onnx", param_hint="--format")
-    onnx_name = out.suffix.lower() == ".onnx"
-    fmt = fmt or ("onnx" if onnx_name else "torchscript")
-    if onnx_name != (fmt == "onnx"):
-        raise typer.BadParameter(f"{out} is named for {'onnx' if onnx_name else 'torchscript'} "
-                                 f"but --format is {fmt}", param_hint="--format")
+    named = {".onnx": "onnx", **dict.fromkeys((".pt", ".pth", ".ts", ".jit"), "torchscript")}.get(
+        out.suffix.lower())  # a suffix that says the format; another (.zip, .bin, none) does not
+    fmt = fmt or named or "torchscript"
+    if named is not None and named != fmt:
+        raise typer.BadParameter(f"{out} is named for {named} but --format is {fmt}",
+                                 param_hint="--format")
     if out.suffix.lower() == ".safetensors":
         _fail(f"{out} is a checkpoint's name: export writes a generator, never over a checkpoint; "
               "give OUT ending in .pt or .onnx (usage: ganctl export [CKPT|RUN_DIR] OUT)")

@@ -488,6 +488,9 @@ def test_a_torch_device_is_a_device(_run):
     ({"device": 3}, "device must be a string"),
     ({"batch_size": 10**12}, "batch_size must be a whole number from 1 to 65536"),
     ({"stpes": 1}, "unknown setting 'stpes'"),
+    ({"gpus": 2}, "train() has no gpus=: several processes are started by the command line "
+                  "(ganctl train --gpus N"),  # not "did you mean 'gp'"
+    ({"json": True}, "train() has no json=: train() returns a Run"),
 ], ids=lambda v: "-".join(v) if isinstance(v, dict) else "")
 def test_train_mistakes_are_one_line_errors_before_any_run(workdir, kwargs, phrase):
     with pytest.raises(GanctlError) as e:

@@ -205,7 +205,8 @@ def test_a_stop_signal_acts_while_the_group_is_being_joined():
 
 def test_gpus_checks_what_it_can_before_starting_processes(workdir):
     assert_one_line_error(invoke("train", *TINY, "--steps", "2", "--gpus", "2", "--batch-size", "7"),
-                          2, "--batch-size 7 is the global batch and must divide among the 2")
+                          2, "Invalid value for --batch-size: batch size 7 is the global batch and "
+                          "must divide among the 2")
     if not torch.cuda.is_available():
         assert_one_line_error(invoke("train", "--gpus", "2", "--device", "cuda"), 2,
                               "--device cuda but no CUDA GPU is here")

@@ -290,9 +290,11 @@ def test_gpus_with_batch_size_auto_is_refused_before_any_process_starts(workdir,
     # batch that does not divide among them, a bad value in the file
     Path("auto.toml").write_text('batch_size = "auto"\n')
     result = invoke("train", "--gpus", "2", "--config", "auto.toml", "--device", "cpu")
-    assert_one_line_error(result, 2, "auto finds a batch size for one process")
+    assert_one_line_error(result, 2, "Invalid value for batch_size in auto.toml: auto finds a batch "
+                                     "size for one process")
     result = invoke("train", "--gpus", "3", "--device", "cpu")  # shapes' batch 64
-    assert_one_line_error(result, 2, "--batch-size 64 is the global batch", "multiple of 3")
+    assert_one_line_error(result, 2, "Invalid value for the default batch size: batch size 64 is "
+                                     "the global batch", "multiple of 3 (--batch-size)")
     Path("bad.toml").write_text("lr_g = -1\n")
     assert_one_line_error(invoke("train", "--gpus", "2", "--config", "bad.toml"), 1, "lr_g")
     assert not Path("runs").exists()

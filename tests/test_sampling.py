@@ -255,6 +255,10 @@ def test_export_takes_its_format_from_the_name_and_refuses_a_mismatch(run):
     result = invoke("export", run, "g2.onnx", "--format", "torchscript")
     assert result.exit_code == 2 and "named for onnx" in result.stderr
     assert not Path("g2.onnx").exists()
+    result = invoke("export", run, "g.pt", "--format", "onnx")
+    assert result.exit_code == 2 and "g.pt is named for torchscript but --format is onnx" in result.stderr
+    # a name that says no format takes --format's (it was 'named for torchscript')
+    assert sample_json("export", run, "g.bin", "--format", "onnx")["format"] == "onnx"
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
