@@ -902,6 +902,12 @@ def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt:
     if out is not None and not interpolate and out.suffix.lower() in (".gif", ".mp4"):
         bad(f"{out.name}: .gif and .mp4 are for --interpolate; a grid is .png, .jpg or .webp",
             "OUT")
+    from ganctl.sample import IMAGE_FORMATS
+
+    hidden = out is not None and out.name.startswith(".") and not out.suffix  # _check_out's
+    if out is not None and not interpolate and not hidden and out.suffix.lower() not in IMAGE_FORMATS:
+        bad(f"{out.name}: the image's name must end in .png, .jpg, .jpeg or .webp (its format)",
+            "OUT")
 
 
 def _check_out(out: Path, fmt: str = "image") -> None:

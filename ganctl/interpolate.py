@@ -184,8 +184,8 @@ def check_request(seeds: list[int], frames: int, fps: int, scale: int, out: Path
 def _ffmpeg(out: Path) -> str:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        raise ConfigError(f"cannot write {out.name}: ffmpeg is not on PATH; install it or write "
-                          f"{out.with_suffix('.gif').name}")
+        raise ConfigError(f"cannot write {out}: ffmpeg is not on PATH; install it or write "
+                          f"{out.with_suffix('.gif')}")
     return ffmpeg
 
 

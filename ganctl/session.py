@@ -396,7 +396,8 @@ def length_line(config: Config, images: int) -> str:
     """What the run will do, before its first step: steps, batch, images seen and passes."""
     seen = config.steps * config.batch_size
     passes = seen / max(images, 1)
-    return (f"{config.steps:,} steps of batch {config.batch_size}: {seen:,} images, "
+    return (f"{config.steps:,} step{'s' if config.steps != 1 else ''} of batch "
+            f"{config.batch_size}: {seen:,} images, "
             f"{f'{passes:,.1f}' if passes >= 0.1 else 'under 0.1'} passes over the data")
 
 

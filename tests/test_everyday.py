@@ -393,3 +393,10 @@ def test_print_config_shows_batch_size_auto_as_auto(workdir):
     result = invoke("train", "--batch-size", "auto", "--print-config")
     assert result.exit_code == 0, result.output
     assert re.search(r"batch_size +auto +flag", result.stdout), result.stdout
+
+
+def test_the_length_line_counts_one_step_as_one():
+    from ganctl.config import Config
+    from ganctl.session import length_line
+
+    assert length_line(Config(steps=1, batch_size=8), 16).startswith("1 step of batch 8: 8 images")

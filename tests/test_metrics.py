@@ -125,6 +125,8 @@ def test_metric_names_are_checked():
     assert parse_metrics("FID, kid,fid") == ["fid", "kid"]
     with pytest.raises(Exception, match="unknown metric 'is'; choose from fid, kid, pr"):
         parse_metrics("fid,is")
+    with pytest.raises(Exception, match=r"unknown metric 'fdi' \(did you mean 'fid'\?\); choose"):
+        parse_metrics("fdi")
 
 
 # --- the feature network -----------------------------------------------------------------------------

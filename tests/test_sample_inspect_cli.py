@@ -54,8 +54,7 @@ def test_sample_json(trained_run, workdir):
     assert (doc["width"], doc["height"]) == (70, 70)
 
 
-@pytest.mark.parametrize("out, fragment", [("x.bmp", "must end in .png, .jpg, .jpeg, .webp"),
-                                           ("a-file/x.png", "a-file is a file, not a folder"),
+@pytest.mark.parametrize("out, fragment", [("a-file/x.png", "a-file is a file, not a folder"),
                                            ("a-file/sub/x.png", "a-file is a file, not a folder"),
                                            (".png", ".png is a hidden file's name with no suffix; "
                                                     "name the file like out.png")])
@@ -63,6 +62,13 @@ def test_sample_bad_output(trained_run, out, fragment):
     Path("a-file").write_text("a file where a folder would go")
     result = invoke("sample", out)
     assert result.exit_code == 1 and fragment in result.stderr
+
+
+@pytest.mark.parametrize("out", ["x.bmp", "sub/noext", "x.PNG.txt"])
+def test_an_image_name_without_an_image_format_is_a_bad_command_line(workdir, out):
+    """Found from OUT alone, before a checkpoint is looked for (there is none here)."""
+    result = invoke("sample", out)
+    assert result.exit_code == 2 and "must end in .png, .jpg, .jpeg or .webp" in result.stderr
 
 
 def test_inspect_json_reports_the_header(trained_run, workdir):

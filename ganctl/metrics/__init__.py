@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ganctl.errors import ConfigError, FeatureNetError, shorten
+from ganctl.errors import ConfigError, FeatureNetError, did_you_mean, shorten
 from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
 from ganctl.metrics.kid import SUBSET_SIZE, SUBSETS, kernel_inception_distance
 from ganctl.metrics.pr import K, precision_recall
@@ -71,7 +71,8 @@ def parse_metrics(text: str) -> list[str]:
         raise ConfigError(f"no metric given; choose from {', '.join(METRICS)}")
     for name in names:
         if name not in METRICS:
-            raise ConfigError(f"unknown metric {shorten(name)}; choose from {', '.join(METRICS)}")
+            raise ConfigError(f"unknown metric {shorten(name)}{did_you_mean(name, METRICS)}; choose "
+                              f"from {', '.join(METRICS)}")
     return list(dict.fromkeys(names))
 
 
