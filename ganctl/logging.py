@@ -239,15 +239,18 @@ class RunLog:
             return advance
 
         next_report = max(total // 10, 1)
-        last = time.monotonic()
+        began = last = time.monotonic()
 
         def advance_plain(n: int) -> None:  # a line every 10%, and at least every LINE_EVERY_S
             nonlocal done, next_report, last
             done += n
-            if done >= next_report or done >= total or time.monotonic() - last >= LINE_EVERY_S:
-                self.info(f"  {done}/{total} ({100 * done // max(total, 1)}%)")
+            now = time.monotonic()
+            if done >= next_report or done >= total or now - last >= LINE_EVERY_S:
+                left = ("" if done >= total or not done else
+                        f", about {format_duration((now - began) / done * (total - done))} left")
+                self.info(f"  {done}/{total} ({100 * done // max(total, 1)}%{left})")
                 next_report = done + max(total // 10, 1)
-                last = time.monotonic()
+                last = now
         return advance_plain
 
     def start(self, step: int, total: int, deadline: float | None = None) -> None:

@@ -58,14 +58,17 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0 and out.stdout.strip() == f"ganctl {__version__}"
 
 
-def test_task_progress_plain_and_terminal():
+def test_task_progress_plain_and_terminal(monkeypatch):
+    clock = iter(range(0, 1000, 30))  # 30 s for each advance: the time left from the rate so far
+    monkeypatch.setattr("ganctl.logging.time.monotonic", lambda: float(next(clock)))
     buf = io.StringIO()
     advance = RunLog(Console(file=buf, force_terminal=False, width=100)).task("decoding x", 20)
     for _ in range(10):
         advance(2)
     lines = buf.getvalue().splitlines()
     assert lines[0] == "decoding x: 20 items"
-    assert lines[1] == "  2/20 (10%)" and lines[-1] == "  20/20 (100%)" and len(lines) == 11
+    assert lines[1] == "  2/20 (10%, about 4m30s left)" and lines[2] == "  4/20 (20%, about 4m00s left)"
+    assert lines[-1] == "  20/20 (100%)" and len(lines) == 11
     buf = io.StringIO()
     advance = RunLog(Console(file=buf, force_terminal=True, width=100)).task("decoding x", 4)
     advance(4)
