@@ -134,7 +134,8 @@ def test_grids_in_each_format_into_a_folder_made_for_them(run, name, fmt):
 
 
 def test_an_unknown_format_is_refused_before_anything_is_drawn(run):
-    assert_one_line_error(invoke("sample", "-n", "2", "x.bmp", "--ckpt", run), 1, ".png, .jpg")
+    # a bad command line (exit 2), found from OUT's name before the checkpoint is read
+    assert_one_line_error(invoke("sample", "-n", "2", "x.bmp", "--ckpt", run), 2, ".png, .jpg")
 
 
 def test_scale_and_nrow(run):
