@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import signal
+import stat
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -756,7 +757,7 @@ MAX_GRID = 4096  # images in one grid file; more go to --out-dir
 
 @app.command()
 def sample(
-    out: Annotated[Path | None, typer.Argument(
+    out_text: Annotated[str | None, typer.Argument(
         metavar="OUT", help="The image to write: .png, .jpg or .webp (a grid, or one image with "
         "-n 1); .gif, .mp4 or .png with --interpolate. Not with --out-dir.",
         show_default=False)] = None,
@@ -823,6 +824,11 @@ def sample(
     from ganctl.rundir import locate
     from ganctl.sample import check_truncation, load_generator, parse_class, parse_seeds
 
+    out = None if out_text is None else Path(out_text)  # as typed: "new/" names a folder
+    if out_text is not None and out_text.endswith(("/", os.sep)):
+        raise typer.BadParameter(f"{out_text} names a folder; give a file's name, like "
+                                 f"{out_text}grid.png (or --out-dir {out_text} for one file per "
+                                 "image)", param_hint="OUT")
     if (out is None) == (out_dir is None):
         raise typer.BadParameter("give OUT (one file) or --out-dir DIR (one file per image)",
                                  param_hint="OUT")
@@ -846,7 +852,7 @@ def sample(
     if truncation is not None:
         _usage("--truncation", check_truncation, truncation)
     if out is not None:
-        _check_out(out)
+        _check_out(out, text=out_text)
         if interpolate:  # the walk's own errors, before the checkpoint is read
             from ganctl.interpolate import check_request
 
@@ -910,12 +916,24 @@ def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt:
             "OUT")
 
 
-def _check_out(out: Path, fmt: str = "image") -> None:
+def _check_out(out: Path, fmt: str = "image", text: str | None = None) -> None:
     """OUT may be a new file (its missing folders are made) or one ganctl replaces: an image
     over an image (fsutil.is_replaceable; never a run's metrics or a checkpoint), a model file
     over ganctl's own export (export.check_replaceable: its mark, never a user's model); never
     a link (its target or the link would be lost), a folder or a device, nor a path under a
-    file, nor a hidden name without a suffix (".png" is a name, not a format)."""
+    file, nor a hidden name without a suffix (".png" is a name, not a format), nor a file the
+    user made read-only. `text`: OUT as typed (a trailing / names a folder)."""
+    if text is not None and text.endswith(("/", os.sep)):
+        example = {"image": "grid.png", "onnx": "G.onnx"}.get(fmt, "G.pt")
+        raise typer.BadParameter(f"{text} names a folder; give a file's name, like {text}{example}",
+                                 param_hint="OUT")
+    try:
+        _check_out_path(out, fmt)
+    except OSError as e:  # a name too long for the file system, a folder that cannot be read ...
+        _fail(_os_error(e))
+
+
+def _check_out_path(out: Path, fmt: str) -> None:
     from ganctl.errors import ConfigError
     from ganctl.fsutil import is_replaceable, nearest_existing
 
@@ -927,6 +945,9 @@ def _check_out(out: Path, fmt: str = "image") -> None:
     if out.exists() and not out.is_file():
         _fail(f"{out} exists and is not a regular file (a folder, FIFO or device); choose another "
               "name")
+    if out.is_file() and not out.stat().st_mode & stat.S_IWUSR:  # (root may write it anyway)
+        _fail(f"{out} is read-only; make it writable (chmod u+w) to have it replaced, or choose "
+              "another name")
     if fmt == "image" and out.is_file() and not is_replaceable(out):
         _fail(f"{out} exists and is not an image; ganctl replaces only a file of the kind it "
               "writes (not a run's files or a checkpoint): choose another name")
@@ -1055,7 +1076,7 @@ def export(
     if out.suffix.lower() == ".safetensors":
         _fail(f"{out} is a checkpoint's name: export writes a generator, never over a checkpoint; "
               "give OUT ending in .pt or .onnx (usage: ganctl export [CKPT|RUN_DIR] OUT)")
-    _check_out(out, fmt)
+    _check_out(out, fmt, paths[-1])
     header = _call(debug, locate, target, _say)
     if target is None and not json_mode:
         _say(f"using newest checkpoint {header.path}")

@@ -739,3 +739,34 @@ def test_a_symlink_to_an_enclosing_folder_is_not_followed(workdir):
     assert len(files) == 3
     assert sorted(f for f, why in passed if why == "link to an enclosing folder") == ["root", "up"]
     assert_one_line_error(invoke("data", "info", "--dataset", "/proc/self"), 1, "system folder")
+
+
+# --- OUT of sample and export: names the file system refuses, folders, read-only files ----------
+
+LONG_NAME = "x" * 300
+
+
+@pytest.mark.parametrize("command", [["sample", "-n", "2", f"{LONG_NAME}.png", "--ckpt", "RUN"],
+                                     ["export", "RUN", f"{LONG_NAME}.pt"]])
+def test_an_out_name_too_long_for_the_file_system_is_one_line(trained_run, command):
+    args = [str(trained_run) if a == "RUN" else a for a in command]
+    result = invoke(*args, "--json")
+    assert_one_line_error(result, 1, "File name too long", "use a shorter path")
+    assert json.loads(result.stdout)["exit_code"] == 1 and len(result.stderr) < 400
+
+
+def test_an_out_that_names_a_folder_is_a_bad_command_line(trained_run):
+    for command in (["sample", "new/", "--ckpt", trained_run], ["export", trained_run, "new/"]):
+        result = invoke(*command)
+        assert result.exit_code == 2 and "new/ names a folder; give a file's name" in result.stderr
+    assert not Path("new").exists()
+
+
+def test_a_read_only_out_is_left_as_the_user_made_it(trained_run):
+    for command, out in ((["sample", "-n", "1", "g.png", "--ckpt", trained_run], "g.png"),
+                         (["export", trained_run, "g.pt"], "g.pt")):
+        assert invoke(*command).exit_code == 0
+        Path(out).chmod(0o444)
+        before = Path(out).read_bytes()
+        assert_one_line_error(invoke(*command), 1, f"{out} is read-only; make it writable")
+        assert Path(out).read_bytes() == before and Path(out).stat().st_mode & 0o777 == 0o444
