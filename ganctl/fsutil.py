@@ -95,6 +95,27 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def clear_temp(tmp: Path) -> None:
+    """Remove what is at a temp file's name before it is made: a file left by a process of the
+    same pid that died, or a link planted there, which writing would follow (the file it points
+    to would be overwritten). The link itself goes, never its target."""
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
+def _create_new(path: str, flags: int) -> int:
+    """open()'s opener for a temp file: created new (O_EXCL: never through a link or into a file
+    that is there), the name cleared first once if something is in the way."""
+    flags |= os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, flags, 0o666)
+    except FileExistsError:
+        clear_temp(Path(path))
+        return os.open(path, flags, 0o666)
+
+
 @contextmanager
 def atomic_file(path: Path, sync_dir: bool = True, sync: bool = True) -> Iterator[BinaryIO]:
     """A file to write `path` through, so that a crash at any moment leaves the old file or the
@@ -106,7 +127,7 @@ def atomic_file(path: Path, sync_dir: bool = True, sync: bool = True) -> Iterato
     path = Path(path)
     tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb", opener=_create_new) as f:
             yield f
             if sync:
                 f.flush()

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import torch
 
 from ganctl.errors import ConfigError, GanctlError
-from ganctl.fsutil import atomic_write, fsync_dir, temp_path
+from ganctl.fsutil import atomic_write, clear_temp, fsync_dir, temp_path
 from ganctl.sample import (
     GENERATE_BATCH,
     LoadedGenerator,
@@ -228,6 +228,7 @@ def _mp4(ffmpeg: str, batches: Iterator[torch.Tensor], out: Path, width: int, he
     file beside `out`; synced and renamed over `out` once ffmpeg succeeded, so that `out` is the
     old file or the whole new video, never a part (ffmpeg failing, ganctl killed, a power cut)."""
     tmp = temp_path(out)
+    clear_temp(tmp)  # ffmpeg writes through a link planted at the name
     command = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
                "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
                "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart",

@@ -430,3 +430,19 @@ def test_the_time_budget_trains_up_to_the_deadline_minus_a_step_and_a_checkpoint
     budget.pause(5.0, "eval")  # an evaluation due next takes 5 s more
     assert budget.exhausted(step, eval_next=True)
     assert not TimeBudget(None, 0).exhausted(1)
+
+
+def test_an_atomic_write_never_writes_through_what_is_at_its_temp_name(tmp_path):
+    """The temp name is predictable (the pid): a link planted there, or a file a dead process of
+    the same pid left, is removed and a new file made; the link's target is untouched."""
+    from ganctl.fsutil import atomic_write, temp_path
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "grid.png"
+    temp_path(out).symlink_to(victim)
+    atomic_write(out, b"new")
+    assert victim.read_text() == "precious" and not out.is_symlink() and out.read_bytes() == b"new"
+    temp_path(out).write_bytes(b"left by a dead process, much longer than what comes now")
+    atomic_write(out, b"newer")
+    assert out.read_bytes() == b"newer" and not temp_path(out).exists()
