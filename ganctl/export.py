@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import stat
 import tempfile
 import time
 import warnings
@@ -138,6 +139,9 @@ def check_replaceable(out: Path, fmt: str) -> None:
     if out.exists() and not is_ganctl_file(out, fmt, KIND):
         raise ConfigError(f"{out} exists and is not {LABELS[fmt]} written by ganctl export (it has "
                           "no ganctl mark); move it away or choose another OUT")
+    if out.is_file() and not out.stat().st_mode & stat.S_IWUSR:  # (root may write it anyway)
+        raise ConfigError(f"{out} is read-only; make it writable (chmod u+w) to have it replaced, "
+                          "or choose another name")
 
 
 def _require_onnx() -> None:

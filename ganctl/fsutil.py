@@ -183,6 +183,7 @@ MARK_BYTES = 64 << 10  # a mark is a small JSON object: a larger entry is not on
 MARK_READ_BUDGET = 16 << 20  # bytes read to find a mark, whatever a file claims about itself
 ONNX_FIELDS = 4096  # ModelProto fields walked for metadata_props (a real model has a few dozen)
 ONNX_METADATA_PROPS = 14  # ModelProto.metadata_props: repeated StringStringEntryProto {key 1, value 2}
+ONNX_MODEL_FIELDS = {1, 7}  # ModelProto.ir_version and .graph: what makes a protobuf a model
 VARINT_BYTES = 10  # the longest protobuf varint (a 64-bit value)
 
 
@@ -242,12 +243,30 @@ class _Budgeted:
         return True
 
 
+# what every TorchScript archive holds beside its extra files, under its one top-level folder
+# (a torch.save zip has data.pkl but neither constants.pkl nor code/)
+TORCHSCRIPT_MEMBERS = ("data.pkl", "constants.pkl", "version")
+
+
 def _zip_mark(f: Any) -> str | None:
-    """The text of <archive>/extra/MARK_FILE in a TorchScript zip (torch.jit.save's extra file)."""
+    """The text of <archive>/extra/MARK_FILE in a TorchScript zip (torch.jit.save's extra file):
+    a zip from its first byte (no other file's bytes before it), every member under one folder,
+    with a TorchScript archive's own members and code; else None."""
+    if f.read(4) != b"PK\x03\x04":
+        return None
+    f.seek(0)
     with zipfile.ZipFile(f) as archive:
-        for info in archive.infolist():
-            parts = info.filename.split("/")
-            if len(parts) == 3 and parts[1:] == ["extra", MARK_FILE] and info.file_size <= MARK_BYTES:
+        infos = archive.infolist()
+        tops = {info.filename.split("/", 1)[0] for info in infos}
+        if len(tops) != 1:
+            return None
+        top = tops.pop()
+        names = {info.filename for info in infos}
+        if not all(f"{top}/{member}" in names for member in TORCHSCRIPT_MEMBERS) or not any(
+                name.startswith(f"{top}/code/") for name in names):
+            return None
+        for info in infos:
+            if info.filename == f"{top}/extra/{MARK_FILE}" and info.file_size <= MARK_BYTES:
                 with archive.open(info) as member:  # its size may lie: read at most one too many
                     text = member.read(MARK_BYTES + 1)
                 return text.decode() if len(text) <= MARK_BYTES else None
@@ -260,10 +279,12 @@ def _onnx_mark(f: Any) -> str | None:
     A field that runs past the end, a group or an unknown wire type raises (not an ONNX file)."""
     end = f.seek(0, os.SEEK_END)
     f.seek(0)
+    mark, seen = None, set()
     for _ in range(ONNX_FIELDS):
-        if f.tell() == end:
-            return None
+        if f.tell() == end:  # a model: its ir_version and graph are there too
+            return mark if ONNX_MODEL_FIELDS <= seen else None
         number, wire = divmod(_varint(f), 8)
+        seen.add(number)
         if number == 0:
             raise ValueError("field number 0")
         if wire == 0:
@@ -275,10 +296,10 @@ def _onnx_mark(f: Any) -> str | None:
         start = f.tell()
         if start + size > end:
             raise ValueError("a field runs past the end of the file")
-        if wire == 2 and number == ONNX_METADATA_PROPS and size <= MARK_BYTES:
+        if wire == 2 and number == ONNX_METADATA_PROPS and size <= MARK_BYTES and mark is None:
             entry = _entry(f.read(size))
             if entry.get(1) == MARK:
-                return entry.get(2, "")
+                mark = entry.get(2, "")
         f.seek(start + size)
     return None
 

@@ -434,11 +434,35 @@ def test_a_zip_whose_directory_claims_gigabytes_is_refused_unread(tmp_path, open
     out = tmp_path / "bomb.pt"
     size = 1 << 30
     with open(out, "wb") as f:
+        f.write(b"PK\x03\x04")  # a zip from its first byte, as ganctl's own are
         f.seek(size)
         # end of central directory: 65535 entries, a directory of `size` bytes at offset 0
         f.write(b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 0xFFFF, 0xFFFF, size, 0, 0))
     assert fsutil.read_mark(out, "torchscript") is None
     assert fsutil.MARK_READ_BUDGET < opened[0].bytes_read <= fsutil.MARK_READ_BUDGET + 1  # stopped there
+
+
+def test_a_zip_or_protobuf_holding_a_mark_is_not_therefore_a_model(tmp_path):
+    """A mark counts inside a TorchScript archive (one folder with its data.pkl, constants.pkl,
+    version and code/, the zip from the first byte) or an ONNX model (ir_version and a graph):
+    a user's zip that happens to hold extra/ganctl.json, the same zip after a text of theirs, or a
+    protobuf of nothing but the mark, are not ganctl's."""
+    import zipfile
+
+    mark = json.dumps({"ganctl": __version__, "kind": "generator", "format": "torchscript"})
+    notes = tmp_path / "notes.pt"
+    with zipfile.ZipFile(notes, "w") as z:
+        z.writestr("docs/notes.txt", "my notes")
+        z.writestr("docs/extra/ganctl.json", mark)
+    prefixed = tmp_path / "prefixed.pt"
+    prefixed.write_bytes(b"my text\n" * 250 + notes.read_bytes())
+    assert fsutil.read_mark(notes, "torchscript") is None
+    assert fsutil.read_mark(prefixed, "torchscript") is None
+    key, value = b"ganctl", mark.encode()
+    entry = b"\x0a" + bytes([len(key)]) + key + b"\x12" + bytes([len(value)]) + value
+    only = tmp_path / "only.onnx"
+    only.write_bytes(b"\x72" + varint(len(entry)) + entry)
+    assert fsutil.read_mark(only, "onnx") is None
 
 
 def varint(n: int) -> bytes:
