@@ -79,12 +79,16 @@ WORLD = World()
 def from_environment() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) from torchrun's variables, None outside a launcher (or
     for a world of one)."""
-    try:
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        raise ConfigError("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers (set by "
-                          "torchrun)") from None
+    texts = [os.environ.get(name, default) for name, default in
+             (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"))]
+    if not all(text.strip().isascii() and text.strip().isdigit() and len(text.strip()) <= 6
+               for text in texts):
+        raise ConfigError("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers from 0 (set by "
+                          f"torchrun), got {', '.join(repr(t[:20]) for t in texts)}")
+    size, rank, local = map(int, texts)
+    if size < 1:
+        raise ConfigError(f"WORLD_SIZE {size} must be 1 or more (the number of processes; set by "
+                          "torchrun)")
     if size > 1 and not (0 <= rank < size and 0 <= local < size):
         raise ConfigError(f"RANK {rank} and LOCAL_RANK {local} must lie in 0..{size - 1} for "
                           f"WORLD_SIZE {size}; start through torchrun or ganctl train --gpus N")
@@ -143,10 +147,13 @@ def timeout_s() -> float:
         seconds = float(text) if text else DEFAULT_TIMEOUT_S
     except ValueError:
         seconds = float("nan")
-    if not 0 < seconds < float("inf"):
-        raise ConfigError(f"{TIMEOUT_VARIABLE}={text!r} must be a positive number of seconds "
-                          f"(default {DEFAULT_TIMEOUT_S:g})")
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise ConfigError(f"{TIMEOUT_VARIABLE}={text[:40]!r} must be a positive number of seconds, "
+                          f"at most {MAX_TIMEOUT_S:.0f} (30 days; default {DEFAULT_TIMEOUT_S:g})")
     return seconds
+
+
+MAX_TIMEOUT_S = 30 * 86400.0  # a month: longer overflows torch's timeout (a C int of ms)
 
 
 def _rendezvous(size: int) -> tuple[str, int, float]:
@@ -487,10 +494,16 @@ def launch(processes: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch  # noqa: PLC0415
 
+    from ganctl.errors import STOP_SIGNALS  # noqa: PLC0415
+
     options: dict[str, Any] = {}
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and "signals_to_handle" in {
-            f.name for f in dataclasses.fields(LaunchConfig)}:  # nohup'd or in the background
-        options["signals_to_handle"] = "SIGTERM,SIGHUP,SIGQUIT"  # SIGINT stays ignored
+    if "signals_to_handle" in {f.name for f in dataclasses.fields(LaunchConfig)}:
+        # every stop signal goes on to the ranks as itself (a batch scheduler's SIGUSR1 too: the
+        # ranks' report then names the signal the user sent); one this process ignores (nohup's
+        # SIGHUP, SIGINT in the background) stays ignored
+        options["signals_to_handle"] = ",".join(
+            s.name for s in (*STOP_SIGNALS, signal.SIGQUIT)
+            if signal.getsignal(s) is not signal.SIG_IGN)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes,
                           run_id=uuid.uuid4().hex[:12], rdzv_backend="c10d",
                           rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,

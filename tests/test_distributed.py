@@ -133,7 +133,12 @@ def test_sync_bn_is_recorded_and_gpus_one_trains_in_this_process(workdir):
     ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "http"},
      "MASTER_PORT='http' must be a TCP port, 1 to 65535"),
     ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "GANCTL_DIST_TIMEOUT": "1m"},
-     "GANCTL_DIST_TIMEOUT='1m' must be a positive number of seconds (default 600)"),
+     "GANCTL_DIST_TIMEOUT='1m' must be a positive number of seconds, at most 2592000 (30 days; default 600)"),
+    ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+      "GANCTL_DIST_TIMEOUT": "99999999999999999999"}, "must be a positive number of seconds, at most"),
+    ({"WORLD_SIZE": "99999999999999999999"}, "WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE 0 must be 1 or more"),
+    ({"WORLD_SIZE": "-1"}, "WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers from 0"),
 ])
 def test_bad_launcher_variables_are_a_one_line_error(workdir, monkeypatch, env, fragment):
     for name, value in env.items():
@@ -518,3 +523,24 @@ def test_a_signal_during_the_stop_vote_is_kept_for_the_next_step(workdir, monkey
     assert result.exit_code == 128 + signal.SIGTERM, result.output
     assert "stopped by SIGTERM at step 2" in result.stderr
     assert [p.name for p in Path("r/checkpoints").glob("*.safetensors")] == ["step-000000002.safetensors"]
+
+
+def test_the_launcher_passes_every_stop_signal_on_as_itself(monkeypatch):
+    """SIGUSR1 to `--gpus N` (a batch scheduler's warning) reaches the ranks as SIGUSR1, so rank
+    0's one report names it (the launcher sent SIGTERM instead, and a second document said
+    SIGUSR1); a signal this process ignores (nohup's SIGHUP) stays ignored."""
+    from torch.distributed.launcher import api
+
+    seen = {}
+
+    def fake_launch(config, entrypoint):
+        seen["signals"] = config.signals_to_handle.split(",")
+        return lambda *args: None
+
+    monkeypatch.setattr(api, "elastic_launch", fake_launch)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert distributed.launch(2, ["train"]) == 0
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert set(seen["signals"]) == {"SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGQUIT"}
