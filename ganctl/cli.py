@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shlex
 import signal
@@ -100,9 +101,25 @@ _OUTPUT = _Command()
 _PROCESS = {"owns_signals": False}  # run() started this process: its stop signals are ours
 
 
+def _json_text(doc: Any) -> str:
+    """A --json document as strict JSON: a NaN or infinite number (a diverged run's last loss, a
+    damaged checkpoint's record) is written as the text "nan" / "inf", as metrics.jsonl writes
+    it, never as NaN or Infinity, which JSON readers refuse."""
+    def strict(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: strict(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [strict(v) for v in value]
+        return value
+
+    return json.dumps(strict(doc), allow_nan=False)
+
+
 def _json_error(message: str, code: int, result: dict[str, Any] | None = None) -> None:
     if _OUTPUT.json:
-        typer.echo(json.dumps({**(result or {}), "error": message, "exit_code": code}))
+        typer.echo(_json_text({**(result or {}), "error": message, "exit_code": code}))
 
 
 app = typer.Typer(
@@ -399,7 +416,7 @@ def _emit(json_mode: bool, result: dict[str, Any], human: str) -> None:
     if _rank():
         return
     if json_mode:
-        typer.echo(json.dumps(result))
+        typer.echo(_json_text(result))
     else:
         typer.echo(printable(human))
 
@@ -609,7 +626,7 @@ def _print_config(from_file: dict[str, Any], flags: dict[str, Any], path: Path |
     doc = resolved.to_dict()
     _outcome_decided()
     if json_mode:
-        typer.echo(json.dumps({"config": doc, "sources": sources}))
+        typer.echo(_json_text({"config": doc, "sources": sources}))
         return
     table = Table(show_header=True, box=None)  # cells are Text: a value is never read as markup
     for column in ("key", "value", "from"):
@@ -649,7 +666,7 @@ def _list_presets(json_mode: bool) -> None:
     from ganctl.presets import PRESETS
 
     if json_mode:
-        typer.echo(json.dumps({name: {"description": p.description, "settings": p.settings}
+        typer.echo(_json_text({name: {"description": p.description, "settings": p.settings}
                                for name, p in PRESETS.items()}))
         return
     from ganctl.data import FOLDER_PRESET, preset
@@ -1142,7 +1159,7 @@ def inspect(
     info = _call(debug, describe_checkpoint, header)
     _outcome_decided()
     if json_mode:
-        typer.echo(json.dumps(info))
+        typer.echo(_json_text(info))
         return
     console = Console(highlight=False)
     console.print(printable(f"checkpoint {path}"), markup=False, soft_wrap=True)
@@ -1222,7 +1239,7 @@ def eval_(
                 download, RunLog(_console(json_mode)))
     _outcome_decided()
     if json_mode:
-        typer.echo(json.dumps(doc))
+        typer.echo(_json_text(doc))
         return
     _eval_table(doc)
 
@@ -1398,7 +1415,7 @@ def cache_list(cache_dir: CacheDir = None, json_mode: Json = False, debug: Debug
     entries = _call(debug, list_caches, cache_dir)
     _outcome_decided()
     if json_mode:
-        typer.echo(json.dumps({"caches": [e.to_dict() for e in entries],
+        typer.echo(_json_text({"caches": [e.to_dict() for e in entries],
                                "bytes": sum(e.bytes for e in entries)}))
         return
     typer.echo(format_caches(entries, cache_dir))

@@ -279,7 +279,8 @@ def _onnx_mark(f: Any) -> str | None:
     A field that runs past the end, a group or an unknown wire type raises (not an ONNX file)."""
     end = f.seek(0, os.SEEK_END)
     f.seek(0)
-    mark, seen = None, set()
+    mark: str | None = None
+    seen: set[int] = set()
     for _ in range(ONNX_FIELDS):
         if f.tell() == end:  # a model: its ir_version and graph are there too
             return mark if ONNX_MODEL_FIELDS <= seen else None

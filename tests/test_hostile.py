@@ -770,3 +770,15 @@ def test_a_read_only_out_is_left_as_the_user_made_it(trained_run):
         before = Path(out).read_bytes()
         assert_one_line_error(invoke(*command), 1, f"{out} is read-only; make it writable")
         assert Path(out).read_bytes() == before and Path(out).stat().st_mode & 0o777 == 0o444
+
+
+def test_json_output_is_strict_json_whatever_numbers_a_checkpoint_holds(trained_run):
+    """A run's last record may hold NaN or infinite losses (the step before the divergence guard
+    acted): --json writes them as text, never as NaN/Infinity, which JSON readers refuse."""
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    rewrite(ckpt, ckpt, lambda tensors, meta: meta.update(
+        {"ganctl.metrics": '{"step": 4, "loss_D": NaN, "loss_G": Infinity}'}))
+    result = invoke("inspect", ckpt, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in --json"))
+    assert (doc["metrics"]["loss_D"], doc["metrics"]["loss_G"]) == ("nan", "inf")
