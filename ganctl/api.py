@@ -13,14 +13,15 @@ subclasses, one-line messages); nothing here exits the interpreter.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import operator
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -32,7 +33,16 @@ from ganctl.checkpoint import Header
 from ganctl.config import BOUNDS, FIELD_NAMES, Config, load_config_file
 from ganctl.device import resolve_device
 from ganctl.engine.loop import RunResult
-from ganctl.errors import ConfigError, DeviceError, RunError, Stopped, did_you_mean, shorten
+from ganctl.errors import (
+    ConfigError,
+    DeviceError,
+    GanctlError,
+    RunError,
+    Stopped,
+    did_you_mean,
+    os_error_message,
+    shorten,
+)
 from ganctl.logging import QuietOnClosedPipe, RunLog
 from ganctl.metrics import METRICS, parse_metrics
 from ganctl.models.base import num_classes
@@ -56,6 +66,7 @@ from ganctl.sample import (
 from ganctl.scoring import API_ARGUMENTS, evaluate_checkpoint
 
 PathLike = str | os.PathLike[str]
+MAX_PADDING = 4096  # pixels between a grid's images (beyond, the grid is too large anyway)
 DEFAULT_N = 64  # images when neither seeds nor n is given: `ganctl sample`'s default
 MAX_BATCH = int(BOUNDS["batch_size"][1])  # images per forward pass, as `ganctl sample --batch-size`
 MAX_SAMPLE_BYTES = 1 << 32  # uint8 pixels one sample() call returns (4 GiB): more, drawn in parts
@@ -70,6 +81,27 @@ COMMAND_LINE_ONLY = {
     "debug": "errors are raised as they are, tracebacks included"}
 # train()'s own arguments; every other keyword is a config key (ganctl.config.Config's fields)
 TRAIN_ARGS = ("out", "config", "max_time", "resume", "overwrite", "download", "quiet")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _ganctl_errors(fn: F) -> F:
+    """A public function whose failures are all ganctl's own errors: what the operating system
+    refused (a name too long, a full disk, permissions) and memory running out raise GanctlError
+    with the command line's one-line message, not OSError or MemoryError from deep inside."""
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GanctlError:
+            raise
+        except OSError as e:
+            raise GanctlError(os_error_message(e)) from e
+        except MemoryError as e:
+            raise GanctlError("out of memory: the checkpoint, model, images or dataset are too "
+                              "large for this machine") from e
+    return checked  # type: ignore[return-value]
 
 
 # --- train ----------------------------------------------------------------------------------------
@@ -98,6 +130,7 @@ class Run:
         return cls(Path(result.run_dir), result.step, result.steps, path(result.checkpoint),
                    path(result.samples), result.metrics, result.stopped, result.to_dict())
 
+    @_ganctl_errors
     def load(self, device: str = "auto") -> Generator:
         """The generator of this run's last checkpoint (see ganctl.load).
 
@@ -106,6 +139,7 @@ class Run:
         return load(self.checkpoint or self.run_dir, device)
 
 
+@_ganctl_errors
 def train(*, out: PathLike | None = None, config: PathLike | None = None,
           max_time: str | None = None, resume: bool = False, overwrite: bool = False,
           download: bool = True, quiet: bool = False, **settings: Any) -> Run:
@@ -227,11 +261,14 @@ def _flag(name: str, value: object) -> None:
 def _path(name: str, value: object, what: str) -> None:
     """A path given as a str or an os.PathLike of str (pathlib.Path), or None; bytes are not
     (os.fsdecode decodes them)."""
-    if value is None or isinstance(value, str):
+    if value is None:
         return
-    if isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if isinstance(text, str):
+        if "\x00" in text:
+            raise ConfigError(f"{name} {shorten(text)} holds a NUL character, which no path can")
         return
-    hint = "; decode it with os.fsdecode" if isinstance(value, bytes) else ""
+    hint = "; decode it with os.fsdecode" if isinstance(text, bytes) else ""
     raise ConfigError(f"{name} must be {what} (a str or pathlib.Path), got "
                       f"{_got(value)}{hint}")
 
@@ -291,6 +328,7 @@ class Generator:
         on labelled data: config.classes holds the data's)."""
         return self.config.classes if self.num_classes else ()
 
+    @_ganctl_errors
     def sample(self, seeds: Seeds | None = None, *, n: int | None = None,
                truncation: float | None = None, class_: int | str | None = None,
                batch_size: int = GENERATE_BATCH) -> torch.Tensor:
@@ -336,6 +374,7 @@ class Generator:
         c = labels_for_seeds(chosen, self.config, class_)
         return generate(self.G, z, self.device, c, operator.index(batch_size))
 
+    @_ganctl_errors
     def images(self, seeds: Seeds | None = None, *, n: int | None = None,
                truncation: float | None = None, class_: int | str | None = None,
                batch_size: int = GENERATE_BATCH) -> list[Image.Image]:
@@ -346,6 +385,7 @@ class Generator:
         x = self.sample(seeds, n=n, truncation=truncation, class_=class_, batch_size=batch_size)
         return [to_pil(image.permute(1, 2, 0)) for image in x]  # (H, W, C)
 
+    @_ganctl_errors
     def grid(self, seeds: Seeds | None = None, *, n: int | None = None, nrow: int | None = None,
              padding: int = GRID_PADDING, truncation: float | None = None,
              class_: int | str | None = None, batch_size: int = GENERATE_BATCH) -> Image.Image:
@@ -356,8 +396,8 @@ class Generator:
 
         Example: G.grid(seeds="0-15", nrow=8).save("grid.png")
         """
-        rows = None if nrow is None else _whole("nrow", nrow, 1)
-        gap = _whole("padding", padding, 0)
+        rows = None if nrow is None else _whole("nrow", nrow, 1, MAX_SEEDS)
+        gap = _whole("padding", padding, 0, MAX_PADDING)
         chosen = self._seeds(seeds, n, truncation, batch_size)
         c = self.config
         shape = GridShape.of(len(chosen), c.channels, c.resolution, c.resolution, gap, rows)
@@ -374,6 +414,7 @@ def _seeds(seeds: Seeds | None, n: int | None) -> list[int]:
     return seed_list(range(_whole("n", n, 1, MAX_SEEDS, " (the images, seeds 0..n-1)")))
 
 
+@_ganctl_errors
 def load(target: PathLike | None = None, device: str = "auto") -> Generator:
     """The EMA generator of a checkpoint, as `ganctl sample --ckpt` finds it.
 
@@ -393,19 +434,17 @@ def load(target: PathLike | None = None, device: str = "auto") -> Generator:
 
 def _locate(target: PathLike | None) -> Header:
     """rundir.locate, each damaged checkpoint it passed over a warning at the caller's line."""
-    if target is not None and not isinstance(target, (str, os.PathLike)):
-        hint = "; decode it with os.fsdecode" if isinstance(target, bytes) else ""
-        raise ConfigError(f"target must be a run directory, a checkpoint path, 'latest' or "
-                          f"'best', got {_got(target)}{hint}")
+    _path("target", target, "a run directory, a checkpoint path, 'latest' or 'best'")
     passed: list[str] = []
     header = rundir.locate(None if target is None else os.fspath(target), passed.append)
     for message in passed:
-        warnings.warn(message, stacklevel=3)  # at the line calling load() or evaluate()
+        warnings.warn(message, stacklevel=4)  # at the line calling load() or evaluate()
     return header
 
 
 # --- evaluate -------------------------------------------------------------------------------------
 
+@_ganctl_errors
 def evaluate(target: PathLike | None = None, *, metrics: str | Sequence[str] = ("fid", "kid"),
              num: int = 10000, num_real: int | None = None, dataset: str | None = None,
              split: str | None = None, data_dir: PathLike | None = None, device: str = "auto",

@@ -8,7 +8,6 @@ The user's output going away (a closed pipe or terminal) changes none of this.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from rich.text import Text
 
 from ganctl import __version__
 from ganctl.config import BATCH_AUTO, REAL_PRESET, SHAPES_PRESET, Config
-from ganctl.errors import STOP_SIGNALS
+from ganctl.errors import STOP_SIGNALS, os_error_message
 from ganctl.fsutil import NotRegularFile
 
 
@@ -310,7 +309,7 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
             traceback.print_exc()
         if isinstance(e, NotRegularFile):
             _fail(f"{e.filename} is not a regular file (a FIFO, socket or device); move it away")
-        _fail(_os_error(e))
+        _fail(os_error_message(e))
     except MemoryError:  # a checkpoint, model or dataset larger than this machine's memory
         if debug:
             traceback.print_exc()
@@ -320,24 +319,6 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
             raise
         _fail(f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")
     raise AssertionError("unreachable")
-
-
-# what to do about an operating system's error, by its errno (else: free space and permissions)
-_OS_HINTS = {errno.ENAMETOOLONG: "use a shorter path", errno.ENOSPC: "free some space",
-             errno.EDQUOT: "free some space (a disk quota is full)", errno.EROFS:
-             "the file system is read-only: choose a writable place", errno.ENOENT:
-             "check the path", errno.ENOTDIR: "a part of the path is a file, not a folder",
-             errno.EACCES: "check the permissions", errno.EPERM: "check the permissions",
-             errno.ELOOP: "the path's links go round in a loop", errno.EMFILE:
-             "too many open files: raise the limit (ulimit -n)"}
-
-
-def _os_error(e: OSError) -> str:
-    """An OSError as one line: what, where (a long path cut short) and what to do."""
-    where = f" ({str(e.filename)[:200]}{'...' if len(str(e.filename)) > 200 else ''})" \
-        if e.filename else ""
-    hint = _OS_HINTS.get(e.errno or 0, "check free space and permissions")
-    return f"{e.strerror or e}{where}; {hint}"
 
 
 def _say(message: str) -> None:
@@ -947,7 +928,7 @@ def _check_out(out: Path, fmt: str = "image", text: str | None = None) -> None:
     try:
         _check_out_path(out, fmt)
     except OSError as e:  # a name too long for the file system, a folder that cannot be read ...
-        _fail(_os_error(e))
+        _fail(os_error_message(e))
 
 
 def _check_out_path(out: Path, fmt: str) -> None:

@@ -4,15 +4,37 @@ Every expected failure (bad config, missing checkpoint, absent device, ...) rais
 subclass of GanctlError whose message is one line that says what is wrong and what to do.
 """
 
+import errno
+import re
 import signal
 from collections.abc import Iterable
 
 
 class GanctlError(Exception):
-    """An expected failure: the CLI prints `error: <message>` and exits 1."""
+    """An expected failure: the CLI prints `error: <message>` and exits 1. Its message is one
+    line (control characters, line breaks included, shown escaped) of at most MAX_MESSAGE
+    characters, whatever a value quoted in it held (a path, a setting, a stranger's metadata)."""
 
     exit_code = 1
     result: dict | None = None  # where things stand, for --json (a stopped run's position)
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(one_line(str(message)), *args)
+
+
+MAX_MESSAGE = 1000  # characters of an error's message: the middle of a longer one is cut
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # all but tab
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """text on one line, control characters as \\n, \\r, \\xNN, and at most `limit`
+    characters: a longer text keeps its beginning and end (what is wrong, what to do)."""
+    text = _CONTROL.sub(lambda m: {"\n": "\\n", "\r": "\\r"}.get(m.group(),
+                                                                   f"\\x{ord(m.group()):02x}"), text)
+    if len(text) > limit:
+        keep = (limit - 40) // 2
+        text = f"{text[:keep]} ...({len(text) - 2 * keep} characters)... {text[-keep:]}"
+    return text
 
 
 class ConfigError(GanctlError):
@@ -38,6 +60,26 @@ class CheckpointError(GanctlError):
 
 class RunError(GanctlError):
     """A run directory that cannot be used as asked (exists already, not writable, ...)."""
+
+
+# what to do about an operating system's error, by its errno (else: free space and permissions)
+_OS_HINTS = {errno.ENAMETOOLONG: "use a shorter path", errno.ENOSPC: "free some space",
+             errno.EDQUOT: "free some space (a disk quota is full)", errno.EROFS:
+             "the file system is read-only: choose a writable place", errno.ENOENT:
+             "check the path", errno.ENOTDIR: "a part of the path is a file, not a folder",
+             errno.EACCES: "check the permissions", errno.EPERM: "check the permissions",
+             errno.ELOOP: "the path's links go round in a loop", errno.EMFILE:
+             "too many open files: raise the limit (ulimit -n)", errno.EEXIST:
+             "something is in the way there: move it, or choose another path", errno.EISDIR:
+             "a folder is in the way there: move it, or choose another path"}
+
+
+def os_error_message(e: OSError) -> str:
+    """An OSError as one line: what, where (a long path cut short) and what to do."""
+    name = str(e.filename) if e.filename else ""
+    where = f" ({name[:200]}{'...' if len(name) > 200 else ''})" if name else ""
+    hint = _OS_HINTS.get(e.errno or 0, "check free space and permissions")
+    return f"{e.strerror or e}{where}; {hint}"
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

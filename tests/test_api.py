@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import signal
@@ -367,13 +368,14 @@ GENERATOR_MISTAKES = [
     ("sample", {"class_": [0]}, ConfigError, "class [0] given, but this model is unconditional"),
     ("images", {"n": 0}, ConfigError, "n must be a whole number from 1"),
     ("images", {"seeds": "0-1000000"}, ConfigError, "more than 100000 seeds at once"),
-    ("grid", {"nrow": 0}, ConfigError, "nrow must be a whole number from 1, got 0"),
-    ("grid", {"nrow": 1.5}, ConfigError, "nrow must be a whole number from 1, got 1.5"),
-    ("grid", {"nrow": True}, ConfigError, "nrow must be a whole number from 1, got True"),
-    ("grid", {"padding": -1}, ConfigError, "padding must be a whole number from 0, got -1"),
-    ("grid", {"padding": None}, ConfigError, "padding must be a whole number from 0, got None"),
-    ("grid", {"padding": 10**9}, ConfigError, "GB of pixels, more than one image holds"),
-    ("grid", {"padding": 10**5, "truncation": math.inf}, ConfigError, "truncation must be a finite"),
+    ("grid", {"nrow": 0}, ConfigError, "nrow must be a whole number from 1 to 100,000, got 0"),
+    ("grid", {"nrow": 1.5}, ConfigError, "nrow must be a whole number from 1 to 100,000, got 1.5"),
+    ("grid", {"nrow": True}, ConfigError, "nrow must be a whole number from 1 to 100,000, got True"),
+    ("grid", {"padding": -1}, ConfigError, "padding must be a whole number from 0 to 4,096, got -1"),
+    ("grid", {"padding": None}, ConfigError, "padding must be a whole number from 0 to 4,096, got None"),
+    ("grid", {"padding": 4096, "n": 400}, ConfigError, "GB of pixels, more than one image holds"),
+    ("grid", {"padding": 4096, "n": 400, "truncation": math.inf}, ConfigError,
+     "truncation must be a finite"),
 ]
 
 
@@ -522,3 +524,27 @@ def test_the_readme_example_runs(workdir, capsys):
     assert [i.size for i in namespace["images"]] == [(32, 32)] * 3
     assert np.array_equal(np.asarray(namespace["images"][2]),
                           G.sample(seeds=4)[0].permute(1, 2, 0).numpy())
+
+
+class BytesPath(os.PathLike):
+    """A path-like object whose path is bytes (pathlib refuses it with a TypeError)."""
+
+    def __fspath__(self):
+        return b"r"
+
+
+@pytest.mark.parametrize("call, phrase", [
+    (lambda run, G: G.grid(n=2, padding=10**400), "padding must be a whole number from 0 to 4,096"),
+    (lambda run, G: ganctl.load("x" * 300), "File name too long"),  # the OS's error, as ganctl's
+    (lambda run, G: ganctl.train(dataset="x" * 300, steps=1, quiet=True), "File name too long"),
+    (lambda run, G: ganctl.load(BytesPath()), "decode it with os.fsdecode"),
+    (lambda run, G: ganctl.evaluate(BytesPath(), quiet=True), "decode it with os.fsdecode"),
+    (lambda run, G: ganctl.train(config="\x00", quiet=True), "config '\\x00' holds a NUL character"),
+    (lambda run, G: ganctl.load("a\nb"), "a\\nb does not exist"),  # one line
+    (lambda run, G: G.sample("x" * 5000), "characters)..."),  # cut short
+], ids=range(8))
+def test_what_the_os_refuses_and_long_or_odd_values_are_one_short_line(_run, G, workdir, call, phrase):
+    with pytest.raises(GanctlError) as e:
+        call(_run, G)
+    one_line(e, phrase)
+    assert len(str(e.value)) <= 1000
