@@ -12,7 +12,8 @@ __version__ before it knows whether a command needs torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing's own constant, without importing typing (the console script's
+# stop signals are held back only once this package has loaded: it stays small)
 
 __version__ = "0.1.0"
 __all__ = ["Generator", "Run", "__version__", "evaluate", "load", "train"]
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
     from ganctl.api import Generator, Run, evaluate, load, train
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """ganctl.train and the rest, from ganctl.api (imported with torch on the first access)."""
     if name in _API:
         from ganctl import api

@@ -242,7 +242,7 @@ def test_the_entry_point_holds_stops_back_before_importing_the_command_line():
     probe = ("import signal, sys\n"
              "class Watch:\n"
              "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name in ('typer', 'rich', 'ganctl.cli', 'torch'):\n"
+             "        if name in ('ganctl.errors', 'typer', 'rich', 'ganctl.cli', 'torch'):\n"
              "            held = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
              "            print(name, sorted(int(s) for s in held), flush=True)\n"
              "sys.meta_path.insert(0, Watch())\n"
@@ -253,7 +253,7 @@ def test_the_entry_point_holds_stops_back_before_importing_the_command_line():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     seen = dict(line.split(" ", 1) for line in done.stdout.splitlines() if not line.startswith("ganctl "))
-    assert "ganctl.cli" in seen and "typer" in seen, done.stdout
+    assert {"ganctl.errors", "ganctl.cli", "typer"} <= set(seen), done.stdout
     for name, held in seen.items():
         assert set(json.loads(held)) >= {int(s) for s in STOP_SIGNALS}, name
 
