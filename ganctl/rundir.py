@@ -22,7 +22,7 @@ from ganctl import fsutil
 from ganctl.checkpoint import SUFFIX, Header, open_checkpoint, read_header
 from ganctl.config import Config
 from ganctl.errors import CheckpointError, GanctlError, RunError
-from ganctl.fsutil import atomic_write
+from ganctl.fsutil import atomic_write, nearest_existing
 
 MARKER = ".ganctl-run"  # written first in every run directory: what makes a folder a run
 CONFIG = "config.json"
@@ -253,6 +253,9 @@ def create_run_dir(out: Path | None, config: Config, overwrite: bool = False) ->
         run_dir = out
     else:
         root = runs_root()
+        if (there := nearest_existing(root)) is not None and not there.is_dir():
+            raise RunError(f"the runs folder {root} cannot be made: {there} is a file, not a folder "
+                           "(GANCTL_RUNS moves ./runs); move it, or give --out DIR")
         _mkdir(root, parents=True, exist_ok=True)
         used = [int(m.group(1)) for p in root.iterdir() if (m := _INDEX_RE.match(p.name))]
         index = max(used, default=0) + 1

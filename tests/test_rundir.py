@@ -2,6 +2,7 @@
 checkpoint a command was pointed at, falling back past damaged files."""
 
 import json
+from pathlib import Path
 
 import torch
 from helpers import TINY, assert_one_line_error, damage, invoke, verifying_steps
@@ -163,3 +164,12 @@ def test_a_sample_grid_that_cannot_be_written_does_not_stop_training(workdir, mo
     assert "cannot write the sample grid" in result.stdout and "Read-only file system" in result.stdout
     assert [p.name for p in rundir.list_checkpoints(workdir / "r" / "checkpoints")] == [
         "step-000000002.safetensors", "step-000000004.safetensors"]
+
+
+def test_a_runs_root_that_is_a_file_is_named(workdir, monkeypatch):
+    Path("afile").write_text("mine")
+    monkeypatch.setenv("GANCTL_RUNS", "afile/sub")
+    result = invoke("train", *TINY)
+    assert_one_line_error(result, 1, "the runs folder afile/sub cannot be made: afile is a file, not "
+                                     "a folder (GANCTL_RUNS moves ./runs)")
+    assert Path("afile").read_text() == "mine"
