@@ -401,17 +401,21 @@ def test_gloo_sync_batchnorm_is_batchnorm_on_the_whole_batch(two_ranks):
         assert len(errors) == 6 and max(errors.values()) < 2e-5, (rank, errors)
 
 
-def test_an_error_of_every_rank_is_reported_once_by_the_launcher(workdir):
-    """Both ranks refuse the run dir (rank 1 may instead lose rank 0 at a collective): the
-    launcher says the cause once, one line and with --json one JSON document, not each rank's
-    own line and a last one of its own."""
-    assert invoke("train", *TINY, "--steps", "1", "--out", "a").exit_code == 0
-    done = _run("-m", "ganctl", "train", *TINY, "--steps", "2", "--gpus", "2", "--out", "a", "--json")
-    assert done.returncode == 1, done.stderr[-3000:]
-    message = ("a already holds a run; continue it with `ganctl resume a` (or train --resume), "
-               "replace it with --overwrite, or choose another --out")
-    assert done.stderr == f"error: {message}\n"
-    assert json.loads(done.stdout) == {"error": message, "exit_code": 1}
+def test_a_rank_of_gpus_leaves_its_error_to_the_launcher(workdir, monkeypatch):
+    """Under `--gpus N` a rank prints no error of its own (each rank printed its line, rank 1 one
+    caused by rank 0's, and with --json two documents came out): it leaves it in the launcher's
+    folder, which reports the cause once (below)."""
+    reports = workdir / "reports"
+    reports.mkdir()
+    for name, value in {"GANCTL_LAUNCHED": "1", "GANCTL_LAUNCH_REPORTS": str(reports),
+                        "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    result = invoke("inspect", "missing.safetensors", "--json")
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", "")
+    assert json.loads((reports / "rank-1.json").read_text()) == {
+        "message": "missing.safetensors does not exist; pass a .safetensors checkpoint or a run "
+                   "directory", "exit_code": 1, "result": None,
+        "peer": False}
 
 
 def test_the_launcher_reports_the_first_ranks_own_error_before_those_it_caused():
