@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import re
 import sys
 import tomllib
@@ -201,7 +202,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
-        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        values = (json.loads(text, object_pairs_hook=_refuse_duplicates) if path.suffix == ".json"
+                  else tomllib.loads(text))
+    except DuplicateKey as e:  # TOML refuses them itself; JSON would keep the last silently
+        raise ConfigError(f"config file {path} gives {shorten(e.key)} twice; keep one") from None
     except ValueError as e:  # TOMLDecodeError, JSONDecodeError, a number of over 4300 digits
         raise ConfigError(f"config file {path} is not valid {_kind(path)}: "
                           f"{first_line(e)}") from None
@@ -220,6 +224,25 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     check_keys(values, str(path))
     check_types(values, f"config file {path}")
     return values
+
+
+class DuplicateKey(Exception):
+    """A JSON object that gives one key twice (json.loads would keep the last of them)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook: a key given twice is refused, as TOML and checkpoint headers
+    refuse it, instead of the last one winning unseen."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen.add(key)
+    return dict(pairs)
 
 
 def _kind(path: Path) -> str:
@@ -268,12 +291,35 @@ def _check_type(name: str, value: Any, kind: str, where: str = "") -> None:
     if not good:
         want = _ALSO_WANTED.get(name, _WANTED[kind])
         raise ConfigError(f"{prefix}{name} must be {want}, got {shown(value)}")
-    if isinstance(value, str) and "\0" in value:  # no path or name holds one; the OS refuses it
-        raise ConfigError(f"{prefix}{name} must be a string without NUL characters, got "
-                          f"{shown(value)}")
+    for text in (value if kind == "tuple[str, ...]" else [value] if kind == "str" else []):
+        _check_text(name, text, prefix)
     if kind == "float" and isinstance(value, int) and not -FLOAT_MAX <= value <= FLOAT_MAX:
         raise ConfigError(f"{prefix}{name} must be a number a float can hold (at most about "
                           f"1.8e308), got {shown(value)}")
+
+
+# Keys whose strings name files: there a string may carry the bytes of a file name that is not
+# UTF-8, as Python reads them from the command line or a folder (surrogate escapes, U+DC80 to
+# U+DCFF); classes too, since they are folder names. Every other string is text.
+FILE_NAME_KEYS = frozenset({"dataset", "data_dir", "inception", "init_from", "classes"})
+
+
+def _check_text(name: str, text: str, prefix: str) -> None:
+    """ConfigError unless `text` is text: no NUL (no path or name holds one; the OS refuses it),
+    no lone surrogate (JSON's "\\ud800" makes one: it is no character, and no file name or
+    output can hold it)."""
+    if "\0" in text:
+        raise ConfigError(f"{prefix}{name} must be a string without NUL characters, got "
+                          f"{shown(text)}")
+    try:
+        if name in FILE_NAME_KEYS:
+            os.fsencode(text)
+        else:
+            text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"{prefix}{name} must be text, got {shown(text)}: it holds a lone "
+                          f"surrogate ({ascii(e.object[e.start])[1:-1]}), which is no character; "
+                          "write the character itself") from None
 
 
 def shown(value: Any) -> str:

@@ -209,6 +209,7 @@ def test_the_command_line_says_which_key_file_and_type_in_one_line(workdir, fast
     ("lr_g = " + "9" * 400, "lr_g must be a number a float can hold"),
     ("steps = " + "9" * 5000, "config file c.toml is not valid TOML: Exceeds the limit"),
     ('dataset = "a\\u0000b"', "dataset must be a string without NUL characters"),
+    ('classes = ["a", "b\\u0000"]', "classes must be a string without NUL characters"),
     ('data_dir = "~no_such_user_here/x"', "data_dir '~no_such_user_here/x' starts with a ~"),
 ])
 def test_wrong_values_in_a_file_read_as_the_user_wrote_them(workdir, text, fragment):
@@ -225,3 +226,75 @@ def test_accepted_spellings_stay_accepted(workdir):
     assert (config["batch_size"], config["compile"], config["spectral_norm"]) == (0, "off", "on")
     assert config["lr_g"] == 1.0 and isinstance(config["lr_g"], float)
     assert config["precision"] == "fp32"
+
+
+STRING_KEYS = [key for key, kind in KINDS.items() if kind in ("str", "tuple[str, ...]")]
+
+
+def _with_text(key: str, text: str) -> object:
+    return [text] if KINDS[key] == "tuple[str, ...]" else text
+
+
+@pytest.mark.parametrize("key", STRING_KEYS)
+def test_every_string_refuses_a_lone_surrogate_from_a_file_and_a_call(workdir, fast_cli, key):
+    """JSON's "\\ud800" is no character: no file name or output can hold it. Refused naming the
+    key, in one line, before anything (a path lookup, a print) meets it."""
+    path = workdir / "c.json"
+    path.write_text(json.dumps({key: _with_text(key, "x\ud800")}))  # json writes it escaped
+    result = invoke("train", "--config", path, "--print-config")
+    assert_one_line_error(result, 1, f"config file {path}: {key} must be text", "\\ud800",
+                          "lone surrogate")
+    assert "unexpected" not in result.stderr
+    import ganctl
+
+    with pytest.raises(ConfigError) as caught:
+        ganctl.train(**{key: _with_text(key, "\udfff")}, quiet=True)
+    _assert_names(str(caught.value), key, "must be text", "\\udfff")
+    with pytest.raises(ConfigError, match=f"^{key} must be text"):
+        Config(**{key: _with_text(key, "\ud800")})  # type: ignore[arg-type]
+    assert not (workdir / "runs").exists()
+
+
+def test_a_flag_that_is_not_text_is_refused_in_one_line(workdir, fast_cli):
+    """A byte that is not UTF-8 on the command line reaches Python as a surrogate escape
+    (\\udcff): no W&B project name, augmentation or other plain setting is made of it."""
+    for flag, key in (("--wandb-project", "wandb_project"), ("--augment", "augment")):
+        result = invoke("train", flag, "run\udcff", "--print-config")
+        assert_one_line_error(result, 1, f"{key} must be text", "\\udcff")
+        assert "unexpected" not in result.stderr
+
+
+def test_a_folder_whose_name_is_not_utf8_stays_a_dataset(workdir, fast_cli):
+    """Path keys (and class names, which are folder names) may carry the bytes of a file name
+    that is not UTF-8, as Python reads them (surrogate escapes U+DC80..U+DCFF)."""
+    import os
+
+    from helpers import image_folder
+
+    folder = workdir / os.fsdecode(b"img\xff")
+    for name in (b"b", b"cl\xe9"):
+        image_folder(folder / os.fsdecode(name), 2, size=(8, 8))
+    result = invoke("train", "--dataset", folder, "--print-config", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["config"]["dataset"] == str(folder)
+    for _ in range(2):  # decoded, then read from its cache: the class name survives the .json
+        result = invoke("data", "info", "--dataset", folder, "--json")
+        assert result.exit_code == 0 and "damaged" not in result.stderr, result.output
+        assert json.loads(result.stdout)["classes"] == ["b", "cl\udce9"]
+    assert Config(dataset=str(folder), classes=(os.fsdecode(b"cl\xe9"),)).classes == ("cl\udce9",)
+
+
+@pytest.mark.parametrize("text, key", [
+    ('{"steps": 5, "steps": 7}', "'steps'"),
+    ('{"seed": 1, "steps": 5, "seed": 1}', "'seed'"),  # twice even with the same value
+    ('{"dataset": "shapes", "classes": ["a"], "classes": []}', "'classes'"),
+])
+def test_a_json_key_given_twice_is_refused_not_the_last_one_taken(workdir, fast_cli, text, key):
+    """As TOML and checkpoint headers refuse a key given twice, so does a JSON config: the
+    last one winning silently would run another config than the user thinks they wrote."""
+    (workdir / "c.json").write_text(text)
+    result = invoke("train", "--config", "c.json", "--print-config")
+    assert_one_line_error(result, 1, f"config file c.json gives {key} twice; keep one")
+    assert "unexpected" not in result.stderr
+    with pytest.raises(ConfigError, match="gives .* twice"):
+        load_config_file(workdir / "c.json")
