@@ -100,6 +100,31 @@ def _svhn_labels_short(root: Path) -> None:
     sio.savemat(str(root / "train_32x32.mat"), {"X": images, "y": np.ones((5, 1), np.uint8)})
 
 
+def _reshape_idx(path: Path, shape: tuple[int, ...]) -> None:
+    """The idx file's bytes, in the same gzip or none, with its header giving another shape."""
+    gz = path.suffix == ".gz"
+    raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    data = idx_bytes(np.frombuffer(raw[4 + 4 * raw[3]:], dtype=np.uint8).reshape(shape))
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+def _svhn_of_size(side: int) -> Callable[[Path], None]:
+    def make(root: Path) -> None:
+        from scipy import io as sio
+        root.mkdir(parents=True)
+        sio.savemat(str(root / "train_32x32.mat"), {"X": np.zeros((side, side, 3, 6), np.uint8),
+                                                    "y": np.ones((6, 1), np.uint8)})
+    return make
+
+
+def _svhn_of_floats(root: Path) -> None:
+    from scipy import io as sio
+    root.mkdir(parents=True)
+    pixels = np.zeros((32, 32, 3, 6))
+    pixels[0, 0, 0, 0] = np.nan
+    sio.savemat(str(root / "train_32x32.mat"), {"X": pixels, "y": np.ones((6, 1), np.uint8)})
+
+
 def _mat_version_73(path: Path) -> None:
     raw = bytearray(path.read_bytes())
     raw[124:126] = b"\x00\x02"  # what MATLAB 7.3 (an HDF5 file) writes
@@ -138,6 +163,22 @@ DAMAGED: dict[str, tuple[str, Callable[[Path], object], Path, Callable[[Path], N
         "mnist", lambda r: write_mnist(r, gz=False), MNIST_RAW / "train-labels-idx1-ubyte",
         lambda p: p.write_bytes(idx_bytes(np.full(10, 200, dtype=np.uint8))),
         "label 200 is none of the 10 classes"),
+    "mnist images of 784x1 (tall)": (
+        "mnist", write_mnist, MNIST_RAW / "train-images-idx3-ubyte.gz",
+        lambda p: _reshape_idx(p, (10, 784, 1)), "images of shape (10, 784, 1), not (N, 28, 28)"),
+    "mnist images of 1x784 (wide)": (
+        "mnist", lambda r: write_mnist(r, gz=False), MNIST_RAW / "train-images-idx3-ubyte",
+        lambda p: _reshape_idx(p, (10, 1, 784)), "images of shape (10, 1, 784), not (N, 28, 28)"),
+    "fashion-mnist images of 14x56": (
+        "fashion-mnist", lambda r: write_mnist(r, "FashionMNIST"),
+        Path("FashionMNIST/raw/train-images-idx3-ubyte.gz"), lambda p: _reshape_idx(p, (10, 14, 56)),
+        "images of shape (10, 14, 56), not (N, 28, 28)"),
+    "mnist images of 4 dimensions": (
+        "mnist", write_mnist, MNIST_RAW / "train-images-idx3-ubyte.gz",
+        lambda p: _reshape_idx(p, (10, 28, 28, 1)), "images of shape (10, 28, 28, 1)"),
+    "mnist labels of 2 dimensions": (
+        "mnist", write_mnist, MNIST_RAW / "train-labels-idx1-ubyte.gz",
+        lambda p: _reshape_idx(p, (10, 1)), "labels of shape (10, 1)"),
     "cifar10 batch cut short": (
         "cifar10", write_cifar10, CIFAR10 / "data_batch_1", cut, "pickle: "),
     "cifar10 batch of garbage": (
@@ -162,6 +203,12 @@ DAMAGED: dict[str, tuple[str, Callable[[Path], object], Path, Callable[[Path], N
     "svhn .mat with fewer labels than images": (
         "svhn", _svhn_labels_short, Path("train_32x32.mat"), lambda p: None,
         "y is not 6 labels from 1 to 10"),
+    "svhn .mat of 28x28 images": (
+        "svhn", _svhn_of_size(28), Path("train_32x32.mat"), lambda p: None,
+        "X of shape (28, 28, 3, 6), not (32, 32, 3, N)"),
+    "svhn .mat of float pixels with NaN": (
+        "svhn", _svhn_of_floats, Path("train_32x32.mat"), lambda p: None,
+        "X holds values that are not pixels from 0 to 255"),
     "svhn .mat of MATLAB 7.3": (
         "svhn", write_svhn, Path("train_32x32.mat"), _mat_version_73, "not a MATLAB 5 .mat file"),
     "celeba partition naming a path": (
@@ -356,7 +403,18 @@ CACHE_DAMAGE: dict[str, Callable[[dict[str, Path]], None]] = {
     "json cut short": lambda f: cut(f["json"]),
     "json nested too deep": lambda f: f["json"].write_text("[" * 100_000 + "]" * 100_000),
     "json of another shape": lambda f: f["json"].write_text('{"classes": 3}'),
+    "json listing 100,000 classes": lambda f: _edit_json(f["json"], classes=["a"] * 100_000),
+    "json listing the classes in another order": lambda f: _edit_json(f["json"], classes=["c1", "c0"]),
+    "json of another version": lambda f: _edit_json(f["json"], version=1),
+    "json of another cache's key": lambda f: _edit_json(f["json"], fingerprint="0" * 16),
+    "json whose skip report does not add up": lambda f: _edit_json(
+        f["json"], skipped=2, skipped_by_reason={"not an\nimage": 5}),
+    "json whose skip report is no table": lambda f: _edit_json(f["json"], skipped_by_reason=3),
 }
+
+
+def _edit_json(path: Path, **changes: object) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
 @pytest.mark.parametrize("damage", CACHE_DAMAGE)
@@ -386,3 +444,76 @@ def test_a_gzip_bomb_is_refused_before_it_fills_memory(workdir, monkeypatch):
     monkeypatch.setattr(sources, "MAX_DATA_FILE", 4096)
     result = fails("--dataset", "mnist", "--no-download")
     assert_one_line_error(result, 1, str(path), "is too large")
+
+
+@pytest.mark.parametrize("part", ["images.npy", "labels.npy", "json"])
+def test_a_folder_in_the_way_of_the_decode_cache_is_named_and_left_alone(workdir, part):
+    """Not 'free space': something is where the cache's file goes. Said before decoding (a large
+    dataset would decode for hours, then fail), with the advice that fits: move it away."""
+    folder = image_folder(workdir / "imgs", 4, classes=2)
+    first = info("--dataset", folder)
+    stem = json.loads(first.stdout)["cache"][: -len(".images.npy")]
+    blocker = Path(f"{stem}.{part}")
+    blocker.unlink()
+    blocker.mkdir()
+    (blocker / "keep.txt").write_text("the user's")
+    result = fails("--dataset", folder)
+    assert_one_line_error(result, 1, f"{blocker} is a folder, in the way of the decode cache",
+                          "move it away, or set GANCTL_CACHE_DIR elsewhere")
+    assert "free space" not in result.stderr and "unexpected" not in result.stderr
+    assert "decoding" not in result.stdout
+    assert (blocker / "keep.txt").read_text() == "the user's"
+
+
+@pytest.mark.parametrize("code, advice", [
+    ("ENOSPC", "free space there, or set GANCTL_CACHE_DIR elsewhere"),
+    ("EDQUOT", "free space there"),
+    ("EACCES", "make {cache} writable, or set GANCTL_CACHE_DIR elsewhere"),
+    ("EROFS", "make {cache} writable"),
+    ("EISDIR", "something is in the way at {cache}/x.json (a folder or file where ganctl writes): "
+               "move it away, or set GANCTL_CACHE_DIR elsewhere"),
+    ("ENOTDIR", "a file stands where a folder of {cache}/x.json should be: move it away"),
+    ("EIO", "check the disk and free space there, or set GANCTL_CACHE_DIR elsewhere"),
+])
+def test_a_cache_that_cannot_be_written_gets_the_advice_that_fits(workdir, monkeypatch, code, advice):
+    import errno
+
+    from ganctl.data import cache
+
+    def refuse(path, data):
+        raise OSError(getattr(errno, code), "refused", str(workdir / "tmp"), None,
+                      str(workdir / "CACHE" / "x.json"))
+
+    monkeypatch.setattr(cache, "atomic_write", refuse)
+    monkeypatch.setenv("GANCTL_CACHE_DIR", str(workdir / "CACHE"))
+    result = fails("--dataset", image_folder(workdir / "imgs", 4))
+    assert_one_line_error(result, 1, "cannot write the decode cache in",
+                          advice.format(cache=workdir / "CACHE"))
+
+
+def _float_tiff(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.float32), "F").save(path)
+
+
+def test_float_images_with_nan_or_inf_are_skipped_and_counted_without_warnings(workdir):
+    """No brightness stands for NaN or infinity: such an image is skipped with its reason, like
+    any other unusable one, and numpy's 'invalid value encountered in cast' never reaches the
+    terminal (nor becomes an error where warnings are errors)."""
+    import warnings
+
+    folder = image_folder(workdir / "imgs", 3)
+    for name, bad in (("nan.tif", np.nan), ("inf.tif", np.inf), ("minus-inf.tiff", -np.inf)):
+        pixels = np.full((16, 16), 0.5)
+        pixels[3, 4] = bad
+        _float_tiff(folder / name, pixels)
+    _float_tiff(folder / "largest.tif", np.full((16, 16), np.finfo(np.float32).max))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a decode thread's warning: a failure
+        result = info("--dataset", folder)
+    assert result.exit_code == 0, result.output
+    assert "Warning" not in result.stderr and "decode.py" not in result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["count"] == 4 and doc["skipped_by_reason"] == {"non-finite pixels": 3}
+    largest = np.load(doc["cache"])[3]  # sorted names: 000, 001, 002, largest, ...
+    assert (largest == 255).all()  # as bright as its type goes: white, not an overflow

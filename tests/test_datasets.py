@@ -559,3 +559,61 @@ def test_train_on_a_folder_of_32px_images_defaults_to_32(tmp_path, workdir):
     doc = json.loads(result.stdout)
     assert doc["config"]["resolution"] == 32
     assert doc["sources"]["resolution"].startswith("dataset ")
+
+
+def _gray_tiff(pixels: np.ndarray) -> np.ndarray:
+    """pixels (I;16, I or F by their dtype) through a TIFF file and the decoder, at their size."""
+    import io
+
+    from PIL import Image  # noqa: PLC0415
+
+    from ganctl.data.decode import decode
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="TIFF")
+    return decode(buffer.getvalue(), pixels.shape[0], 1, "center")[0]
+
+
+@pytest.mark.parametrize(("dtype", "low", "high", "expected"), [
+    (np.float32, 0.0, 0.5, (0, 128)),  # floats in [0, 1]
+    (np.float32, 0.0, 100.0, (0, 100)),  # floats of 8-bit values
+    (np.float32, 250.0, 1000.0, (64, 255)),  # of any other range: its own brightest is white
+    (np.float32, -3.0, 1e6, (0, 255)),  # below 0: black
+    (np.float32, 0.0, float(np.finfo(np.float32).max), (0, 255)),  # no overflow on the way
+    (np.uint16, 0, 200, (0, 200)),  # I;16 holding 8-bit values
+    (np.uint16, 1000, 65535, (4, 255)),  # I;16 over its range
+    (np.int32, -5, 2**31 - 1, (0, 255)),  # I: 32-bit, scaled by its brightest
+    (np.int32, 50_000, 100_000, (128, 255)),
+])
+def test_16_bit_32_bit_and_float_grayscale_scale_to_what_they_show(dtype, low, high, expected):
+    """Half the image at `low`, half at `high`: each keeps its brightness within the range its
+    type and values say, never wrapping, overflowing or warning."""
+    import warnings
+
+    pixels = np.full((8, 8), low, dtype=dtype)
+    pixels[:, 4:] = high
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _gray_tiff(pixels)
+    assert (got[:, :4] == expected[0]).all() and (got[:, 4:] == expected[1]).all(), got
+
+
+def test_class_names_and_paths_with_control_characters_stay_on_one_line(workdir):
+    """A folder name may hold a newline or a terminal escape: what ganctl.data writes for
+    people (the decoding line, label warnings, the skip summary) shows it escaped, on one line;
+    the JSON report keeps the names as they are."""
+    root = workdir / "x\ny"
+    image_folder(root / "c", 2, size=(8, 8))
+    (root / "a\nb").mkdir()
+    (root / "a\nb" / "bad.png").write_text("not an image")
+    (root / "\x1b[31mred").mkdir()
+    (root / "\x1b[31mred" / "bad.png").write_text("not an image")
+    result = invoke("data", "info", "--dataset", root, "--resolution", "32", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["classes"] == ["\x1b[31mred", "a\nb", "c"]
+    assert doc["warnings"] == ["2 class(es) have no usable image: \\x1b[31mred, a\\nb"]
+    decoding = [line for line in result.stderr.splitlines() if line.startswith("decoding")]
+    assert len(decoding) == 1 and "x\\ny" in decoding[0], result.stderr
+    assert cache.skip_summary({**doc, "skipped_by_reason": {"not\nan image": 2}}) == \
+        "skipped 2 of 4 files (2 not\\nan image)"

@@ -22,6 +22,7 @@ from ganctl.data import cache, shapes, sources
 from ganctl.data.batches import Batch, Batches
 from ganctl.data.decode import Skip, is_gray, open_image
 from ganctl.errors import DataError, DataMissing, did_you_mean, lookup, shorten
+from ganctl.logging import one_line
 
 __all__ = ["Batch", "Batches", "DATASETS", "ImageSet", "load_dataset", "open_source", "preset"]
 
@@ -53,13 +54,14 @@ class ImageSet:
                 "unlabelled": int((labels < 0).sum())}
 
     def label_warnings(self) -> list[str]:
-        """One line per surprise in the labels: images outside the classes, empty classes."""
+        """One line per surprise in the labels: images outside the classes, empty classes (their
+        names escaped: a folder name may hold a newline or a terminal escape)."""
         report = self.label_report()
         lines = []
         if report.get("unlabelled"):
             lines.append(f"{report['unlabelled']} images are beside the class folders, in no class "
                          "(label -1)")
-        empty = [name for name, n in report.get("class_counts", {}).items() if n == 0]
+        empty = [one_line(name) for name, n in report.get("class_counts", {}).items() if n == 0]
         if empty:
             lines.append(f"{len(empty)} class(es) have no usable image: {', '.join(empty[:5])}"
                          + (" ..." if len(empty) > 5 else ""))

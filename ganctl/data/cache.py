@@ -12,6 +12,7 @@ allow_pickle=False.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -39,8 +40,9 @@ from ganctl.data.decode import Skip, decode, from_array
 from ganctl.data.sources import Source
 from ganctl.errors import DataError
 from ganctl.fsutil import atomic_write
+from ganctl.logging import one_line
 
-VERSION = 2  # bump when decoding (or the cache's files) change, so old caches are not reused
+VERSION = 3  # bump when decoding (or the cache's files) change, so old caches are not reused
 CHUNK = 256  # items decoded per task
 RAW_BUDGET = 512 << 20  # bytes of encoded files the decode threads hold at once
 Progress = Callable[[int], None]  # advance by n items
@@ -91,10 +93,11 @@ READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError, 
                struct.error)
 
 
-def _load(base: Path, resolution: int, channels: int) -> Decoded | None:
+def _load(base: Path, resolution: int, channels: int, classes: list[str]) -> Decoded | None:
     """The cache at base; None when there is none (its .json, written last, is absent: never
-    built, or a build that died). Damaged(what) when its files are not what build() wrote:
-    cut, garbled, of another shape, or labels outside its classes."""
+    built, or a build that died). Damaged(what) when its files are not what build() wrote for a
+    source of these `classes`: cut, garbled, of another shape, a description that is not
+    build()'s, or labels outside the classes."""
     meta_path, images_path, labels_path = _files(base)
     if not meta_path.is_file():
         return None
@@ -106,9 +109,7 @@ def _load(base: Path, resolution: int, channels: int) -> Decoded | None:
         raise Damaged(f"{Path(e.filename or images_path).name} is missing") from None
     except READ_ERRORS as e:
         raise Damaged(f"{type(e).__name__}: {' '.join(str(e).split())[:100]}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("content_fingerprint"), str) \
-            or not isinstance(meta.get("classes"), list):
-        raise Damaged(f"{meta_path.name} is not a decode's description")
+    _check_meta(meta, meta_path, base, classes)
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
             or images.shape[1:] != (channels, resolution, resolution) \
             or images.shape[0] != meta.get("count") or images.shape[0] == 0:
@@ -116,10 +117,38 @@ def _load(base: Path, resolution: int, channels: int) -> Decoded | None:
                       f"of {channels}x{resolution}x{resolution} its .json promises")
     if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 \
             or labels.shape != (images.shape[0],) \
-            or ((labels < -1) | (labels >= len(meta["classes"]))).any():
+            or ((labels < -1) | (labels >= len(classes))).any():
         raise Damaged(f"{labels_path.name} does not hold a label (or -1) for each image")
-    return Decoded(images, labels, [str(c) for c in meta["classes"]], meta["content_fingerprint"],
-                   meta, images_path)
+    return Decoded(images, labels, list(classes), meta["content_fingerprint"], meta, images_path)
+
+
+def _check_meta(meta: Any, meta_path: Path, base: Path, classes: list[str]) -> None:
+    """Damaged unless the .json is what build() wrote for this cache: its key (the end of the
+    file name) and version, and the source's own class list, which is fixed by the source (its
+    class folders, a named dataset's classes) as the key is. A description with another class
+    list (a damaged one of 100,000 names) would reach reports, the config and the checkpoint.
+    The skip report, shown to the user, is counts by reason that add up."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("content_fingerprint"), str) \
+            or not isinstance(meta.get("classes"), list) or not _is_count(meta.get("count")) \
+            or not base.name.endswith(f"-{meta.get('fingerprint')}") \
+            or meta.get("version") != VERSION:
+        raise Damaged(f"{meta_path.name} is not a decode's description")
+    if meta["classes"] != classes:
+        raise Damaged(f"{meta_path.name} lists {_count(meta['classes'], 'class', 'classes')}, "
+                      f"not the {_count(classes, 'class', 'classes')} of the source")
+    reasons, skipped = meta.get("skipped_by_reason"), meta.get("skipped")
+    if not _is_count(skipped) or not isinstance(reasons, dict) \
+            or not all(isinstance(r, str) and _is_count(n) and n > 0 for r, n in reasons.items()) \
+            or sum(reasons.values()) != skipped:
+        raise Damaged(f"{meta_path.name} has no skip report of build()'s kind")
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _count(items: list, one: str, many: str) -> str:
+    return f"{len(items)} {one if len(items) == 1 else many}"
 
 
 class ByteBudget:
@@ -196,8 +225,9 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"cannot create the cache dir {cache_dir}: {e.strerror}; set "
-                        "GANCTL_CACHE_DIR to a writable directory") from None
+        raise DataError(f"cannot create the cache dir {cache_dir}: {e.strerror}; "
+                        f"{_write_advice(e, cache_dir)}") from None
+    _check_nothing_in_the_way(base)
     tmp_raw = base.with_name(f".{base.name}.raw.tmp-{os.getpid()}")
     tmp_npy = base.with_name(f".{base.name}.npy.tmp-{os.getpid()}")
     labels: list[int] = []
@@ -239,18 +269,57 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
                 "skipped_by_reason": dict(sorted(reasons.items())), "skipped_files": skipped}
         atomic_write(meta_path, json.dumps(meta, indent=1).encode())
     except OSError as e:
-        raise DataError(f"cannot write the decode cache in {cache_dir}: {e.strerror}; free "
-                        "space or set GANCTL_CACHE_DIR elsewhere") from None
+        raise DataError(f"cannot write the decode cache in {cache_dir}: {e.strerror}; "
+                        f"{_write_advice(e, cache_dir)}") from None
     finally:
         tmp_raw.unlink(missing_ok=True)
         tmp_npy.unlink(missing_ok=True)
     try:
-        loaded = _load(base, resolution, channels)
+        loaded = _load(base, resolution, channels, source.classes)
     except Damaged as e:  # written a moment ago: the disk or another process changed it
         raise DataError(f"the decode cache just written in {cache_dir} reads back damaged "
                         f"({e}); check the disk, or set GANCTL_CACHE_DIR elsewhere") from None
     assert loaded is not None
     return loaded
+
+
+# What to do when the cache cannot be written, by what the OS said: the advice fits the cause.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_IN_THE_WAY = frozenset({errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY})
+
+
+def _write_advice(e: OSError, cache_dir: Path) -> str:
+    elsewhere = "or set GANCTL_CACHE_DIR elsewhere"
+    if e.errno in _FULL:
+        return f"free space there, {elsewhere}"
+    if e.errno in _NOT_WRITABLE:
+        return f"make {cache_dir} writable, {elsewhere}"
+    where = e.filename2 or e.filename or cache_dir  # os.replace names its target second
+    if e.errno == errno.ENOTDIR:
+        return f"a file stands where a folder of {where} should be: move it away, {elsewhere}"
+    if e.errno in _IN_THE_WAY:
+        return f"something is in the way at {where} (a folder or file where ganctl writes): " \
+               f"move it away, {elsewhere}"
+    return f"check the disk and free space there, {elsewhere}"
+
+
+def _check_nothing_in_the_way(base: Path) -> None:
+    """DataError if one of the cache's file names is taken by something that is no file (a
+    folder, a FIFO): the build would fail at its very end, after decoding everything. A file
+    there, damaged or not, is ganctl's own and is replaced."""
+    for path in _files(base):
+        try:
+            mode = path.lstat().st_mode
+        except (FileNotFoundError, NotADirectoryError):  # none yet (a cache dir that is a
+            continue  # file is build()'s to report, when it makes the dir)
+        except OSError as e:
+            raise DataError(f"cannot look at {path}: {e.strerror}; check the cache dir's "
+                            "permissions, or set GANCTL_CACHE_DIR elsewhere") from None
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            what = "a folder" if stat.S_ISDIR(mode) else "no regular file"
+            raise DataError(f"{path} is {what}, in the way of the decode cache ganctl writes "
+                            "there; move it away, or set GANCTL_CACHE_DIR elsewhere")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -280,9 +349,11 @@ def load_or_build(source: Source, resolution: int, channels: int, crop: str,
     """The cached decode of `source` at these settings, building it on first use."""
     cache_dir = cache_dir or default_cache_dir()
     key = cache_key(source, resolution, channels, crop)
-    task = f"decoding {source.name} into {cache_dir}"
+    base = cache_dir / _stem(source, key)
+    task = one_line(f"decoding {source.name} into {cache_dir}")
+    _check_nothing_in_the_way(base)
     try:
-        found = _load(cache_dir / _stem(source, key), resolution, channels)
+        found = _load(base, resolution, channels, source.classes)
     except Damaged as e:  # ganctl's own files: built again in their place, and said so
         found, task = None, f"{task} (its cache there was damaged: {e}; decoding it again)"
     if found is not None:
@@ -296,8 +367,8 @@ def skip_summary(meta: dict[str, Any]) -> str | None:
     if not meta.get("skipped"):
         return None
     total = meta["count"] + meta["skipped"]
-    return (f"skipped {meta['skipped']} of {total} files "
-            f"({_summary(Counter(meta['skipped_by_reason']))})")
+    return one_line(f"skipped {meta['skipped']} of {total} files "
+                    f"({_summary(Counter(meta['skipped_by_reason']))})")
 
 
 # --- what the cache dir holds: `ganctl data cache list|clean` ---------------------------------------

@@ -1,9 +1,9 @@
 """One image in, one (C, R, R) uint8 array out: mode conversion, square crop or pad, resize.
 
 Every input PIL can open is handled: grayscale, RGB, RGBA/LA/palette with transparency
-(composited on white), 16-bit and float grayscale (scaled to 8 bits), CMYK, YCbCr, 1-bit,
-first frame of an animated GIF. A file that cannot be used raises Skip with a short reason;
-the caller counts it and goes on.
+(composited on white), 16-bit, 32-bit and float grayscale (scaled to 8 bits; an image with NaN
+or infinite pixels is skipped), CMYK, YCbCr, 1-bit, first frame of an animated GIF. A file
+that cannot be used raises Skip with a short reason; the caller counts it and goes on.
 """
 
 from __future__ import annotations
@@ -54,18 +54,29 @@ def is_gray(image: Image.Image) -> bool:
     return image.mode in GRAY_MODES
 
 
+# The full scale a grayscale image's values are read against, the smallest that holds its
+# brightest pixel: floats in [0, 1] or of 8-bit values, integers of 8 or 16 bits. Beyond those
+# (a float image of another range, a 32-bit integer one) no convention says where white is:
+# its own brightest pixel is.
+FLOAT_SCALES = (1.0, 255.0)
+INT_SCALES = (255.0, 65535.0)
+
+
 def _to_8bit_gray(image: Image.Image) -> Image.Image:
-    """16-bit / 32-bit / float grayscale -> 8-bit L, scaling the type's range to 0..255."""
+    """16-bit / 32-bit / float grayscale -> 8-bit L, its full scale (above) made 255; values
+    below 0 are black. Skip for NaN or infinite pixels: no brightness stands for them. Computed
+    in float64 with every value finite, so no numpy warning can arise (a float32 image near its
+    largest value would overflow float32)."""
     array = np.asarray(image)
     if array.dtype == np.uint8:
         return Image.fromarray(array)
-    if array.dtype.kind == "f":
-        top = 1.0 if array.max(initial=0) <= 1.0 else 255.0
-        scaled = array / top * 255.0
-    else:
-        top = 65535 if array.max(initial=0) > 255 else 255
-        scaled = array.astype(np.float64) / top * 255.0
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise Skip("non-finite pixels")
+    values = array.astype(np.float64)
+    peak = float(values.max(initial=0.0))
+    scales = FLOAT_SCALES if array.dtype.kind == "f" else INT_SCALES
+    top = next((scale for scale in scales if peak <= scale), peak)
+    return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8))
 
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:

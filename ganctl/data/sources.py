@@ -39,6 +39,10 @@ MAX_DATA_FILE = 4 << 30
 REFETCH = "delete it and run again with --download, or put an intact copy there"
 REPLACE = "replace it with an intact copy"
 PIXELS_PER_CIFAR_IMAGE = 3 * 32 * 32
+# The image size each named dataset's files hold: anything else (a (N, 784, 1) idx) is damage,
+# refused rather than trained on as tall or wide images.
+MNIST_SIDES = (28, 28)  # MNIST and Fashion-MNIST
+SVHN_SIDES = (32, 32)
 
 
 def damaged(path: Path, why: str, fix: str = REFETCH) -> DataError:
@@ -369,8 +373,9 @@ def mnist_source(name: str, dirs: list[Path], split: str, classes: list[str]) ->
             raise _missing(name, dirs, [base + "[.gz]"])
         found[kind] = path
     images, labels = read_idx(found["images-idx3"]), read_idx(found["labels-idx1"])
-    if images.ndim != 3 or 0 in images.shape:
-        raise damaged(found["images-idx3"], f"images of shape {images.shape}, not (N, H, W)")
+    if images.ndim != 3 or images.shape[1:] != MNIST_SIDES or images.shape[0] == 0:
+        raise damaged(found["images-idx3"], f"images of shape {images.shape}, not "
+                                            f"(N, {', '.join(map(str, MNIST_SIDES))}) with N > 0")
     labels = class_indices(found["labels-idx1"], labels, classes)
     if len(images) != len(labels):
         raise damaged(found["labels-idx1"], f"{len(labels)} labels for the "
@@ -469,16 +474,25 @@ def svhn_source(name: str, path: Path, split: str) -> Source:
     pixels, y = arrays.get("X"), arrays.get("y")
     if pixels is None or y is None:
         raise damaged(path, "no X and y arrays")
-    if pixels.ndim != 4 or pixels.shape[2] != 3 or 0 in pixels.shape or pixels.dtype.kind not in "iuf":
-        raise damaged(path, f"X of shape {pixels.shape}, not (H, W, 3, N)")
+    if pixels.ndim != 4 or pixels.shape[:3] != (*SVHN_SIDES, 3) or pixels.shape[3] == 0 \
+            or pixels.dtype.kind not in "iuf":
+        raise damaged(path, f"X of shape {pixels.shape}, not "
+                            f"({', '.join(map(str, SVHN_SIDES))}, 3, N) with N > 0")
+    if pixels.dtype != np.uint8 and not _whole_in(pixels, 0, 255):  # astype would wrap them
+        raise damaged(path, "X holds values that are not pixels from 0 to 255")
     y = y.reshape(-1)
     low, high = SVHN_LABELS
-    if len(y) != pixels.shape[3] or not ((y >= low) & (y <= high) & (y == np.round(y))).all():
+    if len(y) != pixels.shape[3] or not _whole_in(y, low, high):
         raise damaged(path, f"y is not {pixels.shape[3]} labels from {low} to {high}")
     images = np.ascontiguousarray(pixels.transpose(3, 0, 1, 2))  # (H, W, 3, N) -> (N, H, W, 3)
     labels = y.astype(np.int64) % 10
     return _array_source(name, str(path.parent), [path], images.astype(np.uint8), labels,
                          [str(d) for d in range(10)], split)
+
+
+def _whole_in(array: np.ndarray, low: int, high: int) -> bool:
+    """Every value a whole number from low to high (NaN compares false: no numpy warning)."""
+    return bool(((array >= low) & (array <= high) & (array == np.round(array))).all())
 
 
 CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}
