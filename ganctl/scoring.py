@@ -37,6 +37,13 @@ def batch_size_for(device: torch.device) -> int:
     return 200 if device.type == "cuda" else 25
 
 
+def strict_json(scores: Scores) -> dict[str, Any]:
+    """Scores that every JSON reader reads: a non-finite one (which compute() refuses, but a
+    score from elsewhere may be) as the text 'inf' or 'nan', never the bare Infinity or NaN
+    tokens that Python's json writes and strict parsers reject."""
+    return {k: v if not isinstance(v, float) or math.isfinite(v) else str(v) for k, v in scores.items()}
+
+
 @dataclass
 class EvalResult:
     scores: Scores
@@ -48,15 +55,14 @@ class EvalResult:
     protocol: dict[str, Any] = field(default_factory=lambda: dict(PROTOCOL))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metrics": self.scores, "num_real": self.num_real, "num_fake": self.num_fake,
+        """`ganctl eval --json`'s document: strict JSON, as the record is."""
+        return {"metrics": strict_json(self.scores), "num_real": self.num_real, "num_fake": self.num_fake,
                 "seconds": self.seconds, "real_stats": self.real_stats,
                 "feature_net": self.feature_net, "protocol": self.protocol}
 
     def record(self, step: int, **extra: Any) -> dict[str, Any]:
         """The metrics.jsonl line of this evaluation (strict JSON: a non-finite score as text)."""
-        scores = {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)
-                  for k, v in self.scores.items()}
-        return {"step": step, "event": "eval", "time": round(time.time(), 3), **scores,
+        return {"step": step, "event": "eval", "time": round(time.time(), 3), **strict_json(self.scores),
                 "num_real": self.num_real, "num_fake": self.num_fake, "seconds": self.seconds,
                 "inception_sha256": self.feature_net["sha256"], **extra}
 

@@ -15,11 +15,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import ganctl
+from ganctl import metrics as registry
 from ganctl import scoring
 from ganctl.errors import CheckpointError, ConfigError, FeatureNetError, GanctlError
 from ganctl.metrics import compute, inception
 from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
 from ganctl.metrics.stats import (
+    KEEP,
     Accumulator,
     DamagedStats,
     FeatureStats,
@@ -148,18 +150,55 @@ def test_nan_features_say_how_many_images_and_what_is_broken(scored, tmp_path):
 
 
 def test_a_generator_making_nan_images_names_the_checkpoint(scored, workdir):
-    def poison(tensors, meta):
+    def poison(tensors, meta):  # finite weights (NaN ones are refused on loading) whose products overflow
         for name in tensors:
             if name.startswith("G_ema.") and tensors[name].is_floating_point():
-                tensors[name] = torch.full_like(tensors[name], float("nan"))
+                tensors[name] = torch.full_like(tensors[name], 3e38)
 
     broken = workdir / "broken.safetensors"
     rewrite(workdir / CKPT, broken, poison)
     assert_clean_error(invoke("eval", broken, *FEW, "--metrics", "fid"),
-                       f"the G_ema of {broken} makes images with NaN or inf pixels for 6 of 6 latent "
-                       "seeds: a broken checkpoint", "score or resume an earlier checkpoint")
+                       f"the G_ema of {broken} makes images with NaN or inf pixels for ",
+                       " of 6 latent seeds: a broken checkpoint", "score or resume an earlier checkpoint")
     with pytest.raises(CheckpointError, match="makes images with NaN or inf pixels"):
         ganctl.evaluate(broken, num=6, num_real=8, quiet=True)
+
+
+class ScaledPixels(torch.nn.Module):
+    """Finite features, the first 2048 pixel values times `scale`."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :2048] * self.scale
+
+
+def strict(text: str):
+    """JSON as strict parsers read it: NaN and Infinity are not JSON."""
+    def refuse(token):
+        raise AssertionError(f"{token} in the JSON document")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_huge_but_finite_features_give_finite_scores_in_strict_json(scored, tmp_path, workdir):
+    """Features of 2**83 (1e25) times plain ones: FID 2**166 times theirs, KID's cubic kernel near
+    1e150 (its spread's squares overflow), precision/recall the same (float32 distances overflow)."""
+    def scores(scale):
+        path = script(ScaledPixels(scale), tmp_path / f"{scale}.pt")
+        result = invoke("eval", "--inception", path, *FEW, "--metrics", "fid,kid,pr", "--json")
+        assert result.exit_code == 0, result.output
+        assert "Warning" not in result.stderr and "unexpected" not in result.output, result.stderr
+        return strict(result.stdout)["metrics"]
+
+    plain, huge = scores(1.0), scores(2.0**83)
+    assert huge["fid"] == pytest.approx(plain["fid"] * 2.0**166, rel=1e-6)
+    assert np.isfinite(huge["kid"]) and np.isfinite(huge["kid_std"])
+    assert (huge["precision"], huge["recall"]) == (plain["precision"], plain["recall"])
+    records = [strict(line) for line in (scored / "metrics.jsonl").read_text().splitlines()
+               if '"eval"' in line]
+    assert records[-1]["fid"] == huge["fid"]
 
 
 # --- too few images: refused before any feature is computed ----------------------------------------
@@ -235,6 +274,56 @@ def test_non_finite_statistics_are_refused_before_the_arithmetic():
         compute(["pr"], constant(0.5), constant(0.5, n=3), torch.device("cpu"))
 
 
+def test_statistics_beyond_float32_features_are_refused_by_the_scorer():
+    """A covariance of 1e308 (a damaged file, say) would make FID inf, and numpy print a warning."""
+    bad = constant(0.5, n=5)
+    bad = FeatureStats(3000, bad.mean, np.eye(16) * 1e308, bad.kept)  # more images than kept: the cov is used
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FeatureNetError, match=r"^the real images' feature covariance has values beyond "
+                                                  r"what float32 features can give \(1e\+308\); the feature "
+                                                  "network file or the images are broken$"):
+            compute(["fid"], bad, constant(0.5), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("metric, value, why", [
+    ("fid", lambda: np.float64(1e300) * 1e300,
+     "FID cannot be computed (overflow encountered in scalar multiply)"),
+    ("fid", lambda: float("inf"), "FID cannot be computed (its fid came out inf)"),
+    ("kid", lambda: float("nan"), "KID cannot be computed (its kid came out nan)"),
+])
+def test_a_metric_that_comes_out_non_finite_is_an_error_not_a_number_or_a_warning(monkeypatch, metric, value,
+                                                                                   why):
+    monkeypatch.setitem(registry.METRICS, metric, lambda real, fake, device: {metric: value()})
+    big = FeatureStats(5, np.full(16, 2.0), np.eye(16), np.zeros((5, 16), np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FeatureNetError) as e:
+            compute([metric], constant(0.5), big, torch.device("cpu"))
+    assert str(e.value).startswith(f"{why} from the feature statistics of the fake images (largest mean^2 + "
+                                   "variance 0.25 for the reals, 5 for the fakes); the feature network file "
+                                   "or the fake images are broken"), e.value
+
+
+def test_features_as_large_as_float32_allows_score_finitely_and_silently():
+    """FID (both ways), KID and precision/recall of features of +-3.4e38: finite, no numpy warning."""
+    rng = np.random.default_rng(0)
+    limit = float(np.finfo(np.float32).max)
+    sides = []
+    for _ in range(2):
+        acc = Accumulator()
+        acc.add(torch.from_numpy(np.where(rng.random((40, 64)) < 0.5, limit, -limit).astype(np.float32)))
+        sides.append(acc.result())
+    real, fake = sides
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        few = compute(["fid", "kid", "pr"], real, fake, torch.device("cpu"))
+        more = FeatureStats(KEEP + 1, real.mean, real.cov, real.kept)  # more than kept: the cov is used
+        many = compute(["fid"], more, fake, torch.device("cpu"))
+    assert all(np.isfinite(v) for v in [*few.values(), many["fid"]]), few
+    assert many["fid"] == pytest.approx(few["fid"], rel=1e-6)
+
+
 def test_float64_sums_run_where_float64_exists():
     """Apple's mps has no float64: the accumulator's sums and KID run on the CPU there."""
     assert float64_device(torch.device("mps")) == torch.device("cpu")
@@ -277,6 +366,22 @@ def set_stats(value):
     return change
 
 
+def scale_cov(factor, identity=False):
+    """Replace the covariance by factor times itself, or by factor times the identity."""
+    def change(tensors, meta):
+        cov = tensors["cov"]
+        tensors["cov"] = (torch.eye(len(cov), dtype=cov.dtype) if identity else cov) * factor
+    return change
+
+
+def set_covariance(i, j, value):
+    """Set cov[i, j] and cov[j, i]: a symmetric change."""
+    def change(tensors, meta):
+        tensors["cov"] = tensors["cov"].clone()
+        tensors["cov"][i, j] = tensors["cov"][j, i] = value
+    return change
+
+
 def drop(name):
     def change(tensors, meta):
         del tensors[name]
@@ -296,6 +401,8 @@ DAMAGE = {  # how -> (change, why the message gives)
     "metadata a number": (set_stats("7"), "metadata is a JSON int, not an object"),
     "metadata a string": (set_stats('"x"'), "metadata is a JSON str, not an object"),
     "metadata not JSON": (set_stats("{"), "its ganctl.stats metadata is not JSON"),
+    "metadata nested deep": (set_stats("[" * 100_000 + "]" * 100_000),
+                             "its ganctl.stats metadata is not JSON"),
     "no metadata": (lambda t, m: m.clear(), "no ganctl.stats metadata"),
     "no kept": (drop("kept"), "no kept tensor"),
     "kept of the wrong shape": (lambda t, m: t.update(kept=t["kept"][:3].contiguous()),
@@ -306,6 +413,16 @@ DAMAGE = {  # how -> (change, why the message gives)
     "inf in the covariance": (poke("cov", float("inf")), "its cov has NaN or inf values"),
     "a covariance not symmetric": (poke("cov", 1e6, index=1), "its cov is not symmetric"),
     "a mean not of its features": (poke("mean", 1e3), "its mean is not the mean of its kept features"),
+    "a mean beyond float32": (poke("mean", 1e300),
+                              "its mean has values beyond what float32 features can give"),
+    "a covariance of 1e308": (scale_cov(1e308, identity=True),
+                              "its cov has variances beyond what float32 features can give"),
+    "a covariance of 1e30": (scale_cov(1e30, identity=True), "its cov's variances are not those of its kept"),
+    "variances not of its features": (scale_cov(4.0),
+                                      "its cov's variances are not those of its kept features"),
+    "a negative variance": (poke("cov", -1.0), "its cov has negative variances"),
+    "a covariance beyond its variances": (set_covariance(0, 1, 10.0),
+                                          "its cov has covariances larger than its variances allow"),
     "count not matching": (set_meta(count=9), "they are of 9 images, not 8"),
     "count of one": (set_meta(count=1), "its count is 1, not a whole number of at least 2 images"),
     "count not a number": (set_meta(count="8"), "its count is '8'"),
@@ -342,8 +459,26 @@ def test_unreadable_cached_files_are_damaged_too(tmp_path):
         load_stats(path)
 
 
+def test_statistics_of_more_images_than_kept_are_checked_against_the_kept_ones(tmp_path):
+    """Beyond KEEP images the kept features are a part of the set: each variance is at least their
+    share of it, and no variance is more than float32 features can give (else FID overflows)."""
+    kept = np.random.default_rng(0).random((KEEP, 8), dtype=np.float32)
+    count = KEEP + 5
+    mean = kept.mean(0, dtype=np.float64)
+    cov = np.cov(kept.astype(np.float64), rowvar=False)
+    path = tmp_path / "x.stats.safetensors"
+    for damage, why in ((None, None), (cov / 2, "its cov has variances smaller than its kept features' own"),
+                        (np.eye(8) * 1e308, "its cov has variances beyond what float32 features can give")):
+        save_stats(path, FeatureStats(count, mean, cov if damage is None else damage, kept), {})
+        if why is None:
+            assert load_stats(path, count, 8).count == count
+        else:
+            with pytest.raises(DamagedStats, match=re.escape(why)):
+                load_stats(path, count, 8)
+
+
 @pytest.mark.parametrize("how", ["metadata a list", "no kept", "count not matching", "NaN in the mean",
-                                 "truncated"])
+                                 "truncated", "metadata nested deep", "a covariance of 1e308"])
 def test_a_damaged_cache_is_computed_again_with_one_line_saying_so(scored, workdir, how):
     args = ["eval", *FEW, "--metrics", "fid,kid,pr", "--json"]
     fresh = invoke(*args)
@@ -358,7 +493,7 @@ def test_a_damaged_cache_is_computed_again_with_one_line_saying_so(scored, workd
         damaged(path, change)
     again = invoke(*args)
     assert again.exit_code == 0, again.output
-    assert "unexpected" not in again.output
+    assert "unexpected" not in again.output and "Warning" not in again.stderr
     (line,) = [line for line in again.stderr.splitlines() if "were damaged" in line]
     assert line.startswith(f"cached statistics {path} were damaged ({why}"), line
     assert line.endswith("); computing them again"), line

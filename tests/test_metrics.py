@@ -5,6 +5,7 @@ import io
 import json
 import re
 import urllib.error
+import warnings
 
 import numpy as np
 import pytest
@@ -119,6 +120,37 @@ def test_precision_and_recall_on_constructed_sets():
     reals = torch.cat([cloud, cloud + 100])
     half = precision_recall(reals, cloud.clone())
     assert half.precision == 1.0 and half.recall == pytest.approx(0.5, abs=0.02)
+
+
+def test_kid_of_huge_features_has_a_finite_spread_without_warnings():
+    """The cubic kernel of features near 1e30 gives MMD^2 near 1e180, whose squares overflow."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 16)), rng.normal(size=(40, 16)) + 1
+    plain = kernel_inception_distance(x, y, subsets=5, subset_size=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        huge = kernel_inception_distance(x * 1e30, y * 1e30, subsets=5, subset_size=20)
+    assert np.isfinite(huge.std) and huge.std > 0 and plain.std > 0
+
+
+@pytest.mark.parametrize("scale", [2.0**-90, 2.0**70, 2.0**126])
+def test_precision_and_recall_do_not_depend_on_the_features_scale(scale):
+    """Distances of features near 1e21 overflow float32, and of features near 1e-27 underflow."""
+    g = torch.Generator().manual_seed(0)
+    reals, fakes = torch.randn(60, 32, generator=g), torch.randn(60, 32, generator=g) + 0.5
+    reals, fakes = reals / reals.abs().max(), fakes / reals.abs().max()
+    plain = precision_recall(reals, fakes)
+    assert 0 < plain.precision < 1 and 0 < plain.recall < 1
+    assert precision_recall(reals * scale, fakes * scale) == plain
+
+
+def test_the_eval_document_is_strict_json_as_the_record_is():
+    result = scoring.EvalResult({"fid": float("inf"), "kid": float("nan"), "pr_k": 3, "recall": 0.5}, 8, 6,
+                                1.0, "computed x", {"sha256": "f" * 64})
+    for doc in (result.to_dict()["metrics"], result.record(4)):
+        text = json.dumps(doc, allow_nan=False)
+        assert json.loads(text)["fid"] == "inf" and doc["kid"] == "nan" and doc["pr_k"] == 3
+        assert doc["recall"] == 0.5
 
 
 def test_metric_names_are_checked():

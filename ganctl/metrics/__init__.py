@@ -17,7 +17,14 @@ from ganctl.errors import ConfigError, FeatureNetError, did_you_mean, shorten
 from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
 from ganctl.metrics.kid import SUBSET_SIZE, SUBSETS, kernel_inception_distance
 from ganctl.metrics.pr import K, precision_recall
-from ganctl.metrics.stats import KEEP, MIN_COUNT, PROTOCOL_VERSION, FeatureStats
+from ganctl.metrics.stats import (
+    FEATURE_LIMIT,
+    KEEP,
+    MIN_COUNT,
+    PROTOCOL_VERSION,
+    VARIANCE_LIMIT,
+    FeatureStats,
+)
 
 Scores = dict[str, float | int]
 MetricFn = Callable[[FeatureStats, FeatureStats, torch.device], Scores]
@@ -86,7 +93,8 @@ def least_images(names: list[str]) -> tuple[int, str]:
 def check_inputs(names: list[str], real: FeatureStats, fake: FeatureStats) -> None:
     """What the arithmetic assumes, checked before it runs: the same number of features on both
     sides, enough images for every metric, finite values (numpy's eigh or SVD would otherwise
-    fail with a LinAlgError, or the score would be NaN)."""
+    fail with a LinAlgError, or the score would be NaN) no larger than float32 features can give
+    (within them FID and KID stay finite in float64)."""
     if real.mean.shape != fake.mean.shape:
         raise FeatureNetError(f"the real statistics have {real.mean.shape[0]} features per image and "
                               f"the fakes {fake.mean.shape[0]}; compute both with the same feature network")
@@ -95,9 +103,15 @@ def check_inputs(names: list[str], real: FeatureStats, fake: FeatureStats) -> No
         if min(stats.count, len(stats.kept)) < need:
             raise ConfigError(f"{title} needs at least {need} {side} images, got {stats.count}; "
                               "score more images")
-        for what, array in (("mean", stats.mean), ("covariance", stats.cov), ("features", stats.kept)):
+        for what, array, limit in (("mean", stats.mean, FEATURE_LIMIT),
+                                   ("features", stats.kept, FEATURE_LIMIT),
+                                   ("covariance", stats.cov, VARIANCE_LIMIT)):
             if not np.isfinite(array).all():
                 raise FeatureNetError(f"the {side} images' feature {what} has NaN or inf values; the "
+                                      "feature network file or the images are broken")
+            if array.size and float(np.abs(array).max()) > limit:
+                raise FeatureNetError(f"the {side} images' feature {what} has values beyond what float32 "
+                                      f"features can give ({float(np.abs(array).max()):.3g}); the "
                                       "feature network file or the images are broken")
 
 
@@ -105,5 +119,32 @@ def compute(names: list[str], real: FeatureStats, fake: FeatureStats, device: to
     check_inputs(names, real, fake)
     scores: Scores = {}
     for name in names:
-        scores.update(METRICS[name](real, fake, device))
+        scores.update(_finite(name, real, fake, device))
     return scores
+
+
+def _finite(name: str, real: FeatureStats, fake: FeatureStats, device: torch.device) -> Scores:
+    """One metric's scores, never a NaN or inf one: a number no JSON reader can read, and a
+    'best' checkpoint chosen by it. numpy's overflow is an error here, not a RuntimeWarning
+    printed on the user's terminal."""
+    try:
+        with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+            scores = METRICS[name](real, fake, device)
+    except FloatingPointError as e:
+        raise _unscorable(name, str(e), real, fake) from None
+    for key, value in scores.items():
+        if not np.isfinite(value):
+            raise _unscorable(name, f"its {key} came out {value}", real, fake)
+    return scores
+
+
+def _unscorable(name: str, why: str, real: FeatureStats, fake: FeatureStats) -> FeatureNetError:
+    """The error for a metric whose arithmetic broke, naming the side whose features are the
+    larger (the likelier culprit) and both sides' largest feature second moment."""
+    size = {side: float(np.max(np.abs(stats.mean) ** 2 + np.abs(np.diag(stats.cov))))
+            for side, stats in (("real", real), ("fake", fake))}
+    side = max(size, key=lambda s: size[s])
+    return FeatureNetError(f"{TITLES[name]} cannot be computed ({why}) from the feature statistics of "
+                           f"the {side} images (largest mean^2 + variance {size['real']:.3g} for the "
+                           f"reals, {size['fake']:.3g} for the fakes); the feature network file or the "
+                           f"{side} images are broken")

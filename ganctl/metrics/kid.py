@@ -54,4 +54,11 @@ def kernel_inception_distance(real: np.ndarray | torch.Tensor, fake: np.ndarray 
         f = torch.from_numpy(rng.choice(len(fake_t), size, replace=False)).to(real_t.device)
         r = torch.from_numpy(rng.choice(len(real_t), size, replace=False)).to(real_t.device)
         values.append(mmd2_unbiased(fake_t[f], real_t[r]))
-    return KID(float(np.mean(values)), float(np.std(values)), subsets, size)
+    return KID(float(np.mean(values)), _std(np.array(values)), subsets, size)
+
+
+def _std(values: np.ndarray) -> float:
+    """np.std, scaled first by the largest magnitude: the squares of the MMD^2 of large features
+    (1e25 and up: the kernel is cubic) overflow float64, while their spread is a finite number."""
+    scale = float(np.abs(values).max(initial=0.0))
+    return scale * float(np.std(values / scale)) if scale > 0 else 0.0

@@ -7,6 +7,7 @@ manifold, recall the fraction of reals inside the fake manifold.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ import torch
 K = 3
 MAX_IMAGES = 10_000
 ROWS = 1024  # rows of the distance matrix computed at once
+EXPONENT_LIMIT = 126  # 2**126 and 2**-126 are normal float32 numbers: a scale by them is exact
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,22 @@ def _inside(probes: torch.Tensor, points: torch.Tensor, radii: torch.Tensor) -> 
     return float(torch.cat(hits).float().mean())
 
 
+def _unit_scale(*sets: torch.Tensor) -> list[torch.Tensor]:
+    """The float32 sets times one power of two that brings their largest magnitude to about 1: exact,
+    so every distance comparison is unchanged, and the float32 distances of large features (1e20:
+    their squares overflow to inf, and differences of those to NaN) or of tiny ones (1e-25: their
+    squares underflow to 0) are representable."""
+    biggest = max(float(s.abs().max()) for s in sets)
+    if biggest == 0 or not math.isfinite(biggest):
+        return list(sets)
+    exponent = min(max(math.frexp(biggest)[1], -EXPONENT_LIMIT), EXPONENT_LIMIT)
+    return [s * 2.0**-exponent for s in sets]
+
+
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = K) -> PrecisionRecall:
-    real, fake = real.float(), fake.float()
     if min(len(real), len(fake)) <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} images of each kind")
+    real, fake = _unit_scale(real.float(), fake.float())
     precision = _inside(fake, real, _kth_radius(real, k))
     recall = _inside(real, fake, _kth_radius(fake, k))
     return PrecisionRecall(precision, recall, k)

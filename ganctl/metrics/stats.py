@@ -24,8 +24,14 @@ PROTOCOL_VERSION = 1  # bump when anything that changes a score changes
 META_KEY = "ganctl.stats"  # the cached file's metadata: JSON, the count and what the stats depend on
 MIN_COUNT = 2  # a covariance needs two images
 TENSORS = ("mean", "cov", "kept")
-SYMMETRY_TOLERANCE = 1e-6  # of a cached covariance, relative to its largest entry
 MEAN_TOLERANCE = 1e-6  # between a cached mean and the mean of the kept features, when all are kept
+# of a cached covariance's entry (i, j), relative to sqrt(m_i m_j), the root of the features' raw
+# second moments m = variance + mean^2 that the rounding of sum(x x^T) - n mean mean^T scales with
+COV_TOLERANCE = 1e-6
+FEATURE_LIMIT = float(np.finfo(np.float32).max)  # features are float32: none is larger than this
+# the largest unbiased variance of values within +-FEATURE_LIMIT is n / (n - 1) FEATURE_LIMIT^2, at most
+# twice its square: twice that again leaves room for rounding, and FID's products of such stay finite
+VARIANCE_LIMIT = 4 * FEATURE_LIMIT**2
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,7 @@ def _metadata(raw: str | None) -> dict:
         raise DamagedStats(f"no {META_KEY} metadata")
     try:
         meta = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays or objects nested thousands deep
         raise DamagedStats(f"its {META_KEY} metadata is not JSON") from None
     if not isinstance(meta, dict):
         raise DamagedStats(f"its {META_KEY} metadata is a JSON {type(meta).__name__}, not an object")
@@ -181,16 +187,48 @@ def _check_arrays(mean: np.ndarray, cov: np.ndarray, kept: np.ndarray, count: in
 
 
 def _check_consistent(stats: FeatureStats) -> None:
-    """What the numbers must satisfy together: a symmetric covariance with no negative
-    variance, and (when every image's features are kept) the kept features' mean."""
-    cov = stats.cov
-    scale = float(np.abs(cov).max()) or 1.0
-    if not np.allclose(cov, cov.T, rtol=0, atol=SYMMETRY_TOLERANCE * scale):
+    """What the numbers must satisfy together, cheaply (no d x d product): magnitudes that float32
+    features can give, a symmetric covariance with no negative variance and no covariance larger
+    than its variances allow (Cauchy-Schwarz), variances no smaller than the kept features' share
+    of them and, when every image's features are kept, their mean and their variances. A damaged
+    file within these bounds still scores finitely; outside them, FID or KID would overflow."""
+    mean, cov, n = stats.mean, stats.cov, stats.count
+    if (np.abs(mean) > FEATURE_LIMIT).any():
+        raise DamagedStats(f"its mean has values beyond what float32 features can give "
+                           f"({FEATURE_LIMIT:.3g})")
+    variance = np.diag(cov)
+    if (np.abs(variance) > VARIANCE_LIMIT).any():
+        raise DamagedStats(f"its cov has variances beyond what float32 features can give "
+                           f"({VARIANCE_LIMIT:.3g})")
+    moment = np.abs(variance) + mean**2 * (n / (n - 1))  # what the rounding of each variance scales with
+    root = np.sqrt(moment)
+    slack = COV_TOLERANCE * np.outer(root, root)
+    with np.errstate(over="ignore"):  # entries near the float64 limit: their difference is inf, refused
+        asymmetry = np.abs(cov - cov.T)
+    if (asymmetry > slack).any():
         raise DamagedStats("its cov is not symmetric")
-    if (np.diag(cov) < -SYMMETRY_TOLERANCE * scale).any():
+    if (variance < -COV_TOLERANCE * moment).any():
         raise DamagedStats("its cov has negative variances")
-    if stats.count == len(stats.kept):
-        centre = stats.kept.astype(np.float64).mean(0)
-        tolerance = MEAN_TOLERANCE * (float(np.abs(centre).max()) + 1.0)
-        if not np.allclose(stats.mean, centre, rtol=0, atol=tolerance):
+    deviation = np.sqrt(np.clip(variance, 0, None))
+    if (np.abs(cov) > np.outer(deviation, deviation) + slack).any():
+        raise DamagedStats("its cov has covariances larger than its variances allow")
+    every = n == len(stats.kept)
+    if every:
+        centre = stats.kept.mean(0, dtype=np.float64)
+        if not np.allclose(mean, centre, rtol=0, atol=MEAN_TOLERANCE * (float(np.abs(centre).max()) + 1.0)):
             raise DamagedStats("its mean is not the mean of its kept features")
+    share = _squared_deviations(stats.kept, mean) / (n - 1)  # the kept images' part of each variance
+    rounding = COV_TOLERANCE * (moment + share)
+    if (share > variance + rounding).any():
+        raise DamagedStats("its cov has variances smaller than its kept features' own")
+    if every and (variance > share + rounding).any():
+        raise DamagedStats("its cov's variances are not those of its kept features")
+
+
+def _squared_deviations(kept: np.ndarray, mean: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """sum_k (kept_k - mean)^2 per feature, in float64, a block of rows at a time (all the kept
+    features in float64 at once would be 160 MB)."""
+    total = np.zeros(kept.shape[1])
+    for start in range(0, len(kept), rows):
+        total += ((kept[start:start + rows].astype(np.float64) - mean) ** 2).sum(0)
+    return total
