@@ -1362,10 +1362,13 @@ def data_info(
     r = _data_report(dataset, data_dir, split, resolution, channels, crop, max_file_mb, download,
                      json_mode, debug)
     counts = r.get("class_counts", {})
-    classes = ", ".join(f"{c} ({counts[c]})" if c in counts else c for c in r["classes"][:20]) + (
+    from ganctl.logging import one_line
+
+    classes = ", ".join(f"{one_line(c)} ({counts[c]})" if c in counts else one_line(c)
+                        for c in r["classes"][:20]) + (
         " ..." if len(r["classes"]) > 20 else "")
-    skipped = ", ".join(f"{n} {why}" for why, n in r["skipped_by_reason"].items())
-    lines = [f"dataset     {r['dataset']}" + (f" ({r['split']})" if r["split"] else ""),
+    skipped = ", ".join(f"{n} {one_line(why)}" for why, n in r["skipped_by_reason"].items())
+    lines = [f"dataset     {one_line(r['dataset'])}" + (f" ({r['split']})" if r["split"] else ""),
              f"images      {r['count']}",
              f"resolution  {r['resolution']}x{r['resolution']}, {r['channels']} channel(s), "
              f"crop {r['crop']}",

@@ -617,3 +617,11 @@ def test_class_names_and_paths_with_control_characters_stay_on_one_line(workdir)
     assert len(decoding) == 1 and "x\\ny" in decoding[0], result.stderr
     assert cache.skip_summary({**doc, "skipped_by_reason": {"not\nan image": 2}}) == \
         "skipped 2 of 4 files (2 not\\nan image)"
+
+
+def test_data_info_shows_a_class_name_with_a_line_break_on_its_one_line(workdir):
+    image_folder(workdir / "nl" / "a\nb", 2, size=(8, 8))
+    image_folder(workdir / "nl" / "c", 2, size=(8, 8))
+    result = invoke("data", "info", "--dataset", "nl")
+    assert result.exit_code == 0, result.output
+    assert "classes     2: a\\nb (2), c (2)" in result.stdout.splitlines()
