@@ -531,3 +531,31 @@ def test_training_with_a_feature_network_giving_nan_fails_before_it_starts(workd
     assert_clean_error(result, "gave NaN or inf features for 4 of 8 images",
                        "the feature network file or the images are broken")
     assert not (workdir / "r").exists()
+
+
+def test_an_evaluation_failing_mid_run_stops_it_after_that_steps_checkpoint(workdir, tmp_path,
+                                                                           monkeypatch):
+    """The step is checkpointed before the run stops with the evaluation's error: nothing of the
+    training since the last checkpoint is lost, and resume continues (scoring again)."""
+    from helpers import valid_steps
+
+    monkeypatch.setenv("GANCTL_INCEPTION", str(write_feature_net(tmp_path / "fake.pt")))
+    real_call = scoring.Evaluator.__call__
+    calls = []
+
+    def failing_second_time(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise FeatureNetError("the feature network ran out of memory")
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(scoring.Evaluator, "__call__", failing_second_time)
+    args = [*TINY, "--steps", "6", "--eval-every", "2", "--eval-num", "6", "--eval-num-real", "8"]
+    result = invoke("train", *args, "--ckpt-every", "1000", "--out", "r")
+    assert_one_line_error(result, 1, "the evaluation at step 4 failed: the feature network ran out "
+                                     "of memory; the run stopped there, its checkpoint written",
+                          "ganctl resume r continues it")
+    assert valid_steps(workdir / "r") == [2, 4]
+    result = invoke("resume", "r")
+    assert result.exit_code == 0, result.output
+    assert valid_steps(workdir / "r")[-1] == 6

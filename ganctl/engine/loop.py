@@ -342,10 +342,13 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                     log.record(made.last, _learning_rates(state))
                 elif log.line_due():  # a slow run's user sees it go (metrics.jsonl does not)
                     log.show(meter.peek(step, state.drawn))
-                scored = None
+                scored, failed = None, None
                 if evaluating and evaluate is not None:
-                    scored = _evaluate(state, evaluate, meter, log)
-                    budget.pause(scored["seconds"], "eval")
+                    try:
+                        scored = _evaluate(state, evaluate, meter, log)
+                        budget.pause(scored["seconds"], "eval")
+                    except GanctlError as e:  # the step's checkpoint first, then the run stops
+                        failed = e
                 if save:
                     saving = time.perf_counter()
                     good.update(snapshot(state), step)
@@ -354,6 +357,10 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                                                     fingerprint, scored)
                     budget.pause(time.perf_counter() - saving, "save")
                     barrier()  # the other ranks wait for rank 0's checkpoint
+                if failed is not None:
+                    raise GanctlError(f"the evaluation at step {step} failed: {failed}; the run "
+                                      f"stopped there, its checkpoint written: fix that, then "
+                                      f"ganctl resume {shlex.quote(str(run_dir))} continues it")
                 if not writer:
                     if stopping:
                         break
