@@ -20,9 +20,10 @@ import re
 import struct
 import sys
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NamedTuple, NoReturn
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -68,7 +69,9 @@ def save(path: Path, tensors: dict[str, torch.Tensor], config_json: str, step: i
 
 DAMAGED = "; the file is damaged: use an earlier checkpoint"  # after a tensor loaded wrong
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # each of its parameter's shape and dtype
+SQUARED_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq")  # never negative
 ADAM_STEP = "step"  # a float count (torch keeps Adam's step as a float32 tensor)
+MAX_INDEX_DIGITS = 9  # a parameter's index in a name: more digits are no model's
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
@@ -91,16 +94,21 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     params = [p for group in opt.param_groups for p in group["params"]]  # state_dict's numbering
     state: dict[int, dict[str, torch.Tensor]] = {}
     lead = f"{prefix}.state."
+    rates = {f"{prefix}.lr.{g}" for g in range(len(sd["param_groups"]))}
     for name, value in tensors.items():
         if name.startswith(lead):
             index, key = _state_entry(name, lead, len(params))
             _check_optimizer_tensor(name, key, value, params[index])
             state.setdefault(index, {})[key] = value
+        elif name.startswith(f"{prefix}.") and name not in rates:  # read by nothing: lost on the next save
+            raise CheckpointError(f"checkpoint tensor {shown(name)} is not part of {prefix}'s state "
+                                  f"(its learning rates and its parameters' Adam state){DAMAGED}")
     for g, group in enumerate(sd["param_groups"]):
-        lr = _require(tensors, f"{prefix}.lr.{g}")
-        check_dtype(f"{prefix}.lr.{g}", dtype_name(lr.dtype), torch.float64, "resume", DAMAGED)
-        _check_scalar(f"{prefix}.lr.{g}", lr)
-        group["lr"] = float(lr)
+        name = f"{prefix}.lr.{g}"
+        lr = require(tensors, name)
+        check_dtype(name, dtype_name(lr.dtype), torch.float64, "resume", DAMAGED)
+        group["lr"] = check_number(name, lr, "a learning rate must be a positive number",
+                                   lambda rate: rate > 0)
     sd["state"] = state
     try:
         opt.load_state_dict(sd)
@@ -109,11 +117,17 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
 
 
 def _state_entry(name: str, lead: str, count: int) -> tuple[int, str]:
-    """(parameter index, key) of `{lead}{index}.{key}`, the index one of the optimizer's."""
+    """(parameter index, key) of `{lead}{index}.{key}`, the index one of the optimizer's and the
+    key one Adam keeps (another would ride along unread, or be read by a torch that means
+    something else by it)."""
     index, _, key = name[len(lead):].partition(".")
-    if not (index.isascii() and index.isdecimal() and int(index) < count and key):
+    if not (index.isascii() and index.isdecimal() and len(index) <= MAX_INDEX_DIGITS
+            and int(index) < count and key):
         raise CheckpointError(f"checkpoint tensor {shown(name)} is not the state of one of "
                               f"{lead[:-len('.state.')]}'s {count} parameters{DAMAGED}")
+    if key not in (*ADAM_MOMENTS, ADAM_STEP):
+        raise CheckpointError(f"checkpoint tensor {shown(name)} is not state that Adam keeps "
+                              f"({ADAM_STEP}, {', '.join(ADAM_MOMENTS)}){DAMAGED}")
     return int(index), key
 
 
@@ -126,16 +140,61 @@ def _check_optimizer_tensor(name: str, key: str, value: torch.Tensor, param: tor
     elif key == ADAM_STEP:
         if value.dtype not in (torch.float32, torch.float64):
             check_dtype(name, dtype_name(value.dtype), torch.float32, "resume", DAMAGED)
-        _check_scalar(name, value)
+        check_number(name, value, "Adam's step must be a whole number from 0 up",
+                     lambda count: count >= 0 and float(count).is_integer())
 
 
-def _check_scalar(name: str, value: torch.Tensor) -> None:
+def check_number(name: str, value: torch.Tensor, what: str,
+                 valid: Callable[[Any], bool]) -> Any:
+    """The one number a tensor of the training state holds (a Python int or float), finite and
+    `valid`, else a CheckpointError saying `what` it must be: a negative step or a learning rate
+    of 0 loads without a word and fails later as something else (a division by zero, a
+    divergence blamed on the learning rates)."""
+    check_scalar(name, value)
+    number = value.item()
+    if isinstance(number, float) and not math.isfinite(number) or not valid(number):
+        raise CheckpointError(f"checkpoint tensor {name} is {_number_text(number)}: {what}{DAMAGED}")
+    return number
+
+
+def _number_text(number: Any) -> str:
+    """A number for a one-line message: a huge one by its size, not its 4,000 digits."""
+    text = str(number)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+
+
+def check_scalar(name: str, value: torch.Tensor) -> None:
     if value.numel() != 1:
         raise CheckpointError(f"checkpoint tensor {name} holds {value.numel()} numbers where resume "
                               f"needs one{DAMAGED}")
 
 
-def _require(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+def check_finite(path: Path, tensors: dict[str, torch.Tensor], prefix: str,
+                 what: str = "weights") -> None:
+    """The floating-point tensors `{prefix}.*` hold no NaN or inf: a checkpoint of a run that
+    diverged (or a damaged file that passed as one) otherwise samples black images without a
+    word, or resumes into a network that never recovers. One pass over each tensor; run after
+    the dtypes are checked (a float8 tensor has no isfinite)."""
+    lead = prefix + "."
+    for name, value in tensors.items():
+        if (name.startswith(lead) and value.is_floating_point() and value.dtype.itemsize > 1
+                and not bool(torch.isfinite(value).all())):
+            raise CheckpointError(f"{path}: {prefix} holds NaN or inf {what} ({shown(name)}): the "
+                                  "run diverged or the file is damaged; use an earlier checkpoint")
+
+
+def check_second_moments(path: Path, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    """Adam's running means of squared gradients are not negative: the update divides by their
+    square root, which makes a negative one NaN, and the run would be said to diverge."""
+    lead = f"{prefix}.state."
+    for name, value in tensors.items():
+        if (name.startswith(lead) and name.rpartition(".")[2] in SQUARED_MOMENTS
+                and value.is_floating_point() and bool((value < 0).any())):
+            raise CheckpointError(f"{path}: checkpoint tensor {shown(name)} holds negative numbers, "
+                                  f"where Adam keeps means of squares{DAMAGED}")
+
+
+def require(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     try:
         return tensors[name]
     except KeyError:
@@ -246,15 +305,31 @@ class CheckpointFile:
         opened, it no longer holds what was verified)."""
         if self.closed:  # its number may belong to another file by now
             raise ValueError(f"checkpoint {self.path} was closed before it was read")
-        if _stamp(os.fstat(self._fd)) != self._stamp:
+        if not _stamp(os.fstat(self._fd)).same_file_as(self._stamp):
             raise CheckpointError(f"{self.path} was written to while it was read; try again")
         return self._fd
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int]:
-    """Size and modification time: a write in place changes them. (Not ctime: pruning the file,
-    which leaves its bytes to the open descriptor, changes that.)"""
-    return st.st_size, st.st_mtime_ns
+class _Stamp(NamedTuple):
+    """What a file's status says of its bytes, to tell a write in place since it was opened."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int  # set by every write, and by os.utime: unlike mtime, it cannot be put back
+    inode: int  # with the device: the descriptor still names the file that was opened
+    device: int
+    links: int
+
+    def same_file_as(self, before: _Stamp) -> bool:
+        """The same file, not written to since `before`: size, mtime, inode and device as they
+        were, and ctime too unless the link count changed (pruning or replacing the file unlinks
+        it, which sets its ctime and leaves its bytes to the open descriptor)."""
+        return (self[:2] == before[:2] and self[3:5] == before[3:5]
+                and (self.ctime_ns == before.ctime_ns or self.links != before.links))
+
+
+def _stamp(st: os.stat_result) -> _Stamp:
+    return _Stamp(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink)
 
 
 @dataclass(frozen=True)
@@ -421,6 +496,11 @@ def _parse_header(path: Path, raw: bytes, size: int) -> Header:
 
 _DTYPE_BYTES = {name: dtype.itemsize for name, dtype in DTYPES.items()}
 _ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+MAX_DIMS = 8  # a tensor's dimensions: ganctl's have at most 4 (a convolution's weight)
+# bytes a tensor may span, its empty dimensions counted as 1: torch sizes an empty tensor's
+# strides that way, and a file's size bounds only a non-empty tensor's bytes (_check_spans), so
+# an empty [2**62, 2**62, 0] passed every check and overflowed torch's size arithmetic
+MAX_TENSOR_BYTES = 2**50
 
 
 def shown(name: str) -> str:
@@ -450,6 +530,19 @@ def _check_tensor_entries(path: Path, tensors: dict[str, Any]) -> None:
                 and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
             raise CheckpointError(f"{path} has a corrupted header (entry {name[:80]!r}); it is not "
                                   "a usable checkpoint")
+        _check_shape(path, name, shape, _DTYPE_BYTES[info["dtype"]])
+
+
+def _check_shape(path: Path, name: str, shape: list[int], itemsize: int) -> None:
+    """A shape torch can hold: at most MAX_DIMS dimensions and MAX_TENSOR_BYTES bytes."""
+    if len(shape) > MAX_DIMS:
+        what = f"{len(shape)} dimensions, more than any of ganctl's tensors ({MAX_DIMS})"
+    elif math.prod(max(d, 1) for d in shape) * itemsize > MAX_TENSOR_BYTES:
+        what = f"a shape of more than 2**{MAX_TENSOR_BYTES.bit_length() - 1} bytes, past any file's size"
+    else:
+        return
+    raise CheckpointError(f"{path} has a corrupted header (tensor {shown(name)} declares {what}); "
+                          "use an earlier checkpoint")
 
 
 def _check_spans(path: Path, tensors: dict[str, Any], data_size: int) -> None:

@@ -33,11 +33,16 @@ def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
     }
 
 
+MAX_PROCESS_DIGITS = 9  # a process count of more digits is no run's (and int() refuses 4,300)
+
+
 def trained_processes(header: checkpoint.Header) -> int:
     """The processes a checkpoint was trained on (1 before several were possible, or when the
-    record is not a whole number). Metadata values are text (checkpoint.check_metadata)."""
+    record is not a whole number of at most MAX_PROCESS_DIGITS digits: informative only, so an odd
+    one is not worth refusing the file). Metadata values are text (checkpoint.check_metadata)."""
     text = header.metadata.get("ganctl.world_size") or "1"
-    return int(text) if text.isascii() and text.isdecimal() and int(text) > 0 else 1
+    whole = text.isascii() and text.isdecimal() and len(text) <= MAX_PROCESS_DIGITS
+    return int(text) if whole and int(text) > 0 else 1
 
 
 def _best(path: Path) -> dict[str, Any] | None:

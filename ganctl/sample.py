@@ -370,7 +370,9 @@ def load_generator(header: checkpoint.Header, device: torch.device, ema: bool = 
     config = stored_config(header)
     check_models(header, config, (name,))
     G = build_generator(config)
-    checkpoint.load_module(G, checkpoint.load_tensors(header, (f"{name}.",)), name)
+    tensors = checkpoint.load_tensors(header, (f"{name}.",))
+    checkpoint.load_module(G, tensors, name)
+    checkpoint.check_finite(header.path, tensors, name)  # a diverged run's G_ema samples black
     # the header without the file's bytes: they are not needed once G is loaded
     return LoadedGenerator(G.to(device).eval(), config, dataclasses.replace(header, blob=None))
 

@@ -33,7 +33,7 @@ from ganctl.engine.compiled import resolve_compile
 from ganctl.engine.guard import deadline_after, parse_duration
 from ganctl.engine.loop import RunResult, fit
 from ganctl.engine.memory import find_batch_size
-from ganctl.engine.state import TrainState, init_state, load_state
+from ganctl.engine.state import TrainState, check_values, init_state, load_state
 from ganctl.errors import CheckpointError, ConfigError, DataError
 from ganctl.info import trained_processes
 from ganctl.logging import DEFAULT_WANDB_PROJECT, RunLog, check_sinks
@@ -581,7 +581,14 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
                      "continuing as --allow-data-change asks")
 
     def restore(state: TrainState) -> None:
-        load_state(state, checkpoint.load_tensors(header), log.info)
+        """The checkpoint's state into the fresh one, every tensor checked (names, dtypes,
+        ranges, finite values) before a file of the run is touched."""
+        tensors = checkpoint.load_tensors(header)
+        try:
+            load_state(state, tensors, log.info, step=header.step)
+        except CheckpointError as e:
+            raise CheckpointError(f"{ckpt}: {e}") from None
+        check_values(ckpt, tensors)
         trained_on = trained_processes(header)
         here = distributed.WORLD.size
         if trained_on != here:

@@ -11,7 +11,7 @@ import torch
 from helpers import TINY, assert_one_line_error, damage, invoke, rewrite
 from safetensors.torch import save_file
 
-from ganctl import checkpoint, fsutil
+from ganctl import checkpoint, fsutil, info
 from ganctl.config import Config
 from ganctl.data import shapes
 from ganctl.engine.state import init_state, load_state, state_tensors
@@ -317,3 +317,162 @@ def test_a_fid_that_is_not_a_number_is_none(tmp_path):
         checkpoint.save(path, {"G.w": torch.ones(1)}, CONFIG.to_json(), 1,
                         {"ganctl.eval": f'{{"fid": {value}}}'})
         assert checkpoint.read_header(path).fid == fid
+
+
+# --- forged files with a valid checksum: every value in its range before anything is written ------
+
+def forged(path: Path, change) -> None:
+    """`path` with its header (a dict, metadata under __metadata__) changed in place by `change`,
+    the checksum redone as checkpoint.save does it: for what `rewrite` cannot save (a shape torch
+    cannot make)."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    head, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    change(head, len(data))
+    head["__metadata__"]["ganctl.checksum"] = checkpoint._checksum(data, head["__metadata__"])
+    text = json.dumps(head, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def files_of(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run and its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def assert_refused_leaving_the_run(result, run_dir: Path, before: dict[str, bytes], *fragments) -> None:
+    assert_one_line_error(result, 1, *fragments, "use an earlier checkpoint")
+    assert "unexpected" not in result.stderr
+    assert files_of(run_dir) == before  # metrics.jsonl neither trimmed nor written to
+
+
+@pytest.mark.parametrize("shape, message", [
+    ([2**62, 2**62, 0], "tensor zzz.zero declares a shape of more than 2**50 bytes"),
+    ([2**49, 0], "tensor zzz.zero declares a shape of more than 2**50 bytes"),  # F32: 2**51 bytes
+    ([1] * 8 + [0], "tensor zzz.zero declares 9 dimensions"),
+])
+def test_an_empty_tensor_of_an_impossible_shape_is_refused_by_every_command(trained_run, shape,
+                                                                            message):
+    ckpt = trained_run / "checkpoints" / "step-000000002.safetensors"
+    forged(ckpt, lambda head, end: head.update(
+        {"zzz.zero": {"dtype": "F32", "shape": shape, "data_offsets": [end, end]}}))
+    before = files_of(trained_run)
+    for command in (["inspect", ckpt], ["inspect", ckpt, "--no-verify"], ["sample", "x.png", "--ckpt", ckpt],
+                    ["export", ckpt, "g.pt"], ["resume", ckpt, "--steps", "6"]):
+        result = invoke(*command)
+        assert_refused_leaving_the_run(result, trained_run, before, f"{ckpt} has a corrupted header",
+                                       message)
+    assert not Path("x.png").exists() and not Path("g.pt").exists()
+
+
+def nan_in(name: str, value: float = float("nan"), where: slice = slice(None)):
+    """A change for `rewrite`: tensor `name` with `value` written over part of it."""
+    def change(t, m):
+        t[name] = t[name].clone()
+        t[name].view(-1)[where] = value
+    return change
+
+
+def set_to(name: str, value) -> object:
+    return lambda t, m: t.update({name: torch.tensor(value, dtype=t[name].dtype)})
+
+
+def added(name: str, tensor: torch.Tensor) -> object:
+    return lambda t, m: t.update({name: tensor})
+
+
+STATE = "the file is damaged: use an earlier checkpoint"
+
+
+@pytest.mark.parametrize("change, message", [
+    (set_to("state.step", -100), "checkpoint tensor state.step is -100: a step must be from 0 to 6"),
+    (set_to("state.step", 2**62), "checkpoint tensor state.step is 4611686018427387904: a step must"),
+    (set_to("state.step", 3), "checkpoint tensor state.step is 3, its header's step is 2"),
+    (set_to("state.data_index", -8), "checkpoint tensor state.data_index is -8: 2 steps reach "
+                                     "positions 0 to 16 in an epoch"),
+    (set_to("state.data_index", 2**40), "state.data_index is 1099511627776: 2 steps reach"),
+    (set_to("state.data_epoch", -1), "tensor state.data_epoch is -1: 2 steps reach epochs 0 to 2;"),
+    (set_to("state.data_epoch", 2**62), "state.data_epoch is 4611686018427387904"),
+    (set_to("opt_G.lr.0", 0.0), "checkpoint tensor opt_G.lr.0 is 0.0: a learning rate must be a positive"),
+    (set_to("opt_D.lr.0", -2e-4), "checkpoint tensor opt_D.lr.0 is -0.0002: a learning rate"),
+    (set_to("opt_G.lr.0", float("nan")), "checkpoint tensor opt_G.lr.0 is nan: a learning rate"),
+    (set_to("opt_D.lr.0", float("inf")), "checkpoint tensor opt_D.lr.0 is inf: a learning rate"),
+    (set_to("opt_G.state.1.step", -1.0), "opt_G.state.1.step is -1.0: Adam's step must be a whole number"),
+    (set_to("opt_G.state.1.step", float("inf")), "opt_G.state.1.step is inf: Adam's step"),
+    (set_to("opt_D.state.0.step", 1.5), "opt_D.state.0.step is 1.5: Adam's step"),
+    (nan_in("opt_G.state.0.exp_avg", float("inf"), slice(3, 4)),
+     "opt_G holds NaN or inf optimizer state (opt_G.state.0.exp_avg): the run diverged or the file "
+     "is damaged"),
+    (nan_in("opt_D.state.7.exp_avg_sq", -1.0, slice(0, 1)),
+     "checkpoint tensor opt_D.state.7.exp_avg_sq holds negative numbers, where Adam keeps means of "
+     "squares"),
+    (nan_in("G.fc.weight"), "G holds NaN or inf weights (G.fc.weight): the run diverged or the file "
+                            "is damaged"),
+    (nan_in("D.fc.weight", float("-inf"), slice(5, 6)), "D holds NaN or inf weights (D.fc.weight)"),
+    (nan_in("D.features.3.running_var"), "D holds NaN or inf weights (D.features.3.running_var)"),
+    (nan_in("G_ema.fc.weight"), "G_ema holds NaN or inf weights (G_ema.fc.weight)"),
+    (added("zzz.extra", torch.zeros(1)), "checkpoint tensor zzz.extra is no part of a ganctl training state"),
+    (added("loss.p", torch.zeros(())), "checkpoint tensor loss.p is no part of a ganctl training state"),
+    (added("state.drawn", torch.tensor(9)), "tensor state.drawn is no part of a ganctl training state"),
+    (added("opt_G.lr.7", torch.tensor(1e-3, dtype=torch.float64)),
+     "checkpoint tensor opt_G.lr.7 is not part of opt_G's state"),
+    (added("opt_G.state.0.momentum", torch.zeros(512, 100)),
+     "checkpoint tensor opt_G.state.0.momentum is not state that Adam keeps"),
+    (added("opt_D.state." + "9" * 5000 + ".step", torch.tensor(1.0)),
+     "is not the state of one of opt_D's 8 parameters"),
+    (added("amp.G.scale", torch.tensor(0.0, dtype=torch.float64)),
+     "checkpoint tensor amp.G.scale is 0.0: a loss scale must be a positive number"),
+    (added("amp.D.growth_tracker", torch.tensor(-1)),
+     "checkpoint tensor amp.D.growth_tracker is -1: a count must be a whole number from 0 up"),
+])
+def test_resume_refuses_a_state_out_of_its_range_before_writing_anything(trained_run, change, message):
+    ckpt = trained_run / "checkpoints" / "step-000000002.safetensors"  # metrics.jsonl goes on to 4
+    rewrite(ckpt, ckpt, change)
+    before = files_of(trained_run)
+    assert_refused_leaving_the_run(invoke("resume", ckpt, "--steps", "6"), trained_run, before,
+                                   f"{ckpt}: ", message)
+
+
+@pytest.mark.parametrize("command, name", [
+    (["sample", "x.png", "--ckpt", "CKPT"], "G_ema"),
+    (["sample", "x.png", "--ckpt", "CKPT", "--no-ema"], "G"),
+    (["export", "CKPT", "g.pt"], "G_ema"), (["export", "CKPT", "g.pt", "--no-ema"], "G"),
+    (["eval", "CKPT"], "G_ema")])
+def test_a_generator_of_nan_or_inf_weights_is_refused_by_the_commands_that_run_it(trained_run, command,
+                                                                                 name):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    rewrite(ckpt, ckpt, lambda t, m: [nan_in(f"{g}.fc.weight", v, slice(1, 2))(t, m)
+                                      for g, v in (("G_ema", float("nan")), ("G", float("inf")))])
+    before = files_of(trained_run)
+    result = invoke(*[ckpt if part == "CKPT" else part for part in command])
+    assert_refused_leaving_the_run(
+        result, trained_run, before, f"error: {ckpt}: {name} holds NaN or inf weights ({name}.fc.weight): "
+        "the run diverged or the file is damaged; use an earlier checkpoint")
+    assert not Path("x.png").exists() and not Path("g.pt").exists()
+
+
+def test_the_api_refuses_a_generator_of_nan_weights_with_the_clis_message(trained_run):
+    import ganctl
+
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    rewrite(ckpt, ckpt, nan_in("G_ema.fc.weight"))
+    with pytest.raises(CheckpointError, match=re.escape(f"{ckpt}: G_ema holds NaN or inf weights")):
+        ganctl.load(ckpt)
+
+
+def test_a_huge_process_count_is_read_as_one_and_resume_goes_on(trained_run):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    rewrite(ckpt, ckpt, lambda t, m: m.update({"ganctl.world_size": "9" * 5000}))
+    result = invoke("inspect", ckpt, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["processes"] == 1, result.output
+    result = invoke("resume", ckpt, "--steps", "5")
+    assert result.exit_code == 0 and "unexpected" not in result.output, result.output
+    assert "trained on" not in result.output  # one process, as this one
+
+
+@pytest.mark.parametrize("text, processes", [("4", 4), ("0", 1), ("-2", 1), ("٣", 1), ("9" * 9, 10**9 - 1),
+                                             ("1" + "0" * 9, 1), ("9" * 5000, 1), ("", 1)])
+def test_trained_processes_reads_a_small_whole_number_else_one(tmp_path, text, processes):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, {"G.w": torch.ones(1)}, CONFIG.to_json(), 1, {"ganctl.world_size": text})
+    assert info.trained_processes(checkpoint.read_header(path)) == processes

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -229,3 +230,31 @@ def test_sample_of_a_checkpoint_written_to_while_verified_fails_in_one_line(tmp_
 
     monkeypatch.setattr(checkpoint, "_data_digest", appended)
     assert_one_line_error(invoke("sample", "x.png", "--ckpt", path), 1, "try again")
+
+
+def test_a_write_in_place_whose_mtime_is_put_back_is_refused(tmp_path):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, {"G_ema.w": torch.arange(6.0)}, Config().to_json(), 1)
+    time.sleep(0.05)  # past the file system's clock tick: the write's ctime is a later one
+    with checkpoint.open_checkpoint(path) as header:
+        st = os.stat(path)
+        with open(path, "r+b") as f:  # the same size, other bytes
+            f.seek(-4, os.SEEK_END)
+            f.write(b"\xff\xff\xff\xff")
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as they were
+        assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+        with pytest.raises(CheckpointError, match="was written to while it was read; try again"):
+            checkpoint.load_tensors(header)
+
+
+def test_a_checkpoint_linked_or_pruned_after_verification_still_loads(tmp_path):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, {"G_ema.w": torch.arange(6.0)}, Config().to_json(), 1)
+    time.sleep(0.05)
+    with checkpoint.open_checkpoint(path) as header:
+        os.link(path, tmp_path / "backup.safetensors")  # a hard link: ctime and link count change
+        assert torch.equal(checkpoint.load_tensors(header)["G_ema.w"], torch.arange(6.0))
+        time.sleep(0.05)
+        path.unlink()
+        (tmp_path / "backup.safetensors").unlink()  # its last name gone: the bytes stay ours
+        assert torch.equal(checkpoint.load_tensors(header)["G_ema.w"], torch.arange(6.0))

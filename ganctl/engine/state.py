@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -146,11 +147,16 @@ def snapshot(state: TrainState) -> dict[str, torch.Tensor]:
 
 
 def load_state(state: TrainState, tensors: dict[str, torch.Tensor],
-               say: Callable[[str], None] | None = None) -> None:
+               say: Callable[[str], None] | None = None, step: int | None = None) -> None:
     """Put a checkpoint's tensors (state_tensors() of the run) into a fresh state, each checked
     first: the networks' and optimizers' by checkpoint.load_module and load_optimizer, the rest
-    here."""
-    _check_dtypes(tensors, state_tensors(state))
+    here, against its range (`step`: the step the file's header records, which its state.step
+    must be). Their values (NaN weights) are check_values'."""
+    fresh = state_tensors(state)
+    _check_dtypes(tensors, fresh)
+    _check_names(tensors, fresh)
+    _check_position(state, tensors, step)
+    _check_amp(tensors)
     for name in NETWORKS:
         checkpoint.load_module(state.network(name), tensors, name)
         checkpoint.load_optimizer(state.optimizer(name), tensors, f"opt_{name}")
@@ -183,6 +189,70 @@ def _check_dtypes(tensors: dict[str, torch.Tensor], fresh: dict[str, torch.Tenso
         if name in tensors and not name.startswith(_CHECKED_ON_LOAD):
             checkpoint.check_dtype(name, checkpoint.dtype_name(tensors[name].dtype), tensor.dtype,
                                    "resume", checkpoint.DAMAGED)
+
+
+# what Amp.state_tensors writes under fp16, kept (and checked) when a run resumes in another precision
+AMP_TENSORS = {f"amp.{name}.{key}": dtype for name in NETWORKS
+               for key, dtype in (("scale", torch.float64), ("growth_tracker", torch.int64))}
+
+
+def _check_names(tensors: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> None:
+    """Every tensor is one resume reads (the networks' and optimizers' are checked by name as
+    they load): any other would be dropped from the next checkpoint without a word, or is a
+    hostile file's."""
+    for name in tensors:
+        if not (name in fresh or name in AMP_TENSORS or name.startswith(_CHECKED_ON_LOAD)):
+            raise CheckpointError(f"checkpoint tensor {checkpoint.shown(name)} is no part of a "
+                                  f"ganctl training state{checkpoint.DAMAGED}")
+
+
+def _check_position(state: TrainState, tensors: dict[str, torch.Tensor], step: int | None) -> None:
+    """The step is the header's and within the run's steps; the data position is one that many
+    steps reach: a step draws one batch, and one more for each repeat of a phase after its first
+    (Phase.repeats, step.train_step), and each batch moves the index on by the batch size or
+    starts the next epoch. A negative index drew empty batches, whose NaN losses were then
+    blamed on the learning rates."""
+    count = checkpoint.check_number(
+        "state.step", checkpoint.require(tensors, "state.step"),
+        f"a step must be from 0 to {state.config.steps}, the run's length",
+        lambda n: 0 <= n <= state.config.steps)
+    if step is not None and count != step:
+        raise CheckpointError(f"checkpoint tensor state.step is {count}, its header's step is {step}"
+                              f"{checkpoint.DAMAGED}")
+    draws = count * (1 + sum(phase.repeats - 1 for phase in state.loss.phases()))
+    checkpoint.check_number("state.data_epoch", checkpoint.require(tensors, "state.data_epoch"),
+                            f"{count} steps reach epochs 0 to {draws}", lambda n: 0 <= n <= draws)
+    images = draws * state.config.batch_size
+    checkpoint.check_number("state.data_index", checkpoint.require(tensors, "state.data_index"),
+                            f"{count} steps reach positions 0 to {images} in an epoch",
+                            lambda n: 0 <= n <= images)
+
+
+def _check_amp(tensors: dict[str, torch.Tensor]) -> None:
+    """fp16's loss scales, where the file has them: a positive number, and a count from 0."""
+    for name, dtype in AMP_TENSORS.items():
+        if name in tensors:
+            value = tensors[name]
+            checkpoint.check_dtype(name, checkpoint.dtype_name(value.dtype), dtype, "resume",
+                                   checkpoint.DAMAGED)
+            if name.endswith(".scale"):
+                checkpoint.check_number(name, value, "a loss scale must be a positive number",
+                                        lambda n: n > 0)
+            else:
+                checkpoint.check_number(name, value, "a count must be a whole number from 0 up",
+                                        lambda n: n >= 0)
+
+
+def check_values(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A checkpoint's networks and optimizer state hold numbers (no NaN or inf, no negative mean
+    of squares), checked when a run resumes from a file: one that diverged (or was damaged and
+    passed as whole) would otherwise train on, writing NaN checkpoints. (Not on a rollback: the
+    divergence guard checked G's and D's weights before that state was kept.)"""
+    for name in (*NETWORKS, "G_ema"):
+        checkpoint.check_finite(path, tensors, name)
+    for name in NETWORKS:
+        checkpoint.check_finite(path, tensors, f"opt_{name}", "optimizer state")
+        checkpoint.check_second_moments(path, tensors, f"opt_{name}")
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], lead: str) -> dict[str, torch.Tensor]:
