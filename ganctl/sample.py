@@ -22,7 +22,7 @@ from torch import nn
 
 from ganctl import checkpoint
 from ganctl.config import Config
-from ganctl.errors import ConfigError, did_you_mean
+from ganctl.errors import ConfigError, did_you_mean, shorten
 from ganctl.fsutil import atomic_write
 from ganctl.models import build_generator
 from ganctl.models.base import num_classes
@@ -44,7 +44,7 @@ def parse_seeds(text: str) -> list[int]:
     for part in text.split(","):
         match = SEED_PART.match(part.strip())
         if match is None:
-            what = (f"{part.strip()!r} is not a seed (0 to 2**63 - 1) or a range of them"
+            what = (f"{shorten(part.strip(), 40)} is not a seed (0 to 2**63 - 1) or a range of them"
                     if part.strip() else "an empty part")
             raise _seeds_error(text, what)
         low, high = int(match[1]), int(match[2] or match[1])
@@ -59,7 +59,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _seeds_error(text: str, what: str) -> ConfigError:
-    return ConfigError(f"seeds {text[:100]!r}: {what}; write seeds like 0-63,100 (single seeds "
+    return ConfigError(f"seeds {shorten(text, 60)}: {what}; write seeds like 0-63,100 (single seeds "
                        "and ranges, comma-separated)")
 
 
