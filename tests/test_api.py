@@ -541,7 +541,7 @@ class BytesPath(os.PathLike):
     (lambda run, G: ganctl.evaluate(BytesPath(), quiet=True), "decode it with os.fsdecode"),
     (lambda run, G: ganctl.train(config="\x00", quiet=True), "config '\\x00' holds a NUL character"),
     (lambda run, G: ganctl.load("a\nb"), "a\\nb does not exist"),  # one line
-    (lambda run, G: G.sample("x" * 5000), "characters)..."),  # cut short
+    (lambda run, G: G.sample("x" * 5000), "... (5002 characters)"),  # cut short
 ], ids=range(8))
 def test_what_the_os_refuses_and_long_or_odd_values_are_one_short_line(_run, G, workdir, call, phrase):
     with pytest.raises(GanctlError) as e:
