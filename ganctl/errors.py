@@ -31,6 +31,10 @@ def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     characters: a longer text keeps its beginning and end (what is wrong, what to do)."""
     text = _CONTROL.sub(lambda m: {"\n": "\\n", "\r": "\\r"}.get(m.group(),
                                                                    f"\\x{ord(m.group()):02x}"), text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name's bytes that are not UTF-8: shown as \\udcNN
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) > limit:
         keep = (limit - 40) // 2
         text = f"{text[:keep]} ...({len(text) - 2 * keep} characters)... {text[-keep:]}"

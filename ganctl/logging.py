@@ -41,8 +41,14 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newli
 
 def printable(text: str) -> str:
     """Control characters (a terminal escape in a folder name or a checkpoint's metadata) shown
-    as \\xNN, never sent to the terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    as \\xNN, never sent to the terminal; a file name's bytes that are not UTF-8 (surrogates
+    to Python) as \\udcNN, which every terminal's encoding can write."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def one_line(text: str) -> str:

@@ -172,7 +172,9 @@ def figure(series: Series) -> Figure:
     fig = Figure(figsize=SIZE, dpi=DPI)
     FigureCanvasAgg(fig)  # Agg, not the user's interactive default
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.91, wspace=0.18, hspace=0.35)
-    fig.suptitle(" — ".join(filter(None, (series.run, f"step {series.last:,}"))))
+    # a folder name that is not UTF-8 (its bytes as surrogates) is drawn with replacement marks
+    run = series.run.encode("utf-8", "replace").decode("utf-8")
+    fig.suptitle(" — ".join(filter(None, (run, f"step {series.last:,}"))))
     cols = math.ceil(math.sqrt(len(shown)))
     rows = math.ceil(len(shown) / cols)
     first = None

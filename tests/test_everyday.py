@@ -400,3 +400,14 @@ def test_the_length_line_counts_one_step_as_one():
     from ganctl.session import length_line
 
     assert length_line(Config(steps=1, batch_size=8), 16).startswith("1 step of batch 8: 8 images")
+
+
+def test_a_run_folder_whose_name_is_not_utf8_gets_its_curves_drawn(workdir):
+    """Its name reaches matplotlib as surrogates, which it refused (a note 'cannot refresh
+    curves.png: set_text(): incompatible function arguments' and no curves)."""
+    import os
+
+    out = os.fsdecode(b"r_\xff")
+    result = invoke("train", *TINY, "--sample-every", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "cannot refresh" not in result.stdout and (workdir / out / "curves.png").is_file()
