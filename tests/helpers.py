@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+import typer.main
+import typer.testing
 from typer.testing import CliRunner
 
 from ganctl import checkpoint, rundir
@@ -40,9 +42,25 @@ MEDIUM = ["--batch-size", "8", "--g-width", "32", "--d-width", "32", "--log-ever
 
 # --- running the CLI --------------------------------------------------------------------------
 
+_COMMAND = typer.main.get_command(app)  # built once per process, not for every call (60 ms each)
+
+
+class _Runner(CliRunner):
+    """typer's CliRunner over the click command built once (the command holds no state between
+    calls: each gets its own context)."""
+
+    def invoke(self, app, args=None, **kwargs):  # type: ignore[override]
+        real = typer.testing._get_command
+        typer.testing._get_command = lambda _: _COMMAND
+        try:
+            return super().invoke(app, args, **kwargs)
+        finally:
+            typer.testing._get_command = real
+
+
 def invoke(*args: object):
     """Run the CLI in-process; stdout and stderr come back separately."""
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return _Runner().invoke(app, [str(a) for a in args])
 
 
 def assert_one_line_error(result, code: int, *fragments: str) -> None:

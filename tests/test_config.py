@@ -120,21 +120,6 @@ def _wrong(key: str, values: dict[str, tuple[str, object]]) -> list[str]:
     return [text for text, value in values.values() if not _accepted(key, value)]
 
 
-@pytest.fixture(scope="module")
-def fast_cli():
-    """`ganctl` built into one click command for all of this module's calls (typer's CliRunner
-    builds it again for each: most of a --print-config's time)."""
-    import typer.main
-    import typer.testing
-
-    from ganctl.cli import app
-
-    command = typer.main.get_command(app)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(typer.testing, "_get_command", lambda _: command)
-        yield
-
-
 def _assert_names(message: str, key: str, *fragments: str) -> None:
     assert len(message.splitlines()) == 1 and "unexpected" not in message, message
     assert re.search(rf"\b{key}\b", message), message
@@ -180,7 +165,7 @@ def test_every_number_refuses_nan_infinities_and_huge_values(workdir, key):
 
 
 @pytest.mark.parametrize("index, key", list(enumerate(KINDS)))
-def test_the_command_line_says_which_key_file_and_type_in_one_line(workdir, fast_cli, index, key):
+def test_the_command_line_says_which_key_file_and_type_in_one_line(workdir, index, key):
     """Through `train --config F --print-config`, one wrong value of each file type per key (the
     values take turns across the keys, so every type is seen); numbers also get an extreme."""
     for suffix, values, extremes, line in (
@@ -236,7 +221,7 @@ def _with_text(key: str, text: str) -> object:
 
 
 @pytest.mark.parametrize("key", STRING_KEYS)
-def test_every_string_refuses_a_lone_surrogate_from_a_file_and_a_call(workdir, fast_cli, key):
+def test_every_string_refuses_a_lone_surrogate_from_a_file_and_a_call(workdir, key):
     """JSON's "\\ud800" is no character: no file name or output can hold it. Refused naming the
     key, in one line, before anything (a path lookup, a print) meets it."""
     path = workdir / "c.json"
@@ -255,7 +240,7 @@ def test_every_string_refuses_a_lone_surrogate_from_a_file_and_a_call(workdir, f
     assert not (workdir / "runs").exists()
 
 
-def test_a_flag_that_is_not_text_is_refused_in_one_line(workdir, fast_cli):
+def test_a_flag_that_is_not_text_is_refused_in_one_line(workdir):
     """A byte that is not UTF-8 on the command line reaches Python as a surrogate escape
     (\\udcff): no W&B project name, augmentation or other plain setting is made of it."""
     for flag, key in (("--wandb-project", "wandb_project"), ("--augment", "augment")):
@@ -264,7 +249,7 @@ def test_a_flag_that_is_not_text_is_refused_in_one_line(workdir, fast_cli):
         assert "unexpected" not in result.stderr
 
 
-def test_a_folder_whose_name_is_not_utf8_stays_a_dataset(workdir, fast_cli):
+def test_a_folder_whose_name_is_not_utf8_stays_a_dataset(workdir):
     """Path keys (and class names, which are folder names) may carry the bytes of a file name
     that is not UTF-8, as Python reads them (surrogate escapes U+DC80..U+DCFF)."""
     import os
@@ -289,7 +274,7 @@ def test_a_folder_whose_name_is_not_utf8_stays_a_dataset(workdir, fast_cli):
     ('{"seed": 1, "steps": 5, "seed": 1}', "'seed'"),  # twice even with the same value
     ('{"dataset": "shapes", "classes": ["a"], "classes": []}', "'classes'"),
 ])
-def test_a_json_key_given_twice_is_refused_not_the_last_one_taken(workdir, fast_cli, text, key):
+def test_a_json_key_given_twice_is_refused_not_the_last_one_taken(workdir, text, key):
     """As TOML and checkpoint headers refuse a key given twice, so does a JSON config: the
     last one winning silently would run another config than the user thinks they wrote."""
     (workdir / "c.json").write_text(text)

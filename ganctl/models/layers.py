@@ -77,6 +77,21 @@ class SpectralNorm(parametrizations._SpectralNorm):
     then D(fake)) fails with "modified by an inplace operation". Here a forward only reads them.
     """
 
+    def __init__(self, weight: torch.Tensor, n_power_iterations: int = 1, dim: int = 0,
+                 eps: float = 1e-12) -> None:
+        if not weight.is_meta:
+            super().__init__(weight, n_power_iterations, dim, eps)
+            return
+        # On the meta device (a checkpoint's structure checked: no values) the same buffers,
+        # empty: torch's start draws them at random and iterates, and those meta kernels import
+        # torch's compiler stack
+        nn.Module.__init__(self)
+        self.dim, self.eps, self.n_power_iterations = dim % weight.ndim, eps, n_power_iterations
+        if weight.ndim > 1:
+            h, w = self._reshape_weight_to_matrix(weight).shape
+            self.register_buffer("_u", weight.new_empty(h))
+            self.register_buffer("_v", weight.new_empty(w))
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1:
             return F.normalize(weight, dim=0, eps=self.eps)
@@ -117,5 +132,9 @@ def spectral_norm_all(net: nn.Module) -> nn.Module:
     of the weights)."""
     for module in list(net.modules()):
         if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
-            parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight))
+            weight = module.weight
+            # on the meta device, without torch's check of one forward: its meta kernels would
+            # import torch's compiler stack (seconds of every sample, resume or inspect)
+            parametrize.register_parametrization(module, "weight", SpectralNorm(weight),
+                                                 unsafe=weight.is_meta)
     return net
