@@ -238,6 +238,9 @@ MaxTime = Annotated[str | None, typer.Option(
     help="Time budget from the command's start, such as 3h30m, 90m or 45s: stop with a checkpoint "
          "(exit 0) while one more step and its checkpoint still fit; `ganctl resume` continues.",
     show_default="none", rich_help_panel=SCHEDULE)]
+Curves = Annotated[bool | None, typer.Option(
+    "--curves/--no-curves", help="Redraw RUN/curves.png at sample steps (at most 5% of training "
+    "time; `ganctl plot` draws it any time).", show_default="on", rich_help_panel=OUTPUT)]
 Tensorboard = Annotated[bool | None, typer.Option(
     "--tensorboard/--no-tensorboard", help="Write losses, D outputs, img/s, learning rates, "
     "scores and sample grids to RUN/tensorboard/ (needs: pip install tensorboard).",
@@ -534,6 +537,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="If --out already holds a run, delete its checkpoints, samples and "
         "logs and start again.", rich_help_panel=OUTPUT)] = False,
+    curves: Curves = None,
     tensorboard: Tensorboard = None,
     wandb: Wandb = None,
     wandb_project: WandbProject = None,
@@ -714,6 +718,7 @@ def resume(
     eval_metrics: EvalMetrics = None,
     inception: Inception = None,
     max_time: MaxTime = None,
+    curves: Curves = None,
     tensorboard: Tensorboard = None,
     wandb: Wandb = None,
     wandb_project: WandbProject = None,
@@ -735,8 +740,8 @@ def resume(
                        eval_every=eval_every, eval_num=eval_num, eval_num_real=eval_num_real,
                        eval_metrics=eval_metrics, inception=inception, max_file_mb=max_file_mb,
                        precision=precision, compile=compile, compile_mode=compile_mode,
-                       tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project,
-                       sync_bn=sync_bn)
+                       curves=curves, tensorboard=tensorboard, wandb=wandb,
+                       wandb_project=wandb_project, sync_bn=sync_bn)
     if gpus is not None and gpus > 1:
         return _launch(gpus, device)
     _OUTPUT.training = "resumed"

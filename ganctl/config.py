@@ -30,7 +30,7 @@ from ganctl.fsutil import NotRegularFile, read_regular
 RESUME_OVERRIDABLE = frozenset(
     {"dataset", "steps", "log_every", "sample_every", "ckpt_every", "keep", "device", "data_dir",
      "eval_every", "eval_num", "eval_num_real", "eval_metrics", "inception", "max_file_mb",
-     "precision", "compile", "compile_mode", "tensorboard", "wandb", "wandb_project", "sync_bn"}
+     "precision", "compile", "compile_mode", "tensorboard", "wandb", "wandb_project", "sync_bn", "curves"}
 )
 CROPS = ("center", "none")
 SPECTRAL_NORM = ("auto", "on", "off")
@@ -123,6 +123,7 @@ class Config:
     inception: str = ""  # the feature network's file; "": GANCTL_INCEPTION, the cache, download
     max_file_mb: int = 256  # dataset files larger than this are skipped as "too large", unread
     # watching the run (optional extras; they may be switched on or off on resume)
+    curves: bool = True  # RUN/curves.png redrawn at sample steps (matplotlib: ~0.4 s a draw)
     tensorboard: bool = False  # scalars and sample grids to RUN/tensorboard/
     wandb: bool = False  # the same to Weights & Biases
     wandb_project: str = ""  # "": ganctl

@@ -33,11 +33,12 @@ LAUNCH = Path(__file__).resolve().parent / "launch.py"  # ganctl with faults inj
 RNG = np.random.default_rng(0)
 
 # A run small enough for a 2-core CI: 8-channel DCGAN at 32x32, batch 8.
-TINY = ["--steps", "4", "--batch-size", "8", "--g-width", "8", "--d-width", "8",
+# No curves.png (a draw costs more than the run): tests of it ask for --curves.
+TINY = ["--no-curves", "--steps", "4", "--batch-size", "8", "--g-width", "8", "--d-width", "8",
         "--log-every", "2", "--sample-every", "2", "--ckpt-every", "2", "--device", "cpu"]
 # checkpoints of about 8 MB: big enough for a slowed write to be caught in the middle
 MEDIUM = ["--batch-size", "8", "--g-width", "32", "--d-width", "32", "--log-every", "1",
-          "--sample-every", "100000", "--device", "cpu"]
+          "--sample-every", "100000", "--device", "cpu", "--no-curves"]
 
 
 # --- running the CLI --------------------------------------------------------------------------

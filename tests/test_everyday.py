@@ -280,13 +280,13 @@ def test_overwrite_removes_the_watching_files_too(workdir):
     """curves.png, RUN/tensorboard/ and wandb_id.txt are ganctl's: --overwrite replaces them, so
     a new run never continues the old one's W&B run or TensorBoard curves."""
     pytest.importorskip("tensorboard")
-    assert invoke("train", *TINY, "--out", "r", "--tensorboard").exit_code == 0
+    assert invoke("train", *TINY, "--curves", "--out", "r", "--tensorboard").exit_code == 0
     Path("r/wandb_id.txt").write_text("abcdef0123456789\n")
     Path("r/.curves.png.tmp-123").write_bytes(b"half")
     Path("r/notes.txt").write_text("mine")
     old_events = sorted(Path("r/tensorboard").iterdir())
     assert Path("r/curves.png").is_file() and old_events
-    assert invoke("train", *TINY, "--out", "r", "--overwrite").exit_code == 0
+    assert invoke("train", *TINY, "--curves", "--out", "r", "--overwrite").exit_code == 0
     assert not Path("r/wandb_id.txt").exists() and not Path("r/.curves.png.tmp-123").exists()
     assert not Path("r/tensorboard").exists()  # this run has no --tensorboard
     assert Path("r/curves.png").is_file() and Path("r/notes.txt").read_text() == "mine"
@@ -344,8 +344,8 @@ def test_init_from_refuses_a_loss_that_changes_the_networks_before_reading_data(
 
 
 def test_a_run_stopped_by_max_time_logs_its_last_step_and_draws_its_curves(workdir):
-    result = invoke("train", *TINY, "--steps", "1000000", "--log-every", "100000", "--max-time",
-                    "3s", "--out", "r", "--json")
+    result = invoke("train", *TINY, "--curves", "--steps", "1000000", "--log-every", "100000",
+                    "--max-time", "3s", "--out", "r", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["stopped"] == "max-time"
@@ -408,6 +408,6 @@ def test_a_run_folder_whose_name_is_not_utf8_gets_its_curves_drawn(workdir):
     import os
 
     out = os.fsdecode(b"r_\xff")
-    result = invoke("train", *TINY, "--sample-every", "2", "--out", out)
+    result = invoke("train", *TINY, "--curves", "--out", out)
     assert result.exit_code == 0, result.output
     assert "cannot refresh" not in result.stdout and (workdir / out / "curves.png").is_file()

@@ -463,8 +463,8 @@ def test_a_failing_sink_or_curves_png_is_reported_once_and_the_run_goes_on(workd
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr(plot, "atomic_write", read_only)
-    result = invoke("train", "--config", toml(workdir, "wandb = true\n"), *TINY, "--steps", "6",
-                    "--out", "r")
+    result = invoke("train", "--config", toml(workdir, "wandb = true\n"), *TINY, "--curves",
+                    "--steps", "6", "--out", "r")
     assert result.exit_code == 0, result.output
     said = [line for line in result.stdout.splitlines() if "network" in line]
     assert said == ([
@@ -550,11 +550,22 @@ def test_training_refreshes_curves_png_at_sample_steps(workdir, monkeypatch, max
 
     monkeypatch.setattr(plot, "draw", spy)
     monkeypatch.setattr(plot, "MAX_SHARE", max_share)
-    result = invoke("train", *TINY, "--steps", "6", "--out", "r")
+    result = invoke("train", *TINY, "--curves", "--steps", "6", "--out", "r")
     assert result.exit_code == 0, result.output
     assert drawn == ([2, 4, 6] if max_share > 1 else [6])
     with Image.open(workdir / "r" / "curves.png") as png:
         assert png.size == (1200, 800)
+
+
+def test_no_curves_draws_none_and_resume_may_switch_them_on(workdir, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plot, "draw", lambda series, out: drawn.append(series.last))
+    result = invoke("train", *TINY, "--no-curves", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert drawn == [] and json.loads((workdir / "r" / "config.json").read_text())["curves"] is False
+    result = invoke("resume", "r", "--steps", "6", "--curves")
+    assert result.exit_code == 0, result.output
+    assert drawn == [6]
 
 
 def curves_of(lines: list[str], run: str = "0003-cifar10-dcgan") -> plot.Series:

@@ -367,7 +367,7 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
                     continue
                 if _due(step, config.sample_every, done):  # after the checkpoint: it matters more
                     made.sample = write_samples(state, run_dir, fixed_z, log) or made.sample
-                if _due(step, config.sample_every, done) or stopping:
+                if config.curves and (_due(step, config.sample_every, done) or stopping):
                     if drawn := curves.refresh(final=done or stopping):
                         meter.exclude(drawn)  # a view of the run, not training
                         budget.pause(drawn, "view")  # the last one follows the last checkpoint
