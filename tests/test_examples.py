@@ -33,7 +33,7 @@ def test_train_and_sample_script(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
         ["bash", str(EXAMPLES / "train_and_sample.sh"), str(EXAMPLES / "shapes_quick.toml"),
-         str(run), "--steps", "2", "--batch-size", "8", "--device", "cpu"],
+         str(run), "--steps", "2", "--batch-size", "8", "--device", "cpu", "--no-curves"],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(run / "grid.png").size == (274, 274)

@@ -428,11 +428,12 @@ def test_read_regular_refuses_what_is_not_a_plain_file(tmp_path):
 def test_sample_and_inspect_in_a_loop_while_a_trainer_checkpoints_and_prunes_every_step(workdir):
     proc = start("train", "--steps", "100000", "--batch-size", "4", "--g-width", "4",
                  "--d-width", "4", "--ckpt-every", "1", "--keep", "1", "--log-every", "1",
-                 "--sample-every", "100000", "--device", "cpu", "--out", "r", cwd=workdir)
+                 "--sample-every", "100000", "--device", "cpu", "--no-curves", "--out", "r",
+                 cwd=workdir)
     failures, steps = [], set()
     try:
         wait_for_step(proc.stdout, 3)
-        for i in range(60):
+        for i in range(30):
             command = ["sample", "-n", "1", "o.png", "--ckpt", "r", "--device", "cpu", "--json"] \
                 if i % 3 else ["inspect", "r", "--json"]
             result = invoke(*command)
@@ -444,7 +445,7 @@ def test_sample_and_inspect_in_a_loop_while_a_trainer_checkpoints_and_prunes_eve
         proc.terminate()
         proc.communicate(timeout=120)
     assert failures == []
-    assert len(steps) >= 10  # the trainer really moved on (and pruned) while we read
+    assert len(steps) >= 5  # the trainer really moved on (and pruned) while we read
 
 
 # --- nothing deleted before it is checked; only ganctl's own files --------------------------------

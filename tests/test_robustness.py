@@ -399,7 +399,7 @@ def test_wrapper_loops_until_done_and_stops_on_ctrl_c_or_errors(tmp_path):
 
 def test_train_until_done_example_with_the_real_ganctl(workdir):
     (workdir / "c.toml").write_text('steps = 2\nbatch_size = 8\ng_width = 8\nd_width = 8\n'
-                                    'device = "cpu"\nlog_every = 1\n')
+                                    'device = "cpu"\nlog_every = 1\ncurves = false\n')
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     script = ROOT / "examples" / "train_until_done.sh"
     done = subprocess.run(["bash", str(script), "c.toml", "r"], cwd=workdir, env=env,

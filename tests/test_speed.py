@@ -282,6 +282,8 @@ def test_compiled_runs_train_resume_and_save_plain_modules(workdir, aot_eager, a
     assert not any("_orig_mod" in k for k in tensors)
     assert all(v.dtype == torch.float32 for k, v in tensors.items()
                if k.startswith("G_ema.") and v.is_floating_point())
+    if arch != "mlp":  # compiling again costs seconds; resuming a compiled run is one path
+        return
     result = invoke("resume", "r", "--steps", "6")
     assert result.exit_code == 0, result.output
     # trained compiled in bf16, sampled eager in fp32 on the CPU
@@ -291,7 +293,7 @@ def test_compiled_runs_train_resume_and_save_plain_modules(workdir, aot_eager, a
 
 def test_compiled_step_equals_the_eager_one(aot_eager):
     """Compiling changes how the step runs, not what it computes."""
-    config = tiny_config(loss="rpgan", r1=1.0, r1_every=1, arch="resnet", spectral_norm="on")
+    config = tiny_config(loss="rpgan", r1=1.0, r1_every=1, arch="dcgan", spectral_norm="on")
     eager = init_state(config, torch.device("cpu"), IMAGES)
     fast = init_state(config.replace(compile="on"), torch.device("cpu"), IMAGES)
     assert fast.compiled and not eager.compiled
