@@ -57,15 +57,19 @@ def assert_stopped_cleanly(workdir: Path) -> None:
 
 @pytest.mark.slow
 def test_sighup_after_the_pipe_reader_exited_is_a_clean_stop(workdir):
-    """`ganctl train 2>&1 | tee log` and tee dies: progress, the stop message and the
-    interpreter's flush at exit all meet a broken pipe; still exit 129 with a checkpoint."""
+    """`ganctl train 2>&1 | tee log` and tee dies: training goes on (a closed pipe is no reason
+    to stop), then progress, the stop message and the interpreter's flush at exit all meet a
+    broken pipe; still exit 129 with a checkpoint."""
     proc = launch(*ENDLESS, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(b"step 3/"):
             break
     proc.stdout.close()  # the reader exits
-    time.sleep(0.5)  # a few more steps log into the closed pipe
+    deadline = time.monotonic() + 60
+    while len(rundir.read_metrics(workdir / "r")) < 10 and time.monotonic() < deadline:
+        time.sleep(0.1)  # more steps log into the closed pipe
+    assert len(rundir.read_metrics(workdir / "r")) >= 10 and proc.poll() is None
     assert stop(proc, signal.SIGHUP) == 129
     assert_stopped_cleanly(workdir)
 
