@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, assert_one_line_error, invoke, valid_steps, write_feature_net
+from helpers import ROOT, assert_one_line_error, invoke, nan_batches, valid_steps, write_feature_net
 from safetensors.torch import load_file
 
 from ganctl import distributed
@@ -264,7 +264,7 @@ def test_a_rank_that_dies_joining_ends_gpus_in_one_line_after_the_ranks_own(work
 
 # Two gloo processes started once for the module (torch.multiprocessing), as torchrun would
 # (env:// variables), each running the commands in-process: starting a process costs more than
-# the work. torchrun itself starts the ranks of the NaN test below.
+# the work. torch's elastic launcher (torchrun's) starts the ranks of the --gpus tests below.
 SEEDS = (3, 1, 2)  # seed 3: D 6e-4 apart after 2 steps when the variance was E[x²] - mean²
 STEPS = ["--steps", "3", "--ckpt-every", "3"]
 EVAL = ["--eval-every", "3", "--eval-num", "24", "--eval-num-real", "48"]  # the first seed's run
@@ -285,6 +285,12 @@ def _rank_worker(rank: int, port: int, root: Path) -> None:
     result = invoke("resume", root / "one-process", "--steps", "4")  # trained on one process
     assert result.exit_code == 0, result.output
     runs["resume"] = {"stdout": result.stdout, "stderr": result.stderr}
+    with pytest.MonkeyPatch.context() as patch:
+        if rank == 1:  # rank 1's real batch of step 4 is NaN
+            nan_batches(patch, steps={4})
+        result = invoke("train", *TINY, "--steps", "6", "--ckpt-every", "3", "--out", root / "nan")
+    assert result.exit_code == 0, result.output
+    runs["nan"] = {"stdout": result.stdout, "stderr": result.stderr}
     (root / f"rank-{rank}.json").write_text(json.dumps({"runs": runs, "bn": _sync_bn_errors(rank)}))
 
 
@@ -373,7 +379,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(two_ranks, workdi
     assert printed[1] == {"stdout": "", "stderr": ""}  # the other rank is silent
     two = two_ranks / f"two-{seed}"
     assert sorted(p.parent.name for p in two_ranks.rglob("config.json")) == [
-        "one-process", *(f"two-{s}" for s in sorted(SEEDS))]
+        "nan", "one-process", *(f"two-{s}" for s in sorted(SEEDS))]
     assert [p.name for p in (two / "checkpoints").glob("*.safetensors")] == [
         "step-000000003.safetensors"]
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 4  # one writer: 3 steps, 1 eval
@@ -443,22 +449,16 @@ def test_the_launcher_reports_the_first_ranks_own_error_before_those_it_caused()
     assert "their own errors above" in str(distributed._ranks_failed({0: 1, 1: 1}, 2, {}))
 
 
-def test_a_nan_on_one_rank_rolls_every_rank_back_and_the_run_goes_on(workdir):
+def test_a_nan_on_one_rank_rolls_every_rank_back_and_the_run_goes_on(two_ranks):
     """Rank 1's batch of step 4 is NaN: the averaged gradients carry it to both ranks, both roll
     back to the checkpoint of step 3 together (no rank left waiting in an all-reduce), and the
     run ends at its last step with finite weights."""
-    env = {**_env(), "GANCTL_TEST_NAN": "1:4"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2",
-                           str(ROOT / "tests" / "launch.py"), "train", *TINY, "--steps", "6",
-                           "--ckpt-every", "3", "--out", "r"], env=env, capture_output=True,
-                          text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    events = [json.loads(line) for line in Path("r/metrics.jsonl").read_text().splitlines()]
+    printed = json.loads((two_ranks / "rank-0.json").read_text())["runs"]["nan"]
+    events = [json.loads(line) for line in (two_ranks / "nan" / "metrics.jsonl").read_text().splitlines()]
     rollbacks = [e for e in events if e.get("event") == "rollback"]
     assert len(rollbacks) == 1 and rollbacks[0]["step"] == 4 and rollbacks[0]["to_step"] == 3
-    assert "rolled back to step 3" in done.stdout + done.stderr
-    weights = _weights(Path("r/checkpoints/step-000000006.safetensors"))
+    assert "rolled back to step 3" in printed["stdout"]
+    weights = _weights(two_ranks / "nan" / "checkpoints" / "step-000000006.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
