@@ -433,7 +433,7 @@ def test_sample_and_inspect_in_a_loop_while_a_trainer_checkpoints_and_prunes_eve
     failures, steps = [], set()
     try:
         wait_for_step(proc.stdout, 3)
-        for i in range(30):
+        for i in range(21):
             command = ["sample", "-n", "1", "o.png", "--ckpt", "r", "--device", "cpu", "--json"] \
                 if i % 3 else ["inspect", "r", "--json"]
             result = invoke(*command)
