@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 import typer.main
 import typer.testing
+from PIL import Image
 from typer.testing import CliRunner
 
 from ganctl import checkpoint, rundir
