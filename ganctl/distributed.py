@@ -387,6 +387,21 @@ def broadcast_module(net: nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
+def sum_over_ranks(tensors: list[torch.Tensor]) -> None:
+    """Each tensor summed over the ranks, in place, in one all-reduce (no-op for one process)."""
+    if not WORLD.active or not tensors:
+        return
+    import torch.distributed as dist  # noqa: PLC0415
+
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    with collective():
+        dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 def average_gradients(net: nn.Module) -> None:
     """Each trainable parameter's gradient, averaged over the ranks, in one all-reduce (a
     parameter without a gradient on this rank counts as zeros, so every rank sends the same

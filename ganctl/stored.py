@@ -30,7 +30,7 @@ def validate(config: Config) -> None:
     and fit together."""
     check_config(config)
     get_loss(config.loss)
-    augment.parse(config.augment)
+    augment.make(config.augment)  # a malformed spec: ConfigError
     parse_metrics(config.eval_metrics)
 
 

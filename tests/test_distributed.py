@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import test_augment
 import torch
 from helpers import ROOT, assert_one_line_error, invoke, nan_batches, valid_steps, write_feature_net
 from safetensors.torch import load_file
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 from ganctl import distributed
 from ganctl.data import Batches
 from ganctl.errors import ConfigError
+from ganctl.losses import augment
 
 # a run whose steps take milliseconds: 8-channel DCGAN at 32x32 on the CPU, global batch 8
 TINY = ["--device", "cpu", "--batch-size", "8", "--g-width", "8", "--d-width", "8",
@@ -285,6 +287,11 @@ def _rank_worker(rank: int, port: int, root: Path) -> None:
     result = invoke("resume", root / "one-process", "--steps", "4")  # trained on one process
     assert result.exit_code == 0, result.output
     runs["resume"] = {"stdout": result.stdout, "stderr": result.stderr}
+    with pytest.MonkeyPatch.context() as patch:  # an adaptive augmentation's feedback, summed
+        patch.setitem(augment.KINDS, "toy", lambda options: test_augment.ToyAdaptive())
+        result = invoke("train", *TINY, "--steps", "4", "--augment", "toy", "--out", root / "toy")
+    assert result.exit_code == 0, result.output
+    runs["toy"] = {"fed back": test_augment.seen}
     with pytest.MonkeyPatch.context() as patch:
         if rank == 1:  # rank 1's real batch of step 4 is NaN
             nan_batches(patch, steps={4})
@@ -379,7 +386,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(two_ranks, workdi
     assert printed[1] == {"stdout": "", "stderr": ""}  # the other rank is silent
     two = two_ranks / f"two-{seed}"
     assert sorted(p.parent.name for p in two_ranks.rglob("config.json")) == [
-        "nan", "one-process", *(f"two-{s}" for s in sorted(SEEDS))]
+        "nan", "one-process", "toy", *(f"two-{s}" for s in sorted(SEEDS))]
     assert [p.name for p in (two / "checkpoints").glob("*.safetensors")] == [
         "step-000000003.safetensors"]
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 4  # one writer: 3 steps, 1 eval
@@ -402,6 +409,13 @@ def test_two_processes_with_sync_bn_train_as_one_over_seeds(two_ranks, workdir, 
     result = invoke("train", *TINY, *STEPS, "--seed", seed, "--out", "one")
     assert result.exit_code == 0, result.output
     _assert_same_weights(Path("one"), two_ranks / f"two-{seed}")
+
+
+def test_an_augmentations_feedback_is_summed_over_the_processes(two_ranks):
+    """Each rank sees its 4 reals a step; every 2 steps both get the sums of all 16."""
+    fed = [json.loads((two_ranks / f"rank-{r}.json").read_text())["runs"]["toy"]["fed back"]
+           for r in (0, 1)]
+    assert fed[0] == fed[1] and [d["count"] for d in fed[0]] == [16.0, 16.0]
 
 
 def test_a_one_process_run_resumes_on_two(two_ranks):

@@ -86,6 +86,8 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
         broadcast_module(D)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     loss = make_loss(config)
+    if loss.augment is not None:
+        loss.augment.to(device)  # its state and pending feedback live beside the images
     fast = compiles(config, device)
     return TrainState(
         config=config, G=G, D=D, G_ema=G_ema,

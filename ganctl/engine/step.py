@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganctl.distributed import average_gradients
+from ganctl.distributed import average_gradients, sum_over_ranks
 from ganctl.engine.state import TrainState
 from ganctl.losses import NETWORKS, Phase, Stats, StepInputs, requires_grad
 from ganctl.models.layers import power_iterations
@@ -64,6 +64,9 @@ def train_step(state: TrainState, phases: list[Phase]) -> Stats:
                 runs[name] = runs.get(name, 0) + 1
     state.step = n
     update_ema(state.G_ema, state.G, n, state.config.ema_decay)
+    augment = state.loss.augment
+    if augment is not None and augment.interval and n % augment.interval == 0:
+        augment.deliver(sum_over_ranks)  # what D said of the reals, summed over every process
     return {name: value / runs[name] if runs[name] > 1 else value for name, value in totals.items()}
 
 

@@ -21,7 +21,6 @@ from ganctl.data.batches import Batch
 from ganctl.losses import augment
 
 Stats = dict[str, torch.Tensor]  # name -> detached scalar on the device, read back only to log
-Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 NETWORKS = ("G", "D")  # the trained networks, each with its own optimizer
 
 
@@ -91,14 +90,16 @@ class StepInputs:
     torch.autograd.grad: the step decides what those are (mixed precision scales the one and
     runs the other in float32, in one place). G and D may be compiled; gradient penalties
     differentiate twice, which compiled graphs do not support, so input_grad runs D_eager, the
-    same network uncompiled. Every image D sees goes through inputs.augment (DiffAugment, when
-    asked for); random draws use inputs.generator, the run's checkpointed generator. D's outputs
+    same network uncompiled. Every image D sees goes through inputs.augment (an Augmentation,
+    when asked for), and D's logits on reals go to its feedback through inputs.observe; random
+    draws use inputs.generator, the run's checkpointed generator. D's outputs
     are float32 whatever the precision of its layers: the losses are computed in float32.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, real: Batch, z: torch.Tensor,
                  keep_graph: bool = True, backward: Callable[[torch.Tensor], None] = backward,
-                 augment: Augment | None = None, generator: torch.Generator | None = None,
+                 augment: augment.Augmentation | None = None,
+                 generator: torch.Generator | None = None,
                  grad: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor],
                                 torch.Tensor] = input_grad,
                  D_eager: nn.Module | None = None) -> None:
@@ -135,6 +136,11 @@ class StepInputs:
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return x if self._augment is None else self._augment(x, self.generator)
+
+    def observe(self, real_logits: torch.Tensor) -> None:
+        """Hand the augmentation D's logits on the (augmented) reals, for its feedback."""
+        if self._augment is not None:
+            self._augment.observe(real_logits)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """D's outputs for images x (augmented as asked), conditioned on the batch's labels."""
@@ -190,6 +196,7 @@ class Loss(ABC):
     def d_phase(self, phase: Phase, inputs: StepInputs) -> Stats:
         fake = inputs.fake().detach()  # D's update must not reach G
         real_logits = inputs.logits(inputs.real.x)
+        inputs.observe(real_logits)
         fake_logits = inputs.logits(fake)
         loss = self.d_loss(real_logits, fake_logits)
         penalty, extra = self.d_penalty(inputs, fake)
@@ -226,8 +233,14 @@ class Loss(ABC):
         return stats
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Training state the loss keeps between steps (none by default), for checkpoints."""
-        return {}
+        """Training state the loss keeps between steps, for checkpoints: by default its
+        augmentation's (none for DiffAugment)."""
+        if self.augment is None:
+            return {}
+        return {f"augment.{k}": v for k, v in self.augment.state_dict().items()}
 
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:  # noqa: B027 (optional)
-        """Restore what state_tensors() returned."""
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what state_tensors() returned (a KeyError names a missing tensor)."""
+        if self.augment is not None:
+            own = self.augment.state_dict()
+            self.augment.load_state_dict({k: tensors[f"augment.{k}"] for k in own})
