@@ -56,9 +56,9 @@ from ganctl.sample import (
     check_truncation,
     generate,
     labels_for_seeds,
-    latents_from_seeds,
     load_generator,
     make_grid,
+    seed_latents,
     seed_list,
     to_pil,
     whole,
@@ -337,9 +337,10 @@ class Generator:
         seeds: an int (one image), a range, a list, or a string like "0-63,100"; n=16 is
         seeds range(16); neither gives seeds 0-63. truncation psi draws z from the standard
         normal truncated to [-psi, psi] (None: untruncated, the images `ganctl sample` makes).
-        These models have no mapping network, so z itself is truncated: lower psi trades
-        variety for typical images, psi = 0 gives z = 0, one image for every seed (per class),
-        and from about 8.3 up nothing is cut (any larger psi gives the same images). class_: for
+        Without a mapping network z itself is truncated: lower psi trades variety for typical
+        images, psi = 0 gives z = 0, one image for every seed (per class), and from about 8.3
+        up nothing is cut (any larger psi gives the same images); a generator with one
+        truncates its styles toward w_avg instead (w_avg + psi (w - w_avg)). class_: for
         a conditional model, an index or a name of `classes` for every image (None: seed mod the
         number of classes, every class in turn); an unconditional model takes none. batch_size:
         images per forward pass (memory, not the images), 1 to 65,536. Integers may be numpy's.
@@ -370,9 +371,9 @@ class Generator:
 
     def _draw(self, chosen: list[int], truncation: float | None, class_: int | str | None,
               batch_size: int) -> torch.Tensor:
-        z = latents_from_seeds(chosen, self.z_dim, truncation)
+        z = seed_latents(self.G, chosen, self.z_dim, truncation)
         c = labels_for_seeds(chosen, self.config, class_)
-        return generate(self.G, z, self.device, c, operator.index(batch_size))
+        return generate(self.G, z, self.device, c, operator.index(batch_size), truncation)
 
     @_ganctl_errors
     def images(self, seeds: Seeds | None = None, *, n: int | None = None,

@@ -49,7 +49,7 @@ from ganctl.sample import (
     generate,
     image_bytes,
     labels_for_seeds,
-    latents_from_seeds,
+    seed_latents,
 )
 
 FORMATS = ("png", "jpg", "webp", "npz")
@@ -466,10 +466,10 @@ class _Tally:
 def _generate(loaded: LoadedGenerator, seeds: list[int], label_of: dict[int, int],
               truncation: float | None, batch_size: int, device: torch.device) -> np.ndarray:
     """(n, H, W, C) uint8 images of the seeds."""
-    z = latents_from_seeds(seeds, loaded.config.z_dim, truncation)
+    z = seed_latents(loaded.G, seeds, loaded.config.z_dim, truncation)
     c = (torch.tensor([label_of[s] for s in seeds], dtype=torch.int64)
          if num_classes(loaded.config) else None)
-    x = generate(loaded.G, z, device, c, batch_size)  # (N, C, H, W)
+    x = generate(loaded.G, z, device, c, batch_size, truncation)  # (N, C, H, W)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())  # (N, H, W, C)
 
 

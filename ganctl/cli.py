@@ -777,8 +777,9 @@ def sample(
         "depends on its seed alone). Instead of -n/--seed.", show_default="none",
         rich_help_panel=SAMPLES)] = None,
     truncation: Annotated[float | None, typer.Option(
-        metavar="PSI", help="Latents from the normal truncated to [-PSI, PSI]: lower is more "
-        "typical, less varied (0: one image for every seed).", show_default="none",
+        metavar="PSI", help="Latents from the normal truncated to [-PSI, PSI] (a model with a "
+        "mapping network: styles PSI of the way from their mean): lower is more typical, less "
+        "varied (0: one image for every seed).", show_default="none",
         rich_help_panel=SAMPLES)] = None,
     class_: Annotated[str | None, typer.Option(
         "--class", metavar="K|NAME|all", help="Conditional models: the class by index or name, "

@@ -2,7 +2,8 @@
 
 The path visits the seeds' latents in order (z of seed s is `latents_from_seeds`' row, the z of
 `ganctl sample`), moving between consecutive ones along a great circle (slerp), and with `loop`
-back from the last to the first, so that the animation repeats without a jump.
+back from the last to the first, so that the animation repeats without a jump. For a generator
+with a mapping network it walks the seeds' styles w (truncated toward w_avg) in straight lines.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ import torch
 
 from ganctl.errors import ConfigError, GanctlError
 from ganctl.fsutil import atomic_write, clear_temp, fsync_dir, temp_path
+from ganctl.models.generator import has_mapping, ws
 from ganctl.sample import (
     GENERATE_BATCH,
     LoadedGenerator,
+    check_truncation,
     generate,
     labels_for_seeds,
-    latents_from_seeds,
     make_grid,
     png_bytes,
+    seed_latents,
     seed_list,
+    synthesize,
     to_pil,
     upscale,
 )
@@ -125,8 +129,10 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
                           f"{MAX_RAW_BYTES // 2**30} GiB of memory (pixels, the frames and the "
                           "file held at once); use fewer frames or seeds, or a smaller scale")
     ffmpeg = _ffmpeg(out) if suffix == ".mp4" else None
-    z = latents_from_seeds(seeds, config.z_dim, truncation)
+    z = seed_latents(loaded.G, seeds, config.z_dim, truncation)
     labels = labels_for_seeds(seeds, config, class_)  # checked before anything is generated
+    if has_mapping(loaded.G):  # the walk goes through the seeds' styles: w, truncated
+        z = _styles(loaded, z, labels, truncation, device)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -202,13 +208,28 @@ def _render(loaded: LoadedGenerator, z: torch.Tensor, labels: torch.Tensor | Non
     """The images at `stops` ((k, t): t of the way from seed k to k + 1, mod the seeds), as
     uint8 (n, C, H * scale, W * scale) batches: at most GENERATE_BATCH latents held at once."""
     n = len(z)
+    mapped = has_mapping(loaded.G)  # then z holds the seeds' w, walked in straight lines
     for i in range(0, len(stops), batch_size):
         part = stops[i:i + batch_size]
+        if mapped:
+            ws = torch.stack([torch.lerp(z[k % n], z[(k + 1) % n], t) for k, t in part])
+            yield upscale(synthesize(loaded.G, ws, device), scale)
+            continue
         zs = torch.stack([slerp(z[k % n], z[(k + 1) % n], t) for k, t in part])
         # the start seed's class; a stop on a seed (t = 0 or 1) that seed's own
         c = None if labels is None else torch.stack(
             [labels[(k + 1) % n] if t == 1 else labels[k % n] for k, t in part])
         yield upscale(generate(loaded.G, zs, device, c), scale)
+
+
+@torch.no_grad()
+def _styles(loaded: LoadedGenerator, z: torch.Tensor, labels: torch.Tensor | None,
+            truncation: float | None, device: torch.device) -> torch.Tensor:
+    """The seeds' w (n, num_ws, w_dim) on the CPU, each for its seed's class, truncated."""
+    G = loaded.G
+    psi = None if truncation is None else check_truncation(truncation)
+    c = None if labels is None else labels.to(device)
+    return ws(G, z.to(device), c, psi).cpu()
 
 
 def _gif(batches: Iterator[torch.Tensor], fps: int, loop: bool) -> bytes:

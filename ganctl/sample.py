@@ -12,7 +12,7 @@ import math
 import numbers
 import operator
 import re
-from collections.abc import Mapping, Sequence, Set, Sized
+from collections.abc import Callable, Mapping, Sequence, Set, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from ganctl.errors import ConfigError, did_you_mean, shorten
 from ganctl.fsutil import atomic_write
 from ganctl.models import build_generator
 from ganctl.models.base import num_classes
+from ganctl.models.generator import has_mapping, images
 from ganctl.stored import check_models, stored_config
 
 GRID_PADDING = 2  # pixels between and around the images of a grid
@@ -186,18 +187,41 @@ def class_index(class_: int | str, classes: Sequence[str]) -> int:
     return index
 
 
+def seed_latents(G: nn.Module, seeds: Sequence[int], z_dim: int, truncation: float | None = None
+                 ) -> torch.Tensor:
+    """The seeds' z for G: truncated in z by psi for a generator without a mapping network; a
+    generator with one truncates in w instead (generate's `truncation`)."""
+    return latents_from_seeds(seeds, z_dim, None if has_mapping(G) else truncation)
+
+
 @torch.no_grad()
 def generate(G: nn.Module, z: torch.Tensor, device: torch.device,
-             c: torch.Tensor | None = None, batch_size: int = GENERATE_BATCH) -> torch.Tensor:
+             c: torch.Tensor | None = None, batch_size: int = GENERATE_BATCH,
+             truncation: float | None = None) -> torch.Tensor:
     """Images for latents z (and classes c) as uint8 (n, C, H, W) on the CPU, generated in eval
-    mode in chunks of `batch_size`. A chunk too big for the device's memory is a ConfigError
-    that says to lower the batch size (images do not depend on it)."""
+    mode in chunks of `batch_size` (truncated toward w_avg by psi where G has a mapping network).
+    A chunk too big for the device's memory is a ConfigError that says to lower the batch size
+    (images do not depend on it)."""
+    psi = None if truncation is None else check_truncation(truncation)
+    return _in_chunks(G, lambda x, k: images(G, x, k, psi), z, device, c, batch_size)
+
+
+@torch.no_grad()
+def synthesize(G: nn.Module, w: torch.Tensor, device: torch.device,
+               batch_size: int = GENERATE_BATCH) -> torch.Tensor:
+    """Images for styles w (of a generator with a mapping network), as generate's."""
+    return _in_chunks(G, lambda x, k: G.synthesis(x), w, device, None, batch_size)  # type: ignore[operator]
+
+
+def _in_chunks(G: nn.Module, run: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+               inputs: torch.Tensor, device: torch.device, c: torch.Tensor | None,
+               batch_size: int) -> torch.Tensor:
     was_training = G.training
     G.eval()
-    chunks = z.split(batch_size)
+    chunks = inputs.split(batch_size)
     labels = c.split(batch_size) if c is not None else [None] * len(chunks)
     try:
-        out = [to_uint8(G(chunk.to(device), None if k is None else k.to(device)).cpu())
+        out = [to_uint8(run(chunk.to(device), None if k is None else k.to(device)).cpu())
                for chunk, k in zip(chunks, labels, strict=True)]
     except (torch.OutOfMemoryError, MemoryError):
         raise ConfigError(f"out of memory on {device} generating {len(chunks[0])} images at a time; "
@@ -318,16 +342,16 @@ def sample_images(loaded: LoadedGenerator, seeds: Sequence[int], device: torch.d
                   batch_size: int = GENERATE_BATCH) -> tuple[torch.Tensor, int]:
     """The seeds' images (n, C, H, W) uint8 and the images per grid row that suit them: with
     class_ "all", one row of the seeds for each class of a conditional model."""
-    z = latents_from_seeds(seeds, loaded.config.z_dim, truncation)
+    z = seed_latents(loaded.G, seeds, loaded.config.z_dim, truncation)
     if class_ != "all" or "all" in loaded.config.classes:
         c = labels_for_seeds(seeds, loaded.config, class_)
-        return generate(loaded.G, z, device, c, batch_size), 0
+        return generate(loaded.G, z, device, c, batch_size, truncation), 0
     k = num_classes(loaded.config)
     if not k:
         raise ConfigError("--class all draws a row for each class, but this model is unconditional "
                           "(not trained --conditional): leave --class out")
-    rows = [generate(loaded.G, z, device, torch.full((len(seeds),), i, dtype=torch.int64), batch_size)
-            for i in range(k)]
+    rows = [generate(loaded.G, z, device, torch.full((len(seeds),), i, dtype=torch.int64), batch_size,
+                     truncation) for i in range(k)]
     return torch.cat(rows), len(seeds)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from ganctl.config import Config
 from ganctl.data.batches import Batch
 from ganctl.losses import augment
+from ganctl.models.generator import run_G
 
 Stats = dict[str, torch.Tensor]  # name -> detached scalar on the device, read back only to log
 NETWORKS = ("G", "D")  # the trained networks, each with its own optimizer
@@ -112,6 +113,7 @@ class StepInputs:
         self._augment = augment
         self._fake: torch.Tensor | None = None
         self._fake_graph = False
+        self.ws: torch.Tensor | None = None  # the fakes' styles, for a G with a mapping network
 
     @property
     def c(self) -> torch.Tensor | None:
@@ -124,10 +126,11 @@ class StepInputs:
             self._fake_graph = graph or self.keep_graph
             if self._fake_graph:
                 with requires_grad(True, self.G):  # G may be frozen for a D phase
-                    self._fake = self.G(self.z, self.c)  # (B, C, H, W)
+                    self._fake, self.ws = run_G(self.G, self.z, self.c,
+                                                generator=self.generator)  # (B, C, H, W)
             else:
                 with torch.no_grad():
-                    self._fake = self.G(self.z, self.c)
+                    self._fake, self.ws = run_G(self.G, self.z, self.c, generator=self.generator)
         return self._fake
 
     def release(self) -> None:
