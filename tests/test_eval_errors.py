@@ -5,6 +5,7 @@ statistics (computed again, with one line saying so)."""
 
 import json
 import re
+import urllib.request
 import warnings
 
 import numpy as np
@@ -39,7 +40,7 @@ def scored(trained_run, workdir, tmp_path, monkeypatch):
     """The tiny trained run, a stand-in feature network found through GANCTL_INCEPTION, no download."""
     monkeypatch.setenv("GANCTL_INCEPTION", str(write_feature_net(tmp_path / "nets" / "fake.pt")))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(inception.urllib.request, "urlopen", refuse_download)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse_download)
     return trained_run
 
 

@@ -5,6 +5,7 @@ import io
 import json
 import re
 import urllib.error
+import urllib.request
 import warnings
 
 import numpy as np
@@ -32,7 +33,7 @@ def fake_net(tmp_path, monkeypatch):
     path = write_feature_net(tmp_path / "nets" / "fake.pt")
     monkeypatch.setenv("GANCTL_INCEPTION", str(path))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(inception.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     return path
 
 
@@ -166,7 +167,7 @@ def test_metric_names_are_checked():
 def test_the_feature_network_is_looked_for_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("GANCTL_INCEPTION", raising=False)
-    monkeypatch.setattr(inception.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     cached = write_feature_net(tmp_path / "xdg" / "ganctl" / "models" / inception.FILE_NAME)
     env = write_feature_net(tmp_path / "env.pt")
     given = write_feature_net(tmp_path / "given.pt")
@@ -188,7 +189,7 @@ def test_the_feature_network_is_looked_for_in_order(tmp_path, monkeypatch):
 def test_offline_or_no_download_says_what_file_where_from_and_where_to(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("GANCTL_INCEPTION", raising=False)
-    monkeypatch.setattr(inception.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     where = str(tmp_path / "xdg" / "ganctl" / "models")
     for download, why in ((True, "downloading it failed"), (False, "--no-download is set")):
         with pytest.raises(FeatureNetError) as e:
@@ -207,7 +208,7 @@ def test_a_download_lands_atomically_in_the_user_cache(tmp_path, monkeypatch):
         headers = {"Content-Length": str(len(blob))}
 
     asked = []
-    monkeypatch.setattr(inception.urllib.request, "urlopen",
+    monkeypatch.setattr(urllib.request, "urlopen",
                         lambda url, timeout: asked.append(url) or Response(blob))
     progress = []
     path = inception.locate(None, progress=lambda what, total: progress.append((what, total)) or (
@@ -334,7 +335,7 @@ def test_best_without_evaluations_is_a_clear_error(trained_run):
 def test_an_evaluation_that_cannot_run_fails_before_training(workdir, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("GANCTL_INCEPTION", raising=False)
-    monkeypatch.setattr(inception.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     result = invoke("train", *TINY, "--eval-every", "2", "--out", "r")
     assert_one_line_error(result, 1, "inception-2015-12-05.pt", "downloading it failed")
     assert not (workdir / "r").exists()

