@@ -234,6 +234,10 @@ Inception = Annotated[str | None, typer.Option(
     "--inception", metavar="PATH", help="The Inception feature network's file.",
     show_default="env GANCTL_INCEPTION, else ~/.cache/ganctl/models/inception-2015-12-05.pt, else "
     "downloaded", rich_help_panel=SCHEDULE)]
+BackboneWeights = Annotated[str | None, typer.Option(
+    "--backbone-weights", metavar="PATH", help="The weights file of the frozen pretrained network "
+    "an architecture's D stands on.", show_default="its environment variable, else "
+    "~/.cache/ganctl/models/, else downloaded", rich_help_panel=SCHEDULE)]
 MaxTime = Annotated[str | None, typer.Option(
     help="Time budget from the command's start, such as 3h30m, 90m or 45s: stop with a checkpoint "
          "(exit 0) while one more step and its checkpoint still fit; `ganctl resume` continues.",
@@ -520,6 +524,7 @@ def train(
     eval_num_real: EvalNumReal = None,
     eval_metrics: EvalMetrics = None,
     inception: Inception = None,
+    backbone_weights: BackboneWeights = None,
     out: Annotated[Path | None, typer.Option(
         help="Run directory.", show_default="./runs/NNNN-<dataset>-<arch>; env GANCTL_RUNS "
         "moves ./runs", rich_help_panel=OUTPUT)] = None,
@@ -717,6 +722,7 @@ def resume(
     eval_num_real: EvalNumReal = None,
     eval_metrics: EvalMetrics = None,
     inception: Inception = None,
+    backbone_weights: BackboneWeights = None,
     max_time: MaxTime = None,
     curves: Curves = None,
     tensorboard: Tensorboard = None,
@@ -739,6 +745,7 @@ def resume(
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir,
                        eval_every=eval_every, eval_num=eval_num, eval_num_real=eval_num_real,
                        eval_metrics=eval_metrics, inception=inception, max_file_mb=max_file_mb,
+                       backbone_weights=backbone_weights,
                        precision=precision, compile=compile, compile_mode=compile_mode,
                        curves=curves, tensorboard=tensorboard, wandb=wandb,
                        wandb_project=wandb_project, sync_bn=sync_bn)

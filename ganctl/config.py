@@ -30,7 +30,8 @@ from ganctl.fsutil import NotRegularFile, read_regular
 RESUME_OVERRIDABLE = frozenset(
     {"dataset", "steps", "log_every", "sample_every", "ckpt_every", "keep", "device", "data_dir",
      "eval_every", "eval_num", "eval_num_real", "eval_metrics", "inception", "max_file_mb",
-     "precision", "compile", "compile_mode", "tensorboard", "wandb", "wandb_project", "sync_bn", "curves"}
+     "precision", "compile", "compile_mode", "tensorboard", "wandb", "wandb_project", "sync_bn", "curves",
+     "backbone_weights"}
 )
 CROPS = ("center", "none")
 SPECTRAL_NORM = ("auto", "on", "off")
@@ -121,6 +122,9 @@ class Config:
     eval_num_real: int = 0  # real images for the statistics; 0: all of them
     eval_metrics: str = "fid"  # comma-separated: fid, kid, pr
     inception: str = ""  # the feature network's file; "": GANCTL_INCEPTION, the cache, download
+    # a frozen backbone's weights file (an architecture whose D stands on one); "": its
+    # environment variable, the cache, download
+    backbone_weights: str = ""
     max_file_mb: int = 256  # dataset files larger than this are skipped as "too large", unread
     # watching the run (optional extras; they may be switched on or off on resume)
     curves: bool = True  # RUN/curves.png redrawn at sample steps (matplotlib: ~0.4 s a draw)

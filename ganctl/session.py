@@ -40,6 +40,7 @@ from ganctl.logging import DEFAULT_WANDB_PROJECT, RunLog, check_sinks
 from ganctl.losses import augment
 from ganctl.metrics import parse_metrics
 from ganctl.models import get_arch
+from ganctl.models.backbone import check_recorded
 from ganctl.scoring import TRAIN_OPTIONS, Evaluator, make_evaluator
 from ganctl.stored import check_models, stored_config, validate
 
@@ -583,6 +584,7 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
     def restore(state: TrainState) -> None:
         """The checkpoint's state into the fresh one, every tensor checked (names, dtypes,
         ranges, finite values) before a file of the run is touched."""
+        check_recorded(header.metadata.get("ganctl.backbones"), state.backbones, ckpt)
         tensors = checkpoint.load_tensors(header)
         try:
             load_state(state, tensors, log.info, step=header.step)

@@ -28,6 +28,7 @@ from ganctl.engine.step import train_step
 from ganctl.errors import CheckpointError, Diverged, GanctlError, Stopped
 from ganctl.logging import RunLog, open_sinks
 from ganctl.losses import NETWORKS, Stats
+from ganctl.models import backbone
 from ganctl.sample import generate, labels_for_seeds, latents_from_seeds, make_grid, save_grid
 
 SAMPLE_SEEDS = range(64)  # the fixed noise of the grids written during training: the seed's 8x8
@@ -167,6 +168,8 @@ def save_checkpoint(state: TrainState, tensors: dict[str, torch.Tensor], run_dir
         extra["ganctl.metrics"] = json.dumps(metrics)
     if scored is not None:
         extra["ganctl.eval"] = json.dumps(scored)
+    if state.backbones:
+        extra["ganctl.backbones"] = backbone.record(state.backbones)
     checkpoint.save(path, tensors, state.config.to_json(), state.step, extra)
     rundir.set_pointer(run_dir, rundir.LATEST, path)  # only once the file is complete
     if scored is not None and _is_best(run_dir, scored.get("fid")):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from ganctl.engine.compiled import compile_network, compiles, cuda_graphs, prepa
 from ganctl.errors import CheckpointError, ConfigError, first_line
 from ganctl.losses import NETWORKS, Loss, Phase, make_loss
 from ganctl.models import build_models
+from ganctl.models.backbone import load_backbones
 from ganctl.models.layers import Normed, spectral_norms
 
 
@@ -45,6 +46,7 @@ class TrainState:
     step: int = 0
     drawn: int = 0  # real batches drawn by this process (for images/s)
     cuda_graphs: bool = False  # the compiled networks replay CUDA graphs (compiled.cuda_graphs)
+    backbones: dict[str, str] = field(default_factory=dict)  # frozen backbones' sha256 by name
 
     @property
     def compiled(self) -> bool:
@@ -85,6 +87,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
         broadcast_module(G)  # rank 0's weights everywhere (the seed gives the same already)
         broadcast_module(D)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    backbones = load_backbones(D, config.backbone_weights)  # frozen, outside D's weights
     loss = make_loss(config)
     if loss.augment is not None:
         loss.augment.to(device)  # its state and pending feedback live beside the images
@@ -102,6 +105,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
         D_train=compile_network(D, config.compile_mode, device) if fast else D,
         normed={"G": spectral_norms(G), "D": spectral_norms(D)},
         cuda_graphs=fast and cuda_graphs(config.compile_mode, device),
+        backbones=backbones,
     )
 
 
