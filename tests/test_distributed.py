@@ -534,7 +534,7 @@ def test_a_signal_during_the_stop_vote_is_kept_for_the_next_step(workdir, monkey
     signal, so the run went on. Now the signal is voted on at the next step."""
     from types import SimpleNamespace  # noqa: PLC0415
 
-    from ganctl.engine import loop  # noqa: PLC0415
+    from ganctl.engine import hooks, loop  # noqa: PLC0415
 
     votes = []
 
@@ -545,9 +545,11 @@ def test_a_signal_during_the_stop_vote_is_kept_for_the_next_step(workdir, monkey
             return [0] * len(values)  # ... the others voted before it: no stop yet
         return list(values)
 
-    monkeypatch.setattr(loop, "WORLD", SimpleNamespace(active=True, writer=True, size=2, rank=0))
-    monkeypatch.setattr(loop, "agree", agree)
-    monkeypatch.setattr(loop, "barrier", lambda: None)
+    world = SimpleNamespace(active=True, writer=True, size=2, rank=0)
+    monkeypatch.setattr(loop, "WORLD", world)
+    monkeypatch.setattr(hooks, "WORLD", world)
+    monkeypatch.setattr(hooks, "agree", agree)
+    monkeypatch.setattr(hooks, "barrier", lambda: None)
     result = invoke("train", *TINY, "--steps", "50", "--out", "r")
     assert result.exit_code == 128 + signal.SIGTERM, result.output
     assert "stopped by SIGTERM at step 2" in result.stderr

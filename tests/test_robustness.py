@@ -29,7 +29,7 @@ from helpers import (
 )
 
 from ganctl import checkpoint, rundir
-from ganctl.engine import loop
+from ganctl.engine import hooks, loop
 from ganctl.engine.guard import TimeBudget, parse_duration
 from ganctl.engine.state import NETWORKS
 from ganctl.errors import STOP_SIGNALS
@@ -312,7 +312,7 @@ def test_a_20_s_budget_trains_for_most_of_its_20_s(workdir, monkeypatch):
     clock = [start]
     ended: dict[int, float] = {}  # step -> when it ended
     saved: list[float] = []  # when each checkpoint was written
-    real_step, real_save = loop.train_step, loop.save_checkpoint
+    real_step, real_save = loop.train_step, hooks.save_checkpoint
 
     def timed_step(state, phases):
         stats = real_step(state, phases)
@@ -328,7 +328,7 @@ def test_a_20_s_budget_trains_for_most_of_its_20_s(workdir, monkeypatch):
 
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(loop, "train_step", timed_step)
-    monkeypatch.setattr(loop, "save_checkpoint", timed_save)
+    monkeypatch.setattr(hooks, "save_checkpoint", timed_save)
     result = invoke("train", *TINY, "--steps", "1000000", "--ckpt-every", "2000", "--sample-every",
                     "2000", "--log-every", "100", "--max-time", "20s", "--out", "r", "--json")
     assert result.exit_code == 0, result.output

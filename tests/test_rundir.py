@@ -153,12 +153,12 @@ def test_a_checkpoint_pruned_after_it_was_verified_still_loads(trained_run):
 
 
 def test_a_sample_grid_that_cannot_be_written_does_not_stop_training(workdir, monkeypatch):
-    from ganctl.engine import loop
+    from ganctl.engine import hooks
 
     def read_only(images, path):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(loop, "save_grid", read_only)
+    monkeypatch.setattr(hooks, "save_grid", read_only)
     result = invoke("train", *TINY, "--out", "r")
     assert result.exit_code == 0, result.output
     assert "cannot write the sample grid" in result.stdout and "Read-only file system" in result.stdout

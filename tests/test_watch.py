@@ -24,6 +24,7 @@ from ganctl import plot
 from ganctl.config import Config
 from ganctl.engine import loop
 from ganctl.engine.guard import LR_FACTOR
+from ganctl.engine.meter import Meter
 from ganctl.errors import ConfigError, RunError
 from ganctl.logging import FIRST_LINE_S, LINE_EVERY_S, RunLog, check_sinks
 from ganctl.rundir import METRICS, read_metrics
@@ -121,7 +122,7 @@ def test_lines_by_time_leave_metrics_jsonl_as_it_was(workdir, monkeypatch):
 def test_a_peek_averages_the_steps_since_the_last_line_and_the_record_all(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(time, "perf_counter", lambda: now[0])
-    meter = loop.Meter(batch_size=4, drawn=10)
+    meter = Meter(batch_size=4, drawn=10)
     meter.add(("loss_D", "D_real"), torch.tensor([1.0, 0.5]))
     meter.add(("loss_D", "D_real"), torch.tensor([3.0, 0.75]))
     now[0] = 110.0
