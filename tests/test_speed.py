@@ -411,13 +411,13 @@ def test_with_cuda_graphs_no_graph_of_g_outlives_ds_update(loss, extra):
     fakes made without G's graph, and G's phase makes its own from the same z."""
     config = tiny_config(loss=loss, **extra)
     state = init_state(config, torch.device("cpu"), IMAGES)
-    spy = state.G_train = GradModeSpy(state.G)
+    spy = state.variants.G = GradModeSpy(state.G)
     train_step(state, state.loss.phases())
     # eager: the D phase's fakes carry G's graph and the G phase reuses them (d_steps' second
     # D phase draws its own, without a graph); R2 (Dreg) uses the D phase's fakes
     assert spy.calls == ([True, False] if loss == "wgan-gp" else [True])
     spy.calls.clear()
-    state.cuda_graphs = True
+    state.variants.cuda_graphs = True
     stats = train_step(state, state.loss.phases())
     assert spy.calls == ([False, False, True] if loss == "wgan-gp" else [False, True])
     assert all(torch.isfinite(v) for v in stats.values())

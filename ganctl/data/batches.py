@@ -116,6 +116,13 @@ class Batches:
         return self.epoch, start, self.index
 
     # --- batches ------------------------------------------------------------------------------------
+    def latents(self, generator: torch.Generator, z_dim: int) -> torch.Tensor:
+        """This process's rows of a fresh global batch of latents (B, z_dim) from `generator`:
+        every rank draws the whole batch (the same, from the same generator), and takes the rows
+        of its share of the real batch."""
+        z = torch.randn(self.batch_size, z_dim, generator=generator, device=self.device)
+        return z[self.offset:self.offset + self.local]
+
     def next(self) -> Batch:
         """The next batch: images as float in [-1, 1], (B, C, H, W), and labels, on the device."""
         _, start, _ = self._advance()

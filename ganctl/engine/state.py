@@ -18,14 +18,33 @@ from ganctl import checkpoint
 from ganctl.config import Config
 from ganctl.data import Batches
 from ganctl.device import Precision, memory_format, resolve_precision
-from ganctl.distributed import WORLD, broadcast_module, split_batch, sync_batchnorm
+from ganctl.distributed import (
+    WORLD,
+    average_gradients,
+    broadcast_module,
+    split_batch,
+    sum_over_ranks,
+    sync_batchnorm,
+)
 from ganctl.engine.amp import Amp
 from ganctl.engine.compiled import compile_network, compiles, cuda_graphs, prepare_cache
 from ganctl.errors import CheckpointError, ConfigError, first_line
 from ganctl.losses import NETWORKS, Loss, Phase, make_loss
 from ganctl.models import build_models
 from ganctl.models.backbone import load_backbones
-from ganctl.models.layers import Normed, spectral_norms
+from ganctl.models.layers import Normed, power_iterations, spectral_norms
+
+
+@dataclass
+class Variants:
+    """The networks as the step calls them: G and D themselves, or compiled (the same weights);
+    D_eager is D uncompiled, for gradient penalties (compiled graphs do not differentiate twice);
+    with CUDA graphs, G's fakes cannot be kept across D's update."""
+
+    G: nn.Module
+    D: nn.Module
+    D_eager: nn.Module
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -40,17 +59,21 @@ class TrainState:
     batches: Batches
     noise: torch.Generator  # draws every z of training, on the device
     amp: Amp  # the precision the phases run in (and fp16's gradient scalers)
-    G_train: nn.Module  # G as the step calls it: G itself, or compiled (the same weights)
-    D_train: nn.Module
+    variants: Variants  # the networks as the step calls them (compiled or not)
     normed: dict[str, Normed]  # each network's spectrally normalised weights (NETWORKS)
     step: int = 0
     drawn: int = 0  # real batches drawn by this process (for images/s)
-    cuda_graphs: bool = False  # the compiled networks replay CUDA graphs (compiled.cuda_graphs)
     backbones: dict[str, str] = field(default_factory=dict)  # frozen backbones' sha256 by name
+    # per network, what follows a phase's backward: gradients averaged over the processes, the
+    # optimizer's step (through the precision's scaler), then post-update work (spectral norm's
+    # power iteration; a mapping network's w_avg would go here)
+    updates: dict[str, list[Callable[[], None]]] = field(default_factory=dict)
+    # sums tensors over the processes in place (an augmentation's feedback); no-op for one
+    total: Callable[[list[torch.Tensor]], None] = sum_over_ranks
 
     @property
     def compiled(self) -> bool:
-        return self.G_train is not self.G
+        return self.variants.G is not self.G
 
     def network(self, name: str) -> nn.Module:
         """A trained network by name (NETWORKS): G or D."""
@@ -92,7 +115,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
     if loss.augment is not None:
         loss.augment.to(device)  # its state and pending feedback live beside the images
     fast = compiles(config, device)
-    return TrainState(
+    state = TrainState(
         config=config, G=G, D=D, G_ema=G_ema,
         opt_G=_adam(G, config.lr_g, config, _updates_per_regulariser(loss.phases(), "G")),
         opt_D=_adam(D, config.lr_d, config, _updates_per_regulariser(loss.phases(), "D")),
@@ -101,12 +124,22 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
                         labels=labels, memory_format=layout, rank=WORLD.rank, world=WORLD.size),
         noise=torch.Generator(device=device).manual_seed(config.seed),
         amp=Amp(precision),
-        G_train=compile_network(G, config.compile_mode, device) if fast else G,
-        D_train=compile_network(D, config.compile_mode, device) if fast else D,
+        variants=Variants(G=compile_network(G, config.compile_mode, device) if fast else G,
+                          D=compile_network(D, config.compile_mode, device) if fast else D,
+                          D_eager=D, cuda_graphs=fast and cuda_graphs(config.compile_mode, device)),
         normed={"G": spectral_norms(G), "D": spectral_norms(D)},
-        cuda_graphs=fast and cuda_graphs(config.compile_mode, device),
         backbones=backbones,
     )
+    state.updates = {name: _updates(state, name) for name in NETWORKS}
+    return state
+
+
+def _updates(state: TrainState, name: str) -> list[Callable[[], None]]:
+    """What follows a phase's backward for network `name`, in order (TrainState.updates)."""
+    net, opt = state.network(name), state.optimizer(name)
+    return [lambda: average_gradients(net),  # over the ranks (no-op for one process)
+            lambda: state.amp.step(name, opt),
+            lambda: power_iterations(state.normed[name])]  # spectral norm follows the new weights
 
 
 def _updates_per_regulariser(phases: list[Phase], network: str) -> int | None:

@@ -9,40 +9,35 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganctl.distributed import average_gradients, sum_over_ranks
 from ganctl.engine.state import TrainState
 from ganctl.losses import NETWORKS, Phase, Stats, StepInputs, requires_grad
-from ganctl.models.layers import power_iterations
 
 EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step) up to config.ema_decay
 
 
 def draw(state: TrainState, keep_graph: bool) -> StepInputs:
-    """The next real batch and a fresh z from the run's noise generator."""
+    """The next real batch and a fresh z from the run's noise generator (this process's share
+    of each: the batches decide it)."""
     real = state.batches.next()
     state.drawn += 1
-    keep_graph = keep_graph and not state.cuda_graphs  # G's phase makes its own (compiled.cuda_graphs)
-    batches = state.batches
-    z = torch.randn(state.config.batch_size, state.config.z_dim, generator=state.noise,
-                    device=batches.device)  # (B, z_dim): the global batch's, the same on every rank
-    z = z[batches.offset:batches.offset + batches.local]  # this rank's rows, as its real batch
-    return StepInputs(state.G_train, state.D_train, real, z, keep_graph, backward=state.amp.backward,
+    nets = state.variants
+    keep_graph = keep_graph and not nets.cuda_graphs  # G's phase makes its own (compiled.cuda_graphs)
+    z = state.batches.latents(state.noise, state.config.z_dim)
+    return StepInputs(nets.G, nets.D, real, z, keep_graph, backward=state.amp.backward,
                       augment=state.loss.augment, generator=state.noise, grad=state.amp.input_grad,
-                      D_eager=state.D)
+                      D_eager=nets.D_eager)
 
 
 def run_phase(state: TrainState, phase: Phase, inputs: StepInputs) -> Stats:
     """One phase between its optimizer's zero_grad and step, every other network frozen (G's
     update needs gradients through D, not of D's weights), in the run's precision."""
-    opt = state.optimizer(phase.module)
     others = [state.network(name) for name in NETWORKS if name != phase.module]
     with requires_grad(False, *others):
-        opt.zero_grad(set_to_none=True)
+        state.optimizer(phase.module).zero_grad(set_to_none=True)
         with state.amp.phase(phase.module):
             stats = state.loss.accumulate(phase, inputs)
-        average_gradients(state.network(phase.module))  # over the ranks (no-op for one process)
-        state.amp.step(phase.module, opt)
-        power_iterations(state.normed[phase.module])  # spectral norm follows the new weights
+        for update in state.updates[phase.module]:  # gradients averaged, the step, then the rest
+            update()
     if phase.module == "G":
         inputs.release()
     return stats
@@ -66,7 +61,7 @@ def train_step(state: TrainState, phases: list[Phase]) -> Stats:
     update_ema(state.G_ema, state.G, n, state.config.ema_decay)
     augment = state.loss.augment
     if augment is not None and augment.interval and n % augment.interval == 0:
-        augment.deliver(sum_over_ranks)  # what D said of the reals, summed over every process
+        augment.deliver(state.total)  # what D said of the reals, summed over every process
     return {name: value / runs[name] if runs[name] > 1 else value for name, value in totals.items()}
 
 
