@@ -410,6 +410,23 @@ def read_header(path: Path) -> Header:
         raise _open_error(path, e) from None
 
 
+def read_metadata(path: Path) -> Header:
+    """A checkpoint's header with its metadata checked as read_header checks it, but its tensor
+    entries neither checked nor kept (tensors is empty): a quarter of the time on a ResNet's 500
+    entries, which a listing of hundreds of runs needs. Never to load from."""
+    path = Path(path)
+    try:
+        with open_regular(path) as f:  # a FIFO named like a checkpoint is not waited on
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(_header_length(path, f.read(8), size))
+    except OSError as e:
+        raise _open_error(path, e) from None
+    header = _json_header(path, raw)
+    metadata = header.pop("__metadata__", None) or {}
+    check_metadata(path, metadata)
+    return Header(path, metadata, {}, size, 8 + len(raw))
+
+
 def open_checkpoint(path: Path) -> Header:
     """A checkpoint verified against its checksum, streamed in blocks: its header, holding the
     file open (Header.blob) for load_tensors to read the tensors a command needs from. Close it
@@ -476,7 +493,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _parse_header(path: Path, raw: bytes, size: int) -> Header:
+def _json_header(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         header = json.loads(raw, object_pairs_hook=_unique_keys)
     except _DuplicateKey as e:
@@ -487,6 +504,11 @@ def _parse_header(path: Path, raw: bytes, size: int) -> Header:
                               "it is not a usable checkpoint") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} has a corrupted header; it is not a usable checkpoint")
+    return header
+
+
+def _parse_header(path: Path, raw: bytes, size: int) -> Header:
+    header = _json_header(path, raw)
     metadata = header.pop("__metadata__", None) or {}
     check_metadata(path, metadata)
     _check_tensor_entries(path, header)

@@ -28,14 +28,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ganctl import fsutil, rundir
-from ganctl.checkpoint import MAX_HEADER_BYTES, Header, check_metadata
+from ganctl import checkpoint, fsutil, rundir
+from ganctl.checkpoint import Header
 from ganctl.config import Config
 from ganctl.data.cache import human_bytes, printable_cell
 from ganctl.errors import CheckpointError, GanctlError, RunError
@@ -187,32 +186,10 @@ def _newest_header(run_dir: Path) -> tuple[Header | None, str | None]:
     why = None
     for path in candidates:
         try:
-            return _read_metadata(path), None
+            return checkpoint.read_metadata(path), None
         except CheckpointError as e:
             why = why or str(e)
     return None, (f"no checkpoint is readable ({why})" if why else None)
-
-
-def _read_metadata(path: Path) -> Header:
-    """A checkpoint's header, its metadata checked as checkpoint.read_header checks it, but its
-    tensor entries neither checked nor kept (tensors is empty): a quarter of the time on a
-    ResNet's 500 entries, which a listing of hundreds of runs needs. Never to load from."""
-    try:
-        with fsutil.open_regular(path) as f:  # a FIFO named like a checkpoint is not waited on
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            if not 0 <= n <= min(MAX_HEADER_BYTES, size - 8):
-                raise CheckpointError(f"{path} is truncated or not a safetensors file")
-            header = json.loads(f.read(n))
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise CheckpointError(f"{path} has a corrupted header (not JSON)") from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    check_metadata(path, metadata)  # the one check every reader of a checkpoint's metadata gets
-    assert isinstance(metadata, dict)  # (check_metadata refused anything else)
-    return Header(path, metadata, {}, size, 8 + n)
 
 
 def _steps(header: Header) -> int | None:
@@ -235,7 +212,7 @@ def _best(run_dir: Path, tail: _Tail) -> tuple[float | None, int | None]:
     ckpt = rundir.pointed(run_dir, rundir.BEST)
     if ckpt is not None:
         try:
-            header = _read_metadata(ckpt)
+            header = checkpoint.read_metadata(ckpt)
             if _finite(header.fid):
                 return header.fid, header.step
         except CheckpointError:
