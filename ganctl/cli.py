@@ -1175,8 +1175,8 @@ def inspect(
         rows.append(("FID", f"{scored['fid']:.3f} ({scored.get('num_fake')} fakes vs "
                             f"{scored.get('num_real')} reals)"))
     if (best := info["best"]) and best["fid"] is not None:
-        rows.append(("best FID", f"{best['fid']:.3f} at step {best['step']} "
-                                 f"({Path(best['checkpoint']).name})"))
+        where = f" ({Path(best['checkpoint']).name})" if best["checkpoint"] else ""
+        rows.append(("best FID", f"{best['fid']:.3f} at step {best['step']}{where}"))
     for key, value in rows:
         if isinstance(value, (list, tuple)):  # class names
             value = ", ".join(map(str, value)) or "none"

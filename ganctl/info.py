@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from ganctl import checkpoint, rundir
-from ganctl.errors import CheckpointError
 from ganctl.stored import check_models, stored_config
 
 
@@ -46,14 +45,11 @@ def trained_processes(header: checkpoint.Header) -> int:
 
 
 def _best(path: Path) -> dict[str, Any] | None:
-    """The run's best checkpoint (lowest FID of the evaluations during training), if any."""
+    """The run's best score (rundir.best_score: `ganctl runs` says the same), if any."""
     if path.parent.name != rundir.CKPT_DIR:
         return None
-    best = rundir.pointed(path.parent.parent, rundir.BEST)
+    best = rundir.best_score(path.parent.parent)
     if best is None:
         return None
-    try:
-        header = checkpoint.read_header(best)
-    except CheckpointError:
-        return None
-    return {"checkpoint": str(best), "step": header.step, "fid": header.fid}
+    return {"checkpoint": None if best.checkpoint is None else str(best.checkpoint),
+            "step": best.step, "fid": best.fid}

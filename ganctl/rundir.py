@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import shlex
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from ganctl import fsutil
-from ganctl.checkpoint import SUFFIX, Header, open_checkpoint, read_header
+from ganctl.checkpoint import SUFFIX, Header, open_checkpoint, read_header, read_metadata
 from ganctl.config import Config
 from ganctl.errors import CheckpointError, GanctlError, RunError
 from ganctl.fsutil import atomic_write, nearest_existing
@@ -375,6 +377,39 @@ def pointed(run_dir: Path, pointer: str) -> Path | None:
     except OSError:
         return None
     return ckpt_dir / name if _STEP_RE.match(name) and (ckpt_dir / name).is_file() else None
+
+
+@dataclass(frozen=True)
+class Best:
+    """A run's best score: its lowest FID, the step that reached it and (when `best` names it)
+    the checkpoint."""
+
+    fid: float
+    step: int
+    checkpoint: Path | None
+
+
+def best_score(run_dir: Path, evaluations: Iterable[tuple[int, float]] | None = None) -> Best | None:
+    """The one answer to "what is this run's best FID" (`ganctl runs` and `inspect` alike): the
+    FID of the checkpoint `best` names, else the lowest of the run's evaluations ((step, FID)
+    pairs; by default those metrics.jsonl records). None before any evaluation."""
+    ckpt = pointed(run_dir, BEST)
+    if ckpt is not None:
+        try:
+            header = read_metadata(ckpt)
+        except CheckpointError:
+            header = None
+        if header is not None and isinstance(header.fid, float) and math.isfinite(header.fid):
+            return Best(header.fid, header.step, ckpt)
+    if evaluations is None:
+        evaluations = [(r["step"], r["fid"]) for r in read_metrics(run_dir)
+                       if r.get("event") == "eval" and type(r.get("step")) is int
+                       and isinstance(r.get("fid"), (int, float)) and not isinstance(r["fid"], bool)]
+    finite = [(step, float(fid)) for step, fid in evaluations if math.isfinite(fid)]
+    if not finite:
+        return None
+    step, fid = min(finite, key=lambda pair: pair[1])
+    return Best(fid, step, None)
 
 
 def _step_of(path: Path) -> int:

@@ -207,20 +207,9 @@ def _settings(config: Config | None, header: Header | None) -> dict[str, Any]:
 
 
 def _best(run_dir: Path, tail: _Tail) -> tuple[float | None, int | None]:
-    """The FID of the checkpoint `best` names (training's evaluations), else the lowest FID of
-    the eval events in the tail of metrics.jsonl (`ganctl eval` of the run's checkpoints)."""
-    ckpt = rundir.pointed(run_dir, rundir.BEST)
-    if ckpt is not None:
-        try:
-            header = checkpoint.read_metadata(ckpt)
-            if _finite(header.fid):
-                return header.fid, header.step
-        except CheckpointError:
-            pass
-    if not tail.fids:
-        return None, None
-    step, fid = min(tail.fids, key=lambda pair: pair[1])
-    return fid, step
+    """The run's best FID and its step (rundir.best_score; its evaluations from the tail)."""
+    best = rundir.best_score(run_dir, tail.fids)
+    return (None, None) if best is None else (best.fid, best.step)
 
 
 def _losses(record: dict[str, Any] | None) -> dict[str, Any]:

@@ -152,6 +152,15 @@ def test_best_fid_from_the_best_checkpoint_else_from_eval_events(trained_run):
     assert (found["0001-shapes-dcgan"]["best_fid"], found["0001-shapes-dcgan"]["best_step"]) == (12.5, 2)
     assert (found["0002-evaluated"]["best_fid"], found["0002-evaluated"]["best_step"]) == (20.0, 4)
     assert found["0002-evaluated"]["status"] == "complete"
+    # inspect says what runs says (one function answers both)
+    for run_id, run_dir in (("0001-shapes-dcgan", trained_run), ("0002-evaluated", other)):
+        result = invoke("inspect", run_dir, "--json")
+        assert result.exit_code == 0, result.output
+        best = json.loads(result.stdout)["best"]
+        assert (best["fid"], best["step"]) == (found[run_id]["best_fid"], found[run_id]["best_step"])
+    assert best["checkpoint"] is None  # from the evaluations: no checkpoint is `best`
+    shown = [line for line in invoke("inspect", other).stdout.splitlines() if "best FID" in line]
+    assert len(shown) == 1 and "20.000 at step 4" in shown[0] and ".safetensors" not in shown[0]
 
 
 def test_size_update_time_and_the_table(trained_run, tmp_path):
