@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import json
 import os
 import re
 import secrets
@@ -26,8 +25,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ganctl import metricsfile
 from ganctl.errors import ConfigError, first_line
-from ganctl.fsutil import atomic_write, open_append, read_regular
+from ganctl.fsutil import atomic_write, read_regular
 
 if TYPE_CHECKING:
     import numpy as np
@@ -293,8 +293,7 @@ class RunLog:
 
     def _append(self, record: dict[str, Any]) -> None:
         if self.path is not None:
-            with open_append(self.path) as f:  # a FIFO in its place fails, never blocks
-                f.write((json.dumps(record) + "\n").encode())
+            metricsfile.append(self.path, record)
 
     def record(self, record: dict[str, Any], watched: dict[str, float] | None = None) -> None:
         """A metrics record: to metrics.jsonl, the sinks (with `watched`, numbers for them alone,

@@ -8,9 +8,7 @@ never draws do not pay for it; it draws with the Agg backend, whatever the user'
 from __future__ import annotations
 
 import io
-import json
 import math
-import os
 import time
 import warnings
 from array import array
@@ -19,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ganctl import rundir
+from ganctl import metricsfile, rundir
 from ganctl.errors import RunError, first_line
-from ganctl.fsutil import atomic_write, open_regular
+from ganctl.fsutil import atomic_write
 from ganctl.logging import EVAL_METRICS, LABELS
 
 if TYPE_CHECKING:
@@ -235,11 +233,10 @@ class Curves:
 
     def __init__(self, run_dir: Path, say: Callable[[str], None]) -> None:
         self.path = run_dir / CURVES
-        self._metrics = run_dir / rundir.METRICS
+        self._metrics = metricsfile.Reader(run_dir / rundir.METRICS)
         self._say = say
         self._run = run_dir.resolve().name
         self._series = Series(run=self._run)
-        self._read: tuple[int, int] = (-1, 0)  # (inode, bytes) of metrics.jsonl parsed so far
         # time.monotonic() before which a refresh is skipped (unless final): a short run draws
         # only its last step
         self._next = time.monotonic() + DRAW_GUESS / MAX_SHARE
@@ -252,7 +249,9 @@ class Curves:
             return 0.0
         started = time.monotonic()
         try:
-            records = self._appended()  # first: it may start a new series (a rewritten file)
+            records, restarted = self._metrics.new_records()
+            if restarted:  # a rewritten file (a rollback, a resume): a new series
+                self._series = Series(run=self._run)
             self._series.add(records)
             if self._series.panels():  # nothing logged yet (sample_every < log_every): no draw
                 draw(self._series, self.path)
@@ -262,34 +261,9 @@ class Curves:
         self._next = time.monotonic() + spent / MAX_SHARE
         return spent
 
-    def _appended(self) -> list[dict[str, Any]]:
-        """The complete lines added to metrics.jsonl since the last call, parsed (damaged ones
-        left out, as rundir.read_metrics does); all of them again if the file was replaced."""
-        try:
-            f = open_regular(self._metrics)
-        except FileNotFoundError:
-            return []
-        with f:
-            inode, size = os.fstat(f.fileno()).st_ino, os.fstat(f.fileno()).st_size
-            if inode != self._read[0] or size < self._read[1]:  # rewritten: start again
-                self._series, self._read = Series(run=self._run), (inode, 0)
-            f.seek(self._read[1])
-            raw = f.read()
-        whole = raw[: raw.rfind(b"\n") + 1]  # a line being appended is read next time
-        self._read = (inode, self._read[1] + len(whole))
-        return [r for r in map(_parse, whole.splitlines()) if r is not None]
-
     def _report(self, e: Exception) -> None:
         if not self._reported:
             self._reported = True
             why = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
             self._say(f"cannot refresh {self.path}: {why or type(e).__name__}; training goes on "
                       "(`ganctl plot` draws it later)")
-
-
-def _parse(line: bytes) -> dict[str, Any] | None:
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    return record if isinstance(record, dict) else None

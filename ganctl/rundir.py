@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ganctl import fsutil
+from ganctl import fsutil, metricsfile
 from ganctl.checkpoint import SUFFIX, Header, open_checkpoint, read_header, read_metadata
 from ganctl.config import Config
 from ganctl.errors import CheckpointError, GanctlError, RunError
@@ -29,7 +29,7 @@ from ganctl.fsutil import atomic_write, nearest_existing
 MARKER = ".ganctl-run"  # written first in every run directory: what makes a folder a run
 CONFIG = "config.json"
 DATA_REPORT = "data_report.json"
-METRICS = "metrics.jsonl"
+METRICS = metricsfile.FILE
 SAMPLES = "samples"
 CKPT_DIR = "checkpoints"
 LATEST = "latest"  # a text file in CKPT_DIR naming the newest complete checkpoint
@@ -313,53 +313,13 @@ def write_config(run_dir: Path, config: Config) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl; damaged lines (see _records) are left out."""
-    return _records(run_dir)[0]
-
-
-def _records(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
-    """(records, damaged lines): a line cut short by a crash, bytes that are not UTF-8, or JSON
-    that is not an object is damaged and skipped."""
-    path = run_dir / METRICS
-    if not path.is_file():
-        return [], 0
-    records, damaged = [], 0
-    try:
-        raw = fsutil.read_regular(path)
-    except fsutil.NotRegularFile:
-        raise RunError(f"{path} is not a regular file (a FIFO?); move it away to continue the "
-                       "run") from None
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            damaged += 1
-    return records, damaged
-
-
-REPLAYED_EVENTS = frozenset({"eval"})  # made again when a run replays their step
+    """The records of metrics.jsonl; damaged lines are left out (metricsfile.read)."""
+    return metricsfile.read(run_dir)[0]
 
 
 def trim_metrics(run_dir: Path, step: int) -> int:
-    """Drop the records of steps after `step`: a resumed or rolled-back run replays those steps
-    and logs (and evaluates) them again. Other events (rollbacks, a `ganctl eval` of a
-    checkpoint file) are history and stay. Damaged lines go too; returns how many there were."""
-    path = run_dir / METRICS
-    if not path.is_file():
-        return 0
-    records, damaged = _records(run_dir)
-    kept = [r for r in records
-            if (isinstance(r.get("step"), int) and r["step"] <= step)
-            or ("event" in r and (r["event"] not in REPLAYED_EVENTS or "checkpoint" in r)
-                if isinstance(r.get("event"), str) else False)]
-    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-    return damaged
+    """metricsfile.trim: the records after `step` (replayed on resume or rollback) dropped."""
+    return metricsfile.trim(run_dir, step)
 
 
 # --- checkpoints in a run ---------------------------------------------------------------------------

@@ -25,7 +25,6 @@ setting from a checkpoint) is the text "nan", "inf" or "-inf", as the training l
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ganctl import checkpoint, fsutil, rundir
+from ganctl import checkpoint, metricsfile, rundir
 from ganctl.checkpoint import Header
 from ganctl.config import Config
 from ganctl.data.cache import human_bytes, printable_cell
@@ -247,7 +246,7 @@ def _tail(path: Path) -> _Tail:
     with the event (rollbacks may precede it; `ganctl eval` events may follow); a run resumed
     after it logs training records after it: reading the tail is enough to tell."""
     tail = _Tail()
-    for record in _tail_records(path):
+    for record in metricsfile.tail(path, TAIL_BYTES):
         event = record.get("event")
         if event is None:
             if _step(record.get("step")):
@@ -257,26 +256,6 @@ def _tail(path: Path) -> _Tail:
         elif event == "eval" and _finite(record.get("fid")) and _step(record.get("step")):
             tail.fids.append((record["step"], float(record["fid"])))
     return tail
-
-
-def _tail_records(path: Path) -> list[dict[str, Any]]:
-    try:
-        with fsutil.open_regular(path) as f:  # a FIFO in its place is not waited on
-            start = max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES)
-            f.seek(start)
-            raw = f.read(TAIL_BYTES)
-    except OSError:
-        return []
-    lines = raw.split(b"\n")[1 if start else 0:]  # the first line of a tail is cut short
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            continue  # blank, or cut short by a crash: read_metrics skips these too
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _step(value: Any) -> bool:
