@@ -612,8 +612,8 @@ def score(args, data: str, work: Path, runs: list[str], budget: Budget) -> list[
     from ganctl import checkpoint
     from ganctl.data import load_dataset
     from ganctl.device import resolve_device
-    from ganctl.logging import RunLog
     from ganctl.metrics import parse_metrics
+    from ganctl.output.progress import RunLog
     from ganctl.sample import load_generator
     from ganctl.scoring import make_evaluator
 

@@ -43,9 +43,10 @@ from ganctl.errors import (
     os_error_message,
     shorten,
 )
-from ganctl.logging import QuietOnClosedPipe, RunLog
 from ganctl.metrics import METRICS, parse_metrics
 from ganctl.models.base import num_classes
+from ganctl.output.console import QuietOnClosedPipe
+from ganctl.output.progress import RunLog
 from ganctl.sample import (
     GENERATE_BATCH,
     GRID_PADDING,

@@ -261,7 +261,7 @@ def _report(message: str, code: int, result: dict[str, Any] | None = None,
     """One line on stderr and, with --json, the error as JSON on stdout. A rank of `--gpus N`
     leaves its error to the launcher instead, which reports the cause once (`peer`: this error
     was caused by another rank's)."""
-    from ganctl.logging import one_line
+    from ganctl.output.console import one_line
 
     _outcome_decided()
     # one line whatever a value quoted in it holds (a path or setting with a line break in it)
@@ -330,7 +330,7 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
 
 def _say(message: str) -> None:
     """A human note on stderr (stdout may carry --json)."""
-    from ganctl.logging import printable
+    from ganctl.output.console import printable
 
     typer.echo(printable(message), err=True)
 
@@ -338,7 +338,7 @@ def _say(message: str) -> None:
 def _console(json_mode: bool) -> Console:
     # With --json, stdout carries the JSON document alone: everything human goes to stderr.
     # Under torchrun, ranks other than 0 show nothing (rank 0 speaks for the run).
-    from ganctl.logging import QuietOnClosedPipe
+    from ganctl.output.console import QuietOnClosedPipe
 
     if _rank():
         return QuietOnClosedPipe(file=open(os.devnull, "w"), highlight=False)  # noqa: SIM115
@@ -398,7 +398,7 @@ def _launch(processes: int, device: str | None, batch_size: str | None = None,
 
 def _emit(json_mode: bool, result: dict[str, Any], human: str) -> None:
     """The command's result: the JSON document with --json, else `human` (rank 0's alone)."""
-    from ganctl.logging import printable
+    from ganctl.output.console import printable
 
     _outcome_decided()
     if _rank():
@@ -566,7 +566,7 @@ def train(
     from ganctl import session
     from ganctl.api import run_training
     from ganctl.config import load_config_file
-    from ganctl.logging import RunLog
+    from ganctl.output.progress import RunLog
     from ganctl.rundir import is_run_dir
 
     if list_presets:
@@ -608,7 +608,7 @@ def _print_config(from_file: dict[str, Any], flags: dict[str, Any], path: Path |
                   json_mode: bool, debug: bool) -> None:
     """train --print-config: the settings a run would get, each with its source; nothing is
     trained or written."""
-    from ganctl.logging import one_line
+    from ganctl.output.console import one_line
     from ganctl.session import resolve_layers
 
     layers = {f"config file {path}": from_file, "flag": flags} if path else {"flag": flags}
@@ -739,7 +739,7 @@ def resume(
     Example: ganctl resume runs/0003-shapes-dcgan --steps 3000
     """
     from ganctl import session
-    from ganctl.logging import RunLog
+    from ganctl.output.progress import RunLog
 
     overrides = _given(dataset=dataset, steps=steps, device=device, sample_every=sample_every,
                        ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir,
@@ -989,7 +989,7 @@ def _bulk(loaded: Any, seeds: list[int], out_dir: Path, fmt: str, truncation: fl
           klass: int | str | None, batch_size: int, device: Any, json_mode: bool, debug: bool) -> None:
     """sample --out-dir: one file per seed, resumable (ganctl.bulk)."""
     from ganctl.bulk import export_images
-    from ganctl.logging import RunLog
+    from ganctl.output.progress import RunLog
 
     log = RunLog(_console(json_mode))
     done = {"count": 0, "of": len(seeds)}
@@ -1145,7 +1145,7 @@ def inspect(
     Example: ganctl inspect runs/0001-shapes-dcgan --json
     """
     from ganctl.info import describe_checkpoint
-    from ganctl.logging import printable
+    from ganctl.output.console import printable
     from ganctl.rundir import locate
 
     header = _call(debug, locate, target, _say, verify)
@@ -1218,8 +1218,8 @@ def eval_(
     Example: ganctl eval runs/0001-shapes-dcgan --num 10000 --metrics fid,kid --json
     """
     from ganctl.device import resolve_device
-    from ganctl.logging import RunLog
     from ganctl.metrics import parse_metrics
+    from ganctl.output.progress import RunLog
     from ganctl.rundir import locate
     from ganctl.scoring import evaluate_checkpoint
 
@@ -1239,7 +1239,7 @@ def eval_(
 
 
 def _eval_table(doc: dict[str, Any]) -> None:
-    from ganctl.logging import printable
+    from ganctl.output.console import printable
 
     net = doc["feature_net"]
     console = Console(highlight=False)
@@ -1324,7 +1324,7 @@ def _data_report(dataset: str | None, data_dir: str | None, split: str | None,
                  max_file_mb: int | None, download: bool, json_mode: bool, debug: bool
                  ) -> dict[str, Any]:
     from ganctl.data import default_split, load_dataset
-    from ganctl.logging import RunLog
+    from ganctl.output.progress import RunLog
     from ganctl.session import resolve_config
 
     values = _given(dataset=dataset, data_dir=data_dir, split=split, resolution=resolution,
@@ -1375,7 +1375,7 @@ def data_info(
     r = _data_report(dataset, data_dir, split, resolution, channels, crop, max_file_mb, download,
                      json_mode, debug)
     counts = r.get("class_counts", {})
-    from ganctl.logging import one_line
+    from ganctl.output.console import one_line
 
     classes = ", ".join(f"{one_line(c)} ({counts[c]})" if c in counts else one_line(c)
                         for c in r["classes"][:20]) + (
@@ -1519,7 +1519,7 @@ def run() -> None:
     the engine (torch's import can be broken by an exception raised inside it) and then act:
     a stop before any work is an exit 128 + N with its message, not a traceback or a swallowed
     signal. stdout and stderr are guarded: their reader going away only silences them."""
-    from ganctl.logging import guard_user_output
+    from ganctl.output.console import guard_user_output
 
     signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
     guard_user_output()

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from ganctl import metricsfile, rundir
 from ganctl.errors import RunError, first_line
 from ganctl.fsutil import atomic_write
-from ganctl.logging import EVAL_METRICS, LABELS
+from ganctl.output.progress import LABELS
+from ganctl.output.sinks import EVAL_METRICS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

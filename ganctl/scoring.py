@@ -23,9 +23,9 @@ from ganctl.config import Config
 from ganctl.data import ImageSet, load_dataset
 from ganctl.data.cache import default_cache_dir
 from ganctl.errors import CheckpointError, ConfigError, FeatureNetError
-from ganctl.logging import RunLog
 from ganctl.metrics import PROTOCOL, Scores, compute, inception, least_images
 from ganctl.metrics.stats import Accumulator, DamagedStats, FeatureStats, load_stats, save_stats, stats_key
+from ganctl.output.progress import RunLog
 from ganctl.sample import labels_for_seeds, latents_from_seeds, load_generator, to_uint8
 
 REAL_ORDER_SEED = 0  # the fixed random order in which real images are taken

@@ -36,11 +36,12 @@ from ganctl.engine.memory import find_batch_size
 from ganctl.engine.state import TrainState, check_values, init_state, load_state
 from ganctl.errors import CheckpointError, ConfigError, DataError
 from ganctl.info import trained_processes
-from ganctl.logging import DEFAULT_WANDB_PROJECT, RunLog, check_sinks
 from ganctl.losses import augment
 from ganctl.metrics import parse_metrics
 from ganctl.models import get_arch
 from ganctl.models.backbone import check_recorded
+from ganctl.output.progress import RunLog
+from ganctl.output.sinks import DEFAULT_WANDB_PROJECT, check_sinks
 from ganctl.scoring import TRAIN_OPTIONS, Evaluator, make_evaluator
 from ganctl.stored import check_models, stored_config, validate
 

@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 
 from ganctl import __version__
-from ganctl.logging import RunLog, format_duration, format_record
+from ganctl.output.progress import RunLog, format_duration, format_record
 from ganctl.rundir import read_metrics
 
 RECORD = {"step": 10, "time": 0.0, "loss_D": 1.25, "loss_G": 0.5, "D_real": 0.6, "D_fake": 0.4,
@@ -60,7 +60,7 @@ def test_python_dash_m_entry_point():
 
 def test_task_progress_plain_and_terminal(monkeypatch):
     clock = iter(range(0, 1000, 30))  # 30 s for each advance: the time left from the rate so far
-    monkeypatch.setattr("ganctl.logging.time.monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr("ganctl.output.progress.time.monotonic", lambda: float(next(clock)))
     buf = io.StringIO()
     advance = RunLog(Console(file=buf, force_terminal=False, width=100)).task("decoding x", 20)
     for _ in range(10):

@@ -18,7 +18,7 @@ from helpers import LAUNCH, ROOT, invoke, valid_steps
 from ganctl import checkpoint, rundir
 from ganctl.cli import _terminate
 from ganctl.errors import STOP_SIGNALS
-from ganctl.logging import UserOutput
+from ganctl.output.console import UserOutput
 
 # a run that goes on until it is stopped, logging every step
 ENDLESS = ["train", "--steps", "100000", "--batch-size", "4", "--g-width", "4", "--d-width", "4",

@@ -19,14 +19,15 @@ from helpers import TINY, assert_one_line_error, invoke, nan_batches, read_json,
 from PIL import Image
 from rich.console import Console
 
-import ganctl.logging
+import ganctl.output.progress
 from ganctl import plot
 from ganctl.config import Config
 from ganctl.engine import loop
 from ganctl.engine.guard import LR_FACTOR
 from ganctl.engine.meter import Meter
 from ganctl.errors import ConfigError, RunError
-from ganctl.logging import FIRST_LINE_S, LINE_EVERY_S, RunLog, check_sinks
+from ganctl.output.progress import FIRST_LINE_S, LINE_EVERY_S, RunLog
+from ganctl.output.sinks import check_sinks
 from ganctl.rundir import METRICS, read_metrics
 
 SMALL = ["--batch-size", "8", "--g-width", "8", "--d-width", "8", "--device", "cpu",
@@ -103,8 +104,8 @@ def test_lines_by_time_leave_metrics_jsonl_as_it_was(workdir, monkeypatch):
     the same values; the lines between them peek at the interval without closing it."""
     SlowClock(monkeypatch, 20.0, 20.0)
     with_lines = invoke("train", *SMALL, "--steps", "8", "--log-every", "4", "--out", "a")
-    monkeypatch.setattr(ganctl.logging, "FIRST_LINE_S", math.inf)
-    monkeypatch.setattr(ganctl.logging, "LINE_EVERY_S", math.inf)
+    monkeypatch.setattr(ganctl.output.progress, "FIRST_LINE_S", math.inf)
+    monkeypatch.setattr(ganctl.output.progress, "LINE_EVERY_S", math.inf)
     without = invoke("train", *SMALL, "--steps", "8", "--log-every", "4", "--out", "b")
     assert with_lines.exit_code == 0 and without.exit_code == 0, with_lines.output + without.output
     # step 1 ends at 20 s: a line at 40 s (step 2); the record at step 4 (80 s) resets the

@@ -40,7 +40,7 @@ from ganctl.data.decode import Skip, decode, from_array
 from ganctl.data.sources import Source
 from ganctl.errors import DataError
 from ganctl.fsutil import atomic_write
-from ganctl.logging import one_line
+from ganctl.output.console import one_line
 
 VERSION = 3  # bump when decoding (or the cache's files) change, so old caches are not reused
 CHUNK = 256  # items decoded per task

@@ -19,7 +19,8 @@ from ganctl.engine.meter import Meter
 from ganctl.engine.state import TrainState, snapshot
 from ganctl.engine.step import train_step
 from ganctl.errors import GanctlError, Stopped
-from ganctl.logging import RunLog, open_sinks
+from ganctl.output.progress import RunLog
+from ganctl.output.sinks import open_sinks
 
 
 @dataclass
