@@ -261,7 +261,7 @@ def _report(message: str, code: int, result: dict[str, Any] | None = None,
     """One line on stderr and, with --json, the error as JSON on stdout. A rank of `--gpus N`
     leaves its error to the launcher instead, which reports the cause once (`peer`: this error
     was caused by another rank's)."""
-    from ganctl.output.console import one_line
+    from ganctl.text import one_line
 
     _outcome_decided()
     # one line whatever a value quoted in it holds (a path or setting with a line break in it)
@@ -330,7 +330,7 @@ def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
 
 def _say(message: str) -> None:
     """A human note on stderr (stdout may carry --json)."""
-    from ganctl.output.console import printable
+    from ganctl.text import printable
 
     typer.echo(printable(message), err=True)
 
@@ -398,7 +398,7 @@ def _launch(processes: int, device: str | None, batch_size: str | None = None,
 
 def _emit(json_mode: bool, result: dict[str, Any], human: str) -> None:
     """The command's result: the JSON document with --json, else `human` (rank 0's alone)."""
-    from ganctl.output.console import printable
+    from ganctl.text import printable
 
     _outcome_decided()
     if _rank():
@@ -608,8 +608,8 @@ def _print_config(from_file: dict[str, Any], flags: dict[str, Any], path: Path |
                   json_mode: bool, debug: bool) -> None:
     """train --print-config: the settings a run would get, each with its source; nothing is
     trained or written."""
-    from ganctl.output.console import one_line
     from ganctl.session import resolve_layers
+    from ganctl.text import one_line
 
     layers = {f"config file {path}": from_file, "flag": flags} if path else {"flag": flags}
     resolved, sources = _call(debug, resolve_layers, layers)
@@ -1119,14 +1119,9 @@ def _shown(key: str, value: Any) -> Any:
 
 def _date(value: Any) -> str:
     """A time (ISO 8601 text or seconds since the epoch) as a local date and time."""
-    from datetime import datetime
+    from ganctl.text import date_time
 
-    try:
-        when = (datetime.fromtimestamp(value) if isinstance(value, (int, float))
-                else datetime.fromisoformat(str(value))).astimezone()
-    except (ValueError, OverflowError, OSError):
-        return str(value)  # not a time: shown as it is
-    return when.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    return date_time(value)
 
 
 @app.command()
@@ -1145,8 +1140,8 @@ def inspect(
     Example: ganctl inspect runs/0001-shapes-dcgan --json
     """
     from ganctl.info import describe_checkpoint
-    from ganctl.output.console import printable
     from ganctl.rundir import locate
+    from ganctl.text import printable
 
     header = _call(debug, locate, target, _say, verify)
     path = header.path
@@ -1239,7 +1234,7 @@ def eval_(
 
 
 def _eval_table(doc: dict[str, Any]) -> None:
-    from ganctl.output.console import printable
+    from ganctl.text import printable
 
     net = doc["feature_net"]
     console = Console(highlight=False)
@@ -1375,7 +1370,7 @@ def data_info(
     r = _data_report(dataset, data_dir, split, resolution, channels, crop, max_file_mb, download,
                      json_mode, debug)
     counts = r.get("class_counts", {})
-    from ganctl.output.console import one_line
+    from ganctl.text import one_line
 
     classes = ", ".join(f"{one_line(c)} ({counts[c]})" if c in counts else one_line(c)
                         for c in r["classes"][:20]) + (
@@ -1432,7 +1427,8 @@ def cache_clean(
 
     Example: ganctl data cache clean cifar10 --yes
     """
-    from ganctl.data.cache import format_caches, human_bytes, list_caches, select_caches
+    from ganctl.data.cache import format_caches, list_caches, select_caches
+    from ganctl.text import human_bytes
 
     entries = _call(debug, list_caches, cache_dir)
     if names:

@@ -5,9 +5,10 @@ subclass of GanctlError whose message is one line that says what is wrong and wh
 """
 
 import errno
-import re
 import signal
 from collections.abc import Iterable
+
+from ganctl.text import one_line as _shown
 
 
 class GanctlError(Exception):
@@ -23,18 +24,10 @@ class GanctlError(Exception):
 
 
 MAX_MESSAGE = 1000  # characters of an error's message: the middle of a longer one is cut
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # all but tab
-
-
 def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
-    """text on one line, control characters as \\n, \\r, \\xNN, and at most `limit`
-    characters: a longer text keeps its beginning and end (what is wrong, what to do)."""
-    text = _CONTROL.sub(lambda m: {"\n": "\\n", "\r": "\\r"}.get(m.group(),
-                                                                   f"\\x{ord(m.group()):02x}"), text)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a file name's bytes that are not UTF-8: shown as \\udcNN
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """text on one line (text.one_line: control characters as \\n, \\r, \\xNN) of at most
+    `limit` characters: a longer text keeps its beginning and end (what is wrong, what to do)."""
+    text = _shown(text)
     if len(text) > limit:
         keep = (limit - 40) // 2
         text = f"{text[:keep]} ...({len(text) - 2 * keep} characters)... {text[-keep:]}"

@@ -35,9 +35,9 @@ from typing import Any
 from ganctl import checkpoint, metricsfile, rundir
 from ganctl.checkpoint import Header
 from ganctl.config import Config
-from ganctl.data.cache import human_bytes, printable_cell
 from ganctl.errors import CheckpointError, GanctlError, RunError
 from ganctl.fsutil import FileTooLarge, NotRegularFile
+from ganctl.text import human_bytes, iso_time, minute, printable_cell
 
 STATUSES = ("running", "broken", "new", "diverged", "complete", "stopped")
 FIELDS = ("id", "path", "status", "problem", "dataset", "arch", "resolution", "step", "steps",
@@ -125,7 +125,7 @@ def _describe(run_dir: Path) -> dict[str, Any]:
         "losses": _losses(tail.last),
         "best_fid": best_fid, "best_step": best_step,
         "checkpoint": str(header.path) if header is not None else None,
-        "updated": _iso(updated), "bytes": size,
+        "updated": iso_time(updated), "bytes": size,
     }
 
 
@@ -291,17 +291,6 @@ def _usage(run_dir: Path) -> tuple[int, float | None]:
     return total, newest
 
 
-def _iso(timestamp: float | None) -> str | None:
-    """ISO 8601 in local time; None for none, or a time no date can hold (a file's mtime set
-    to year 300000)."""
-    if timestamp is None:
-        return None
-    try:
-        return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
 # --- the human table --------------------------------------------------------------------------------
 
 COLUMNS = ("ID", "STATUS", "DATASET", "ARCH", "RES", "STEP", "LOSSES", "BEST FID", "UPDATED", "SIZE")
@@ -338,7 +327,7 @@ def _row(run: dict[str, Any]) -> tuple[str, ...]:
     cells = (run["id"], run["status"], _short(run["dataset"]), run["arch"] or "-",
              run["resolution"] or "-",
              f"{'-' if step is None else step}/{'-' if run['steps'] is None else run['steps']}",
-             _format_losses(run["losses"]) or "-", best, _local(run["updated"]),
+             _format_losses(run["losses"]) or "-", best, minute(run["updated"]),
              human_bytes(run["bytes"]))
     return tuple(printable_cell(str(cell), WIDEST.get(name, WIDEST_OTHER))
                  for name, cell in zip(COLUMNS, cells, strict=True))
@@ -369,11 +358,3 @@ def _number(value: Any, spec: str) -> str:
         except OverflowError:  # an integer past any float
             return "inf" if value > 0 else "-inf"
     return str(value)
-
-
-def _local(iso: Any) -> str:
-    """`2026-11-28 07:12` in this machine's time zone."""
-    try:
-        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "-"

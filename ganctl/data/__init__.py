@@ -22,7 +22,7 @@ from ganctl.data import cache, shapes, sources
 from ganctl.data.batches import Batch, Batches
 from ganctl.data.decode import Skip, is_gray, open_image
 from ganctl.errors import DataError, DataMissing, did_you_mean, lookup, shorten
-from ganctl.output.console import one_line
+from ganctl.text import one_line
 
 __all__ = ["Batch", "Batches", "DATASETS", "ImageSet", "load_dataset", "open_source", "preset"]
 

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from ganctl.data.decode import Skip, decode, from_array
 from ganctl.data.sources import Source
 from ganctl.errors import DataError
 from ganctl.fsutil import atomic_write
-from ganctl.output.console import one_line
+from ganctl.text import human_bytes, iso_time, minute, one_line, printable_cell
 
 VERSION = 3  # bump when decoding (or the cache's files) change, so old caches are not reused
 CHUNK = 256  # items decoded per task
@@ -451,8 +450,8 @@ class Cached:
         return {"name": self.name, "kind": self.kind, "state": self.state,
                 "dataset": self.dataset, "bytes": self.bytes,
                 "files": [f.path.name for f in self.files],
-                "modified": _iso(max(f.mtime for f in self.files)),
-                "last_used": _iso(self.last_used), "source": self.source}
+                "modified": iso_time(max(f.mtime for f in self.files)),
+                "last_used": iso_time(self.last_used), "source": self.source}
 
 
 def list_caches(cache_dir: Path | None = None) -> list[Cached]:
@@ -594,32 +593,6 @@ def clean_caches(entries: list[Cached]) -> int:
     return freed
 
 
-def printable_cell(text: str, limit: int) -> str:
-    """`text` as one line of at most `limit` characters for a table: control and other
-    unprintable characters (a newline in a folder name, a terminal escape) escaped as \\n,
-    \\xNN or \\uNNNN, never sent to the terminal; a longer one cut, ending in "…"."""
-    out = "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
-    return out if len(out) <= limit else out[:max(0, limit - 1)] + "…"
-
-
-def _escape(char: str) -> str:
-    escaped = repr(char)[1:-1]  # \n, \t, \x1b, \u202e
-    if escaped == char:  # repr kept it as it is (some unprintable characters it leaves)
-        code = ord(char)
-        escaped = f"\\x{code:02x}" if code < 0x100 else (
-            f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    return escaped
-
-
-def human_bytes(n: int) -> str:
-    """Decimal units, as disks are sold and `ls -lh --si` shows: 512 B, 12.3 MB, 1.5 GB."""
-    units = ("B", "kB", "MB", "GB", "TB", "PB")
-    value, unit = float(n), 0
-    while value >= 999.95 and unit < len(units) - 1:  # 999,999 B is 1.0 MB, not 1000.0 kB
-        value, unit = value / 1000, unit + 1
-    return f"{n} B" if unit == 0 else f"{value:.1f} {units[unit]}"
-
-
 def format_caches(entries: list[Cached], cache_dir: Path | None = None) -> str:
     """An aligned table of list_caches' entries and their total, for people."""
     cache_dir = cache_dir or default_cache_dir()
@@ -633,7 +606,7 @@ def format_caches(entries: list[Cached], cache_dir: Path | None = None) -> str:
                if s.get("resolution") and s.get("channels") else "-")
         rows.append(tuple(printable_cell(cell, 256) for cell in (
             e.name, KIND_LABELS[e.kind], e.state, str(s.get("count") or "-"), res,
-            human_bytes(e.bytes), _local(e.last_used),
+            human_bytes(e.bytes), minute(e.last_used),
             str(s.get("origin") or s.get("dataset") or "-"))))
     right = {3, 4, 5}
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -644,18 +617,3 @@ def format_caches(entries: list[Cached], cache_dir: Path | None = None) -> str:
     count = f"{len(entries)} cache{'s' if len(entries) != 1 else ''}"
     return "\n".join([*lines, printable_cell(f"{human_bytes(total)} in {count} in {cache_dir}",
                                              4096)])
-
-
-def _iso(timestamp: float) -> str | None:
-    """ISO 8601 in local time; None for a time no date can hold (an mtime in year 300000)."""
-    try:
-        return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
-def _local(timestamp: float) -> str:
-    try:
-        return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
-    except (ValueError, OverflowError, OSError):
-        return "-"

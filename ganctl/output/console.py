@@ -1,11 +1,10 @@
-"""The user's terminal: text made safe to show (printable, one_line), standard output that
-survives a closed pipe or terminal (UserOutput, guard_user_output, QuietOnClosedPipe)."""
+"""The user's terminal: standard output that survives a closed pipe or terminal (UserOutput,
+guard_user_output, QuietOnClosedPipe). What may be shown on it: ganctl.text."""
 
 from __future__ import annotations
 
 import io
 import os
-import re
 import select
 import sys
 from typing import TYPE_CHECKING
@@ -15,27 +14,6 @@ from rich.console import Console
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
-
-
-def printable(text: str) -> str:
-    """Control characters (a terminal escape in a folder name or a checkpoint's metadata) shown
-    as \\xNN, never sent to the terminal; a file name's bytes that are not UTF-8 (surrogates
-    to Python) as \\udcNN, which every terminal's encoding can write."""
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def one_line(text: str) -> str:
-    """printable(text) with its line breaks shown as \\n and \\r: an error or a table cell stays
-    one line whatever a value quoted in it (a path, a setting) holds."""
-    return printable(text.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def silence(fd: int) -> None:

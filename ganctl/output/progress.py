@@ -19,8 +19,8 @@ from rich.progress import (
 )
 
 from ganctl import metricsfile
-from ganctl.output.console import printable
 from ganctl.output.sinks import EVAL_METRICS, Sink, Watched, is_number, scalar_tags
+from ganctl.text import printable
 
 if TYPE_CHECKING:
     import torch
