@@ -1402,7 +1402,7 @@ def cache_list(cache_dir: CacheDir = None, json_mode: Json = False, debug: Debug
 
     Example: ganctl data cache list --json
     """
-    from ganctl.data.cache import format_caches, list_caches
+    from ganctl.data.cachedir import format_caches, list_caches
 
     entries = _call(debug, list_caches, cache_dir)
     _outcome_decided()
@@ -1427,7 +1427,7 @@ def cache_clean(
 
     Example: ganctl data cache clean cifar10 --yes
     """
-    from ganctl.data.cache import format_caches, list_caches, select_caches
+    from ganctl.data.cachedir import format_caches, list_caches, select_caches
     from ganctl.text import human_bytes
 
     entries = _call(debug, list_caches, cache_dir)
@@ -1447,7 +1447,7 @@ def cache_clean(
         what = "this cache" if len(entries) == 1 else f"these {len(entries)} caches"
         if not typer.confirm(f"remove {what}?", default=False):
             _fail("nothing removed")
-    from ganctl.data.cache import clean_caches
+    from ganctl.data.cachedir import clean_caches
 
     freed = _call(debug, clean_caches, entries)
     _emit(json_mode, {"removed": [e.name for e in entries], "freed_bytes": freed},
