@@ -457,7 +457,8 @@ def sync_check(args) -> int:
 def sync_state(args, device, how: str):
     from ganctl.data import load_dataset
     from ganctl.engine.state import init_state
-    from ganctl.session import fit_to_data, on_device, resolve_config
+    from ganctl.session import fit_to_data, on_device
+    from ganctl.settings import resolve_config
     config = on_device(resolve_config({
         "dataset": "shapes", "arch": "dcgan", "resolution": args.sync_resolution, "channels": 3,
         "batch_size": args.sync_batch, "g_width": args.throughput_width,

@@ -38,7 +38,8 @@ from ganctl.engine.step import train_step  # noqa: E402
 from ganctl.metrics import compute, parse_metrics  # noqa: E402
 from ganctl.output.progress import RunLog  # noqa: E402
 from ganctl.scoring import batch_size_for, extract, make_evaluator, real_batches  # noqa: E402
-from ganctl.session import fit_to_data, resolve_config  # noqa: E402
+from ganctl.session import fit_to_data  # noqa: E402
+from ganctl.settings import resolve_config  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "cifar10"
 GPU_STEPS_PER_SYNC = 20  # steps between reads of the clock on a GPU (each read waits for it)

@@ -58,7 +58,8 @@ from ganctl.engine.state import TrainState, init_state  # noqa: E402
 from ganctl.engine.step import train_step  # noqa: E402
 from ganctl.errors import first_line  # noqa: E402
 from ganctl.output.progress import RunLog  # noqa: E402
-from ganctl.session import fit_to_data, on_device, resolve_config  # noqa: E402
+from ganctl.session import fit_to_data, on_device  # noqa: E402
+from ganctl.settings import resolve_config  # noqa: E402
 
 # --- the reference: the classic example's networks and loop ---------------------------------------
 

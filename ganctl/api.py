@@ -29,6 +29,7 @@ from rich.console import Console
 from torch import nn
 
 from ganctl import rundir, session
+from ganctl import settings as layers  # (train takes **settings)
 from ganctl.checkpoint import Header
 from ganctl.config import BOUNDS, FIELD_NAMES, Config, load_config_file
 from ganctl.device import resolve_device
@@ -76,7 +77,7 @@ DEVICES = "auto, cpu, cuda, cuda:K or mps"
 COMMAND_LINE_ONLY = {
     "gpus": "several processes are started by the command line (ganctl train --gpus N, or "
             "torchrun -m ganctl train); train() trains in this process",
-    "print_config": "the resolved settings are ganctl.session.resolve_config(settings)",
+    "print_config": "the resolved settings are ganctl.settings.resolve_config(settings)",
     "list_presets": "the presets are ganctl.presets.PRESETS",
     "json": "train() returns a Run; its .result is what --json prints",
     "debug": "errors are raised as they are, tracebacks included"}
@@ -182,7 +183,7 @@ def train(*, out: PathLike | None = None, config: PathLike | None = None,
         raise ConfigError("init_from starts a new run from a checkpoint's weights; resume=True "
                           "continues a run: use one")
     values = {**(load_config_file(Path(config)) if config is not None else {}), **given}
-    deadline = session.deadline_from(max_time)
+    deadline = layers.deadline_from(max_time)
     try:
         result = run_training(values, Path(out) if out is not None else None,
                               RunLog(_console(quiet)), resume=resume, overwrite=overwrite,
@@ -205,8 +206,8 @@ def run_training(values: dict[str, Any], out: Path | None, log: RunLog, *, resum
     say which settings do nothing, and start a new run."""
     if resume and out is not None and rundir.is_run_dir(out):
         return session.continue_run(out, values, log, download, deadline)
-    resolved = session.resolve_config(values)
-    for note in session.option_notes(values, resolved):
+    resolved = layers.resolve_config(values)
+    for note in layers.option_notes(values, resolved):
         log.info(note)
     return session.train(resolved, out, log, download, deadline, overwrite)
 

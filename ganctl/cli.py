@@ -563,7 +563,7 @@ def train(
 
     Example: ganctl train --dataset shapes --steps 1500 --out runs/demo
     """
-    from ganctl import session
+    from ganctl import settings
     from ganctl.api import run_training
     from ganctl.config import load_config_file
     from ganctl.output.progress import RunLog
@@ -588,13 +588,13 @@ def train(
             return _launch(gpus, device, batch_size)
         # the settings each process would resolve, checked once here before any starts: a
         # config file's batch_size "auto" or a batch that does not divide among the processes
-        resolved = _call(debug, session.resolve_config, {**from_file, **flags})
+        resolved = _call(debug, settings.resolve_config, {**from_file, **flags})
         batch_from = ("--batch-size" if "batch_size" in flags else f"batch_size in {config}"
                       if "batch_size" in from_file else "the default batch size")
         return _launch(gpus, resolved.device, "auto" if resolved.batch_size == BATCH_AUTO
                        else str(resolved.batch_size), batch_from)
     _OUTPUT.training = "started"
-    deadline = _call(debug, session.deadline_from, max_time)
+    deadline = _call(debug, settings.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))
     if resume_run and out is not None and is_run_dir(out):
         _OUTPUT.training = "resumed"
@@ -608,7 +608,7 @@ def _print_config(from_file: dict[str, Any], flags: dict[str, Any], path: Path |
                   json_mode: bool, debug: bool) -> None:
     """train --print-config: the settings a run would get, each with its source; nothing is
     trained or written."""
-    from ganctl.session import resolve_layers
+    from ganctl.settings import resolve_layers
     from ganctl.text import one_line
 
     layers = {f"config file {path}": from_file, "flag": flags} if path else {"flag": flags}
@@ -635,7 +635,7 @@ def _config_flags(params: dict[str, Any]) -> dict[str, Any]:
     from ganctl.config import FIELD_NAMES
 
     flags = {k: params[k] for k in FIELD_NAMES if params.get(k) is not None}
-    if "batch_size" in flags:  # --spectral-norm/--compile's booleans: session.normalise
+    if "batch_size" in flags:  # --spectral-norm/--compile's booleans: settings.normalise
         flags["batch_size"] = _batch_size(flags["batch_size"])
     return flags
 
@@ -738,7 +738,7 @@ def resume(
 
     Example: ganctl resume runs/0003-shapes-dcgan --steps 3000
     """
-    from ganctl import session
+    from ganctl import session, settings
     from ganctl.output.progress import RunLog
 
     overrides = _given(dataset=dataset, steps=steps, device=device, sample_every=sample_every,
@@ -752,7 +752,7 @@ def resume(
     if gpus is not None and gpus > 1:
         return _launch(gpus, device)
     _OUTPUT.training = "resumed"
-    deadline = _call(debug, session.deadline_from, max_time)
+    deadline = _call(debug, settings.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))
     result = _call(debug, session.resume, target, overrides, log, download, allow_data_change,
                    deadline)
@@ -1320,7 +1320,7 @@ def _data_report(dataset: str | None, data_dir: str | None, split: str | None,
                  ) -> dict[str, Any]:
     from ganctl.data import default_split, load_dataset
     from ganctl.output.progress import RunLog
-    from ganctl.session import resolve_config
+    from ganctl.settings import resolve_config
 
     values = _given(dataset=dataset, data_dir=data_dir, split=split, resolution=resolution,
                     channels=channels, crop=crop, max_file_mb=max_file_mb, batch_size=1)

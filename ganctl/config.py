@@ -259,7 +259,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float),
                                              "bool": bool}
 _WANTED = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
            "tuple[str, ...]": "a list of strings"}
-# Spellings a file or a call may use beyond a field's own type; session.normalise turns them
+# Spellings a file or a call may use beyond a field's own type; settings.normalise turns them
 # into it (batch_size = "auto" is BATCH_AUTO, compile = true is "on").
 _ALSO_WANTED = {"batch_size": 'an integer or "auto"',
                 "compile": f"a string ({', '.join(COMPILE)}) or true/false",

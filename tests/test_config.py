@@ -11,7 +11,7 @@ from helpers import TINY, assert_one_line_error, invoke, read_json
 
 from ganctl.config import Config, load_config_file
 from ganctl.errors import ConfigError
-from ganctl.session import resolve_config
+from ganctl.settings import resolve_config
 
 
 def test_config_is_frozen_and_validated():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ganctl.config import load_config_file
-from ganctl.session import resolve_config
+from ganctl.settings import resolve_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -171,9 +171,9 @@ def assert_one_json_stop(result, signum: int, before: str) -> None:
 
 @pytest.mark.parametrize("signum", STOP_SIGNALS, ids=NAMES.get)
 def test_a_stop_during_start_up_is_one_json_document(workdir, monkeypatch, stops_unwind, signum):
-    import ganctl.session  # noqa: F401  (the module whose function the signal interrupts)
+    import ganctl.settings  # noqa: F401  (the module whose function the signal interrupts)
 
-    signal_during(monkeypatch, "ganctl.session.resolve_config", signum)
+    signal_during(monkeypatch, "ganctl.settings.resolve_config", signum)
     result = invoke("train", "--steps", "4", "--device", "cpu", "--out", "r", "--json")
     assert_one_json_stop(result, signum, "training started; no checkpoint was written")
     assert not (workdir / "r").exists()
@@ -181,23 +181,23 @@ def test_a_stop_during_start_up_is_one_json_document(workdir, monkeypatch, stops
 
 def test_ctrl_c_under_pythons_own_handler_is_reported_the_same(workdir, monkeypatch):
     """Embedded (no run()), Ctrl-C is a KeyboardInterrupt: the same report, exit 130."""
-    import ganctl.session
+    import ganctl.settings
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ganctl.session, "deadline_from", interrupted)
+    monkeypatch.setattr(ganctl.settings, "deadline_from", interrupted)
     result = invoke("train", "--out", "r", "--json")
     assert_one_json_stop(result, signal.SIGINT, "training started; no checkpoint was written")
 
 
 def test_a_stop_before_other_commands_names_them(workdir, monkeypatch, stops_unwind):
     import ganctl.metrics
-    import ganctl.session  # noqa: F401
+    import ganctl.settings  # noqa: F401
 
     signal_during(monkeypatch, "ganctl.metrics.parse_metrics", signal.SIGTERM)
     assert_one_json_stop(invoke("eval", "--json"), signal.SIGTERM, "ganctl eval finished")
-    signal_during(monkeypatch, "ganctl.session.resolve_config", signal.SIGUSR1)
+    signal_during(monkeypatch, "ganctl.settings.resolve_config", signal.SIGUSR1)
     assert_one_json_stop(invoke("data", "info", "--json"), signal.SIGUSR1,
                          "ganctl data info finished")
 

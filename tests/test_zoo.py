@@ -328,7 +328,7 @@ def test_resume_compares_spectral_norm_by_its_effect(workdir):
 
 
 def test_augment_is_stored_in_one_spelling():
-    from ganctl.session import resolve_config
+    from ganctl.settings import resolve_config
     assert resolve_config({"augment": "DiffAug: color, cutout"}).augment == "diffaug:color,cutout"
     assert resolve_config({"augment": " NONE "}).augment == resolve_config({}).augment == ""
 

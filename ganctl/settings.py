@@ -1,0 +1,142 @@
+"""Settings: the layers a run's config is made of (defaults, the dataset's, a preset's,
+--init-from's model, a config file, flags), what the user is told about them (option_notes), the
+spellings they may take (normalise), and --max-time's deadline. session.py opens runs with them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ganctl import presets, rundir
+from ganctl.config import BATCH_AUTO, FIELD_NAMES, Config, check_types, shown
+from ganctl.data import is_path, preset
+from ganctl.engine.guard import deadline_after, parse_duration
+from ganctl.errors import ConfigError
+from ganctl.losses import augment
+from ganctl.stored import stored_config, validate
+
+
+def resolve_config(values: dict[str, Any]) -> Config:
+    """defaults < dataset preset < named preset (values["preset"]) < the model of
+    values["init_from"] < `values` (file and flags, already merged) -> a checked Config."""
+    return resolve_layers({"given": values})[0]
+
+
+def resolve_layers(given: dict[str, dict[str, Any]]) -> tuple[Config, dict[str, str]]:
+    """The config from the user's layers (name -> values, lowest first: a config file, then the
+    flags), and where each value came from: "default", "dataset NAME", "preset NAME",
+    "init-from CKPT", or the layer's name (`train --print-config` shows it)."""
+    values = {k: v for layer in given.values() for k, v in layer.items()}
+    check_types(values)  # before the preset and the checkpoint they name are looked up
+    named = presets.get(values["preset"]).settings if values.get("preset") else {}
+    if _other_named_dataset(named, values):  # the preset's image shape is its dataset's
+        named = {k: v for k, v in named.items() if k not in PRESET_DATA_SHAPE}
+    model = init_model(values["init_from"]) if values.get("init_from") else {}
+    values = {**named, **model, **values}
+    dataset = values.get("dataset", Config.dataset)
+    values = normalise(values)
+    data = preset(dataset, values)
+    config = Config.from_dict({**data, **values})
+    validate(config)
+    layers = [(f"dataset {dataset}", data), (f"preset {values.get('preset')}", named),
+              (f"init-from {values.get('init_from')}", model), *given.items()]
+    sources = {key: "default" for key in FIELD_NAMES}
+    for name, layer in layers:
+        sources.update({key: name for key in layer if key in sources})
+    return config, sources
+
+
+# what a fine-tuned run takes from its source checkpoint: the shape of G and D
+MODEL_KEYS = ("arch", "resolution", "channels", "z_dim", "g_width", "d_width", "conditional",
+              "spectral_norm")
+
+
+def init_model(target: str) -> dict[str, Any]:
+    """The model settings of the checkpoint `train --init-from` names (read from its header)."""
+    stored = stored_config(rundir.locate(target, lambda _: None, verify=False))
+    return {key: getattr(stored, key) for key in MODEL_KEYS}
+
+
+PRESET_DATA_SHAPE = ("resolution", "channels")
+
+
+def _other_dataset(named: dict[str, Any], values: dict[str, Any]) -> bool:
+    return "dataset" in named and "dataset" in values and values["dataset"] != named["dataset"]
+
+
+def _other_named_dataset(named: dict[str, Any], values: dict[str, Any]) -> bool:
+    """Another built-in dataset than the preset's: it brings its own image size. A folder or zip
+    (often the preset's dataset in another form, such as CIFAR-10 as JPEGs) keeps the preset's."""
+    return _other_dataset(named, values) and not is_path(values["dataset"])
+
+
+def option_notes(values: dict[str, Any], config: Config) -> list[str]:
+    """One line for each setting the user gave (flag or file) that changes nothing, and for a
+    preset used on another dataset than its own."""
+    notes = []
+    named = presets.get(config.preset).settings if config.preset else {}
+    size = f"{config.resolution}x{config.resolution}x{config.channels}"
+    if _other_named_dataset(named, values):
+        notes.append(f"preset {config.preset} is made for {named['dataset']}; on "
+                     f"{values['dataset']} the image size comes from that dataset's defaults and "
+                     f"your flags, not the preset: {size}")
+    elif _other_dataset(named, values):
+        notes.append(f"preset {config.preset} is made for {named['dataset']}; on "
+                     f"{values['dataset']} it trains at {size} (--resolution and --channels "
+                     "change that)")
+    if "gp" in values and config.loss != "wgan-gp":
+        notes.append(f"--gp is the weight of wgan-gp's penalty; with --loss {config.loss} it does "
+                     "nothing (R1 and R2 are --r1 and --r2)")
+    if config.loss == "wgan-gp" and config.gp == 0:
+        notes.append("--gp 0: wgan-gp without its gradient penalty is the original WGAN without "
+                     "weight clipping, which D can push to any size")
+    if "r1_every" in values and not (config.r1 or config.r2):
+        notes.append("--r1-every sets how often R1/R2 run; without --r1 or --r2 it does nothing")
+    return notes
+
+
+def normalise(values: dict[str, Any]) -> dict[str, Any]:
+    """Values as they are stored, however flags and files spell them: a folder or zip dataset
+    absolute (resume finds it from anywhere), ~ expanded in data_dir, on/off switches from
+    booleans, choices in lower case, batch size auto as BATCH_AUTO."""
+    check_types(values)
+    out = dict(values)
+    dataset = out.get("dataset")
+    if dataset is not None and not dataset.strip():
+        raise ConfigError("dataset is empty; give a name (see --help) or a folder, e.g. '.'")
+    if dataset and is_path(dataset):
+        out["dataset"] = str(_expanded("dataset", dataset).absolute())
+    if isinstance(out.get("augment"), str):  # stored without spaces, in lower case; none as ""
+        spec = "".join(out["augment"].split()).lower()
+        out["augment"] = "" if spec in augment.OFF else spec
+    for key in ("compile", "spectral_norm"):  # `compile = true` in a TOML file
+        if isinstance(out.get(key), bool):
+            out[key] = "on" if out[key] else "off"
+    for key in ("precision", "compile", "compile_mode"):  # BF16 is bf16
+        if isinstance(out.get(key), str):
+            out[key] = out[key].strip().lower()
+    if out.get("batch_size") == BATCH_AUTO and not isinstance(out["batch_size"], bool):
+        raise ConfigError("batch_size must be a whole number from 1 to 65536, got 0, or auto (the "
+                          "largest that fits)")
+    if isinstance(out.get("batch_size"), str) and out["batch_size"].strip().lower() == "auto":
+        out["batch_size"] = BATCH_AUTO  # found when the run starts, on its device
+    if isinstance(out.get("data_dir"), str) and out["data_dir"]:
+        out["data_dir"] = str(_expanded("data_dir", out["data_dir"]))
+    return out
+
+
+def _expanded(key: str, path: str) -> Path:
+    """~ and ~user expanded; a ~user that this machine does not know is the user's to fix."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{key} {shown(path)} starts with a ~ that names no home directory here; "
+                          "write the path out") from None
+
+
+def deadline_from(max_time: str | None) -> float | None:
+    """The time.monotonic() at which --max-time, counted from now, runs out (None: no limit)."""
+    return deadline_after(parse_duration(max_time)) if max_time else None
+
+
