@@ -51,14 +51,14 @@ def fit(state: TrainState, run_dir: Path, log: RunLog, fingerprint: str,
     evaluate, checkpoint, samples, curves); stop cleanly (with a checkpoint) on a stop signal or
     when the time budget runs out. An evaluation step is also a checkpoint step."""
     config, phases = state.config, state.loss.phases()
+    compiling = _compile_note(state, log)
+    if WORLD.writer:  # closed by log.close() below
+        log.watch(open_sinks(config, run_dir, state.step, log.info, quiet=log.console.quiet))
+    # the meter after the sinks: W&B may take seconds
     r = Run(state, run_dir, log, fingerprint, TimeBudget(deadline, state.step),
             Meter(config.batch_size, state.drawn), DivergenceGuard(state.batches.device, state.step),
             LastGood(snapshot(state), state.step))
-    compiling = _compile_note(state, log)
     hooks = make_hooks(r, evaluate)
-    if WORLD.writer:  # closed by log.close() below
-        log.watch(open_sinks(config, run_dir, state.step, log.info, quiet=log.console.quiet))
-    r.meter = Meter(config.batch_size, state.drawn)  # after the sinks: W&B may take seconds
     t0 = time.perf_counter()
     log.start(state.step, config.steps, deadline)
     try:

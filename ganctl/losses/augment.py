@@ -155,12 +155,12 @@ class DiffAugment(Augmentation):
         return x.contiguous()
 
 
-# name -> the augmentation for the spec's options (after "name:"; "" without them)
-KINDS: dict[str, Callable[[str], Augmentation]] = {}
+# name -> the augmentation for the spec's options (after "name:"; None without a colon)
+KINDS: dict[str, Callable[[str | None], Augmentation]] = {}
 
 
-def _diffaug(options: str) -> Augmentation:
-    return DiffAugment(parse("diffaug" + (":" + options if options else "")))
+def _diffaug(options: str | None) -> Augmentation:
+    return DiffAugment(parse("diffaug" if options is None else "diffaug:" + options))
 
 
 KINDS["diffaug"] = _diffaug
@@ -170,10 +170,8 @@ def make(spec: str) -> Augmentation | None:
     """The augmentation a config's `augment` names (None: off). A malformed spec is ConfigError."""
     if spec.strip().lower() in OFF:
         return None
-    name, _, options = spec.partition(":")
-    if name == "diffaug":
-        parse(spec)  # its own messages, an empty option list included
+    name, colon, options = spec.partition(":")
     if name not in KINDS:
         raise ConfigError(f"augment {shorten(spec)}: the augmentation is {' or '.join(KINDS)}, e.g. "
                           "diffaug or diffaug:translation,color,cutout (none turns it off)")
-    return KINDS[name](options)
+    return KINDS[name](options if colon else None)
