@@ -8,12 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ganctl import presets, rundir
 from ganctl.config import BATCH_AUTO, FIELD_NAMES, Config, check_types, shown
 from ganctl.data import is_path, preset
 from ganctl.engine.guard import deadline_after, parse_duration
 from ganctl.errors import ConfigError
 from ganctl.losses import augment
+from ganctl.models import get_arch
+from ganctl.models.backbone import attached
 from ganctl.stored import stored_config, validate
 
 
@@ -93,7 +97,16 @@ def option_notes(values: dict[str, Any], config: Config) -> list[str]:
                      "weight clipping, which D can push to any size")
     if "r1_every" in values and not (config.r1 or config.r2):
         notes.append("--r1-every sets how often R1/R2 run; without --r1 or --r2 it does nothing")
+    if values.get("backbone_weights") and not _stands_on_backbone(config):
+        notes.append(f"--backbone-weights is the file of a frozen network a D stands on; "
+                     f"{config.arch}'s D stands on none, so it does nothing")
     return notes
+
+
+def _stands_on_backbone(config: Config) -> bool:
+    """Whether the config's D uses a frozen backbone (its structure, on the meta device)."""
+    with torch.device("meta"):
+        return bool(attached(get_arch(config.arch).build_discriminator(config)))
 
 
 def normalise(values: dict[str, Any]) -> dict[str, Any]:

@@ -127,3 +127,17 @@ def test_a_missing_or_wrong_backbone_file_is_one_line(workdir, toyproj, monkeypa
                     "--out", "r")
     assert_one_line_error(result, 1, "does not hold the weights of backbone 'toynet'")
     assert not (workdir / "r").exists()
+
+
+def test_backbone_weights_on_an_arch_without_a_backbone_is_pointed_out(workdir):
+    result = invoke("train", *TINY, "--backbone-weights", "any.safetensors", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert ("--backbone-weights is the file of a frozen network a D stands on; dcgan's D stands "
+            "on none, so it does nothing") in result.stdout
+
+
+def test_backbone_weights_on_an_arch_with_one_is_not_pointed_out(workdir, toyproj):
+    result = invoke("train", *ARGS, "--steps", "2", "--backbone-weights", "toynet.safetensors",
+                    "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "--backbone-weights is the file" not in result.stdout
