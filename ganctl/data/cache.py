@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -229,43 +229,26 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
     _check_nothing_in_the_way(base)
     tmp_raw = base.with_name(f".{base.name}.raw.tmp-{os.getpid()}")
     tmp_npy = base.with_name(f".{base.name}.npy.tmp-{os.getpid()}")
-    labels: list[int] = []
     skipped: list[dict[str, str]] = [{"file": f, "reason": r} for f, r in source.ignored]
     content = hashlib.sha256()  # of the pixels, then the labels: what the run trains on
-    workers = max(1, min(16, os.cpu_count() or 1))
     try:
         with open(tmp_raw, "wb") as raw:
-            for chunk in _decode_all(source, resolution, channels, crop, workers):
-                for i, result in chunk:
-                    if isinstance(result, str):
-                        skipped.append({"file": source.keys[i], "reason": result})
-                    else:
-                        pixels = result.tobytes()
-                        raw.write(pixels)
-                        content.update(pixels)
-                        labels.append(int(source.labels[i]))
-                if progress:
-                    progress(len(chunk))
+            labels = _decode_into(raw, content, skipped, source, resolution, channels, crop,
+                                  progress)
         count = len(labels)
         if count == 0:
-            reasons = Counter(s["reason"] for s in skipped)
-            raise DataError(f"dataset {source.name!r} has no usable image in {source.origin}"
-                            + (f" ({_summary(reasons)} skipped)" if reasons else "")
-                            + "; it needs readable images (jpg, png, webp, bmp, gif, tiff): "
-                              "replace the damaged ones or pass another dataset")
+            raise _nothing_usable(source, skipped)
         _npy_from_raw(tmp_raw, tmp_npy, (count, channels, resolution, resolution))
         meta_path, images_path, labels_path = _files(base)
         os.replace(tmp_npy, images_path)
         label_array = np.array(labels, dtype=np.int64)
         atomic_write(labels_path, _npy_bytes(label_array))
         content.update(label_array.tobytes())
-        reasons = Counter(s["reason"] for s in skipped)
         meta = {"version": VERSION, "name": source.name, "origin": source.origin,
                 "source_fingerprint": source.fingerprint, "fingerprint": key,
                 "content_fingerprint": content.hexdigest()[:16], "count": count,
                 "resolution": resolution, "channels": channels, "crop": crop,
-                "classes": source.classes, "skipped": len(skipped),
-                "skipped_by_reason": dict(sorted(reasons.items())), "skipped_files": skipped}
+                "classes": source.classes, **_skip_report(skipped)}
         atomic_write(meta_path, json.dumps(meta, indent=1).encode())
     except OSError as e:
         raise DataError(f"cannot write the decode cache in {cache_dir}: {e.strerror}; "
@@ -280,6 +263,44 @@ def build(source: Source, resolution: int, channels: int, crop: str, cache_dir: 
                         f"({e}); check the disk, or set GANCTL_CACHE_DIR elsewhere") from None
     assert loaded is not None
     return loaded
+
+
+def _decode_into(raw: BinaryIO, content: hashlib._Hash, skipped: list[dict[str, str]],
+                 source: Source, resolution: int, channels: int, crop: str,
+                 progress: Progress | None) -> list[int]:
+    """Every item of `source` decoded, its (C, R, R) pixels written to `raw` one after another
+    and hashed into `content`; returns the labels of the images written, and adds each item
+    that could not be decoded to `skipped` (file, reason)."""
+    labels: list[int] = []
+    workers = max(1, min(16, os.cpu_count() or 1))
+    for chunk in _decode_all(source, resolution, channels, crop, workers):
+        for i, result in chunk:
+            if isinstance(result, str):
+                skipped.append({"file": source.keys[i], "reason": result})
+            else:
+                pixels = result.tobytes()
+                raw.write(pixels)
+                content.update(pixels)
+                labels.append(int(source.labels[i]))
+        if progress:
+            progress(len(chunk))
+    return labels
+
+
+def _nothing_usable(source: Source, skipped: list[dict[str, str]]) -> DataError:
+    """The error for a source none of whose items decoded: how many were skipped, and why."""
+    reasons = Counter(s["reason"] for s in skipped)
+    return DataError(f"dataset {source.name!r} has no usable image in {source.origin}"
+                     + (f" ({_summary(reasons)} skipped)" if reasons else "")
+                     + "; it needs readable images (jpg, png, webp, bmp, gif, tiff): "
+                       "replace the damaged ones or pass another dataset")
+
+
+def _skip_report(skipped: list[dict[str, str]]) -> dict[str, Any]:
+    """The cache's account of what was not decoded: how many, by reason, and which files."""
+    reasons = Counter(s["reason"] for s in skipped)
+    return {"skipped": len(skipped), "skipped_by_reason": dict(sorted(reasons.items())),
+            "skipped_files": skipped}
 
 
 # What to do when the cache cannot be written, by what the OS said: the advice fits the cause.
