@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ganctl.data import cache, sources
+from ganctl.data import cache, folders
 from ganctl.data.batches import Batches
 
 CELEBA_SIZE = (178, 218)  # (width, height) of img_align_celeba
@@ -209,13 +209,13 @@ def summarise(runs: list[dict]) -> dict:
 
 def bench_cache_build(folder: Path, resolution: int, cache_dir: Path) -> tuple[dict, np.ndarray]:
     t = time.perf_counter()
-    src = sources.folder_source(folder.name, folder)
+    src = folders.folder_source(folder.name, folder)
     scan = time.perf_counter() - t
     t = time.perf_counter()
     decoded = cache.load_or_build(src, resolution, 3, "center", cache_dir=cache_dir)
     build = time.perf_counter() - t
     t = time.perf_counter()
-    again = cache.load_or_build(sources.folder_source(folder.name, folder), resolution, 3, "center",
+    again = cache.load_or_build(folders.folder_source(folder.name, folder), resolution, 3, "center",
                                 cache_dir=cache_dir)
     reuse = time.perf_counter() - t
     if again.path != decoded.path:

