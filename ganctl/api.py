@@ -31,7 +31,8 @@ from torch import nn
 from ganctl import rundir, session
 from ganctl import settings as layers  # (train takes **settings)
 from ganctl.checkpoint import Header
-from ganctl.config import BOUNDS, FIELD_NAMES, Config, load_config_file
+from ganctl.config import BOUNDS, FIELD_NAMES, Config
+from ganctl.configfile import load_config_file
 from ganctl.device import resolve_device
 from ganctl.engine.loop import RunResult
 from ganctl.errors import (

@@ -8,6 +8,7 @@ The user's output going away (a closed pipe or terminal) changes none of this.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from inspect import Parameter, signature
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -27,7 +29,20 @@ from rich.table import Table
 from rich.text import Text
 
 from ganctl import __version__
-from ganctl.config import BATCH_AUTO, REAL_PRESET, SHAPES_PRESET, Config
+from ganctl.config import (
+    BATCH_AUTO,
+    DATA,
+    DEFAULTS,
+    GROUP_OF,
+    GROUPS,
+    MODEL,
+    OUTPUT,
+    REAL_PRESET,
+    RUNTIME,
+    SCHEDULE,
+    SETTINGS,
+    SHAPES_PRESET,
+)
 from ganctl.errors import STOP_SIGNALS, os_error_message
 from ganctl.fsutil import NotRegularFile
 
@@ -134,9 +149,6 @@ app = typer.Typer(
 T = TypeVar("T")
 
 # --- shared options -------------------------------------------------------------------------------
-# train's help groups its options in these panels (resume's and the others' take the same names)
-DATA, MODEL, LOSS, SCHEDULE, OUTPUT, RUNTIME = ("Data", "Model", "Loss and optimiser", "Schedule",
-                                                "Output", "Runtime")
 REAL = "on real datasets"  # the datasets' own defaults (ganctl.data.REAL_PRESET), shown in help
 
 
@@ -147,11 +159,59 @@ def _default(key: str) -> str:
         return {True: "on", False: "off", "": "none"}.get(value, value) if isinstance(
             value, (bool, str)) else value
 
-    value = SHAPES_PRESET.get(key, Config.__dataclass_fields__[key].default)
-    real = REAL_PRESET.get(key, Config.__dataclass_fields__[key].default)
+    value = SHAPES_PRESET.get(key, DEFAULTS[key])
+    real = REAL_PRESET.get(key, DEFAULTS[key])
     if real == value:
         return str(shown(value))
     return f"{shown(value)} on shapes, {shown(real)} {REAL}"
+
+
+_KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _option_type(key: str) -> Any:
+    """What a setting's option parses: its field's type, or its own (a switch for
+    spectral_norm and compile, text for batch_size's N or auto)."""
+    f = SETTINGS[key]
+    return f.metadata["cli"].get("type") or _KINDS[str(f.type)]
+
+
+def _setting_option(key: str, resume: bool) -> Any:
+    """The option of a setting, made from its field in config.py: its help, panel, spelling
+    and range; on resume its default is the run's own."""
+    f = SETTINGS[key]
+    cli = f.metadata["cli"]
+    decl = cli.get("flag") or f"--{key.replace('_', '-')}"
+    if _option_type(key) is bool:
+        decl = f"{decl}/--no-{decl[2:]}"
+    return typer.Option(
+        decl, help=cli.get("resume_help", f.metadata["help"]) if resume else f.metadata["help"],
+        show_default="the run's" if resume else cli.get("shown") or _default(key),
+        rich_help_panel=f.metadata["panel"] or GROUPS[GROUP_OF[key]].PANEL,
+        metavar=cli.get("metavar"), min=cli.get("min"), max=cli.get("max"))
+
+
+def _with_settings(resume: bool) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A command taking every setting as an option (resume: those `resume` may change), made
+    once from the config's fields; the command gets the ones given as `values`."""
+    keys = [k for k, f in SETTINGS.items()
+            if not f.metadata["cli"].get("hidden") and (f.metadata["resume"] or not resume)]
+
+    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+        own = signature(fn, eval_str=True)
+        params = [p.replace(kind=Parameter.KEYWORD_ONLY)
+                  for p in own.parameters.values() if p.name != "values"]
+        made = [Parameter(k, Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            _option_type(k) | None, _setting_option(k, resume)]) for k in keys]
+
+        @functools.wraps(fn)
+        def command(**given: Any) -> T:
+            chosen = _given_settings(given)
+            return fn(**{k: v for k, v in given.items() if k not in keys}, values=chosen)
+
+        command.__signature__ = own.replace(parameters=[*made, *params])  # type: ignore[attr-defined]
+        return command
+    return decorate
 
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.",
@@ -159,101 +219,25 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, "
                                     "nothing else (progress goes to stderr).",
                                     rich_help_panel=OUTPUT)]
-Device = Annotated[str | None, typer.Option(
-    help="auto | cpu | cuda | cuda:K | mps. auto: the CUDA GPU with most free memory, "
-         "else mps, else cpu.", show_default="auto", rich_help_panel=RUNTIME)]
-PrecisionOpt = Annotated[str | None, typer.Option(
-    "--precision", help="auto | fp32 | tf32 | bf16 | fp16. auto: bf16 on CUDA GPUs that have it "
-    "(Ampere and newer) and on CPUs with native bf16 (AVX512-BF16, AMX) for models measured "
-    "faster in it (dcgan from 64 px, widths 64), else fp32. Weights, losses and the EMA stay "
-    "float32; fp16 adds loss scaling.", show_default="auto", rich_help_panel=RUNTIME)]
-CompileOpt = Annotated[bool | None, typer.Option(
-    "--compile/--no-compile", help="torch.compile G and D. The first step compiles; kernels are "
-    "cached for the next start.", show_default="on for CUDA, off on a CPU", rich_help_panel=RUNTIME)]
-CompileMode = Annotated[str | None, typer.Option(
-    help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, "
-    "max-autotune-no-cudagraphs.", show_default=_default("compile_mode"), rich_help_panel=RUNTIME)]
 Gpus = Annotated[int | None, typer.Option(
     min=1, max=1024, help="Train on N processes of this machine, one per GPU (with --device "
     "cpu: N CPU processes), through torch's launcher; for several machines use torchrun (see "
     "the README).", show_default="1", rich_help_panel=RUNTIME)]
-SyncBn = Annotated[bool | None, typer.Option(
-    "--sync-bn/--no-sync-bn", help="Several processes (GPUs or CPU): BatchNorm statistics over "
-    "the global batch rather than each process's share.", show_default="off",
-    rich_help_panel=RUNTIME)]
-Steps = Annotated[int | None, typer.Option(
-    min=1, help="Total length of the run in steps (also on resume: the run ends at this step).",
-    show_default=_default("steps"), rich_help_panel=SCHEDULE)]
-SampleEvery = Annotated[int | None, typer.Option(
-    min=1, help="Write a sample grid (and refresh curves.png) every N steps.",
-    show_default=_default("sample_every"), rich_help_panel=SCHEDULE)]
-CkptEvery = Annotated[int | None, typer.Option(
-    min=1, help="Write a checkpoint every N steps.", show_default=_default("ckpt_every"),
-    rich_help_panel=SCHEDULE)]
-LogEvery = Annotated[int | None, typer.Option(
-    min=1, help="Log metrics (metrics.jsonl) every N steps; the screen also gets a line at "
-    "least every 30 s.", show_default=_default("log_every"), rich_help_panel=SCHEDULE)]
-Keep = Annotated[int | None, typer.Option(min=0, help="Keep the newest N checkpoints "
-                                             "(0 keeps all).", show_default=_default("keep"),
-                                          rich_help_panel=OUTPUT)]
-DatasetOpt = Annotated[str | None, typer.Option(
-    "--dataset", help="celeba, cifar10, cifar100, mnist, fashion-mnist, svhn, shapes (built in), "
-    "or a folder / .zip of images.", show_default=_default("dataset"), rich_help_panel=DATA)]
-DataDir = Annotated[str | None, typer.Option(
-    help="Where named datasets live.", show_default="env GANCTL_DATA_DIR, else "
-    "~/.cache/ganctl/datasets", rich_help_panel=DATA)]
-Split = Annotated[str | None, typer.Option(help="Dataset split.", show_default="train",
-                                           rich_help_panel=DATA)]
+DatasetOpt = Annotated[str | None, _setting_option("dataset", resume=False)]
+DataDir = Annotated[str | None, _setting_option("data_dir", resume=False)]
+Split = Annotated[str | None, _setting_option("split", resume=False)]
 Download = Annotated[bool, typer.Option("--download/--no-download",
                                         help="Download a named dataset that is missing.",
                                         rich_help_panel=DATA)]
-Crop = Annotated[str | None, typer.Option(help="Non-square images: center (crop) or none (pad).",
-                                          show_default=_default("crop"), rich_help_panel=DATA)]
-MaxFileMb = Annotated[int | None, typer.Option(
-    help="Image files larger than this many MB are skipped as 'too large', unread.",
-    show_default=_default("max_file_mb"), rich_help_panel=DATA)]
-Resolution = Annotated[int | None, typer.Option(
-    help="Image size: 32, 64 or 128; mlp 16, 28, 32 or 64.", show_default="the dataset's: 64 for "
-    "celeba and folders, 32 for the others", rich_help_panel=DATA)]
-Channels = Annotated[int | None, typer.Option(help="1 or 3.", show_default="the dataset's",
-                                              rich_help_panel=DATA)]
-EvalEvery = Annotated[int | None, typer.Option(
-    min=0, help="Score G_ema every N steps (also a checkpoint step; 0: never) and keep "
-    "checkpoints/best at the lowest FID. Needs the Inception file (see ganctl eval --help).",
-    show_default=_default("eval_every"), rich_help_panel=SCHEDULE)]
-EvalNum = Annotated[int | None, typer.Option(min=2, help="Fakes per evaluation during training.",
-                                             show_default=_default("eval_num"),
-                                             rich_help_panel=SCHEDULE)]
-EvalNumReal = Annotated[int | None, typer.Option(
-    min=0, help="Real images for the evaluations' statistics (0: all).",
-    show_default=_default("eval_num_real"), rich_help_panel=SCHEDULE)]
-EvalMetrics = Annotated[str | None, typer.Option(
-    help="Metrics of the evaluations during training: fid, kid, pr, comma-separated.",
-    show_default=_default("eval_metrics"), rich_help_panel=SCHEDULE)]
-Inception = Annotated[str | None, typer.Option(
-    "--inception", metavar="PATH", help="The Inception feature network's file.",
-    show_default="env GANCTL_INCEPTION, else ~/.cache/ganctl/models/inception-2015-12-05.pt, else "
-    "downloaded", rich_help_panel=SCHEDULE)]
-BackboneWeights = Annotated[str | None, typer.Option(
-    "--backbone-weights", metavar="PATH", help="The weights file of the frozen pretrained network "
-    "an architecture's D stands on.", show_default="its environment variable, else "
-    "~/.cache/ganctl/models/, else downloaded", rich_help_panel=SCHEDULE)]
+Crop = Annotated[str | None, _setting_option("crop", resume=False)]
+MaxFileMb = Annotated[int | None, _setting_option("max_file_mb", resume=False)]
+Resolution = Annotated[int | None, _setting_option("resolution", resume=False)]
+Channels = Annotated[int | None, _setting_option("channels", resume=False)]
+Inception = Annotated[str | None, _setting_option("inception", resume=False)]
 MaxTime = Annotated[str | None, typer.Option(
     help="Time budget from the command's start, such as 3h30m, 90m or 45s: stop with a checkpoint "
          "(exit 0) while one more step and its checkpoint still fit; `ganctl resume` continues.",
     show_default="none", rich_help_panel=SCHEDULE)]
-Curves = Annotated[bool | None, typer.Option(
-    "--curves/--no-curves", help="Redraw RUN/curves.png at sample steps (at most 5% of training "
-    "time; `ganctl plot` draws it any time).", show_default="on", rich_help_panel=OUTPUT)]
-Tensorboard = Annotated[bool | None, typer.Option(
-    "--tensorboard/--no-tensorboard", help="Write losses, D outputs, img/s, learning rates, "
-    "scores and sample grids to RUN/tensorboard/ (needs: pip install tensorboard).",
-    show_default="off", rich_help_panel=OUTPUT)]
-Wandb = Annotated[bool | None, typer.Option(
-    "--wandb/--no-wandb", help="Log the same to Weights & Biases (needs: pip install wandb).",
-    show_default="off", rich_help_panel=OUTPUT)]
-WandbProject = Annotated[str | None, typer.Option(help="The W&B project.", show_default="ganctl",
-                                                  rich_help_panel=OUTPUT)]
 
 
 def _report(message: str, code: int, result: dict[str, Any] | None = None,
@@ -430,105 +414,18 @@ def main(
 # --- train ----------------------------------------------------------------------------------------------
 
 @app.command()
+@_with_settings(resume=False)
 def train(
-    dataset: DatasetOpt = None,
-    data_dir: DataDir = None,
-    split: Split = None,
+    *,
+    values: dict[str, Any],
     download: Download = True,
-    crop: Crop = None,
-    max_file_mb: MaxFileMb = None,
-    mirror: Annotated[bool | None, typer.Option(
-        "--mirror/--no-mirror", help="Flip a random half of the images horizontally.",
-        show_default="off", rich_help_panel=DATA)] = None,
-    resolution: Resolution = None,
-    channels: Channels = None,
-    preset: Annotated[str | None, typer.Option(
-        help="Tested settings to start from (see --list-presets); flags override them.",
-        show_default="none", rich_help_panel=MODEL)] = None,
     list_presets: Annotated[bool, typer.Option(
         "--list-presets", help="List the presets (name, what for, settings) and exit.",
         rich_help_panel=MODEL)] = False,
-    arch: Annotated[str | None, typer.Option(
-        help="dcgan (the article's), resnet (SNGAN-style residual), mlp (the article's fully "
-        "connected, for MNIST-sized images).", show_default=_default("arch"),
-        rich_help_panel=MODEL)] = None,
-    conditional: Annotated[bool | None, typer.Option(
-        "--conditional/--no-conditional", help="Class-conditional G and D (labelled data: class "
-        "folders, cifar10, mnist ...).", show_default="off", rich_help_panel=MODEL)] = None,
-    spectral_norm: Annotated[bool | None, typer.Option(
-        "--spectral-norm/--no-spectral-norm", help="Spectral normalisation on every layer of D.",
-        show_default="on for resnet, off otherwise", rich_help_panel=MODEL)] = None,
-    z_dim: Annotated[int | None, typer.Option(min=1, help="Latent size.",
-                                              show_default=_default("z_dim"),
-                                              rich_help_panel=MODEL)] = None,
-    g_width: Annotated[int | None, typer.Option(min=1, help="G's base channel count (ngf).",
-                                                show_default=_default("g_width"),
-                                                rich_help_panel=MODEL)] = None,
-    d_width: Annotated[int | None, typer.Option(min=1, help="D's base channel count (ndf).",
-                                                show_default=_default("d_width"),
-                                                rich_help_panel=MODEL)] = None,
-    init_from: Annotated[str | None, typer.Option(
-        "--init-from", metavar="CKPT|RUN", help="Fine-tune: start from this checkpoint's (or "
-        "run's newest) G, D and G_ema weights, with fresh optimisers at step 0. The model "
-        "settings (arch, resolution, channels, z-dim, widths, conditional, spectral norm) come "
-        "from it.", show_default="none", rich_help_panel=MODEL)] = None,
-    loss: Annotated[str | None, typer.Option(
-        help="bce (the article's, non-saturating G loss), hinge, wgan-gp, lsgan, rpgan "
-        "(relativistic pairing, R3GAN).", show_default=_default("loss"), rich_help_panel=LOSS)] = None,
-    lr_g: Annotated[float | None, typer.Option(help="G's Adam learning rate.",
-                                               show_default=_default("lr_g"),
-                                               rich_help_panel=LOSS)] = None,
-    lr_d: Annotated[float | None, typer.Option(help="D's Adam learning rate.",
-                                               show_default=_default("lr_d"),
-                                               rich_help_panel=LOSS)] = None,
-    beta1: Annotated[float | None, typer.Option(help="Adam's beta1.", show_default=_default("beta1"),
-                                                rich_help_panel=LOSS)] = None,
-    beta2: Annotated[float | None, typer.Option(help="Adam's beta2.", show_default=_default("beta2"),
-                                                rich_help_panel=LOSS)] = None,
-    d_steps: Annotated[int | None, typer.Option(
-        min=1, max=100, help="D updates per G update, each on a fresh real batch.",
-        show_default=_default("d_steps"), rich_help_panel=LOSS)] = None,
-    r1: Annotated[float | None, typer.Option(
-        min=0.0, help="R1 gradient penalty weight gamma on reals (0: off).",
-        show_default=_default("r1"), rich_help_panel=LOSS)] = None,
-    r2: Annotated[float | None, typer.Option(min=0.0, help="R2: the same on fakes (0: off).",
-                                             show_default=_default("r2"),
-                                             rich_help_panel=LOSS)] = None,
-    r1_every: Annotated[int | None, typer.Option(
-        min=1, help="Lazy R1/R2: every N steps, weighted by N.", show_default=_default("r1_every"),
-        rich_help_panel=LOSS)] = None,
-    gp: Annotated[float | None, typer.Option(min=0.0, help="WGAN-GP penalty weight.",
-                                             show_default=_default("gp"),
-                                             rich_help_panel=LOSS)] = None,
-    augment: Annotated[str | None, typer.Option(
-        help="DiffAugment of everything D sees: diffaug, or diffaug:translation,color,cutout "
-        "(none turns a preset's off).", show_default="none", rich_help_panel=LOSS)] = None,
-    ema_decay: Annotated[float | None, typer.Option(help="Decay of G_ema.",
-                                                    show_default=_default("ema_decay"),
-                                                    rich_help_panel=LOSS)] = None,
-    batch_size: Annotated[str | None, typer.Option(
-        metavar="N|auto", help="Images per step (on several processes: the global batch, shared "
-        "among them), or auto: the largest power of two (up to 2048) "
-        "whose step fits in the GPU's memory (on a CPU, 64).", show_default=_default("batch_size"),
-        rich_help_panel=SCHEDULE)] = None,
-    steps: Steps = None,
     max_time: MaxTime = None,
-    seed: Annotated[int | None, typer.Option(
-        min=0, max=2**32 - 1, help="Seed of weights, data order and noise.",
-        show_default=_default("seed"), rich_help_panel=SCHEDULE)] = None,
-    sample_every: SampleEvery = None,
-    ckpt_every: CkptEvery = None,
-    log_every: LogEvery = None,
-    eval_every: EvalEvery = None,
-    eval_num: EvalNum = None,
-    eval_num_real: EvalNumReal = None,
-    eval_metrics: EvalMetrics = None,
-    inception: Inception = None,
-    backbone_weights: BackboneWeights = None,
     out: Annotated[Path | None, typer.Option(
         help="Run directory.", show_default="./runs/NNNN-<dataset>-<arch>; env GANCTL_RUNS "
         "moves ./runs", rich_help_panel=OUTPUT)] = None,
-    keep: Keep = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="A TOML (or JSON) file of config keys; flags override it.",
         show_default="none", rich_help_panel=OUTPUT)] = None,
@@ -542,21 +439,8 @@ def train(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="If --out already holds a run, delete its checkpoints, samples and "
         "logs and start again.", rich_help_panel=OUTPUT)] = False,
-    curves: Curves = None,
-    tensorboard: Tensorboard = None,
-    wandb: Wandb = None,
-    wandb_project: WandbProject = None,
     json_mode: Json = False,
-    device: Device = None,
-    precision: PrecisionOpt = None,
-    compile: CompileOpt = None,
-    compile_mode: CompileMode = None,
-    deterministic: Annotated[bool | None, typer.Option(
-        "--deterministic/--no-deterministic", help="Deterministic GPU kernels: a resumed run "
-        "matches an uninterrupted one exactly on a GPU too (slower).", show_default="off",
-        rich_help_panel=RUNTIME)] = None,
     gpus: Gpus = None,
-    sync_bn: SyncBn = None,
     debug: Debug = False,
 ) -> None:
     """Train a GAN; writes a run directory with config, metrics, sample grids and checkpoints.
@@ -565,19 +449,19 @@ def train(
     """
     from ganctl import settings
     from ganctl.api import run_training
-    from ganctl.config import load_config_file
+    from ganctl.configfile import load_config_file
     from ganctl.output.progress import RunLog
     from ganctl.rundir import is_run_dir
 
     if list_presets:
         return _list_presets(json_mode)
-    flags = _config_flags(locals())
+    flags = values
     if resume_run and overwrite:
         raise typer.BadParameter("--resume and --overwrite exclude each other", param_hint="--resume")
     if (resume_run or overwrite) and out is None:
         raise typer.BadParameter("needs --out: the run directory to continue or replace",
                                  param_hint="--resume/--overwrite")
-    if init_from is not None and resume_run:
+    if "init_from" in flags and resume_run:
         raise typer.BadParameter("--init-from starts a new run from a checkpoint's weights; "
                                  "--resume continues a run: use one", param_hint="--init-from")
     from_file = _call(debug, load_config_file, config) if config else {}
@@ -585,7 +469,7 @@ def train(
         return _print_config(from_file, flags, config, json_mode, debug)
     if gpus is not None and gpus > 1:
         if resume_run and out is not None and is_run_dir(out):  # the run's own settings
-            return _launch(gpus, device, batch_size)
+            return _launch(gpus, flags.get("device"), _option_text(flags.get("batch_size")))
         # the settings each process would resolve, checked once here before any starts: a
         # config file's batch_size "auto" or a batch that does not divide among the processes
         resolved = _call(debug, settings.resolve_config, {**from_file, **flags})
@@ -630,14 +514,16 @@ def _print_config(from_file: dict[str, Any], flags: dict[str, Any], path: Path |
     Console(highlight=False).print(table)
 
 
-def _config_flags(params: dict[str, Any]) -> dict[str, Any]:
-    """The options given that are config keys (every train option named like one is)."""
-    from ganctl.config import FIELD_NAMES
+def _given_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The options given that are settings, as the config takes them."""
+    chosen = {k: v for k in SETTINGS if (v := params.get(k)) is not None}
+    if "batch_size" in chosen:  # --spectral-norm/--compile's booleans: settings.normalise
+        chosen["batch_size"] = _batch_size(chosen["batch_size"])
+    return chosen
 
-    flags = {k: params[k] for k in FIELD_NAMES if params.get(k) is not None}
-    if "batch_size" in flags:  # --spectral-norm/--compile's booleans: settings.normalise
-        flags["batch_size"] = _batch_size(flags["batch_size"])
-    return flags
+
+def _option_text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _batch_size(text: str) -> int | str:
@@ -673,12 +559,12 @@ def _list_presets(json_mode: bool) -> None:
 def train_values(args: list[str]) -> dict[str, Any]:
     """The config values `ganctl train ARGS` starts from (its --config file under its flags),
     for tools that train in-process (benchmarks); bad flags raise click's UsageError."""
-    from ganctl.config import load_config_file
+    from ganctl.configfile import load_config_file
 
     command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
     params = command.make_context("train", list(args)).params
     return {**(load_config_file(params["config"]) if params.get("config") else {}),
-            **_config_flags(params)}
+            **_given_settings(params)}
 
 
 def _done_message(result: dict[str, Any]) -> str:
@@ -695,41 +581,19 @@ def _done_message(result: dict[str, Any]) -> str:
 # --- resume ---------------------------------------------------------------------------------------------
 
 @app.command()
+@_with_settings(resume=True)
 def resume(
     target: Annotated[str | None, typer.Argument(
         metavar="RUN_DIR|CKPT", help="Run directory or checkpoint (default: the newest run "
         "under ./runs).", show_default=False)] = None,
-    steps: Steps = None,
-    device: Device = None,
-    precision: PrecisionOpt = None,
-    compile: CompileOpt = None,
-    compile_mode: CompileMode = None,
-    sample_every: SampleEvery = None,
-    ckpt_every: CkptEvery = None,
-    log_every: LogEvery = None,
-    keep: Keep = None,
-    dataset: Annotated[str | None, typer.Option(
-        "--dataset", help="Where the run's folder or zip of images is now, if it moved (its "
-        "content must match: see --allow-data-change).")] = None,
-    data_dir: DataDir = None,
-    max_file_mb: MaxFileMb = None,
+    *,
+    values: dict[str, Any],
     download: Download = True,
     allow_data_change: Annotated[bool, typer.Option(
         "--allow-data-change", help="Continue even though the dataset changed since the run "
-        "started.")] = False,
-    eval_every: EvalEvery = None,
-    eval_num: EvalNum = None,
-    eval_num_real: EvalNumReal = None,
-    eval_metrics: EvalMetrics = None,
-    inception: Inception = None,
-    backbone_weights: BackboneWeights = None,
+        "started.", rich_help_panel=DATA)] = False,
     max_time: MaxTime = None,
-    curves: Curves = None,
-    tensorboard: Tensorboard = None,
-    wandb: Wandb = None,
-    wandb_project: WandbProject = None,
     gpus: Gpus = None,
-    sync_bn: SyncBn = None,
     json_mode: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -741,16 +605,9 @@ def resume(
     from ganctl import session, settings
     from ganctl.output.progress import RunLog
 
-    overrides = _given(dataset=dataset, steps=steps, device=device, sample_every=sample_every,
-                       ckpt_every=ckpt_every, log_every=log_every, keep=keep, data_dir=data_dir,
-                       eval_every=eval_every, eval_num=eval_num, eval_num_real=eval_num_real,
-                       eval_metrics=eval_metrics, inception=inception, max_file_mb=max_file_mb,
-                       backbone_weights=backbone_weights,
-                       precision=precision, compile=compile, compile_mode=compile_mode,
-                       curves=curves, tensorboard=tensorboard, wandb=wandb,
-                       wandb_project=wandb_project, sync_bn=sync_bn)
+    overrides = values
     if gpus is not None and gpus > 1:
-        return _launch(gpus, device)
+        return _launch(gpus, overrides.get("device"))
     _OUTPUT.training = "resumed"
     deadline = _call(debug, settings.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))

@@ -5,13 +5,14 @@ spellings they may take (normalise), and --max-time's deadline. session.py opens
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ganctl import presets, rundir
-from ganctl.config import BATCH_AUTO, FIELD_NAMES, Config, check_types, shown
+from ganctl.config import BATCH_AUTO, DEFAULTS, FIELD_NAMES, Config, Model, check_types
 from ganctl.data import is_path, preset
 from ganctl.engine.guard import deadline_after, parse_duration
 from ganctl.errors import ConfigError
@@ -19,6 +20,7 @@ from ganctl.losses import augment
 from ganctl.models import get_arch
 from ganctl.models.backbone import attached
 from ganctl.stored import stored_config, validate
+from ganctl.values import shown
 
 
 def resolve_config(values: dict[str, Any]) -> Config:
@@ -38,7 +40,7 @@ def resolve_layers(given: dict[str, dict[str, Any]]) -> tuple[Config, dict[str, 
         named = {k: v for k, v in named.items() if k not in PRESET_DATA_SHAPE}
     model = init_model(values["init_from"]) if values.get("init_from") else {}
     values = {**named, **model, **values}
-    dataset = values.get("dataset", Config.dataset)
+    dataset = values.get("dataset", DEFAULTS["dataset"])
     values = normalise(values)
     data = preset(dataset, values)
     config = Config.from_dict({**data, **values})
@@ -52,8 +54,7 @@ def resolve_layers(given: dict[str, dict[str, Any]]) -> tuple[Config, dict[str, 
 
 
 # what a fine-tuned run takes from its source checkpoint: the shape of G and D
-MODEL_KEYS = ("arch", "resolution", "channels", "z_dim", "g_width", "d_width", "conditional",
-              "spectral_norm")
+MODEL_KEYS = tuple(f.name for f in fields(Model))
 
 
 def init_model(target: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ import re
 import pytest
 from helpers import TINY, assert_one_line_error, invoke, read_json
 
-from ganctl.config import Config, load_config_file
+from ganctl.config import FIELD_TYPES, Config
+from ganctl.configfile import load_config_file
 from ganctl.errors import ConfigError
 from ganctl.settings import resolve_config
 
@@ -102,7 +103,7 @@ JSON_VALUES = {"null": ("null", None), "integer": ("7", 7), "float": ("0.5", 0.5
 # right-typed numbers no field takes: NaN, infinities, a number of 30 digits
 TOML_EXTREMES = ["nan", "inf", "-inf", "123456789012345678901234567890"]
 JSON_EXTREMES = ["NaN", "-Infinity", "1e999", "123456789012345678901234567890"]
-KINDS = {f.name: str(f.type) for f in dataclasses.fields(Config)}
+KINDS = dict(FIELD_TYPES)
 
 
 def _accepted(key: str, value: object) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ganctl.config import load_config_file
+from ganctl.configfile import load_config_file
 from ganctl.settings import resolve_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
