@@ -123,11 +123,8 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
     segments = check_request(seeds, frames, fps, scale, out, loop)
     config = loaded.config
     height, width = (config.resolution * scale,) * 2
-    count = segments * min(GRID_COLUMNS, frames // segments + 1) if suffix == ".png" else frames
-    if count * height * width * config.channels * COPIES > MAX_RAW_BYTES:
-        raise ConfigError(f"{count} images of {width}x{height} take more than "
-                          f"{MAX_RAW_BYTES // 2**30} GiB of memory (pixels, the frames and the "
-                          "file held at once); use fewer frames or seeds, or a smaller scale")
+    columns = min(GRID_COLUMNS, frames // segments + 1)  # of a .png walk
+    _check_memory(segments * columns if suffix == ".png" else frames, height, width, config.channels)
     ffmpeg = _ffmpeg(out) if suffix == ".mp4" else None
     z = seed_latents(loaded.G, seeds, config.z_dim, truncation)
     labels = labels_for_seeds(seeds, config, class_)  # checked before anything is generated
@@ -138,12 +135,8 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
     except OSError as e:
         raise ConfigError(f"cannot create the folder {out.parent}: {e.strerror}") from None
     if suffix == ".png":
-        columns = min(GRID_COLUMNS, frames // segments + 1)
-        stops = [(k, j / (columns - 1)) for k in range(segments) for j in range(columns)]
-        images = torch.cat(list(_render(loaded, z, labels, stops, device, scale, batch_size)))
-        grid = make_grid(images, nrow=columns)
-        _write(out, lambda: atomic_write(out, png_bytes(grid)))
-        count, (height, width) = len(stops), grid.shape[:2]
+        count, height, width = _write_grid(loaded, z, labels, out, segments, columns, device, scale,
+                                           batch_size)
         grid_shape = {"rows": segments, "columns": columns,
                       "columns_asked": frames // segments + 1}
     else:
@@ -159,6 +152,27 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
     return {"out": str(out), "frames": count, "seeds": seeds, "width": width, "height": height,
             "format": suffix[1:], "checkpoint": str(loaded.header.path),
             "step": loaded.header.step, **grid_shape}
+
+
+def _check_memory(count: int, height: int, width: int, channels: int) -> None:
+    """A walk of `count` images of width x height must fit MAX_RAW_BYTES, COPIES of its pixels
+    held at once."""
+    if count * height * width * channels * COPIES > MAX_RAW_BYTES:
+        raise ConfigError(f"{count} images of {width}x{height} take more than "
+                          f"{MAX_RAW_BYTES // 2**30} GiB of memory (pixels, the frames and the "
+                          "file held at once); use fewer frames or seeds, or a smaller scale")
+
+
+def _write_grid(loaded: LoadedGenerator, z: torch.Tensor, labels: torch.Tensor | None, out: Path,
+                segments: int, columns: int, device: torch.device, scale: int,
+                batch_size: int) -> tuple[int, int, int]:
+    """A .png walk: one row per segment, `columns` evenly spaced images from its start seed's
+    to its end seed's. Returns the images in the grid, and its height and width in pixels."""
+    stops = [(k, j / (columns - 1)) for k in range(segments) for j in range(columns)]
+    images = torch.cat(list(_render(loaded, z, labels, stops, device, scale, batch_size)))
+    grid = make_grid(images, nrow=columns)
+    _write(out, lambda: atomic_write(out, png_bytes(grid)))
+    return len(stops), grid.shape[0], grid.shape[1]
 
 
 def check_request(seeds: list[int], frames: int, fps: int, scale: int, out: Path,
