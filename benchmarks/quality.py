@@ -35,7 +35,8 @@ from ganctl.data import load_dataset  # noqa: E402
 from ganctl.device import describe, resolve_device  # noqa: E402
 from ganctl.engine.state import init_state  # noqa: E402
 from ganctl.engine.step import train_step  # noqa: E402
-from ganctl.metrics import compute, parse_metrics  # noqa: E402
+from ganctl.metrics import parse_metrics  # noqa: E402
+from ganctl.metrics.scores import compute  # noqa: E402
 from ganctl.output.progress import RunLog  # noqa: E402
 from ganctl.scoring import batch_size_for, extract, make_evaluator, real_batches  # noqa: E402
 from ganctl.session import fit_to_data  # noqa: E402

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ganctl import metricsfile, rundir
+from ganctl import metrics, metricsfile, rundir
 from ganctl.errors import RunError, first_line
 from ganctl.fsutil import atomic_write
 from ganctl.output.progress import LABELS
-from ganctl.output.sinks import EVAL_METRICS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -38,10 +37,9 @@ MARK_LABEL = "rollback"  # the dotted lines' legend entry, once per panel
 CLIP = 1e100  # |value| drawn at most: axis arithmetic overflows near 1e308; a divergence still shows
 WIDE = 1e3  # max|v| / median|v| beyond which a panel's y axis is logarithmic (a diverging loss)
 NOT_CURVES = ("step", "time")  # numbers of a record that are not drawn against step
-PANELS = (  # title, the records' keys ("loss_" stands for every loss a run reports), source
-    ("losses", ("loss_",), "logged"), ("D outputs", ("D_real", "D_fake"), "logged"),
-    ("images/s", ("img_per_s",), "logged"), ("FID", ("fid",), "eval"), ("KID", ("kid",), "eval"),
-    ("precision / recall", ("precision", "recall"), "eval"))
+# title, the step records' keys ("loss_" stands for every loss a run reports); then the panels of
+# the scores of evaluations, the metric registry's (ganctl.metrics.panels)
+PANELS = (("losses", ("loss_",)), ("D outputs", ("D_real", "D_fake")), ("images/s", ("img_per_s",)))
 
 
 @dataclass
@@ -83,7 +81,7 @@ class Series:
     refresh reads only what was appended since the last)."""
 
     logged: dict[str, Curve] = field(default_factory=dict)  # step records, by key
-    eval: dict[str, Curve] = field(default_factory=dict)  # eval events' EVAL_METRICS
+    eval: dict[str, Curve] = field(default_factory=dict)  # eval events' plotted scores
     marks: set[int] = field(default_factory=set)  # steps of MARKED_EVENTS
     run: str = ""  # the run's name (its folder), in the figure's title
     last: int | None = None  # the highest step of a record drawn or marked
@@ -96,7 +94,7 @@ class Series:
             if event in MARKED_EVENTS:
                 self.marks.add(step)
             elif event is None or event == "eval":
-                into, keys = (self.logged, r) if event is None else (self.eval, EVAL_METRICS)
+                into, keys = (self.logged, r) if event is None else (self.eval, metrics.plotted())
                 for key in keys:
                     value = _number(r.get(key)) if key not in NOT_CURVES else None
                     if value is not None:
@@ -106,10 +104,10 @@ class Series:
             self.last = step if self.last is None else max(self.last, step)
 
     def panels(self) -> list[Panel]:
-        """One panel per kind of number present: losses, D's outputs, images/s, each metric."""
+        """One panel per kind of number present: losses, D's outputs, images/s, each metric's."""
         found = []
-        for title, keys, source in PANELS:
-            series = self.logged if source == "logged" else self.eval
+        for title, keys, series in [*((t, k, self.logged) for t, k in PANELS),
+                                    *((t, k, self.eval) for t, k in metrics.panels().items())]:
             names = [k for k in series if k.startswith("loss_")] if keys == ("loss_",) else keys
             curves = {LABELS.get(k, k): series[k] for k in names if k in series}
             if curves:

@@ -23,7 +23,8 @@ from ganctl.config import Config
 from ganctl.data import ImageSet, load_dataset
 from ganctl.data.cache import default_cache_dir
 from ganctl.errors import CheckpointError, ConfigError, FeatureNetError
-from ganctl.metrics import PROTOCOL, Scores, compute, inception, least_images
+from ganctl.metrics import Scores, inception, least_images, protocol_doc, summary
+from ganctl.metrics.scores import compute, compute_generated, features_of
 from ganctl.metrics.stats import Accumulator, DamagedStats, FeatureStats, load_stats, save_stats, stats_key
 from ganctl.output.progress import RunLog
 from ganctl.sample import labels_for_seeds, latents_from_seeds, load_generator, to_uint8
@@ -52,7 +53,7 @@ class EvalResult:
     seconds: float
     real_stats: str  # "cache <path>" or "computed <path>"
     feature_net: dict[str, Any]
-    protocol: dict[str, Any] = field(default_factory=lambda: dict(PROTOCOL))
+    protocol: dict[str, Any] = field(default_factory=protocol_doc)
 
     def to_dict(self) -> dict[str, Any]:
         """`ganctl eval --json`'s document: strict JSON, as the record is."""
@@ -67,9 +68,7 @@ class EvalResult:
                 "inception_sha256": self.feature_net["sha256"], **extra}
 
     def summary(self) -> str:
-        parts = [f"{k.upper() if k in ('fid', 'kid') else k} {v:.4g}" for k, v in self.scores.items()
-                 if k in ("fid", "kid", "precision", "recall")]
-        return (f"{'  '.join(parts)} ({self.num_fake} fakes vs {self.num_real} reals, "
+        return (f"{summary(self.scores)} ({self.num_fake} fakes vs {self.num_real} reals, "
                 f"{self.seconds:.0f} s)")
 
 
@@ -154,25 +153,36 @@ class Evaluator:
         self.progress = log.task if log is not None else None
 
     def __call__(self, G: nn.Module, config: Config, source: str = GENERATOR) -> EvalResult:
-        """G's scores; `source` names G in messages (a checkpoint's G_ema, say)."""
+        """G's scores; `source` names G in messages (a checkpoint's G_ema, say). The feature
+        metrics score the fakes' features, extracted once for all of them; the generator metrics
+        score G itself, on rank 0 alone."""
         t0 = time.perf_counter()
         was_training = G.training
         G.eval()
-        first, stop = distributed.share(self.num_fake)  # this process's seeds: all, alone
         try:
-            batch = batch_size_for(self.net.device)
-            fakes = fake_batches(G, config, stop, batch, self.net.device, first, source)
-            acc = _accumulate(self.net, fakes, stop - first, "features of the fakes", self.progress)
+            scores, count = self._from_features(G, config, source)
+            if scores is not None:
+                scores.update(compute_generated(self.metrics, G, config, self.net.device,
+                                                self.num_fake, source))
         finally:
             G.train(was_training)
-        merged = distributed.merge_features(acc)  # every process's fakes, on rank 0
-        if merged is None:  # another rank: rank 0 scores them once
-            return EvalResult({}, self.real.count, self.num_fake, round(time.perf_counter() - t0, 2),
-                              self.real_stats, self.net.describe())
-        fake = merged.result()
-        scores = compute(self.metrics, self.real, fake, self.net.device)
-        return EvalResult(scores, self.real.count, fake.count, round(time.perf_counter() - t0, 2),
+        return EvalResult(scores or {}, self.real.count, count, round(time.perf_counter() - t0, 2),
                           self.real_stats, self.net.describe())
+
+    def _from_features(self, G: nn.Module, config: Config, source: str) -> tuple[Scores | None, int]:
+        """The feature metrics' scores and the number of fakes they are of; None on another rank
+        than 0, which scores every rank's fakes once."""
+        if not features_of(self.metrics):  # no fakes through the feature network for nothing
+            return ({} if distributed.WORLD.writer else None), self.num_fake
+        first, stop = distributed.share(self.num_fake)  # this process's seeds: all, alone
+        batch = batch_size_for(self.net.device)
+        fakes = fake_batches(G, config, stop, batch, self.net.device, first, source)
+        acc = _accumulate(self.net, fakes, stop - first, "features of the fakes", self.progress)
+        merged = distributed.merge_features(acc)  # every process's fakes, on rank 0
+        if merged is None:
+            return None, self.num_fake
+        fake = merged.result()
+        return compute(self.metrics, self.real, fake, self.net.device), fake.count
 
 
 @dataclass(frozen=True)

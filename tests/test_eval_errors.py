@@ -3,6 +3,7 @@ fail, answer the wrong thing or give NaN, a generator that makes NaN images, too
 metric (refused before any feature is computed), degenerate statistics, and damaged cached real
 statistics (computed again, with one line saying so)."""
 
+import dataclasses
 import json
 import re
 import urllib.request
@@ -19,8 +20,9 @@ import ganctl
 from ganctl import metrics as registry
 from ganctl import scoring
 from ganctl.errors import CheckpointError, ConfigError, FeatureNetError, GanctlError
-from ganctl.metrics import compute, inception
+from ganctl.metrics import inception
 from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
+from ganctl.metrics.scores import compute
 from ganctl.metrics.stats import (
     KEEP,
     Accumulator,
@@ -295,7 +297,9 @@ def test_statistics_beyond_float32_features_are_refused_by_the_scorer():
 ])
 def test_a_metric_that_comes_out_non_finite_is_an_error_not_a_number_or_a_warning(monkeypatch, metric, value,
                                                                                    why):
-    monkeypatch.setitem(registry.METRICS, metric, lambda real, fake, device: {metric: value()})
+    broken = dataclasses.replace(registry.METRICS[metric],
+                                 features=lambda real, fake, device: {metric: value()})
+    monkeypatch.setitem(registry.METRICS, metric, broken)
     big = FeatureStats(5, np.full(16, 2.0), np.eye(16), np.zeros((5, 16), np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ganctl import checkpoint, plot, rundir
+from ganctl import metrics as registry
 from ganctl.config import Config
 from ganctl.distributed import WORLD, agree, barrier
 from ganctl.engine.guard import LR_FACTOR, MAX_ROLLBACKS, DivergenceGuard, StopSignals, TimeBudget
@@ -29,6 +30,7 @@ from ganctl.errors import CheckpointError, Diverged, GanctlError
 from ganctl.losses import NETWORKS, Stats
 from ganctl.models import backbone
 from ganctl.output.progress import RunLog
+from ganctl.output.sinks import is_number
 from ganctl.sample import generate, labels_for_seeds, latents_from_seeds, make_grid, save_grid
 
 SAMPLE_SEEDS = range(64)  # the fixed noise of the grids written during training: the seed's 8x8
@@ -55,8 +57,8 @@ def write_samples(state: TrainState, run_dir: Path, fixed_z: torch.Tensor, log: 
 def save_checkpoint(state: TrainState, tensors: dict[str, torch.Tensor], run_dir: Path,
                     metrics: dict[str, Any] | None, fingerprint: str,
                     scored: dict[str, Any] | None = None) -> Path:
-    """Write the checkpoint, then point `latest` at it (and `best`, if its FID is the lowest so
-    far), then prune."""
+    """Write the checkpoint, then point `latest` at it (and `best`, if its score registry.BEST (FID)
+    is the best so far), then prune."""
     path = run_dir / rundir.CKPT_DIR / rundir.checkpoint_name(state.step)
     extra = {
         "ganctl.created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -72,22 +74,22 @@ def save_checkpoint(state: TrainState, tensors: dict[str, torch.Tensor], run_dir
         extra["ganctl.backbones"] = backbone.record(state.backbones)
     checkpoint.save(path, tensors, state.config.to_json(), state.step, extra)
     rundir.set_pointer(run_dir, rundir.LATEST, path)  # only once the file is complete
-    if scored is not None and _is_best(run_dir, scored.get("fid")):
+    if scored is not None and _is_best(run_dir, scored.get(registry.BEST)):
         rundir.set_pointer(run_dir, rundir.BEST, path)
     rundir.prune(run_dir / rundir.CKPT_DIR, state.config.keep, state.step)
     return path
 
 
-def _is_best(run_dir: Path, fid: Any) -> bool:
-    """Whether `fid` beats the FID of the checkpoint `best` names (or there is none)."""
-    if not isinstance(fid, (int, float)) or not math.isfinite(fid):
+def _is_best(run_dir: Path, score: Any) -> bool:
+    """Whether `score` beats the score of the checkpoint `best` names (or there is none)."""
+    if not is_number(score) or not math.isfinite(score):
         return False
     best = rundir.pointed(run_dir, rundir.BEST)
     try:
-        best_fid = checkpoint.read_header(best).fid if best is not None else None
+        held = (checkpoint.read_header(best).eval or {}).get(registry.BEST) if best is not None else None
     except CheckpointError:  # a damaged best: replaced by this one
-        best_fid = None
-    return best_fid is None or fid < best_fid
+        held = None
+    return registry.better(score, held) if is_number(held) else True
 
 
 # --- recovery from divergence ------------------------------------------------------------------
@@ -167,8 +169,9 @@ def _evaluate(state: TrainState, evaluate: Evaluate, meter: Meter, log: RunLog) 
     meter.exclude(result.seconds)  # evaluating is not training: images/s leaves it out
     record = result.record(state.step)
     log.event(record, f"eval at step {state.step}: {result.summary()}")
-    if isinstance(record.get("fid"), (int, float)):
-        log.note(f"FID {record['fid']:.2f} @{state.step}")
+    if is_number(record.get(registry.BEST)):  # the progress line keeps the score of the best
+        _, column = registry.headline(registry.BEST)
+        log.note(f"{column.label} {column.text(record)} @{state.step}")
     return record
 
 

@@ -8,10 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ganctl.metrics.protocol import SUBSET_SIZE, SUBSETS
 from ganctl.metrics.stats import float64_device
-
-SUBSETS = 100
-SUBSET_SIZE = 1000
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-K = 3
+from ganctl.metrics.protocol import K
+
 MAX_IMAGES = 10_000
 ROWS = 1024  # rows of the distance matrix computed at once
 EXPONENT_LIMIT = 126  # 2**126 and 2**-126 are normal float32 numbers: a scale by them is exact

@@ -18,11 +18,9 @@ from safetensors.torch import save as safetensors_bytes
 
 from ganctl.errors import first_line
 from ganctl.fsutil import atomic_write
+from ganctl.metrics.protocol import KEEP, MIN_COUNT, PROTOCOL_VERSION
 
-KEEP = 10_000  # features kept for KID subsets and precision/recall
-PROTOCOL_VERSION = 1  # bump when anything that changes a score changes
 META_KEY = "ganctl.stats"  # the cached file's metadata: JSON, the count and what the stats depend on
-MIN_COUNT = 2  # a covariance needs two images
 TENSORS = ("mean", "cov", "kept")
 MEAN_TOLERANCE = 1e-6  # between a cached mean and the mean of the kept features, when all are kept
 # of a cached covariance's entry (i, j), relative to sqrt(m_i m_j), the root of the features' raw

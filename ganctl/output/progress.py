@@ -19,7 +19,7 @@ from rich.progress import (
 )
 
 from ganctl import metricsfile
-from ganctl.output.sinks import EVAL_METRICS, Sink, Watched, is_number, scalar_tags
+from ganctl.output.sinks import Sink, Watched, eval_scalars, scalar_tags
 from ganctl.text import printable
 
 if TYPE_CHECKING:
@@ -197,8 +197,7 @@ class RunLog:
         self._append(record)
         self.info(message)
         if record.get("event") == "eval":
-            self.scalars(record["step"], {f"eval/{k}": float(record[k]) for k in EVAL_METRICS
-                                          if is_number(record.get(k))})
+            self.scalars(record["step"], eval_scalars(record))
 
     # --- the sinks (see Sink): a failing one is reported once and left, the run goes on ---
 

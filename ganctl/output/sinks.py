@@ -9,10 +9,11 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from ganctl.errors import ConfigError, first_line
 from ganctl.fsutil import atomic_write, read_regular
+from ganctl.metrics import plotted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 
 DEFAULT_WANDB_PROJECT = "ganctl"
-EVAL_METRICS = ("fid", "kid", "precision", "recall")  # the scores sent to the sinks and plotted
 EXTRAS = ("tensorboard", "wandb")  # config switches, each a package and a pip extra of that name
 FLUSH_S = 30  # TensorBoard writes its events to disk at least this often
 _GROUPS = (("loss_", "loss/"), ("D_", "D/"), ("lr_", "lr/"))  # record key prefix -> tag group
@@ -43,7 +43,7 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -63,6 +63,12 @@ def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
     (text in a record) are left out."""
     return {_tag(k): float(v) for k, v in record.items()
             if k not in ("step", "time") and is_number(v)}
+
+
+def eval_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """An evaluation record's scores that `ganctl plot` draws (the metric registry's plotted
+    columns), as eval/<key>; one not a finite number (text in a record) is left out."""
+    return {f"eval/{key}": float(record[key]) for key in plotted() if is_number(record.get(key))}
 
 
 class Watched:
