@@ -28,7 +28,7 @@ from PIL import Image
 from rich.console import Console
 from torch import nn
 
-from ganctl import rundir, session
+from ganctl import resuming, rundir, session
 from ganctl import settings as layers  # (train takes **settings)
 from ganctl.checkpoint import Header
 from ganctl.config import BOUNDS, FIELD_NAMES, Config
@@ -45,28 +45,21 @@ from ganctl.errors import (
     os_error_message,
     shorten,
 )
+from ganctl.imagefiles import GRID_PADDING, GridShape, make_grid, to_pil
 from ganctl.metrics import METRICS, parse_metrics
 from ganctl.models.base import num_classes
 from ganctl.output.console import QuietOnClosedPipe
 from ganctl.output.progress import RunLog
 from ganctl.sample import (
     GENERATE_BATCH,
-    GRID_PADDING,
-    MAX_SEEDS,
-    GridShape,
-    Seeds,
-    brief_repr,
     check_truncation,
     generate,
     labels_for_seeds,
     load_generator,
-    make_grid,
     seed_latents,
-    seed_list,
-    to_pil,
-    whole,
 )
 from ganctl.scoring import API_ARGUMENTS, evaluate_checkpoint
+from ganctl.seeds import MAX_SEEDS, Seeds, brief_repr, seed_list, whole
 
 PathLike = str | os.PathLike[str]
 MAX_PADDING = 4096  # pixels between a grid's images (beyond, the grid is too large anyway)
@@ -206,7 +199,7 @@ def run_training(values: dict[str, Any], out: Path | None, log: RunLog, *, resum
     given ones): continue the run in `out` (resume, where it holds one), or resolve the config,
     say which settings do nothing, and start a new run."""
     if resume and out is not None and rundir.is_run_dir(out):
-        return session.continue_run(out, values, log, download, deadline)
+        return resuming.continue_run(out, values, log, download, deadline)
     resolved = layers.resolve_config(values)
     for note in layers.option_notes(values, resolved):
         log.info(note)

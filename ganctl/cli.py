@@ -602,7 +602,7 @@ def resume(
 
     Example: ganctl resume runs/0003-shapes-dcgan --steps 3000
     """
-    from ganctl import session, settings
+    from ganctl import resuming, settings
     from ganctl.output.progress import RunLog
 
     overrides = values
@@ -611,7 +611,7 @@ def resume(
     _OUTPUT.training = "resumed"
     deadline = _call(debug, settings.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))
-    result = _call(debug, session.resume, target, overrides, log, download, allow_data_change,
+    result = _call(debug, resuming.resume, target, overrides, log, download, allow_data_change,
                    deadline)
     _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
 
@@ -690,7 +690,8 @@ def sample(
     """
     from ganctl.device import describe, resolve_device
     from ganctl.rundir import locate
-    from ganctl.sample import check_truncation, load_generator, parse_class, parse_seeds
+    from ganctl.sample import check_truncation, load_generator, parse_class
+    from ganctl.seeds import parse_seeds
 
     out = None if out_text is None else Path(out_text)  # as typed: "new/" names a folder
     if out_text is not None and out_text.endswith(("/", os.sep)):
@@ -776,7 +777,7 @@ def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt:
     if out is not None and not interpolate and out.suffix.lower() in (".gif", ".mp4"):
         bad(f"{out.name}: .gif and .mp4 are for --interpolate; a grid is .png, .jpg or .webp",
             "OUT")
-    from ganctl.sample import IMAGE_FORMATS
+    from ganctl.imagefiles import IMAGE_FORMATS
 
     hidden = out is not None and out.name.startswith(".") and not out.suffix  # _check_out's
     if out is not None and not interpolate and not hidden and out.suffix.lower() not in IMAGE_FORMATS:

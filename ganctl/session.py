@@ -1,24 +1,22 @@
-"""Sessions: start a run, continue one, or resume from a checkpoint.
-
-Each opens its run the same way (open_run: device, data and a fresh state, then the locked run
-directory with its config, metrics log and data report) and hands the state to the loop.
-Everything that can fail on bad input fails before a file is written.
+"""Sessions: open a run (open_run: device, data and a fresh state, then the locked run
+directory with its config, metrics log and data report) and start a new one (train, from
+scratch or, with init_from, from another run's weights: finetune.py). resuming.py continues
+runs through the same open_run. Everything that can fail on bad input fails before a file is
+written.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from ganctl import checkpoint, distributed, rundir
-from ganctl.config import BATCH_AUTO, RESUME_OVERRIDABLE, Config
-from ganctl.data import ImageSet, is_path, load_dataset
+from ganctl import distributed, rundir
+from ganctl.config import BATCH_AUTO, Config
+from ganctl.data import ImageSet, load_dataset
 from ganctl.data.cache import skip_summary
 from ganctl.device import (
     Precision,
@@ -32,17 +30,14 @@ from ganctl.device import (
 from ganctl.engine.compiled import resolve_compile
 from ganctl.engine.loop import RunResult, fit
 from ganctl.engine.memory import find_batch_size
-from ganctl.engine.state import TrainState, check_values, init_state, load_state
-from ganctl.errors import CheckpointError, ConfigError, DataError
-from ganctl.info import trained_processes
+from ganctl.engine.state import TrainState, init_state
+from ganctl.errors import ConfigError, DataError
+from ganctl.finetune import init_weights
 from ganctl.metrics import parse_metrics
 from ganctl.models import get_arch
-from ganctl.models.backbone import check_recorded
 from ganctl.output.progress import RunLog
-from ganctl.output.sinks import DEFAULT_WANDB_PROJECT, check_sinks
+from ganctl.output.sinks import check_sinks
 from ganctl.scoring import TRAIN_OPTIONS, Evaluator, make_evaluator
-from ganctl.settings import MODEL_KEYS, normalise
-from ganctl.stored import check_models, stored_config
 
 CheckData = Callable[[ImageSet], None]
 Restore = Callable[[TrainState], None]
@@ -83,7 +78,7 @@ def _claim(out: Path | None, config: Config, overwrite: bool, held: ExitStack,
     return run_dir, made
 
 
-def _check_classes(config: Config, data: ImageSet, what: str, fix: str = "") -> None:
+def check_classes(config: Config, data: ImageSet, what: str, fix: str = "") -> None:
     """The class names a config holds must be the data's: a label's meaning may not change."""
     if config.classes and tuple(config.classes) != tuple(data.classes):
         def show(names: tuple[str, ...] | list[str]) -> str:
@@ -103,7 +98,7 @@ class Opened:
 def fit_to_data(config: Config, data: ImageSet) -> Config:
     """A new run's config with the data's class names (a config may repeat them, not change
     them); a conditional one needs every image in a class."""
-    _check_classes(config, data, "the config names",
+    check_classes(config, data, "the config names",
                    "; remove classes from the config file (a run's config.json holds its data's)")
     config = config.replace(classes=tuple(data.classes))
     if config.conditional:
@@ -233,7 +228,7 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
         state.batches.close()
 
 
-# --- the three ways in --------------------------------------------------------------------------
+# --- a new run --------------------------------------------------------------------------
 
 def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
           deadline: float | None = None, overwrite: bool = False) -> RunResult:
@@ -243,7 +238,7 @@ def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
     if config.init_from:
         header = rundir.locate(config.init_from, log.info)  # verified: its weights are used
         config = config.replace(init_from=str(header.path.absolute()))
-        initialise = _init_weights(header, config)
+        initialise = init_weights(header, config)
     with open_run(config, log, download, out, overwrite=overwrite, initialise=initialise) as run:
         c = run.state.config
         log.info(f"run {run.run_dir}: {c.arch} {c.resolution}x{c.resolution}x{c.channels} on "
@@ -255,7 +250,7 @@ def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
         return fit(run.state, run.run_dir, log, run.data.fingerprint, deadline, run.evaluate)
 
 
-def _processes(n: int) -> str:
+def processes(n: int) -> str:
     return "1 process" if n == 1 else f"{n} processes"
 
 
@@ -275,224 +270,3 @@ def length_line(config: Config, images: int) -> str:
     return (f"{config.steps:,} step{'s' if config.steps != 1 else ''} of batch "
             f"{config.batch_size}: {seen:,} images, "
             f"{f'{passes:,.1f}' if passes >= 0.1 else 'under 0.1'} passes over the data")
-
-
-def _init_weights(header: checkpoint.Header, config: Config) -> Restore:
-    """Fine-tuning: G, D and G_ema from another run's checkpoint, with fresh optimisers at step 0.
-    The model must be the same (a ConfigError naming what differs, before any file is written)."""
-    source = stored_config(header)
-    check_models(header, source)  # a damaged file (a tensor's shape or dtype) named by its path
-    differ = [key for key in MODEL_KEYS if not _same_model_setting(source, config, key)]
-    if differ:
-        theirs = ", ".join(f"{k} {_model_setting(source, k)}" for k in differ)
-        ours = ", ".join(f"{k} {_model_setting(config, k)}" for k in differ)
-        raise ConfigError(f"--init-from {header.path} was trained with {theirs}, this run has "
-                          f"{ours}; fine-tuning needs the same model: drop those settings (they "
-                          "come from the checkpoint) or start without --init-from")
-    if not config.conditional:  # a conditional model's shape waits for the data's classes
-        _same_structure(header, config)
-
-    def initialise(state: TrainState) -> None:
-        if len(source.classes) != len(state.config.classes) and source.conditional:
-            raise ConfigError(f"--init-from {header.path} is conditional on {len(source.classes)} "
-                              f"classes, dataset {state.config.dataset!r} has "
-                              f"{len(state.config.classes)}; fine-tune a conditional model on "
-                              "data with as many classes, or use --no-conditional from an "
-                              "unconditional run")
-        if state.config.conditional:  # now that the data's classes shape it
-            _same_structure(header, state.config)
-        tensors = checkpoint.load_tensors(header, ("G.", "D.", "G_ema."))
-        header.close()  # the file is not read again: no descriptor held for the whole run
-        for name in ("G", "D", "G_ema"):
-            checkpoint.load_module(getattr(state, name), tensors, name)
-    return initialise
-
-
-def _same_structure(header: checkpoint.Header, config: Config) -> None:
-    """The networks `config` builds hold the checkpoint's tensors, name for name and shape for
-    shape; other settings than the model's change them too (dcgan's D drops BatchNorm for a
-    gradient penalty), which the error says."""
-    with torch.device("meta"):
-        G, D = get_arch(config.arch).build(config)
-    try:
-        for name, net in (("G", G), ("D", D), ("G_ema", G)):
-            checkpoint.check_shapes(net, header, name)
-    except CheckpointError as e:
-        why = "; ".join(get_arch(config.arch).notes(config)) or "another loss or penalty"
-        raise ConfigError(f"--init-from {header.path}: this run's networks differ from the "
-                          f"checkpoint's ({str(e).split('(')[-1].rstrip(')')}), because of {why}; "
-                          "fine-tune with the loss and penalties the model was trained with") from None
-
-
-def _model_setting(config: Config, key: str) -> Any:
-    """A model setting as it takes effect (spectral norm auto is on for resnet)."""
-    if key == "spectral_norm":
-        return "on" if get_arch(config.arch).spectral_norm(config) else "off"
-    return getattr(config, key)
-
-
-def _same_model_setting(a: Config, b: Config, key: str) -> bool:
-    if key == "spectral_norm":  # by its effect: auto is on for resnet
-        return bool(get_arch(a.arch).spectral_norm(a) == get_arch(b.arch).spectral_norm(b))
-    return bool(getattr(a, key) == getattr(b, key))
-
-
-def continue_run(out: Path, values: dict[str, Any], log: RunLog, download: bool = True,
-                 deadline: float | None = None) -> RunResult:
-    """`train --resume` into an existing run: resume it, refusing settings it was not started with."""
-    stored = rundir.read_config(out)
-    for key, value in normalise(values).items():
-        if key not in RESUME_OVERRIDABLE and not _same_setting(stored, key, value):
-            raise ConfigError(f"{out} was started with {key} = {getattr(stored, key)!r}; --resume "
-                              f"continues it as it was, so {key} cannot become {value!r}")
-    overrides = {k: v for k, v in normalise(values).items() if k in RESUME_OVERRIDABLE}
-    return resume(str(out), overrides, log, download, deadline=deadline)
-
-
-def _same_setting(stored: Config, key: str, value: Any) -> bool:
-    """Whether `value` for `key` is what the run already has: spectral_norm by its effect ('auto'
-    on a resnet is 'on'; a batch size of 'auto' is whatever the run found), everything else as
-    stored."""
-    if key == "batch_size" and value == BATCH_AUTO:
-        return True
-    changed = stored.replace(**{key: value})
-    if key == "spectral_norm":
-        arch = get_arch(stored.arch)
-        return arch.spectral_norm(changed) == arch.spectral_norm(stored)
-    return bool(getattr(changed, key) == getattr(stored, key))
-
-
-def _checkpoint_config(header: checkpoint.Header, overrides: dict[str, Any]) -> Config:
-    """The config stored in a checkpoint with `overrides`, its model's shapes checked against the
-    file on the meta device: a hostile config must not make us allocate."""
-    config = stored_config(header, overrides)
-    if config.steps < header.step:
-        raise ConfigError(f"{header.path} is at step {header.step}, past --steps {config.steps}; "
-                          "--steps is the run's total length, pass a larger one")
-    check_models(header, config)
-    return config
-
-
-AUTO_RUNTIME = ("precision", "compile")  # what "auto" chooses by the kind of device
-
-
-def _moved(config: Config, header: checkpoint.Header, overrides: dict[str, Any],
-           log: RunLog) -> Config:
-    """A run resumed on another kind of device (a GPU run on a CPU, or the reverse) takes what
-    "auto" means there for precision and compile, unless the user gave them: bf16 and compile
-    suit a GPU, eager a CPU (fp32, or bf16 where the CPU has it natively and the model was
-    measured faster in it). The user is told."""
-    before = header.metadata.get("ganctl.device", "").split(":")[0]
-    now = resolve_device(config.device).type
-    free = [k for k in AUTO_RUNTIME if k not in overrides]
-    if not before or before == now or not free:
-        return config
-    moved = on_device(config.replace(**{k: "auto" for k in free}), torch.device(now))
-    changed = [f"{k} {getattr(config, k)} -> {getattr(moved, k)}" for k in free
-               if getattr(moved, k) != getattr(config, k)]
-    if changed:
-        log.info(f"the run moves from {before} to {now}: {', '.join(changed)} (what auto means "
-                 f"on {now}; pass --precision/--compile to choose)")
-    return moved
-
-
-def _wandb_project_note(before: dict[str, Any], config: Config, log: RunLog) -> None:
-    """W&B keeps a run per project: a run that logged to one and resumes with --wandb-project
-    naming another starts a new W&B run there, which the user is told rather than left to find."""
-    if not (config.wandb and before.get("wandb") is True):
-        return
-    was = before.get("wandb_project") or DEFAULT_WANDB_PROJECT
-    now = config.wandb_project or DEFAULT_WANDB_PROJECT
-    if was != now:
-        log.info(f"W&B: this run logged to project {was!r}; in project {now!r} it continues as a "
-                 f"new W&B run (W&B keeps runs per project; --wandb-project {was} keeps the old one)")
-
-
-def _check_dataset_exists(config: Config, run_dir: Path) -> None:
-    """A run's folder or zip dataset must still be where the run recorded it: a moved one (or
-    another machine's path) is named, not silently replaced by whatever is there now."""
-    if is_path(config.dataset) and not Path(config.dataset).exists():
-        raise DataError(f"the dataset of {run_dir}, {config.dataset}, does not exist (moved, or "
-                        f"another machine's path); pass where it is now: ganctl resume {run_dir} "
-                        "--dataset PATH")
-
-
-def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download: bool = True,
-           allow_data_change: bool = False, deadline: float | None = None) -> RunResult:
-    """Continue a run from its newest checkpoint (or the given one) up to config.steps."""
-    bad = sorted(set(overrides) - RESUME_OVERRIDABLE)
-    if bad:
-        raise ConfigError(f"resume cannot change {bad[0]!r}; only "
-                          f"{', '.join(sorted(RESUME_OVERRIDABLE))} may change")
-    overrides = normalise(overrides)
-    if target is not None and rundir.is_run_dir(Path(target)) and not rundir.list_checkpoints(
-            Path(target) / rundir.CKPT_DIR):
-        # stopped before its first checkpoint: nothing to lose, so start it again as configured
-        run_dir = Path(target)
-        config = rundir.read_config(run_dir).replace(**overrides)
-        _check_dataset_exists(config, run_dir)
-        log.info(f"{run_dir} has no checkpoint yet (it stopped before the first one): starting it "
-                 "again from step 0")
-        return train(config, run_dir, log, download, deadline, overwrite=True)
-    header = rundir.locate(target, log.info)  # falls back past damaged checkpoints
-    ckpt = header.path
-    run_dir = rundir.run_dir_of(ckpt)
-    if not rundir.is_run_dir(run_dir):  # resume writes there: it must be a run of ours
-        raise CheckpointError(f"{ckpt} is not in a ganctl run ({run_dir} has no run marker); "
-                              "resume continues runs in place: copy the checkpoint into a run's "
-                              "checkpoints/ or start a new run")
-    config = _moved(_checkpoint_config(header, overrides), header, overrides, log)
-    _check_dataset_exists(config, run_dir)
-    _wandb_project_note(header.config, config, log)
-
-    def check(data: ImageSet) -> None:
-        _check_classes(config, data, "the run was started with")  # not even --allow-data-change
-        recorded = header.metadata.get("ganctl.dataset_fingerprint")
-        if recorded and recorded != data.fingerprint:
-            if not allow_data_change:
-                raise DataError(f"dataset {config.dataset!r} changed since this run started "
-                                f"(fingerprint {recorded} -> {data.fingerprint}); resume with "
-                                "--allow-data-change to train on it anyway")
-            log.info(f"dataset changed since the run started ({recorded} -> {data.fingerprint}); "
-                     "continuing as --allow-data-change asks")
-
-    def restore(state: TrainState) -> None:
-        """The checkpoint's state into the fresh one, every tensor checked (names, dtypes,
-        ranges, finite values) before a file of the run is touched."""
-        check_recorded(header.metadata.get("ganctl.backbones"), state.backbones, ckpt)
-        tensors = checkpoint.load_tensors(header)
-        try:
-            load_state(state, tensors, log.info, step=header.step)
-        except CheckpointError as e:
-            raise CheckpointError(f"{ckpt}: {e}") from None
-        check_values(ckpt, tensors)
-        trained_on = trained_processes(header)
-        here = distributed.WORLD.size
-        if trained_on != here:
-            log.info(f"this run trained on {_processes(trained_on)}; it continues on {_processes(here)} "
-                     f"(the global batch {state.config.batch_size} stays, "
-                     f"{state.config.batch_size // here} per process)")
-        if not distributed.WORLD.writer:
-            return
-        damaged = rundir.trim_metrics(run_dir, state.step)
-        if damaged:
-            log.info(f"{run_dir / rundir.METRICS}: dropped {damaged} damaged line(s) (cut short, "
-                     "not UTF-8 or not a JSON object)")
-        rundir.remove_temp_files(run_dir)
-
-    with open_run(config, log, download, run_dir, check=check, restore=restore) as run:
-        header = dataclasses.replace(header, blob=None)  # loaded: the file's bytes may go
-        state = run.state
-        device = state.batches.device
-        log.info(f"resuming {run_dir} from {ckpt.name} (step {state.step} of {config.steps}), "
-                 f"batch {state.config.batch_size}{per_process(state.config)}, "
-                 f"{runtime(state.config, device)}")
-        if state.step == config.steps:
-            log.info(f"run is already complete at step {state.step}; pass a larger --steps to "
-                     "train further")
-            return RunResult(run_dir=str(run_dir), checkpoint=str(ckpt), samples=None,
-                             step=state.step, steps=config.steps, device=str(device), seconds=0.0,
-                             metrics=header.metrics, batch_size=state.config.batch_size,
-                             precision=state.config.precision, compiled=state.compiled)
-        return fit(state, run_dir, log, run.data.fingerprint, deadline, run.evaluate)
-

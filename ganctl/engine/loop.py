@@ -41,6 +41,17 @@ class RunResult:
     compiled: bool | None = None
     compile_seconds: float | None = None  # of this process's first step (None: not compiled)
 
+    @classmethod
+    def of(cls, state: TrainState, run_dir: Path, checkpoint: Path | None, samples: Path | None,
+           metrics: dict[str, Any] | None, seconds: float, **rest: Any) -> RunResult:
+        """Where `state` stands, its config's batch size and precision as it ran."""
+        config = state.config
+        return cls(run_dir=str(run_dir), checkpoint=None if checkpoint is None else str(checkpoint),
+                   samples=None if samples is None else str(samples), step=state.step,
+                   steps=config.steps, device=str(state.batches.device), seconds=seconds,
+                   metrics=metrics, batch_size=config.batch_size, precision=config.precision,
+                   compiled=state.compiled, **rest)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -121,12 +132,8 @@ def _finish(state: TrainState, run_dir: Path, made: Made, out_of_time: bool, sig
     """The result, or Stopped (exit 128 + N) when a signal ended the run."""
     config = state.config
     stopped = "max-time" if out_of_time and state.step < config.steps else None
-    result = RunResult(run_dir=str(run_dir), checkpoint=str(made.ckpt) if made.ckpt else None,
-                       samples=str(made.sample) if made.sample else None, step=state.step,
-                       steps=config.steps, device=str(state.batches.device), seconds=seconds,
-                       metrics=made.last, stopped=stopped, batch_size=config.batch_size,
-                       precision=config.precision, compiled=state.compiled,
-                       compile_seconds=made.compile_seconds)
+    result = RunResult.of(state, run_dir, made.ckpt, made.sample, made.last, seconds,
+                          stopped=stopped, compile_seconds=made.compile_seconds)
     resume_hint = f"continue with: ganctl resume {shlex.quote(str(run_dir))}"
     if WORLD.active:  # on as many processes, or any other number
         resume_hint += (f" --gpus {WORLD.size} (or under torchrun as it started; any number of "
