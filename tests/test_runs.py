@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import TINY, damage, image_folder, invoke, nan_batches, rewrite, signal_at
 
-from ganctl import rundir, runs
+from ganctl import fsutil, rundir, runs
 from ganctl.config import Config
 from ganctl.data import cachedir, load_dataset
 from ganctl.engine import loop
@@ -82,7 +82,9 @@ def test_a_run_that_cannot_be_read_is_listed_as_broken(trained_run, monkeypatch)
     def denied(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(rundir, "list_checkpoints", denied)  # as a folder without read permission
+    # as a folder without read permission: runs.py lists through the package, latest_in_run in its module
+    for where in (rundir, rundir.checkpoints):
+        monkeypatch.setattr(where, "list_checkpoints", denied)
     (run,) = runs.list_runs()
     assert tuple(run) == runs.FIELDS
     assert (run["status"], run["problem"]) == (
@@ -206,14 +208,14 @@ def test_a_run_whose_config_holds_bad_values_is_broken_and_the_others_listed(tra
     for name, value in bad.items():
         (copy_run(trained_run, name) / rundir.CONFIG).write_text(json.dumps(value))
     denied = copy_run(trained_run, "0007-denied")
-    readable = rundir.fsutil.read_regular
+    readable = fsutil.read_regular
 
     def read(path, limit=None):  # as config.json without read permission (tests may run as root)
         if Path(path).resolve() == denied / rundir.CONFIG:
             raise PermissionError(13, "Permission denied", str(path))
         return readable(path, limit)
 
-    monkeypatch.setattr(rundir.fsutil, "read_regular", read)
+    monkeypatch.setattr(fsutil, "read_regular", read)
     found = by_id(runs.list_runs())
     assert {i: r["status"] for i, r in found.items()} == {
         "0001-shapes-dcgan": "complete", **dict.fromkeys([*bad, "0007-denied"], "broken")}
