@@ -102,18 +102,15 @@ def test_bce_phases_match_the_saved_reference_of_the_old_step(monkeypatch):
     # and in torch's default layout (ganctl now runs convolutions in channels_last)
     monkeypatch.setattr("ganctl.engine.state.memory_format", lambda device: torch.contiguous_format)
     with safe_open(str(REFERENCE), framework="pt") as f:
-        meta = f.metadata()
         reference = {k: f.get_tensor(k) for k in f.keys()}
-    here = (torch.backends.cpu.get_cpu_capability(), torch.__version__)
-    if (meta["cpu_capability"], meta["torch"]) != here:  # other kernels, other rounding
-        pytest.skip(f"reference written with {meta['cpu_capability']}, torch {meta['torch']}; "
-                    f"this is {here}")
     state, stats = phased_run()
-    assert torch.equal(stats, reference.pop("stats"))
+    # another CPU or torch build rounds differently (here: 1e-6 apart over 20 steps with torch's
+    # portable kernels, ATEN_CPU_CAPABILITY=default); a changed step is off by far more
+    torch.testing.assert_close(stats, reference.pop("stats"), rtol=1e-3, atol=1e-4)
     tensors = state_tensors(state)
     assert tensors.keys() == reference.keys()
     for name, value in reference.items():
-        assert torch.equal(tensors[name], value), name
+        torch.testing.assert_close(tensors[name], value, rtol=1e-3, atol=1e-4, msg=name)
 
 
 # --- phases as data ---------------------------------------------------------------------------------
