@@ -83,16 +83,16 @@ def nan_batch(rank: int, step: int) -> None:
 
 def die_joining(rank: int, seconds: float) -> None:
     """Rank `rank` is killed `seconds` after it starts to join the process group."""
-    from ganctl import distributed  # noqa: PLC0415
+    from ganctl.distributed import world  # noqa: PLC0415
 
-    real_join = distributed._join
+    real_join = world._join
 
     def dying(*args):
         if int(os.environ.get("RANK", "0")) == rank:
             time.sleep(seconds)
             os.kill(os.getpid(), signal.SIGKILL)
         return real_join(*args)
-    distributed._join = dying
+    world._join = dying
 
 
 def ranks_through_this_script() -> None:

@@ -80,14 +80,14 @@ def nbytes(header: checkpoint.Header, prefix: str) -> int:
 def bytes_read(monkeypatch) -> list[int]:
     """The sizes of every read of a checkpoint's data (the checksum's blocks and the tensors)."""
     reads: list[int] = []
-    real = checkpoint._read_at
+    real = checkpoint.read._read_at
 
     def counted(fd, view, offset):
         n = real(fd, view, offset)
         reads.append(n)
         return n
 
-    monkeypatch.setattr(checkpoint, "_read_at", counted)
+    monkeypatch.setattr(checkpoint.read, "_read_at", counted)
     return reads
 
 
@@ -221,14 +221,14 @@ def test_sample_of_a_checkpoint_written_to_while_verified_fails_in_one_line(tmp_
                                                                            monkeypatch):
     path = tmp_path / "c.safetensors"
     checkpoint.save(path, {"G_ema.w": torch.arange(6.0)}, Config().to_json(), 1)
-    real = checkpoint._data_digest
+    real = checkpoint.read._data_digest
 
     def appended(fd, start):
         with open(path, "ab") as f:
             f.write(b"late")
         return real(fd, start)
 
-    monkeypatch.setattr(checkpoint, "_data_digest", appended)
+    monkeypatch.setattr(checkpoint.read, "_data_digest", appended)
     assert_one_line_error(invoke("sample", "x.png", "--ckpt", path), 1, "try again")
 
 

@@ -172,7 +172,7 @@ def test_bad_launcher_variables_are_a_one_line_error(workdir, monkeypatch, env, 
 def test_a_failed_join_is_one_line_that_says_what_rank_waited_for(error, says):
     """torch's start-up errors (the store not there in time, its port taken, NCCL's), as one
     line: which rank, what it waited for, for how long, and the variable that sets it."""
-    message = str(distributed._join_failed(error, 0, 2, "10.0.0.1:29500", 3.0))
+    message = str(distributed.world._join_failed(error, 0, 2, "10.0.0.1:29500", 3.0))
     assert message.startswith(says) and "\n" not in message
 
 
@@ -185,7 +185,7 @@ def test_a_failed_join_is_one_line_that_says_what_rank_waited_for(error, says):
     ({0: -9, 1: -9}, "all 2 processes were killed by SIGKILL; their own errors"),
 ])
 def test_the_launcher_names_the_rank_that_failed_first(codes, says):
-    assert str(distributed._ranks_failed(codes, 2)).startswith(says)
+    assert str(distributed.reports.ranks_failed(codes, 2)).startswith(says)
 
 
 def test_a_stop_signal_acts_while_the_group_is_being_joined():
@@ -203,7 +203,7 @@ def test_a_stop_signal_acts_while_the_group_is_being_joined():
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.3)
         with pytest.raises(Stop):
-            distributed._waiting_for_signals(threading.Event().wait, 30)  # a join that never ends
+            distributed.world._waiting_for_signals(threading.Event().wait, 30)  # a join that never ends
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -455,12 +455,12 @@ def test_a_rank_of_gpus_leaves_its_error_to_the_launcher(workdir, monkeypatch):
 def test_the_launcher_reports_the_first_ranks_own_error_before_those_it_caused():
     own = {"message": "no data", "exit_code": 1, "result": None, "peer": False}
     lost = {"message": "rank 0 of 2: another rank died", "exit_code": 1, "result": None, "peer": True}
-    failed = distributed._ranks_failed({0: 1, 1: 1}, 2, {0: lost, 1: own})
+    failed = distributed.reports.ranks_failed({0: 1, 1: 1}, 2, {0: lost, 1: own})
     assert (str(failed), failed.exit_code) == ("rank 1: no data", 1)
-    killed = distributed._ranks_failed({0: -9, 1: 1}, 2, {1: {**lost, "message": "rank 1 of 2: x"}})
+    killed = distributed.reports.ranks_failed({0: -9, 1: 1}, 2, {1: {**lost, "message": "rank 1 of 2: x"}})
     assert str(killed).startswith("rank 0 of 2 was killed by SIGKILL, and the run stopped")
-    assert str(distributed._ranks_failed({0: 1, 1: 1}, 2, {0: lost, 1: lost})) == lost["message"]
-    assert "their own errors above" in str(distributed._ranks_failed({0: 1, 1: 1}, 2, {}))
+    assert str(distributed.reports.ranks_failed({0: 1, 1: 1}, 2, {0: lost, 1: lost})) == lost["message"]
+    assert "their own errors above" in str(distributed.reports.ranks_failed({0: 1, 1: 1}, 2, {}))
 
 
 def test_a_nan_on_one_rank_rolls_every_rank_back_and_the_run_goes_on(two_ranks):

@@ -527,7 +527,7 @@ def _forge(src: Path, dst: Path, edit) -> None:
 
 
 def _checksum_again(header, data):
-    from ganctl.checkpoint import _checksum
+    from ganctl.checkpoint.write import _checksum
     header["__metadata__"]["ganctl.checksum"] = _checksum(data, header["__metadata__"])
 
 

@@ -123,7 +123,7 @@ def test_second_signal_while_saving_corrupts_nothing(workdir, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
         atomic_write(path, *chunks)
 
-    monkeypatch.setattr(checkpoint, "atomic_write", write_under_fire)
+    monkeypatch.setattr(checkpoint.write, "atomic_write", write_under_fire)
     result = invoke("train", *TINY, "--steps", "100", "--ckpt-every", "1000", "--out", "r")
     assert result.exit_code == 143, result.output
     assert sent and valid_steps(workdir / "r") == [2]
