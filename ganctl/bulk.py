@@ -38,19 +38,17 @@ import torch
 from ganctl import __version__
 from ganctl.errors import ConfigError
 from ganctl.fsutil import atomic_file, atomic_write, nearest_existing, read_regular, sha256_file
+from ganctl.imagefiles import QUALITY, image_bytes
 from ganctl.models.base import num_classes
 from ganctl.sample import (
-    MAX_SEED,
-    QUALITY,
-    SEED_PART,
     LoadedGenerator,
     check_truncation,
     class_index,
     generate,
-    image_bytes,
     labels_for_seeds,
     seed_latents,
 )
+from ganctl.seeds import MAX_SEED, SEED_PART
 
 FORMATS = ("png", "jpg", "webp", "npz")
 _PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
@@ -481,7 +479,7 @@ def _pieces(seeds: list[int], images: np.ndarray, n: int) -> Iterator[tuple[list
 
 def encode(image: np.ndarray, fmt: str, quality: int = QUALITY) -> bytes:
     """(H, W, C) uint8 -> the bytes of an image file, encoded as `ganctl sample` encodes its
-    files (sample.image_bytes: PNG byte for byte as a grid's cell would be)."""
+    files (imagefiles.image_bytes: PNG byte for byte as a grid's cell would be)."""
     return image_bytes(torch.from_numpy(image), _PIL_FORMAT[fmt], quality)
 
 

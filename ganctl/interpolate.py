@@ -22,6 +22,7 @@ import torch
 
 from ganctl.errors import ConfigError, GanctlError
 from ganctl.fsutil import atomic_write, clear_temp, fsync_dir, temp_path
+from ganctl.imagefiles import make_grid, png_bytes, to_pil, upscale
 from ganctl.models.generator import has_mapping, ws
 from ganctl.sample import (
     GENERATE_BATCH,
@@ -29,14 +30,10 @@ from ganctl.sample import (
     check_truncation,
     generate,
     labels_for_seeds,
-    make_grid,
-    png_bytes,
     seed_latents,
-    seed_list,
     synthesize,
-    to_pil,
-    upscale,
 )
+from ganctl.seeds import seed_list
 
 MAX_FRAMES = 10_000  # frames of one walk: more is a typo, not a video
 MAX_SCALE = 64  # as `ganctl sample --scale`; the size cap below guards memory

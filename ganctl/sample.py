@@ -1,4 +1,5 @@
-"""Latents from seeds, generation, grids and PNG output.
+"""Generating images: latents from seeds, classes, generation in chunks, loading a generator
+from a checkpoint, and `ganctl sample OUT`.
 
 One latent per seed: z for seed s is drawn from its own generator on the CPU, so an image
 depends on its seed alone, never on the batch it was generated in or on the device.
@@ -7,113 +8,26 @@ depends on its seed alone, never on the batch it was generated in or on the devi
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import numbers
-import operator
-import re
-from collections.abc import Callable, Mapping, Sequence, Set, Sized
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
 
 from ganctl import checkpoint
 from ganctl.config import Config
-from ganctl.errors import ConfigError, did_you_mean, shorten
-from ganctl.fsutil import atomic_write
+from ganctl.errors import ConfigError, did_you_mean
+from ganctl.imagefiles import IMAGE_FORMATS, MAX_FILE_PIXELS, GridShape, write_image_file
 from ganctl.models import build_generator
 from ganctl.models.base import num_classes
 from ganctl.models.generator import has_mapping, images
+from ganctl.seeds import brief_repr, compact_seeds, whole
 from ganctl.stored import check_models, stored_config
 
-GRID_PADDING = 2  # pixels between and around the images of a grid
 GENERATE_BATCH = 256
-MAX_SEED = 2**63 - 1  # what a torch.Generator seed and the seeds of `ganctl sample` reach
-MAX_SEEDS = 100_000  # seeds in one call: a typo such as 0-1000000000 is an error, not a hang
-Seeds = int | str | range | Sequence[int]  # 7, "0-63,100", range(16), [3, 1, 4]
-SEEDS_LIKE = "give one seed or more, like 7, range(16), [3, 1, 4] or '0-63,100'"
-TOO_MANY = f"more than {MAX_SEEDS} seeds at once (generate in parts: an image depends on its seed alone)"
-SEED_PART = re.compile(r"^([0-9]{1,19})(?:-([0-9]{1,19}))?$")  # 7 or 0-63, ASCII digits: "+7", "٣" fail
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-63,100' -> [0, 1, ..., 63, 100]: single seeds and inclusive ranges, comma-separated."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        match = SEED_PART.match(part.strip())
-        if match is None:
-            what = (f"{shorten(part.strip(), 40)} is not a seed (0 to 2**63 - 1) or a range of them"
-                    if part.strip() else "an empty part")
-            raise _seeds_error(text, what)
-        low, high = int(match[1]), int(match[2] or match[1])
-        if high < low:
-            raise _seeds_error(text, f"range {low}-{high} runs backwards (write {high}-{low})")
-        if high > MAX_SEED:
-            raise _seeds_error(text, f"seed {high} is past the largest, 2**63 - 1")
-        if len(seeds) + high - low + 1 > MAX_SEEDS:
-            raise _seeds_error(text, TOO_MANY)
-        seeds.extend(range(low, high + 1))
-    return seeds
-
-
-def _seeds_error(text: str, what: str) -> ConfigError:
-    return ConfigError(f"seeds {shorten(text, 60)}: {what}; write seeds like 0-63,100 (single seeds "
-                       "and ranges, comma-separated)")
-
-
-def seed_list(seeds: Seeds) -> list[int]:
-    """The seeds of an int (one seed), a "0-63,100" string, a range or a sequence of ints
-    (numpy's and torch's integers and 1-d arrays of them too), each checked to be a whole number
-    from 0 to MAX_SEED; from 1 to MAX_SEEDS of them. Not bytes (b"0-3" iterates as the numbers
-    48, 45, 51), a dict or a set (no order), nor an iterator (its length is unknown and reading
-    it consumes it)."""
-    if isinstance(seeds, str):
-        return parse_seeds(seeds)
-    one = whole(seeds)
-    if one is not None:
-        return [_seed(one)]
-    if (isinstance(seeds, (bool, bytes, bytearray, memoryview, Mapping, Set))
-            or not isinstance(seeds, Sized)):
-        raise ConfigError(f"seeds {brief_repr(seeds)}: {SEEDS_LIKE}")
-    try:
-        count = len(seeds)
-    except OverflowError:  # range(10**20): more than an index holds
-        raise ConfigError(f"seeds {brief_repr(seeds)}: {TOO_MANY}") from None
-    except TypeError:  # a 0-d array: Sized, yet without a length
-        raise ConfigError(f"seeds {brief_repr(seeds)}: {SEEDS_LIKE}") from None
-    if not count:
-        raise ConfigError(f"seeds {brief_repr(seeds)}: {SEEDS_LIKE}")
-    if count > MAX_SEEDS:
-        raise ConfigError(f"{count} seeds: {TOO_MANY}")
-    return [_seed(s) for s in seeds]
-
-
-def whole(value: object) -> int | None:
-    """value as an int if it is a whole number: an int or anything with __index__ (numpy's and
-    torch's integer scalars), not a bool, 2.0 or "3"; else None."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:  # an array of several, or of floats
-        return None
-
-
-def brief_repr(value: object, limit: int = 100) -> str:
-    """repr(value), cut to `limit` characters: a message stays one readable line."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _seed(s: object) -> int:
-    """A seed as an int: int or numpy's integers (anything with __index__), not 2.0 or "3"."""
-    seed = whole(s)
-    if seed is None or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"seed {brief_repr(s)} is not a whole number from 0 to 2**63 - 1; {SEEDS_LIKE}")
-    return seed
 
 
 def latents_from_seeds(seeds: Sequence[int], z_dim: int, truncation: float | None = None
@@ -237,99 +151,6 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
-@dataclass(frozen=True)
-class GridShape:
-    """Where n images of h x w px go in a grid: `cols` a row, `rows` rows, `height` x `width` px
-    in all, the gaps of `padding` included."""
-
-    n: int
-    rows: int
-    cols: int
-    height: int
-    width: int
-    channels: int
-    padding: int
-
-    @classmethod
-    def of(cls, n: int, channels: int, h: int, w: int, padding: int = GRID_PADDING,
-           nrow: int | None = None) -> GridShape:
-        """nrow images a row (default ceil(sqrt(n))); whole-number arithmetic, so that a huge
-        padding or n gives a huge size to refuse, never a float overflow."""
-        cols = min(nrow, n) if nrow else math.isqrt(n - 1) + 1  # ceil(sqrt(n)) for n >= 1
-        rows = -(-n // cols)
-        return cls(n, rows, cols, rows * (h + padding) + padding, cols * (w + padding) + padding,
-                   channels, padding)
-
-    @property
-    def size(self) -> int:
-        """Bytes of the grid's uint8 pixels."""
-        return self.height * self.width * self.channels
-
-    def too_big(self, fmt: str = "PNG") -> str | None:
-        """What makes this grid more than one image (MAX_FILE_PIXELS bytes) or than `fmt` holds,
-        or None when it fits: checked before any pixel is drawn or allocated."""
-        where = (f"a grid of {self.n} images ({self.cols} a row, padding {self.padding}) is "
-                 f"{self.width}x{self.height} px" if self.n > 1 else
-                 f"one image of {self.width}x{self.height} px")
-        if self.size > MAX_FILE_PIXELS:
-            return (f"{where}, {self.size / 1e9:.1f} GB of pixels, more than one image holds (at "
-                    f"most {MAX_FILE_PIXELS / 1e9:.0f} GB)")
-        side = MAX_SIDE.get(fmt)
-        if side is not None and max(self.height, self.width) > side:
-            return f"{where}, more than {fmt} holds ({side} px a side)"
-        return None
-
-
-def make_grid(images: torch.Tensor, padding: int = GRID_PADDING, nrow: int | None = None
-              ) -> torch.Tensor:
-    """(n, C, H, W) uint8 -> (H', W', C) uint8 grid, `nrow` images per row (default
-    ceil(sqrt(n))), black gaps of `padding` pixels. A grid over MAX_FILE_PIXELS bytes is a
-    ConfigError before its memory is asked for (torch's allocation error says nothing useful)."""
-    n, c, h, w = images.shape
-    shape = GridShape.of(n, c, h, w, padding, nrow)
-    if (problem := shape.too_big()) is not None:
-        raise ConfigError(f"{problem}; draw fewer or smaller images, or less padding")
-    cols = shape.cols
-    grid = torch.zeros(shape.height, shape.width, c, dtype=torch.uint8)
-    for i in range(n):
-        r, k = divmod(i, cols)
-        y, x = padding + r * (h + padding), padding + k * (w + padding)
-        grid[y:y + h, x:x + w] = images[i].permute(1, 2, 0)  # (H, W, C)
-    return grid
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """(H, W, C) uint8 -> a PIL image: mode "L" for one channel, "RGB" for three."""
-    array = image.numpy()
-    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-
-
-def png_bytes(grid: torch.Tensor) -> bytes:
-    return image_bytes(grid, "PNG")
-
-
-# what `ganctl sample OUT` writes, by OUT's suffix
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-QUALITY = 95  # JPEG and WebP (lossy): near enough to the pixels to judge samples by
-MAX_FILE_PIXELS = 1 << 30  # bytes of pixels in one grid file (a 16k x 16k RGB image is 0.8 GB)
-# the longest side each format's encoder takes (libjpeg: 65500; WebP: 16383); PNG's is 2**31 - 1
-MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}
-
-
-def image_bytes(image: torch.Tensor, fmt: str, quality: int = QUALITY) -> bytes:
-    """(H, W, C) uint8 encoded as PNG, JPEG or WEBP (lossless PNG; the others at `quality`)."""
-    buf = io.BytesIO()
-    to_pil(image).save(buf, format=fmt, **({} if fmt == "PNG" else {"quality": quality}))
-    return buf.getvalue()
-
-
-def upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """(n, C, H, W) -> (n, C, H*scale, W*scale), nearest neighbour: each pixel a block."""
-    if scale == 1:
-        return images
-    return images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-
-
 def parse_class(text: str, classes: Sequence[str]) -> int | str:
     """`--class` as typed: a class name, else a whole number (an index)."""
     if text in classes or not (text.isascii() and text.isdigit()):
@@ -353,30 +174,6 @@ def sample_images(loaded: LoadedGenerator, seeds: Sequence[int], device: torch.d
     rows = [generate(loaded.G, z, device, torch.full((len(seeds),), i, dtype=torch.int64), batch_size,
                      truncation) for i in range(k)]
     return torch.cat(rows), len(seeds)
-
-
-def write_image_file(images: torch.Tensor, out: Path, nrow: int = 0, scale: int = 1) -> tuple[int, int]:
-    """Images to `out` (PNG, JPEG or WEBP by its suffix; its folder made if missing): one image
-    alone, without a border; several as a grid of `nrow` a row (0: square). Atomic. Returns
-    (width, height) in pixels."""
-    fmt = IMAGE_FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise ConfigError(f"output {out} must end in {', '.join(IMAGE_FORMATS)}")
-    images = upscale(images, scale)
-    picture = images[0].permute(1, 2, 0) if len(images) == 1 else make_grid(images, nrow=nrow or None)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, image_bytes(picture.contiguous(), fmt))
-    except OSError as e:
-        raise ConfigError(f"cannot write {out}: {e.strerror or e}") from None
-    return picture.shape[1], picture.shape[0]
-
-
-def save_grid(images: torch.Tensor, path: Path) -> tuple[int, int]:
-    """Write images as a PNG grid atomically; returns the grid's (width, height) in pixels."""
-    grid = make_grid(images)
-    atomic_write(Path(path), png_bytes(grid))
-    return grid.shape[1], grid.shape[0]
 
 
 @dataclass(frozen=True)
@@ -443,19 +240,3 @@ def check_file_size(config: Config, out: Path, n: int, class_: int | str | None,
              else GridShape.of(count, config.channels, side, side, nrow=nrow or per_class or None))
     if (problem := shape.too_big(fmt)) is not None:
         raise ConfigError(f"{out.name}: {problem}; use .png, or set --nrow, or lower -n or --scale")
-
-
-def compact_seeds(seeds: Sequence[int]) -> str:
-    """Seeds as `--seeds` takes them: runs of consecutive seeds as ranges ("0-63,100")."""
-    parts: list[str] = []
-    start = prev = None
-    for s in seeds:
-        if start is not None and s == prev + 1:  # type: ignore[operator]
-            prev = s
-            continue
-        if start is not None:
-            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-        start = prev = s
-    if start is not None:
-        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-    return ",".join(parts)

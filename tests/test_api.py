@@ -23,7 +23,8 @@ from ganctl import api, rundir
 from ganctl.config import Config
 from ganctl.errors import CheckpointError, ConfigError, DeviceError, GanctlError, Stopped
 from ganctl.models import build_generator
-from ganctl.sample import TRUNCATION_NONE, latents_from_seeds, parse_seeds, sample_grid
+from ganctl.sample import TRUNCATION_NONE, latents_from_seeds, sample_grid
+from ganctl.seeds import parse_seeds
 
 # the tiny model of helpers.TINY, as keywords
 TINY = {"batch_size": 8, "g_width": 8, "d_width": 8, "log_every": 2, "sample_every": 2,

@@ -16,16 +16,8 @@ from PIL import Image
 import ganctl
 from ganctl import bulk, rundir
 from ganctl.errors import ConfigError
-from ganctl.sample import (
-    GRID_PADDING,
-    LoadedGenerator,
-    generate,
-    labels_for_seeds,
-    latents_from_seeds,
-    load_generator,
-    make_grid,
-    png_bytes,
-)
+from ganctl.imagefiles import GRID_PADDING, make_grid, png_bytes
+from ganctl.sample import LoadedGenerator, generate, labels_for_seeds, latents_from_seeds, load_generator
 
 CPU = torch.device("cpu")
 KW = {"batch_size": 8, "g_width": 8, "d_width": 8, "log_every": 1, "sample_every": 100,

@@ -23,7 +23,8 @@ from torch import nn
 from ganctl import interpolate as walk
 from ganctl import rundir
 from ganctl.errors import ConfigError
-from ganctl.sample import GRID_PADDING, LoadedGenerator, generate, latents_from_seeds, load_generator
+from ganctl.imagefiles import GRID_PADDING
+from ganctl.sample import LoadedGenerator, generate, latents_from_seeds, load_generator
 
 CPU = torch.device("cpu")
 

@@ -11,8 +11,9 @@ from helpers import TINY, image_folder, invoke
 from PIL import Image
 
 from ganctl.config import Config
+from ganctl.imagefiles import make_grid
 from ganctl.models import build_models
-from ganctl.sample import latents_from_seeds, make_grid, to_uint8
+from ganctl.sample import latents_from_seeds, to_uint8
 
 
 def test_sample_64_is_the_seed_8x8_grid(trained_run, workdir):

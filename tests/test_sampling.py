@@ -15,7 +15,8 @@ from PIL import Image
 
 from ganctl import rundir
 from ganctl.errors import ConfigError
-from ganctl.sample import GRID_PADDING, GridShape, generate, load_generator, make_grid, sample_images
+from ganctl.imagefiles import GRID_PADDING, GridShape, make_grid
+from ganctl.sample import generate, load_generator, sample_images
 
 CPU = torch.device("cpu")
 

@@ -27,11 +27,12 @@ from ganctl.engine.guard import LR_FACTOR, MAX_ROLLBACKS, DivergenceGuard, StopS
 from ganctl.engine.meter import Meter
 from ganctl.engine.state import TrainState, load_state, snapshot
 from ganctl.errors import CheckpointError, Diverged, GanctlError
+from ganctl.imagefiles import make_grid, save_grid
 from ganctl.losses import NETWORKS, Stats
 from ganctl.models import backbone
 from ganctl.output.progress import RunLog
 from ganctl.output.sinks import is_number
-from ganctl.sample import generate, labels_for_seeds, latents_from_seeds, make_grid, save_grid
+from ganctl.sample import generate, labels_for_seeds, latents_from_seeds
 
 SAMPLE_SEEDS = range(64)  # the fixed noise of the grids written during training: the seed's 8x8
 
