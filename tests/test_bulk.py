@@ -182,7 +182,7 @@ def test_other_settings_into_the_same_folder_are_refused(plain, cond, tmp_path):
 
 
 def test_npz_shards_load_back_and_resume_per_shard(plain, tmp_path, monkeypatch):
-    monkeypatch.setattr(bulk, "MAX_SHARD", 4)
+    monkeypatch.setattr(bulk.manifest, "MAX_SHARD", 4)  # manifest_for sizes the shards
     loaded, out = _load(plain), tmp_path / "out"
 
     def interrupt(n: int) -> None:
