@@ -46,7 +46,7 @@ from ganctl.errors import (
     shorten,
 )
 from ganctl.imagefiles import GRID_PADDING, GridShape, make_grid, to_pil
-from ganctl.metrics import METRICS, parse_metrics
+from ganctl.metrics import names_help, parse_metrics
 from ganctl.models.base import num_classes
 from ganctl.output.console import QuietOnClosedPipe
 from ganctl.output.progress import RunLog
@@ -486,7 +486,7 @@ def _metrics_text(metrics: object) -> str:
     """metrics as `ganctl eval --metrics` takes them: "fid,kid", or the names in a list."""
     if isinstance(metrics, str):
         return metrics
-    choose = f"choose from {', '.join(METRICS)}"
+    choose = f"choose from {names_help()}"
     if not isinstance(metrics, (list, tuple)):
         raise ConfigError(f"metrics must be names like 'fid,kid' or ['fid', 'kid'], got "
                           f"{_got(metrics)}; {choose}")

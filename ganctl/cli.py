@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ganctl import __version__
+from ganctl import metrics as registry
 from ganctl.config import (
     BATCH_AUTO,
     DATA,
@@ -1044,7 +1045,7 @@ def eval_(
     target: Annotated[str | None, typer.Argument(
         metavar="CKPT|RUN_DIR", help="Checkpoint or run directory, or latest / best (default: "
         "the newest checkpoint under ./runs).", show_default=False)] = None,
-    metrics: Annotated[str, typer.Option(help="fid, kid, pr, comma-separated.")] = "fid,kid",
+    metrics: Annotated[str, typer.Option(help=f"{registry.names_help()}, comma-separated.")] = "fid,kid",
     num: Annotated[int, typer.Option("--num", min=2, max=10_000_000, help="Fakes to score (G_ema, "
                                      "latent seeds 0..N-1); 50000 is NVlabs' fid50k_full.")] = 50000,
     num_real: Annotated[int | None, typer.Option(
@@ -1103,16 +1104,7 @@ def _eval_table(doc: dict[str, Any]) -> None:
     table = Table()
     for column in ("metric", "value", "real", "fake", "seconds"):
         table.add_column(column, justify="left" if column == "metric" else "right")
-    m = doc["metrics"]
-    rows = []
-    if "fid" in m:
-        rows.append(("FID", f"{m['fid']:.3f}"))
-    if "kid" in m:
-        rows.append((f"KID ({m['kid_subsets']} x {m['kid_subset_size']})",
-                     f"{m['kid']:.5f} ± {m['kid_std']:.5f}"))
-    if "precision" in m:
-        rows += [(f"precision (k={m['pr_k']})", f"{m['precision']:.3f}"),
-                 (f"recall (k={m['pr_k']})", f"{m['recall']:.3f}")]
+    rows = registry.format_rows(doc["metrics"])
     for name, value in rows:
         table.add_row(Text(name), value, str(doc["num_real"]), str(doc["num_fake"]),
                       f"{doc['seconds']:.1f}")

@@ -244,8 +244,8 @@ class Evaluation(Group):
                             bounds=(2, 10_000_000), min=2)
     eval_num_real: int = setting(0, "Real images for the evaluations' statistics (0: all).",
                                  resume=True, bounds=(0, 100_000_000), min=0)
-    eval_metrics: str = setting("fid", "Metrics of the evaluations during training: fid, kid, pr, "
-                                "comma-separated.", resume=True)
+    eval_metrics: str = setting("fid", "Metrics of the evaluations during training, "
+                                "comma-separated: those of ganctl eval --metrics.", resume=True)
     inception: str = setting(
         "", "The Inception feature network's file.", resume=True, flag="--inception",
         metavar="PATH", shown="env GANCTL_INCEPTION, else "
