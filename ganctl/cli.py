@@ -14,7 +14,6 @@ import math
 import os
 import shlex
 import signal
-import stat
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -286,11 +285,13 @@ def _stopped(signum: int) -> int:
 
 def _call(debug: bool, fn: Callable[..., T], *args: Any) -> T:
     """Run an engine call; expected errors become one line on stderr and exit 1 (or 128+N)."""
-    from ganctl.errors import GanctlError
+    from ganctl.errors import GanctlError, UsageError
 
     _accept_signals()
     try:
         return fn(*args)
+    except UsageError as e:  # an argument the engine refuses as given: a bad command line
+        raise typer.BadParameter(str(e), param_hint=e.option) from None
     except GanctlError as e:
         if debug:
             traceback.print_exc()
@@ -603,7 +604,8 @@ def resume(
 
     Example: ganctl resume runs/0003-shapes-dcgan --steps 3000
     """
-    from ganctl import resuming, settings
+    from ganctl import settings
+    from ganctl.api import run_resume
     from ganctl.output.progress import RunLog
 
     overrides = values
@@ -612,8 +614,9 @@ def resume(
     _OUTPUT.training = "resumed"
     deadline = _call(debug, settings.deadline_from, max_time)
     log = _OUTPUT.log = RunLog(_console(json_mode))
-    result = _call(debug, resuming.resume, target, overrides, log, download, allow_data_change,
-                   deadline)
+    result = _call(debug, lambda: run_resume(target, overrides, log, download=download,
+                                                  allow_data_change=allow_data_change,
+                                                  deadline=deadline))
     _emit(json_mode, result.to_dict(), _done_message(result.to_dict()))
 
 
@@ -689,29 +692,20 @@ def sample(
 
     Example: ganctl sample -n 64 out.png --ckpt runs/0001-shapes-dcgan --seed 7
     """
-    from ganctl.device import describe, resolve_device
-    from ganctl.rundir import locate
-    from ganctl.sample import check_truncation, load_generator, parse_class
+    from ganctl import api
+    from ganctl.sample import check_truncation
     from ganctl.seeds import parse_seeds
 
-    out = None if out_text is None else Path(out_text)  # as typed: "new/" names a folder
-    if out_text is not None and out_text.endswith(("/", os.sep)):
+    if out_text is not None and out_text.endswith(("/", os.sep)):  # as typed: "new/" is a folder
         raise typer.BadParameter(f"{out_text} names a folder; give a file's name, like "
                                  f"{out_text}grid.png (or --out-dir {out_text} for one file per "
                                  "image)", param_hint="OUT")
+    out = None if out_text is None else Path(out_text)
     if (out is None) == (out_dir is None):
         raise typer.BadParameter("give OUT (one file) or --out-dir DIR (one file per image)",
                                  param_hint="OUT")
-    if interpolate and out_dir is not None:
-        raise typer.BadParameter("--interpolate writes one file (OUT.gif, .mp4 or .png), not "
-                                 "--out-dir", param_hint="--interpolate")
-    if not interpolate and (frames != 60 or fps != 20 or not loop):
-        raise typer.BadParameter("--frames, --fps and --no-loop are for --interpolate",
-                                 param_hint="--interpolate")
-    if seeds is not None and (n is not None or seed is not None):
-        raise typer.BadParameter("--seeds names the seeds itself: leave out -n and --seed",
-                                 param_hint="--seeds")
-    _check_modes(out, out_dir, interpolate, fmt, scale, nrow, class_)
+    _check_modes(out, out_dir, interpolate, fmt, scale, nrow, class_, frames != 60 or fps != 20
+                 or not loop, seeds is not None and (n is not None or seed is not None))
     seed = seed or 0
     default_n = 8 if class_ == "all" else 4 if interpolate else 64
     chosen = (_usage("--seeds", parse_seeds, seeds) if seeds is not None
@@ -721,46 +715,41 @@ def sample(
                                  "smaller --seed", param_hint="--seed")
     if truncation is not None:
         _usage("--truncation", check_truncation, truncation)
-    if out is not None:
-        _check_out(out, text=out_text)
-        if interpolate:  # the walk's own errors, before the checkpoint is read
-            from ganctl.interpolate import check_request
-
-            _usage("--interpolate", check_request, chosen, frames, fps, scale, out, loop)
-        if len(chosen) > MAX_GRID and not interpolate:
-            _fail(f"{len(chosen)} images are too many for one file (at most {MAX_GRID}); write "
-                  "one file per image with --out-dir DIR")
-    header = _call(debug, locate, ckpt, _say)
-    dev = _call(debug, resolve_device, device)
-    if ckpt is None and not json_mode:
-        _say(f"using newest checkpoint {header.path}")
-    loaded = _call(debug, load_generator, header, dev, not no_ema)
-    klass = parse_class(class_, loaded.config.classes) if class_ is not None else None
+    drawing: dict[str, Any] = {"truncation": truncation, "class_": class_, "batch_size": batch_size,
+               "device": device, "ema": not no_ema, "notes": _say}
     if out_dir is not None:
-        return _bulk(loaded, chosen, out_dir, fmt or "png", truncation, klass, batch_size, dev,
-                     json_mode, debug)
+        return _bulk(ckpt, chosen, out_dir, fmt or "png", drawing, json_mode, debug)
     assert out is not None
-    if interpolate:
-        motion = {"frames": frames, "fps": fps, "loop": loop, "scale": scale,
-                  "batch_size": batch_size}
-        return _interpolate(loaded, chosen, out, motion, truncation, klass, dev, json_mode, debug)
-    from ganctl.sample import sample_file
+    if interpolate:  # the walk's own errors as a bad command line
+        from ganctl.interpolate import check_request
 
-    r = _call(debug, lambda: sample_file(loaded, out, chosen, dev, truncation=truncation, class_=klass,
-                                         nrow=nrow or 0, scale=scale, batch_size=batch_size))
+        _usage("--interpolate", check_request, chosen, frames, fps, scale, out, loop)
+        motion = {"frames": frames, "fps": fps, "loop": loop, "scale": scale}
+        return _interpolate(ckpt, chosen, out, motion, drawing, json_mode, debug)
+    r = _call(debug, lambda: api.sample_to_file(ckpt, out, chosen, nrow=nrow, scale=scale,
+                                                **drawing))
     images, which = (f"{r['n']} images", "seeds") if r["n"] > 1 else ("1 image", "seed")
     _emit(json_mode, r, f"wrote {r['out']}: {images} ({r['width']}x{r['height']} px) from "
                         f"{r['checkpoint']} (step {r['step']}), {which} {r['seeds']}, "
-                        f"device {describe(dev)}")
+                        f"device {r['device']}")
 
 
 def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt: str | None,
-                 scale: int, nrow: int | None, class_: str | None) -> None:
-    """Options of another mode are a bad command line, not silently ignored."""
+                 scale: int, nrow: int | None, class_: str | None, motion: bool,
+                 seeds_twice: bool) -> None:
+    """Options of another mode are a bad command line, not silently ignored (`motion`:
+    --frames, --fps or --no-loop given; `seeds_twice`: --seeds with -n or --seed)."""
     from ganctl.bulk import FORMATS
 
     def bad(message: str, hint: str) -> None:
         raise typer.BadParameter(message, param_hint=hint)
+
+    if interpolate and out_dir is not None:
+        bad("--interpolate writes one file (OUT.gif, .mp4 or .png), not --out-dir", "--interpolate")
+    if not interpolate and motion:
+        bad("--frames, --fps and --no-loop are for --interpolate", "--interpolate")
+    if seeds_twice:
+        bad("--seeds names the seeds itself: leave out -n and --seed", "--seeds")
 
     if fmt is not None and out_dir is None:
         bad("--format is for --out-dir; one file takes its format from OUT's suffix "
@@ -780,57 +769,10 @@ def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt:
             "OUT")
     from ganctl.imagefiles import IMAGE_FORMATS
 
-    hidden = out is not None and out.name.startswith(".") and not out.suffix  # _check_out's
+    hidden = out is not None and out.name.startswith(".") and not out.suffix  # check_out refuses it
     if out is not None and not interpolate and not hidden and out.suffix.lower() not in IMAGE_FORMATS:
         bad(f"{out.name}: the image's name must end in .png, .jpg, .jpeg or .webp (its format)",
             "OUT")
-
-
-def _check_out(out: Path, fmt: str = "image", text: str | None = None) -> None:
-    """OUT may be a new file (its missing folders are made) or one ganctl replaces: an image
-    over an image (fsutil.is_replaceable; never a run's metrics or a checkpoint), a model file
-    over ganctl's own export (export.check_replaceable: its mark, never a user's model); never
-    a link (its target or the link would be lost), a folder or a device, nor a path under a
-    file, nor a hidden name without a suffix (".png" is a name, not a format), nor a file the
-    user made read-only. `text`: OUT as typed (a trailing / names a folder)."""
-    if text is not None and text.endswith(("/", os.sep)):
-        example = {"image": "grid.png", "onnx": "G.onnx"}.get(fmt, "G.pt")
-        raise typer.BadParameter(f"{text} names a folder; give a file's name, like {text}{example}",
-                                 param_hint="OUT")
-    try:
-        _check_out_path(out, fmt)
-    except OSError as e:  # a name too long for the file system, a folder that cannot be read ...
-        _fail(os_error_message(e))
-
-
-def _check_out_path(out: Path, fmt: str) -> None:
-    from ganctl.errors import ConfigError
-    from ganctl.fsutil import is_replaceable, nearest_existing
-
-    if out.name.startswith(".") and not out.suffix:
-        _fail(f"{out} is a hidden file's name with no suffix; name the file like out{out.name}")
-    if out.is_symlink():
-        _fail(f"{out} is a symbolic link; give the path of a file (ganctl does not write through "
-              "or over links)")
-    if out.exists() and not out.is_file():
-        _fail(f"{out} exists and is not a regular file (a folder, FIFO or device); choose another "
-              "name")
-    if out.is_file() and not out.stat().st_mode & stat.S_IWUSR:  # (root may write it anyway)
-        _fail(f"{out} is read-only; make it writable (chmod u+w) to have it replaced, or choose "
-              "another name")
-    if fmt == "image" and out.is_file() and not is_replaceable(out):
-        _fail(f"{out} exists and is not an image; ganctl replaces only a file of the kind it "
-              "writes (not a run's files or a checkpoint): choose another name")
-    if fmt != "image":
-        from ganctl.export import check_replaceable
-
-        try:
-            check_replaceable(out, fmt)
-        except ConfigError as e:
-            _fail(str(e))
-    folder = nearest_existing(out.parent)
-    if folder is not None and not folder.is_dir():
-        _fail(f"{folder} is a file, not a folder; choose OUT in a folder")
 
 
 def _usage(hint: str, fn: Callable[..., T], *args: Any) -> T:
@@ -844,10 +786,10 @@ def _usage(hint: str, fn: Callable[..., T], *args: Any) -> T:
         raise typer.BadParameter(str(e), param_hint=hint) from None
 
 
-def _bulk(loaded: Any, seeds: list[int], out_dir: Path, fmt: str, truncation: float | None,
-          klass: int | str | None, batch_size: int, device: Any, json_mode: bool, debug: bool) -> None:
-    """sample --out-dir: one file per seed, resumable (ganctl.bulk)."""
-    from ganctl.bulk import export_images
+def _bulk(ckpt: str | None, seeds: list[int], out_dir: Path, fmt: str, drawing: dict[str, Any],
+          json_mode: bool, debug: bool) -> None:
+    """sample --out-dir: one file per seed, resumable (api.export_images)."""
+    from ganctl import api
     from ganctl.output.progress import RunLog
 
     log = RunLog(_console(json_mode))
@@ -872,25 +814,19 @@ def _bulk(loaded: Any, seeds: list[int], out_dir: Path, fmt: str, truncation: fl
                 {"out_dir": str(out_dir), "done": done["count"], "count": done["of"]})
 
     _OUTPUT.at_stop = at_stop
-    r = _call(debug, lambda: export_images(loaded, seeds, out_dir, fmt, truncation=truncation,
-                                           class_=klass, batch_size=batch_size, device=device,
-                                           progress=progress, start=start))
+    r = _call(debug, lambda: api.export_images(ckpt, out_dir, seeds, format=fmt, progress=progress,
+                                               start=start, **drawing))
     speed = f"at {r['images_per_s']:,.0f} img/s" if r["written"] else "nothing left to write"
     _emit(json_mode, r, f"{out_dir}: {r['count']} images ({r['written']} written, {r['skipped']} "
                         f"already there), {speed}")
 
 
-def _interpolate(loaded: Any, seeds: list[int], out: Path, motion: dict[str, Any],
-                 truncation: float | None, klass: int | str | None, device: Any, json_mode: bool,
-                 debug: bool) -> None:
-    """sample --interpolate (ganctl.interpolate)."""
-    from ganctl.interpolate import interpolate
+def _interpolate(ckpt: str | None, seeds: list[int], out: Path, motion: dict[str, Any],
+                 drawing: dict[str, Any], json_mode: bool, debug: bool) -> None:
+    """sample --interpolate (api.interpolate)."""
+    from ganctl import api
 
-    r = _call(debug, lambda: interpolate(loaded, seeds, out, motion["frames"], truncation=truncation,
-                                         class_=klass, device=device, fps=motion["fps"],
-                                         scale=motion["scale"], loop=motion["loop"],
-                                         batch_size=motion["batch_size"]))
-    r["device"] = str(device)
+    r = _call(debug, lambda: api.interpolate(ckpt, out, seeds, **motion, **drawing))
     through = f"seeds {', '.join(map(str, seeds))}"
     if r["format"] != "png":
         return _emit(json_mode, r, f"wrote {r['out']}: {r['frames']} frames ({r['width']}x"
@@ -922,38 +858,16 @@ def export(
 
     Example: ganctl export runs/0001-shapes-dcgan g.onnx --format onnx
     """
-    import torch
-
-    from ganctl.export import export_generator
-    from ganctl.rundir import locate
-    from ganctl.sample import load_generator
+    from ganctl import api
 
     if len(paths) > 2:
         raise typer.BadParameter("give at most a checkpoint and OUT", param_hint="[CKPT|RUN_DIR] OUT")
-    target, out = (None, Path(paths[0])) if len(paths) == 1 else (paths[0], Path(paths[1]))
-    if len(paths) == 1 and (out.is_dir() or out.suffix.lower() == ".safetensors"
-                            or paths[0] in ("latest", "best")):
-        raise typer.BadParameter(f"{paths[0]} is what to export; give OUT, the file to write, "
-                                 f"after it: ganctl export {paths[0]} g.pt", param_hint="OUT")
-    if fmt is not None and fmt not in ("torchscript", "onnx"):
-        raise typer.BadParameter(f"{fmt!r} is not torchscript or onnx", param_hint="--format")
-    named = {".onnx": "onnx", **dict.fromkeys((".pt", ".pth", ".ts", ".jit"), "torchscript")}.get(
-        out.suffix.lower())  # a suffix that says the format; another (.zip, .bin, none) does not
-    fmt = fmt or named or "torchscript"
-    if named is not None and named != fmt:
-        raise typer.BadParameter(f"{out} is named for {named} but --format is {fmt}",
-                                 param_hint="--format")
-    if out.suffix.lower() == ".safetensors":
-        _fail(f"{out} is a checkpoint's name: export writes a generator, never over a checkpoint; "
-              "give OUT ending in .pt or .onnx (usage: ganctl export [CKPT|RUN_DIR] OUT)")
-    _check_out(out, fmt, paths[-1])
-    header = _call(debug, locate, target, _say)
-    if target is None and not json_mode:
-        _say(f"using newest checkpoint {header.path}")
-    if out.exists() and out.resolve() == header.path.resolve():
-        _fail(f"{out} is the checkpoint being exported; give OUT a new name")
-    loaded = _call(debug, load_generator, header, torch.device("cpu"), not no_ema)
-    r = _call(debug, lambda: export_generator(loaded, fmt, out))
+    target, out = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
+    if len(paths) == 1 and (Path(out).is_dir() or Path(out).suffix.lower() == ".safetensors"
+                            or out in ("latest", "best")):
+        raise typer.BadParameter(f"{out} is what to export; give OUT, the file to write, "
+                                 f"after it: ganctl export {out} g.pt", param_hint="OUT")
+    r = _call(debug, lambda: api.export(target, out, format=fmt, ema=not no_ema, notes=_say))
     takes = f"z (B, {r['z_dim']})" + (f" and c (B,) of {len(r['classes'])} classes" if r["classes"] else "")
     _emit(json_mode, r, f"wrote {r['out']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB): takes "
                         f"{takes}, gives images (B, {r['channels']}, {r['resolution']}, "
@@ -998,13 +912,11 @@ def inspect(
 
     Example: ganctl inspect runs/0001-shapes-dcgan --json
     """
-    from ganctl.info import describe_checkpoint
-    from ganctl.rundir import locate
+    from ganctl import api
     from ganctl.text import printable
 
-    header = _call(debug, locate, target, _say, verify)
-    path = header.path
-    info = _call(debug, describe_checkpoint, header)
+    info = _call(debug, lambda: api.inspect(target, verify=verify, notes=_say))
+    path = info["path"]
     _outcome_decided()
     if json_mode:
         typer.echo(_json_text(info))
@@ -1071,20 +983,16 @@ def eval_(
 
     Example: ganctl eval runs/0001-shapes-dcgan --num 10000 --metrics fid,kid --json
     """
-    from ganctl.device import resolve_device
+    from ganctl.api.scores import run_evaluation
     from ganctl.metrics import parse_metrics
     from ganctl.output.progress import RunLog
-    from ganctl.rundir import locate
-    from ganctl.scoring import evaluate_checkpoint
+    from ganctl.scoring import EVAL_OPTIONS
 
     names = _call(debug, parse_metrics, metrics)
-    header = _call(debug, locate, target, _say)
-    dev = _call(debug, resolve_device, device)
-    overrides = _given(dataset=dataset, split=split, data_dir=data_dir, max_file_mb=max_file_mb)
-    if dataset is not None and split is None:
-        overrides["split"] = ""  # another dataset: its own default split
-    doc = _call(debug, evaluate_checkpoint, header, dev, names, num, num_real, overrides, inception,
-                download, RunLog(_console(json_mode)))
+    data = _given(dataset=dataset, split=split, data_dir=data_dir, max_file_mb=max_file_mb)
+    doc = _call(debug, lambda: run_evaluation(target, names, num, num_real, data, device, inception,
+                                              download, RunLog(_console(json_mode)), EVAL_OPTIONS,
+                                              _say))
     _outcome_decided()
     if json_mode:
         typer.echo(_json_text(doc))
@@ -1126,12 +1034,11 @@ def runs(
 
     Example: ganctl runs --json
     """
+    from ganctl import api
     from ganctl.rundir import runs_root
-    from ganctl.runs import format_runs, list_runs
+    from ganctl.runs import format_runs
 
-    if root is not None and not os.path.lexists(root):  # a mistyped DIR is not an empty one
-        _fail(f"{root} does not exist; give the folder that holds the runs (default ./runs)")
-    found = _call(debug, list_runs, root)
+    found = _call(debug, api.runs, root)
     _emit(json_mode, {"root": str(root or runs_root()), "runs": found}, format_runs(found, root))
 
 
@@ -1148,13 +1055,10 @@ def plot(
 
     Example: ganctl plot runs/0001-shapes-dcgan losses.png
     """
-    from ganctl.plot import plot_run
+    from ganctl import api
 
-    target = out if out is not None else run / "curves.png"
-    if target.suffix.lower() != ".png":
-        raise typer.BadParameter(f"{target} must end in .png", param_hint="OUT.png")
-    written = _call(debug, plot_run, run, target)
-    _emit(json_mode, {"run_dir": str(run), "out": str(written)}, f"wrote {written}")
+    r = _call(debug, api.plot, run, out)
+    _emit(json_mode, r, f"wrote {r['out']}")
 
 
 # --- data ---------------------------------------------------------------------------------------------

@@ -38,6 +38,17 @@ class ConfigError(GanctlError):
     """A config value, file or combination that cannot be used."""
 
 
+class UsageError(ConfigError):
+    """An argument that cannot be used as given, whatever the files say: the command line's
+    usage error (exit 2) naming `option` ("--format", "OUT"), a ConfigError in Python."""
+
+    exit_code = 2
+
+    def __init__(self, message: object, option: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 class DeviceError(GanctlError):
     """The requested device does not exist on this machine."""
 

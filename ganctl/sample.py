@@ -198,14 +198,6 @@ def load_generator(header: checkpoint.Header, device: torch.device, ema: bool = 
     return LoadedGenerator(G.to(device).eval(), config, dataclasses.replace(header, blob=None))
 
 
-def sample_grid(header: checkpoint.Header, out: Path, n: int, seed: int,
-                device: torch.device) -> dict:
-    """Write an n-image grid from a checkpoint to `out`; seeds seed..seed+n-1."""
-    if seed + n > 2**63:
-        raise ConfigError(f"seeds {seed}..{seed + n - 1} go past 2**63 - 1; use a smaller --seed")
-    return sample_file(load_generator(header, device), out, list(range(seed, seed + n)), device)
-
-
 def sample_file(loaded: LoadedGenerator, out: Path, seeds: Sequence[int], device: torch.device, *,
                 truncation: float | None = None, class_: int | str | None = None, nrow: int = 0,
                 scale: int = 1, batch_size: int = GENERATE_BATCH) -> dict:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,10 +21,11 @@ from PIL import Image
 
 import ganctl
 from ganctl import api, rundir
+from ganctl.api import generator, scores
 from ganctl.config import Config
 from ganctl.errors import CheckpointError, ConfigError, DeviceError, GanctlError, Stopped
 from ganctl.models import build_generator
-from ganctl.sample import TRUNCATION_NONE, latents_from_seeds, sample_grid
+from ganctl.sample import TRUNCATION_NONE, LoadedGenerator, latents_from_seeds
 from ganctl.seeds import parse_seeds
 
 # the tiny model of helpers.TINY, as keywords
@@ -222,7 +224,7 @@ def test_an_image_is_byte_identical_whatever_its_batch(G):
 
 def test_untruncated_samples_are_the_grid_ganctl_sample_writes(G, tmp_path):
     """truncation=None keeps the latents every grid so far was drawn from."""
-    sample_grid(rundir.locate(G.checkpoint, print), tmp_path / "cli.png", 10, 20, CPU)
+    api.sample_to_file(G.checkpoint, tmp_path / "cli.png", range(20, 30), device="cpu")
     cli = np.asarray(Image.open(tmp_path / "cli.png"))
     assert np.array_equal(np.asarray(G.grid(seeds=range(20, 30))), cli)
     assert torch.equal(latents_from_seeds([4], 100)[0],
@@ -309,7 +311,8 @@ def test_images_and_grids_are_pil_images_of_the_samples(G):
 
 def test_one_channel_images_are_mode_l():
     config = Config(channels=1, g_width=4, z_dim=8)
-    G = api.Generator(build_generator(config).eval(), config, 0, Path("untrained"), CPU)
+    untrained = SimpleNamespace(step=0, path=Path("untrained"))  # a checkpoint's header, as read
+    G = api.Generator(LoadedGenerator(build_generator(config).eval(), config, untrained), CPU)
     images = G.images(n=2)
     assert [(i.mode, i.size) for i in images] == [("L", (32, 32))] * 2
     assert np.array_equal(np.asarray(images[1]), G.sample(seeds=1)[0, 0].numpy())
@@ -383,7 +386,7 @@ GENERATOR_MISTAKES = [
 @pytest.mark.parametrize("method, kwargs, error, phrase", GENERATOR_MISTAKES,
                          ids=[f"{m}-{'-'.join(k)}-{i}" for i, (m, k, _, _) in enumerate(GENERATOR_MISTAKES)])
 def test_generator_mistakes_are_one_line_errors(G, method, kwargs, error, phrase, monkeypatch):
-    monkeypatch.setattr(api, "generate", lambda *a, **k: pytest.fail("generated despite a mistake"))
+    monkeypatch.setattr(generator, "generate", lambda *a, **k: pytest.fail("generated despite a mistake"))
     with pytest.raises(error) as e:
         getattr(G, method)(**({"n": 2} | kwargs if "seeds" not in kwargs else kwargs))
     one_line(e, phrase)
@@ -424,8 +427,8 @@ def test_a_huge_integer_truncation_reaches_the_latents_as_psi_10():
 
 
 def test_more_pixels_than_one_call_returns_are_refused_before_generating(G, monkeypatch):
-    monkeypatch.setattr(api, "MAX_SAMPLE_BYTES", 10 * 3 * 32 * 32)  # ten 32x32 RGB images
-    monkeypatch.setattr(api, "generate", lambda *a, **k: pytest.fail("generated despite a mistake"))
+    monkeypatch.setattr(generator, "MAX_SAMPLE_BYTES", 10 * 3 * 32 * 32)  # ten 32x32 RGB images
+    monkeypatch.setattr(generator, "generate", lambda *a, **k: pytest.fail("generated despite a mistake"))
     for draw in (G.sample, G.images, G.grid):
         with pytest.raises(ConfigError) as e:
             draw(n=11)
@@ -465,7 +468,7 @@ def test_more_pixels_than_one_call_returns_are_refused_before_generating(G, monk
      "download must be True or False, got None"),
 ], ids=lambda v: "" if callable(v) or isinstance(v, type) else v[:40])
 def test_load_and_evaluate_mistakes_are_one_line_errors(_run, call, error, phrase, monkeypatch):
-    monkeypatch.setattr(api, "evaluate_checkpoint", lambda *a: pytest.fail("scored despite a mistake"))
+    monkeypatch.setattr(scores, "evaluate_checkpoint", lambda *a: pytest.fail("scored despite a mistake"))
     with pytest.raises(error) as e:
         call(_run)
     one_line(e, phrase)

@@ -154,7 +154,7 @@ def test_gif_of_two_seeds_goes_there_and_back_and_without_loop_plays_once(loaded
 
 def test_one_channel_model_writes_an_L_gif(loaded, tmp_path):
     gray = dataclasses.replace(loaded, G=_Stub(channels=1),
-                               config=dataclasses.replace(loaded.config, channels=1))
+                               config=loaded.config.replace(channels=1))
     walk.interpolate(gray, [0, 1], tmp_path / "g.gif", 4, device=CPU)
     with Image.open(tmp_path / "g.gif") as im:
         assert im.mode == "L" and im.n_frames == 4
@@ -248,7 +248,7 @@ class _Pattern(nn.Module):
 
 def patterned(loaded: LoadedGenerator, size: int) -> LoadedGenerator:
     return dataclasses.replace(loaded, G=_Pattern(size),
-                               config=dataclasses.replace(loaded.config, resolution=size, channels=3))
+                               config=loaded.config.replace(resolution=size, channels=3))
 
 
 def as_hwc(images: torch.Tensor, scale: int = 1) -> np.ndarray:
@@ -375,7 +375,7 @@ class _Stub(nn.Module):
 
 
 def conditional(loaded: LoadedGenerator) -> LoadedGenerator:
-    config = dataclasses.replace(loaded.config, conditional=True, classes=("a", "b", "c"),
+    config = loaded.config.replace(conditional=True, classes=("a", "b", "c"),
                                  resolution=4)
     return dataclasses.replace(loaded, G=_Stub(), config=config)
 

@@ -1,0 +1,156 @@
+"""A checkpoint's generator into files, as `ganctl sample` and `ganctl export` write them: one
+image or grid (sample_to_file), one file per seed (export_images), a walk through the latents
+(interpolate), a model file that runs without ganctl (export). Every argument and the output
+path are checked before the checkpoint is read; `notes` (default: warnings) hears of damaged
+checkpoints passed over and of the checkpoint chosen when `target` is None."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ganctl.api.checks import (
+    Notes,
+    PathLike,
+    device_name,
+    flag,
+    ganctl_errors,
+    locate,
+    path,
+    whole_number,
+)
+from ganctl.api.generator import MAX_BATCH, chosen_seeds
+from ganctl.api.outputs import check_out, export_target
+from ganctl.device import resolve_device
+from ganctl.errors import ConfigError
+from ganctl.sample import GENERATE_BATCH, LoadedGenerator, check_truncation, load_generator, parse_class
+from ganctl.seeds import MAX_SEEDS, Seeds
+
+MAX_GRID = 4096  # images in one grid file; more go to export_images (--out-dir)
+MAX_SCALE = 64  # nearest-neighbour upscaling of a grid or an image
+
+
+def _open(target: PathLike | None, device: object, ema: bool,
+          notes: Notes | None) -> tuple[LoadedGenerator, torch.device]:
+    """The checkpoint's generator (G_ema, or G with ema=False) on the device."""
+    flag("ema", ema)
+    header = locate(target, notes)
+    dev = resolve_device(device_name(device))
+    if target is None and notes is not None:
+        notes(f"using newest checkpoint {header.path}")
+    return load_generator(header, dev, ema), dev
+
+
+def _class(loaded: LoadedGenerator, class_: int | str | None) -> int | str | None:
+    """A class as `--class` takes it: a name, an index, or (grids) all; a string of digits that
+    names no class is an index."""
+    return parse_class(class_, loaded.config.classes) if isinstance(class_, str) else class_
+
+
+def _common(truncation: float | None, batch_size: int) -> float | None:
+    whole_number("batch_size", batch_size, 1, MAX_BATCH)
+    return None if truncation is None else check_truncation(truncation)
+
+
+@ganctl_errors
+def sample_to_file(target: PathLike | None, out: PathLike, seeds: Seeds | None = None, *,
+                   n: int | None = None, truncation: float | None = None,
+                   class_: int | str | None = None, nrow: int | None = None, scale: int = 1,
+                   batch_size: int = GENERATE_BATCH, device: str = "auto", ema: bool = True,
+                   notes: Notes | None = None) -> dict:
+    """`ganctl sample OUT`: the seeds' images as one .png, .jpg or .webp file: a grid of
+    `nrow` a row (default square; class_="all": a row per class), or one image alone; `scale`
+    upscales (nearest neighbour). Returns what `--json` prints.
+
+    Example: ganctl.api.sample_to_file("runs/m", "grid.png", n=64)
+    """
+    out = check_out(out)
+    chosen = chosen_seeds(seeds, n)
+    if len(chosen) > MAX_GRID:
+        raise ConfigError(f"{len(chosen)} images are too many for one file (at most {MAX_GRID}); "
+                          "write one file per image with --out-dir DIR")
+    rows = 0 if nrow is None else whole_number("nrow", nrow, 1, MAX_SEEDS)
+    whole_number("scale", scale, 1, MAX_SCALE)
+    truncation = _common(truncation, batch_size)
+    from ganctl.sample import sample_file
+
+    loaded, dev = _open(target, device, ema, notes)
+    return sample_file(loaded, out, chosen, dev, truncation=truncation,
+                       class_=_class(loaded, class_), nrow=rows, scale=scale, batch_size=batch_size)
+
+
+@ganctl_errors
+def export_images(target: PathLike | None, out_dir: PathLike, seeds: Seeds | None = None, *,
+                  n: int | None = None, format: str = "png", truncation: float | None = None,
+                  class_: int | str | None = None, batch_size: int = GENERATE_BATCH,
+                  device: str = "auto", ema: bool = True, notes: Notes | None = None,
+                  progress: Callable[[int], None] | None = None,
+                  start: Callable[[int], None] | None = None) -> dict:
+    """`ganctl sample --out-dir`: one file per seed (png, jpg, webp or npz shards), named by
+    seed (class folders for a conditional model), with labels.csv and manifest.json; a rerun
+    finishes an interrupted export and keeps what is there (see ganctl.bulk). `start(count)`
+    and `progress(k)` report how far it got. Returns what `--json` prints.
+
+    Example: ganctl.api.export_images("runs/m", "out/", n=50000)
+    """
+    path("out_dir", out_dir, "a folder's path")
+    chosen = chosen_seeds(seeds, n)
+    truncation = _common(truncation, batch_size)
+    from ganctl.bulk import export_images as export
+
+    loaded, dev = _open(target, device, ema, notes)
+    return export(loaded, chosen, Path(out_dir), format, truncation=truncation,
+                  class_=_class(loaded, class_), batch_size=batch_size, device=dev,
+                  progress=progress, start=start)
+
+
+@ganctl_errors
+def interpolate(target: PathLike | None, out: PathLike, seeds: Seeds | None = None, *,
+                n: int | None = None, frames: int = 60, fps: int = 20, loop: bool = True,
+                scale: int = 1, truncation: float | None = None, class_: int | str | None = None,
+                batch_size: int = GENERATE_BATCH, device: str = "auto", ema: bool = True,
+                notes: Notes | None = None) -> dict:
+    """`ganctl sample --interpolate`: a walk through the seeds' latents (slerp in z, lerp in w
+    for a generator with a mapping network) as OUT.gif, OUT.mp4 (needs ffmpeg) or OUT.png (a
+    row per pair of seeds); default seeds 0-3. Returns what `--json` prints.
+
+    Example: ganctl.api.interpolate("runs/m", "walk.gif", seeds="0-7", frames=120)
+    """
+    from ganctl.interpolate import check_request
+    from ganctl.interpolate import interpolate as walk
+
+    out = check_out(out)
+    flag("loop", loop)
+    chosen = chosen_seeds(seeds, n, default=4)
+    check_request(chosen, frames, fps, scale, out, loop)
+    truncation = _common(truncation, batch_size)
+    loaded, dev = _open(target, device, ema, notes)
+    result = walk(loaded, chosen, out, frames, truncation=truncation,
+                  class_=_class(loaded, class_), device=dev, fps=fps, scale=scale, loop=loop,
+                  batch_size=batch_size)
+    return {**result, "device": str(dev)}
+
+
+@ganctl_errors
+def export(target: PathLike | None, out: PathLike, *, format: str | None = None,
+           ema: bool = True, notes: Notes | None = None) -> dict:
+    """`ganctl export`: the generator as TorchScript or ONNX (`format`; default from OUT's
+    suffix: .onnx is onnx, else torchscript), checked against the PyTorch generator on fixed
+    latents before it is kept. Returns what `--json` prints.
+
+    Example: ganctl.api.export("runs/m", "g.onnx")
+    """
+    from ganctl.export import export_generator
+
+    out, fmt = export_target(out, format)
+    header = locate(target, notes)
+    if target is None and notes is not None:
+        notes(f"using newest checkpoint {header.path}")
+    if out.exists() and out.resolve() == header.path.resolve():
+        raise ConfigError(f"{out} is the checkpoint being exported; give OUT a new name")
+    flag("ema", ema)
+    loaded = load_generator(header, torch.device("cpu"), ema)
+    return export_generator(loaded, fmt, out)
+
