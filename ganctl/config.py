@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from ganctl.errors import ConfigError, did_you_mean, shorten
-from ganctl.values import check_type, shown
+from ganctl.values import check_range, check_type, shown
 
 CROPS = ("center", "none")
 SPECTRAL_NORM = ("auto", "on", "off")
@@ -73,7 +73,9 @@ class Group:
             elif f.type.startswith("tuple"):  # a JSON list
                 object.__setattr__(self, f.name, tuple(value))
         for f in fields(self):  # type: ignore[arg-type]
-            _check_range(f, getattr(self, f.name))
+            value = getattr(self, f.name)
+            if not (f.name == "batch_size" and value == BATCH_AUTO):  # found at the start
+                check_range(f.name, value, f.metadata["bounds"], f.metadata["choices"])
         self.check()
 
     def check(self) -> None:
@@ -385,26 +387,3 @@ def _also_accepted(key: str, value: Any) -> bool:
     if key == "batch_size":
         return isinstance(value, str) and value.strip().lower() == "auto"
     return key in ("compile", "spectral_norm") and isinstance(value, bool)
-
-
-ABOVE_LOW = ("lr_g", "lr_d")  # their lower bound itself is not allowed
-_BOUND_HINTS = {"keep": " (0 keeps every checkpoint)", "eval_every": " (0: no evaluation)",
-                "eval_num_real": " (0: all)", "batch_size": ", or auto (the largest that fits)"}
-
-
-def _check_range(f: dataclasses.Field[Any], value: Any) -> None:
-    """A numeric field within its bounds (checked before torch or the disk sees a value), a
-    string one of its choices."""
-    name, bounds, choices = f.name, f.metadata["bounds"], f.metadata["choices"]
-    if choices and value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
-    if bounds is None or (name == "batch_size" and value == BATCH_AUTO):  # found at the start
-        return
-    low, high = bounds
-    above = name in ABOVE_LOW
-    if value != value or not low <= value <= high or (above and value == low):  # NaN != NaN
-        what = "a whole number" if isinstance(value, int) else "a number"
-        span = f"above {low} and at most {high}" if above else f"from {low} to {high}"
-        raise ConfigError(f"{name} must be {what} {span}, got {shown(value)}"
-                          + _BOUND_HINTS.get(name, ""))
-

@@ -84,3 +84,25 @@ def shown(value: Any) -> str:
     except ValueError:  # a list holding an integer of over 4300 digits
         return f"a {type(value).__name__}"
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"
+
+
+ABOVE_LOW = ("lr_g", "lr_d")  # their lower bound itself is not allowed
+_BOUND_HINTS = {"keep": " (0 keeps every checkpoint)", "eval_every": " (0: no evaluation)",
+                "eval_num_real": " (0: all)", "batch_size": ", or auto (the largest that fits)"}
+
+
+def check_range(name: str, value: Any, bounds: tuple[float, float] | None,
+                choices: tuple[str, ...] = ()) -> None:
+    """A number within its bounds (checked before torch or the disk sees a value), a string one
+    of its choices."""
+    if choices and value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
+    if bounds is None:
+        return
+    low, high = bounds
+    above = name in ABOVE_LOW
+    if value != value or not low <= value <= high or (above and value == low):  # NaN != NaN
+        what = "a whole number" if isinstance(value, int) else "a number"
+        span = f"above {low} and at most {high}" if above else f"from {low} to {high}"
+        raise ConfigError(f"{name} must be {what} {span}, got {shown(value)}"
+                          + _BOUND_HINTS.get(name, ""))
