@@ -222,7 +222,7 @@ class Runtime(Group):
                             "the global batch rather than each process's share.", resume=True)
     backbone_weights: str = setting(
         "", "The weights file of the frozen pretrained network an architecture's D stands on.",
-        resume=True, panel=SCHEDULE, flag="--backbone-weights", metavar="PATH",
+        resume=True, panel=MODEL, flag="--backbone-weights", metavar="PATH",
         shown="its environment variable, else ~/.cache/ganctl/models/, else downloaded")
 
     _DEVICE: ClassVar[re.Pattern[str]] = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

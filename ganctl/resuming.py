@@ -69,12 +69,9 @@ def _same_setting(stored: Config, key: str, value: Any) -> bool:
 
 def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download: bool = True,
            allow_data_change: bool = False, deadline: float | None = None) -> RunResult:
-    """Continue a run from its newest checkpoint (or the given one) up to config.steps."""
-    bad = sorted(set(overrides) - RESUME_OVERRIDABLE)
-    if bad:
-        raise ConfigError(f"resume cannot change {bad[0]!r}; only "
-                          f"{', '.join(sorted(RESUME_OVERRIDABLE))} may change")
-    overrides = normalise(overrides)
+    """Continue a run from its newest checkpoint (or the given one) up to config.steps, with
+    `overrides` of settings resume may change."""
+    overrides = normalise(overrides)  # (only what resume may change: api.run_resume checks)
     if target is not None and rundir.is_run_dir(Path(target)) and not rundir.list_checkpoints(
             Path(target) / rundir.CKPT_DIR):
         return _start_again(Path(target), overrides, log, download, deadline)

@@ -76,6 +76,9 @@ def _other_named_dataset(named: dict[str, Any], values: dict[str, Any]) -> bool:
     return _other_dataset(named, values) and not is_path(values["dataset"])
 
 
+EVAL_KEYS = ("eval_num", "eval_num_real", "eval_metrics", "inception")  # what --eval-every uses
+
+
 def option_notes(values: dict[str, Any], config: Config) -> list[str]:
     """One line for each setting the user gave (flag or file) that changes nothing, and for a
     preset used on another dataset than its own."""
@@ -98,6 +101,10 @@ def option_notes(values: dict[str, Any], config: Config) -> list[str]:
                      "weight clipping, which D can push to any size")
     if "r1_every" in values and not (config.r1 or config.r2):
         notes.append("--r1-every sets how often R1/R2 run; without --r1 or --r2 it does nothing")
+    idle = [f"--{k.replace('_', '-')}" for k in EVAL_KEYS if k in values and not config.eval_every]
+    if idle:
+        notes.append(f"{', '.join(idle)} {'is' if len(idle) == 1 else 'are'} for the evaluations "
+                     "during training; without --eval-every N they do nothing")
     if values.get("backbone_weights") and not _stands_on_backbone(config):
         notes.append(f"--backbone-weights is the file of a frozen network a D stands on; "
                      f"{config.arch}'s D stands on none, so it does nothing")

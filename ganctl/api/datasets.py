@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ganctl.api.checks import PathLike, console, flag, ganctl_errors, path
+from ganctl.api.checks import PathLike, console, flag, ganctl_errors, got, path
 from ganctl.data.cachedir import Cached, clean_caches, list_caches, select_caches
+from ganctl.errors import ConfigError
 from ganctl.output.progress import RunLog
 
 
@@ -60,7 +61,19 @@ def caches(cache_dir: PathLike | None = None, names: list[str] | None = None) ->
 
 
 @ganctl_errors
-def remove_caches(entries: list[Cached]) -> int:
-    """Remove caches() entries; returns the bytes freed. One being written by a running process,
-    or changed since it was listed, is left alone."""
-    return clean_caches(entries)
+def remove_caches(entries: list[Cached] | list[str], cache_dir: PathLike | None = None) -> int:
+    """Remove caches: caches() entries, or names as caches(names=) takes them (a cache's name or
+    its dataset's); returns the bytes freed. One being written by a running process, or
+    changed since it was listed, is left alone.
+
+    Example: ganctl.api.remove_caches(["cifar10"])
+    """
+    if not isinstance(entries, (list, tuple)) or not all(
+            isinstance(e, (Cached, str)) for e in entries):
+        raise ConfigError(f"entries must be a list of caches() entries or of cache names, got "
+                          f"{got(entries)}")
+    names = [e for e in entries if isinstance(e, str)]
+    chosen = [e for e in entries if isinstance(e, Cached)]
+    if names:
+        chosen += caches(cache_dir, names)
+    return clean_caches([e for e in chosen if e.state != "writing"])

@@ -6,6 +6,7 @@ checkpoints passed over and of the checkpoint chosen when `target` is None."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,15 +22,18 @@ from ganctl.api.checks import (
     path,
     whole_number,
 )
-from ganctl.api.generator import MAX_BATCH, chosen_seeds
+from ganctl.api.generator import DEFAULT_N, MAX_BATCH, chosen_seeds
 from ganctl.api.outputs import check_out, export_target
+from ganctl.bulk import FORMATS as BULK_FORMATS
 from ganctl.device import resolve_device
-from ganctl.errors import ConfigError
+from ganctl.errors import ConfigError, UsageError
+from ganctl.imagefiles import IMAGE_FORMATS
 from ganctl.sample import GENERATE_BATCH, LoadedGenerator, check_truncation, load_generator, parse_class
 from ganctl.seeds import MAX_SEEDS, Seeds
 
 MAX_GRID = 4096  # images in one grid file; more go to export_images (--out-dir)
 MAX_SCALE = 64  # nearest-neighbour upscaling of a grid or an image
+EVERY_CLASS_N = 8  # seeds a row of a class="all" grid holds when none are given
 
 
 def _open(target: PathLike | None, device: object, ema: bool,
@@ -41,6 +45,20 @@ def _open(target: PathLike | None, device: object, ema: bool,
     if target is None and notes is not None:
         notes(f"using newest checkpoint {header.path}")
     return load_generator(header, dev, ema), dev
+
+
+def _image_out(out: PathLike) -> Path:
+    """OUT of one image or grid: named for its format (.png, .jpg, .jpeg, .webp), and a file
+    that may be written (check_out)."""
+    path("out", out, "a file's path")
+    text = os.fspath(out)
+    name = Path(text).name
+    hidden = name.startswith(".") and not Path(text).suffix  # check_out names that mistake
+    if not text.endswith(("/", os.sep)) and not hidden and \
+            Path(text).suffix.lower() not in IMAGE_FORMATS:
+        raise UsageError(f"{name}: the image's name must end in .png, .jpg, .jpeg or .webp (its "
+                         "format)", "OUT")
+    return check_out(out)
 
 
 def _class(loaded: LoadedGenerator, class_: int | str | None) -> int | str | None:
@@ -66,8 +84,8 @@ def sample_to_file(target: PathLike | None, out: PathLike, seeds: Seeds | None =
 
     Example: ganctl.api.sample_to_file("runs/m", "grid.png", n=64)
     """
-    out = check_out(out)
-    chosen = chosen_seeds(seeds, n)
+    out = _image_out(out)
+    chosen = chosen_seeds(seeds, n, default=EVERY_CLASS_N if class_ == "all" else DEFAULT_N)
     if len(chosen) > MAX_GRID:
         raise ConfigError(f"{len(chosen)} images are too many for one file (at most {MAX_GRID}); "
                           "write one file per image with --out-dir DIR")
@@ -96,6 +114,8 @@ def export_images(target: PathLike | None, out_dir: PathLike, seeds: Seeds | Non
     Example: ganctl.api.export_images("runs/m", "out/", n=50000)
     """
     path("out_dir", out_dir, "a folder's path")
+    if not isinstance(format, str) or format.lower() not in (*BULK_FORMATS, "jpeg"):
+        raise UsageError(f"{format!r} is not one of {', '.join(BULK_FORMATS)}", "--format")
     chosen = chosen_seeds(seeds, n)
     truncation = _common(truncation, batch_size)
     from ganctl.bulk import export_images as export

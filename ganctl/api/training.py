@@ -16,7 +16,7 @@ from ganctl.api.checks import PathLike, console, flag, ganctl_errors, got, path
 from ganctl.config import FIELD_NAMES, RESUME_OVERRIDABLE
 from ganctl.configfile import load_config_file
 from ganctl.engine.loop import RunResult
-from ganctl.errors import ConfigError, RunError, Stopped, did_you_mean, shorten
+from ganctl.errors import ConfigError, RunError, Stopped, UsageError, did_you_mean, shorten
 from ganctl.output.progress import RunLog
 from ganctl.seeds import whole
 
@@ -175,8 +175,9 @@ def run_resume(target: str | None, values: dict[str, Any], log: RunLog, *, downl
     continued from its checkpoint."""
     bad = sorted(set(values) - RESUME_OVERRIDABLE)
     if bad:
-        raise ConfigError(f"resume cannot change {bad[0]!r}; only "
-                          f"{', '.join(sorted(RESUME_OVERRIDABLE))} may change")
+        raise UsageError(f"resume cannot change {bad[0]!r} (a run continues with the settings it "
+                         f"started with); only {', '.join(sorted(RESUME_OVERRIDABLE))} may change",
+                         f"--{bad[0].replace('_', '-')}")
     return resuming.resume(target, values, log, download, allow_data_change, deadline)
 
 

@@ -52,9 +52,12 @@ def _option_type(key: str) -> Any:
     return f.metadata["cli"].get("type") or _KINDS[str(f.type)]
 
 
-def _setting_option(key: str, resume: bool) -> Any:
+def _setting_option(key: str, resume: bool, panel: bool = True, runs_own: bool = False) -> Any:
     """The option of a setting, made from its field in config.py: its help, panel, spelling
-    and range; on resume its default is the run's own."""
+    and range; on resume (and where a run's own value is the default) its default is the
+    run's; a setting resume may not change is a hidden option there, refused with a message
+    that says so. panel=False: in the command's one Options panel; runs_own: the default is
+    the run's (eval's data options)."""
     f = SETTINGS[key]
     cli = f.metadata["cli"]
     decl = cli.get("flag") or f"--{key.replace('_', '-')}"
@@ -62,16 +65,16 @@ def _setting_option(key: str, resume: bool) -> Any:
         decl = f"{decl}/--no-{decl[2:]}"
     return typer.Option(
         decl, help=cli.get("resume_help", f.metadata["help"]) if resume else f.metadata["help"],
-        show_default="the run's" if resume else cli.get("shown") or _default(key),
-        rich_help_panel=f.metadata["panel"] or GROUPS[GROUP_OF[key]].PANEL,
-        metavar=cli.get("metavar"), min=cli.get("min"), max=cli.get("max"))
+        show_default="the run's" if resume or runs_own else cli.get("shown") or _default(key),
+        rich_help_panel=(f.metadata["panel"] or GROUPS[GROUP_OF[key]].PANEL) if panel else None,
+        metavar=cli.get("metavar"), min=cli.get("min"), max=cli.get("max"),
+        hidden=resume and not f.metadata["resume"])
 
 
 def _with_settings(resume: bool) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """A command taking every setting as an option (resume: those `resume` may change), made
+    """A command taking every setting as an option (resume shows those it may change), made
     once from the config's fields; the command gets the ones given as `values`."""
-    keys = [k for k, f in SETTINGS.items()
-            if not f.metadata["cli"].get("hidden") and (f.metadata["resume"] or not resume)]
+    keys = [k for k, f in SETTINGS.items() if not f.metadata["cli"].get("hidden")]
 
     def decorate(fn: Callable[..., T]) -> Callable[..., T]:
         own = signature(fn, eval_str=True)

@@ -23,12 +23,9 @@ from ganctl.cli.core import (
     app,
 )
 from ganctl.cli.options import (
-    DataDir,
     Debug,
-    Inception,
     Json,
-    MaxFileMb,
-    Split,
+    _setting_option,
 )
 
 # --- inspect --------------------------------------------------------------------------------------------
@@ -108,11 +105,12 @@ def eval_(
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="Score against this dataset instead of the run's own (at the run's "
         "resolution, channels and crop).")] = None,
-    split: Split = None,
-    data_dir: DataDir = None,
-    max_file_mb: MaxFileMb = None,
+    split: Annotated[str | None, _setting_option("split", False, False, runs_own=True)] = None,
+    data_dir: Annotated[str | None, _setting_option("data_dir", False, False, runs_own=True)] = None,
+    max_file_mb: Annotated[int | None, _setting_option("max_file_mb", False, False,
+                                                       runs_own=True)] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K | mps.")] = "auto",
-    inception: Inception = None,
+    inception: Annotated[str | None, _setting_option("inception", False, False)] = None,
     download: Annotated[bool, typer.Option(
         "--download/--no-download", help="Download the Inception file or a named dataset that "
         "is missing.")] = True,

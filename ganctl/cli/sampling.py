@@ -145,7 +145,6 @@ def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt:
                  seeds_twice: bool) -> None:
     """Options of another mode are a bad command line, not silently ignored (`motion`:
     --frames, --fps or --no-loop given; `seeds_twice`: --seeds with -n or --seed)."""
-    from ganctl.bulk import FORMATS
 
     def bad(message: str, hint: str) -> None:
         raise typer.BadParameter(message, param_hint=hint)
@@ -160,8 +159,6 @@ def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt:
     if fmt is not None and out_dir is None:
         bad("--format is for --out-dir; one file takes its format from OUT's suffix "
             "(.png, .jpg, .webp)", "--format")
-    if fmt is not None and fmt.lower() not in (*FORMATS, "jpeg"):
-        bad(f"{fmt!r} is not one of {', '.join(FORMATS)}", "--format")
     if out_dir is not None and (scale != 1 or nrow is not None):
         bad("--scale and --nrow shape a grid or one image; --out-dir writes each image at the "
             "model's size", "--scale/--nrow")
@@ -172,12 +169,6 @@ def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt:
             "one class (index or name), or leave --class out", "--class")
     if out is not None and not interpolate and out.suffix.lower() in (".gif", ".mp4"):
         bad(f"{out.name}: .gif and .mp4 are for --interpolate; a grid is .png, .jpg or .webp",
-            "OUT")
-    from ganctl.imagefiles import IMAGE_FORMATS
-
-    hidden = out is not None and out.name.startswith(".") and not out.suffix  # check_out refuses it
-    if out is not None and not interpolate and not hidden and out.suffix.lower() not in IMAGE_FORMATS:
-        bad(f"{out.name}: the image's name must end in .png, .jpg, .jpeg or .webp (its format)",
             "OUT")
 
 
