@@ -67,7 +67,7 @@ class Group:
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            check_type(f.name, value, str(f.type), wanted=ALSO_WANTED.get(f.name, ""))
+            check_type(f.name, value, str(f.type))  # ("auto", true: settings.normalise's)
             if f.type == "float":  # 1 in a TOML file means 1.0; keep config.json typed
                 object.__setattr__(self, f.name, float(value))
             elif f.type.startswith("tuple"):  # a JSON list
@@ -310,9 +310,9 @@ class Config:
     watching: Watching
 
     def __init__(self, **values: Any) -> None:
-        unknown = sorted(set(values) - set(SETTINGS))
-        if unknown:
-            raise TypeError(f"Config got an unexpected keyword argument {unknown[0]!r}")
+        if any(hasattr(self, name) for name in GROUPS):
+            raise dataclasses.FrozenInstanceError("a Config is made once; replace() makes another")
+        check_keys(values, "Config()")
         for name, group in GROUPS.items():
             own = {f.name: values[f.name] for f in fields(group) if f.name in values}  # type: ignore[arg-type]
             object.__setattr__(self, name, group(**own))
@@ -326,6 +326,9 @@ class Config:
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {key!r}")
+
+    def __delattr__(self, key: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {key!r}")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and self._groups() == other._groups()

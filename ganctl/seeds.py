@@ -43,12 +43,12 @@ def _seeds_error(text: str, what: str) -> ConfigError:
                        "and ranges, comma-separated)")
 
 
-def seed_list(seeds: Seeds) -> list[int]:
+def seed_list(seeds: Seeds, limit: int = MAX_SEEDS) -> list[int]:
     """The seeds of an int (one seed), a "0-63,100" string, a range or a sequence of ints
     (numpy's and torch's integers and 1-d arrays of them too), each checked to be a whole number
     from 0 to MAX_SEED; from 1 to MAX_SEEDS of them. Not bytes (b"0-3" iterates as the numbers
     48, 45, 51), a dict or a set (no order), nor an iterator (its length is unknown and reading
-    it consumes it)."""
+    it consumes it). `limit`: the most seeds (an export to files takes more than a call)."""
     if isinstance(seeds, str):
         return parse_seeds(seeds)
     one = whole(seeds)
@@ -65,8 +65,13 @@ def seed_list(seeds: Seeds) -> list[int]:
         raise ConfigError(f"seeds {brief_repr(seeds)}: {SEEDS_LIKE}") from None
     if not count:
         raise ConfigError(f"seeds {brief_repr(seeds)}: {SEEDS_LIKE}")
-    if count > MAX_SEEDS:
-        raise ConfigError(f"{count} seeds: {TOO_MANY}")
+    if count > limit:
+        raise ConfigError(f"{count} seeds: more than {limit} seeds at once (generate in parts: an "
+                          "image depends on its seed alone)")
+    if isinstance(seeds, range):  # its smallest and largest seeds are its ends
+        _seed(min(seeds[0], seeds[-1]))
+        _seed(max(seeds[0], seeds[-1]))
+        return list(seeds)
     return [_seed(s) for s in seeds]
 
 

@@ -4,6 +4,8 @@ anything runs, and raises ganctl's own errors with the command line's messages."
 from __future__ import annotations
 
 import functools
+import inspect
+import numbers
 import os
 import warnings
 from collections.abc import Callable
@@ -14,7 +16,14 @@ from rich.console import Console
 
 from ganctl import rundir
 from ganctl.checkpoint import Header
-from ganctl.errors import ConfigError, DeviceError, GanctlError, os_error_message, shorten
+from ganctl.errors import (
+    ConfigError,
+    DeviceError,
+    GanctlError,
+    did_you_mean,
+    os_error_message,
+    shorten,
+)
 from ganctl.output.console import QuietOnClosedPipe
 from ganctl.seeds import brief_repr, whole
 
@@ -28,8 +37,17 @@ def ganctl_errors(fn: F) -> F:
     """A public function whose failures are all ganctl's own errors: what the operating system
     refused (a name too long, a full disk, permissions) and memory running out raise GanctlError
     with the command line's one-line message, not OSError or MemoryError from deep inside."""
+    arguments = inspect.signature(fn)
+    params = arguments.parameters
+
     @functools.wraps(fn)
     def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            arguments.bind(*args, **kwargs)
+        except TypeError as e:  # an unknown keyword, a missing or an extra argument
+            unknown = [k for k in kwargs if k not in params]
+            hint = did_you_mean(unknown[0], tuple(params)) if unknown else ""
+            raise ConfigError(f"{fn.__name__}(): {e}{hint}") from None
         try:
             return fn(*args, **kwargs)
         except GanctlError:
@@ -48,15 +66,23 @@ def flag(name: str, value: object) -> None:
         raise ConfigError(f"{name} must be True or False, got {got(value)}")
 
 
-def path(name: str, value: object, what: str) -> None:
-    """A path given as a str or an os.PathLike of str (pathlib.Path), or None; bytes are not
-    (os.fsdecode decodes them)."""
-    if value is None:
+def path(name: str, value: object, what: str, required: bool = False) -> None:
+    """A path given as a str or an os.PathLike of str (pathlib.Path), or None where it is not
+    `required`; bytes are not (os.fsdecode decodes them), nor an empty string, nor one the
+    file system cannot name (a NUL, a lone surrogate)."""
+    if value is None and not required:
         return
     text = os.fspath(value) if isinstance(value, os.PathLike) else value
     if isinstance(text, str):
         if "\x00" in text:
             raise ConfigError(f"{name} {shorten(text)} holds a NUL character, which no path can")
+        if not text:
+            raise ConfigError(f"{name} is an empty path; give {what}")
+        try:
+            os.fsencode(text)
+        except UnicodeEncodeError:
+            raise ConfigError(f"{name} {ascii(text)[1:-1]} holds a lone surrogate, which no file "
+                              "name can; write the character itself") from None
         return
     hint = "; decode it with os.fsdecode" if isinstance(text, bytes) else ""
     raise ConfigError(f"{name} must be {what} (a str or pathlib.Path), got "
@@ -88,6 +114,31 @@ def whole_number(name: str, value: Any, low: float, high: float | None = None,
     return number
 
 
+def callback(name: str, value: object) -> None:
+    """None or something to call (notes, progress ...)."""
+    if value is not None and not callable(value):
+        raise ConfigError(f"{name} must be a function (or None), got {got(value)}")
+
+
+def plain(value: Any) -> Any:
+    """A setting as TOML would give it: a path as its string, numpy's integers as int and its
+    floats as float (a notebook's np.int64(64) is a batch size); anything else as it is, for the
+    config's own checks to judge."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    number = whole(value)
+    if number is not None:
+        return number
+    if isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except OverflowError:  # Fraction(10**400): left to the config's "a float can hold"
+            return value
+    return value
+
+
 def console(quiet: bool) -> Console:
     # stderr, like the command line's progress: stdout stays the caller's
     return QuietOnClosedPipe(stderr=True, highlight=False, quiet=quiet)
@@ -97,6 +148,7 @@ def locate(target: PathLike | None, notes: Notes | None = None) -> Header:
     """rundir.locate: each damaged checkpoint it passed over a note (default: a warning at the
     caller's line)."""
     path("target", target, "a run directory, a checkpoint path, 'latest' or 'best'")
+    callback("notes", notes)
     passed: list[str] = []
     header = rundir.locate(None if target is None else os.fspath(target), passed.append)
     for message in passed:

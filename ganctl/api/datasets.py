@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ganctl.api.checks import PathLike, console, flag, ganctl_errors, got, path
+from ganctl.api.checks import PathLike, console, flag, ganctl_errors, got, path, plain
 from ganctl.data.cachedir import Cached, clean_caches, list_caches, select_caches
 from ganctl.errors import ConfigError
 from ganctl.output.progress import RunLog
@@ -31,12 +31,12 @@ def describe_data(*, dataset: str | None = None, data_dir: PathLike | None = Non
 
     flag("download", download)
     flag("quiet", quiet)
-    path("data_dir", data_dir, "the folder of the named datasets")
-    values = {k: v for k, v in (("dataset", dataset), ("split", split), ("resolution", resolution),
+    if log is not None and not isinstance(log, RunLog):
+        raise ConfigError(f"log must be a ganctl.output.progress.RunLog (or None), got {got(log)}")
+    values = {k: plain(v) for k, v in (("dataset", dataset), ("split", split), ("resolution", resolution),
                                 ("channels", channels), ("crop", crop),
-                                ("max_file_mb", max_file_mb)) if v is not None}
-    if data_dir is not None:
-        values["data_dir"] = os.fspath(data_dir)
+                                ("max_file_mb", max_file_mb), ("data_dir", data_dir))
+              if v is not None}
     config = resolve_config({**values, "batch_size": 1})
     data = load_dataset(config, download, (log or RunLog(console(quiet))).task)
     report = data.report
@@ -56,6 +56,12 @@ def caches(cache_dir: PathLike | None = None, names: list[str] | None = None) ->
     GANCTL_CACHE_DIR, else ~/.cache/ganctl/decoded), or those `names` pick (a cache's name or its
     dataset's: a name that picks none is an error listing what there is)."""
     path("cache_dir", cache_dir, "the cache folder")
+    if names is not None and (not isinstance(names, (list, tuple))
+                              or not all(isinstance(n, str) for n in names)):
+        raise ConfigError(f"names must be a list of cache or dataset names, got {got(names)}")
+    if cache_dir is not None and not os.path.isdir(cache_dir):  # a mistyped folder is not empty
+        raise ConfigError(f"{os.fspath(cache_dir)} is not a folder; give the cache folder "
+                          "(default: env GANCTL_CACHE_DIR, else ~/.cache/ganctl/decoded)")
     entries = list_caches(None if cache_dir is None else Path(os.fspath(cache_dir)))
     return select_caches(entries, names) if names else entries
 

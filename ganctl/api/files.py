@@ -15,6 +15,7 @@ import torch
 from ganctl.api.checks import (
     Notes,
     PathLike,
+    callback,
     device_name,
     flag,
     ganctl_errors,
@@ -29,10 +30,11 @@ from ganctl.device import resolve_device
 from ganctl.errors import ConfigError, UsageError
 from ganctl.imagefiles import IMAGE_FORMATS
 from ganctl.sample import GENERATE_BATCH, LoadedGenerator, check_truncation, load_generator, parse_class
-from ganctl.seeds import MAX_SEEDS, Seeds
+from ganctl.seeds import MAX_SEEDS, Seeds, whole
 
 MAX_GRID = 4096  # images in one grid file; more go to export_images (--out-dir)
 MAX_SCALE = 64  # nearest-neighbour upscaling of a grid or an image
+MAX_EXPORT = 10_000_000  # images of one export to files (`ganctl sample -n` at most)
 EVERY_CLASS_N = 8  # seeds a row of a class="all" grid holds when none are given
 
 
@@ -40,6 +42,7 @@ def _open(target: PathLike | None, device: object, ema: bool,
           notes: Notes | None) -> tuple[LoadedGenerator, torch.device]:
     """The checkpoint's generator (G_ema, or G with ema=False) on the device."""
     flag("ema", ema)
+    callback("notes", notes)
     header = locate(target, notes)
     dev = resolve_device(device_name(device))
     if target is None and notes is not None:
@@ -50,7 +53,7 @@ def _open(target: PathLike | None, device: object, ema: bool,
 def _image_out(out: PathLike) -> Path:
     """OUT of one image or grid: named for its format (.png, .jpg, .jpeg, .webp), and a file
     that may be written (check_out)."""
-    path("out", out, "a file's path")
+    path("out", out, "a file's path", required=True)
     text = os.fspath(out)
     name = Path(text).name
     hidden = name.startswith(".") and not Path(text).suffix  # check_out names that mistake
@@ -59,6 +62,12 @@ def _image_out(out: PathLike) -> Path:
         raise UsageError(f"{name}: the image's name must end in .png, .jpg, .jpeg or .webp (its "
                          "format)", "OUT")
     return check_out(out)
+
+
+def _int(value: int) -> int:
+    """numpy's and torch's integers as int; anything else as it is, for the checks to judge."""
+    number = whole(value)
+    return value if number is None else number
 
 
 def _class(loaded: LoadedGenerator, class_: int | str | None) -> int | str | None:
@@ -113,10 +122,12 @@ def export_images(target: PathLike | None, out_dir: PathLike, seeds: Seeds | Non
 
     Example: ganctl.api.export_images("runs/m", "out/", n=50000)
     """
-    path("out_dir", out_dir, "a folder's path")
+    path("out_dir", out_dir, "a folder's path", required=True)
+    callback("progress", progress)
+    callback("start", start)
     if not isinstance(format, str) or format.lower() not in (*BULK_FORMATS, "jpeg"):
         raise UsageError(f"{format!r} is not one of {', '.join(BULK_FORMATS)}", "--format")
-    chosen = chosen_seeds(seeds, n)
+    chosen = chosen_seeds(seeds, n, limit=MAX_EXPORT)
     truncation = _common(truncation, batch_size)
     from ganctl.bulk import export_images as export
 
@@ -144,6 +155,7 @@ def interpolate(target: PathLike | None, out: PathLike, seeds: Seeds | None = No
     out = check_out(out)
     flag("loop", loop)
     chosen = chosen_seeds(seeds, n, default=4)
+    frames, fps, scale = (_int(value) for value in (frames, fps, scale))
     check_request(chosen, frames, fps, scale, out, loop)
     truncation = _common(truncation, batch_size)
     loaded, dev = _open(target, device, ema, notes)

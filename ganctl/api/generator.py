@@ -144,13 +144,14 @@ class Generator:
         return to_pil(make_grid(self._draw(chosen, truncation, class_, batch_size), gap, rows))
 
 
-def chosen_seeds(seeds: Seeds | None, n: int | None, default: int = DEFAULT_N) -> list[int]:
-    """The seeds asked for: `seeds`, or range(n), or range(default)."""
+def chosen_seeds(seeds: Seeds | None, n: int | None, default: int = DEFAULT_N,
+                 limit: int = MAX_SEEDS) -> list[int]:
+    """The seeds asked for: `seeds`, or range(n), or range(default); at most `limit`."""
     if seeds is not None and n is not None:
         raise ConfigError("give seeds or n, not both (n=16 is seeds=range(16))")
     if n is None:
-        return seed_list(range(default) if seeds is None else seeds)
-    return seed_list(range(whole_number("n", n, 1, MAX_SEEDS, " (the images, seeds 0..n-1)")))
+        return seed_list(range(default) if seeds is None else seeds, limit)
+    return seed_list(range(whole_number("n", n, 1, limit, " (the images, seeds 0..n-1)")), limit)
 
 
 @ganctl_errors

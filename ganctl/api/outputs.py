@@ -24,7 +24,7 @@ EXAMPLES = {"image": "grid.png", "onnx": "G.onnx", "torchscript": "G.pt"}
 def check_out(out: PathLike, fmt: str = "image") -> Path:
     """OUT as a Path, once it may be written (see the module's docstring); `fmt`: image,
     torchscript or onnx. A trailing / names a folder, which is a usage error."""
-    path("out", out, "a file's path")
+    path("out", out, "a file's path", required=True)
     text = os.fspath(out)
     if text.endswith(("/", os.sep)):
         raise UsageError(f"{text} names a folder; give a file's name, like {text}{EXAMPLES[fmt]}",
@@ -64,7 +64,7 @@ def _check_path(out: Path, fmt: str) -> None:
 def export_target(out: PathLike, fmt: str | None) -> tuple[Path, str]:
     """OUT of an export and its format: `fmt`, else what OUT's suffix says, else torchscript;
     a suffix and a format that contradict each other are a usage error."""
-    path("out", out, "a file's path")
+    path("out", out, "a file's path", required=True)
     if fmt is not None and fmt not in EXPORT_FORMATS:
         raise UsageError(f"{fmt!r} is not torchscript or onnx", "--format")
     target = Path(os.fspath(out))

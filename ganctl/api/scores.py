@@ -21,6 +21,7 @@ from ganctl.api.checks import (
     path,
     whole_number,
 )
+from ganctl.api.outputs import check_out
 from ganctl.config import BOUNDS
 from ganctl.device import resolve_device
 from ganctl.errors import ConfigError, UsageError
@@ -114,7 +115,7 @@ def runs(root: PathLike | None = None) -> list[dict[str, Any]]:
     from ganctl.runs import list_runs
 
     path("root", root, "the folder that holds the runs")
-    if root is not None and not os.path.lexists(root):
+    if root is not None and not os.path.exists(root):  # (a link to nothing is not there)
         raise ConfigError(f"{os.fspath(root)} does not exist; give the folder that holds the runs "
                           "(default ./runs)")
     return list_runs(None if root is None else Path(os.fspath(root)))
@@ -143,10 +144,9 @@ def plot(run: PathLike, out: PathLike | None = None) -> dict[str, Any]:
     default RUN/curves.png), as `ganctl plot` does; returns the run and the file written."""
     from ganctl.plot import plot_run
 
-    path("run", run, "a run directory")
-    path("out", out, "a .png file's path")
+    path("run", run, "a run directory", required=True)
     run_dir = Path(os.fspath(run))
-    target = run_dir / "curves.png" if out is None else Path(os.fspath(out))
+    target = check_out(run_dir / "curves.png" if out is None else out)  # a file it may replace
     if target.suffix.lower() != ".png":
         raise UsageError(f"{target} must end in .png", "OUT.png")
     return {"run_dir": str(run_dir), "out": str(plot_run(run_dir, target))}

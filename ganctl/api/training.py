@@ -4,7 +4,6 @@ the command line calls with its own progress log."""
 
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from ganctl import resuming, rundir, session
 from ganctl import settings as layers  # (train takes **settings)
-from ganctl.api.checks import PathLike, console, flag, ganctl_errors, got, path
+from ganctl.api.checks import PathLike, console, flag, ganctl_errors, got, path, plain
 from ganctl.config import FIELD_NAMES, RESUME_OVERRIDABLE
 from ganctl.configfile import load_config_file
 from ganctl.engine.loop import RunResult
 from ganctl.errors import ConfigError, RunError, Stopped, UsageError, did_you_mean, shorten
 from ganctl.output.progress import RunLog
-from ganctl.seeds import whole
 
 if TYPE_CHECKING:
     from ganctl.api.generator import Generator
@@ -33,6 +31,7 @@ COMMAND_LINE_ONLY = {
     "debug": "errors are raised as they are, tracebacks included"}
 # train()'s own arguments; every other keyword is a config key (ganctl.config.Config's fields)
 TRAIN_ARGS = ("out", "config", "max_time", "resume", "overwrite", "download", "quiet")
+RESUME_ARGS = ("target", "max_time", "download", "allow_data_change", "quiet")
 
 
 # --- train ----------------------------------------------------------------------------------------
@@ -95,7 +94,7 @@ def train(*, out: PathLike | None = None, config: PathLike | None = None,
 
     Example: run = ganctl.train(dataset="mnist", steps=2000, batch_size=64, out="runs/m")
     """
-    given = _settings(settings, "train()")
+    given = _settings(settings, "train()", TRAIN_ARGS)
     for name, value in (("resume", resume), ("overwrite", overwrite), ("download", download),
                         ("quiet", quiet)):
         flag(name, value)
@@ -153,7 +152,7 @@ def resume(target: PathLike | None = None, *, max_time: str | None = None, downl
 
     Example: ganctl.resume("runs/m", steps=4000)
     """
-    given = _settings(settings, "resume()")
+    given = _settings(settings, "resume()", RESUME_ARGS)
     for name, value in (("download", download), ("allow_data_change", allow_data_change),
                         ("quiet", quiet)):
         flag(name, value)
@@ -187,37 +186,18 @@ def _check_duration(max_time: object) -> None:
                           f"got {got(max_time)}")
 
 
-def _settings(settings: dict[str, Any], caller: str) -> dict[str, Any]:
-    """The config keys given, as the plain values a config file holds (see _plain); an unknown
+def _settings(settings: dict[str, Any], caller: str, own: tuple[str, ...]) -> dict[str, Any]:
+    """The config keys given, as the plain values a config file holds (see checks.plain); an unknown
     one is a ConfigError that names the closest known name."""
     for key in settings:
         if key in COMMAND_LINE_ONLY:
             raise ConfigError(f"{caller} has no {key}=: {COMMAND_LINE_ONLY[key]}")
         if key not in FIELD_NAMES:
-            hint = did_you_mean(key, FIELD_NAMES + TRAIN_ARGS)
+            hint = did_you_mean(key, FIELD_NAMES + own)
             raise ConfigError(f"{caller} got an unknown setting {shorten(key)}{hint}; settings are the "
                               "config keys, the command line's flags with underscores "
                               "(--batch-size is batch_size): see ganctl.config.Config")
-    return {k: _plain(v) for k, v in settings.items() if v is not None}
-
-
-def _plain(value: Any) -> Any:
-    """A setting as TOML would give it: a path as its string, numpy's integers as int and its
-    floats as float (a notebook's np.int64(64) is a batch size); anything else as it is, for the
-    config's own checks to judge."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    number = whole(value)
-    if number is not None:
-        return number
-    if isinstance(value, numbers.Real):
-        try:
-            return float(value)
-        except OverflowError:  # Fraction(10**400): left to the config's "a float can hold"
-            return value
-    return value
+    return {k: plain(v) for k, v in settings.items() if v is not None}
 
 
 def _resumable(e: Stopped) -> Stopped:

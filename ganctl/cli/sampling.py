@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -115,7 +115,7 @@ def sample(
     seed = seed or 0
     default_n = 8 if class_ == "all" else 4 if interpolate else 64
     chosen = (_usage("--seeds", parse_seeds, seeds) if seeds is not None
-              else list(range(seed, seed + (n or default_n))))
+              else range(seed, seed + (n or default_n)))
     if chosen[-1] > 2**63 - 1:
         raise typer.BadParameter(f"seeds {chosen[0]}..{chosen[-1]} go past 2**63 - 1; use a "
                                  "smaller --seed", param_hint="--seed")
@@ -172,7 +172,7 @@ def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt:
             "OUT")
 
 
-def _bulk(ckpt: str | None, seeds: list[int], out_dir: Path, fmt: str, drawing: dict[str, Any],
+def _bulk(ckpt: str | None, seeds: Sequence[int], out_dir: Path, fmt: str, drawing: dict[str, Any],
           json_mode: bool, debug: bool) -> None:
     """sample --out-dir: one file per seed, resumable (api.export_images)."""
     from ganctl import api
@@ -207,7 +207,7 @@ def _bulk(ckpt: str | None, seeds: list[int], out_dir: Path, fmt: str, drawing: 
                         f"already there), {speed}")
 
 
-def _interpolate(ckpt: str | None, seeds: list[int], out: Path, motion: dict[str, Any],
+def _interpolate(ckpt: str | None, seeds: Sequence[int], out: Path, motion: dict[str, Any],
                  drawing: dict[str, Any], json_mode: bool, debug: bool) -> None:
     """sample --interpolate (api.interpolate)."""
     from ganctl import api
