@@ -10,11 +10,12 @@ os.environ["MKL_NUM_THREADS"] = "1"
 
 import shutil  # noqa: E402
 import signal  # noqa: E402
+import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers import TINY, invoke  # noqa: E402
+from helpers import TINY, invoke, refuse_download, write_feature_net  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -58,3 +59,21 @@ def trained_run(_trained: Path, workdir: Path) -> Path:
     run_dir = workdir / "runs" / "0001-shapes-dcgan"
     shutil.copytree(_trained, run_dir)
     return run_dir
+
+
+@pytest.fixture
+def run(_trained: Path, workdir: Path) -> Path:
+    """The same run at ./r, named by a relative path as a user names a run."""
+    shutil.copytree(_trained, workdir / "r")
+    return Path("r")
+
+
+@pytest.fixture
+def fake_net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in feature network in the float299 form, found through GANCTL_INCEPTION; the user
+    cache is an empty temp dir and nothing is downloaded."""
+    path = write_feature_net(tmp_path / "nets" / "fake.pt")
+    monkeypatch.setenv("GANCTL_INCEPTION", str(path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(urllib.request, "urlopen", refuse_download)
+    return path

@@ -1,6 +1,8 @@
-"""What the tests share: running the CLI (in-process and as a process), tiny run settings,
-checkpoint checks and damage, fault injection from outside the package, and miniature datasets
-written in the exact on-disk formats the real ones use."""
+"""What the tests share (fixtures are in conftest.py): running the CLI (in-process and as a
+process) and reading its help, tiny run settings and tiny engine states, checkpoint checks, damage
+and forgeries, fault injection from outside the package, miniature datasets written in the exact
+on-disk formats the real ones use, and stand-ins for the Inception network, a D and an adaptive
+augmentation."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -22,11 +25,16 @@ import torch
 import typer.main
 import typer.testing
 from PIL import Image
+from torch import nn
 from typer.testing import CliRunner
 
 from ganctl import checkpoint, rundir
 from ganctl.cli import app
+from ganctl.config import Config
+from ganctl.data import shapes
 from ganctl.engine import loop
+from ganctl.engine.state import init_state
+from ganctl.losses.augment import Augmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = Path(__file__).resolve().parent / "launch.py"  # ganctl with faults injected, as a process
@@ -39,6 +47,12 @@ TINY = ["--no-curves", "--steps", "4", "--batch-size", "8", "--g-width", "8", "-
 # checkpoints of about 8 MB: big enough for a slowed write to be caught in the middle
 MEDIUM = ["--batch-size", "8", "--g-width", "32", "--d-width", "32", "--log-every", "1",
           "--sample-every", "100000", "--device", "cpu", "--no-curves"]
+TINY_NO_STEPS = [a for i, a in enumerate(TINY) if a != "--steps" and TINY[i - 1] != "--steps"]
+# smaller still, for the tests of datasets: 4-channel, batch 4, 2 steps
+TRAIN2 = ["--steps", "2", "--batch-size", "4", "--g-width", "4", "--d-width", "4",
+          "--log-every", "1", "--device", "cpu"]
+CPU = torch.device("cpu")
+CKPT = "runs/0001-shapes-dcgan/checkpoints/step-000000004.safetensors"  # trained_run's newest
 
 
 # --- running the CLI --------------------------------------------------------------------------
@@ -72,6 +86,38 @@ def assert_one_line_error(result, code: int, *fragments: str) -> None:
         assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     for fragment in fragments:
         assert fragment in err, err
+
+
+def assert_clean(result) -> None:
+    """Refused as expected: exit 1 or 2, and no bug marker or traceback anywhere."""
+    assert result.exit_code in (1, 2), result.output
+    assert "unexpected" not in result.output.lower(), result.output
+    assert "Traceback" not in result.output
+
+
+def help_text(*command: str) -> str:
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+# options that are switches without a value of their own: nothing to show as a default
+SWITCHES = {"--help", "--list-presets", "--print-config", "--resume", "--overwrite", "--json",
+            "--debug", "--install-completion", "--show-completion"}
+
+
+def option_blocks(text: str) -> dict[str, str]:
+    """Each option of a rich help screen and the text of its row(s), by long name."""
+    blocks: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        found = re.match(r"│ (--[a-z0-9-]+)\s", line)  # a row's first cell (wrapped text is indented)
+        if found:
+            name = found.group(1)
+            blocks[name] = ""
+        if name:
+            blocks[name] += " " + line.strip("│ ").strip()
+    return blocks
 
 
 def start(*args: object, cwd: Path, slow_write: float | None = None) -> subprocess.Popen:
@@ -140,6 +186,30 @@ def signal_at(monkeypatch, step: int, *signums: int) -> None:
     monkeypatch.setattr(loop, "train_step", stepped)
 
 
+# --- tiny configs and states, for the engine without the command line ------------------------
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (32, 3, 32, 32), dtype=np.uint8)
+
+
+def tiny_config(**changes) -> Config:
+    return Config(g_width=8, d_width=8, batch_size=8, z_dim=16, **changes)
+
+
+CLASSES = ("a", "b", "c")
+
+
+def small(arch, loss, conditional, **extra):
+    return Config(arch=arch, loss=loss, conditional=conditional, classes=CLASSES,
+                  resolution=32, g_width=4, d_width=4, z_dim=8, batch_size=4, device="cpu",
+                  r1=1.0, r2=1.0, r1_every=2, augment="diffaug", **extra)
+
+
+def state_of(config):
+    images = shapes.render(32, 3, n=64)
+    labels = torch.arange(64) % 3
+    return init_state(config, torch.device("cpu"), images, labels)
+
+
 # --- run directories and checkpoints ------------------------------------------------------------
 
 def valid_steps(run_dir: Path) -> list[int]:
@@ -197,8 +267,38 @@ def rewrite(src: Path, dst: Path, change) -> None:
     checkpoint.save(dst, tensors, meta.pop("ganctl.config"), int(meta.pop("ganctl.step")), meta)
 
 
+def _forge(src: Path, dst: Path, edit) -> None:
+    """Rewrite a checkpoint's header (dict) with `edit`, keeping its data bytes."""
+    raw = src.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    data = raw[8 + n:]
+    data = edit(header, data) or data
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    dst.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def _checksum_again(header, data):
+    from ganctl.checkpoint.write import _checksum
+    header["__metadata__"]["ganctl.checksum"] = _checksum(data, header["__metadata__"])
+
+
+def _config_edit(**changes):
+    def edit(header, data):
+        meta = header["__metadata__"]
+        meta["ganctl.config"] = json.dumps({**json.loads(meta["ganctl.config"]), **changes})
+        _checksum_again(header, data)
+    return edit
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+# a step's record in metrics.jsonl
+RECORD = {"step": 10, "time": 0.0, "loss_D": 1.25, "loss_G": 0.5, "D_real": 0.6, "D_fake": 0.4,
+          "img_per_s": 321.0}
 
 
 # --- datasets on disk ------------------------------------------------------------------------------
@@ -412,3 +512,50 @@ def write_feature_net(path: Path, form: str = "float299") -> Path:
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
         torch.jit.script(module).save(str(path))
     return path
+
+
+def refuse_download(*args, **kwargs):
+    raise AssertionError("no download in these tests")
+
+
+# --- stand-ins for a D and for an adaptive augmentation ------------------------------------------
+
+class LinearD(nn.Module):
+    """D(x) = <w, x>: its gradient in x is w everywhere, of norm |w|."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(w.clone())
+
+    def forward(self, x, c=None):
+        return x.flatten(1) @ self.w
+
+
+TARGET = 0.6  # the share of reals D should call real; above it, augment more
+
+
+class ToyAdaptive(Augmentation):
+    """Flips each image left-right with probability p, and moves p by 0.05 toward making D's
+    mean sign on reals TARGET, every 2 steps (adaptive augmentation in miniature)."""
+
+    feedback_names = ("signs", "count")
+    interval = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("p", torch.tensor(0.5))
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        flip = torch.rand(x.shape[0], device=x.device, generator=generator) < self.p
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+    def measure(self, real_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"signs": real_logits.sign().sum(), "count": torch.tensor(float(len(real_logits)))}
+
+    def feedback(self, totals: dict[str, torch.Tensor]) -> None:
+        seen.append({k: float(v) for k, v in totals.items()})
+        rate = totals["signs"] / totals["count"]
+        self.p.add_(0.05 * torch.sign(rate - TARGET)).clamp_(0, 1)
+
+
+seen: list[dict[str, float]] = []  # what ToyAdaptive.feedback was given, in order

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, damage, read_json, signal_at, valid_steps, write_feature_net
+from helpers import CPU, ROOT, damage, read_json, signal_at, valid_steps, write_feature_net
 from PIL import Image
 
 import ganctl
@@ -31,7 +31,6 @@ from ganctl.seeds import parse_seeds
 # the tiny model of helpers.TINY, as keywords
 TINY = {"batch_size": 8, "g_width": 8, "d_width": 8, "log_every": 2, "sample_every": 2,
         "ckpt_every": 2, "device": "cpu", "quiet": True}
-CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +167,26 @@ def test_load_warns_of_a_damaged_checkpoint_it_passes_over(run_dir):
     with pytest.warns(UserWarning, match="skipping step-000000004.safetensors") as caught:
         G = ganctl.load(run_dir)
     assert G.step == 2 and caught[0].filename == __file__  # the warning points at the caller
+
+
+# --- load and train: what is not a path, and a run that is there ----------------------------------
+
+def test_load_of_something_that_is_no_path_is_a_ganctl_error(workdir):
+    import ganctl  # noqa: PLC0415
+    from ganctl.errors import ConfigError  # noqa: PLC0415
+    with pytest.raises(ConfigError, match="got int 5"):
+        ganctl.load(5)
+
+
+def test_the_api_says_how_to_continue_a_run_in_python_terms(workdir):
+    import ganctl  # noqa: PLC0415
+    from ganctl.errors import RunError  # noqa: PLC0415
+    settings = {"steps": 2, "batch_size": 8, "g_width": 8, "d_width": 8, "device": "cpu",
+                "quiet": True}
+    ganctl.train(out="r", **settings)
+    with pytest.raises(RunError, match=r"ganctl.train\(out='r', resume=True\), replace it with "
+                                       r"overwrite=True"):
+        ganctl.train(out="r", **settings)
 
 
 # --- seeds ------------------------------------------------------------------------------------------

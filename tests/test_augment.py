@@ -1,43 +1,18 @@
-"""Augmentations as modules with state and feedback (ganctl/losses/augment.py): a toy adaptive
-one, built through the public interface, trains, checkpoints its state and resumes exactly."""
+"""Augmentations (ganctl/losses/augment.py): DiffAugment's policies, and a toy adaptive
+augmentation, built through the public interface, that trains, checkpoints its state and resumes
+exactly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TINY, assert_same_tensors, final_tensors, invoke
+from helpers import TINY, ToyAdaptive, assert_same_tensors, final_tensors, invoke, seen
 
+from ganctl.config import Config
+from ganctl.errors import ConfigError
 from ganctl.losses import augment
-from ganctl.losses.augment import Augmentation, DiffAugment
-
-TARGET = 0.6  # the share of reals D should call real; above it, augment more
-
-
-class ToyAdaptive(Augmentation):
-    """Flips each image left-right with probability p, and moves p by 0.05 toward making D's
-    mean sign on reals TARGET, every 2 steps (adaptive augmentation in miniature)."""
-
-    feedback_names = ("signs", "count")
-    interval = 2
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("p", torch.tensor(0.5))
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        flip = torch.rand(x.shape[0], device=x.device, generator=generator) < self.p
-        return torch.where(flip[:, None, None, None], x.flip(3), x)
-
-    def measure(self, real_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"signs": real_logits.sign().sum(), "count": torch.tensor(float(len(real_logits)))}
-
-    def feedback(self, totals: dict[str, torch.Tensor]) -> None:
-        seen.append({k: float(v) for k, v in totals.items()})
-        rate = totals["signs"] / totals["count"]
-        self.p.add_(0.05 * torch.sign(rate - TARGET)).clamp_(0, 1)
-
-
-seen: list[dict[str, float]] = []
+from ganctl.losses.augment import DiffAugment
+from ganctl.models import build_models
 
 
 @pytest.fixture
@@ -98,3 +73,27 @@ def test_a_diffaug_run_writes_no_augmentation_state(workdir):
     assert invoke("train", *TINY, "--augment", "diffaug", "--out", "r").exit_code == 0
     _, tensors = final_tensors(workdir / "r")
     assert not any(k.startswith("loss.") for k in tensors)
+
+
+# --- DiffAugment's policies -----------------------------------------------------------------------
+
+def test_diffaugment_is_differentiable_and_keeps_the_shape():
+    torch.manual_seed(0)
+    G, _ = build_models(Config(g_width=4, d_width=4, z_dim=8))
+    x = G(torch.randn(6, 8))
+    policy = augment.make("diffaug")
+    y = policy(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.equal(x, y)
+    y.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
+    assert augment.parse("diffaug:color") == ["color"] and augment.make("") is None
+    with pytest.raises(Exception, match="unknown policy 'flip'"):
+        augment.parse("diffaug:flip")
+    assert augment.parse("none") == augment.parse("off") == augment.parse("") == []
+    assert augment.parse("diffaug") == list(augment.POLICIES)
+    for spec, message in (("diffaug:", "an empty policy"), ("diffaug:,", "an empty policy"),
+                          ("diffaug:color,,cutout", "an empty policy"),
+                          ("diffaug:cutout,cutout", "names a policy twice"),
+                          ("flip", "the augmentation is diffaug")):
+        with pytest.raises(ConfigError, match=message):
+            augment.parse(spec)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from helpers import TINY, invoke
+from helpers import CPU, TINY, invoke
 from PIL import Image
 
 import ganctl
@@ -19,7 +18,6 @@ from ganctl.errors import ConfigError
 from ganctl.imagefiles import GRID_PADDING, make_grid, png_bytes
 from ganctl.sample import LoadedGenerator, generate, labels_for_seeds, latents_from_seeds, load_generator
 
-CPU = torch.device("cpu")
 KW = {"batch_size": 8, "g_width": 8, "d_width": 8, "log_every": 1, "sample_every": 100,
       "ckpt_every": 2, "device": "cpu", "quiet": True, "steps": 2}
 

@@ -1,20 +1,40 @@
-"""The checkpoint file: exact round trip, metadata and checksum, atomic writes, and damaged or
-hostile files refused with one line by every command that reads them."""
+"""The checkpoint file: exact round trip, metadata and checksum, atomic writes that survive kill -9
+and a full disk, and damaged, forged or hostile files refused with one line by every command that
+reads them."""
 
 import json
+import os
+import random
 import re
+import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, assert_one_line_error, damage, invoke, rewrite
+from helpers import (
+    IMAGES,
+    MEDIUM,
+    TINY,
+    _checksum_again,
+    _config_edit,
+    _forge,
+    assert_clean,
+    assert_one_line_error,
+    damage,
+    invoke,
+    rewrite,
+    start,
+    tiny_config,
+    valid_steps,
+)
 from safetensors.torch import save_file
 
 from ganctl import checkpoint, fsutil, info
 from ganctl.config import Config
 from ganctl.data import shapes
-from ganctl.engine.state import init_state, load_state, state_tensors
+from ganctl.engine.state import init_state, load_state, snapshot, state_tensors
 from ganctl.engine.step import train_step
 from ganctl.errors import CheckpointError
 
@@ -476,3 +496,196 @@ def test_trained_processes_reads_a_small_whole_number_else_one(tmp_path, text, p
     path = tmp_path / "c.safetensors"
     checkpoint.save(path, {"G.w": torch.ones(1)}, CONFIG.to_json(), 1, {"ganctl.world_size": text})
     assert info.trained_processes(checkpoint.read_header(path)) == processes
+
+
+# --- kills and full disks while saving ------------------------------------------------------------
+
+def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(workdir):
+    proc = start("train", *MEDIUM, "--steps", "100000", "--ckpt-every", "2", "--out", "r",
+                 cwd=workdir, slow_write=1)
+    ckpt_dir = workdir / "r" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the step-2 file is complete and step 4 is being written
+        if (ckpt_dir / "latest").exists() and list(ckpt_dir.glob(".step-000000004*.tmp-*")):
+            break
+        time.sleep(0.02)
+    time.sleep(random.Random(9).uniform(0.05, 0.5))
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert (ckpt_dir / "latest").read_text().strip() == "step-000000002.safetensors"
+    assert valid_steps(workdir / "r") == [2]
+    assert list(ckpt_dir.glob(".*.tmp-*"))  # the half-written file, never renamed into place
+    assert invoke("sample", "-n", "4", "s.png", "--ckpt", "r").exit_code == 0
+    result = invoke("resume", "r", "--steps", "3", "--ckpt-every", "1000")
+    assert result.exit_code == 0, result.output
+    assert valid_steps(workdir / "r") == [2, 3] and not list(ckpt_dir.glob(".*.tmp-*"))
+
+
+def test_a_full_disk_while_saving_keeps_the_last_checkpoint(workdir, monkeypatch):
+    from ganctl import fsutil
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the disk is full when the second checkpoint is written
+        if "step-000000004.safetensors" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil.os, "fsync", fsync)
+    result = invoke("train", *TINY, "--out", "r")
+    assert result.exit_code == 1
+    assert "cannot write checkpoint" in result.stderr and "No space left on device" in result.stderr
+    ckpt_dir = workdir / "r" / "checkpoints"
+    assert (ckpt_dir / "latest").read_text().strip() == "step-000000002.safetensors"
+    assert valid_steps(workdir / "r") == [2] and not list(ckpt_dir.glob(".*tmp*"))
+
+
+# --- metadata of every JSON type ------------------------------------------------------------------
+
+JSON_VALUES = [None, [], {}, "64", 1e308, True, -1, [1, 2], {"a": 1}, 2**70]
+
+
+@pytest.mark.parametrize("value", JSON_VALUES, ids=repr)
+def test_checkpoint_config_values_of_any_json_type(trained_run, workdir, value):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+
+    def change(tensors, meta):
+        config = json.loads(meta["ganctl.config"])
+        config["g_width"] = value
+        meta["ganctl.config"] = json.dumps(config)
+
+    rewrite(ckpt, workdir / "forged.safetensors", change)
+    for command in (["inspect", "forged.safetensors"], ["sample", "o.png", "--ckpt", "forged.safetensors"],
+                    ["resume", "forged.safetensors"]):
+        assert_clean(invoke(*command))
+
+
+@pytest.mark.parametrize("value", JSON_VALUES + ["{", '"\\ud800"', "[" * 100000], ids=lambda v: repr(v)[:20])
+def test_checkpoint_metadata_fields_of_any_json_type(trained_run, workdir, value):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+
+    def change(tensors, meta):
+        meta["ganctl.config"] = value if isinstance(value, str) else json.dumps(value)
+
+    rewrite(ckpt, workdir / "forged.safetensors", change)
+    assert_clean(invoke("sample", "o.png", "--ckpt", "forged.safetensors"))
+    result = invoke("inspect", "forged.safetensors")  # {} is a config: all defaults
+    assert result.exit_code in (0, 1) and "unexpected" not in result.output
+    assert "Traceback" not in result.output
+
+
+# --- headers against their bytes ------------------------------------------------------------------
+
+def _in_bounds_giant(header, data):
+    """A config of widths 3000 (within the bounds) with every tensor's shape scaled to match,
+    the offsets left alone, and the checksum recomputed: a 1 MB file that claims gigabytes."""
+    from ganctl.config import Config
+    from ganctl.models import build_models
+    meta = header["__metadata__"]
+    config = json.loads(meta["ganctl.config"])
+    config.update(g_width=3000, d_width=3000)
+    meta["ganctl.config"] = json.dumps(config)
+    import torch
+    with torch.device("meta"):
+        G, D = build_models(Config.from_dict(config))
+    for prefix, net in (("G", G), ("D", D), ("G_ema", G)):
+        for k, v in net.state_dict().items():
+            header[f"{prefix}.{k}"]["shape"] = list(v.shape)
+    _checksum_again(header, data)
+
+
+def _shared_span(header, data):
+    names = sorted(k for k in header if k != "__metadata__")
+    header[names[1]]["data_offsets"] = header[names[0]]["data_offsets"]
+
+
+def _dtype_changed(header, data):
+    name = next(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32")
+    header[name]["dtype"] = "F16"
+
+
+def _gap(header, data):
+    name = min((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    start, stop = header[name]["data_offsets"]
+    header[name]["data_offsets"] = [start + 8, stop + 8]
+
+
+def _trailing(header, data):
+    _checksum_again(header, data + b"\0" * 8)
+    return data + b"\0" * 8
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_in_bounds_giant, "declares F32"), (_shared_span, "is corrupted"),
+    (_dtype_changed, "declares F16"), (_gap, "gaps"), (_trailing, "8 bytes past its data"),
+])
+def test_headers_that_disagree_with_their_bytes_are_refused_before_anything_is_built(
+        trained_run, workdir, edit, message):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    _forge(ckpt, workdir / "f.safetensors", edit)
+    for command in (["inspect", "f.safetensors"], ["inspect", "f.safetensors", "--no-verify"],
+                    ["sample", "o.png", "--ckpt", "f.safetensors"], ["resume", "f.safetensors"],
+                    ["eval", "f.safetensors", "--num", "2"]):
+        result = invoke(*command)
+        assert_one_line_error(result, 1, message)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"arch": "resnet"}, "does not match its config's model"),
+    ({"z_dim": 50}, "the config's model needs"),
+    ({"conditional": True}, "does not match its config's model"),
+    ({"resolution": 64}, "does not match its config's model"),
+    ({"arch": "biggan"}, "unknown arch 'biggan'"), ({"loss": "foo"}, "unknown loss 'foo'"),
+    ({"augment": "diffaug:foo"}, "unknown policy 'foo'"),
+    ({"classes": [str(i) for i in range(200_000)]}, "at most 100000 class names"),
+])
+def test_a_config_edited_out_of_step_with_its_tensors_is_refused_by_every_command(
+        trained_run, workdir, changes, message):
+    run = workdir / "run"
+    shutil.copytree(trained_run, run)
+    ckpt = run / "checkpoints" / "step-000000004.safetensors"
+    _forge(ckpt, ckpt, _config_edit(**changes))
+    for command in (["inspect", ckpt], ["sample", "o.png", "--ckpt", ckpt], ["resume", ckpt]):
+        result = invoke(*command)
+        assert_one_line_error(result, 1, "step-000000004.safetensors", message)
+    assert not (workdir / "o.png").exists()
+
+
+def test_a_checkpoint_without_a_checksum_is_not_trusted(trained_run, workdir):
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+
+    def drop(header, data):
+        del header["__metadata__"]["ganctl.checksum"]
+        header["__metadata__"]["ganctl.schema"] = "1"
+
+    _forge(ckpt, workdir / "f.safetensors", drop)
+    for command in (["inspect", "f.safetensors"], ["sample", "o.png", "--ckpt", "f.safetensors"],
+                    ["resume", "f.safetensors"]):
+        assert_one_line_error(invoke(*command), 1, "has no checksum", "--no-verify")
+    assert invoke("inspect", "f.safetensors", "--no-verify").exit_code == 0
+
+
+def test_a_huge_file_is_refused_by_its_header_not_read(trained_run):
+    ckpt = trained_run / "checkpoints" / "step-000000009.safetensors"
+    with open(ckpt, "wb") as f:
+        f.write((trained_run / "checkpoints" / "step-000000004.safetensors").read_bytes())
+        f.truncate(10 << 30)  # sparse: 10 GB of holes after a valid checkpoint's bytes
+    result = invoke("inspect", ckpt)
+    assert_one_line_error(result, 1, "bytes past its data")
+    result = invoke("sample", "o.png", "--ckpt", trained_run, "--json")  # falls back to step 4
+    assert result.exit_code == 0 and json.loads(result.stdout)["step"] == 4
+
+
+# --- optimizer state ------------------------------------------------------------------------------
+
+def test_loaded_optimizer_moments_take_their_parameters_layout():
+    state = init_state(tiny_config(), torch.device("cpu"), IMAGES)
+    train_step(state, state.loss.phases())
+    saved = snapshot(state)
+    other = init_state(tiny_config(), torch.device("cpu"), IMAGES)
+    other.D.to(memory_format=torch.channels_last)  # as on a GPU
+    load_state(other, saved)
+    for p in other.D.parameters():
+        for value in other.opt_D.state[p].values():
+            if value.shape == p.shape:
+                assert value.stride() == p.stride()
+    train_step(other, other.loss.phases())  # the fused update takes them

@@ -1,4 +1,5 @@
-"""The config: typed, frozen, validated; layered defaults < preset < file < flags."""
+"""The config: typed, frozen, validated, every bound enforced; layered defaults < preset < file <
+flags, with notes on settings that change nothing and one spelling stored."""
 
 import dataclasses
 import datetime
@@ -9,7 +10,7 @@ import re
 import pytest
 from helpers import TINY, assert_one_line_error, invoke, read_json
 
-from ganctl.config import FIELD_TYPES, Config
+from ganctl.config import BOUNDS, FIELD_TYPES, Config
 from ganctl.configfile import load_config_file
 from ganctl.errors import ConfigError
 from ganctl.settings import resolve_config
@@ -36,6 +37,15 @@ def test_config_is_frozen_and_validated():
     labelled = Config(classes=["cat", "dog"])  # as JSON gives it back: a list
     assert labelled.classes == ("cat", "dog")
     assert Config.from_dict(json.loads(labelled.to_json())) == labelled
+
+
+def test_every_numeric_bound_is_enforced_for_files_too():
+    for name, (low, high) in BOUNDS.items():
+        kind = type(getattr(Config(), name))
+        for bad in (high * 2 + 1, low - 1 if name != "batch_size" else -1):  # 0: auto
+            with pytest.raises(ConfigError, match=name):
+                Config(**{name: kind(bad)})
+        Config(**{name: kind(high)})  # the bound itself is allowed
 
 
 def test_resolve_config_layers_preset_under_values():
@@ -284,3 +294,23 @@ def test_a_json_key_given_twice_is_refused_not_the_last_one_taken(workdir, text,
     assert "unexpected" not in result.stderr
     with pytest.raises(ConfigError, match="gives .* twice"):
         load_config_file(workdir / "c.json")
+
+
+# --- what the user is told of settings, and their spellings ---------------------------------------
+
+def test_settings_that_change_nothing_are_pointed_out(workdir):
+    result = invoke("train", *TINY, "--steps", "1", "--gp", "5", "--r1-every", "4",
+                    "--augment", "none", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "--gp is the weight of wgan-gp's penalty; with --loss bce it does nothing" in result.stdout
+    assert "without --r1 or --r2 it does nothing" in result.stdout
+    assert read_json(workdir / "r" / "config.json")["augment"] == ""  # none is stored as off
+    result = invoke("train", *TINY, "--steps", "1", "--loss", "wgan-gp", "--gp", "5", "--r1",
+                    "1", "--r1-every", "4", "--out", "r2")
+    assert result.exit_code == 0 and "does nothing" not in result.stdout
+
+
+def test_augment_is_stored_in_one_spelling():
+    from ganctl.settings import resolve_config
+    assert resolve_config({"augment": "DiffAug: color, cutout"}).augment == "diffaug:color,cutout"
+    assert resolve_config({"augment": " NONE "}).augment == resolve_config({}).augment == ""

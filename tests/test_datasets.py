@@ -1,19 +1,28 @@
-"""Datasets in their real on-disk formats, folders and zips of odd files, the decode cache,
-the built-in shapes, and batches with their labels."""
+"""Datasets (ganctl/data/): the real on-disk formats, CelebA's download, folders and zips of odd or
+hostile files (huge, special, trees that loop), the decode cache, the built-in shapes, and batches
+with their labels."""
 
 import json
+import os
 import pickle
 import shutil
+import threading
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers import (
     GOOD_IN_ODD_FOLDER,
+    IMAGES,
     TINY,
+    TRAIN2,
+    assert_clean,
+    assert_one_line_error,
     image_folder,
     invoke,
+    jpeg_bytes,
     read_json,
     write_celeba,
     write_cifar10,
@@ -23,16 +32,14 @@ from helpers import (
     write_svhn,
     zip_folder,
 )
+from PIL import Image
 
 from ganctl import checkpoint
 from ganctl import data as datasets
 from ganctl.config import Config
-from ganctl.data import Batches, cache, load_dataset, shapes
+from ganctl.data import Batches, cache, datafile, folders, load_dataset, shapes, sources
 from ganctl.data.cifarfile import read_cifar_pickle
 from ganctl.errors import DataError
-
-TRAIN2 = ["--steps", "2", "--batch-size", "4", "--g-width", "4", "--d-width", "4",
-          "--log-every", "1", "--device", "cpu"]
 
 
 def train_ok(*args):
@@ -259,14 +266,6 @@ def test_cache_is_reused_and_notices_a_changed_source(workdir, monkeypatch):
     assert built == [1] and changed["fingerprint"] != first["fingerprint"]
     other_size = info("--dataset", "imgs", "--resolution", "64")
     assert other_size["fingerprint"] != changed["fingerprint"]
-
-
-def test_data_prepare_builds_the_cache(workdir):
-    write_mnist(workdir / "data")
-    result = invoke("data", "prepare", "--dataset", "mnist")
-    assert result.exit_code == 0, result.output
-    assert "ready: mnist 10 images 32x32x1" in result.stdout
-    assert list((workdir / "cache").glob("mnist-*.images.npy"))
 
 
 def test_resume_refuses_a_changed_dataset(workdir):
@@ -619,9 +618,267 @@ def test_class_names_and_paths_with_control_characters_stay_on_one_line(workdir)
         "skipped 2 of 4 files (2 not\\nan image)"
 
 
-def test_data_info_shows_a_class_name_with_a_line_break_on_its_one_line(workdir):
-    image_folder(workdir / "nl" / "a\nb", 2, size=(8, 8))
-    image_folder(workdir / "nl" / "c", 2, size=(8, 8))
-    result = invoke("data", "info", "--dataset", "nl")
+# --- hostile files: reads are bounded, special files never opened, trees that loop walked once ----
+
+def test_a_64_gib_sparse_file_among_images_is_skipped_as_too_large_unread(workdir):
+    folder = image_folder(workdir / "imgs", 4)
+    with open(folder / "huge.png", "wb") as f:
+        f.truncate(64 << 30)  # sparse: no disk used, but 64 GiB if anything read it
+    doc = info("--dataset", "imgs")
+    assert doc["count"] == 4 and doc["skipped_by_reason"] == {"too large": 1}
+
+
+def test_the_file_size_limit_is_a_flag(workdir):
+    folder = image_folder(workdir / "imgs", 4)
+    noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "big.png")  # about 1.5 MB of incompressible PNG
+    assert (folder / "big.png").stat().st_size > 1 << 20
+    assert info("--dataset", "imgs", "--max-file-mb", "1")["skipped_by_reason"] == {"too large": 1}
+    assert info("--dataset", "imgs")["count"] == 5  # 256 MB by default
+    assert_clean(invoke("data", "info", "--dataset", "imgs", "--max-file-mb", "0"))
+
+
+def test_zip_members_declared_larger_than_the_limit_are_skipped(workdir):
+    folder = image_folder(workdir / "imgs", 4)
+    noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "big.png")
+    with zipfile.ZipFile(workdir / "z.zip", "w") as z:
+        for p in sorted(folder.iterdir()):
+            z.write(p, p.name)
+    assert info("--dataset", "z.zip", "--max-file-mb", "1")["skipped_by_reason"] == {"too large": 1}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_and_sockets_in_a_dataset_are_skipped_never_opened(workdir):
+    folder = image_folder(workdir / "imgs", 4)
+    os.mkfifo(folder / "pipe.png")
+    os.mkfifo(folder / "pipe.txt")
+    doc = info("--dataset", "imgs")  # would hang for ever if the FIFO were opened
+    assert doc["count"] == 4
+    assert doc["skipped_by_reason"] == {"not a regular file": 2}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_in_place_of_an_mnist_file_is_refused_not_read(workdir):
+    write_mnist(workdir / "data", gz=False)
+    target = workdir / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    target.unlink()
+    os.mkfifo(target)
+    result = invoke("data", "info", "--dataset", "mnist", "--no-download")
+    assert_clean(result)
+
+
+def test_a_huge_mnist_file_is_refused_in_one_line(workdir):
+    write_mnist(workdir / "data", gz=False)
+    with open(workdir / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte", "r+b") as f:
+        f.truncate(64 << 30)
+    result = invoke("data", "info", "--dataset", "mnist", "--no-download")
+    assert_one_line_error(result, 1, "train-images-idx3-ubyte is too large")
+
+
+def test_a_very_deep_tree_and_symlink_loops_are_walked(workdir):
+    folder = image_folder(workdir / "imgs", 2)
+    deep = str(folder)
+    for _ in range(1100):  # deeper than Python's recursion limit (pathlib's mkdir recurses)
+        deep += "/d"
+        os.mkdir(deep)
+    try:
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(Path(deep) / "bottom.png")
+        (folder / "up").symlink_to(folder, target_is_directory=True)  # a loop
+        (folder / "d" / "again").symlink_to(folder / "d", target_is_directory=True)
+        (folder / "dangling.png").symlink_to(folder / "nowhere.png")
+        files, passed = folders.walk_files(folder)
+        names = [str(rel) for rel, _, _ in files]
+        assert names.count("000.png") == 1 and len(names) == 3, names[:5]
+        assert any(n.endswith("bottom.png") for n in names)
+        assert ("dangling.png", "not a regular file") not in passed  # a broken link is no file
+        doc = info("--dataset", "imgs")
+        assert doc["count"] == 3
+    finally:  # shutil.rmtree (pytest's clean-up) recurses too: take the tree down from below
+        for made in (Path(deep) / "bottom.png", folder / "d" / "again"):
+            made.unlink(missing_ok=True)
+        while deep != str(folder):
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)
+
+
+def test_a_symlink_to_an_enclosing_folder_is_not_followed(workdir):
+    folder = image_folder(workdir / "imgs", 3)
+    (folder / "up").symlink_to(workdir, target_is_directory=True)
+    (folder / "root").symlink_to("/", target_is_directory=True)
+    files, passed = folders.walk_files(folder)
+    assert len(files) == 3
+    assert sorted(f for f, why in passed if why == "link to an enclosing folder") == ["root", "up"]
+    assert_one_line_error(invoke("data", "info", "--dataset", "/proc/self"), 1, "system folder")
+
+
+@pytest.mark.parametrize("where", ["/", "~"])
+def test_the_root_or_the_home_directory_is_not_scanned(workdir, where):
+    result = invoke("train", "--dataset", where, *TRAIN2)
+    assert_one_line_error(result, 1, "not a folder of images")
+
+
+def test_any_decoder_failure_is_a_counted_skip(workdir, monkeypatch):
+    folder = image_folder(workdir / "imgs", 6)
+    real_decode = cache.decode
+
+    def flaky(raw, *args):
+        image = real_decode(raw, *args)
+        marker = int(image[0, 0, 0])  # each image has its own red value
+        if marker == 25:
+            raise MemoryError
+        if marker == 50:
+            raise ZeroDivisionError("a decoder's own bug")
+        return image
+
+    monkeypatch.setattr(cache, "decode", flaky)
+    doc = info("--dataset", str(folder))
+    assert doc["count"] == 4
+    assert doc["skipped_by_reason"] == {"decoder error (ZeroDivisionError)": 1, "out of memory": 1}
+
+
+def test_decode_threads_hold_a_bounded_number_of_raw_bytes(monkeypatch):
+    size = 100_000
+    held, peak, lock = [0], [0], threading.Lock()
+    image = jpeg_bytes(Image.new("RGB", (8, 8), (9, 9, 9)))
+
+    def read(i):
+        with lock:
+            held[0] += size
+            peak[0] = max(peak[0], held[0])
+        try:
+            threading.Event().wait(0.002)
+            return image
+        finally:
+            with lock:
+                held[0] -= size
+
+    n = 300
+    source = sources.Source(name="x", origin="x", fingerprint="f", keys=[str(i) for i in range(n)],
+                            labels=np.full(n, -1), classes=[], read=read, encoded=True,
+                            sizes=np.full(n, size))
+    monkeypatch.setattr(cache, "RAW_BUDGET", 3 * size)
+    monkeypatch.setattr(cache, "CHUNK", 8)
+    chunks = list(cache._decode_all(source, 8, 3, "center", workers=8))
+    assert sum(len(c) for c in chunks) == n
+    assert 0 < peak[0] <= 3 * size
+
+
+def test_a_cache_of_the_wrong_shape_is_rebuilt(workdir):
+    image_folder(workdir / "imgs", 5)
+    first = info("--dataset", "imgs")
+    images = Path(first["cache"])
+    np.save(images, np.zeros((5, 3, 7, 7), dtype=np.uint8))  # the index lies about its contents
+    again = info("--dataset", "imgs")
+    assert again["count"] == 5 and again["fingerprint"] == first["fingerprint"]
+    r = first["resolution"]
+    assert np.load(images, mmap_mode="r").shape == (5, 3, r, r)
+    np.save(images, np.zeros((5, 3, r, r), dtype=np.float32))
+    assert info("--dataset", "imgs")["fingerprint"] == first["fingerprint"]
+    Path(str(images).replace(".images.npy", ".json")).write_text("[1, 2]")
+    assert info("--dataset", "imgs")["fingerprint"] == first["fingerprint"]
+
+
+def test_a_huge_file_size_limit_does_not_reserve_memory(workdir):
+    image_folder(workdir / "imgs", 4)
+    assert info("--dataset", "imgs", "--max-file-mb", str(1 << 20))["count"] == 4
+
+
+def test_read_regular_refuses_what_is_not_a_plain_file(tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    assert sources.read_regular(tmp_path / "f", 10) == b"x" * 10
+    with pytest.raises(sources.Skip, match="too large"):
+        sources.read_regular(tmp_path / "f", 9)
+    with pytest.raises(sources.Skip, match="missing"):
+        sources.read_regular(tmp_path / "nope", 9)
+    with pytest.raises(sources.Skip, match="not a regular file"):
+        sources.read_regular(tmp_path, 9)
+    with pytest.raises(DataError, match="too large"):
+        (tmp_path / "g.gz").write_bytes(__import__("gzip").compress(b"\0" * 3000))
+        monkeypatch = pytest.MonkeyPatch()
+        monkeypatch.setattr(datafile, "MAX_DATA_FILE", 1000)
+        try:
+            datafile.read_data_file(tmp_path / "g.gz", gunzip=True)  # a gzip bomb stops early
+        finally:
+            monkeypatch.undo()
+    assert datasets.DATASETS["celeba"].download is not None
+
+
+# --- CelebA's download ----------------------------------------------------------------------------
+
+def _fake_celeba_files(folder: Path, filename: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{i:06d}.jpg" for i in range(1, 9)]
+    if filename == "img_align_celeba.zip":
+        with zipfile.ZipFile(folder / filename, "w") as z:
+            for i, name in enumerate(names):
+                z.writestr(f"img_align_celeba/{name}",
+                           jpeg_bytes(Image.new("RGB", (178, 218), (i * 30, 80, 120))))
+    else:
+        (folder / filename).write_text("".join(f"{n} 0\n" for n in names))
+
+
+def test_celeba_downloads_the_two_files_it_needs_into_its_layout(workdir, monkeypatch):
+    import torchvision.datasets.utils as tvu
+    requested = []
+
+    def fake_drive(file_id, root, filename=None, md5=None):
+        requested.append((file_id, Path(root), filename, md5))
+        _fake_celeba_files(Path(root), filename)
+
+    monkeypatch.setattr(tvu, "download_file_from_google_drive", fake_drive)
+    result = invoke("train", "--dataset", "celeba", *TRAIN2, "--resolution", "32", "--out", "r")
     assert result.exit_code == 0, result.output
-    assert "classes     2: a\\nb (2), c (2)" in result.stdout.splitlines()
+    folder = workdir / "data" / "celeba"
+    assert [(r[1], r[2]) for r in requested] == [(folder, "img_align_celeba.zip"),
+                                                 (folder, "list_eval_partition.txt")]
+    assert requested[0][0] == "0B7EVK8r0v71pZjFTYXZWM3FlRnM" and len(requested[0][3]) == 32
+    assert json.loads((workdir / "r" / "data_report.json").read_text())["count"] == 8
+
+
+def test_a_google_drive_quota_refusal_is_one_line_with_the_manual_way(workdir, monkeypatch):
+    import gdown.exceptions
+    import torchvision.datasets.utils as tvu
+
+    def refused(file_id, root, filename=None, md5=None):
+        raise gdown.exceptions.FileURLRetrievalError(
+            "Failed to retrieve file url:\n\n\tToo many users have viewed or downloaded this file "
+            "recently. Please try accessing the file again later.\n\nYou may still be able to "
+            f"access the file from the browser:\n\n\thttps://drive.google.com/uc?id={file_id}\n")
+
+    monkeypatch.setattr(tvu, "download_file_from_google_drive", refused)
+    result = invoke("train", "--dataset", "celeba")
+    assert_one_line_error(result, 1, "Google Drive refused it", "quota", "img_align_celeba.zip",
+                          "list_eval_partition.txt", str(workdir / "data" / "celeba"),
+                          "mmlab.ie.cuhk.edu.hk")
+
+
+def test_gdown_is_a_dependency():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
+    assert '"gdown' in deps
+    import gdown  # noqa: F401  installed with ganctl
+
+
+# --- labels and layout ----------------------------------------------------------------------------
+
+def test_conditional_training_needs_every_image_in_a_class(workdir):
+    image_folder(workdir / "flat", 8)
+    assert_one_line_error(invoke("train", *TINY, "--conditional", "--dataset", "flat",
+                                 "--resolution", "32", "--out", "r"), 1,
+                          "--conditional needs labelled data", "flat' has no classes")
+    image_folder(workdir / "mixed", 6, classes=2)
+    image_folder(workdir / "mixed", 2)
+    assert_one_line_error(invoke("train", *TINY, "--conditional", "--dataset", "mixed",
+                                 "--resolution", "32", "--out", "r"), 1,
+                          "2 images of", "are beside the class folders")
+    assert not (workdir / "r").exists()
+
+
+def test_channels_last_batches_hold_the_same_images():
+    plain = Batches(IMAGES, 8, 0, torch.device("cpu"), mirror=True)
+    last = Batches(IMAGES, 8, 0, torch.device("cpu"), mirror=True,
+                   memory_format=torch.channels_last)
+    a, b = plain.next().x, last.next().x
+    assert b.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a, b)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import assert_one_line_error, invoke
 
 from ganctl.device import resolve_device
 from ganctl.errors import DeviceError
@@ -25,3 +26,11 @@ def test_auto_picks_the_gpu_with_most_free_memory(monkeypatch):
     assert resolve_device("cuda:2") == torch.device("cuda", 2)
     with pytest.raises(DeviceError, match="only 3 CUDA GPU"):
         resolve_device("cuda:3")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_absent_cuda_is_a_one_line_error(trained_run, device):
+    assert_one_line_error(invoke("train", "--device", device), 1, f"--device {device}",
+                          "no CUDA GPU")
+    assert_one_line_error(invoke("sample", "x.png", "--device", device), 1, "no CUDA GPU")

@@ -12,10 +12,18 @@ import threading
 import time
 from pathlib import Path
 
+import helpers
 import pytest
-import test_augment
 import torch
-from helpers import ROOT, assert_one_line_error, invoke, nan_batches, valid_steps, write_feature_net
+from helpers import (
+    ROOT,
+    assert_clean,
+    assert_one_line_error,
+    invoke,
+    nan_batches,
+    valid_steps,
+    write_feature_net,
+)
 from safetensors.torch import load_file
 
 from ganctl import distributed
@@ -219,6 +227,38 @@ def test_gpus_checks_what_it_can_before_starting_processes(workdir):
                               "--device cuda but no CUDA GPU is here")
 
 
+def test_gpus_with_batch_size_auto_is_refused_before_any_process_starts(workdir, monkeypatch):
+    """auto measures one process: with --gpus N it is a bad command line at once, not an error
+    from each of N processes after they loaded the data."""
+    from ganctl import distributed
+
+    def no_launch(*args: object) -> int:
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(distributed, "launch", no_launch)
+    for auto in ("auto", "AUTO"):
+        result = invoke("train", "--gpus", "2", "--batch-size", auto, "--device", "cpu")
+        assert_one_line_error(result, 2, "auto finds a batch size for one process",
+                              "divisible by 2")
+        assert_clean(result)
+    result = invoke("train", "--gpus", "2", "--batch-size", "lots", "--device", "cpu", "--json")
+    assert_one_line_error(result, 2, "'lots' is not a whole number")
+    assert json.loads(result.stdout)["exit_code"] == 2
+    assert not Path("runs").exists()
+    # what the processes would resolve is checked once, here: a config file's auto, a default
+    # batch that does not divide among them, a bad value in the file
+    Path("auto.toml").write_text('batch_size = "auto"\n')
+    result = invoke("train", "--gpus", "2", "--config", "auto.toml", "--device", "cpu")
+    assert_one_line_error(result, 2, "Invalid value for batch_size in auto.toml: auto finds a batch "
+                                     "size for one process")
+    result = invoke("train", "--gpus", "3", "--device", "cpu")  # shapes' batch 64
+    assert_one_line_error(result, 2, "Invalid value for the default batch size: batch size 64 is "
+                                     "the global batch", "multiple of 3 (--batch-size)")
+    Path("bad.toml").write_text("lr_g = -1\n")
+    assert_one_line_error(invoke("train", "--gpus", "2", "--config", "bad.toml"), 1, "lr_g")
+    assert not Path("runs").exists()
+
+
 # --- two processes ------------------------------------------------------------------------------
 
 def test_a_rank_whose_peer_never_joins_fails_in_one_line(workdir):
@@ -288,10 +328,10 @@ def _rank_worker(rank: int, port: int, root: Path) -> None:
     assert result.exit_code == 0, result.output
     runs["resume"] = {"stdout": result.stdout, "stderr": result.stderr}
     with pytest.MonkeyPatch.context() as patch:  # an adaptive augmentation's feedback, summed
-        patch.setitem(augment.KINDS, "toy", lambda options: test_augment.ToyAdaptive())
+        patch.setitem(augment.KINDS, "toy", lambda options: helpers.ToyAdaptive())
         result = invoke("train", *TINY, "--steps", "4", "--augment", "toy", "--out", root / "toy")
     assert result.exit_code == 0, result.output
-    runs["toy"] = {"fed back": test_augment.seen}
+    runs["toy"] = {"fed back": helpers.seen}
     with pytest.MonkeyPatch.context() as patch:
         if rank == 1:  # rank 1's real batch of step 4 is NaN
             nan_batches(patch, steps={4})

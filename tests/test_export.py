@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, assert_one_line_error, invoke
+from helpers import ROOT, TINY, assert_one_line_error, invoke
 
 from ganctl import __version__, checkpoint, export, fsutil, rundir
 from ganctl.errors import ConfigError, GanctlError
@@ -20,8 +20,6 @@ from ganctl.sample import LoadedGenerator, labels_for_seeds, latents_from_seeds,
 RUNS = {"dcgan": [], "resnet": ["--arch", "resnet"], "mlp": ["--arch", "mlp", "--resolution", "16"],
         "conditional": ["--conditional"]}
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_blocks() -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import invoke
+from helpers import CPU, invoke
 from PIL import Image, ImageSequence
 from torch import nn
 
@@ -25,8 +25,6 @@ from ganctl import rundir
 from ganctl.errors import ConfigError
 from ganctl.imagefiles import GRID_PADDING
 from ganctl.sample import LoadedGenerator, generate, latents_from_seeds, load_generator
-
-CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")

@@ -7,31 +7,16 @@ import dataclasses
 import json
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 import torch
-from helpers import ROOT, TINY, assert_one_line_error, invoke, write_feature_net
+from helpers import CKPT, ROOT, TINY, assert_one_line_error, invoke
 
 import ganctl
 from ganctl import metrics, plot, rundir
 from ganctl.metrics import Column, Metric
 from ganctl.output.sinks import eval_scalars
 from ganctl.sample import labels_for_seeds, latents_from_seeds
-
-CKPT = "runs/0001-shapes-dcgan/checkpoints/step-000000004.safetensors"
-
-
-@pytest.fixture
-def fake_net(tmp_path, monkeypatch):
-    """A stand-in feature network found through GANCTL_INCEPTION; nothing is downloaded."""
-    monkeypatch.setenv("GANCTL_INCEPTION", str(write_feature_net(tmp_path / "nets" / "fake.pt")))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(urllib.request, "urlopen", refuse_download)
-
-
-def refuse_download(*args, **kwargs):
-    raise AssertionError("no download in these tests")
 
 
 def counts(real, fake, device):

@@ -1,6 +1,8 @@
-"""FID, KID and precision/recall as functions, the feature network's lookup and forms, the cache
-of real statistics, `ganctl eval`, and evaluation during training with its `best` checkpoint."""
+"""FID, KID and precision/recall as functions (degenerate and non-finite statistics too), the
+feature network's lookup and forms, and evaluation during training with its `best` checkpoint
+(`ganctl eval`: test_cli_eval.py; scoring's bad inputs: test_scoring.py)."""
 
+import dataclasses
 import io
 import json
 import re
@@ -12,29 +14,20 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from helpers import TINY, assert_one_line_error, image_folder, invoke, read_json, write_feature_net
+from helpers import TINY, assert_one_line_error, invoke, read_json, write_feature_net
 
+from ganctl import metrics as registry
 from ganctl import rundir, scoring
-from ganctl.errors import FeatureNetError
+from ganctl.errors import ConfigError, FeatureNetError
 from ganctl.fsutil import sha256_file
 from ganctl.metrics import inception, parse_metrics
 from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
 from ganctl.metrics.kid import kernel_inception_distance, mmd2_unbiased
 from ganctl.metrics.pr import precision_recall
-from ganctl.metrics.stats import Accumulator
+from ganctl.metrics.scores import compute
+from ganctl.metrics.stats import KEEP, Accumulator, FeatureStats, float64_device
 
 EVAL = ["--eval-num", "24", "--eval-num-real", "48"]
-
-
-@pytest.fixture
-def fake_net(tmp_path, monkeypatch):
-    """A stand-in feature network in the float299 form, found through GANCTL_INCEPTION; the user
-    cache is an empty temp dir and nothing is downloaded."""
-    path = write_feature_net(tmp_path / "nets" / "fake.pt")
-    monkeypatch.setenv("GANCTL_INCEPTION", str(path))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    return path
 
 
 def offline(*args, **kwargs):
@@ -145,6 +138,101 @@ def test_precision_and_recall_do_not_depend_on_the_features_scale(scale):
     assert precision_recall(reals * scale, fakes * scale) == plain
 
 
+# --- degenerate and non-finite statistics ---------------------------------------------------------
+
+def constant(value: float, n: int = 5, d: int = 16) -> FeatureStats:
+    """Statistics of n identical images: a zero covariance."""
+    x = np.full((n, d), value)
+    return FeatureStats(n, x.mean(0), np.cov(x, rowvar=False), x.astype(np.float32))
+
+
+def test_identical_images_give_a_number_and_identical_sets_zero():
+    cpu = torch.device("cpu")
+    assert compute(["fid", "kid"], constant(0.5), constant(0.5), cpu)["fid"] == 0.0
+    assert compute(["fid"], constant(0.5), constant(1.5), cpu)["fid"] == pytest.approx(16.0)
+    assert compute(["fid"], constant(0.5, n=3000), constant(1.5, n=3000), cpu)["fid"] == pytest.approx(16.0)
+    x = np.ones((4, 8))
+    assert frechet_distance_of_features(x, x) == 0.0
+    assert frechet_distance(x[0], np.zeros((8, 8)), x[0], np.zeros((8, 8))) == 0.0
+
+
+def test_non_finite_statistics_are_refused_before_the_arithmetic():
+    bad = constant(0.5)
+    bad.cov[0, 0] = np.inf
+    with pytest.raises(FeatureNetError, match="real images' feature covariance has NaN or inf values; "
+                                              "the feature network file or the images are broken"):
+        compute(["fid"], bad, constant(0.5), torch.device("cpu"))
+    with pytest.raises(ValueError, match="sigma1 has NaN or inf values"):  # not numpy's LinAlgError
+        frechet_distance(bad.mean, bad.cov, bad.mean, constant(0.5).cov)
+    with pytest.raises(ValueError, match="x2 has NaN or inf values"):
+        frechet_distance_of_features(np.ones((3, 4)), np.full((3, 4), np.nan))
+    with pytest.raises(ConfigError, match=r"precision/recall \(k = 3\) needs at least 4 fake images"):
+        compute(["pr"], constant(0.5), constant(0.5, n=3), torch.device("cpu"))
+
+
+def test_statistics_beyond_float32_features_are_refused_by_the_scorer():
+    """A covariance of 1e308 (a damaged file, say) would make FID inf, and numpy print a warning."""
+    bad = constant(0.5, n=5)
+    bad = FeatureStats(3000, bad.mean, np.eye(16) * 1e308, bad.kept)  # more images than kept: the cov is used
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FeatureNetError, match=r"^the real images' feature covariance has values beyond "
+                                                  r"what float32 features can give \(1e\+308\); the feature "
+                                                  "network file or the images are broken$"):
+            compute(["fid"], bad, constant(0.5), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("metric, value, why", [
+    ("fid", lambda: np.float64(1e300) * 1e300,
+     "FID cannot be computed (overflow encountered in scalar multiply)"),
+    ("fid", lambda: float("inf"), "FID cannot be computed (its fid came out inf)"),
+    ("kid", lambda: float("nan"), "KID cannot be computed (its kid came out nan)"),
+])
+def test_a_metric_that_comes_out_non_finite_is_an_error_not_a_number_or_a_warning(monkeypatch, metric, value,
+                                                                                   why):
+    broken = dataclasses.replace(registry.METRICS[metric],
+                                 features=lambda real, fake, device: {metric: value()})
+    monkeypatch.setitem(registry.METRICS, metric, broken)
+    big = FeatureStats(5, np.full(16, 2.0), np.eye(16), np.zeros((5, 16), np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FeatureNetError) as e:
+            compute([metric], constant(0.5), big, torch.device("cpu"))
+    assert str(e.value).startswith(f"{why} from the feature statistics of the fake images (largest mean^2 + "
+                                   "variance 0.25 for the reals, 5 for the fakes); the feature network file "
+                                   "or the fake images are broken"), e.value
+
+
+def test_features_as_large_as_float32_allows_score_finitely_and_silently():
+    """FID (both ways), KID and precision/recall of features of +-3.4e38: finite, no numpy warning."""
+    rng = np.random.default_rng(0)
+    limit = float(np.finfo(np.float32).max)
+    sides = []
+    for _ in range(2):
+        acc = Accumulator()
+        acc.add(torch.from_numpy(np.where(rng.random((40, 64)) < 0.5, limit, -limit).astype(np.float32)))
+        sides.append(acc.result())
+    real, fake = sides
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        few = compute(["fid", "kid", "pr"], real, fake, torch.device("cpu"))
+        more = FeatureStats(KEEP + 1, real.mean, real.cov, real.kept)  # more than kept: the cov is used
+        many = compute(["fid"], more, fake, torch.device("cpu"))
+    assert all(np.isfinite(v) for v in [*few.values(), many["fid"]]), few
+    assert many["fid"] == pytest.approx(few["fid"], rel=1e-6)
+
+
+def test_float64_sums_run_where_float64_exists():
+    """Apple's mps has no float64: the accumulator's sums and KID run on the CPU there."""
+    assert float64_device(torch.device("mps")) == torch.device("cpu")
+    assert float64_device(torch.device("cuda:1")) == torch.device("cuda:1")
+    acc = Accumulator()
+    acc.add(torch.tensor([[1.0, float("inf")], [2.0, 3.0], [float("nan"), 0.0]]))
+    assert acc.nonfinite == 2
+    with pytest.raises(ValueError, match="2 of 3 images gave non-finite features"):
+        acc.result()
+
+
 def test_the_eval_document_is_strict_json_as_the_record_is():
     result = scoring.EvalResult({"fid": float("inf"), "kid": float("nan"), "pr_k": 3, "recall": 0.5}, 8, 6,
                                 1.0, "computed x", {"sha256": "f" * 64})
@@ -241,57 +329,6 @@ def test_both_forms_are_accepted_and_anything_else_refused(tmp_path):
         with pytest.raises(FeatureNetError, match="network ganctl knows; use NVlabs' .*; "
                            + re.escape(why)):
             inception.load(path, cpu)
-
-
-# --- ganctl eval ------------------------------------------------------------------------------------------
-
-def test_eval_scores_a_checkpoint_and_caches_the_real_statistics(trained_run, workdir, fake_net,
-                                                                   monkeypatch):
-    extracted = []
-    real_accumulate = scoring._accumulate  # what extract and the fakes' features go through
-    monkeypatch.setattr(scoring, "_accumulate", lambda net, batches, total, what, progress: (
-        extracted.append(what) or real_accumulate(net, batches, total, what, progress)))
-    result = invoke("eval", "--num", "30", "--num-real", "40", "--metrics", "fid,kid,pr", "--json")
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
-    assert doc["checkpoint"] == "runs/0001-shapes-dcgan/checkpoints/step-000000004.safetensors"
-    assert (doc["step"], doc["num_real"], doc["num_fake"], doc["dataset"]) == (4, 40, 30, "shapes")
-    assert set(doc["metrics"]) >= {"fid", "kid", "kid_std", "precision", "recall"}
-    assert doc["metrics"]["kid_subset_size"] == 30 and doc["metrics"]["fid"] > 0
-    assert doc["feature_net"]["sha256"] == sha256_file(fake_net)
-    assert doc["protocol"]["version"] == 1 and "bilinear" in doc["protocol"]["resize"]
-    assert doc["real_stats"].startswith("computed ")
-    assert extracted == ["features of 40 real images of shapes", "features of the fakes"]
-    # the run's metrics.jsonl has the score; a second eval reuses the real statistics
-    logged = [r for r in rundir.read_metrics(trained_run) if r.get("event") == "eval"]
-    assert logged[0]["fid"] == doc["metrics"]["fid"]
-    assert logged[0]["checkpoint"] == "step-000000004.safetensors"
-    again = invoke("eval", "--num", "30", "--num-real", "40", "--metrics", "fid")
-    assert again.exit_code == 0, again.output
-    assert "real statistics of 40 images from the cache" in again.stdout
-    assert extracted[2:] == ["features of the fakes"]
-    assert "FID" in again.stdout and "40" in again.stdout and "30" in again.stdout
-
-
-def test_eval_against_another_dataset(trained_run, workdir, fake_net):
-    image_folder(workdir / "other", 12)
-    result = invoke("eval", trained_run, "--dataset", "other", "--num", "10", "--metrics", "fid",
-                    "--json")
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
-    assert doc["dataset"] == "other" and doc["num_real"] == 12
-
-
-def test_eval_errors_are_one_line(trained_run, workdir, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv("GANCTL_INCEPTION", raising=False)
-    assert_one_line_error(invoke("eval", "--no-download", "--num", "10"), 1, "inception-2015-12-05.pt",
-                          inception.URL)
-    assert_one_line_error(invoke("eval", "--metrics", "is"), 1, "unknown metric 'is'")
-    assert_one_line_error(invoke("eval", "--num", "1"), 2, "--num")
-    write_feature_net(tmp_path / "other.pt", "other")
-    assert_one_line_error(invoke("eval", "--inception", tmp_path / "other.pt", "--num", "10"), 1,
-                          "not an Inception feature network ganctl knows")
 
 
 # --- evaluation during training ------------------------------------------------------------------------

@@ -1,17 +1,20 @@
-"""The step: losses as objects owning their phases, a schedule of phases as data, named
-statistics, labelled batches, and the EMA."""
+"""The step: losses as objects owning their phases, a schedule of phases as data, named statistics,
+labelled batches, the EMA, and nothing read back from the device."""
 
+import inspect
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from helpers import TINY, events, final_tensors, invoke, nan_batches, read_json
+from helpers import IMAGES, TINY, events, final_tensors, invoke, nan_batches, read_json, tiny_config
 from safetensors import safe_open
 
 from ganctl import losses, rundir
 from ganctl.config import Config
 from ganctl.data import shapes
+from ganctl.engine import compiled
 from ganctl.engine.state import init_state, state_tensors
 from ganctl.engine.step import train_step, update_ema
 from ganctl.losses import Phase, StepInputs
@@ -285,3 +288,41 @@ def test_diagnostics_may_be_infinite_and_a_step_may_run_no_phase(workdir, monkey
     records = rundir.read_metrics(workdir / "r")
     assert [r["step"] for r in records] == [1, 2, 3] and not events(workdir / "r")
     assert "loss_D" not in records[0] and records[1]["grad_norm"] == "inf"  # strict JSON
+
+
+# --- no host synchronisation in the step ----------------------------------------------------------
+
+SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+
+
+@pytest.mark.parametrize("config", [
+    tiny_config(),
+    tiny_config(arch="resnet", loss="hinge", augment="diffaug", precision="fp16"),
+    tiny_config(loss="rpgan", r1=1.0, r2=1.0, r1_every=2, precision="bf16", d_steps=2),
+    tiny_config(arch="mlp", loss="wgan-gp", conditional=True, classes=("a", "b")),
+], ids=["dcgan", "resnet-fp16", "rpgan-r1r2", "mlp-wgangp-cond"])
+def test_the_step_reads_nothing_back_from_the_device(monkeypatch, config):
+    """Nothing ganctl runs inside a training step reads a tensor's value on the host (.item(),
+    .tolist(), bool() of a tensor in an `if` ...): on a GPU each would wait for the queue."""
+    labels = np.arange(len(IMAGES)) % 2 if config.conditional else None
+    state = init_state(config, torch.device("cpu"), IMAGES, labels)
+    phases = state.loss.phases()
+    calls = []
+    package = str(Path(compiled.__file__).resolve().parents[1])
+
+    def spy(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = inspect.stack()[1].filename
+            if caller.startswith(package):
+                calls.append(f"{name} from {caller}")
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    for name in SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    for _ in range(4):
+        train_step(state, phases)
+    monkeypatch.undo()
+    assert calls == []

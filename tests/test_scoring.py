@@ -1,53 +1,34 @@
-"""Scoring's bad inputs are ganctl's own one-line errors, never "unexpected": feature networks that
-fail, answer the wrong thing or give NaN, a generator that makes NaN images, too few images for a
-metric (refused before any feature is computed), degenerate statistics, and damaged cached real
-statistics (computed again, with one line saying so)."""
+"""Scoring generators (ganctl/scoring.py) through `ganctl eval`, ganctl.evaluate and training
+alike, bad inputs being one-line errors and never "unexpected": feature networks that fail, answer
+the wrong thing or give NaN, a generator that makes NaN images, too few images for a metric, and
+damaged cached real statistics, computed again."""
 
-import dataclasses
+from __future__ import annotations
+
 import json
 import re
-import urllib.request
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, assert_one_line_error, image_folder, invoke, rewrite, write_feature_net
+from helpers import CKPT, TINY, assert_one_line_error, image_folder, invoke, rewrite, write_feature_net
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import ganctl
-from ganctl import metrics as registry
 from ganctl import scoring
 from ganctl.errors import CheckpointError, ConfigError, FeatureNetError, GanctlError
 from ganctl.metrics import inception
-from ganctl.metrics.fid import frechet_distance, frechet_distance_of_features
-from ganctl.metrics.scores import compute
-from ganctl.metrics.stats import (
-    KEEP,
-    Accumulator,
-    DamagedStats,
-    FeatureStats,
-    float64_device,
-    load_stats,
-    save_stats,
-)
+from ganctl.metrics.stats import KEEP, Accumulator, DamagedStats, FeatureStats, load_stats, save_stats
 
-CKPT = "runs/0001-shapes-dcgan/checkpoints/step-000000004.safetensors"
 FEW = ["--num", "6", "--num-real", "8"]  # a few images: each eval here takes about a second
 
 
 @pytest.fixture
-def scored(trained_run, workdir, tmp_path, monkeypatch):
+def scored(trained_run, fake_net):
     """The tiny trained run, a stand-in feature network found through GANCTL_INCEPTION, no download."""
-    monkeypatch.setenv("GANCTL_INCEPTION", str(write_feature_net(tmp_path / "nets" / "fake.pt")))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(urllib.request, "urlopen", refuse_download)
     return trained_run
-
-
-def refuse_download(*args, **kwargs):
-    raise AssertionError("no download in these tests")
 
 
 def assert_clean_error(result, *fragments: str) -> str:
@@ -68,15 +49,6 @@ def script(module: torch.nn.Module, path):
 
 
 # --- feature networks of the float299 form that go wrong after the probe (a batch of 1) -----------
-
-class NanForOddRows(torch.nn.Module):
-    """Finite features for the probe, NaN for every second image of a batch."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = x.mean(dim=(1, 2, 3))[:, None].expand(-1, 2048) + torch.arange(2048.0)
-        odd = (torch.arange(x.shape[0]) % 2 == 1)[:, None]
-        return torch.where(odd, torch.full_like(f, float("nan")), f)
-
 
 class NanAlways(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +111,15 @@ def test_a_torch_save_pickle_offered_as_inception_says_so_in_one_line(scored, tm
                          "file not found"), line
     with pytest.raises(FeatureNetError, match=re.escape(line.removeprefix("error: "))):
         ganctl.evaluate(CKPT, num=6, num_real=8, inception=path, quiet=True)
+
+
+class NanForOddRows(torch.nn.Module):
+    """Finite features for the probe, NaN for every second image of a batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x.mean(dim=(1, 2, 3))[:, None].expand(-1, 2048) + torch.arange(2048.0)
+        odd = (torch.arange(x.shape[0]) % 2 == 1)[:, None]
+        return torch.where(odd, torch.full_like(f, float("nan")), f)
 
 
 def test_nan_features_say_how_many_images_and_what_is_broken(scored, tmp_path):
@@ -204,7 +185,16 @@ def test_huge_but_finite_features_give_finite_scores_in_strict_json(scored, tmp_
     assert records[-1]["fid"] == huge["fid"]
 
 
-# --- too few images: refused before any feature is computed ----------------------------------------
+def test_training_with_a_feature_network_giving_nan_fails_before_it_starts(workdir, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("GANCTL_INCEPTION", str(script(NanForOddRows(), tmp_path / "nan.pt")))
+    result = invoke("train", *TINY, "--eval-every", "2", "--eval-num-real", "8", "--out", "r")
+    assert_clean_error(result, "gave NaN or inf features for 4 of 8 images",
+                       "the feature network file or the images are broken")
+    assert not (workdir / "r").exists()
+
+
+# --- too few images: refused before any feature is computed ---------------------------------------
 
 @pytest.fixture
 def no_features(monkeypatch):
@@ -245,107 +235,7 @@ def test_training_with_too_few_images_for_precision_recall_fails_before_it_start
     assert not (workdir / "r").exists()
 
 
-# --- degenerate and non-finite statistics --------------------------------------------------------
-
-def constant(value: float, n: int = 5, d: int = 16) -> FeatureStats:
-    """Statistics of n identical images: a zero covariance."""
-    x = np.full((n, d), value)
-    return FeatureStats(n, x.mean(0), np.cov(x, rowvar=False), x.astype(np.float32))
-
-
-def test_identical_images_give_a_number_and_identical_sets_zero():
-    cpu = torch.device("cpu")
-    assert compute(["fid", "kid"], constant(0.5), constant(0.5), cpu)["fid"] == 0.0
-    assert compute(["fid"], constant(0.5), constant(1.5), cpu)["fid"] == pytest.approx(16.0)
-    assert compute(["fid"], constant(0.5, n=3000), constant(1.5, n=3000), cpu)["fid"] == pytest.approx(16.0)
-    x = np.ones((4, 8))
-    assert frechet_distance_of_features(x, x) == 0.0
-    assert frechet_distance(x[0], np.zeros((8, 8)), x[0], np.zeros((8, 8))) == 0.0
-
-
-def test_non_finite_statistics_are_refused_before_the_arithmetic():
-    bad = constant(0.5)
-    bad.cov[0, 0] = np.inf
-    with pytest.raises(FeatureNetError, match="real images' feature covariance has NaN or inf values; "
-                                              "the feature network file or the images are broken"):
-        compute(["fid"], bad, constant(0.5), torch.device("cpu"))
-    with pytest.raises(ValueError, match="sigma1 has NaN or inf values"):  # not numpy's LinAlgError
-        frechet_distance(bad.mean, bad.cov, bad.mean, constant(0.5).cov)
-    with pytest.raises(ValueError, match="x2 has NaN or inf values"):
-        frechet_distance_of_features(np.ones((3, 4)), np.full((3, 4), np.nan))
-    with pytest.raises(ConfigError, match=r"precision/recall \(k = 3\) needs at least 4 fake images"):
-        compute(["pr"], constant(0.5), constant(0.5, n=3), torch.device("cpu"))
-
-
-def test_statistics_beyond_float32_features_are_refused_by_the_scorer():
-    """A covariance of 1e308 (a damaged file, say) would make FID inf, and numpy print a warning."""
-    bad = constant(0.5, n=5)
-    bad = FeatureStats(3000, bad.mean, np.eye(16) * 1e308, bad.kept)  # more images than kept: the cov is used
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(FeatureNetError, match=r"^the real images' feature covariance has values beyond "
-                                                  r"what float32 features can give \(1e\+308\); the feature "
-                                                  "network file or the images are broken$"):
-            compute(["fid"], bad, constant(0.5), torch.device("cpu"))
-
-
-@pytest.mark.parametrize("metric, value, why", [
-    ("fid", lambda: np.float64(1e300) * 1e300,
-     "FID cannot be computed (overflow encountered in scalar multiply)"),
-    ("fid", lambda: float("inf"), "FID cannot be computed (its fid came out inf)"),
-    ("kid", lambda: float("nan"), "KID cannot be computed (its kid came out nan)"),
-])
-def test_a_metric_that_comes_out_non_finite_is_an_error_not_a_number_or_a_warning(monkeypatch, metric, value,
-                                                                                   why):
-    broken = dataclasses.replace(registry.METRICS[metric],
-                                 features=lambda real, fake, device: {metric: value()})
-    monkeypatch.setitem(registry.METRICS, metric, broken)
-    big = FeatureStats(5, np.full(16, 2.0), np.eye(16), np.zeros((5, 16), np.float32))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(FeatureNetError) as e:
-            compute([metric], constant(0.5), big, torch.device("cpu"))
-    assert str(e.value).startswith(f"{why} from the feature statistics of the fake images (largest mean^2 + "
-                                   "variance 0.25 for the reals, 5 for the fakes); the feature network file "
-                                   "or the fake images are broken"), e.value
-
-
-def test_features_as_large_as_float32_allows_score_finitely_and_silently():
-    """FID (both ways), KID and precision/recall of features of +-3.4e38: finite, no numpy warning."""
-    rng = np.random.default_rng(0)
-    limit = float(np.finfo(np.float32).max)
-    sides = []
-    for _ in range(2):
-        acc = Accumulator()
-        acc.add(torch.from_numpy(np.where(rng.random((40, 64)) < 0.5, limit, -limit).astype(np.float32)))
-        sides.append(acc.result())
-    real, fake = sides
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        few = compute(["fid", "kid", "pr"], real, fake, torch.device("cpu"))
-        more = FeatureStats(KEEP + 1, real.mean, real.cov, real.kept)  # more than kept: the cov is used
-        many = compute(["fid"], more, fake, torch.device("cpu"))
-    assert all(np.isfinite(v) for v in [*few.values(), many["fid"]]), few
-    assert many["fid"] == pytest.approx(few["fid"], rel=1e-6)
-
-
-def test_float64_sums_run_where_float64_exists():
-    """Apple's mps has no float64: the accumulator's sums and KID run on the CPU there."""
-    assert float64_device(torch.device("mps")) == torch.device("cpu")
-    assert float64_device(torch.device("cuda:1")) == torch.device("cuda:1")
-    acc = Accumulator()
-    acc.add(torch.tensor([[1.0, float("inf")], [2.0, 3.0], [float("nan"), 0.0]]))
-    assert acc.nonfinite == 2
-    with pytest.raises(ValueError, match="2 of 3 images gave non-finite features"):
-        acc.result()
-
-
-# --- damaged cached statistics -------------------------------------------------------------------------
-
-def stats_file(workdir):
-    (path,) = (workdir / "cache").glob("*.stats.safetensors")
-    return path
-
+# --- damaged cached statistics (metrics/stats.py's load_stats, and who computes them again) -------
 
 def read(path):
     with safe_open(str(path), framework="pt") as f:
@@ -482,6 +372,11 @@ def test_statistics_of_more_images_than_kept_are_checked_against_the_kept_ones(t
                 load_stats(path, count, 8)
 
 
+def stats_file(workdir):
+    (path,) = (workdir / "cache").glob("*.stats.safetensors")
+    return path
+
+
 @pytest.mark.parametrize("how", ["metadata a list", "no kept", "count not matching", "NaN in the mean",
                                  "truncated", "metadata nested deep", "a covariance of 1e308"])
 def test_a_damaged_cache_is_computed_again_with_one_line_saying_so(scored, workdir, how):
@@ -529,14 +424,7 @@ def test_training_computes_a_damaged_cache_again_and_says_so(scored, workdir):
     assert "eval at step 4: FID" in result.stdout
 
 
-def test_training_with_a_feature_network_giving_nan_fails_before_it_starts(workdir, tmp_path,
-                                                                           monkeypatch):
-    monkeypatch.setenv("GANCTL_INCEPTION", str(script(NanForOddRows(), tmp_path / "nan.pt")))
-    result = invoke("train", *TINY, "--eval-every", "2", "--eval-num-real", "8", "--out", "r")
-    assert_clean_error(result, "gave NaN or inf features for 4 of 8 images",
-                       "the feature network file or the images are broken")
-    assert not (workdir / "r").exists()
-
+# --- an evaluation failing mid-run ----------------------------------------------------------------
 
 def test_an_evaluation_failing_mid_run_stops_it_after_that_steps_checkpoint(workdir, tmp_path,
                                                                            monkeypatch):

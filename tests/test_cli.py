@@ -1,6 +1,10 @@
-"""A stop signal is a clean stop wherever it lands: after the output went away (a closed pipe, a
-closed terminal), and during start-up (with --json, still exactly one JSON document)."""
+"""What every command shares (ganctl/cli/core.py, ganctl/__main__.py): exit codes, one-line errors
+and --json error documents, --help, the entry points, and stop signals and closed pipes outside
+training."""
 
+from __future__ import annotations
+
+import errno
 import json
 import os
 import pty
@@ -13,18 +17,115 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LAUNCH, ROOT, invoke, valid_steps
+from helpers import LAUNCH, ROOT, TINY, assert_clean, help_text, invoke, valid_steps
 
-from ganctl import checkpoint, rundir
+from ganctl import __version__, checkpoint, rundir
 from ganctl.cli import _terminate
 from ganctl.errors import STOP_SIGNALS
-from ganctl.output.console import UserOutput
+
+# --- exit codes, one-line errors and --json -------------------------------------------------------
+
+def test_debug_shows_the_traceback(workdir):
+    result = invoke("train", "--dataset", "nope", "--debug")
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr and "DataError" in result.stderr
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["train", "--lr-g", "-1", "--json"], 1, "lr_g must be a number above 0.0 and at most 10.0"),
+    (["train", "--steps", "0", "--json"], 2, "--steps"),
+    (["train", "--json", "--bogus"], 2, "--bogus"),
+    (["inspect", "nowhere", "--json"], 1, "nowhere does not exist"),
+    (["eval", "--metrics", "is", "--json"], 1, "unknown metric 'is'"),
+])
+def test_json_mode_reports_errors_as_one_document(workdir, args, code, fragment):
+    result = invoke(*args)
+    assert result.exit_code == code, result.output
+    doc = json.loads(result.stdout)
+    assert doc["exit_code"] == code and fragment in doc["error"]
+    assert fragment in result.stderr  # the human line as well
+
+
+def test_os_errors_are_one_line(capsys):
+    from ganctl.cli import _call
+
+    def full():
+        raise OSError(28, "No space left on device", "runs/x/metrics.jsonl")
+
+    with pytest.raises(BaseException) as stop:
+        _call(False, full)
+    assert getattr(stop.value, "exit_code", None) == 1
+    assert capsys.readouterr().err == ("error: No space left on device (runs/x/metrics.jsonl); "
+                                       "free some space\n")
+
+
+@pytest.mark.parametrize("errno_, what, hint", [
+    (errno.ENAMETOOLONG, "File name too long", "use a shorter path"),
+    (errno.EROFS, "Read-only file system", "the file system is read-only: choose a writable place"),
+    (errno.EACCES, "Permission denied", "check the permissions"),
+    (errno.EIO, "Input/output error", "check free space and permissions"),  # no better advice
+])
+def test_an_os_errors_advice_follows_its_errno(capsys, errno_, what, hint):
+    from ganctl.cli import _call
+
+    def failing():
+        raise OSError(errno_, what, "x" * 500)
+
+    with pytest.raises(BaseException) as stop:
+        _call(False, failing)
+    assert getattr(stop.value, "exit_code", None) == 1
+    assert capsys.readouterr().err == f"error: {what} ({'x' * 200}...); {hint}\n"
+
+
+@pytest.mark.parametrize("args", [
+    ["sample", "x.png", "-n", "1e30"], ["sample", "x.png", "-n", str(2**62)],
+    ["sample", "x.png", "--seed", str(2**64)], ["sample", "x.png", "--seed", "nan"],
+    ["eval", "--num", str(2**62)], ["eval", "--num-real", "-5"], ["eval", "--num", "nan"],
+    ["resume", "--steps", str(2**62)], ["resume", "--keep", "-3"],
+    ["data", "info", "--resolution", str(2**40)], ["data", "info", "--max-file-mb", str(2**60)],
+])
+def test_other_commands_refuse_extremes_cleanly(trained_run, args):
+    assert_clean(invoke(*args))
+
+
+# --- help and the entry points --------------------------------------------------------------------
+
+def test_every_command_has_help_with_an_example():
+    for command in ("train", "resume", "sample", "inspect"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0
+        assert "Example: ganctl " + command in result.stdout
+
+
+def test_help_wraps_each_command_summary_where_the_terminal_ends(monkeypatch):
+    """A docstring's line breaks are the source's, not the screen's: on a wide terminal every
+    command's summary is one line, its sentences unbroken (`resume` read "... on any number" /
+    "of processes" before)."""
+    monkeypatch.setenv("COLUMNS", "300")
+    for command in ((), ("data",), ("data", "cache")):
+        rows = [line for line in help_text(*command).splitlines() if line.startswith("│ ")]
+        commands = rows[[i for i, line in enumerate(rows) if "--help" in line][-1] + 1:]
+        assert commands and all(re.match(r"│ [a-z]+ +\S", line) for line in commands), commands
+    resume = " ".join(help_text("resume").split())
+    assert "on any number of processes" in resume
+
+
+def test_shell_completion_can_be_installed():
+    assert "--install-completion" in help_text()
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "ganctl", "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"ganctl {__version__}"
+
+
+# --- the output went away -------------------------------------------------------------------------
 
 # a run that goes on until it is stopped, logging every step
 ENDLESS = ["train", "--steps", "100000", "--batch-size", "4", "--g-width", "4", "--d-width", "4",
            "--log-every", "1", "--ckpt-every", "1000", "--sample-every", "100000", "--device",
            "cpu", "--no-curves", "--out", "r"]
-NAMES = {s: signal.Signals(s).name for s in STOP_SIGNALS}
 
 
 def launch(*args: object, cwd: Path, **streams) -> subprocess.Popen:
@@ -52,8 +153,6 @@ def assert_stopped_cleanly(workdir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert valid_steps(workdir / "r") == [step, step + 1]
 
-
-# --- the output went away -----------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_sighup_after_the_pipe_reader_exited_is_a_clean_stop(workdir):
@@ -126,19 +225,41 @@ def test_a_closed_stdout_changes_no_exit_code_and_prints_no_noise(workdir, args,
         assert len(lines) == 1 and lines[0].startswith("error: unknown dataset 'nope'"), err
 
 
-def test_a_failed_write_silences_the_stream_instead_of_raising():
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    out = UserOutput(write_end, "<test>")
-    try:
-        assert out.write(b"step 1\n") == 7 and out.gone  # EPIPE: no exception
-        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))  # quiet from now on
-        assert out.write(b"more") == 4 and not out.isatty()
-    finally:
-        os.close(write_end)
+# --- a stop outside training: during start-up, and before other commands --------------------------
+
+def test_sigterm_outside_training_unwinds_with_143():
+    from ganctl.cli import _terminate
+    with pytest.raises(SystemExit) as stop:
+        _terminate(signal.SIGTERM, None)
+    assert stop.value.code == 143
 
 
-# --- a stop during start-up ----------------------------------------------------------------------
+def blocked_signals(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_stop_during_start_up_exits_cleanly_before_any_work(workdir):
+    """A signal that lands while torch is being imported waits for the import to finish (an
+    exception inside it breaks numpy, or is swallowed), then stops the command: 143, no
+    traceback, no run directory."""
+    proc = subprocess.Popen([sys.executable, "-m", "ganctl", "train", *TINY, "--out", "r"],
+                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 60
+    while not blocked_signals(proc.pid) & (1 << (signal.SIGTERM - 1)) and time.time() < deadline:
+        time.sleep(0.005)  # until start-up holds the stop signals back
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and not (workdir / "r").exists()
+
+
+NAMES = {s: signal.Signals(s).name for s in STOP_SIGNALS}
+
 
 @pytest.fixture
 def stops_unwind():
@@ -203,20 +324,7 @@ def test_a_stop_before_other_commands_names_them(workdir, monkeypatch, stops_unw
 
 
 def blocked(pid: int, signum: int) -> bool:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigBlk:"):
-            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
-    return False
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=NAMES.get)
-def test_a_stop_during_start_up_of_a_process_is_one_json_document(workdir, signum):
-    proc = launch("train", "--steps", "4", "--device", "cpu", "--out", "r", "--json", cwd=workdir,
-                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stop_once_held(proc, signum, 0.3)  # somewhere in start-up (the torch import ...)
-    assert_one_json_stop_of(proc, signum, "training started; no checkpoint was written")
+    return bool(blocked_signals(pid) & (1 << (signum - 1)))
 
 
 def stop_once_held(proc: subprocess.Popen, signum: int, later: float) -> None:
@@ -237,7 +345,14 @@ def assert_one_json_stop_of(proc: subprocess.Popen, signum: int, before: str) ->
     assert err == message + "\n"
 
 
-CONSOLE_SCRIPT = Path(sys.executable).with_name("ganctl")  # what `pip install` made of [project.scripts]
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=NAMES.get)
+def test_a_stop_during_start_up_of_a_process_is_one_json_document(workdir, signum):
+    proc = launch("train", "--steps", "4", "--device", "cpu", "--out", "r", "--json", cwd=workdir,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop_once_held(proc, signum, 0.3)  # somewhere in start-up (the torch import ...)
+    assert_one_json_stop_of(proc, signum, "training started; no checkpoint was written")
 
 
 def test_the_entry_point_holds_stops_back_before_importing_the_command_line():
@@ -260,6 +375,9 @@ def test_the_entry_point_holds_stops_back_before_importing_the_command_line():
     assert {"ganctl.errors", "ganctl.cli", "typer"} <= set(seen), done.stdout
     for name, held in seen.items():
         assert set(json.loads(held)) >= {int(s) for s in STOP_SIGNALS}, name
+
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("ganctl")  # what `pip install` made of [project.scripts]
 
 
 @pytest.mark.slow

@@ -1,22 +1,32 @@
-"""`ganctl resume`: exact continuation, which checkpoint it takes, and what it refuses."""
+"""Continuing a run with `ganctl resume` (and `train --resume`, under the same rules): exactly
+where a straight run goes, from which checkpoint, what may change, and the damaged or stray run
+files it meets."""
 
 import json
 import shutil
 
+import pytest
 import torch
 from helpers import (
+    SWITCHES,
     TINY,
+    TINY_NO_STEPS,
+    TRAIN2,
+    assert_one_line_error,
     assert_same_tensors,
     final_tensors,
+    help_text,
     image_folder,
     invoke,
+    option_blocks,
+    read_json,
     rewrite,
+    start,
     valid_steps,
+    wait_for_step,
 )
 
 from ganctl import checkpoint, rundir
-
-TINY_NO_STEPS = [a for i, a in enumerate(TINY) if a != "--steps" and TINY[i - 1] != "--steps"]
 
 
 def test_resume_continues_exactly_where_a_straight_run_goes(workdir):
@@ -154,3 +164,96 @@ def test_a_checkpoint_of_the_previous_schema_resumes(trained_run, workdir):
     assert invoke("resume", trained_run, "--steps", "6").exit_code == 0
     _, from_new = final_tensors(trained_run)
     assert_same_tensors(from_old, from_new)
+
+
+# --- --help ---------------------------------------------------------------------------------------
+
+def test_resume_help_shows_defaults_too(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    blocks = option_blocks(help_text("resume"))
+    assert all("[default:" in block for name, block in blocks.items() if name not in SWITCHES
+               and name not in ("--allow-data-change",))
+
+
+# --- what may change ------------------------------------------------------------------------------
+
+def test_a_run_whose_dataset_moved_names_it_and_takes_the_new_place(workdir):
+    image_folder(workdir / "imgs", 8)
+    assert invoke("train", *TRAIN2, "--dataset", "imgs", "--ckpt-every", "1", "--out", "r").exit_code == 0
+    (workdir / "imgs").rename(workdir / "moved")
+    result = invoke("resume", "r", "--steps", "3")
+    assert_one_line_error(result, 1, str(workdir / "imgs"), "does not exist",
+                          "ganctl resume r --dataset PATH")
+    assert invoke("resume", "r", "--steps", "3", "--dataset", "moved").exit_code == 0
+    assert json.loads((workdir / "r" / "config.json").read_text())["dataset"] == str(workdir / "moved")
+    image_folder(workdir / "other", 9)
+    result = invoke("resume", "r", "--steps", "4", "--dataset", "other")
+    assert_one_line_error(result, 1, "changed since this run started")
+
+
+def test_resume_compares_spectral_norm_by_its_effect(workdir):
+    assert invoke("train", *TINY, "--out", "r").exit_code == 0  # dcgan: auto means off
+    result = invoke("train", *TINY, "--steps", "6", "--no-spectral-norm", "--out", "r", "--resume")
+    assert result.exit_code == 0, result.output
+    assert read_json(workdir / "r" / "config.json")["spectral_norm"] == "auto"
+    assert_one_line_error(invoke("train", *TINY, "--steps", "8", "--spectral-norm", "--out", "r",
+                                 "--resume"), 1, "so spectral_norm cannot become 'on'")
+
+
+def test_a_bad_resume_flag_is_the_users_error_not_the_checkpoints(trained_run):
+    result = invoke("resume", trained_run, "--steps", "8", "--eval-metrics", "bogus")
+    assert_one_line_error(result, 1, "unknown metric 'bogus'")
+    assert "holds a config" not in result.stderr
+
+
+# --- run files it meets ---------------------------------------------------------------------------
+
+def test_non_utf8_lines_in_metrics_are_dropped_on_resume_and_counted(trained_run):
+    metrics = trained_run / "metrics.jsonl"
+    good = metrics.read_bytes()
+    metrics.write_bytes(good + b'{"step": 3, "bad": "\xff\xfe"}\n[1, 2]\n{"step": 4, "cut\n')
+    result = invoke("resume", trained_run, "--steps", "6")
+    assert result.exit_code == 0, result.output
+    assert "dropped 3 damaged line(s)" in result.output
+    text = metrics.read_bytes()
+    text.decode("utf-8")  # valid UTF-8 again
+    assert b"\\ufffd" not in text and b"cut" not in text
+
+
+@pytest.mark.parametrize("event", ['{"a": 1}', "[1, 2]", "null", "7"])
+def test_a_metrics_line_with_an_odd_event_does_not_block_resume(trained_run, event):
+    with open(trained_run / "metrics.jsonl", "a") as f:
+        f.write(f'{{"event": {event}}}\n')
+    assert invoke("resume", trained_run, "--steps", "5").exit_code == 0
+
+
+def test_resume_before_the_first_checkpoint_keeps_stray_files(workdir):
+    proc = start("train", *TINY[:-4], "--steps", "100000", "--ckpt-every", "100000",
+                 "--log-every", "1", "--device", "cpu", "--out", "r", cwd=workdir)
+    wait_for_step(proc.stdout, 2)
+    proc.kill()
+    proc.communicate(timeout=60)
+    ckpts = workdir / "r" / "checkpoints"
+    for stray in (".DS_Store", ".nfs000000000001", "notes.txt"):
+        (ckpts / stray).write_text("not ganctl's")
+    result = invoke("resume", "r", "--steps", "2")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        ".DS_Store", ".nfs000000000001", "latest", "notes.txt", "step-000000002.safetensors"]
+    assert (workdir / "r" / "config.json").is_file() and (workdir / "r" / "metrics.jsonl").is_file()
+
+
+def test_resume_of_a_checkpoint_outside_a_run_writes_nothing(trained_run, workdir):
+    victim = workdir / "victim"
+    (victim / "checkpoints").mkdir(parents=True)
+    files = {"config.json": '{"mine": 1}', "metrics.jsonl": "my notes\nmore notes\n",
+             "data_report.json": "mine"}
+    for name, text in files.items():
+        (victim / name).write_text(text)
+    ckpt = victim / "checkpoints" / "step-000000004.safetensors"
+    ckpt.write_bytes((trained_run / "checkpoints" / "step-000000004.safetensors").read_bytes())
+    before = sorted(p.name for p in victim.rglob("*"))
+    assert_one_line_error(invoke("resume", ckpt, "--steps", "6"), 1, "is not in a ganctl run")
+    assert sorted(p.name for p in victim.rglob("*")) == before
+    for name, text in files.items():
+        assert (victim / name).read_text() == text

@@ -1,5 +1,8 @@
-"""Watching a run: lines by time as well as by step, TensorBoard and W&B sinks, and the loss and
-metric curves (`plot_run`, the curves.png training refreshes)."""
+"""What a run shows and sends as it trains (ganctl/output/, engine/meter.py): plain lines and the
+progress bar, lines by time as well as by step, how long it has to go, TensorBoard and W&B, and a
+standard output that survives a closed pipe."""
+
+from __future__ import annotations
 
 import errno
 import io
@@ -10,12 +13,11 @@ import struct
 import sys
 import time
 import types
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, assert_one_line_error, invoke, nan_batches, read_json, write_mnist
+from helpers import RECORD, TINY, assert_one_line_error, invoke, nan_batches, read_json, write_mnist
 from PIL import Image
 from rich.console import Console
 
@@ -25,10 +27,86 @@ from ganctl.config import Config
 from ganctl.engine import loop
 from ganctl.engine.guard import LR_FACTOR
 from ganctl.engine.meter import Meter
-from ganctl.errors import ConfigError, RunError
-from ganctl.output.progress import FIRST_LINE_S, LINE_EVERY_S, RunLog
+from ganctl.errors import ConfigError
+from ganctl.output.console import UserOutput
+from ganctl.output.progress import FIRST_LINE_S, LINE_EVERY_S, RunLog, format_duration, format_record
 from ganctl.output.sinks import check_sinks
-from ganctl.rundir import METRICS, read_metrics
+from ganctl.rundir import read_metrics
+
+# --- lines and the progress bar -------------------------------------------------------------------
+
+def test_plain_lines_when_not_a_terminal(tmp_path):
+    buf = io.StringIO()
+    log = RunLog(Console(file=buf, force_terminal=False, width=40))
+    log.attach(tmp_path / "metrics.jsonl")
+    log.start(0, 20)
+    log.record(RECORD)
+    log.close()
+    line = buf.getvalue().strip()
+    assert line.startswith("step 10/20  loss_D 1.250  loss_G 0.500  D(x) 0.60  D(G(z)) 0.40  "
+                           "321 img/s  eta ")
+    assert "\n" not in line  # one line even on a narrow console
+    assert read_metrics(tmp_path) == [RECORD]
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    buf = io.StringIO()
+    log = RunLog(Console(file=buf, force_terminal=True, width=160))
+    log.attach(tmp_path / "metrics.jsonl")
+    log.start(0, 20)
+    log.advance(5)
+    log.record(RECORD)
+    log.close()
+    out = buf.getvalue()
+    assert "step 10/20" in out and "loss_D 1.250" in out and "321 img/s" in out
+    assert "━" in out  # the bar itself
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == RECORD
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (5, 65, 3725)] == ["0m05s", "1m05s", "1h02m05s"]
+
+
+def test_task_progress_plain_and_terminal(monkeypatch):
+    clock = iter(range(0, 1000, 30))  # 30 s for each advance: the time left from the rate so far
+    monkeypatch.setattr("ganctl.output.progress.time.monotonic", lambda: float(next(clock)))
+    buf = io.StringIO()
+    advance = RunLog(Console(file=buf, force_terminal=False, width=100)).task("decoding x", 20)
+    for _ in range(10):
+        advance(2)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "decoding x: 20 items"
+    assert lines[1] == "  2/20 (10%, about 4m30s left)" and lines[2] == "  4/20 (20%, about 4m00s left)"
+    assert lines[-1] == "  20/20 (100%)" and len(lines) == 11
+    buf = io.StringIO()
+    advance = RunLog(Console(file=buf, force_terminal=True, width=100)).task("decoding x", 4)
+    advance(4)
+    assert "decoding x: 4 items" in buf.getvalue()
+
+
+def test_records_show_whatever_statistics_the_loss_named():
+    record = {"step": 3, "time": 0.0, "loss_D": 1.0, "loss_G": 2.0, "loss_R1": 0.25,
+              "D_real": 0.75, "grad_norm": 3.5, "img_per_s": 10.0}
+    assert format_record(record) == ("loss_D 1.000  loss_G 2.000  loss_R1 0.250  D(x) 0.75  "
+                                     "grad_norm 3.50  10 img/s")
+    assert format_record(record, losses_only=True) == "loss_D 1.00  loss_G 2.00  loss_R1 0.25  10 img/s"
+
+
+# --- a closed standard output ---------------------------------------------------------------------
+
+def test_a_failed_write_silences_the_stream_instead_of_raising():
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    out = UserOutput(write_end, "<test>")
+    try:
+        assert out.write(b"step 1\n") == 7 and out.gone  # EPIPE: no exception
+        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))  # quiet from now on
+        assert out.write(b"more") == 4 and not out.isatty()
+    finally:
+        os.close(write_end)
+
+
+# --- lines by time --------------------------------------------------------------------------------
 
 SMALL = ["--batch-size", "8", "--g-width", "8", "--d-width", "8", "--device", "cpu",
          "--sample-every", "1000", "--ckpt-every", "1000"]
@@ -71,13 +149,6 @@ def shown_steps(output: str) -> list[int]:
     return [int(line.split()[1].split("/")[0]) for line in output.splitlines()
             if line.startswith("step ")]
 
-
-def toml(workdir, text: str) -> str:
-    (workdir / "c.toml").write_text(text)
-    return "c.toml"
-
-
-# --- lines by time -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("first_step_s", [2.0, 300.0], ids=["steady", "compiling first step"])
 def test_the_first_line_comes_10s_after_the_first_step_whatever_log_every(workdir, monkeypatch,
@@ -176,7 +247,27 @@ def test_run_log_shows_a_line_when_one_is_due(monkeypatch, tmp_path, terminal):
     assert not (tmp_path / "metrics.jsonl").exists()  # shown, not recorded
 
 
-# --- TensorBoard -------------------------------------------------------------------------------
+TINY_SMALL = ["--batch-size", "8", "--g-width", "8", "--d-width", "8", "--device", "cpu",
+              "--sample-every", "1000", "--ckpt-every", "1000", "--log-every", "1000"]
+
+
+@pytest.mark.parametrize("step_s,told", [(200.0, True), (2.0, False)])
+def test_a_long_run_says_how_long_it_has_to_go_once_its_speed_is_known(workdir, monkeypatch,
+                                                                         step_s, told):
+    """20 steps of 200 s (a big model on a CPU): 10 s in, the user is told about an hour is
+    left; 20 steps of 2 s are not worth a word."""
+    clock = SlowClock(monkeypatch, step_s, step_s)
+    result = invoke("train", *TINY_SMALL, "--steps", "20", "--out", "r")
+    assert result.exit_code == 0, result.output
+    said = [(t, line) for t, line in clock.lines if "to go at its speed so far" in line]
+    assert len(said) == (1 if told else 0), result.stdout
+    if told:
+        seconds, line = said[0]
+        assert seconds == 2 * step_s  # the first line by time: step 2 ended 400 s in
+        assert "about 1h00m00s to go" in line and "--max-time" in line  # 18 steps of 200 s
+
+
+# --- TensorBoard ----------------------------------------------------------------------------------
 
 def _tensorboard(run_dir):
     pytest.importorskip("tensorboard")
@@ -210,6 +301,11 @@ def test_tensorboard_holds_the_records_the_rates_and_the_grids(workdir):
         workdir / "r" / "samples" / "step-000000004.png")))  # the grid itself
 
 
+def toml(workdir, text: str) -> str:
+    (workdir / "c.toml").write_text(text)
+    return "c.toml"
+
+
 def test_tensorboard_after_a_rollback_and_a_resume_has_one_point_a_step(workdir, monkeypatch):
     """Step 6 diverges: training goes back to the checkpoint of step 4 and replays 5 (logged
     before) and on; then a resume to 10. TensorBoard shows each step once, as metrics.jsonl."""
@@ -229,7 +325,7 @@ def test_tensorboard_after_a_rollback_and_a_resume_has_one_point_a_step(workdir,
     assert lr[4].value == pytest.approx(lr[3].value * LR_FACTOR)  # step 5's, replayed
 
 
-# --- Weights & Biases (the real package, offline) --------------------------------------------------
+# --- Weights & Biases (the real package, offline) -------------------------------------------------
 
 # An offline run's records are in RUN/wandb/offline-run-<time>-<id>/run-<id>.wandb, the log that
 # `wandb sync` uploads. wandb ships no Python reader for it: it is LevelDB's log format (32 KiB
@@ -368,7 +464,7 @@ def test_wandb_offline_run_holds_the_records_and_grids_once_a_step_through_a_rol
 # offline, nor hold the steps of an online run it resumes) -----------------------------------------
 
 class FakeRun:
-    def __init__(self, wandb: "FakeWandb") -> None:
+    def __init__(self, wandb: FakeWandb) -> None:
         self.wandb = wandb
         self.starting_step = wandb.starting_step
         self.config = types.SimpleNamespace(update=lambda values, **kwargs: None)
@@ -494,152 +590,3 @@ def test_a_missing_sink_package_is_a_one_line_error_with_the_install_hint(workdi
     result = invoke("train", "--config", toml(workdir, f"{extra} = true\n"), *TINY, "--out", "r")
     assert_one_line_error(result, 1, f"pip install {extra} ")
     assert not (workdir / "r").exists()  # refused before any file is written
-
-
-# --- curves ------------------------------------------------------------------------------------------
-
-def test_plot_draws_a_panel_for_each_kind_of_number_the_run_holds(trained_run, tmp_path):
-    records = read_metrics(trained_run)
-    series = plot.Series()
-    series.add(records)
-    assert [p.title for p in series.panels()] == ["losses", "D outputs", "images/s"]
-    losses = series.panels()[0].curves
-    assert list(losses) == ["loss_D", "loss_G"]
-    assert list(losses["loss_D"].steps) == [2, 4]
-    assert list(losses["loss_D"].values) == [r["loss_D"] for r in records]
-
-    assert sorted(series.logged) == ["D_fake", "D_real", "img_per_s", "loss_D", "loss_G"]
-    with open(trained_run / METRICS, "a") as f:  # an evaluation, then one of an older checkpoint
-        for step, fid in ((4, 12.5), (2, 30.0)):
-            f.write(json.dumps({"step": step, "event": "eval", "fid": fid, "precision": 0.5,
-                                "recall": "nan"}) + "\n")
-        f.write(json.dumps({"step": 3, "event": "rollback", "loss": "loss_D", "to_step": 2}) + "\n")
-    (tmp_path / "out").mkdir()
-    out = plot.plot_run(trained_run, tmp_path / "out" / "curves.png")
-    assert out == tmp_path / "out" / "curves.png"
-    with Image.open(out) as png:
-        assert png.size == (1200, 800)
-    assert [p.name for p in out.parent.iterdir()] == ["curves.png"]  # no temp file left
-    series = plot.Series()
-    series.add(read_metrics(trained_run))
-    panels = {p.title: p for p in series.panels()}
-    assert list(panels) == ["losses", "D outputs", "images/s", "FID", "precision / recall"]
-    assert [a.tolist() for a in panels["FID"].curves["fid"].arrays()] == [[2, 4], [30.0, 12.5]]
-    assert list(panels["precision / recall"].curves) == ["precision"]  # a nan recall: no curve
-    assert series.marks == {3}  # a dotted line where training rolled back
-
-
-def test_plot_of_a_run_with_nothing_to_draw_says_so(workdir, trained_run, tmp_path):
-    (trained_run / METRICS).write_text("")
-    with pytest.raises(RunError, match=r"has no metrics to plot yet \(metrics.jsonl holds no "
-                                       r"step records\); plot it again once"):
-        plot.plot_run(trained_run, tmp_path / "c.png")
-    with pytest.raises(RunError, match="is not a ganctl run directory"):
-        plot.plot_run(tmp_path, tmp_path / "c.png")
-    assert not (tmp_path / "c.png").exists()
-
-
-@pytest.mark.parametrize("max_share", [1e9, 1e-9], ids=["cheap", "costly"])
-def test_training_refreshes_curves_png_at_sample_steps(workdir, monkeypatch, max_share):
-    """At each sample step, unless the last draw was too recent for its cost (MAX_SHARE of the
-    time: a draw is cheap here, or dear); the last step is always drawn."""
-    drawn = []
-    real_draw = plot.draw
-
-    def spy(series, out):
-        drawn.append(max(series.logged["loss_D"].steps))
-        return real_draw(series, out)
-
-    monkeypatch.setattr(plot, "draw", spy)
-    monkeypatch.setattr(plot, "MAX_SHARE", max_share)
-    result = invoke("train", *TINY, "--curves", "--steps", "6", "--out", "r")
-    assert result.exit_code == 0, result.output
-    assert drawn == ([2, 4, 6] if max_share > 1 else [6])
-    with Image.open(workdir / "r" / "curves.png") as png:
-        assert png.size == (1200, 800)
-
-
-def test_no_curves_draws_none_and_resume_may_switch_them_on(workdir, monkeypatch):
-    drawn = []
-    monkeypatch.setattr(plot, "draw", lambda series, out: drawn.append(series.last))
-    result = invoke("train", *TINY, "--no-curves", "--out", "r")
-    assert result.exit_code == 0, result.output
-    assert drawn == [] and json.loads((workdir / "r" / "config.json").read_text())["curves"] is False
-    result = invoke("resume", "r", "--steps", "6", "--curves")
-    assert result.exit_code == 0, result.output
-    assert drawn == [6]
-
-
-def curves_of(lines: list[str], run: str = "0003-cifar10-dcgan") -> plot.Series:
-    series = plot.Series(run=run)
-    series.add(json.loads(line) for line in lines)
-    return series
-
-
-def axes_by_title(fig) -> dict:
-    return {ax.get_title(): ax for ax in fig.axes}
-
-
-ABSURD = ['{"step": 1, "loss_D": 0.5, "loss_G": 1e308}',
-          '{"step": 2, "loss_D": -Infinity, "loss_G": 0.7}',
-          '{"step": 3, "loss_D": NaN, "loss_G": 1' + "0" * 400 + '}',
-          '{"step": -5, "loss_D": 9.0, "loss_G": 9.0}',
-          '{"step": -1, "event": "rollback", "to_step": 0}',
-          '{"step": 4, "loss_D": 0.6, "loss_G": 0.8}']
-
-
-def test_plot_leaves_out_non_finite_values_and_negative_steps_and_holds_absurd_ones(
-        trained_run, tmp_path, recwarn, capfd):
-    series = curves_of(ABSURD)
-    losses = series.panels()[0].curves
-    assert [a.tolist() for a in losses["loss_D"].arrays()] == [[1, 4], [0.5, 0.6]]  # gaps
-    assert [a.tolist() for a in losses["loss_G"].arrays()] == [[1, 2, 4], [plot.CLIP, 0.7, 0.8]]
-    assert series.marks == set() and series.last == 4
-    with warnings.catch_warnings():  # the axes themselves stay sane, nothing silenced
-        warnings.simplefilter("error")
-        plot.figure(series).savefig(io.BytesIO(), format="png")
-
-    (trained_run / METRICS).write_text("\n".join(ABSURD) + "\n")
-    with Image.open(plot.plot_run(trained_run, tmp_path / "c.png")) as png:
-        assert png.size == (1200, 800)
-    assert [str(w.message) for w in recwarn] == []  # nothing reaches the user
-    assert capfd.readouterr().err == ""
-
-
-def test_plot_scale_is_logarithmic_when_a_loss_diverges():
-    assert plot.y_scale([0.5, 0.7, 1.2, -0.3]) == ("linear", {})
-    assert plot.y_scale([0.0, 0.0, 0.1]) == ("linear", {})  # zeros span nothing
-    assert plot.y_scale([0.5, 0.7, 2e37]) == ("log", {})
-    assert plot.y_scale([-0.5, 0.7, 2e37]) == ("symlog", {"linthresh": 0.7})
-    series = curves_of([json.dumps({"step": s, "loss_D": -0.5 + s / 10, "loss_G": 0.7,
-                                    "loss_GP": 2e37 * s, "D_real": 0.6, "D_fake": 0.4})
-                        for s in (1, 2, 3)])
-    panels = axes_by_title(plot.figure(series))
-    assert panels["losses"].get_yscale() == "symlog"  # loss_D and loss_G stay readable
-    assert panels["D outputs"].get_yscale() == "linear"
-
-
-def test_plot_titles_the_run_and_its_last_step_ticks_whole_steps_and_names_rollbacks():
-    one = curves_of(['{"step": 10, "loss_D": 0.5, "loss_G": 0.7, "img_per_s": 100.0}',
-                     '{"step": 10, "event": "eval", "fid": 30.0, "kid": 0.01}'])
-    fig = plot.figure(one)
-    assert fig.get_suptitle() == "0003-cifar10-dcgan — step 10"
-    assert [ax.get_title() for ax in fig.axes] == ["losses", "images/s", "FID", "KID"]
-    for ax in fig.axes:  # one point: whole steps around it, never 9.45 .. 10.55
-        low, high = ax.get_xlim()
-        assert (low, high) == (9, 11)
-        ticks = [t for t in ax.get_xticks() if low <= t <= high]
-        assert ticks == [9, 10, 11]
-
-    rolled = curves_of([json.dumps({"step": s, "loss_D": 0.5, "loss_G": 0.7, "img_per_s": 9.0})
-                        for s in range(1000, 12001, 1000)]
-                       + ['{"step": 5000, "event": "rollback", "loss": "loss_D", "to_step": 4000}',
-                          '{"step": 7000, "event": "diverged", "loss": "loss_D"}'])
-    fig = plot.figure(rolled)
-    assert fig.get_suptitle() == "0003-cifar10-dcgan — step 12,000"
-    for ax in fig.axes:  # the two dotted lines named once, in each panel they cross
-        labels = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert labels.count("rollback") == 1
-        assert all(t == round(t) for t in ax.get_xticks())
-    assert [t.get_text() for t in axes_by_title(fig)["images/s"].get_legend().get_texts()] == [
-        "img_per_s", "rollback"]

@@ -1,37 +1,87 @@
-"""Issue 13's `ganctl sample`: seeds, truncation, classes, --no-ema, grids and single images in
-PNG, JPEG and WebP, upscaling; the determinism that makes an image depend on its seed alone."""
+"""`ganctl sample`: a grid or one image (seeds, truncation, classes, formats, --scale, --nrow,
+--no-ema), --out-dir and --interpolate from the command line, and the checks of its options."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, assert_one_line_error, invoke
+from helpers import CPU, TINY, assert_one_line_error, invoke
 from PIL import Image
 
 from ganctl import rundir
-from ganctl.errors import ConfigError
-from ganctl.imagefiles import GRID_PADDING, GridShape, make_grid
-from ganctl.sample import generate, load_generator, sample_images
+from ganctl.imagefiles import GRID_PADDING
+from ganctl.sample import load_generator, sample_images
 
-CPU = torch.device("cpu")
+# --- a grid or one image --------------------------------------------------------------------------
+
+def test_sample_64_is_the_seed_8x8_grid(trained_run, workdir):
+    result = invoke("sample", "-n", "64", "out.png")
+    assert result.exit_code == 0, result.output
+    ckpt = trained_run / "checkpoints" / "step-000000004.safetensors"
+    assert f"using newest checkpoint {ckpt.relative_to(workdir)}" in result.stderr
+    image = Image.open(workdir / "out.png")
+    # 8 images of 32 px per side with 2 px gaps around and between: 8 * 34 + 2
+    assert (image.format, image.mode, image.size) == ("PNG", "RGB", (274, 274))
 
 
-@pytest.fixture
-def run(workdir) -> Path:
-    assert invoke("train", *TINY, "--out", "r").exit_code == 0
-    return Path("r")
+def test_grid_shape_for_n_not_square(trained_run, workdir):
+    assert invoke("sample", "-n", "10", "ten.png", "--ckpt", trained_run).exit_code == 0
+    assert Image.open(workdir / "ten.png").size == (4 * 34 + 2, 3 * 34 + 2)  # 4 per row, 3 rows
 
 
-@pytest.fixture
-def cond(workdir) -> Path:
-    assert invoke("train", *TINY, "--conditional", "--out", "c").exit_code == 0
-    return Path("c")
+def test_same_seed_same_bytes_other_seed_other_bytes(trained_run, workdir):
+    for name, seed in (("a.png", 7), ("b.png", 7), ("c.png", 8)):
+        assert invoke("sample", "-n", "16", name, "--seed", seed).exit_code == 0
+    a, b, c = ((workdir / n).read_bytes() for n in ("a.png", "b.png", "c.png"))
+    assert a == b and a != c
 
+
+def test_an_image_depends_on_its_seed_not_its_batch(trained_run, workdir):
+    """Seed 7 is image 0 of a grid from --seed 7 and image 3 of a grid from --seed 4."""
+    assert invoke("sample", "-n", "1", "one.png", "--seed", 7).exit_code == 0
+    assert invoke("sample", "-n", "4", "four.png", "--seed", 4).exit_code == 0
+    one = torch.from_numpy(np.array(Image.open(workdir / "one.png")))
+    four = torch.from_numpy(np.array(Image.open(workdir / "four.png")))
+    assert one.shape[:2] == (32, 32)  # one image is written alone, without a border
+    assert torch.equal(four[36:68, 36:68], one)  # row 1, column 1 of a 2x2 grid
+
+
+def test_sample_json(trained_run, workdir):
+    result = invoke("sample", "-n", "4", "s.png", "--ckpt", trained_run, "--json")
+    doc = json.loads(result.stdout)
+    assert doc["step"] == 4 and doc["n"] == 4 and doc["out"] == "s.png"
+    assert (doc["width"], doc["height"]) == (70, 70)
+
+
+@pytest.mark.parametrize("out, fragment", [("a-file/x.png", "a-file is a file, not a folder"),
+                                           ("a-file/sub/x.png", "a-file is a file, not a folder"),
+                                           (".png", ".png is a hidden file's name with no suffix; "
+                                                    "name the file like out.png")])
+def test_sample_bad_output(trained_run, out, fragment):
+    Path("a-file").write_text("a file where a folder would go")
+    result = invoke("sample", out)
+    assert result.exit_code == 1 and fragment in result.stderr
+
+
+@pytest.mark.parametrize("out", ["x.bmp", "sub/noext", "x.PNG.txt"])
+def test_an_image_name_without_an_image_format_is_a_bad_command_line(workdir, out):
+    """Found from OUT alone, before a checkpoint is looked for (there is none here)."""
+    result = invoke("sample", out)
+    assert result.exit_code == 2 and "must end in .png, .jpg, .jpeg or .webp" in result.stderr
+
+
+def test_sample_seed_bounds(trained_run):
+    assert invoke("sample", "x.png", "--seed", str(2**63)).exit_code == 2
+    assert invoke("sample", "-n", "2", "x.png", "--seed", str(2**63 - 1)).exit_code == 2  # runs past
+    ok = invoke("sample", "-n", "2", "x.png", "--seed", str(2**63 - 2))
+    assert ok.exit_code == 0, ok.output
+
+
+# --- seeds ----------------------------------------------------------------------------------------
 
 def pixels(path: str | Path) -> np.ndarray:
     with Image.open(path) as image:
@@ -50,8 +100,6 @@ def sample(*args: object):
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
-
-# --- seeds -------------------------------------------------------------------------------------
 
 def test_a_seeds_image_is_the_same_alone_in_a_batch_of_3_and_of_64(run):
     sample("-n", "1", "alone.png", "--seed", "5", "--ckpt", run)
@@ -85,7 +133,7 @@ def test_seeds_and_n_exclude_each_other(run):
     assert result.exit_code == 2 and "--seeds" in result.stderr
 
 
-# --- truncation and classes ------------------------------------------------------------------------
+# --- truncation and classes -----------------------------------------------------------------------
 
 def test_truncation_narrows_the_samples_and_zero_gives_one_image(run):
     loaded = load_generator(rundir.locate(str(run), print), CPU)
@@ -107,10 +155,21 @@ def test_bad_truncation_is_a_bad_command_line(run, psi):
     assert "None" not in result.stderr  # the Python API's words are not the command line's
 
 
+def test_truncation_must_be_finite(run):
+    result = invoke("sample", "-n", "2", "x.png", "--truncation", "inf", "--ckpt", run)
+    assert_one_line_error(result, 2, "truncation must be a finite number")
+
+
 def test_class_on_an_unconditional_model_is_an_error(run):
     for value in ("1", "all", "circle"):
         assert_one_line_error(invoke("sample", "-n", "2", "x.png", "--class", value, "--ckpt", run),
                               1, "unconditional")
+
+
+@pytest.fixture
+def cond(workdir) -> Path:
+    assert invoke("train", *TINY, "--conditional", "--out", "c").exit_code == 0
+    return Path("c")
 
 
 def test_class_by_name_or_index_and_all_gives_a_row_per_class(cond):
@@ -124,7 +183,7 @@ def test_class_by_name_or_index_and_all_gives_a_row_per_class(cond):
                           1, "unknown class 'hexagon'", "circle")
 
 
-# --- files ------------------------------------------------------------------------------------------
+# --- files ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,fmt", [("g.png", "PNG"), ("g.jpg", "JPEG"), ("g.jpeg", "JPEG"),
                                       ("g.webp", "WEBP")])
@@ -170,7 +229,50 @@ def test_out_and_out_dir_exclude_each_other(run):
     assert invoke("sample", "--ckpt", run).exit_code == 2
 
 
-# --- bulk export, interpolation and export from the command line ---------------------------------
+def test_a_grid_too_big_for_memory_is_refused_before_drawing(run):
+    assert_one_line_error(invoke("sample", "-n", "4096", "--scale", "64", "big.png", "--ckpt", run),
+                          1, "GB of pixels", "--out-dir")
+
+
+def test_a_grid_longer_than_jpeg_or_webp_allow_is_refused_before_drawing(run):
+    """libjpeg takes at most 65500 px a side, WebP 16383: an 'unexpected ValueError' and a
+    broken-stream error before; now one line naming the limit, and a PNG of it works."""
+    assert_one_line_error(invoke("sample", "-n", "600", "--nrow", "1", "tall.webp", "--ckpt", run), 1,
+                          "tall.webp: a grid of 600 images (1 a row, padding 2) is 36x20402 px, more "
+                          "than WEBP holds (16383 px a side); use .png")
+    assert_one_line_error(invoke("sample", "-n", "2000", "--nrow", "1", "tall.jpg", "--ckpt", run), 1,
+                          "more than JPEG holds (65500 px a side)")
+    assert not Path("tall.webp").exists() and not Path("tall.jpg").exists()
+    assert sample("-n", "600", "--nrow", "1", "tall.png", "--ckpt", run)["height"] == 20402
+    assert sample("-n", "600", "--nrow", "30", "wide.webp", "--ckpt", run)["width"] == 30 * 34 + 2
+
+
+# --- options of another mode ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["-n", "4", "x.png", "--format", "jpg"], "--format is for --out-dir"),
+    (["-n", "4", "--out-dir", "d", "--format", "bmp"], "'bmp' is not one of png, jpg, webp, npz"),
+    (["-n", "4", "--out-dir", "d", "--scale", "4"], "--out-dir writes each image at the model's size"),
+    (["-n", "4", "--out-dir", "d", "--nrow", "2"], "--out-dir writes each image"),
+    (["--interpolate", "--seeds", "1,2", "w.png", "--nrow", "4"], "leave --nrow out"),
+    (["--interpolate", "--seeds", "1,2", "w.gif", "--class", "all"], "--class all draws a grid"),
+    (["-n", "4", "--out-dir", "d", "--class", "all"], "--class all draws a grid"),
+    (["-n", "4", "x.gif"], "x.gif: .gif and .mp4 are for --interpolate"),
+    (["--seed", "0", "--seeds", "1-3", "x.png"], "--seeds names the seeds itself"),
+])
+def test_an_option_of_another_mode_is_a_bad_command_line_not_ignored(run, args, fragment):
+    result = invoke("sample", *args, "--ckpt", run)
+    assert_one_line_error(result, 2, fragment)
+    assert not Path("x.png").exists() and not Path("d").exists() and not Path("w.png").exists()
+
+
+def test_options_of_another_mode_are_refused(run):
+    assert invoke("sample", "--seeds", "1,2", "--frames", "10", "x.png", "--ckpt", run).exit_code == 2
+    assert invoke("sample", "--interpolate", "--out-dir", "d", "--ckpt", run).exit_code == 2
+    assert not Path("x.png").exists() and not Path("d").exists()
+
+
+# --- --out-dir ------------------------------------------------------------------------------------
 
 def test_bulk_export_stopped_by_sigterm_then_rerun_ends_with_exactly_n_files(workdir):
     """A kill in the middle leaves only whole files; the rerun writes the rest."""
@@ -217,6 +319,29 @@ def test_a_bulk_export_trains_as_a_dataset_and_matches_the_grid(cond):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "npz"])
+def test_a_rerun_redoes_files_cut_or_damaged_by_hand(run, fmt):
+    sample("-n", "6", "--out-dir", "x", "--format", fmt, "--ckpt", run)
+    files = sorted(p for p in Path("x").iterdir() if p.suffix == f".{fmt}")
+    whole = files[0].read_bytes()
+    files[0].write_bytes(whole[: len(whole) // 2])  # cut short
+    if len(files) > 1:
+        files[1].write_bytes(b"junk")
+    doc = sample("-n", "6", "--out-dir", "x", "--format", fmt, "--ckpt", run)
+    assert doc["written"] == min(len(files), 2) * (6 // len(files))
+    assert files[0].read_bytes() == whole
+
+
+def test_a_fifo_in_place_of_the_manifest_is_refused_not_waited_on(run):
+    import os  # noqa: PLC0415
+    Path("x").mkdir()
+    os.mkfifo("x/manifest.json")
+    assert_one_line_error(invoke("sample", "-n", "2", "--out-dir", "x", "--ckpt", run), 1,
+                          "not a ganctl export manifest")
+
+
+# --- --interpolate --------------------------------------------------------------------------------
+
 def test_interpolation_gif_from_the_command_line(run):
     doc = sample("--interpolate", "--seeds", "1,2,3", "--frames", "12", "walk.gif", "--ckpt", run,
                  "--scale", "2")
@@ -241,180 +366,8 @@ def test_interpolation_png_says_its_rows_and_when_the_row_is_cut(run):
         assert grid.size == (16 * 34 + 2, 2 * 34 + 2)
 
 
-def test_torchscript_export_from_the_command_line(run):
-    result = invoke("export", run, "g.pt", "--json")
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
-    assert doc["max_abs_diff"] <= 1e-4 and doc["checked_batch_sizes"] == [4, 7, 1]
-    loaded = torch.jit.load("g.pt")
-    assert tuple(loaded(torch.zeros(5, doc["z_dim"])).shape) == (5, 3, 32, 32)
-
-
-def test_export_takes_its_format_from_the_name_and_refuses_a_mismatch(run):
-    pytest.importorskip("onnxruntime")
-    doc = sample_json("export", run, "g.onnx")
-    assert doc["format"] == "onnx" and doc["z_dim"] == 100
-    result = invoke("export", run, "g2.onnx", "--format", "torchscript")
-    assert result.exit_code == 2 and "named for onnx" in result.stderr
-    assert not Path("g2.onnx").exists()
-    result = invoke("export", run, "g.pt", "--format", "onnx")
-    assert result.exit_code == 2 and "g.pt is named for torchscript but --format is onnx" in result.stderr
-    # a name that says no format takes --format's (it was 'named for torchscript')
-    assert sample_json("export", run, "g.bin", "--format", "onnx")["format"] == "onnx"
-
-
-@pytest.mark.parametrize(("args", "fragment"), [
-    (["-n", "4", "x.png", "--format", "jpg"], "--format is for --out-dir"),
-    (["-n", "4", "--out-dir", "d", "--format", "bmp"], "'bmp' is not one of png, jpg, webp, npz"),
-    (["-n", "4", "--out-dir", "d", "--scale", "4"], "--out-dir writes each image at the model's size"),
-    (["-n", "4", "--out-dir", "d", "--nrow", "2"], "--out-dir writes each image"),
-    (["--interpolate", "--seeds", "1,2", "w.png", "--nrow", "4"], "leave --nrow out"),
-    (["--interpolate", "--seeds", "1,2", "w.gif", "--class", "all"], "--class all draws a grid"),
-    (["-n", "4", "--out-dir", "d", "--class", "all"], "--class all draws a grid"),
-    (["-n", "4", "x.gif"], "x.gif: .gif and .mp4 are for --interpolate"),
-    (["--seed", "0", "--seeds", "1-3", "x.png"], "--seeds names the seeds itself"),
-])
-def test_an_option_of_another_mode_is_a_bad_command_line_not_ignored(run, args, fragment):
-    result = invoke("sample", *args, "--ckpt", run)
-    assert_one_line_error(result, 2, fragment)
-    assert not Path("x.png").exists() and not Path("d").exists() and not Path("w.png").exists()
-
-
-def test_out_never_replaces_a_file_of_another_kind(run):
-    """A run's metrics, config or checkpoint named as OUT by mistake is refused; an image over
-    an image, or a model over a model, is replaced."""
-    metrics = run / "metrics.jsonl"
-    before = metrics.read_bytes()
-    assert_one_line_error(invoke("export", run, metrics), 1, "is not a TorchScript file")
-    (run / "g.onnx").write_text("not a model")
-    assert_one_line_error(invoke("export", run, run / "g.onnx"), 1, "is not an ONNX file")
-    ckpt = run / "checkpoints" / "step-000000004.safetensors"
-    shutil.copy(ckpt, "ck.png")
-    assert_one_line_error(invoke("sample", "-n", "1", "ck.png", "--ckpt", run), 1,
-                          "ck.png exists and is not an image")
-    assert metrics.read_bytes() == before and Path("ck.png").read_bytes() == ckpt.read_bytes()
-    assert invoke("sample", "-n", "1", "again.png", "--ckpt", run).exit_code == 0
-    assert invoke("sample", "-n", "2", "again.png", "--ckpt", run).exit_code == 0  # image over image
-    assert invoke("export", run, "g.pt").exit_code == 0
-    assert invoke("export", run, "g.pt").exit_code == 0
-
-
 def test_interpolation_requests_are_checked_before_the_checkpoint(run):
     for args, fragment in ((["--seeds", "1"], "two different seeds"),
                            (["--seeds", "1-5", "--frames", "3"], "3 frames cannot pass 5 seeds")):
         result = invoke("sample", "--interpolate", *args, "w.gif", "--ckpt", "no-such-run")
         assert_one_line_error(result, 2, fragment)
-
-
-def test_truncation_must_be_finite(run):
-    result = invoke("sample", "-n", "2", "x.png", "--truncation", "inf", "--ckpt", run)
-    assert_one_line_error(result, 2, "truncation must be a finite number")
-
-
-def test_export_without_out_says_so(run):
-    for args in ([str(run)], ["latest"]):
-        assert_one_line_error(invoke("export", *args), 2, "is what to export; give OUT")
-    assert_one_line_error(invoke("export", run, "g.pt", "--format", "tflite"), 2,
-                          "'tflite' is not torchscript or onnx")
-
-
-def test_options_of_another_mode_are_refused(run):
-    assert invoke("sample", "--seeds", "1,2", "--frames", "10", "x.png", "--ckpt", run).exit_code == 2
-    assert invoke("sample", "--interpolate", "--out-dir", "d", "--ckpt", run).exit_code == 2
-    assert not Path("x.png").exists() and not Path("d").exists()
-
-
-def sample_json(*args: object) -> dict:
-    result = invoke(*args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def test_export_never_writes_over_a_checkpoint(run):
-    ckpt = run / "checkpoints" / "step-000000004.safetensors"
-    before = ckpt.read_bytes()
-    assert_one_line_error(invoke("export", ckpt), 2, "is what to export; give OUT")
-    assert_one_line_error(invoke("export", run, ckpt), 1, "never over a checkpoint")
-    assert ckpt.read_bytes() == before
-
-
-def test_out_may_not_be_a_link_or_a_folder(run):
-    Path("target.txt").write_text("keep")
-    Path("link.png").symlink_to("target.txt")
-    assert_one_line_error(invoke("sample", "-n", "2", "link.png", "--ckpt", run), 1, "symbolic link")
-    assert_one_line_error(invoke("export", run, "link.png"), 1, "symbolic link")
-    assert Path("link.png").is_symlink() and Path("target.txt").read_text() == "keep"
-    Path("folder.png").mkdir()
-    assert_one_line_error(invoke("sample", "-n", "2", "folder.png", "--ckpt", run), 1,
-                          "not a regular file")
-
-
-def test_a_grid_too_big_for_memory_is_refused_before_drawing(run):
-    assert_one_line_error(invoke("sample", "-n", "4096", "--scale", "64", "big.png", "--ckpt", run),
-                          1, "GB of pixels", "--out-dir")
-
-
-@pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "npz"])
-def test_a_rerun_redoes_files_cut_or_damaged_by_hand(run, fmt):
-    sample("-n", "6", "--out-dir", "x", "--format", fmt, "--ckpt", run)
-    files = sorted(p for p in Path("x").iterdir() if p.suffix == f".{fmt}")
-    whole = files[0].read_bytes()
-    files[0].write_bytes(whole[: len(whole) // 2])  # cut short
-    if len(files) > 1:
-        files[1].write_bytes(b"junk")
-    doc = sample("-n", "6", "--out-dir", "x", "--format", fmt, "--ckpt", run)
-    assert doc["written"] == min(len(files), 2) * (6 // len(files))
-    assert files[0].read_bytes() == whole
-
-
-def test_a_fifo_in_place_of_the_manifest_is_refused_not_waited_on(run):
-    import os  # noqa: PLC0415
-    Path("x").mkdir()
-    os.mkfifo("x/manifest.json")
-    assert_one_line_error(invoke("sample", "-n", "2", "--out-dir", "x", "--ckpt", run), 1,
-                          "not a ganctl export manifest")
-
-
-def test_a_grid_longer_than_jpeg_or_webp_allow_is_refused_before_drawing(run):
-    """libjpeg takes at most 65500 px a side, WebP 16383: an 'unexpected ValueError' and a
-    broken-stream error before; now one line naming the limit, and a PNG of it works."""
-    assert_one_line_error(invoke("sample", "-n", "600", "--nrow", "1", "tall.webp", "--ckpt", run), 1,
-                          "tall.webp: a grid of 600 images (1 a row, padding 2) is 36x20402 px, more "
-                          "than WEBP holds (16383 px a side); use .png")
-    assert_one_line_error(invoke("sample", "-n", "2000", "--nrow", "1", "tall.jpg", "--ckpt", run), 1,
-                          "more than JPEG holds (65500 px a side)")
-    assert not Path("tall.webp").exists() and not Path("tall.jpg").exists()
-    assert sample("-n", "600", "--nrow", "1", "tall.png", "--ckpt", run)["height"] == 20402
-    assert sample("-n", "600", "--nrow", "30", "wide.webp", "--ckpt", run)["width"] == 30 * 34 + 2
-
-
-def test_make_grid_refuses_a_grid_past_one_image_before_allocating_it():
-    images = torch.zeros((2, 3, 4, 4), dtype=torch.uint8)
-    with pytest.raises(ConfigError) as e:  # was torch's 'Storage size calculation overflowed'
-        make_grid(images, padding=10**9)
-    message = str(e.value)
-    assert "is 3000000008x2000000004 px, 18000000084.0 GB of pixels, more than one image holds" in message
-    assert "\n" not in message
-
-
-@pytest.mark.parametrize("nrow", [None, 1, 4, 100])
-def test_the_grid_shape_checked_is_the_grid_made(nrow):
-    for n in range(1, 30):
-        for padding in (0, 3):
-            shape = GridShape.of(n, 1, 5, 7, padding, nrow)
-            grid = make_grid(torch.ones((n, 1, 5, 7), dtype=torch.uint8), padding, nrow)
-            assert grid.shape == (shape.height, shape.width, 1) and shape.size == grid.numel()
-            assert int(grid.sum()) == n * 35 and shape.rows * shape.cols >= n > (shape.rows - 1) * shape.cols
-
-
-def test_running_out_of_memory_while_generating_says_to_lower_the_batch_size():
-    class Hungry(torch.nn.Module):
-        def forward(self, z, c):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore lines")
-
-    G = Hungry().train()
-    with pytest.raises(ConfigError) as e:
-        generate(G, torch.zeros(5, 8), CPU, batch_size=4)
-    assert str(e.value).startswith("out of memory on cpu generating 4 images at a time; lower the "
-                                   "batch size (--batch-size, batch_size=)")
-    assert G.training  # its mode is given back

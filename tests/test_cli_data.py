@@ -1,7 +1,6 @@
-"""Damaged dataset files (issue 22): every reader names the file, says what is wrong and what to
-do in one line, and leaves the file where it is; downloads fill in what is missing and never
-replace a file that is there. Damaged images inside a folder or zip are skipped and counted; a
-damaged decode cache is built again and said so."""
+"""`ganctl data` (info, prepare, cache list|clean), and what `data info` makes of damaged files: a
+damaged dataset file named in one line and kept, downloads that only fill in what is missing,
+damaged images skipped and counted, and a damaged decode cache built again."""
 
 from __future__ import annotations
 
@@ -31,6 +30,7 @@ from helpers import (
 )
 from PIL import Image
 
+# --- named datasets' files ------------------------------------------------------------------------
 
 @pytest.fixture
 def no_downloads(monkeypatch) -> list[str]:
@@ -66,17 +66,10 @@ def flip(path: Path, offset: int, mask: int = 0xFF) -> None:
     path.write_bytes(bytes(raw))
 
 
-def info(*args: object):
-    """`data info --json`: the report on stdout, progress and notes on stderr."""
-    return invoke("data", "info", *args, "--json")
-
-
 def fails(*args: object):
     """`data info`: progress on stdout, an error alone on stderr."""
     return invoke("data", "info", *args)
 
-
-# --- named datasets: (dataset, how to make it, the file damaged, how, what the message says) --
 
 MNIST_RAW = Path("MNIST/raw")
 CIFAR10 = Path("cifar-10-batches-py")
@@ -259,6 +252,11 @@ def test_a_download_fills_in_a_missing_mnist_file_and_leaves_a_damaged_one(workd
     assert not list(raw.glob("*.part"))
 
 
+def info(*args: object):
+    """`data info --json`: the report on stdout, progress and notes on stderr."""
+    return invoke("data", "info", *args, "--json")
+
+
 def _cifar_archive(workdir: Path) -> Path:
     """cifar-10-python.tar.gz in the data dir, as its download leaves it, the folder not yet
     extracted."""
@@ -301,7 +299,18 @@ def test_extracting_an_archive_fills_in_and_never_replaces_a_damaged_batch(workd
     assert (folder / "data_batch_2").read_bytes() == (made / "data_batch_2").read_bytes()
 
 
-# --- folders and zips of the user's images: damaged members are skipped and counted -------------
+def test_a_gzip_bomb_is_refused_before_it_fills_memory(workdir, monkeypatch):
+    from ganctl.data import datafile
+
+    write_mnist(workdir / "data")
+    path = workdir / "data" / MNIST_RAW / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\0" * 5000))
+    monkeypatch.setattr(datafile, "MAX_DATA_FILE", 4096)
+    result = fails("--dataset", "mnist", "--no-download")
+    assert_one_line_error(result, 1, str(path), "is too large")
+
+
+# --- folders and zips of the user's images: damaged members are skipped and counted ---------------
 
 def _png(width: int, height: int) -> bytes:
     """A grayscale PNG whose header says width x height (its data may not fill it)."""
@@ -382,7 +391,35 @@ def test_a_damaged_zip_dataset_is_named_in_one_line_and_kept(workdir, damage):
                           "replace it with an intact copy")
 
 
-# --- the decode cache: ganctl's own files, built again when damaged ------------------------------
+def _float_tiff(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.float32), "F").save(path)
+
+
+def test_float_images_with_nan_or_inf_are_skipped_and_counted_without_warnings(workdir):
+    """No brightness stands for NaN or infinity: such an image is skipped with its reason, like
+    any other unusable one, and numpy's 'invalid value encountered in cast' never reaches the
+    terminal (nor becomes an error where warnings are errors)."""
+    import warnings
+
+    folder = image_folder(workdir / "imgs", 3)
+    for name, bad in (("nan.tif", np.nan), ("inf.tif", np.inf), ("minus-inf.tiff", -np.inf)):
+        pixels = np.full((16, 16), 0.5)
+        pixels[3, 4] = bad
+        _float_tiff(folder / name, pixels)
+    _float_tiff(folder / "largest.tif", np.full((16, 16), np.finfo(np.float32).max))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a decode thread's warning: a failure
+        result = info("--dataset", folder)
+    assert result.exit_code == 0, result.output
+    assert "Warning" not in result.stderr and "decode.py" not in result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["count"] == 4 and doc["skipped_by_reason"] == {"non-finite pixels": 3}
+    largest = np.load(doc["cache"])[3]  # sorted names: 000, 001, 002, largest, ...
+    assert (largest == 255).all()  # as bright as its type goes: white, not an overflow
+
+
+# --- the decode cache: ganctl's own files, built again when damaged -------------------------------
 
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -435,17 +472,6 @@ def test_a_damaged_decode_cache_is_built_again_and_said_so(workdir, damage):
     assert third.exit_code == 0 and "decoding" not in third.stderr, third.output
 
 
-def test_a_gzip_bomb_is_refused_before_it_fills_memory(workdir, monkeypatch):
-    from ganctl.data import datafile
-
-    write_mnist(workdir / "data")
-    path = workdir / "data" / MNIST_RAW / "train-images-idx3-ubyte.gz"
-    path.write_bytes(gzip.compress(b"\0" * 5000))
-    monkeypatch.setattr(datafile, "MAX_DATA_FILE", 4096)
-    result = fails("--dataset", "mnist", "--no-download")
-    assert_one_line_error(result, 1, str(path), "is too large")
-
-
 @pytest.mark.parametrize("part", ["images.npy", "labels.npy", "json"])
 def test_a_folder_in_the_way_of_the_decode_cache_is_named_and_left_alone(workdir, part):
     """Not 'free space': something is where the cache's file goes. Said before decoding (a large
@@ -491,29 +517,38 @@ def test_a_cache_that_cannot_be_written_gets_the_advice_that_fits(workdir, monke
                           advice.format(cache=workdir / "CACHE"))
 
 
-def _float_tiff(path: Path, pixels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.astype(np.float32), "F").save(path)
+# --- the commands' own output ---------------------------------------------------------------------
 
-
-def test_float_images_with_nan_or_inf_are_skipped_and_counted_without_warnings(workdir):
-    """No brightness stands for NaN or infinity: such an image is skipped with its reason, like
-    any other unusable one, and numpy's 'invalid value encountered in cast' never reaches the
-    terminal (nor becomes an error where warnings are errors)."""
-    import warnings
-
-    folder = image_folder(workdir / "imgs", 3)
-    for name, bad in (("nan.tif", np.nan), ("inf.tif", np.inf), ("minus-inf.tiff", -np.inf)):
-        pixels = np.full((16, 16), 0.5)
-        pixels[3, 4] = bad
-        _float_tiff(folder / name, pixels)
-    _float_tiff(folder / "largest.tif", np.full((16, 16), np.finfo(np.float32).max))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # a decode thread's warning: a failure
-        result = info("--dataset", folder)
+def test_data_prepare_builds_the_cache(workdir):
+    write_mnist(workdir / "data")
+    result = invoke("data", "prepare", "--dataset", "mnist")
     assert result.exit_code == 0, result.output
-    assert "Warning" not in result.stderr and "decode.py" not in result.stderr
-    doc = json.loads(result.stdout)
-    assert doc["count"] == 4 and doc["skipped_by_reason"] == {"non-finite pixels": 3}
-    largest = np.load(doc["cache"])[3]  # sorted names: 000, 001, 002, largest, ...
-    assert (largest == 255).all()  # as bright as its type goes: white, not an overflow
+    assert "ready: mnist 10 images 32x32x1" in result.stdout
+    assert list((workdir / "cache").glob("mnist-*.images.npy"))
+
+
+def test_data_info_shows_a_class_name_with_a_line_break_on_its_one_line(workdir):
+    image_folder(workdir / "nl" / "a\nb", 2, size=(8, 8))
+    image_folder(workdir / "nl" / "c", 2, size=(8, 8))
+    result = invoke("data", "info", "--dataset", "nl")
+    assert result.exit_code == 0, result.output
+    assert "classes     2: a\\nb (2), c (2)" in result.stdout.splitlines()
+
+
+def test_cache_clean_asks_unless_yes(workdir, monkeypatch):
+    monkeypatch.setenv("GANCTL_CACHE_DIR", str(workdir / "cache"))
+    folder = Path("imgs")
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 32), (i * 30, 0, 0)).save(folder / f"{i}.png")
+    assert invoke("data", "prepare", "--dataset", str(folder)).exit_code == 0
+    listed = json.loads(invoke("data", "cache", "list", "--json").stdout)
+    assert [c["kind"] for c in listed["caches"]] == ["decoded"] and listed["bytes"] > 0
+    # no terminal to ask on: refused, nothing removed
+    assert_one_line_error(invoke("data", "cache", "clean"), 1, "needs --yes")
+    assert len(json.loads(invoke("data", "cache", "list", "--json").stdout)["caches"]) == 1
+    result = invoke("data", "cache", "clean", "imgs", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["freed_bytes"] == listed["bytes"]
+    assert json.loads(invoke("data", "cache", "list", "--json").stdout)["caches"] == []
+    assert_one_line_error(invoke("data", "cache", "clean", "nope", "--yes"), 1, "no cache of 'nope'")
