@@ -16,12 +16,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import CPU, ROOT, damage, read_json, signal_at, valid_steps, write_feature_net
+from helpers import CPU, ROOT, damage, invoke, read_json, signal_at, valid_steps, write_feature_net
 from PIL import Image
 
 import ganctl
 from ganctl import api, rundir
-from ganctl.api import generator, scores
+from ganctl.api import files, generator, scores
 from ganctl.config import Config
 from ganctl.errors import CheckpointError, ConfigError, DeviceError, GanctlError, Stopped
 from ganctl.models import build_generator
@@ -571,3 +571,43 @@ def test_what_the_os_refuses_and_long_or_odd_values_are_one_short_line(_run, G, 
         call(_run, G)
     one_line(e, phrase)
     assert len(str(e.value)) <= 1000
+
+
+def test_the_commands_functions_check_what_they_are_given(run, monkeypatch):
+    """Every mistake is ganctl's own error, before a file is written: an unknown keyword (with
+    the closest one), a None, empty or unnameable output path, a callback that cannot be called,
+    names that are not a list; numpy's integers count as ints."""
+    monkeypatch.setenv("GANCTL_CACHE_DIR", str(Path("cache").absolute()))
+    cases = [(lambda: api.sample_to_file("r", None, n=4), "out must be a file's path"),
+             (lambda: api.sample_to_file("r", "\ud800.png", n=4), "holds a lone surrogate"),
+             (lambda: api.sample_to_file("r", "", n=4), "out is an empty path"),
+             (lambda: api.sample_to_file("r", "q.png", n=4, foo=1),
+              "sample_to_file(): got an unexpected keyword argument 'foo'"),
+             (lambda: api.load("r", devise="cpu"), "did you mean 'device'?"),
+             (lambda: api.sample_to_file(None, "q.png", notes=5), "notes must be a function"),
+             (lambda: api.export_images("r", "eo", n=4, progress=5), "progress must be a function"),
+             (lambda: api.export_images("r", "eo", n=4, format="bmp"),
+              "'bmp' is not one of png, jpg, webp, npz"),
+             (lambda: api.sample_to_file("r", "q.txt", n=4), "q.txt: the image's name must end in"),
+             (lambda: api.caches(None, "imgs"), "names must be a list"),
+             (lambda: api.remove_caches("imgs"), "entries must be a list"),
+             (lambda: api.runs("nowhere"), "nowhere does not exist")]
+    for call, phrase in cases:
+        with pytest.raises(ConfigError, match=re.escape(phrase)):
+            call()
+    assert not {"q.png", "q.txt", "eo"} & set(os.listdir("."))
+    walk = api.interpolate("r", "w.gif", seeds="0-2", frames=np.int64(6), device="cpu")
+    assert walk["frames"] == 6 and Path("w.gif").is_file()
+    assert len(generator.chosen_seeds(None, 150_000, limit=files.MAX_EXPORT)) == 150_000
+    every_class = api.sample_to_file("r", "one.png", class_=None)  # unconditional: 64 seeds
+    assert every_class["n"] == 64
+
+
+def test_a_grid_of_every_class_is_the_commands_grid(conditional, tmp_path):
+    """class_="all" draws a row of 8 seeds for each class, from the API as from `ganctl sample
+    --class all`, to the byte."""
+    r = api.sample_to_file(conditional.checkpoint, tmp_path / "api.png", class_="all", device="cpu")
+    assert (r["n"], r["width"], r["height"]) == (24, 274, 104)
+    result = invoke("sample", "--class", "all", tmp_path / "cli.png", "--ckpt", conditional.checkpoint)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cli.png").read_bytes() == (tmp_path / "api.png").read_bytes()

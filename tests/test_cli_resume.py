@@ -4,6 +4,7 @@ files it meets."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +27,9 @@ from helpers import (
     wait_for_step,
 )
 
-from ganctl import checkpoint, rundir
+from ganctl import api, checkpoint, rundir
+from ganctl.config import FIELD_NAMES, RESUME_OVERRIDABLE
+from ganctl.errors import ConfigError, UsageError
 
 
 def test_resume_continues_exactly_where_a_straight_run_goes(workdir):
@@ -257,3 +260,20 @@ def test_resume_of_a_checkpoint_outside_a_run_writes_nothing(trained_run, workdi
     assert sorted(p.name for p in victim.rglob("*")) == before
     for name, text in files.items():
         assert (victim / name).read_text() == text
+
+
+def test_resume_shows_the_settings_it_may_change_and_refuses_the_others_by_name(run):
+    """Its options are made from the config's fields: those resume may change are shown (their
+    default the run's), any other of train's settings is refused naming it, as the API refuses
+    it (a UsageError, which is a ConfigError)."""
+    shown = set(option_blocks(help_text("resume"))) - SWITCHES
+    assert {o[2:].replace("-", "_") for o in shown if o[2:].replace("-", "_") in FIELD_NAMES} \
+        == set(RESUME_OVERRIDABLE)
+    assert all("(the run's)" in option_blocks(help_text("resume"))[f"--{k.replace('_', '-')}"]
+               for k in ("steps", "device", "eval_every", "backbone_weights", "curves"))
+    result = invoke("resume", "r", "--arch", "resnet")
+    assert result.exit_code == 2 and "resume cannot change 'arch'" in result.stderr
+    with pytest.raises(UsageError, match="resume cannot change 'lr_g'") as caught:
+        api.resume("r", lr_g=1e-3)
+    assert isinstance(caught.value, ConfigError) and caught.value.option == "--lr-g"
+    assert rundir.read_config(Path("r")).arch == "dcgan"  # nothing was touched

@@ -1,16 +1,18 @@
 """The config: typed, frozen, validated, every bound enforced; layered defaults < preset < file <
 flags, with notes on settings that change nothing and one spelling stored."""
 
+import copy
 import dataclasses
 import datetime
 import json
 import math
+import pickle
 import re
 
 import pytest
 from helpers import TINY, assert_one_line_error, invoke, read_json
 
-from ganctl.config import BOUNDS, FIELD_TYPES, Config
+from ganctl.config import BOUNDS, FIELD_NAMES, FIELD_TYPES, Config
 from ganctl.configfile import load_config_file
 from ganctl.errors import ConfigError
 from ganctl.settings import resolve_config
@@ -300,10 +302,12 @@ def test_a_json_key_given_twice_is_refused_not_the_last_one_taken(workdir, text,
 
 def test_settings_that_change_nothing_are_pointed_out(workdir):
     result = invoke("train", *TINY, "--steps", "1", "--gp", "5", "--r1-every", "4",
-                    "--augment", "none", "--out", "r")
+                    "--augment", "none", "--eval-num", "50", "--eval-metrics", "kid", "--out", "r")
     assert result.exit_code == 0, result.output
     assert "--gp is the weight of wgan-gp's penalty; with --loss bce it does nothing" in result.stdout
     assert "without --r1 or --r2 it does nothing" in result.stdout
+    assert ("--eval-num, --eval-metrics are for the evaluations during training; without "
+            "--eval-every N they do nothing") in result.stdout
     assert read_json(workdir / "r" / "config.json")["augment"] == ""  # none is stored as off
     result = invoke("train", *TINY, "--steps", "1", "--loss", "wgan-gp", "--gp", "5", "--r1",
                     "1", "--r1-every", "4", "--out", "r2")
@@ -314,3 +318,26 @@ def test_augment_is_stored_in_one_spelling():
     from ganctl.settings import resolve_config
     assert resolve_config({"augment": "DiffAug: color, cutout"}).augment == "diffaug:color,cutout"
     assert resolve_config({"augment": " NONE "}).augment == resolve_config({}).augment == ""
+
+
+def test_a_config_is_groups_read_flat_and_made_once():
+    """Each setting lives in one frozen group (config.objective.lr_g is config.lr_g), the flat
+    keys are the file's, and a made Config stays as it was made."""
+    config = Config(steps=7, lr_g=1e-3)
+    assert (config.schedule.steps, config.objective.lr_g, config.data.dataset) == (7, 1e-3, "shapes")
+    assert list(config.to_dict()) == list(FIELD_NAMES) and config.to_dict()["steps"] == 7
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del config.schedule
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.__init__(steps=9)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.schedule.steps = 9
+    assert config.steps == 7 and config.replace(steps=9).steps == 9 and config.steps == 7
+    assert pickle.loads(pickle.dumps(config)) == config == copy.deepcopy(config)
+    assert hash(config) == hash(Config(steps=7, lr_g=1e-3)) and config != Config(steps=8)
+    with pytest.raises(ConfigError, match="unknown config key 'stpes' in Config\\(\\).*steps"):
+        Config(stpes=1)
+    with pytest.raises(AttributeError, match="Config has no setting 'stpes'"):
+        _ = config.stpes
+    with pytest.raises(ConfigError, match='^batch_size must be an integer, got \'auto\'$'):
+        Config(batch_size="auto")  # (the spelling "auto" is the layers', settings.normalise)

@@ -394,10 +394,16 @@ class OfflineRun:
             return np.asarray(png.convert("RGB"))
 
 
-def offline_runs(run_dir) -> list[OfflineRun]:
-    """Each W&B process's offline run in RUN/wandb, in the order they started."""
-    runs = [OfflineRun(f) for f in (run_dir / "wandb").glob("offline-run-*")]
-    return sorted(runs, key=lambda part: part.run.start_time.ToNanoseconds())
+def offline_runs(run_dir, wait_s: float = 30.0) -> list[OfflineRun]:
+    """Each W&B process's offline run in RUN/wandb, in the order they started. wandb's service
+    process writes a log on its own time, after the run finished: a log whose run record is not
+    there yet is read again (for up to `wait_s`)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        runs = [OfflineRun(f) for f in (run_dir / "wandb").glob("offline-run-*")]
+        if all(part.run is not None for part in runs) or time.monotonic() > deadline:
+            return sorted(runs, key=lambda part: part.run.start_time.ToNanoseconds())
+        time.sleep(0.2)
 
 
 @pytest.fixture
