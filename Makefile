@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# bytecode written (a machine may set PYTHONDONTWRITEBYTECODE): the tests start ganctl as a
+# process some hundred times, and pytest's rewritten test modules are cached for its workers
 test: install
-	$(BIN)/python -m pytest
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
 
 demo: install
 	$(BIN)/ganctl train
