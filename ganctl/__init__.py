@@ -5,7 +5,9 @@
     G = ganctl.load("runs/quick")                     # its newest checkpoint's G_ema
     G.grid(n=16).save("grid.png")
 
-train, load, evaluate, Generator and Run are ganctl.api's (see its docstrings). They are
+train, resume, load, evaluate, Generator and Run are ganctl.api's (see its docstrings), which
+also has a function for each other command (sample_to_file, export_images, interpolate,
+export, inspect, runs, plot, describe_data, caches, remove_caches). They are
 imported on first use: `import ganctl` stays cheap, as the command line imports it for
 __version__ before it knows whether a command needs torch.
 """
@@ -16,11 +18,11 @@ TYPE_CHECKING = False  # typing's own constant, without importing typing (the co
 # stop signals are held back only once this package has loaded: it stays small)
 
 __version__ = "0.1.0"
-__all__ = ["Generator", "Run", "__version__", "evaluate", "load", "train"]
-_API = frozenset({"Generator", "Run", "evaluate", "load", "train"})
+__all__ = ["Generator", "Run", "__version__", "evaluate", "load", "resume", "train"]
+_API = frozenset(__all__) - {"__version__"}
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
-    from ganctl.api import Generator, Run, evaluate, load, train
+    from ganctl.api import Generator, Run, evaluate, load, resume, train
 
 
 def __getattr__(name: str) -> object:

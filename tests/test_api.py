@@ -66,6 +66,8 @@ def test_import_ganctl_is_cheap_and_its_names_are_the_apis():
     assert (ganctl.train, ganctl.load, ganctl.Generator, ganctl.Run) == (
         api.train, api.load, api.Generator, api.Run)
     assert set(ganctl.__all__) <= set(dir(ganctl))
+    assert all(getattr(ganctl, name) is getattr(api, name) for name in ganctl._API)
+    assert ganctl.resume is api.resume
     with pytest.raises(AttributeError, match="no attribute 'trian'"):
         ganctl.trian  # noqa: B018
 
