@@ -201,9 +201,8 @@ def load_generator(header: checkpoint.Header, device: torch.device, ema: bool = 
 def sample_file(loaded: LoadedGenerator, out: Path, seeds: Sequence[int], device: torch.device, *,
                 truncation: float | None = None, class_: int | str | None = None, nrow: int = 0,
                 scale: int = 1, batch_size: int = GENERATE_BATCH) -> dict:
-    """`ganctl sample OUT`: the seeds' images as one file (a grid, or one image alone)."""
-    if IMAGE_FORMATS.get(out.suffix.lower()) is None:  # before minutes of generating
-        raise ConfigError(f"output {out} must end in {', '.join(IMAGE_FORMATS)}")
+    """`ganctl sample OUT`: the seeds' images as one file (a grid, or one image alone); OUT is
+    named for its format (api.files.sample_to_file checks it, before minutes of generating)."""
     check_file_size(loaded.config, out, len(seeds), class_, nrow, scale)
     images, per_row = sample_images(loaded, seeds, device, truncation=truncation, class_=class_,
                                     batch_size=batch_size)

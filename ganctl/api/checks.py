@@ -144,13 +144,13 @@ def console(quiet: bool) -> Console:
     return QuietOnClosedPipe(stderr=True, highlight=False, quiet=quiet)
 
 
-def locate(target: PathLike | None, notes: Notes | None = None) -> Header:
-    """rundir.locate: each damaged checkpoint it passed over a note (default: a warning at the
-    caller's line)."""
+def locate(target: PathLike | None, notes: Notes | None = None, verify: bool = True) -> Header:
+    """rundir.locate (verify=False: the header alone is read): each damaged checkpoint it
+    passed over a note (default: a warning at the caller's line)."""
     path("target", target, "a run directory, a checkpoint path, 'latest' or 'best'")
     callback("notes", notes)
     passed: list[str] = []
-    header = rundir.locate(None if target is None else os.fspath(target), passed.append)
+    header = rundir.locate(None if target is None else os.fspath(target), passed.append, verify)
     for message in passed:
         if notes is not None:
             notes(message)

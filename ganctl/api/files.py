@@ -26,14 +26,15 @@ from ganctl.api.checks import (
 from ganctl.api.generator import DEFAULT_N, MAX_BATCH, chosen_seeds
 from ganctl.api.outputs import check_out, export_target
 from ganctl.bulk import FORMATS as BULK_FORMATS
+from ganctl.checkpoint import Header
 from ganctl.device import resolve_device
 from ganctl.errors import ConfigError, UsageError
 from ganctl.imagefiles import IMAGE_FORMATS
+from ganctl.interpolate import MAX_SCALE  # (a grid's upscaling, as a walk's)
 from ganctl.sample import GENERATE_BATCH, LoadedGenerator, check_truncation, load_generator, parse_class
 from ganctl.seeds import MAX_SEEDS, Seeds, whole
 
 MAX_GRID = 4096  # images in one grid file; more go to export_images (--out-dir)
-MAX_SCALE = 64  # nearest-neighbour upscaling of a grid or an image
 MAX_EXPORT = 10_000_000  # images of one export to files (`ganctl sample -n` at most)
 EVERY_CLASS_N = 8  # seeds a row of a class="all" grid holds when none are given
 
@@ -42,12 +43,17 @@ def _open(target: PathLike | None, device: object, ema: bool,
           notes: Notes | None) -> tuple[LoadedGenerator, torch.device]:
     """The checkpoint's generator (G_ema, or G with ema=False) on the device."""
     flag("ema", ema)
-    callback("notes", notes)
-    header = locate(target, notes)
+    header = _located(target, notes)
     dev = resolve_device(device_name(device))
+    return load_generator(header, dev, ema), dev
+
+
+def _located(target: PathLike | None, notes: Notes | None) -> Header:
+    """The checkpoint `target` names; with no target, `notes` hears which one was chosen."""
+    header = locate(target, notes)
     if target is None and notes is not None:
         notes(f"using newest checkpoint {header.path}")
-    return load_generator(header, dev, ema), dev
+    return header
 
 
 def _image_out(out: PathLike) -> Path:
@@ -177,9 +183,7 @@ def export(target: PathLike | None, out: PathLike, *, format: str | None = None,
     from ganctl.export import export_generator
 
     out, fmt = export_target(out, format)
-    header = locate(target, notes)
-    if target is None and notes is not None:
-        notes(f"using newest checkpoint {header.path}")
+    header = _located(target, notes)
     if out.exists() and out.resolve() == header.path.resolve():
         raise ConfigError(f"{out} is the checkpoint being exported; give OUT a new name")
     flag("ema", ema)

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ganctl import rundir
 from ganctl.api.checks import (
     Notes,
     PathLike,
@@ -133,9 +132,7 @@ def inspect(target: PathLike | None = None, *, verify: bool = True,
     from ganctl.info import describe_checkpoint
 
     flag("verify", verify)
-    path("target", target, "a run directory, a checkpoint path, 'latest' or 'best'")
-    return describe_checkpoint(rundir.locate(None if target is None else os.fspath(target),
-                                             notes or (lambda _: None), verify))
+    return describe_checkpoint(locate(target, notes, verify))
 
 
 @ganctl_errors
