@@ -43,17 +43,16 @@ def _open(target: PathLike | None, device: object, ema: bool,
           notes: Notes | None) -> tuple[LoadedGenerator, torch.device]:
     """The checkpoint's generator (G_ema, or G with ema=False) on the device."""
     flag("ema", ema)
-    header = _located(target, notes)
-    dev = resolve_device(device_name(device))
+    header = locate(target, notes)
+    dev = resolve_device(device_name(device))  # (a device missing is said before the choice)
+    _say_chosen(target, header, notes)
     return load_generator(header, dev, ema), dev
 
 
-def _located(target: PathLike | None, notes: Notes | None) -> Header:
-    """The checkpoint `target` names; with no target, `notes` hears which one was chosen."""
-    header = locate(target, notes)
+def _say_chosen(target: PathLike | None, header: Header, notes: Notes | None) -> None:
+    """With no target, `notes` hears which checkpoint was chosen."""
     if target is None and notes is not None:
         notes(f"using newest checkpoint {header.path}")
-    return header
 
 
 def _image_out(out: PathLike) -> Path:
@@ -183,7 +182,8 @@ def export(target: PathLike | None, out: PathLike, *, format: str | None = None,
     from ganctl.export import export_generator
 
     out, fmt = export_target(out, format)
-    header = _located(target, notes)
+    header = locate(target, notes)
+    _say_chosen(target, header, notes)
     if out.exists() and out.resolve() == header.path.resolve():
         raise ConfigError(f"{out} is the checkpoint being exported; give OUT a new name")
     flag("ema", ema)
