@@ -114,8 +114,11 @@ class Model(Group):
 
     PANEL = MODEL
     arch: str = setting("dcgan", "dcgan (the article's), resnet (SNGAN-style residual), mlp (the "
-                        "article's fully connected, for MNIST-sized images).")
-    resolution: int = setting(32, "Image size: 32, 64 or 128; mlp 16, 28, 32 or 64.", panel=DATA,
+                        "article's fully connected, for MNIST-sized images), stylegan2 (NVlabs' "
+                        "StyleGAN2, 32 to 1024 px; without --preset it takes stylegan2-auto's "
+                        "settings).")
+    resolution: int = setting(32, "Image size: dcgan and resnet 32, 64 or 128; mlp 16, 28, 32 or "
+                              "64; stylegan2 32, 64, 128, 256, 512 or 1024.", panel=DATA,
                               bounds=(1, 4096), shown="the dataset's: 64 for celeba and folders, "
                               "32 for the others")
     channels: int = setting(3, "1 or 3.", panel=DATA, shown="the dataset's")
@@ -127,6 +130,22 @@ class Model(Group):
     spectral_norm: str = setting("auto", "Spectral normalisation on every layer of D.",
                                  choices=SPECTRAL_NORM, type=bool,
                                  shown="on for resnet, off otherwise")
+    w_dim: int = setting(0, "StyleGAN2: the size of w (0: the latent size).", bounds=(0, 16384),
+                         min=0, shown="z-dim")
+    mapping_layers: int = setting(8, "StyleGAN2: fully connected layers of the mapping network.",
+                                  bounds=(1, 32), min=1, max=32)
+    channel_base: int = setting(16384, "StyleGAN2: a block at resolution R has min(channel-base / R, "
+                                "width) feature maps; --g-width and --d-width are the most "
+                                "(NVlabs' channel_base and channel_max).", bounds=(1, 2**24), min=1)
+    reduced_res: int = setting(4, "StyleGAN2: the blocks of the N highest resolutions run in the "
+                               "reduced precision --precision picks (bf16 on CUDA), the others in "
+                               "float32 (NVlabs' num_fp16_res).", bounds=(0, 10), min=0, max=10)
+    conv_clamp: float = setting(256.0, "StyleGAN2: clamp every convolution's output to this size "
+                                "(0: none).", bounds=(0.0, 1e9), min=0.0)
+    mbstd_group: int = setting(4, "StyleGAN2 D: images per minibatch-stddev group (the largest "
+                               "divisor of the batch up to it).", bounds=(1, 65536), min=1)
+    d_arch: str = setting("resnet", "StyleGAN2 D: resnet (residual blocks) or orig (plain).",
+                          choices=("resnet", "orig"))
 
     def check(self) -> None:
         if self.channels not in (1, 3):
@@ -167,7 +186,21 @@ class Objective(Group):
     gp: float = setting(10.0, "WGAN-GP penalty weight.", bounds=(0.0, 1e6), min=0.0)
     augment: str = setting("", "DiffAugment of everything D sees: diffaug, or "
                            "diffaug:translation,color,cutout (none turns a preset's off).")
-    ema_decay: float = setting(0.999, "Decay of G_ema.")
+    ema_decay: float = setting(0.999, "Decay of G_ema per step (unless --ema-kimg).")
+    ema_kimg: float = setting(0.0, "G_ema's half-life in thousands of images (0: --ema-decay per "
+                              "step instead).", bounds=(0.0, 1e9), min=0.0)
+    ema_rampup: float = setting(0.0, "With --ema-kimg: the half-life is at most this share of the "
+                                "images seen so far (0: no ramp-up; NVlabs use 0.05).",
+                                bounds=(0.0, 1e6), min=0.0)
+    style_mixing: float = setting(0.9, "StyleGAN2: share of fakes whose styles after a random "
+                                  "layer come from a second latent.", bounds=(0.0, 1.0), min=0.0,
+                                  max=1.0)
+    pl_weight: float = setting(2.0, "StyleGAN2: path-length regularisation weight (0: off).",
+                               bounds=(0.0, 1e6), min=0.0)
+    pl_every: int = setting(4, "Lazy path-length regularisation: every N steps, weighted by N.",
+                            bounds=(1, MAX_STEP), min=1)
+    pl_batch_shrink: int = setting(2, "Path-length regularisation runs on batch / N images.",
+                                   bounds=(1, 65536), min=1)
 
     def check(self) -> None:
         for name in ("beta1", "beta2", "ema_decay"):

@@ -13,7 +13,7 @@ import ganctl
 from ganctl import checkpoint, rundir
 from ganctl.config import Config
 from ganctl.models import ARCHS
-from ganctl.models.generator import has_mapping, images, run_G
+from ganctl.models.generator import forward_mapped, has_mapping, images, run_G
 from ganctl.models.mlp import MLP
 from ganctl.sample import latents_from_seeds, load_generator, to_uint8
 
@@ -44,8 +44,9 @@ class ToyMappedG(nn.Module):
             h = torch.relu(layer(h)) + w[:, i + 1]
         return torch.tanh(self.out(h)).view(-1, *self.shape)
 
-    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.synthesis(self.mapping(z, c))
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, mix_z=None, cut=None,
+                noise=None) -> torch.Tensor:
+        return forward_mapped(self, z, c, mix_z, cut, noise)
 
 
 class ToyMapped(MLP):
@@ -102,11 +103,12 @@ def test_run_g_returns_w_and_mixes_styles_after_a_cut():
     G = ToyMappedG(8, 16, 1, 8)
     assert has_mapping(G) and not has_mapping(nn.Linear(2, 2))
     z = torch.randn(6, 8)
-    x, w = run_G(G.eval(), z)
+    x, w = run_G(G.eval(), z, want_ws=True)
+    assert torch.equal(run_G(G, z)[0], x) and run_G(G, z)[1] is None  # G's own forward: the same
     assert w is not None and w.shape == (6, NUM_WS, W_DIM)
     assert torch.equal(x, images(G, z)) and torch.equal(G.w_avg, torch.zeros(W_DIM))  # eval: not followed
     g = torch.Generator().manual_seed(1)
-    _, mixed = run_G(G, z, mix=1.0, generator=g)
+    _, mixed = run_G(G, z, mix=1.0, generator=g, want_ws=True)
     assert mixed is not None
     assert torch.equal(mixed[:, 0], w[:, 0])  # the first layer is always z's own
     assert not torch.equal(mixed[:, -1], w[:, -1])  # a later one from the other latent
@@ -119,5 +121,5 @@ def test_a_generator_without_mapping_runs_as_before():
     torch.manual_seed(0)
     G = MLP().build_generator(Config(arch="mlp", resolution=16, z_dim=8, g_width=8))
     z = torch.randn(2, 8)
-    x, w = run_G(G, z)
+    x, w = run_G(G, z, want_ws=True)
     assert w is None and torch.equal(x, G(z, None)) and torch.equal(images(G, z, None, 0.5), x)

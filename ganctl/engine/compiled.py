@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,6 +90,13 @@ class GraphOutputs(nn.Module):
     def __init__(self, compiled: nn.Module) -> None:
         super().__init__()
         self.compiled = compiled
+
+    def __getattr__(self, name: str) -> Any:
+        """The network's own attributes (a generator's mapping, num_ws, noise_size ...)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.compiled, name)
 
     def forward(self, *args: torch.Tensor | None) -> torch.Tensor:
         out = self.compiled(*args)

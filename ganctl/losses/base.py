@@ -103,9 +103,12 @@ class StepInputs:
                  generator: torch.Generator | None = None,
                  grad: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor],
                                 torch.Tensor] = input_grad,
-                 D_eager: nn.Module | None = None) -> None:
+                 D_eager: nn.Module | None = None, G_eager: nn.Module | None = None,
+                 mix: float = 0.0) -> None:
         self.G, self.D, self.real, self.z = G, D, real, z
         self.D_eager = D if D_eager is None else D_eager
+        self.G_eager = G if G_eager is None else G_eager
+        self.mix = mix  # style mixing's share of the fakes (a G with a mapping network)
         self.keep_graph = keep_graph
         self.backward = backward
         self.grad = grad
@@ -113,7 +116,6 @@ class StepInputs:
         self._augment = augment
         self._fake: torch.Tensor | None = None
         self._fake_graph = False
-        self.ws: torch.Tensor | None = None  # the fakes' styles, for a G with a mapping network
 
     @property
     def c(self) -> torch.Tensor | None:
@@ -126,12 +128,24 @@ class StepInputs:
             self._fake_graph = graph or self.keep_graph
             if self._fake_graph:
                 with requires_grad(True, self.G):  # G may be frozen for a D phase
-                    self._fake, self.ws = run_G(self.G, self.z, self.c,
-                                                generator=self.generator)  # (B, C, H, W)
+                    self._fake = self._run_G()  # (B, C, H, W)
             else:
                 with torch.no_grad():
-                    self._fake, self.ws = run_G(self.G, self.z, self.c, generator=self.generator)
+                    self._fake = self._run_G()
         return self._fake
+
+    def _run_G(self) -> torch.Tensor:
+        return run_G(self.G, self.z, self.c, mix=self.mix, generator=self.generator)[0]
+
+    def styled_fakes(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fakes of the first `batch` latents and their w, made by the plain G with a graph
+        (path-length regularisation differentiates them with respect to w, then G's weights)."""
+        c = None if self.c is None else self.c[:batch]
+        fake, w = run_G(self.G_eager, self.z[:batch], c, mix=self.mix, generator=self.generator,
+                        want_ws=True)
+        if w is None:
+            raise ValueError("path-length regularisation needs a generator with a mapping network")
+        return fake, w
 
     def release(self) -> None:
         """Drop the fakes (and G's graph) once a G phase has backpropagated through them."""

@@ -16,8 +16,10 @@ from ganctl.models.base import Architecture
 from ganctl.models.dcgan import DCGAN
 from ganctl.models.mlp import MLP
 from ganctl.models.resnet import ResNet
+from ganctl.models.stylegan2 import StyleGAN2
 
-ARCHS: dict[str, Architecture] = {arch.name: arch for arch in (DCGAN(), ResNet(), MLP())}
+ARCHS: dict[str, Architecture] = {arch.name: arch for arch in (DCGAN(), ResNet(), MLP(),
+                                                               StyleGAN2())}
 
 
 def get_arch(name: str) -> Architecture:

@@ -28,6 +28,7 @@ class Architecture(ABC):
     name: ClassVar[str]
     resolutions: ClassVar[tuple[int, ...]]
     spectral_norm_default: ClassVar[bool] = False  # what spectral_norm "auto" means here
+    mapping: ClassVar[bool] = False  # G has a mapping network (models.generator): w, w_avg, styles
     # G(z_dim, resolution, channels, width, classes) and D(resolution, channels, width, classes)
     generator: ClassVar[type[nn.Module]]
     discriminator: ClassVar[type[nn.Module]]

@@ -49,33 +49,67 @@ def images(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None = None,
     return G.synthesis(ws(G, z, c, truncation))  # type: ignore[operator]
 
 
-def run_G(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None = None, *,
-          mix: float = 0.0, generator: torch.Generator | None = None
+def follow_w_avg(G: nn.Module, w: torch.Tensor) -> None:
+    """While training, w_avg moves toward the batch's mean w (without gradient)."""
+    if G.training:
+        avg: torch.Tensor = G.w_avg  # type: ignore[assignment]
+        with torch.no_grad():
+            avg.lerp_(w[:, 0].mean(0).to(avg.dtype), 1 - W_AVG_BETA)
+
+
+def mixed(w: torch.Tensor, other: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """w's styles before each image's layer `cut`, `other`'s from it on."""
+    layer = torch.arange(w.shape[1], device=w.device)[None, :, None]  # (1, num_ws, 1)
+    return torch.where(layer < cut[:, None, None], w, other)
+
+
+def forward_mapped(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None = None,
+                   mix_z: torch.Tensor | None = None, cut: torch.Tensor | None = None,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The forward of a generator with a mapping network, as training calls it (run_G): w of z,
+    w_avg followed, the styles from `cut` on taken from mix_z's w, then synthesis (with
+    `noise`, a (B, G.noise_size) tensor, where G takes noise). One call, so that a compiled G
+    compiles all of it."""
+    w = G.mapping(z, c)  # type: ignore[operator]
+    follow_w_avg(G, w)
+    if mix_z is not None and cut is not None:
+        w = mixed(w, G.mapping(mix_z, c), cut)  # type: ignore[operator]
+    return G.synthesis(w) if noise is None else G.synthesis(w, noise=noise)  # type: ignore[operator]
+
+
+def run_G(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None = None, *, mix: float = 0.0,
+          generator: torch.Generator | None = None, want_ws: bool = False
           ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fakes for training and their w (None without a mapping network). With a mapping network
-    it follows w_avg (after the batch's w, without gradient) and, with probability `mix` for each
-    image, takes the styles after a random layer from a second latent (style mixing)."""
+    """Fakes for training, and with want_ws their w (None without a mapping network). With a
+    mapping network, w_avg follows the batch's w, a `mix` share of the images take their styles
+    after a random layer from a second latent (style mixing), and the synthesis noise is drawn
+    from `generator` (the run's: exact resume). Without want_ws it is G's own forward (a
+    compiled G runs all of it compiled); with it, the parts (path-length regularisation
+    differentiates with respect to w, and twice: G must then be the plain network)."""
     if not has_mapping(G):
         return G(z, c), None
+    mix_z, cut = _mixing(G, z, mix, generator)
+    size = getattr(G, "noise_size", 0)
+    noise = (torch.randn(z.shape[0], size, generator=generator, device=z.device)
+             if size else None)
+    if not want_ws:
+        return G(z, c, mix_z, cut, noise), None
     w = G.mapping(z, c)  # type: ignore[operator]
-    if G.training:
-        with torch.no_grad():
-            G.w_avg.lerp_(w[:, 0].mean(0).to(G.w_avg.dtype), 1 - W_AVG_BETA)  # type: ignore[operator]
-    if mix > 0:
-        w = _mixed(G, w, z, c, mix, generator)
-    return G.synthesis(w), w  # type: ignore[operator]
+    follow_w_avg(G, w)
+    if mix_z is not None and cut is not None:
+        w = mixed(w, G.mapping(mix_z, c), cut)  # type: ignore[operator]
+    return (G.synthesis(w) if noise is None else G.synthesis(w, noise=noise)), w  # type: ignore[operator]
 
 
-def _mixed(G: nn.Module, w: torch.Tensor, z: torch.Tensor, c: torch.Tensor | None, mix: float,
-           generator: torch.Generator | None) -> torch.Tensor:
-    """w whose layers from a random cut-off on come from another latent, for a `mix` share of
-    the images (the others keep theirs: a cut-off at num_ws)."""
-    batch, num_ws = w.shape[0], w.shape[1]
-    other = G.mapping(torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype),  # type: ignore[operator]
-                      c)
-    cut = torch.randint(1, num_ws, (batch,), generator=generator, device=w.device) if num_ws > 1 \
-        else torch.ones(batch, dtype=torch.int64, device=w.device)
-    keep = torch.rand(batch, generator=generator, device=w.device) >= mix
-    cut = torch.where(keep, torch.full_like(cut, num_ws), cut)
-    layer = torch.arange(num_ws, device=w.device)[None, :, None]  # (1, num_ws, 1)
-    return torch.where(layer < cut[:, None, None], w, other)
+def _mixing(G: nn.Module, z: torch.Tensor, mix: float, generator: torch.Generator | None
+            ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The second latents and each image's cut-off layer for style mixing (None, None without):
+    a `mix` share of the images cut at a random layer, the others at num_ws (no mixing)."""
+    if mix <= 0:
+        return None, None
+    batch, num_ws = z.shape[0], int(G.num_ws)  # type: ignore[arg-type]
+    other = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    cut = torch.randint(1, num_ws, (batch,), generator=generator, device=z.device) if num_ws > 1 \
+        else torch.ones(batch, dtype=torch.int64, device=z.device)
+    keep = torch.rand(batch, generator=generator, device=z.device) >= mix
+    return other, torch.where(keep, torch.full_like(cut, num_ws), cut)
