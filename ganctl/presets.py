@@ -60,5 +60,67 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# StyleGAN2 as NVlabs' stylegan2-ada-pytorch trains it (train.py's --cfg specs): the settings
+# every config shares, then each config's own. ganctl's g_width/d_width are their channel_max,
+# reduced_res their num_fp16_res; beta1 0, beta2 0.99, lazy R1 every 16 steps, path length
+# every 4 (weight 2), style mixing 0.9.
+_STYLEGAN2 = {"arch": "stylegan2", "loss": "bce", "z_dim": 512, "w_dim": 512, "g_width": 512,
+              "d_width": 512, "beta1": 0.0, "beta2": 0.99, "r1_every": 16, "pl_weight": 2.0,
+              "pl_every": 4, "pl_batch_shrink": 2, "style_mixing": 0.9, "reduced_res": 4,
+              "conv_clamp": 256.0, "spectral_norm": "off", "d_arch": "resnet", "augment": ""}
+AUTO = "stylegan2-auto"
+
+PRESETS.update({
+    "stylegan2-256": Preset(
+        "StyleGAN2 at 256x256 (NVlabs' paper256): batch 64, half the feature maps, lr 0.0025, "
+        "R1 gamma 1, mapping 8 layers, EMA half-life 20k images",
+        {**_STYLEGAN2, "resolution": 256, "batch_size": 64, "mbstd_group": 8,
+         "channel_base": 16384, "lr_g": 0.0025, "lr_d": 0.0025, "r1": 1.0, "ema_kimg": 20.0,
+         "ema_rampup": 0.0, "mapping_layers": 8}),
+    "stylegan2-1024": Preset(
+        "StyleGAN2 at 1024x1024 (NVlabs' paper1024): batch 32, full feature maps, lr 0.002, "
+        "R1 gamma 2, mapping 8 layers, EMA half-life 10k images",
+        {**_STYLEGAN2, "resolution": 1024, "batch_size": 32, "mbstd_group": 4,
+         "channel_base": 32768, "lr_g": 0.002, "lr_d": 0.002, "r1": 2.0, "ema_kimg": 10.0,
+         "ema_rampup": 0.0, "mapping_layers": 8}),
+    "stylegan2-cifar10": Preset(
+        "StyleGAN2 on CIFAR-10 (NVlabs' cifar): mapping 2 layers, R1 gamma 0.01, no path-length "
+        "regularisation or style mixing, a plain (orig) D, EMA half-life 500k images",
+        {**_STYLEGAN2, **_CIFAR, "batch_size": 64, "mbstd_group": 32, "channel_base": 32768,
+         "lr_g": 0.0025, "lr_d": 0.0025, "r1": 0.01, "ema_kimg": 500.0, "ema_rampup": 0.05,
+         "mapping_layers": 2, "pl_weight": 0.0, "style_mixing": 0.0, "d_arch": "orig"}),
+    AUTO: Preset(
+        "StyleGAN2 with NVlabs' auto config: batch, feature maps, lr, R1 gamma (0.0002 res^2 / "
+        "batch) and EMA derived from the resolution and the number of GPUs (also what --arch "
+        "stylegan2 without a preset trains)",
+        {"arch": "stylegan2"}),
+})
+
+
+def stylegan2_auto(resolution: int, gpus: int = 1) -> dict[str, Any]:
+    """NVlabs' --cfg=auto for `resolution` on `gpus` GPUs (their train.py): the batch grows
+    with the GPUs up to 64 and shrinks with the resolution, mbstd groups of up to 4, full
+    feature maps from 512 px, lr 0.002 from 1024 px, R1 gamma 0.0002 res^2 / batch, EMA
+    half-life batch * 10 / 32 thousand images with ramp-up 0.05, a mapping of 2 layers."""
+    batch = max(min(gpus * min(4096 // resolution, 32), 64), gpus)
+    lr = 0.002 if resolution >= 1024 else 0.0025
+    return {**_STYLEGAN2, "batch_size": batch, "mbstd_group": min(batch // gpus, 4),
+            "channel_base": 32768 if resolution >= 512 else 16384, "lr_g": lr, "lr_d": lr,
+            "r1": 0.0002 * resolution**2 / batch, "ema_kimg": batch * 10 / 32,
+            "ema_rampup": 0.05, "mapping_layers": 2}
+
+
+def arch_defaults(values: dict[str, Any], gpus: int = 1) -> tuple[str, dict[str, Any]]:
+    """The settings an architecture brings of its own (below a named preset, a file and the
+    flags), and the layer's name: stylegan2's are its auto config for the run's resolution."""
+    if values.get("arch") != "stylegan2":
+        return "", {}
+    resolution = int(values.get("resolution") or 0)
+    if resolution < 4:
+        return "", {}  # the architecture's check names the resolution
+    return f"{AUTO} ({resolution} px, {gpus} GPU{'s' if gpus > 1 else ''})", \
+        stylegan2_auto(resolution, gpus)
+
+
 def get(name: str) -> Preset:
     return lookup(PRESETS, name, "preset")

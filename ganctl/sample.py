@@ -23,7 +23,7 @@ from ganctl.errors import ConfigError, did_you_mean
 from ganctl.imagefiles import IMAGE_FORMATS, MAX_FILE_PIXELS, GridShape, write_image_file
 from ganctl.models import build_generator
 from ganctl.models.base import num_classes
-from ganctl.models.generator import has_mapping, images
+from ganctl.models.generator import has_mapping, images, set_noise_mode
 from ganctl.seeds import brief_repr, compact_seeds, whole
 from ganctl.stored import check_models, stored_config
 
@@ -183,10 +183,11 @@ class LoadedGenerator:
     header: checkpoint.Header
 
 
-def load_generator(header: checkpoint.Header, device: torch.device, ema: bool = True
-                   ) -> LoadedGenerator:
+def load_generator(header: checkpoint.Header, device: torch.device, ema: bool = True,
+                   noise_mode: str = "const") -> LoadedGenerator:
     """Rebuild the generator from a (verified) checkpoint's metadata and load its weights:
-    G_ema (the EMA of G's weights, what samples use), or with ema=False G itself."""
+    G_ema (the EMA of G's weights, what samples use), or with ema=False G itself. noise_mode:
+    the per-pixel noise of a generator that takes it (const: a seed's image never changes)."""
     name = "G_ema" if ema else "G"
     config = stored_config(header)
     check_models(header, config, (name,))
@@ -194,6 +195,7 @@ def load_generator(header: checkpoint.Header, device: torch.device, ema: bool = 
     tensors = checkpoint.load_tensors(header, (f"{name}.",))
     checkpoint.load_module(G, tensors, name)
     checkpoint.check_finite(header.path, tensors, name)  # a diverged run's G_ema samples black
+    set_noise_mode(G, noise_mode)
     # the header without the file's bytes: they are not needed once G is loaded
     return LoadedGenerator(G.to(device).eval(), config, dataclasses.replace(header, blob=None))
 

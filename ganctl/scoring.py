@@ -272,7 +272,7 @@ def evaluate_checkpoint(header: Header, device: torch.device, metrics: list[str]
     """`ganctl eval`: a checkpoint's G_ema against its training data (or `overrides`' dataset);
     the result is appended to the run's metrics.jsonl as an "eval" event."""
     check_counts(metrics, num_fake, num_real, options)  # before the generator and the data are read
-    loaded = load_generator(header, device)
+    loaded = load_generator(header, device, noise_mode="random")  # the distribution G learnt
     config = loaded.config.replace(**overrides, batch_size=1)
     data = load_dataset(config, download=download, progress=log.task)
     evaluator = make_evaluator(config, data, device, metrics, num_fake, num_real, inception_path,

@@ -14,6 +14,7 @@ import torch
 from ganctl import presets, rundir
 from ganctl.config import BATCH_AUTO, DEFAULTS, FIELD_NAMES, Config, Model, check_types
 from ganctl.data import is_path, preset
+from ganctl.distributed import from_environment
 from ganctl.engine.guard import deadline_after, parse_duration
 from ganctl.errors import ConfigError
 from ganctl.losses import augment
@@ -23,16 +24,18 @@ from ganctl.stored import stored_config, validate
 from ganctl.values import shown
 
 
-def resolve_config(values: dict[str, Any]) -> Config:
-    """defaults < dataset preset < named preset (values["preset"]) < the model of
-    values["init_from"] < `values` (file and flags, already merged) -> a checked Config."""
-    return resolve_layers({"given": values})[0]
+def resolve_config(values: dict[str, Any], gpus: int | None = None) -> Config:
+    """defaults < dataset preset < the architecture's own < named preset (values["preset"]) <
+    the model of values["init_from"] < `values` (file and flags, already merged) -> a checked
+    Config. gpus: the processes the run will have (default: this one's world)."""
+    return resolve_layers({"given": values}, gpus)[0]
 
 
-def resolve_layers(given: dict[str, dict[str, Any]]) -> tuple[Config, dict[str, str]]:
+def resolve_layers(given: dict[str, dict[str, Any]], gpus: int | None = None
+                   ) -> tuple[Config, dict[str, str]]:
     """The config from the user's layers (name -> values, lowest first: a config file, then the
-    flags), and where each value came from: "default", "dataset NAME", "preset NAME",
-    "init-from CKPT", or the layer's name (`train --print-config` shows it)."""
+    flags), and where each value came from: "default", "dataset NAME", "stylegan2-auto ...",
+    "preset NAME", "init-from CKPT", or the layer's name (`train --print-config` shows it)."""
     values = {k: v for layer in given.values() for k, v in layer.items()}
     check_types(values)  # before the preset and the checkpoint they name are looked up
     named = presets.get(values["preset"]).settings if values.get("preset") else {}
@@ -43,14 +46,22 @@ def resolve_layers(given: dict[str, dict[str, Any]]) -> tuple[Config, dict[str, 
     dataset = values.get("dataset", DEFAULTS["dataset"])
     values = normalise(values)
     data = preset(dataset, values)
-    config = Config.from_dict({**data, **values})
+    own_name, own = presets.arch_defaults({**data, **values}, _processes() if gpus is None else gpus)
+    config = Config.from_dict({**data, **own, **values})
     validate(config)
-    layers = [(f"dataset {dataset}", data), (f"preset {values.get('preset')}", named),
+    layers = [(f"dataset {dataset}", data), (own_name, own),
+              (f"preset {values.get('preset')}", named),
               (f"init-from {values.get('init_from')}", model), *given.items()]
     sources = {key: "default" for key in FIELD_NAMES}
     for name, layer in layers:
         sources.update({key: name for key in layer if key in sources})
     return config, sources
+
+
+def _processes() -> int:
+    """The processes of this run: torchrun's world (ganctl train --gpus N starts one), else 1."""
+    world = from_environment()
+    return world[1] if world else 1
 
 
 # what a fine-tuned run takes from its source checkpoint: the shape of G and D

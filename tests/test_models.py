@@ -67,7 +67,8 @@ def test_resolution_checks_live_with_the_architecture():
         check_config(Config(resolution=48))
     with pytest.raises(ConfigError, match="dcgan does not support resolution 16"):
         build_generator(Config(resolution=16))
-    with pytest.raises(ConfigError, match="unknown arch .stylegan9. .did you mean .stylegan2.\?.; choose one of dcgan"):
+    with pytest.raises(ConfigError, match=r"unknown arch .stylegan9. .did you mean .stylegan2.\?.; "
+                                          "choose one of dcgan"):
         get_arch("stylegan9")
 
 

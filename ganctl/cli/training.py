@@ -96,7 +96,7 @@ def train(
             return _launch(gpus, flags.get("device"), _option_text(flags.get("batch_size")))
         # the settings each process would resolve, checked once here before any starts: a
         # config file's batch_size "auto" or a batch that does not divide among the processes
-        resolved = _call(debug, settings.resolve_config, {**from_file, **flags})
+        resolved = _call(debug, lambda: settings.resolve_config({**from_file, **flags}, gpus))
         batch_from = ("--batch-size" if "batch_size" in flags else f"batch_size in {config}"
                       if "batch_size" in from_file else "the default batch size")
         return _launch(gpus, resolved.device, "auto" if resolved.batch_size == BATCH_AUTO

@@ -112,8 +112,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     backbones = load_backbones(D, config.backbone_weights)  # frozen, outside D's weights
     loss = make_loss(config)
-    if loss.augment is not None:
-        loss.augment.to(device)  # its state and pending feedback live beside the images
+    loss.to(device)  # its state (an augmentation's, path lengths' mean) beside the images
     fast = compiles(config, device)
     state = TrainState(
         config=config, G=G, D=D, G_ema=G_ema,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ganctl.config import Config
 from ganctl.engine.state import TrainState
 from ganctl.losses import NETWORKS, Phase, Stats, StepInputs, requires_grad
 
@@ -25,7 +26,7 @@ def draw(state: TrainState, keep_graph: bool) -> StepInputs:
     z = state.batches.latents(state.noise, state.config.z_dim)
     return StepInputs(nets.G, nets.D, real, z, keep_graph, backward=state.amp.backward,
                       augment=state.loss.augment, generator=state.noise, grad=state.amp.input_grad,
-                      D_eager=nets.D_eager)
+                      D_eager=nets.D_eager, G_eager=state.G, mix=state.loss.mixing)
 
 
 def run_phase(state: TrainState, phase: Phase, inputs: StepInputs) -> Stats:
@@ -58,18 +59,36 @@ def train_step(state: TrainState, phases: list[Phase]) -> Stats:
                 totals[name] = totals[name] + value if name in totals else value
                 runs[name] = runs.get(name, 0) + 1
     state.step = n
-    update_ema(state.G_ema, state.G, n, state.config.ema_decay)
+    lerp_ema(state.G_ema, state.G, ema_decay(state.config, n))
     augment = state.loss.augment
     if augment is not None and augment.interval and n % augment.interval == 0:
         augment.deliver(state.total)  # what D said of the reals, summed over every process
     return {name: value / runs[name] if runs[name] > 1 else value for name, value in totals.items()}
 
 
+def ema_decay(config: Config, step: int) -> float:
+    """G_ema's decay for step `step` (from 1): --ema-decay, warming up so that early samples
+    track G; or with --ema-kimg the decay that halves a weight's share every ema_kimg thousand
+    images (StyleGAN2's), its half-life with --ema-rampup at most that share of the images seen
+    before this step."""
+    if not config.ema_kimg:
+        return min(config.ema_decay, (1 + step) / (EMA_WARMUP + step))
+    half_life = config.ema_kimg * 1000
+    if config.ema_rampup:
+        half_life = min(half_life, (step - 1) * config.batch_size * config.ema_rampup)
+    return 0.5 ** (config.batch_size / max(half_life, 1e-8))
+
+
 @torch.no_grad()
 def update_ema(G_ema: nn.Module, G: nn.Module, step: int, decay: float) -> None:
-    # G_ema <- beta * G_ema + (1 - beta) * G, beta warming up so early samples track G;
-    # one fused update over every parameter, and one copy of every buffer
-    beta = min(decay, (1 + step) / (EMA_WARMUP + step))
+    """G_ema after step `step` with --ema-decay `decay`, warming up (ema_decay)."""
+    lerp_ema(G_ema, G, min(decay, (1 + step) / (EMA_WARMUP + step)))
+
+
+@torch.no_grad()
+def lerp_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
+    # G_ema <- beta * G_ema + (1 - beta) * G: one fused update over every parameter, and one
+    # copy of every buffer
     torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - beta)
     buffers = list(G_ema.buffers())
     if buffers:

@@ -19,6 +19,7 @@ from torch import nn
 from ganctl.config import Config
 from ganctl.data.batches import Batch
 from ganctl.losses import augment
+from ganctl.models import get_arch
 from ganctl.models.generator import run_G
 
 Stats = dict[str, torch.Tensor]  # name -> detached scalar on the device, read back only to log
@@ -169,27 +170,38 @@ class StepInputs:
         return self.grad(lambda x: self.D_eager(self.augment(x), self.c), x)  # (B, C, H, W)
 
 
+PL_DECAY = 0.01  # the path-length mean follows each batch's mean length at this rate (NVlabs')
+
+
 class Loss(ABC):
     """An objective for G and D, given as d_loss and g_loss over D's outputs; the base runs the
     phases: D (config.d_steps times on fresh batches), then with --r1/--r2 a lazy regulariser
-    Dreg every config.r1_every steps, then G."""
+    Dreg every config.r1_every steps, then G, then for a G with a mapping network and
+    --pl-weight the lazy path-length regulariser Greg every config.pl_every steps."""
 
     uses_real_in_g = False  # a relativistic G loss compares against D(real) too
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.augment = augment.make(config.augment)  # DiffAugment, or None
+        self.mapped = get_arch(config.arch).mapping  # G has a mapping network: styles, w
+        self.mixing = config.style_mixing if self.mapped else 0.0  # style mixing's share
+        self.pl_mean = torch.zeros([])  # the running mean of path lengths (on the device once used)
 
     def phases(self) -> list[Phase]:
         phases = [Phase("D", "D", repeats=self.config.d_steps)]
         if self.config.r1 or self.config.r2:  # before G: R2 uses the D phase's fakes
             phases.append(Phase("Dreg", "D", interval=self.config.r1_every))
-        return [*phases, Phase("G", "G")]
+        phases.append(Phase("G", "G"))
+        if self.mapped and self.config.pl_weight:
+            phases.append(Phase("Greg", "G", interval=self.config.pl_every))
+        return phases
 
     def accumulate(self, phase: Phase, inputs: StepInputs) -> Stats:
         """Forward and backward (inputs.backward) of `phase` on `inputs`; the named statistics it
         measured. Names starting with "loss" are objectives: the divergence guard watches them."""
-        run = {"D": self.d_phase, "G": self.g_phase, "Dreg": self.reg_phase}.get(phase.name)
+        run = {"D": self.d_phase, "G": self.g_phase, "Dreg": self.reg_phase,
+               "Greg": self.pl_phase}.get(phase.name)
         if run is None:
             raise ValueError(f"{type(self).__name__} has no phase {phase.name!r}")
         return run(phase, inputs)
@@ -249,15 +261,41 @@ class Loss(ABC):
             inputs.backward(total)
         return stats
 
+    def to(self, device: torch.device) -> None:
+        """The loss's state beside the images: its augmentation's, the path lengths' mean."""
+        if self.augment is not None:
+            self.augment.to(device)  # its state and pending feedback
+        self.pl_mean = self.pl_mean.to(device)
+
+    def pl_phase(self, phase: Phase, inputs: StepInputs) -> Stats:
+        """Path-length regularisation (StyleGAN2): the image change for a random image-space
+        direction per unit change of w should be the same for every w. Penalises the squared
+        distance of each length |J_w^T y| (y unit noise over the pixels) from their running
+        mean, on batch / pl_batch_shrink fakes, lazily: weighted by the interval."""
+        batch = max(1, inputs.z.shape[0] // self.config.pl_batch_shrink)
+        fake, w = inputs.styled_fakes(batch)
+        pixels = fake.shape[2] * fake.shape[3]
+        y = torch.randn(fake.shape, generator=inputs.generator, device=fake.device) / pixels**0.5
+        (grad,) = torch.autograd.grad((fake.float() * y).sum(), w, create_graph=True)
+        lengths = grad.float().square().sum(2).mean(1).sqrt()  # (batch,)
+        mean = self.pl_mean.lerp(lengths.mean(), PL_DECAY)
+        self.pl_mean.copy_(mean.detach())
+        penalty = (lengths - mean).square().mean() * self.config.pl_weight
+        inputs.backward(penalty * phase.interval)
+        return {"loss_Gpl": penalty.detach(), "pl_mean": mean.detach()}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Training state the loss keeps between steps, for checkpoints: by default its
-        augmentation's (none for DiffAugment)."""
+        """Training state the loss keeps between steps, for checkpoints: its augmentation's
+        (none for DiffAugment) and, with path-length regularisation, the lengths' mean."""
+        out = {"pl_mean": self.pl_mean} if self.mapped and self.config.pl_weight else {}
         if self.augment is None:
-            return {}
-        return {f"augment.{k}": v for k, v in self.augment.state_dict().items()}
+            return out
+        return {**out, **{f"augment.{k}": v for k, v in self.augment.state_dict().items()}}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what state_tensors() returned (a KeyError names a missing tensor)."""
+        if self.mapped and self.config.pl_weight:
+            self.pl_mean = tensors["pl_mean"].to(self.pl_mean.device, torch.float32).reshape([])
         if self.augment is not None:
             own = self.augment.state_dict()
             self.augment.load_state_dict({k: tensors[f"augment.{k}"] for k in own})

@@ -22,6 +22,19 @@ from torch import nn
 W_AVG_BETA = 0.995  # w_avg follows the mean of each batch's w at this decay (NVlabs' value)
 
 
+NOISE_MODES = ("const", "random", "none")  # a generator's per-pixel noise when sampling
+
+
+def set_noise_mode(G: nn.Module, mode: str) -> None:
+    """The noise a generator that takes per-pixel noise (StyleGAN2's) uses outside training:
+    const (its fixed noise buffers: the same image for the same latent), random or none."""
+    if mode not in NOISE_MODES:
+        raise ValueError(f"noise mode must be one of {', '.join(NOISE_MODES)}, got {mode!r}")
+    synthesis = getattr(G, "synthesis", None)
+    if synthesis is not None and hasattr(synthesis, "noise_mode"):
+        synthesis.noise_mode = mode
+
+
 def has_mapping(G: nn.Module) -> bool:
     """Whether G is a mapping network and a synthesis network (else G(z, c) alone)."""
     return callable(getattr(G, "mapping", None)) and callable(getattr(G, "synthesis", None))

@@ -152,7 +152,7 @@ class SynthesisBlock(nn.Module):
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
                 noise: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        fused = not self.training  # one grouped convolution to sample, the shared one to train
+        fused = False  # a shared convolution over the batch (NVlabs' grouped one is ops' fused)
         with _precision(self.reduced, ws):
             if self.in_channels == 0:
                 x = self.const[None].repeat(ws.shape[0], 1, 1, 1)
@@ -209,14 +209,15 @@ class SynthesisNetwork(nn.Module):
         self.noise_sizes = [r * r for r in self.block_resolutions
                             for _ in range(getattr(self, f"b{r}").num_conv)]
         self.noise_size = sum(self.noise_sizes)
+        self.noise_mode = "random"  # without explicit noise (models.generator.set_noise_mode)
 
     def forward(self, ws: torch.Tensor, noise: torch.Tensor | None = None,
-                noise_mode: str = "random") -> torch.Tensor:
+                noise_mode: str | None = None) -> torch.Tensor:
         """noise: (B, noise_size) unit-normal values for every layer (training draws them from
-        the run's generator); without it, noise_mode: random (drawn here), const (the
-        networks' fixed noise_const buffers: the same image for the same w) or none."""
+        the run's generator); without it, noise_mode (default self.noise_mode): random (drawn
+        here), const (the fixed noise_const buffers: the same image for the same w) or none."""
         ws = ws.float()
-        planes = self._noise(ws.shape[0], ws.device, noise, noise_mode)
+        planes = self._noise(ws.shape[0], ws.device, noise, noise_mode or self.noise_mode)
         x = img = None
         w_index = layer = 0
         for res in self.block_resolutions:

@@ -38,11 +38,12 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1,
               pad: tuple[int, int, int, int] = (0, 0, 0, 0), gain: float = 1.0) -> torch.Tensor:
     """Upsample by zero insertion, pad (x0, x1, y0, y1; negative crops), filter with f (a
     depthwise convolution, f scaled by gain), keep every `down`-th pixel. (B, C, H, W) in."""
-    batch, channels, height, width = x.shape
+    # plain ints: a traced export (ONNX) needs the depthwise kernel's shape to be known
+    channels, height, width = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
     if up > 1:
-        x = x.reshape(batch, channels, height, 1, width, 1)
+        x = x.reshape(-1, channels, height, 1, width, 1)
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
-        x = x.reshape(batch, channels, height * up, width * up)
+        x = x.reshape(-1, channels, height * up, width * up)
     x0, x1, y0, y1 = pad
     x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
     x = x[:, :, max(-y0, 0):x.shape[2] - max(-y1, 0), max(-x0, 0):x.shape[3] - max(-x1, 0)]
