@@ -31,6 +31,7 @@ from ganctl.device import resolve_device
 from ganctl.errors import ConfigError, UsageError
 from ganctl.imagefiles import IMAGE_FORMATS
 from ganctl.interpolate import MAX_SCALE  # (a grid's upscaling, as a walk's)
+from ganctl.models.generator import NOISE_MODES
 from ganctl.sample import GENERATE_BATCH, LoadedGenerator, check_truncation, load_generator, parse_class
 from ganctl.seeds import MAX_SEEDS, Seeds, whole
 
@@ -39,14 +40,18 @@ MAX_EXPORT = 10_000_000  # images of one export to files (`ganctl sample -n` at 
 EVERY_CLASS_N = 8  # seeds a row of a class="all" grid holds when none are given
 
 
-def _open(target: PathLike | None, device: object, ema: bool,
-          notes: Notes | None) -> tuple[LoadedGenerator, torch.device]:
-    """The checkpoint's generator (G_ema, or G with ema=False) on the device."""
+def _open(target: PathLike | None, device: object, ema: bool, notes: Notes | None,
+          noise_mode: str = "const") -> tuple[LoadedGenerator, torch.device]:
+    """The checkpoint's generator (G_ema, or G with ema=False) on the device, drawing per-pixel
+    noise (a generator that takes it) as noise_mode says."""
     flag("ema", ema)
+    if noise_mode not in NOISE_MODES:
+        raise UsageError(f"noise mode {noise_mode!r} is not one of {', '.join(NOISE_MODES)}",
+                         "--noise-mode")
     header = locate(target, notes)
     dev = resolve_device(device_name(device))  # (a device missing is said before the choice)
     _say_chosen(target, header, notes)
-    return load_generator(header, dev, ema), dev
+    return load_generator(header, dev, ema, noise_mode), dev
 
 
 def _say_chosen(target: PathLike | None, header: Header, notes: Notes | None) -> None:
@@ -91,10 +96,11 @@ def sample_to_file(target: PathLike | None, out: PathLike, seeds: Seeds | None =
                    n: int | None = None, truncation: float | None = None,
                    class_: int | str | None = None, nrow: int | None = None, scale: int = 1,
                    batch_size: int = GENERATE_BATCH, device: str = "auto", ema: bool = True,
-                   notes: Notes | None = None) -> dict:
+                   notes: Notes | None = None, noise_mode: str = "const") -> dict:
     """`ganctl sample OUT`: the seeds' images as one .png, .jpg or .webp file: a grid of
     `nrow` a row (default square; class_="all": a row per class), or one image alone; `scale`
-    upscales (nearest neighbour). Returns what `--json` prints.
+    upscales (nearest neighbour); noise_mode: a StyleGAN2's per-pixel noise (const, random,
+    none). Returns what `--json` prints.
 
     Example: ganctl.api.sample_to_file("runs/m", "grid.png", n=64)
     """
@@ -108,7 +114,7 @@ def sample_to_file(target: PathLike | None, out: PathLike, seeds: Seeds | None =
     truncation = _common(truncation, batch_size)
     from ganctl.sample import sample_file
 
-    loaded, dev = _open(target, device, ema, notes)
+    loaded, dev = _open(target, device, ema, notes, noise_mode)
     return sample_file(loaded, out, chosen, dev, truncation=truncation,
                        class_=_class(loaded, class_), nrow=rows, scale=scale, batch_size=batch_size)
 
@@ -119,7 +125,7 @@ def export_images(target: PathLike | None, out_dir: PathLike, seeds: Seeds | Non
                   class_: int | str | None = None, batch_size: int = GENERATE_BATCH,
                   device: str = "auto", ema: bool = True, notes: Notes | None = None,
                   progress: Callable[[int], None] | None = None,
-                  start: Callable[[int], None] | None = None) -> dict:
+                  start: Callable[[int], None] | None = None, noise_mode: str = "const") -> dict:
     """`ganctl sample --out-dir`: one file per seed (png, jpg, webp or npz shards), named by
     seed (class folders for a conditional model), with labels.csv and manifest.json; a rerun
     finishes an interrupted export and keeps what is there (see ganctl.bulk). `start(count)`
@@ -136,7 +142,7 @@ def export_images(target: PathLike | None, out_dir: PathLike, seeds: Seeds | Non
     truncation = _common(truncation, batch_size)
     from ganctl.bulk import export_images as export
 
-    loaded, dev = _open(target, device, ema, notes)
+    loaded, dev = _open(target, device, ema, notes, noise_mode)
     return export(loaded, chosen, Path(out_dir), format, truncation=truncation,
                   class_=_class(loaded, class_), batch_size=batch_size, device=dev,
                   progress=progress, start=start)
@@ -147,7 +153,7 @@ def interpolate(target: PathLike | None, out: PathLike, seeds: Seeds | None = No
                 n: int | None = None, frames: int = 60, fps: int = 20, loop: bool = True,
                 scale: int = 1, truncation: float | None = None, class_: int | str | None = None,
                 batch_size: int = GENERATE_BATCH, device: str = "auto", ema: bool = True,
-                notes: Notes | None = None) -> dict:
+                notes: Notes | None = None, noise_mode: str = "const") -> dict:
     """`ganctl sample --interpolate`: a walk through the seeds' latents (slerp in z, lerp in w
     for a generator with a mapping network) as OUT.gif, OUT.mp4 (needs ffmpeg) or OUT.png (a
     row per pair of seeds); default seeds 0-3. Returns what `--json` prints.
@@ -163,11 +169,35 @@ def interpolate(target: PathLike | None, out: PathLike, seeds: Seeds | None = No
     frames, fps, scale = (_int(value) for value in (frames, fps, scale))
     check_request(chosen, frames, fps, scale, out, loop)
     truncation = _common(truncation, batch_size)
-    loaded, dev = _open(target, device, ema, notes)
+    loaded, dev = _open(target, device, ema, notes, noise_mode)
     result = walk(loaded, chosen, out, frames, truncation=truncation,
                   class_=_class(loaded, class_), device=dev, fps=fps, scale=scale, loop=loop,
                   batch_size=batch_size)
     return {**result, "device": str(dev)}
+
+
+@ganctl_errors
+def style_mix(target: PathLike | None, out: PathLike, rows: Seeds, cols: Seeds, *,
+              styles: str = "0-6", truncation: float | None = None, scale: int = 1,
+              batch_size: int = GENERATE_BATCH, device: str = "auto", ema: bool = True,
+              notes: Notes | None = None, noise_mode: str = "const") -> dict:
+    """`ganctl sample --style-mix ROWS COLS OUT`: NVlabs' style-mixing figure of a generator
+    with a mapping network: each row seed's styles with the layers `styles` taken from each
+    column seed's. Returns what `--json` prints.
+
+    Example: ganctl.api.style_mix("runs/m", "mix.png", "0-4", "10-14", styles="0-3")
+    """
+    from ganctl.stylemix import style_mix as draw
+
+    out = _image_out(out)
+    row_seeds, col_seeds = chosen_seeds(rows, None), chosen_seeds(cols, None)
+    if not isinstance(styles, str):
+        raise UsageError(f"styles must be layers as text, like '0-6', got {styles!r}", "--styles")
+    whole_number("scale", scale, 1, MAX_SCALE)
+    truncation = _common(truncation, batch_size)
+    loaded, dev = _open(target, device, ema, notes, noise_mode)
+    return draw(loaded, row_seeds, col_seeds, out, dev, styles=styles, truncation=truncation,
+                scale=scale, batch_size=batch_size)
 
 
 @ganctl_errors

@@ -28,7 +28,7 @@ from ganctl.config import (
 
 # --- sample ---------------------------------------------------------------------------------------------
 
-SAMPLES, BULK, MOTION = "What to draw", "Bulk export", "Interpolation"
+SAMPLES, BULK, MOTION, MIXING = "What to draw", "Bulk export", "Interpolation", "Style mixing"
 MAX_GRID = 4096  # images in one grid file; more go to --out-dir
 
 
@@ -61,6 +61,18 @@ def sample(
         rich_help_panel=SAMPLES)] = None,
     no_ema: Annotated[bool, typer.Option(
         "--no-ema", help="Sample G itself, not its EMA G_ema.", rich_help_panel=SAMPLES)] = False,
+    noise_mode: Annotated[str, typer.Option(
+        "--noise-mode", metavar="const|random|none", help="StyleGAN2's per-pixel noise: const "
+        "(its fixed noise: a seed's image never changes), random (fresh each time) or none.",
+        rich_help_panel=SAMPLES)] = "const",
+    style_mix: Annotated[tuple[str, str] | None, typer.Option(
+        "--style-mix", metavar="ROWS COLS", help="StyleGAN2: NVlabs' style-mixing figure: a row "
+        "per ROWS seed, a column per COLS seed, each cell the row's styles with the layers "
+        "--styles from the column's (e.g. --style-mix 0-4 10-14 mix.png).",
+        show_default=False, rich_help_panel=MIXING)] = None,
+    styles: Annotated[str, typer.Option(
+        metavar="0-6", help="The layers --style-mix takes from the column seeds (0 is the "
+        "coarsest).", rich_help_panel=MIXING)] = "0-6",
     nrow: Annotated[int | None, typer.Option(min=1, help="Images per grid row.",
                                              show_default="square", rich_help_panel=SAMPLES)] = None,
     scale: Annotated[int, typer.Option(min=1, max=64, help="Nearest-neighbour upscaling (a 32x32 "
@@ -112,6 +124,8 @@ def sample(
                                  param_hint="OUT")
     _check_modes(out, out_dir, interpolate, fmt, scale, nrow, class_, frames != 60 or fps != 20
                  or not loop, seeds is not None and (n is not None or seed is not None))
+    if style_mix is not None:
+        _check_style_mix(n, seed, seeds, class_, interpolate, out_dir, nrow)
     seed = seed or 0
     default_n = 8 if class_ == "all" else 4 if interpolate else 64
     chosen = (_usage("--seeds", parse_seeds, seeds) if seeds is not None
@@ -122,7 +136,11 @@ def sample(
     if truncation is not None:
         _usage("--truncation", check_truncation, truncation)
     drawing: dict[str, Any] = {"truncation": truncation, "class_": class_, "batch_size": batch_size,
-               "device": device, "ema": not no_ema, "notes": _say}
+               "device": device, "ema": not no_ema, "notes": _say, "noise_mode": noise_mode}
+    if style_mix is not None:
+        return _style_mix(ckpt, style_mix, out, styles, scale, drawing, json_mode, debug)
+    if styles != "0-6":
+        raise typer.BadParameter("--styles is for --style-mix", param_hint="--styles")
     if out_dir is not None:
         return _bulk(ckpt, chosen, out_dir, fmt or "png", drawing, json_mode, debug)
     assert out is not None
@@ -138,6 +156,33 @@ def sample(
     _emit(json_mode, r, f"wrote {r['out']}: {images} ({r['width']}x{r['height']} px) from "
                         f"{r['checkpoint']} (step {r['step']}), {which} {r['seeds']}, "
                         f"device {r['device']}")
+
+
+def _check_style_mix(n: int | None, seed: int | None, seeds: str | None, class_: str | None,
+                     interpolate: bool, out_dir: Path | None, nrow: int | None) -> None:
+    """--style-mix takes its seeds from its own two values, and draws one figure."""
+    given = [name for name, value in (("-n", n), ("--seed", seed), ("--seeds", seeds),
+                                      ("--class", class_), ("--nrow", nrow)) if value is not None]
+    if interpolate or out_dir is not None:
+        given.append("--interpolate" if interpolate else "--out-dir")
+    if given:
+        raise typer.BadParameter(f"--style-mix takes its seeds as ROWS COLS and draws one figure; "
+                                 f"leave out {', '.join(given)}", param_hint="--style-mix")
+
+
+def _style_mix(ckpt: str | None, sides: tuple[str, str], out: Path | None, styles: str,
+               scale: int, drawing: dict[str, Any], json_mode: bool, debug: bool) -> None:
+    from ganctl import api
+    from ganctl.seeds import parse_seeds
+
+    assert out is not None  # (sample checked that OUT or --out-dir is given, and not --out-dir)
+    rows, cols = (_usage("--style-mix", parse_seeds, side) for side in sides)
+    drawing = {k: v for k, v in drawing.items() if k != "class_"}
+    r = _call(debug, lambda: api.style_mix(ckpt, out, rows, cols, styles=styles, scale=scale,
+                                           **drawing))
+    _emit(json_mode, r, f"wrote {r['out']}: style mixing of rows {r['rows']} and columns "
+                        f"{r['columns']} (layers {r['styles'][0]}-{r['styles'][-1]} from the "
+                        f"columns), {r['width']}x{r['height']} px, from {r['checkpoint']}")
 
 
 def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt: str | None,

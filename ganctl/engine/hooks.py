@@ -30,6 +30,7 @@ from ganctl.errors import CheckpointError, Diverged, GanctlError
 from ganctl.imagefiles import make_grid, save_grid
 from ganctl.losses import NETWORKS, Stats
 from ganctl.models import backbone
+from ganctl.models.generator import noise_mode
 from ganctl.output.progress import RunLog
 from ganctl.output.sinks import is_number
 from ganctl.sample import generate, labels_for_seeds, latents_from_seeds
@@ -45,7 +46,8 @@ def write_samples(state: TrainState, run_dir: Path, fixed_z: torch.Tensor, log: 
     matter more)."""
     path = run_dir / rundir.SAMPLES / rundir.sample_name(state.step)
     c = labels_for_seeds(SAMPLE_SEEDS, state.config)
-    images = generate(state.G_ema, fixed_z, fixed_z.device, c)
+    with noise_mode(state.G_ema, "const"):  # a seed's image changes only as G_ema learns
+        images = generate(state.G_ema, fixed_z, fixed_z.device, c)
     log.image("samples", make_grid(images).permute(2, 0, 1), state.step)  # (C, H, W): the file's
     try:
         save_grid(images, path)

@@ -16,6 +16,9 @@ toward 0 in z when it does not (sample.latents_from_seeds draws z from the stand
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -33,6 +36,19 @@ def set_noise_mode(G: nn.Module, mode: str) -> None:
     synthesis = getattr(G, "synthesis", None)
     if synthesis is not None and hasattr(synthesis, "noise_mode"):
         synthesis.noise_mode = mode
+
+
+@contextmanager
+def noise_mode(G: nn.Module, mode: str) -> Iterator[None]:
+    """G with noise mode `mode` for the duration, then its own again."""
+    synthesis = getattr(G, "synthesis", None)
+    before = getattr(synthesis, "noise_mode", None)
+    set_noise_mode(G, mode)
+    try:
+        yield
+    finally:
+        if before is not None:
+            set_noise_mode(G, before)
 
 
 def has_mapping(G: nn.Module) -> bool:

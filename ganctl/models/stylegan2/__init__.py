@@ -50,6 +50,10 @@ class StyleGAN2(Architecture):
 
     def check(self, config: Config) -> None:
         super().check(config)
+        if config.channel_base < config.resolution:
+            raise ConfigError(f"--channel-base {config.channel_base} leaves the {config.resolution} px "
+                              f"blocks without feature maps (they get channel-base / resolution); "
+                              f"give at least {config.resolution} (NVlabs use 16384 or 32768)")
         if config.spectral_norm == "on":
             raise ConfigError("stylegan2 does not use spectral normalisation (its D is regularised "
                               "by R1: --r1); leave --spectral-norm out")
