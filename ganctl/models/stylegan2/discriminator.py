@@ -14,8 +14,14 @@ import math
 import torch
 from torch import nn
 
-from ganctl.models.stylegan2.generator import MappingNetwork, _precision, channels, reduced_from
-from ganctl.models.stylegan2.ops import Conv2dLayer, FullyConnectedLayer, MinibatchStdLayer, make_filter
+from ganctl.models.stylegan2.generator import MappingNetwork, channels, reduced_from
+from ganctl.models.stylegan2.ops import (
+    Conv2dLayer,
+    FullyConnectedLayer,
+    MinibatchStdLayer,
+    make_filter,
+    precision,
+)
 
 D_ARCHITECTURES = ("resnet", "orig")
 SQRT_HALF = math.sqrt(0.5)
@@ -38,7 +44,7 @@ class DiscriminatorBlock(nn.Module):
             self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor) -> torch.Tensor:
-        with _precision(self.reduced, img):
+        with precision(self.reduced, img):
             if self.in_channels == 0:
                 x = self.fromrgb(img if self.reduced else img.float())
             assert x is not None
@@ -62,13 +68,14 @@ class DiscriminatorEpilogue(nn.Module):
         self.out = FullyConnectedLayer(in_channels, cmap_dim or 1)
 
     def forward(self, x: torch.Tensor, cmap: torch.Tensor | None) -> torch.Tensor:
-        x = x.float()
-        if self.mbstd is not None:
-            x = self.mbstd(x)
-        x = self.out(self.fc(self.conv(x).flatten(1)))
-        if cmap is not None:
-            x = (x * cmap).sum(dim=1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
-        return x  # (B, 1)
+        with precision(False, x):  # float32, as NVlabs'
+            x = x.float()
+            if self.mbstd is not None:
+                x = self.mbstd(x)
+            x = self.out(self.fc(self.conv(x).flatten(1)))
+            if cmap is not None:
+                x = (x * cmap.float()).sum(dim=1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
+            return x  # (B, 1)
 
 
 class Discriminator(nn.Module):

@@ -15,7 +15,6 @@ that the run's precision sets up (bf16 on CUDA); the others turn it off and run 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,7 @@ from ganctl.models.stylegan2.ops import (
     make_filter,
     modulated_conv2d,
     normalize_2nd_moment,
+    precision,
     upsample2d,
 )
 
@@ -67,6 +67,10 @@ class MappingNetwork(nn.Module):
             self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(self, z: torch.Tensor | None, c: torch.Tensor | None = None) -> torch.Tensor:
+        with precision(False, self.fc0.weight):  # float32 under any autocast, as NVlabs'
+            return self._forward(z, c)
+
+    def _forward(self, z: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
         parts = []
         if self.z_dim:
             assert z is not None
@@ -153,7 +157,7 @@ class SynthesisBlock(nn.Module):
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
                 noise: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         fused = False  # a shared convolution over the batch (NVlabs' grouped one is ops' fused)
-        with _precision(self.reduced, ws):
+        with precision(self.reduced, ws):
             if self.in_channels == 0:
                 x = self.const[None].repeat(ws.shape[0], 1, 1, 1)
                 x = self.conv1(x, ws[:, 0], noise[0], fused)
@@ -165,13 +169,6 @@ class SynthesisBlock(nn.Module):
             y = self.torgb(x, ws[:, self.num_conv], fused).float()
         img = y if img is None else upsample2d(img, self.resample_filter) + y
         return x, img
-
-
-def _precision(reduced: bool, like: torch.Tensor) -> nullcontext[None] | torch.autocast:
-    """A block outside the reduced-precision ones runs in float32 whatever autocast is on."""
-    if reduced or not torch.is_autocast_enabled(like.device.type):
-        return nullcontext()
-    return torch.autocast(like.device.type, enabled=False)
 
 
 def channels(channel_base: int, channel_max: int, resolution: int) -> int:

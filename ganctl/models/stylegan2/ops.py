@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +139,14 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
                         groups=batch)
     x = x.reshape(batch, out_ch, *x.shape[2:])
     return x if noise is None else x + noise.to(x.dtype)
+
+
+def precision(reduced: bool, like: torch.Tensor) -> nullcontext[None] | torch.autocast:
+    """Float32 whatever autocast is on, unless `reduced` (a block at one of the resolutions
+    that run in the reduced precision of the run's autocast): `like` gives the device."""
+    if reduced or not torch.is_autocast_enabled(like.device.type):
+        return nullcontext()
+    return torch.autocast(like.device.type, enabled=False)
 
 
 class FullyConnectedLayer(nn.Module):
