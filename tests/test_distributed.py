@@ -310,6 +310,9 @@ def test_a_rank_that_dies_joining_ends_gpus_in_one_line_after_the_ranks_own(work
 SEEDS = (3, 1, 2)  # seed 3: D 6e-4 apart after 2 steps when the variance was E[x²] - mean²
 STEPS = ["--steps", "3", "--ckpt-every", "3"]
 EVAL = ["--eval-every", "3", "--eval-num", "24", "--eval-num-real", "48"]  # the first seed's run
+# a tiny StyleGAN2 whose 4 steps run every phase: D, lazy R1, G and path length (every 2)
+STYLEGAN2 = ["--arch", "stylegan2", "--z-dim", "8", "--w-dim", "8", "--channel-base", "256",
+             "--r1", "1", "--r1-every", "2", "--pl-every", "2", "--steps", "4", "--ckpt-every", "4"]
 
 
 def _rank_worker(rank: int, port: int, root: Path) -> None:
@@ -327,6 +330,9 @@ def _rank_worker(rank: int, port: int, root: Path) -> None:
     result = invoke("resume", root / "one-process", "--steps", "4")  # trained on one process
     assert result.exit_code == 0, result.output
     runs["resume"] = {"stdout": result.stdout, "stderr": result.stderr}
+    result = invoke("train", *TINY, *STYLEGAN2, "--out", root / "stylegan2")
+    assert result.exit_code == 0, result.output
+    runs["stylegan2"] = {"stdout": result.stdout, "stderr": result.stderr}
     with pytest.MonkeyPatch.context() as patch:  # an adaptive augmentation's feedback, summed
         patch.setitem(augment.KINDS, "toy", lambda options: helpers.ToyAdaptive())
         result = invoke("train", *TINY, "--steps", "4", "--augment", "toy", "--out", root / "toy")
@@ -426,7 +432,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(two_ranks, workdi
     assert printed[1] == {"stdout": "", "stderr": ""}  # the other rank is silent
     two = two_ranks / f"two-{seed}"
     assert sorted(p.parent.name for p in two_ranks.rglob("config.json")) == [
-        "nan", "one-process", "toy", *(f"two-{s}" for s in sorted(SEEDS))]
+        "nan", "one-process", "stylegan2", "toy", *(f"two-{s}" for s in sorted(SEEDS))]
     assert [p.name for p in (two / "checkpoints").glob("*.safetensors")] == [
         "step-000000003.safetensors"]
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 4  # one writer: 3 steps, 1 eval
@@ -456,6 +462,18 @@ def test_an_augmentations_feedback_is_summed_over_the_processes(two_ranks):
     fed = [json.loads((two_ranks / f"rank-{r}.json").read_text())["runs"]["toy"]["fed back"]
            for r in (0, 1)]
     assert fed[0] == fed[1] and [d["count"] for d in fed[0]] == [16.0, 16.0]
+
+
+def test_stylegan2_trains_on_two_processes(two_ranks):
+    """Every phase of a StyleGAN2 step (lazy R1, path length) with gradients averaged over two
+    processes: one checkpoint, G_ema's w_avg followed, a grid that samples."""
+    printed = json.loads((two_ranks / "rank-0.json").read_text())["runs"]["stylegan2"]
+    assert "stylegan2 32x32x3" in printed["stdout"] and "done: step 4/4" in printed["stdout"]
+    assert "loss_R1" in printed["stdout"] and "loss_Gpl" in printed["stdout"]
+    tensors = _weights(two_ranks / "stylegan2" / "checkpoints" / "step-000000004.safetensors")
+    assert tensors["G_ema.mapping.w_avg"].abs().sum() > 0
+    result = invoke("sample", "-n", "4", two_ranks / "sg2.png", "--ckpt", two_ranks / "stylegan2")
+    assert result.exit_code == 0, result.output
 
 
 def test_a_one_process_run_resumes_on_two(two_ranks):

@@ -558,8 +558,6 @@ def test_a_run_on_two_gpus_resolves_the_auto_config_for_two(monkeypatch):
         (32, pytest.approx(0.0002 * 256**2 / 32), 10.0, 4)
 
 
-@pytest.mark.xfail(strict=True, reason="train --print-config resolves stylegan2-auto for 1 GPU "
-                   "whatever --gpus says, while the --gpus run resolves it for N")
 def test_print_config_with_gpus_shows_the_auto_config_for_those_gpus(workdir):
     cfg, sources = printed("--arch", "stylegan2", "--resolution", "256", "--gpus", "2")
     assert (cfg["batch_size"], cfg["r1"], cfg["ema_kimg"]) == \

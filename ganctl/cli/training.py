@@ -90,7 +90,7 @@ def train(
                                  "--resume continues a run: use one", param_hint="--init-from")
     from_file = _call(debug, load_config_file, config) if config else {}
     if print_config:
-        return _print_config(from_file, flags, config, json_mode, debug)
+        return _print_config(from_file, flags, config, json_mode, debug, gpus)
     if gpus is not None and gpus > 1:
         if resume_run and out is not None and is_run_dir(out):  # the run's own settings
             return _launch(gpus, flags.get("device"), _option_text(flags.get("batch_size")))
@@ -113,14 +113,14 @@ def train(
 
 
 def _print_config(from_file: dict[str, Any], flags: dict[str, Any], path: Path | None,
-                  json_mode: bool, debug: bool) -> None:
+                  json_mode: bool, debug: bool, gpus: int | None = None) -> None:
     """train --print-config: the settings a run would get, each with its source; nothing is
     trained or written."""
     from ganctl.settings import resolve_layers
     from ganctl.text import one_line
 
     layers = {f"config file {path}": from_file, "flag": flags} if path else {"flag": flags}
-    resolved, sources = _call(debug, resolve_layers, layers)
+    resolved, sources = _call(debug, lambda: resolve_layers(layers, gpus))
     doc = resolved.to_dict()
     _outcome_decided()
     if json_mode:
