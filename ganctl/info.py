@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from ganctl import checkpoint, rundir
-from ganctl.stored import check_models, stored_config
+from ganctl.importers.convert import imported
+from ganctl.stored import NETWORKS, check_models, stored_config
 
 
 def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
     path = header.path
     config = stored_config(header)
-    models = check_models(header, config)  # the counts below are of the models the file holds
+    source = imported(header)  # an NVlabs network's: G and G_ema, and D when ganctl builds it
+    held = NETWORKS if source is None else tuple(n for n in NETWORKS if n in source["imported"])
+    models = check_models(header, config, held)  # the counts below: of the models the file holds
     return {
         "path": str(path),
         "version": header.metadata.get("ganctl.version"),
@@ -22,13 +25,15 @@ def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
         "device": header.metadata.get("ganctl.device"),
         "processes": trained_processes(header),
         "file_size": header.file_size,
-        "params": {name: sum(p.numel() for p in models[name].parameters()) for name in ("G", "D")},
+        "params": {name: sum(p.numel() for p in models[name].parameters()) for name in ("G", "D")
+                   if name in models},
         "dataset_fingerprint": header.metadata.get("ganctl.dataset_fingerprint"),
         "checksum": header.metadata.get("ganctl.checksum"),
         "config": config.to_dict(),
         "metrics": header.metrics,
         "eval": header.eval,
         "best": _best(path),
+        "imported": source,
     }
 
 

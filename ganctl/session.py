@@ -33,6 +33,7 @@ from ganctl.engine.memory import find_batch_size
 from ganctl.engine.state import TrainState, init_state
 from ganctl.errors import ConfigError, DataError
 from ganctl.finetune import init_weights
+from ganctl.importers import convert
 from ganctl.metrics import parse_metrics
 from ganctl.models import get_arch
 from ganctl.output.progress import RunLog
@@ -236,7 +237,7 @@ def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
     config.init_from, from that checkpoint's weights."""
     initialise = None
     if config.init_from:
-        header = rundir.locate(config.init_from, log.info)  # verified: its weights are used
+        header = convert.locate(config.init_from, log.info)  # verified: its weights are used
         config = config.replace(init_from=str(header.path.absolute()))
         initialise = init_weights(header, config)
     with open_run(config, log, download, out, overwrite=overwrite, initialise=initialise) as run:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ganctl import presets, rundir
+from ganctl import presets
 from ganctl.config import BATCH_AUTO, DEFAULTS, FIELD_NAMES, Config, Model, check_types
 from ganctl.data import is_path, preset
 from ganctl.distributed import from_environment
@@ -69,9 +69,14 @@ MODEL_KEYS = tuple(f.name for f in fields(Model))
 
 
 def init_model(target: str) -> dict[str, Any]:
-    """The model settings of the checkpoint `train --init-from` names (read from its header)."""
-    stored = stored_config(rundir.locate(target, lambda _: None, verify=False))
-    return {key: getattr(stored, key) for key in MODEL_KEYS}
+    """The model settings of the checkpoint `train --init-from` names (read from its header; an
+    NVlabs network file's from its init arguments, with the small-data preset's augmentation:
+    importers.convert.finetune_settings)."""
+    from ganctl.importers import convert
+
+    header = convert.locate(target, lambda _: None, verify=False)
+    stored = stored_config(header)
+    return {**{key: getattr(stored, key) for key in MODEL_KEYS}, **convert.finetune_settings(header)}
 
 
 PRESET_DATA_SHAPE = ("resolution", "channels")

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import torch
 from rich.console import Console
 
-from ganctl import rundir
 from ganctl.checkpoint import Header
 from ganctl.errors import (
     ConfigError,
@@ -24,6 +23,7 @@ from ganctl.errors import (
     os_error_message,
     shorten,
 )
+from ganctl.importers import convert
 from ganctl.output.console import QuietOnClosedPipe
 from ganctl.seeds import brief_repr, whole
 
@@ -145,12 +145,14 @@ def console(quiet: bool) -> Console:
 
 
 def locate(target: PathLike | None, notes: Notes | None = None, verify: bool = True) -> Header:
-    """rundir.locate (verify=False: the header alone is read): each damaged checkpoint it
+    """rundir.locate (verify=False: the header alone is read), or an NVlabs network file
+    (FILE.pkl) imported on the fly (importers.convert.locate): each damaged checkpoint it
     passed over a note (default: a warning at the caller's line)."""
-    path("target", target, "a run directory, a checkpoint path, 'latest' or 'best'")
+    path("target", target, "a run directory, a checkpoint path, an NVlabs .pkl, 'latest' or "
+         "'best'")
     callback("notes", notes)
     passed: list[str] = []
-    header = rundir.locate(None if target is None else os.fspath(target), passed.append, verify)
+    header = convert.locate(target, passed.append, verify)
     for message in passed:
         if notes is not None:
             notes(message)

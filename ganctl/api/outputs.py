@@ -1,7 +1,8 @@
 """The files the generator is written to: what OUT may be, checked before anything is read or
 generated. OUT may be a new file (its missing folders are made) or one ganctl replaces: an
 image over an image (fsutil.is_replaceable; never a run's metrics or a checkpoint), a model file
-over ganctl's own export (export.check_replaceable: its mark, never a user's model); never a
+over ganctl's own export (export.check_replaceable: its mark, never a user's model), an imported
+network over a checkpoint ganctl imported (never one it trained); never a
 link (its target or the link would be lost), a folder or a device, nor a path under a file, nor
 a hidden name without a suffix (".png" is a name, not a format), nor a read-only file."""
 
@@ -18,12 +19,13 @@ from ganctl.fsutil import is_replaceable, nearest_existing
 EXPORT_FORMATS = ("torchscript", "onnx")
 # a suffix that says the export's format; another (.zip, .bin, none) does not
 SUFFIX_FORMATS = {".onnx": "onnx", **dict.fromkeys((".pt", ".pth", ".ts", ".jit"), "torchscript")}
-EXAMPLES = {"image": "grid.png", "onnx": "G.onnx", "torchscript": "G.pt"}
+EXAMPLES = {"image": "grid.png", "onnx": "G.onnx", "torchscript": "G.pt",
+            "checkpoint": "net.safetensors"}
 
 
 def check_out(out: PathLike, fmt: str = "image") -> Path:
     """OUT as a Path, once it may be written (see the module's docstring); `fmt`: image,
-    torchscript or onnx. A trailing / names a folder, which is a usage error."""
+    torchscript, onnx or checkpoint (ganctl import's). A trailing / names a folder, which is a usage error."""
     path("out", out, "a file's path", required=True)
     text = os.fspath(out)
     if text.endswith(("/", os.sep)):
@@ -52,7 +54,11 @@ def _check_path(out: Path, fmt: str) -> None:
     if fmt == "image" and out.is_file() and not is_replaceable(out):
         raise ConfigError(f"{out} exists and is not an image; ganctl replaces only a file of the "
                           "kind it writes (not a run's files or a checkpoint): choose another name")
-    if fmt != "image":
+    if fmt == "checkpoint":
+        from ganctl.importers.convert import check_replaceable as replaceable_import
+
+        replaceable_import(out)
+    elif fmt != "image":
         from ganctl.export import check_replaceable
 
         check_replaceable(out, fmt)

@@ -24,6 +24,7 @@ from ganctl.api.outputs import check_out
 from ganctl.config import BOUNDS
 from ganctl.device import resolve_device
 from ganctl.errors import ConfigError, UsageError
+from ganctl.importers.convert import imported
 from ganctl.metrics import names_help, parse_metrics
 from ganctl.output.progress import RunLog
 from ganctl.scoring import API_ARGUMENTS, CountOptions, evaluate_checkpoint
@@ -80,6 +81,11 @@ def run_evaluation(target: PathLike | None, names: list[str], num: int, num_real
     one is given); `options` name the caller's arguments in messages."""
     dev = device_name(device)
     header = locate(target, notes)
+    if "dataset" not in data and (source := imported(header)) is not None:
+        trained = (source.get("dataset") or {}).get("path")
+        raise ConfigError(f"{header.path} is an NVlabs network, trained on data ganctl does not "
+                          f"have{f' ({trained})' if isinstance(trained, str) else ''}: score it "
+                          "against yours with --dataset (dataset= in Python): a name or a folder")
     overrides = dict(data)
     if "dataset" in overrides and "split" not in overrides:
         overrides["split"] = ""  # another dataset: its own default split
@@ -125,13 +131,19 @@ def inspect(target: PathLike | None = None, *, verify: bool = True,
             notes: Notes | None = None) -> dict[str, Any]:
     """A checkpoint's header as `ganctl inspect --json` shows it: step, config, parameter
     counts, last losses and scores, where it was trained; no tensor is loaded. verify=False
-    reads the header alone (not checking the data against its checksum).
+    reads the header alone (not checking the data against its checksum). An NVlabs network
+    file (FILE.pkl): what it holds (networks, settings, classes, augment_p, sha256, the config
+    an import gives it), its weights not rebuilt.
 
     Example: ganctl.api.inspect("runs/m")["step"]
     """
+    from ganctl.importers.convert import describe, is_network_file
     from ganctl.info import describe_checkpoint
 
     flag("verify", verify)
+    if is_network_file(target) and isinstance(target, str | os.PathLike):
+        path("target", target, "an NVlabs network .pkl")
+        return describe(Path(os.fspath(target)))
     return describe_checkpoint(locate(target, notes, verify))
 
 

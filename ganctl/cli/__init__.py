@@ -2,8 +2,8 @@
 codes. core.py holds the app, the error and signal handling and the reporting every command
 shares; options.py the shared options and the settings' options (made from config.py's fields);
 one module per family of commands: training.py (train, resume), sampling.py (sample, export),
-reports.py (inspect, eval, runs, plot), data.py (data prepare|info|cache). A new command is a
-function in one of them (or a module of its own, imported below).
+importing.py (import), reports.py (inspect, eval, runs, plot), data.py (data prepare|info|cache).
+A new command is a function in one of them (or a module of its own, imported below).
 
 Exit codes: 0 done; 1 a one-line error on stderr (traceback only with --debug); 2 a bad
 command line (Typer's usage error); 128 + N stopped by signal N (SIGHUP 129, SIGINT 130,
@@ -17,7 +17,7 @@ from ganctl.cli.core import _call, _terminate, app, run
 
 # isort: off
 # the commands, in the order `ganctl --help` lists them
-from ganctl.cli import training, sampling, reports, data
+from ganctl.cli import training, sampling, importing, reports, data
 # isort: on
 from ganctl.cli.training import train_values
 
@@ -35,4 +35,5 @@ for _commands in (app, data.data_app, data.cache_app):
     for _info in _commands.registered_commands:
         _info.help = _paragraphs_on_one_line(_info.help or _info.callback.__doc__ or "")
 
-__all__ = ["_call", "_terminate", "app", "reports", "run", "sampling", "train_values", "training"]
+__all__ = ["_call", "_terminate", "app", "importing", "reports", "run", "sampling", "train_values",
+           "training"]

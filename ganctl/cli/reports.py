@@ -62,16 +62,17 @@ def inspect(
         typer.echo(_json_text(info))
         return
     console = Console(highlight=False)
+    if "format" in info:  # an NVlabs network file
+        return _print_rows(console, f"{info['format']} {path}", _network_rows(info))
     console.print(printable(f"checkpoint {path}"), markup=False, soft_wrap=True)
-    table = Table(show_header=False)  # cells are Text: a config value is never read as markup
-    table.add_column("key", style="bold")
-    table.add_column("value")
+    params = "  ".join(f"{k} {v:,}" for k, v in info["params"].items())
     rows = [("version", f"{info['version']} (schema {info['schema']})"),
             ("step", info["step"]), ("created", _date(info["created"])),
             ("trained on", f"{info['device'] or '?'}" + (f", {info['processes']} processes"
                                                         if info["processes"] > 1 else "")),
+            *_imported_rows(info["imported"]),
             ("file size", f"{info['file_size'] / 1e6:.2f} MB"),
-            ("params", f"G {info['params']['G']:,}  D {info['params']['D']:,}"),
+            ("params", params),
             *((k, _shown(k, v)) for k, v in info["config"].items()),
             *((f"last {k}", v) for k, v in (info["metrics"] or {}).items()
               if k not in ("step", "time"))]
@@ -83,11 +84,54 @@ def inspect(
     if (best := info["best"]) and best["fid"] is not None:
         where = f" ({Path(best['checkpoint']).name})" if best["checkpoint"] else ""
         rows.append(("best FID", f"{best['fid']:.3f} at step {best['step']}{where}"))
+    _print_rows(console, None, rows)
+
+
+def _print_rows(console: Console, title: str | None, rows: list[tuple[str, Any]]) -> None:
+    from ganctl.text import printable
+
+    if title is not None:
+        console.print(printable(title), markup=False, soft_wrap=True)
+    table = Table(show_header=False)  # cells are Text: a config value is never read as markup
+    table.add_column("key", style="bold")
+    table.add_column("value")
     for key, value in rows:
         if isinstance(value, (list, tuple)):  # class names
             value = ", ".join(map(str, value)) or "none"
         table.add_row(Text(printable(str(key))), Text(printable(str(value))))
     console.print(table)
+
+
+def _imported_rows(source: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """An imported checkpoint's provenance: the NVlabs file and its sha256."""
+    if source is None:
+        return []
+    return [("imported from", f"{source.get('source')} ({source.get('code')})"),
+            ("sha256", source.get("sha256")), *(("note", n) for n in source.get("notes") or ())]
+
+
+def _network_rows(info: dict[str, Any]) -> list[tuple[str, Any]]:
+    """`ganctl inspect FILE.pkl`: what the NVlabs file holds (api.inspect's keys)."""
+    classes = info["classes"]
+    rows: list[tuple[str, Any]] = [
+        ("written by", info["code"]), ("sha256", info["sha256"]),
+        ("file size", f"{info['file_size'] / 1e6:.2f} MB"),
+        ("networks", ", ".join(info["networks"]) + ("" if info["imported"] == ["G", "D", "G_ema"]
+                                                    else f" (ganctl imports {', '.join(info['imported'])})")),
+        ("params", "  ".join(f"{k} {v:,}" for k, v in info["params"].items())),
+        ("resolution", f"{info['resolution']}x{info['resolution']}x{info['channels']}"),
+        ("z, w", f"{info['z_dim']}, {info['w_dim']}"),
+        ("classes", f"{classes} (named {info['class_names'][0]}..{info['class_names'][-1]})"
+                    if classes else "none (unconditional)"),
+        ("mapping layers", info["mapping_layers"]), ("channel base", info["channel_base"]),
+        ("widths", f"G {info['g_width']}, D {info['d_width'] or '-'}"),
+        ("fp16 blocks", info["reduced_res"]), ("conv clamp", info["conv_clamp"] or "none"),
+        ("augment p", "none saved" if info["augment_p"] is None else f"{info['augment_p']:.4g}")]
+    if info["d_arch"]:
+        rows.append(("D", f"{info['d_arch']}, minibatch-stddev group {info['mbstd_group']}"))
+    if (trained := info["dataset"].get("path")) is not None:
+        rows.append(("trained on", trained))
+    return rows + [("note", note) for note in info["notes"]]
 
 
 # --- eval -------------------------------------------------------------------------------------------------
