@@ -18,7 +18,9 @@ from ganctl.errors import ConfigError, GanctlError
 from ganctl.sample import LoadedGenerator, labels_for_seeds, latents_from_seeds, load_generator, to_uint8
 
 RUNS = {"dcgan": [], "resnet": ["--arch", "resnet"], "mlp": ["--arch", "mlp", "--resolution", "16"],
-        "conditional": ["--conditional"]}
+        "conditional": ["--conditional"],
+        # the mapping network inside the file, the synthesis noise its fixed buffers
+        "stylegan2": ["--arch", "stylegan2", "--z-dim", "8", "--channel-base", "256"]}
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 
