@@ -123,7 +123,7 @@ def interpolate(loaded: LoadedGenerator, seeds: Sequence[int], out: Path, frames
     columns = min(GRID_COLUMNS, frames // segments + 1)  # of a .png walk
     _check_memory(segments * columns if suffix == ".png" else frames, height, width, config.channels)
     ffmpeg = _ffmpeg(out) if suffix == ".mp4" else None
-    z = seed_latents(loaded.G, seeds, config.z_dim, truncation)
+    z = seed_latents(loaded.G, seeds, config.z_dim, truncation, loaded.nvlabs_seeds)
     labels = labels_for_seeds(seeds, config, class_)  # checked before anything is generated
     if has_mapping(loaded.G):  # the walk goes through the seeds' styles: w, truncated
         z = _styles(loaded, z, labels, truncation, device)

@@ -30,15 +30,46 @@ from ganctl.stored import check_models, stored_config
 GENERATE_BATCH = 256
 
 
-def latents_from_seeds(seeds: Sequence[int], z_dim: int, truncation: float | None = None
-                       ) -> torch.Tensor:
+def latents_from_seeds(seeds: Sequence[int], z_dim: int, truncation: float | None = None,
+                       nvlabs: bool = False) -> torch.Tensor:
     """(n, z_dim) latents, row i drawn from a generator seeded with seeds[i]: standard normal, or
-    with `truncation` psi the standard normal truncated to [-psi, psi]."""
+    with `truncation` psi the standard normal truncated to [-psi, psi]. nvlabs=True: as NVlabs'
+    generate.py draws them (nvlabs_latents), so their networks make their images for their
+    seeds."""
+    if nvlabs:
+        return nvlabs_latents(seeds, z_dim, truncation)
     if truncation is not None:
         psi = check_truncation(truncation)
         return torch.stack([_truncated(int(s), z_dim, psi) for s in seeds])
     rows = [torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     return torch.stack(rows)
+
+
+NVLABS_SEEDS = 2**32  # np.random.RandomState takes seeds below this
+
+
+def check_nvlabs_seeds(seeds: Sequence[int]) -> None:
+    """Seeds NVlabs' generate.py can take (0 to 2**32 - 1), or a ConfigError."""
+    if seeds and not 0 <= max(seeds) < NVLABS_SEEDS:
+        raise ConfigError(f"seed {max(seeds)} is past NVlabs' seeds (0 to 2**32 - 1, what "
+                          "np.random.RandomState takes); give smaller seeds with --nvlabs-seeds")
+
+
+def nvlabs_latents(seeds: Sequence[int], z_dim: int, truncation: float | None = None
+                   ) -> torch.Tensor:
+    """(n, z_dim) latents as NVlabs' generate.py draws them: row i is
+    np.random.RandomState(seeds[i]).randn(1, z_dim) in float64, made float32 (as their mapping
+    network does first). Untruncated: their truncation is in w, which ganctl's generators with a
+    mapping network share; one without has no such truncation (a ConfigError)."""
+    import numpy as np
+
+    if truncation is not None:
+        raise ConfigError("NVlabs' seeds give untruncated latents (their truncation moves w "
+                          "toward w_avg): truncation with --nvlabs-seeds needs a generator with a "
+                          "mapping network (stylegan2)")
+    check_nvlabs_seeds(seeds)
+    rows = [torch.from_numpy(np.random.RandomState(int(s)).randn(1, z_dim)[0]) for s in seeds]
+    return torch.stack(rows).float()
 
 
 # The largest |z| the inverse CDF below reaches from a uniform draw is 8.29, and erf(psi / sqrt 2)
@@ -101,11 +132,12 @@ def class_index(class_: int | str, classes: Sequence[str]) -> int:
     return index
 
 
-def seed_latents(G: nn.Module, seeds: Sequence[int], z_dim: int, truncation: float | None = None
-                 ) -> torch.Tensor:
+def seed_latents(G: nn.Module, seeds: Sequence[int], z_dim: int, truncation: float | None = None,
+                 nvlabs: bool = False) -> torch.Tensor:
     """The seeds' z for G: truncated in z by psi for a generator without a mapping network; a
-    generator with one truncates in w instead (generate's `truncation`)."""
-    return latents_from_seeds(seeds, z_dim, None if has_mapping(G) else truncation)
+    generator with one truncates in w instead (generate's `truncation`). nvlabs=True: NVlabs'
+    latents for their seeds (nvlabs_latents)."""
+    return latents_from_seeds(seeds, z_dim, None if has_mapping(G) else truncation, nvlabs)
 
 
 @torch.no_grad()
@@ -163,7 +195,7 @@ def sample_images(loaded: LoadedGenerator, seeds: Sequence[int], device: torch.d
                   batch_size: int = GENERATE_BATCH) -> tuple[torch.Tensor, int]:
     """The seeds' images (n, C, H, W) uint8 and the images per grid row that suit them: with
     class_ "all", one row of the seeds for each class of a conditional model."""
-    z = seed_latents(loaded.G, seeds, loaded.config.z_dim, truncation)
+    z = seed_latents(loaded.G, seeds, loaded.config.z_dim, truncation, loaded.nvlabs_seeds)
     if class_ != "all" or "all" in loaded.config.classes:
         c = labels_for_seeds(seeds, loaded.config, class_)
         return generate(loaded.G, z, device, c, batch_size, truncation), 0
@@ -181,13 +213,15 @@ class LoadedGenerator:
     G: nn.Module  # the EMA generator, in eval mode, on the device
     config: Config
     header: checkpoint.Header
+    nvlabs_seeds: bool = False  # seeds give NVlabs' latents (nvlabs_latents), not ganctl's
 
 
 def load_generator(header: checkpoint.Header, device: torch.device, ema: bool = True,
-                   noise_mode: str = "const") -> LoadedGenerator:
+                   noise_mode: str = "const", nvlabs_seeds: bool = False) -> LoadedGenerator:
     """Rebuild the generator from a (verified) checkpoint's metadata and load its weights:
     G_ema (the EMA of G's weights, what samples use), or with ema=False G itself. noise_mode:
-    the per-pixel noise of a generator that takes it (const: a seed's image never changes)."""
+    the per-pixel noise of a generator that takes it (const: a seed's image never changes).
+    nvlabs_seeds: its seeds give the latents NVlabs' generate.py draws."""
     name = "G_ema" if ema else "G"
     config = stored_config(header)
     check_models(header, config, (name,))
@@ -197,7 +231,8 @@ def load_generator(header: checkpoint.Header, device: torch.device, ema: bool = 
     checkpoint.check_finite(header.path, tensors, name)  # a diverged run's G_ema samples black
     set_noise_mode(G, noise_mode)
     # the header without the file's bytes: they are not needed once G is loaded
-    return LoadedGenerator(G.to(device).eval(), config, dataclasses.replace(header, blob=None))
+    return LoadedGenerator(G.to(device).eval(), config, dataclasses.replace(header, blob=None),
+                           nvlabs_seeds)
 
 
 def sample_file(loaded: LoadedGenerator, out: Path, seeds: Sequence[int], device: torch.device, *,

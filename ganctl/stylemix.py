@@ -50,7 +50,7 @@ def style_mix(loaded: LoadedGenerator, rows: Sequence[int], cols: Sequence[int],
     check_sides(rows, cols)
     layers = parse_styles(styles, int(G.num_ws))  # type: ignore[arg-type]
     seeds = [*rows, *cols]
-    z = latents_from_seeds(seeds, config.z_dim).to(device)
+    z = latents_from_seeds(seeds, config.z_dim, nvlabs=loaded.nvlabs_seeds).to(device)
     c = labels_for_seeds(seeds, config)
     w = ws(G.eval(), z, None if c is None else c.to(device), truncation)  # (R + K, num_ws, w_dim)
     row_w, col_w = w[:len(rows)], w[len(rows):]

@@ -7,7 +7,7 @@ checkpoints passed over and of the checkpoint chosen when `target` is None."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -32,7 +32,14 @@ from ganctl.errors import ConfigError, UsageError
 from ganctl.imagefiles import IMAGE_FORMATS
 from ganctl.interpolate import MAX_SCALE  # (a grid's upscaling, as a walk's)
 from ganctl.models.generator import NOISE_MODES
-from ganctl.sample import GENERATE_BATCH, LoadedGenerator, check_truncation, load_generator, parse_class
+from ganctl.sample import (
+    GENERATE_BATCH,
+    LoadedGenerator,
+    check_nvlabs_seeds,
+    check_truncation,
+    load_generator,
+    parse_class,
+)
 from ganctl.seeds import MAX_SEEDS, Seeds, whole
 
 MAX_GRID = 4096  # images in one grid file; more go to export_images (--out-dir)
@@ -41,9 +48,11 @@ EVERY_CLASS_N = 8  # seeds a row of a class="all" grid holds when none are given
 
 
 def _open(target: PathLike | None, device: object, ema: bool, notes: Notes | None,
-          noise_mode: str = "const") -> tuple[LoadedGenerator, torch.device]:
+          noise_mode: str = "const", nvlabs_seeds: bool = False
+          ) -> tuple[LoadedGenerator, torch.device]:
     """The checkpoint's generator (G_ema, or G with ema=False) on the device, drawing per-pixel
-    noise (a generator that takes it) as noise_mode says."""
+    noise (a generator that takes it) as noise_mode says, its seeds' latents NVlabs' with
+    nvlabs_seeds."""
     flag("ema", ema)
     if noise_mode not in NOISE_MODES:
         raise UsageError(f"noise mode {noise_mode!r} is not one of {', '.join(NOISE_MODES)}",
@@ -51,7 +60,7 @@ def _open(target: PathLike | None, device: object, ema: bool, notes: Notes | Non
     header = locate(target, notes)
     dev = resolve_device(device_name(device))  # (a device missing is said before the choice)
     _say_chosen(target, header, notes)
-    return load_generator(header, dev, ema, noise_mode), dev
+    return load_generator(header, dev, ema, noise_mode, nvlabs_seeds), dev
 
 
 def _say_chosen(target: PathLike | None, header: Header, notes: Notes | None) -> None:
@@ -86,8 +95,12 @@ def _class(loaded: LoadedGenerator, class_: int | str | None) -> int | str | Non
     return parse_class(class_, loaded.config.classes) if isinstance(class_, str) else class_
 
 
-def _common(truncation: float | None, batch_size: int) -> float | None:
+def _common(truncation: float | None, batch_size: int, nvlabs_seeds: bool = False,
+            seeds: Sequence[int] = ()) -> float | None:
     whole_number("batch_size", batch_size, 1, MAX_BATCH)
+    flag("nvlabs_seeds", nvlabs_seeds)
+    if nvlabs_seeds:
+        check_nvlabs_seeds(seeds)
     return None if truncation is None else check_truncation(truncation)
 
 
@@ -96,11 +109,13 @@ def sample_to_file(target: PathLike | None, out: PathLike, seeds: Seeds | None =
                    n: int | None = None, truncation: float | None = None,
                    class_: int | str | None = None, nrow: int | None = None, scale: int = 1,
                    batch_size: int = GENERATE_BATCH, device: str = "auto", ema: bool = True,
-                   notes: Notes | None = None, noise_mode: str = "const") -> dict:
+                   notes: Notes | None = None, noise_mode: str = "const",
+                   nvlabs_seeds: bool = False) -> dict:
     """`ganctl sample OUT`: the seeds' images as one .png, .jpg or .webp file: a grid of
     `nrow` a row (default square; class_="all": a row per class), or one image alone; `scale`
     upscales (nearest neighbour); noise_mode: a StyleGAN2's per-pixel noise (const, random,
-    none). Returns what `--json` prints.
+    none); nvlabs_seeds: seeds give the latents NVlabs' generate.py draws (a network imported
+    from their .pkl makes their images). Returns what `--json` prints.
 
     Example: ganctl.api.sample_to_file("runs/m", "grid.png", n=64)
     """
@@ -111,10 +126,10 @@ def sample_to_file(target: PathLike | None, out: PathLike, seeds: Seeds | None =
                           "write one file per image with --out-dir DIR")
     rows = 0 if nrow is None else whole_number("nrow", nrow, 1, MAX_SEEDS)
     whole_number("scale", scale, 1, MAX_SCALE)
-    truncation = _common(truncation, batch_size)
+    truncation = _common(truncation, batch_size, nvlabs_seeds, chosen)
     from ganctl.sample import sample_file
 
-    loaded, dev = _open(target, device, ema, notes, noise_mode)
+    loaded, dev = _open(target, device, ema, notes, noise_mode, nvlabs_seeds)
     return sample_file(loaded, out, chosen, dev, truncation=truncation,
                        class_=_class(loaded, class_), nrow=rows, scale=scale, batch_size=batch_size)
 
@@ -125,7 +140,8 @@ def export_images(target: PathLike | None, out_dir: PathLike, seeds: Seeds | Non
                   class_: int | str | None = None, batch_size: int = GENERATE_BATCH,
                   device: str = "auto", ema: bool = True, notes: Notes | None = None,
                   progress: Callable[[int], None] | None = None,
-                  start: Callable[[int], None] | None = None, noise_mode: str = "const") -> dict:
+                  start: Callable[[int], None] | None = None, noise_mode: str = "const",
+                  nvlabs_seeds: bool = False) -> dict:
     """`ganctl sample --out-dir`: one file per seed (png, jpg, webp or npz shards), named by
     seed (class folders for a conditional model), with labels.csv and manifest.json; a rerun
     finishes an interrupted export and keeps what is there (see ganctl.bulk). `start(count)`
@@ -139,10 +155,10 @@ def export_images(target: PathLike | None, out_dir: PathLike, seeds: Seeds | Non
     if not isinstance(format, str) or format.lower() not in (*BULK_FORMATS, "jpeg"):
         raise UsageError(f"{format!r} is not one of {', '.join(BULK_FORMATS)}", "--format")
     chosen = chosen_seeds(seeds, n, limit=MAX_EXPORT)
-    truncation = _common(truncation, batch_size)
+    truncation = _common(truncation, batch_size, nvlabs_seeds, chosen)
     from ganctl.bulk import export_images as export
 
-    loaded, dev = _open(target, device, ema, notes, noise_mode)
+    loaded, dev = _open(target, device, ema, notes, noise_mode, nvlabs_seeds)
     return export(loaded, chosen, Path(out_dir), format, truncation=truncation,
                   class_=_class(loaded, class_), batch_size=batch_size, device=dev,
                   progress=progress, start=start)
@@ -153,7 +169,8 @@ def interpolate(target: PathLike | None, out: PathLike, seeds: Seeds | None = No
                 n: int | None = None, frames: int = 60, fps: int = 20, loop: bool = True,
                 scale: int = 1, truncation: float | None = None, class_: int | str | None = None,
                 batch_size: int = GENERATE_BATCH, device: str = "auto", ema: bool = True,
-                notes: Notes | None = None, noise_mode: str = "const") -> dict:
+                notes: Notes | None = None, noise_mode: str = "const",
+                nvlabs_seeds: bool = False) -> dict:
     """`ganctl sample --interpolate`: a walk through the seeds' latents (slerp in z, lerp in w
     for a generator with a mapping network) as OUT.gif, OUT.mp4 (needs ffmpeg) or OUT.png (a
     row per pair of seeds); default seeds 0-3. Returns what `--json` prints.
@@ -168,8 +185,8 @@ def interpolate(target: PathLike | None, out: PathLike, seeds: Seeds | None = No
     chosen = chosen_seeds(seeds, n, default=4)
     frames, fps, scale = (_int(value) for value in (frames, fps, scale))
     check_request(chosen, frames, fps, scale, out, loop)
-    truncation = _common(truncation, batch_size)
-    loaded, dev = _open(target, device, ema, notes, noise_mode)
+    truncation = _common(truncation, batch_size, nvlabs_seeds, chosen)
+    loaded, dev = _open(target, device, ema, notes, noise_mode, nvlabs_seeds)
     result = walk(loaded, chosen, out, frames, truncation=truncation,
                   class_=_class(loaded, class_), device=dev, fps=fps, scale=scale, loop=loop,
                   batch_size=batch_size)
@@ -180,7 +197,8 @@ def interpolate(target: PathLike | None, out: PathLike, seeds: Seeds | None = No
 def style_mix(target: PathLike | None, out: PathLike, rows: Seeds, cols: Seeds, *,
               styles: str = "0-6", truncation: float | None = None, scale: int = 1,
               batch_size: int = GENERATE_BATCH, device: str = "auto", ema: bool = True,
-              notes: Notes | None = None, noise_mode: str = "const") -> dict:
+              notes: Notes | None = None, noise_mode: str = "const",
+              nvlabs_seeds: bool = False) -> dict:
     """`ganctl sample --style-mix ROWS COLS OUT`: NVlabs' style-mixing figure of a generator
     with a mapping network: each row seed's styles with the layers `styles` taken from each
     column seed's. Returns what `--json` prints.
@@ -194,8 +212,8 @@ def style_mix(target: PathLike | None, out: PathLike, rows: Seeds, cols: Seeds, 
     if not isinstance(styles, str):
         raise UsageError(f"styles must be layers as text, like '0-6', got {styles!r}", "--styles")
     whole_number("scale", scale, 1, MAX_SCALE)
-    truncation = _common(truncation, batch_size)
-    loaded, dev = _open(target, device, ema, notes, noise_mode)
+    truncation = _common(truncation, batch_size, nvlabs_seeds, [*row_seeds, *col_seeds])
+    loaded, dev = _open(target, device, ema, notes, noise_mode, nvlabs_seeds)
     return draw(loaded, row_seeds, col_seeds, out, dev, styles=styles, truncation=truncation,
                 scale=scale, batch_size=batch_size)
 

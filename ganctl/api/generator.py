@@ -108,7 +108,7 @@ class Generator:
 
     def _draw(self, chosen: list[int], truncation: float | None, class_: int | str | None,
               batch_size: int) -> torch.Tensor:
-        z = seed_latents(self.G, chosen, self.z_dim, truncation)
+        z = seed_latents(self.G, chosen, self.z_dim, truncation, self.loaded.nvlabs_seeds)
         c = labels_for_seeds(chosen, self.config, class_)
         return generate(self.G, z, self.device, c, operator.index(batch_size), truncation)
 
@@ -155,20 +155,25 @@ def chosen_seeds(seeds: Seeds | None, n: int | None, default: int = DEFAULT_N,
 
 
 @ganctl_errors
-def load(target: PathLike | None = None, device: str = "auto", *, ema: bool = True) -> Generator:
+def load(target: PathLike | None = None, device: str = "auto", *, ema: bool = True,
+         nvlabs_seeds: bool = False) -> Generator:
     """The EMA generator of a checkpoint, as `ganctl sample --ckpt` finds it.
 
     target: a run directory (its newest checkpoint that verifies), a checkpoint file, "latest"
     or "best" (the newest run's under ./runs, or GANCTL_RUNS; RUN/checkpoints/best for a run's),
-    or None (the newest run's newest checkpoint). The file is verified against its checksum and
+    None (the newest run's newest checkpoint), or an NVlabs network FILE.pkl (imported on the
+    fly by a reader that runs nothing in it). The file is verified against its checksum and
     nothing in it is run (no pickle). Damaged checkpoints passed over are warned about.
     device: auto, cpu, cuda, cuda:K or mps. ema=False: G itself rather than its EMA G_ema.
+    nvlabs_seeds=True: seeds give the latents NVlabs' generate.py draws
+    (np.random.RandomState(seed).randn(1, z_dim)): their network, their images for their seeds.
 
     Example: G = ganctl.load("runs/m"); G.grid(n=64).save("grid.png")
     """
     flag("ema", ema)
+    flag("nvlabs_seeds", nvlabs_seeds)
     header = locate(target)
     dev = resolve_device(device_name(device))
-    return Generator(load_generator(header, dev, ema), dev)
+    return Generator(load_generator(header, dev, ema, nvlabs_seeds=nvlabs_seeds), dev)
 
 

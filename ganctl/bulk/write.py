@@ -81,7 +81,7 @@ class _Tally:
 def _generate(loaded: LoadedGenerator, seeds: list[int], label_of: dict[int, int],
               truncation: float | None, batch_size: int, device: torch.device) -> np.ndarray:
     """(n, H, W, C) uint8 images of the seeds."""
-    z = seed_latents(loaded.G, seeds, loaded.config.z_dim, truncation)
+    z = seed_latents(loaded.G, seeds, loaded.config.z_dim, truncation, loaded.nvlabs_seeds)
     c = (torch.tensor([label_of[s] for s in seeds], dtype=torch.int64)
          if num_classes(loaded.config) else None)
     x = generate(loaded.G, z, device, c, batch_size, truncation)  # (N, C, H, W)

@@ -50,6 +50,11 @@ def sample(
         metavar="0-63,100", help="The seeds, as ranges and lists (one latent per seed: an image "
         "depends on its seed alone). Instead of -n/--seed.", show_default="none",
         rich_help_panel=SAMPLES)] = None,
+    nvlabs_seeds: Annotated[bool, typer.Option(
+        "--nvlabs-seeds", help="Seeds give the latents NVlabs' generate.py draws "
+        "(np.random.RandomState(seed).randn(1, z_dim); seeds up to 2**32 - 1): a network "
+        "imported from their .pkl makes their images for their seeds.",
+        rich_help_panel=SAMPLES)] = False,
     truncation: Annotated[float | None, typer.Option(
         metavar="PSI", help="Latents from the normal truncated to [-PSI, PSI] (a model with a "
         "mapping network: styles PSI of the way from their mean): lower is more typical, less "
@@ -96,7 +101,8 @@ def sample(
                                        "first (a GIF that repeats without a jump).",
                                        rich_help_panel=MOTION)] = True,
     ckpt: Annotated[str | None, typer.Option(
-        "--ckpt", metavar="CKPT|RUN_DIR", help="Checkpoint, run directory, latest or best.",
+        "--ckpt", metavar="CKPT|RUN_DIR", help="Checkpoint, run directory, latest, best, or an "
+        "NVlabs network .pkl (imported on the fly).",
         show_default="the newest checkpoint under ./runs")] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=65536, help="Latents per G call.",
                                             rich_help_panel=RUNTIME)] = 256,
@@ -111,7 +117,7 @@ def sample(
     Example: ganctl sample -n 64 out.png --ckpt runs/0001-shapes-dcgan --seed 7
     """
     from ganctl import api
-    from ganctl.sample import check_truncation
+    from ganctl.sample import check_nvlabs_seeds, check_truncation
     from ganctl.seeds import parse_seeds
 
     if out_text is not None and out_text.endswith(("/", os.sep)):  # as typed: "new/" is a folder
@@ -136,7 +142,10 @@ def sample(
     if truncation is not None:
         _usage("--truncation", check_truncation, truncation)
     drawing: dict[str, Any] = {"truncation": truncation, "class_": class_, "batch_size": batch_size,
-               "device": device, "ema": not no_ema, "notes": _say, "noise_mode": noise_mode}
+               "device": device, "ema": not no_ema, "notes": _say, "noise_mode": noise_mode,
+               "nvlabs_seeds": nvlabs_seeds}
+    if nvlabs_seeds:  # (--style-mix's seeds are its own, checked by the API)
+        _usage("--seeds", check_nvlabs_seeds, chosen)
     if style_mix is not None:
         return _style_mix(ckpt, style_mix, out, styles, scale, drawing, json_mode, debug)
     if styles != "0-6":
