@@ -11,7 +11,15 @@
 #                 best before call 2 in the same command: `bash benchmarks/gpu_check.sh cpu; bash
 #                 benchmarks/gpu_check.sh run`. Its table goes to stdout, the JSON to
 #                 $OUT/cpu_precision.json (or .gpu/ without $OUT).
-# On a CPU:       add --device cpu and tiny sizes (gpu_check.py's docstring has the lines).
+# StyleGAN2 (issue 24), its own call, ~9 min (--budget 510 s; a lease of its own, or what is left
+#                 of one): ganctl stylegan2-256 compiled against NVlabs' train.py on the same GPU,
+#                 the largest 1024 px batch, one table last (benchmarks/stylegan2_speed.py).
+# Here, once:     git clone --depth 1 https://github.com/NVlabs/stylegan2-ada-pytorch \
+#                     .gpu/nvlabs/stylegan2-ada-pytorch
+# Device call:    bash benchmarks/gpu_check.sh stylegan2      carry [".gpu/nvlabs"]   timeout_s 600
+#                 (table also appended to $OUT/stylegan2_speed.md; JSON and logs beside it)
+# On a CPU:       add --device cpu and tiny sizes (gpu_check.py's docstring has the lines);
+#                 stylegan2's is `python benchmarks/stylegan2_speed.py --quick`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -26,5 +34,9 @@ case "$what" in
   cpu)  # 5 rows x 3 s timed, plus warm-ups: well under the minute on 16 cores
     exec timeout "${GPU_CHECK_CPU_TIMEOUT:-90}" python3 benchmarks/cpu_precision.py --seconds 3 \
       --out "${OUT:-.gpu}/cpu_precision.json" "$@" ;;
-  *) echo "usage: $0 stage|run|cpu [gpu_check.py or cpu_precision.py options]" >&2; exit 2 ;;
+  stylegan2)  # the script keeps its own budget (--budget 510 s, a cap per part); this is a net
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+    exec timeout "${STYLEGAN2_TIMEOUT:-570}" python3 benchmarks/stylegan2_speed.py "$@" ;;
+  *) echo "usage: $0 stage|run|cpu|stylegan2 [gpu_check.py, cpu_precision.py or" \
+          "stylegan2_speed.py options]" >&2; exit 2 ;;
 esac

@@ -1,9 +1,11 @@
 """The GPU check and the throughput benchmark, on the CPU: what a lent GPU's 15 minutes run must
-work the first time, so its pieces are checked here (benchmarks/gpu_check.py, throughput.py)."""
+work the first time, so its pieces are checked here (benchmarks/gpu_check.py, throughput.py,
+stylegan2_speed.py)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import cpu_precision, gpu_check, throughput  # noqa: E402
+from benchmarks import cpu_precision, gpu_check, stylegan2_speed, throughput  # noqa: E402
 from ganctl import device  # noqa: E402
 
 
@@ -152,3 +154,57 @@ def test_cpu_precision_times_both_precisions_and_prints_the_table(
     assert out[0].startswith("cpu: Xeon (x86_64, 2 torch threads), bf16 native (amx_bf16)")
     assert out[1].split()[:4] == ["row", "arch", "px", "widths"] and out[2].startswith("dcgan32")
     assert out[-1] == "bf16 at least 1.1x faster than fp32: no row"
+
+
+def test_stylegan2_speed_quick_prints_one_table_ratio_last(tmp_path: Path) -> None:
+    """--quick: ganctl's part alone, stylegan2 at 32 px, widths 16, batch 4, eager, 3 timed steps
+    (the NVlabs and 1024 px rows need a GPU and say they were skipped); the table is the last
+    thing printed and is appended to $OUT."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stylegan2_speed.py"), "--quick"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "OUT": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.rstrip().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert lines[-len(table):] == table
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    assert cells[0] == ["row", "img/s", "s/kimg", "notes"] and all(len(row) == 4 for row in cells)
+    names = [row[0] for row in cells[2:]]
+    assert names == ["ganctl stylegan2 32 px, fp32, eager", "NVlabs train.py --cfg=paper256 --aug=noaug",
+                     "NVlabs published, one A100, 256 px", "largest 1024 px batch (stylegan2-1024)",
+                     "ratio NVlabs s/kimg / ganctl's best (same GPU)"]
+    img_s, s_per_kimg = (float(x.replace(",", "")) for x in cells[2][1:3])
+    assert img_s > 0 and s_per_kimg == pytest.approx(1000 / img_s, rel=0.01)
+    assert cells[2][3].startswith("batch 4, widths 16, 3 steps timed after 1")
+    assert cells[3][3] == cells[5][3] == "skipped (--quick or --parts)" and cells[-1][2] == "n/a"
+    assert table == (tmp_path / "stylegan2_speed.md").read_text().strip().splitlines()[2:]
+    doc = json.loads((tmp_path / "stylegan2_speed.json").read_text())
+    assert doc["ganctl"][0]["s_per_kimg"] == pytest.approx(s_per_kimg, abs=1e-3)
+
+
+def test_stylegan2_speed_reads_nvlabs_log_and_puts_the_ratio_last() -> None:
+    """What the GPU call reads of NVlabs' train.py (their log's lines), and the table from it."""
+    log = ('Setting up PyTorch plugin "bias_act_plugin"... Done.\n'
+           'Setting up PyTorch plugin "upfirdn2d_plugin"... Failed!\n'
+           "/x/upfirdn2d.py:34: UserWarning: Failed to build CUDA kernels for upfirdn2d. Falling back\n"
+           "/x/conv2d_gradfix.py:55: UserWarning: conv2d_gradfix not supported on PyTorch "
+           "2.11.0+cu130. Falling back to torch.nn.functional.conv2d().\n"
+           "compat: Sampler(data_source) accepted\n"
+           + "".join(f"tick {t:<5d} kimg {t:<8.1f} time 1m     sec/tick 8.0     sec/kimg {s:<7.2f} "
+                     "maintenance 0.1\n" for t, s in [(0, 50.1), (1, 9.84), (2, 7.8), (3, 8.2), (4, 7.9)]))
+    nv = stylegan2_speed.read_nvlabs(log)
+    assert (nv["tick1"], nv["steady"]) == ([9.84], [7.8, 8.2, 7.9])
+    assert nv["plugins"] == {"bias_act": True, "upfirdn2d": False}
+    assert nv["conv2d_gradfix"] == "off (not supported on torch 2.11.0+cu130)"
+    assert nv["compat"] == ["Sampler(data_source) accepted"]
+    ganctl = {"part": "ganctl:default", "resolution": 256, "precision": "bf16", "mode": "default",
+              "compiled": True, "batch": 64, "widths": 512, "timed_steps": 64, "warmup_steps": 32,
+              "warmup_s": 90.0, "img_per_s": 400.0, "s_per_kimg": 2.5, "peak_gib": 20.0}
+    table = stylegan2_speed.table({"ganctl": [ganctl, {"part": "ganctl:reduce-overhead",
+                                                       "error": "killed after 60 s (time box)"}],
+                                   "nvlabs": {**nv, "batch": 64, "tick_kimg": 1.0, "s_per_kimg": 7.9},
+                                   "batch1024": {"error": "skipped: 40 s left of --budget"}})
+    assert table[-1] == "| ratio NVlabs s/kimg / ganctl's best (same GPU) |  | 3.16x | target >= 2x: met |"
+    assert "FAILED: killed after 60 s (time box)" in table[3]
+    assert "upfirdn2d FAILED (their reference code)" in table[4] and "| 126.6 | 7.90 |" in table[4]
+    assert "5.00x; target <= 6.25 s/kimg (2x): met" in table[5]
