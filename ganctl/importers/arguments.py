@@ -125,13 +125,13 @@ def _class_mapping(d: dict[str, Any], g: dict[str, Any], width: int, name: str) 
     if d.get("cmap_dim") not in (None, cmap):
         raise Unbuildable(f"D's cmap_dim is {d['cmap_dim']}, not {cmap}; ganctl builds {cmap}")
     mapping = _part(d.get("mapping_kwargs", {}), "D's mapping_kwargs", name)
-    _check(mapping, MAPPING, "D's mapping_kwargs", name)
     layers = mapping.get("num_layers", D_MAPPING_LAYERS)
     if layers != D_MAPPING_LAYERS or any(mapping.get(k) not in (None, cmap)
                                          for k in ("embed_features", "layer_features")):
-        raise Unbuildable(f"D's class mapping has {layers} layers (features "
-                          f"{mapping.get('layer_features')}); ganctl builds {D_MAPPING_LAYERS} of "
-                          f"{cmap}")
+        raise Unbuildable(f"D's class mapping has {str(layers)[:20]} layers (features "
+                          f"{str(mapping.get('layer_features'))[:20]}); ganctl builds "
+                          f"{D_MAPPING_LAYERS} of {cmap}")
+    _check(mapping, MAPPING, "D's mapping_kwargs", name)
 
 
 def _part(value: Any, what: str, name: str) -> Mapping[str, Any]:

@@ -55,8 +55,9 @@ class Refused(Exception):
 
 
 class Bounded:
-    """A binary file read no further than its size: a length a file declares (a frame, a string
-    of 2**60 bytes) never reserves more memory than the file holds; readline stops after
+    """A binary file read no further than its size: a length a file declares past its end (a
+    frame, a string of 2**60 bytes) reads nothing, and the reader finds the pickle cut short
+    without reserving or reading what the length says; readline stops after
     MAX_LINE bytes. With `digest`, every byte read goes through it (the scan hashes the file as
     it reads it, front to back)."""
 
@@ -69,7 +70,9 @@ class Bounded:
 
     def read(self, n: int = -1) -> bytes:
         left = max(self.size - self.position, 0)
-        return self._seen(self.f.read(left if n is None or n < 0 else min(n, left)))
+        if n is not None and n > left:  # a length past the end: cut short, and nothing read
+            return b""
+        return self._seen(self.f.read(left if n is None or n < 0 else n))
 
     def readline(self, limit: int = -1) -> bytes:
         return self._seen(self.f.readline(min(MAX_LINE, max(self.size - self.position, 0))))
