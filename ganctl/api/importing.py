@@ -36,6 +36,7 @@ def import_network(source: PathLike, out: PathLike | None = None, *,
     target = _out(src, out)
     started = time.perf_counter()
     snapshot = read_snapshot(src)
+    target.parent.mkdir(parents=True, exist_ok=True)  # (OUT's missing folders, as sample's)
     config = write_checkpoint(snapshot, target)
     for note in snapshot.notes:
         if notes is not None:
@@ -61,8 +62,8 @@ def _out(source: Path, out: PathLike | None) -> Path:
             raise ConfigError(f"cannot write {target} beside {source.name} ({folder} is read-only); "
                               f"give OUT: ganctl import {source} OUT{SUFFIX}")
     else:
-        target = Path(os.fspath(out))
-        if target.suffix.lower() != SUFFIX and not os.fspath(out).endswith(("/", os.sep)):
+        target = check_out(out, "checkpoint")  # (first: a trailing / names a folder)
+        if target.suffix.lower() != SUFFIX:
             raise UsageError(f"{target.name}: a checkpoint's name ends in {SUFFIX}", "OUT")
     if source.suffix.lower() == SUFFIX:
         raise UsageError(f"{source} is a checkpoint already; ganctl import reads NVlabs network "

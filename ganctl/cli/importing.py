@@ -17,7 +17,7 @@ def import_(
         "stylegan3 (--cfg=stylegan2) .pkl, a training snapshot or a published network.",
         show_default=False)],
     out: Annotated[str | None, typer.Argument(
-        metavar="[OUT.safetensors]", help="The checkpoint to write (an earlier import is "
+        metavar="OUT.safetensors", help="The checkpoint to write (an earlier import is "
         "replaced, nothing else).", show_default="FILE.safetensors, beside FILE")] = None,
     json_mode: Json = False,
     debug: Debug = False,
