@@ -21,6 +21,7 @@ from ganctl.device import resolve_device
 from ganctl.engine.loop import RunResult, fit
 from ganctl.engine.state import TrainState, check_values, load_state
 from ganctl.errors import CheckpointError, ConfigError, DataError
+from ganctl.importers.convert import is_network_file
 from ganctl.info import trained_processes
 from ganctl.models import get_arch
 from ganctl.models.backbone import check_recorded
@@ -75,6 +76,9 @@ def resume(target: str | None, overrides: dict[str, Any], log: RunLog, download:
     if target is not None and rundir.is_run_dir(Path(target)) and not rundir.list_checkpoints(
             Path(target) / rundir.CKPT_DIR):
         return _start_again(Path(target), overrides, log, download, deadline)
+    if is_network_file(target):
+        raise ConfigError(f"{target} is an NVlabs network, not a ganctl run; resume continues a "
+                          f"run: fine-tune from it with ganctl train --init-from {target}")
     header = rundir.locate(target, log.info)  # falls back past damaged checkpoints
     run_dir = rundir.run_dir_of(header.path)
     if not rundir.is_run_dir(run_dir):  # resume writes there: it must be a run of ours

@@ -126,6 +126,31 @@ def test_import_refuses_in_one_line(made, args, code, message):
     assert not Path("net.safetensors").exists() and not Path("gone.safetensors").exists()
 
 
+def test_a_failed_write_leaves_no_file_and_an_earlier_import_as_it_was(made, monkeypatch):
+    import errno
+
+    from ganctl import fsutil
+
+    ok("import", made[0], "a.safetensors")
+    before = Path("a.safetensors").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil.os, "fsync", full)
+    for out in ("a.safetensors", "b.safetensors"):
+        assert_one_line_error(invoke("import", made[0], out), 1, f"cannot write checkpoint {out}: "
+                              "No space left on device; check free space and permissions")
+    assert Path("a.safetensors").read_bytes() == before and not Path("b.safetensors").exists()
+    assert sorted(p.name for p in Path(".").iterdir()) == ["a.safetensors", "net.pkl"]
+
+
+def test_resume_of_a_pkl_points_to_fine_tuning(made):
+    assert_one_line_error(invoke("resume", made[0]), 1, "net.pkl is an NVlabs network, not a "
+                          "ganctl run; resume continues a run: fine-tune from it with ganctl "
+                          "train --init-from net.pkl")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_import_into_a_read_only_folder_asks_for_out(made):
     folder = Path("ro")
