@@ -154,7 +154,7 @@ def test_a_minibatch_group_of_none_and_a_file_without_g(made, tmp_path):
 
 
 @pytest.mark.parametrize("where, value, message", [
-    ("synthesis", {"architecture": "orig"}, "G's synthesis arguments: architecture is orig, "
+    ("synthesis", {"architecture": "orig"}, "G's synthesis arguments: architecture is 'orig', "
                                             "where ganctl builds skip"),
     ("synthesis", {"resample_filter": [1, 2, 1]}, "resample_filter is [1, 2, 1], where ganctl "
                                                   "builds [1, 3, 3, 1]"),
@@ -181,9 +181,11 @@ def test_arguments_ganctl_does_not_build_are_named(tmp_path, where, value, messa
 
 def test_damaged_arguments_and_weights_are_named(made, tmp_path):
     cfg, nets, _ = made
-    kwargs = {**g_kwargs(cfg), "z_dim": "eight"}
-    data = snapshot(cfg, nets, G_ema=as_persistent(nets["G_ema"], kwargs))
-    refused(write(tmp_path / "a.pkl", data), "G's z_dim is eight, not a whole number")
+    for z_dim, shown in (("eight", "'eight'"), (10**5000, "an integer of 16610 bits"),
+                         ([10**5000], "a list"), (-1, "-1")):
+        kwargs = {**g_kwargs(cfg), "z_dim": z_dim}
+        data = snapshot(cfg, nets, G_ema=as_persistent(nets["G_ema"], kwargs))
+        refused(write(tmp_path / "a.pkl", data), f"G's z_dim is {shown}, not a whole number")
     state = module_state(nets["G_ema"], g_kwargs(cfg))
     state["_buffers"] = OrderedDict(state["_buffers"], extra=torch.zeros(2))
     data = snapshot(cfg, nets, G_ema=persistent("Generator", state))

@@ -59,7 +59,7 @@ def generator_settings(kwargs: Mapping[str, Any], name: str) -> tuple[dict[str, 
     _check(mapping, MAPPING, "G's mapping_kwargs", name)
     for key in ("layer_features", *(("embed_features",) if top.get("c_dim") else ())):
         if mapping.get(key) not in (None, w_dim):
-            raise Unbuildable(f"G's mapping {key} is {str(mapping[key])[:40]}, not w_dim {w_dim}, "
+            raise Unbuildable(f"G's mapping {key} is {_text(mapping[key])}, not w_dim {w_dim}, "
                               "which ganctl builds")
     _check(synthesis, SYNTHESIS, "G's synthesis arguments", name)
     resolution = _whole(top, "img_resolution", None, "G", name)
@@ -107,7 +107,7 @@ def discriminator_settings(kwargs: Mapping[str, Any], g: dict[str, Any], base: s
         _class_mapping(d, g, width, name)
     architecture = d.get("architecture", "resnet")
     if architecture not in ("resnet", "orig"):
-        raise Unbuildable(f"D's architecture is {str(architecture)[:40]!r}; ganctl builds resnet and "
+        raise Unbuildable(f"D's architecture is {_text(architecture)}; ganctl builds resnet and "
                           "orig")
     notes, group = [], epilogue.get("mbstd_group_size", 4)
     if group is None:  # the whole batch in their code
@@ -128,8 +128,8 @@ def _class_mapping(d: dict[str, Any], g: dict[str, Any], width: int, name: str) 
     layers = mapping.get("num_layers", D_MAPPING_LAYERS)
     if layers != D_MAPPING_LAYERS or any(mapping.get(k) not in (None, cmap)
                                          for k in ("embed_features", "layer_features")):
-        raise Unbuildable(f"D's class mapping has {str(layers)[:20]} layers (features "
-                          f"{str(mapping.get('layer_features'))[:20]}); ganctl builds "
+        raise Unbuildable(f"D's class mapping has {_text(layers)} layers (features "
+                          f"{_text(mapping.get('layer_features'))}); ganctl builds "
                           f"{D_MAPPING_LAYERS} of {cmap}")
     _check(mapping, MAPPING, "D's mapping_kwargs", name)
 
@@ -161,13 +161,27 @@ def _check(kwargs: Mapping[str, Any], spec: dict[str, Any], what: str, name: str
         same = list(given) == value if isinstance(value, list) and isinstance(given, list | tuple) \
             else type(given) is type(value) and given == value
         if not same:
-            raise Unbuildable(f"{what}: {key} is {str(given)[:40]}, where ganctl builds {value}")
+            raise Unbuildable(f"{what}: {key} is {_text(given)}, where ganctl builds {value}")
+
+
+MAX_WHOLE = 2**31 - 1  # past any network's size (ganctl's bounds come after, with their words)
+
+
+def _text(value: Any) -> str:
+    """A value from the file, short, for a one-line message (an int of 5,000 digits has no str)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_WHOLE:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value) if isinstance(value, str) else str(value)
+    except (ValueError, RecursionError):  # (a list holding such an int, a list inside itself)
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _whole(kwargs: Mapping[str, Any], key: str, default: int | None, who: str, name: str) -> int:
     value = kwargs.get(key, default)
-    if type(value) is not int or value < 0:
-        raise CheckpointError(f"{name}: {who}'s {key} is {str(value)[:40]}, not a whole number; the "
+    if type(value) is not int or not 0 <= value <= MAX_WHOLE:
+        raise CheckpointError(f"{name}: {who}'s {key} is {_text(value)}, not a whole number; the "
                               "file is damaged or not NVlabs'")
     return value
 
@@ -176,7 +190,7 @@ def _clamp(value: Any, who: str, name: str) -> float:
     """conv_clamp as ganctl's setting (0: none)."""
     if value is None:
         return 0.0
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise CheckpointError(f"{name}: {who}'s conv_clamp is {str(value)[:40]}, not a positive "
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_WHOLE:
+        raise CheckpointError(f"{name}: {who}'s conv_clamp is {_text(value)}, not a positive "
                               "number; the file is damaged or not NVlabs'")
     return float(value)
