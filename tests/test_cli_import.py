@@ -259,6 +259,21 @@ def test_nvlabs_seeds_give_their_images(workdir, name, psi):
                               np.asarray(Image.open(files[0])))  # ganctl's seeds are other z
 
 
+@NO_SHARED
+def test_load_from_python_takes_a_pkl_and_their_seeds():
+    from safetensors.torch import load_file
+
+    import ganctl
+
+    name = "stylegan2-tiny-cond-64"
+    expected = load_file(SHARED / f"{name}.expected.safetensors")["u8_psi05"]
+    G = ganctl.load(SHARED / f"{name}.pkl", device="cpu", nvlabs_seeds=True)
+    assert (G.step, G.classes, str(G.checkpoint)) == (0, tuple("0123456789"),
+                                                     str(SHARED / f"{name}.pkl"))
+    x = G.sample(seeds=range(4), truncation=0.5).permute(0, 2, 3, 1)  # seed i: class i mod 10
+    assert (x.int() - expected.int()).abs().max() <= 1
+
+
 def test_nvlabs_seeds_are_checked(made, run):
     assert_one_line_error(invoke("sample", "x.png", "--nvlabs-seeds", "--seed", str(2**32 - 1),
                                  "-n", "2", "--ckpt", made[0]), 2, "seed 4294967296 is past "
