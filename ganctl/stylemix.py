@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ganctl.errors import ConfigError
+from ganctl.errors import ConfigError, UsageError
 from ganctl.imagefiles import write_image_file
 from ganctl.models.generator import has_mapping, ws
 from ganctl.sample import GENERATE_BATCH, LoadedGenerator, labels_for_seeds, latents_from_seeds, synthesize
@@ -23,10 +23,14 @@ MAX_SIDE = 64  # seeds a side of the figure may have
 
 
 def parse_styles(text: str, num_ws: int) -> list[int]:
-    """--styles as ranges and lists of layer indices, each below num_ws."""
-    layers = sorted(set(parse_seeds(text)))
+    """--styles as ranges and lists of layer indices, each below num_ws (a UsageError: exit 2)."""
+    try:
+        layers = sorted(set(parse_seeds(text)))
+    except ConfigError as e:
+        raise UsageError(f"styles {text!r}: {e}", "--styles") from None
     if layers[-1] >= num_ws:
-        raise ConfigError(f"--styles {text}: this generator's styles are layers 0 to {num_ws - 1}")
+        raise UsageError(f"styles {text}: this generator's styles are layers 0 to {num_ws - 1}",
+                         "--styles")
     return layers
 
 
