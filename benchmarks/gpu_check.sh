@@ -18,6 +18,11 @@
 #                     .gpu/nvlabs/stylegan2-ada-pytorch
 # Device call:    bash benchmarks/gpu_check.sh stylegan2      carry [".gpu/nvlabs"]   timeout_s 600
 #                 (table also appended to $OUT/stylegan2_speed.md; JSON and logs beside it)
+# StyleGAN2's quality (issue 24), after `stage` on the same warm machine, ~9 min:
+# Device call:    bash benchmarks/gpu_check.sh stylegan2-quality   carry [".gpu/eval"]  timeout_s 600
+#                 stylegan2-cifar10 and dcgan-cifar10 side by side on the one GPU for
+#                 SG2_QUALITY_MINUTES (6) of training each, FID of 10k fakes against the 50k
+#                 training JPEGs every 2 minutes; both JSON documents and a table in $OUT
 # On a CPU:       add --device cpu and tiny sizes (gpu_check.py's docstring has the lines);
 #                 stylegan2's is `python benchmarks/stylegan2_speed.py --quick`.
 set -euo pipefail
@@ -37,6 +42,17 @@ case "$what" in
   stylegan2)  # the script keeps its own budget (--budget 510 s, a cap per part); this is a net
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
     exec timeout "${STYLEGAN2_TIMEOUT:-570}" python3 benchmarks/stylegan2_speed.py "$@" ;;
-  *) echo "usage: $0 stage|run|cpu|stylegan2 [gpu_check.py, cpu_precision.py or" \
-          "stylegan2_speed.py options]" >&2; exit 2 ;;
+  stylegan2-quality)  # the two runs share the GPU, so each has the same share of it
+    out="${OUT:-.gpu}"
+    data="${GPU_CHECK_STAGE:-/tmp/gpu_check}/cifar10_train_jpg.zip"
+    for preset in stylegan2-cifar10 dcgan-cifar10; do
+      timeout "${SG2_QUALITY_TIMEOUT:-570}" python3 benchmarks/quality.py \
+        --minutes "${SG2_QUALITY_MINUTES:-6}" --every 120 --num 10000 --no-floor \
+        --inception .gpu/eval/inception-fp16.pt --json "$@" -- --preset "$preset" \
+        --dataset "$data" > "$out/quality-$preset.json" 2> "$out/quality-$preset.log" &
+    done
+    wait || true
+    exec python3 benchmarks/quality_table.py "$out"/quality-*.json ;;
+  *) echo "usage: $0 stage|run|cpu|stylegan2|stylegan2-quality [gpu_check.py," \
+          "cpu_precision.py, stylegan2_speed.py or quality.py options]" >&2; exit 2 ;;
 esac

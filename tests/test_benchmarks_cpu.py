@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import cpu_precision, gpu_check, stylegan2_speed, throughput  # noqa: E402
+from benchmarks import cpu_precision, gpu_check, quality_table, stylegan2_speed, throughput  # noqa: E402
 from ganctl import device  # noqa: E402
 
 
@@ -208,3 +208,19 @@ def test_stylegan2_speed_reads_nvlabs_log_and_puts_the_ratio_last() -> None:
     assert "FAILED: killed after 60 s (time box)" in table[3]
     assert "upfirdn2d FAILED (their reference code)" in table[4] and "| 126.6 | 7.90 |" in table[4]
     assert "5.00x; target <= 6.25 s/kimg (2x): met" in table[5]
+
+
+def test_quality_table_sets_runs_side_by_side_and_names_a_missing_one(tmp_path, capsys):
+    """gpu_check.sh stylegan2-quality's table: a row per scoring of each run; a run that wrote
+    no JSON (killed, failed) is a row that points at its log."""
+    rows = [{"seconds": 120.4, "step": 900, "images": 57600, "fid": 81.234, "kid": 0.05},
+            {"seconds": 360.0, "step": 2800, "images": 179200, "fid": 40.5, "kid": 0.021}]
+    doc = {"config": {"preset": "stylegan2-cifar10", "arch": "stylegan2"}, "rows": rows}
+    (tmp_path / "quality-stylegan2-cifar10.json").write_text("noise\n" + json.dumps(doc) + "\n")
+    (tmp_path / "quality-dcgan-cifar10.json").write_text("")
+    assert quality_table.main(sorted(str(p) for p in tmp_path.glob("*.json"))) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| run | training s | step | images | FID | KID x1000 |"
+    assert lines[2].startswith("| quality-dcgan-cifar10 | (no result: IndexError; see ")
+    assert lines[3] == "| stylegan2-cifar10 | 120 | 900 | 57,600 | 81.23 | 50.00 |"
+    assert lines[4] == "| stylegan2-cifar10 | 360 | 2800 | 179,200 | 40.50 | 21.00 |"
