@@ -15,18 +15,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from ganctl.errors import ConfigError, did_you_mean, shorten
-from ganctl.values import check_range, check_type, shown
+from ganctl.fields import BATCH_AUTO as BATCH_AUTO  # (re-exported: the settings use it)
+from ganctl.fields import Group, setting
+from ganctl.values import check_type, shown
 
 CROPS = ("center", "none")
 SPECTRAL_NORM = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 COMPILE = ("auto", "on", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-BATCH_AUTO = 0  # batch_size 0: the largest power of two that fits the GPU, found at the start
 MAX_D_STEPS = 100  # D updates per G update; WGAN-GP uses 5 (a step must stay interruptible)
 MAX_STEP = 999_999_999  # checkpoint names carry nine digits
 MAX_CLASSES = 100_000  # class names a config may hold (ImageNet-21k has 21,841)
@@ -43,43 +44,6 @@ REAL_PRESET = {"steps": 20000, "sample_every": 1000, "ckpt_every": 2000, "log_ev
 # the panels of `ganctl train --help` (the other commands' options take the same names)
 DATA, MODEL, LOSS, SCHEDULE, OUTPUT, RUNTIME = ("Data", "Model", "Loss and optimiser", "Schedule",
                                                 "Output", "Runtime")
-
-
-def setting(default: Any, help: str, *, resume: bool = False, panel: str = "",
-            bounds: tuple[float, float] | None = None, choices: tuple[str, ...] = (),
-            **cli: Any) -> Any:
-    """A field of a settings group. help: its option's help text; resume: `ganctl resume` may
-    change it; panel: its help panel (else its group's); bounds (lowest, highest) or choices:
-    what a value may be; cli: how its option is spelt, where that is not `--key` of the
-    field's type (flag, type, metavar, shown: the default as help shows it, min/max: the
-    command line's own range, resume_help, hidden: no option)."""
-    meta = {"help": help, "resume": resume, "panel": panel, "bounds": bounds,
-            "choices": choices, "cli": cli}
-    return field(default=default, metadata=meta)
-
-
-class Group:
-    """A frozen group of settings: checks its fields' types, then their bounds and choices,
-    then what its `check` adds."""
-
-    PANEL: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            check_type(f.name, value, str(f.type))  # ("auto", true: settings.normalise's)
-            if f.type == "float":  # 1 in a TOML file means 1.0; keep config.json typed
-                object.__setattr__(self, f.name, float(value))
-            elif f.type.startswith("tuple"):  # a JSON list
-                object.__setattr__(self, f.name, tuple(value))
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if not (f.name == "batch_size" and value == BATCH_AUTO):  # found at the start
-                check_range(f.name, value, f.metadata["bounds"], f.metadata["choices"])
-        self.check()
-
-    def check(self) -> None:
-        """What a group checks beyond each field's type and range."""
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ class MappingNetwork(nn.Module):
             self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(self, z: torch.Tensor | None, c: torch.Tensor | None = None) -> torch.Tensor:
-        with precision(False, self.fc0.weight):  # float32 under any autocast, as NVlabs'
+        with precision(False, next(self.parameters())):  # float32 under any autocast, as NVlabs'
             return self._forward(z, c)
 
     def _forward(self, z: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
