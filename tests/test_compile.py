@@ -235,3 +235,25 @@ def test_a_cuda_graph_failure_is_a_one_line_error(workdir, monkeypatch):
     result = invoke("train", *TINY, "--out", "r")
     assert_one_line_error(result, 1, "CUDA graphs failed (RuntimeError: Error: accessing tensor output",
                           "--compile-mode default or max-autotune-no-cudagraphs")
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_stylegan2_g_and_d_compile_without_graph_breaks(autocast):
+    """Training's whole draw of fakes (mapping, w_avg, style mixing past each cut, synthesis with
+    the run's noise, bf16 blocks beside float32 ones) and D, conditional: one graph each."""
+    import torch._dynamo
+
+    from ganctl.config import Config
+    from ganctl.models import get_arch
+
+    config = Config(arch="stylegan2", resolution=32, g_width=8, d_width=8, z_dim=8, w_dim=8,
+                    channel_base=256, mapping_layers=2, reduced_res=2, conditional=True,
+                    classes=("a", "b", "c"))
+    G, D = get_arch("stylegan2").build(config)
+    z, c = torch.randn(4, 8), torch.tensor([0, 1, 2, 0])
+    g_inputs = (z, c, torch.randn(4, 8), torch.tensor([3, 8, 2, 8]), torch.randn(4, G.noise_size))
+    for net, inputs in ((G, g_inputs), (D, (torch.randn(4, 3, 32, 32), c))):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            explained = torch._dynamo.explain(net)(*inputs)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
+            explained.break_reasons
