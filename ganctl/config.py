@@ -124,8 +124,8 @@ class Origin(Group):
     preset: str = setting("", "Tested settings to start from (see --list-presets); flags override "
                           "them.")
     init_from: str = setting(
-        "", "Fine-tune: start from this checkpoint's (or run's newest) G, D and G_ema weights, "
-        "with fresh optimisers at step 0. The model settings (arch, resolution, channels, z-dim, "
+        "", "Fine-tune: start from this checkpoint's (or run's newest, or an NVlabs .pkl's) G, D "
+        "and G_ema weights, with fresh optimisers at step 0. The model settings (arch, resolution, channels, z-dim, "
         "widths, conditional, spectral norm) come from it.", flag="--init-from", metavar="CKPT|RUN")
 
 

@@ -125,3 +125,15 @@ def test_eval_resume_and_inspect(sg2, fake_net):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["config"]["arch"] == "stylegan2" and doc["config"]["mapping_layers"] == 2
+
+
+def test_a_bulk_export_keeps_its_noise_mode(sg2):
+    """The manifest records the noise mode: a rerun with another would mix two kinds of image
+    in one folder, so it is refused, naming the change."""
+    result = invoke("sample", "-n", "2", "--out-dir", "many", "--ckpt", sg2)
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path("many/manifest.json").read_text())["noise_mode"] == "const"
+    result = invoke("sample", "-n", "4", "--out-dir", "many", "--ckpt", sg2, "--noise-mode", "random")
+    assert_one_line_error(result, 1, "other settings (noise_mode 'const' -> 'random')")
+    assert sorted(p.name for p in Path("many").glob("*.png")) == [
+        "seed0000000000.png", "seed0000000001.png"]

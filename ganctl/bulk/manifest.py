@@ -41,13 +41,15 @@ def manifest_for(loaded: LoadedGenerator, fmt: str, truncation: float | None, fi
             "generator_sha256": _weights_sha256(loaded.G), "network": network,
             "truncation": None if truncation is None else float(truncation),
             "latents": "nvlabs" if loaded.nvlabs_seeds else None,  # None: ganctl's
+            # a StyleGAN2's per-pixel noise (None: a generator without): const keeps a seed's image
+            "noise_mode": getattr(getattr(loaded.G, "synthesis", None), "noise_mode", None),
             "class_index": fixed, "format": fmt, "quality": quality if fmt in LOSSY else None,
             "shard_size": max(1, min(MAX_SHARD, SHARD_BYTES // image_bytes)) if fmt == "npz" else 0}
 
 
 # what must match for a rerun to add to a folder: the same pixels, the same way written
 SETTINGS = ("ganctl_export", "checkpoint_sha256", "generator_sha256", "network", "truncation",
-            "latents", "class_index", "format", "quality", "shard_size")
+            "latents", "noise_mode", "class_index", "format", "quality", "shard_size")
 
 
 def open_out_dir(out_dir: Path, manifest: dict) -> dict | None:
@@ -68,7 +70,8 @@ def open_out_dir(out_dir: Path, manifest: dict) -> dict | None:
     changed = [k for k in SETTINGS if previous.get(k) != manifest[k]]
     if changed:
         what = ", ".join(f"{k} {previous.get(k)!r} -> {manifest[k]!r}" if k in
-                         ("truncation", "latents", "class_index", "format", "quality") else k
+                         ("truncation", "latents", "noise_mode", "class_index", "format", "quality")
+                         else k
                          for k in changed)
         raise ConfigError(f"{out_dir} holds an export with other settings ({what}); export into "
                           "a new folder, or rerun with the settings of its manifest.json")
