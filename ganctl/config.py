@@ -125,8 +125,9 @@ class Origin(Group):
                           "them.")
     init_from: str = setting(
         "", "Fine-tune: start from this checkpoint's (or run's newest, or an NVlabs .pkl's) G, D "
-        "and G_ema weights, with fresh optimisers at step 0. The model settings (arch, resolution, channels, z-dim, "
-        "widths, conditional, spectral norm) come from it.", flag="--init-from", metavar="CKPT|RUN")
+        "and G_ema weights, with fresh optimisers at step 0. The model settings (arch, "
+        "resolution, channels, z-dim, widths, conditional, spectral norm) come from it.",
+        flag="--init-from", metavar="CKPT|RUN|PKL")
 
 
 @dataclass(frozen=True)
