@@ -32,82 +32,106 @@ SAMPLES, BULK, MOTION, MIXING = "What to draw", "Bulk export", "Interpolation", 
 MAX_GRID = 4096  # images in one grid file; more go to --out-dir
 
 
+_OutText = Annotated[str | None, typer.Argument(
+    metavar="OUT", help="The image to write: .png, .jpg or .webp (a grid, or one image with "
+    "-n 1); .gif, .mp4 or .png with --interpolate. Not with --out-dir.",
+    show_default=False)]
+_N = Annotated[int | None, typer.Option(
+    "-n", "--num", min=1, max=10_000_000, help="Number of images: seeds SEED..SEED+n-1 (at "
+    f"most {MAX_GRID} in one file; more with --out-dir).",
+    show_default="64; 8 a class with --class all; 4 seeds with --interpolate",
+    rich_help_panel=SAMPLES)]
+_Seed = Annotated[int | None, typer.Option(min=0, max=2**63 - 1, help="Image i uses latent "
+    "seed SEED+i.", show_default="0",
+    rich_help_panel=SAMPLES)]
+_Seeds = Annotated[str | None, typer.Option(
+    metavar="0-63,100", help="The seeds, as ranges and lists (one latent per seed: an image "
+    "depends on its seed alone). Instead of -n/--seed.", show_default="none",
+    rich_help_panel=SAMPLES)]
+_NvlabsSeeds = Annotated[bool, typer.Option(
+    "--nvlabs-seeds", help="Seeds give the latents NVlabs' generate.py draws "
+    "(np.random.RandomState(seed).randn(1, z_dim); seeds up to 2**32 - 1): a network "
+    "imported from their .pkl makes their images for their seeds.",
+    rich_help_panel=SAMPLES)]
+_Truncation = Annotated[float | None, typer.Option(
+    metavar="PSI", help="Latents from the normal truncated to [-PSI, PSI] (a model with a "
+    "mapping network: styles PSI of the way from their mean): lower is more typical, less "
+    "varied (0: one image for every seed).", show_default="none",
+    rich_help_panel=SAMPLES)]
+_Class = Annotated[str | None, typer.Option(
+    "--class", metavar="K|NAME|all", help="Conditional models: the class by index or name, "
+    "or all: one grid row per class.", show_default="seed mod the number of classes",
+    rich_help_panel=SAMPLES)]
+_NoEma = Annotated[bool, typer.Option(
+    "--no-ema", help="Sample G itself, not its EMA G_ema.", rich_help_panel=SAMPLES)]
+_NoiseMode = Annotated[str, typer.Option(
+    "--noise-mode", metavar="const|random|none", help="StyleGAN2's per-pixel noise: const "
+    "(its fixed noise: a seed's image never changes), random (fresh each time) or none.",
+    rich_help_panel=SAMPLES)]
+_StyleMix = Annotated[tuple[str, str] | None, typer.Option(
+    "--style-mix", metavar="ROWS COLS", help="StyleGAN2: NVlabs' style-mixing figure: a row "
+    "per ROWS seed, a column per COLS seed, each cell the row's styles with the layers "
+    "--styles from the column's (e.g. --style-mix 0-4 10-14 mix.png).",
+    show_default=False, rich_help_panel=MIXING)]
+_Styles = Annotated[str, typer.Option(
+    metavar="0-6", help="The layers --style-mix takes from the column seeds (0 is the "
+    "coarsest).", rich_help_panel=MIXING)]
+_Nrow = Annotated[int | None, typer.Option(min=1, help="Images per grid row.",
+    show_default="square", rich_help_panel=SAMPLES)]
+_Scale = Annotated[int, typer.Option(min=1, max=64, help="Nearest-neighbour upscaling (a 32x32 "
+    "model's grid at 4 is viewable).", rich_help_panel=SAMPLES)]
+_OutDir = Annotated[Path | None, typer.Option(
+    "--out-dir", metavar="DIR", help="Bulk export: one file per image, named by seed (class "
+    "folders for conditional models), labels.csv and manifest.json; resumable.",
+    show_default="none", rich_help_panel=BULK)]
+_Fmt = Annotated[str | None, typer.Option(
+    "--format", help="Bulk export: png, jpg, webp or npz (one file takes its format from "
+    "OUT's suffix).", show_default="png", rich_help_panel=BULK)]
+_Interpolate = Annotated[bool, typer.Option(
+    "--interpolate", help="Spherical interpolation between the seeds' latents, looping: "
+    "OUT.gif, OUT.mp4 (needs ffmpeg) or OUT.png (a row per pair).",
+    rich_help_panel=MOTION)]
+_Frames = Annotated[int, typer.Option(min=2, max=10_000, help="Frames of the whole loop.",
+    rich_help_panel=MOTION)]
+_Fps = Annotated[int, typer.Option(min=1, max=60, help="Frames per second of a GIF or MP4.",
+    rich_help_panel=MOTION)]
+_Loop = Annotated[bool, typer.Option("--loop/--no-loop", help="Back from the last seed to the "
+    "first (a GIF that repeats without a jump).",
+    rich_help_panel=MOTION)]
+_Ckpt = Annotated[str | None, typer.Option(
+    "--ckpt", metavar="CKPT|RUN_DIR", help="Checkpoint, run directory, latest, best, or an "
+    "NVlabs network .pkl (imported on the fly).",
+    show_default="the newest checkpoint under ./runs")]
+_BatchSize = Annotated[int, typer.Option(min=1, max=65536, help="Latents per G call.",
+    rich_help_panel=RUNTIME)]
+_Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K | mps.",
+    rich_help_panel=RUNTIME)]
+
+
 @app.command()
 def sample(
-    out_text: Annotated[str | None, typer.Argument(
-        metavar="OUT", help="The image to write: .png, .jpg or .webp (a grid, or one image with "
-        "-n 1); .gif, .mp4 or .png with --interpolate. Not with --out-dir.",
-        show_default=False)] = None,
-    n: Annotated[int | None, typer.Option(
-        "-n", "--num", min=1, max=10_000_000, help="Number of images: seeds SEED..SEED+n-1 (at "
-        f"most {MAX_GRID} in one file; more with --out-dir).",
-        show_default="64; 8 a class with --class all; 4 seeds with --interpolate",
-        rich_help_panel=SAMPLES)] = None,
-    seed: Annotated[int | None, typer.Option(min=0, max=2**63 - 1, help="Image i uses latent "
-                                             "seed SEED+i.", show_default="0",
-                                             rich_help_panel=SAMPLES)] = None,
-    seeds: Annotated[str | None, typer.Option(
-        metavar="0-63,100", help="The seeds, as ranges and lists (one latent per seed: an image "
-        "depends on its seed alone). Instead of -n/--seed.", show_default="none",
-        rich_help_panel=SAMPLES)] = None,
-    nvlabs_seeds: Annotated[bool, typer.Option(
-        "--nvlabs-seeds", help="Seeds give the latents NVlabs' generate.py draws "
-        "(np.random.RandomState(seed).randn(1, z_dim); seeds up to 2**32 - 1): a network "
-        "imported from their .pkl makes their images for their seeds.",
-        rich_help_panel=SAMPLES)] = False,
-    truncation: Annotated[float | None, typer.Option(
-        metavar="PSI", help="Latents from the normal truncated to [-PSI, PSI] (a model with a "
-        "mapping network: styles PSI of the way from their mean): lower is more typical, less "
-        "varied (0: one image for every seed).", show_default="none",
-        rich_help_panel=SAMPLES)] = None,
-    class_: Annotated[str | None, typer.Option(
-        "--class", metavar="K|NAME|all", help="Conditional models: the class by index or name, "
-        "or all: one grid row per class.", show_default="seed mod the number of classes",
-        rich_help_panel=SAMPLES)] = None,
-    no_ema: Annotated[bool, typer.Option(
-        "--no-ema", help="Sample G itself, not its EMA G_ema.", rich_help_panel=SAMPLES)] = False,
-    noise_mode: Annotated[str, typer.Option(
-        "--noise-mode", metavar="const|random|none", help="StyleGAN2's per-pixel noise: const "
-        "(its fixed noise: a seed's image never changes), random (fresh each time) or none.",
-        rich_help_panel=SAMPLES)] = "const",
-    style_mix: Annotated[tuple[str, str] | None, typer.Option(
-        "--style-mix", metavar="ROWS COLS", help="StyleGAN2: NVlabs' style-mixing figure: a row "
-        "per ROWS seed, a column per COLS seed, each cell the row's styles with the layers "
-        "--styles from the column's (e.g. --style-mix 0-4 10-14 mix.png).",
-        show_default=False, rich_help_panel=MIXING)] = None,
-    styles: Annotated[str, typer.Option(
-        metavar="0-6", help="The layers --style-mix takes from the column seeds (0 is the "
-        "coarsest).", rich_help_panel=MIXING)] = "0-6",
-    nrow: Annotated[int | None, typer.Option(min=1, help="Images per grid row.",
-                                             show_default="square", rich_help_panel=SAMPLES)] = None,
-    scale: Annotated[int, typer.Option(min=1, max=64, help="Nearest-neighbour upscaling (a 32x32 "
-                                       "model's grid at 4 is viewable).", rich_help_panel=SAMPLES)] = 1,
-    out_dir: Annotated[Path | None, typer.Option(
-        "--out-dir", metavar="DIR", help="Bulk export: one file per image, named by seed (class "
-        "folders for conditional models), labels.csv and manifest.json; resumable.",
-        show_default="none", rich_help_panel=BULK)] = None,
-    fmt: Annotated[str | None, typer.Option(
-        "--format", help="Bulk export: png, jpg, webp or npz (one file takes its format from "
-        "OUT's suffix).", show_default="png", rich_help_panel=BULK)] = None,
-    interpolate: Annotated[bool, typer.Option(
-        "--interpolate", help="Spherical interpolation between the seeds' latents, looping: "
-        "OUT.gif, OUT.mp4 (needs ffmpeg) or OUT.png (a row per pair).",
-        rich_help_panel=MOTION)] = False,
-    frames: Annotated[int, typer.Option(min=2, max=10_000, help="Frames of the whole loop.",
-                                        rich_help_panel=MOTION)] = 60,
-    fps: Annotated[int, typer.Option(min=1, max=60, help="Frames per second of a GIF or MP4.",
-                                     rich_help_panel=MOTION)] = 20,
-    loop: Annotated[bool, typer.Option("--loop/--no-loop", help="Back from the last seed to the "
-                                       "first (a GIF that repeats without a jump).",
-                                       rich_help_panel=MOTION)] = True,
-    ckpt: Annotated[str | None, typer.Option(
-        "--ckpt", metavar="CKPT|RUN_DIR", help="Checkpoint, run directory, latest, best, or an "
-        "NVlabs network .pkl (imported on the fly).",
-        show_default="the newest checkpoint under ./runs")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, max=65536, help="Latents per G call.",
-                                            rich_help_panel=RUNTIME)] = 256,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K | mps.",
-                                        rich_help_panel=RUNTIME)] = "auto",
+    out_text: _OutText = None,
+    n: _N = None,
+    seed: _Seed = None,
+    seeds: _Seeds = None,
+    nvlabs_seeds: _NvlabsSeeds = False,
+    truncation: _Truncation = None,
+    class_: _Class = None,
+    no_ema: _NoEma = False,
+    noise_mode: _NoiseMode = "const",
+    style_mix: _StyleMix = None,
+    styles: _Styles = "0-6",
+    nrow: _Nrow = None,
+    scale: _Scale = 1,
+    out_dir: _OutDir = None,
+    fmt: _Fmt = None,
+    interpolate: _Interpolate = False,
+    frames: _Frames = 60,
+    fps: _Fps = 20,
+    loop: _Loop = True,
+    ckpt: _Ckpt = None,
+    batch_size: _BatchSize = 256,
+    device: _Device = "auto",
     json_mode: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -116,29 +140,14 @@ def sample(
 
     Example: ganctl sample -n 64 out.png --ckpt runs/0001-shapes-dcgan --seed 7
     """
-    from ganctl import api
     from ganctl.sample import check_nvlabs_seeds, check_truncation
-    from ganctl.seeds import parse_seeds
 
-    if out_text is not None and out_text.endswith(("/", os.sep)):  # as typed: "new/" is a folder
-        raise typer.BadParameter(f"{out_text} names a folder; give a file's name, like "
-                                 f"{out_text}grid.png (or --out-dir {out_text} for one file per "
-                                 "image)", param_hint="OUT")
-    out = None if out_text is None else Path(out_text)
-    if (out is None) == (out_dir is None):
-        raise typer.BadParameter("give OUT (one file) or --out-dir DIR (one file per image)",
-                                 param_hint="OUT")
+    out = _output(out_text, out_dir)
     _check_modes(out, out_dir, interpolate, fmt, scale, nrow, class_, frames != 60 or fps != 20
                  or not loop, seeds is not None and (n is not None or seed is not None))
     if style_mix is not None:
         _check_style_mix(n, seed, seeds, class_, interpolate, out_dir, nrow)
-    seed = seed or 0
-    default_n = 8 if class_ == "all" else 4 if interpolate else 64
-    chosen = (_usage("--seeds", parse_seeds, seeds) if seeds is not None
-              else range(seed, seed + (n or default_n)))
-    if chosen[-1] > 2**63 - 1:
-        raise typer.BadParameter(f"seeds {chosen[0]}..{chosen[-1]} go past 2**63 - 1; use a "
-                                 "smaller --seed", param_hint="--seed")
+    chosen = _chosen(n, seed, seeds, 8 if class_ == "all" else 4 if interpolate else 64)
     if truncation is not None:
         _usage("--truncation", check_truncation, truncation)
     drawing: dict[str, Any] = {"truncation": truncation, "class_": class_, "batch_size": batch_size,
@@ -153,12 +162,43 @@ def sample(
     if out_dir is not None:
         return _bulk(ckpt, chosen, out_dir, fmt or "png", drawing, json_mode, debug)
     assert out is not None
-    if interpolate:  # the walk's own errors as a bad command line
-        from ganctl.interpolate import check_request
-
-        _usage("--interpolate", check_request, chosen, frames, fps, scale, out, loop)
+    if interpolate:
         motion = {"frames": frames, "fps": fps, "loop": loop, "scale": scale}
         return _interpolate(ckpt, chosen, out, motion, drawing, json_mode, debug)
+    return _grid(ckpt, out, chosen, nrow, scale, drawing, json_mode, debug)
+
+
+def _output(out_text: str | None, out_dir: Path | None) -> Path | None:
+    """OUT as a path; OUT or --out-dir, exactly one of them."""
+    if out_text is not None and out_text.endswith(("/", os.sep)):  # as typed: "new/" is a folder
+        raise typer.BadParameter(f"{out_text} names a folder; give a file's name, like "
+                                 f"{out_text}grid.png (or --out-dir {out_text} for one file per "
+                                 "image)", param_hint="OUT")
+    out = None if out_text is None else Path(out_text)
+    if (out is None) == (out_dir is None):
+        raise typer.BadParameter("give OUT (one file) or --out-dir DIR (one file per image)",
+                                 param_hint="OUT")
+    return out
+
+
+def _chosen(n: int | None, seed: int | None, seeds: str | None, default_n: int) -> Sequence[int]:
+    """The seeds asked for: --seeds, or -n from --seed (default_n of them without -n)."""
+    from ganctl.seeds import parse_seeds
+
+    seed = seed or 0
+    chosen = (_usage("--seeds", parse_seeds, seeds) if seeds is not None
+              else range(seed, seed + (n or default_n)))
+    if chosen[-1] > 2**63 - 1:
+        raise typer.BadParameter(f"seeds {chosen[0]}..{chosen[-1]} go past 2**63 - 1; use a "
+                                 "smaller --seed", param_hint="--seed")
+    return chosen
+
+
+def _grid(ckpt: str | None, out: Path, chosen: Sequence[int], nrow: int | None, scale: int,
+          drawing: dict[str, Any], json_mode: bool, debug: bool) -> None:
+    """sample OUT: one grid or image (api.sample_to_file)."""
+    from ganctl import api
+
     r = _call(debug, lambda: api.sample_to_file(ckpt, out, chosen, nrow=nrow, scale=scale,
                                                 **drawing))
     images, which = (f"{r['n']} images", "seeds") if r["n"] > 1 else ("1 image", "seed")
@@ -263,8 +303,12 @@ def _bulk(ckpt: str | None, seeds: Sequence[int], out_dir: Path, fmt: str, drawi
 
 def _interpolate(ckpt: str | None, seeds: Sequence[int], out: Path, motion: dict[str, Any],
                  drawing: dict[str, Any], json_mode: bool, debug: bool) -> None:
-    """sample --interpolate (api.interpolate)."""
+    """sample --interpolate (api.interpolate); the walk's own errors as a bad command line."""
     from ganctl import api
+    from ganctl.interpolate import check_request
+
+    _usage("--interpolate", check_request, seeds, motion["frames"], motion["fps"], motion["scale"],
+           out, motion["loop"])
 
     r = _call(debug, lambda: api.interpolate(ckpt, out, seeds, **motion, **drawing))
     through = f"seeds {', '.join(map(str, seeds))}"
