@@ -37,32 +37,40 @@ from ganctl.config import BATCH_AUTO, DATA, MODEL, OUTPUT
 
 # --- train ----------------------------------------------------------------------------------------------
 
+_ListPresets = Annotated[bool, typer.Option(
+    "--list-presets", help="List the presets (name, what for, settings) and exit.",
+    rich_help_panel=MODEL)]
+_Out = Annotated[Path | None, typer.Option(
+    help="Run directory.", show_default="./runs/NNNN-<dataset>-<arch>; env GANCTL_RUNS "
+    "moves ./runs", rich_help_panel=OUTPUT)]
+_ConfigFile = Annotated[Path | None, typer.Option(
+    "--config", help="A TOML (or JSON) file of config keys; flags override it.",
+    show_default="none", rich_help_panel=OUTPUT)]
+_PrintConfig = Annotated[bool, typer.Option(
+    "--print-config", help="Print the resolved settings, each with where it came from "
+    "(default, dataset, architecture, preset, init-from, config file, flag), and exit without "
+    "training.", rich_help_panel=OUTPUT)]
+_ResumeRun = Annotated[bool, typer.Option(
+    "--resume", help="If --out already holds a run, continue it instead of refusing.",
+    rich_help_panel=OUTPUT)]
+_Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="If --out already holds a run, delete its checkpoints, samples and "
+    "logs and start again.", rich_help_panel=OUTPUT)]
+
+
 @app.command()
 @_with_settings(resume=False)
 def train(
     *,
     values: dict[str, Any],
     download: Download = True,
-    list_presets: Annotated[bool, typer.Option(
-        "--list-presets", help="List the presets (name, what for, settings) and exit.",
-        rich_help_panel=MODEL)] = False,
+    list_presets: _ListPresets = False,
     max_time: MaxTime = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Run directory.", show_default="./runs/NNNN-<dataset>-<arch>; env GANCTL_RUNS "
-        "moves ./runs", rich_help_panel=OUTPUT)] = None,
-    config: Annotated[Path | None, typer.Option(
-        "--config", help="A TOML (or JSON) file of config keys; flags override it.",
-        show_default="none", rich_help_panel=OUTPUT)] = None,
-    print_config: Annotated[bool, typer.Option(
-        "--print-config", help="Print the resolved settings, each with where it came from "
-        "(default, dataset, preset, init-from, config file, flag), and exit without training.",
-        rich_help_panel=OUTPUT)] = False,
-    resume_run: Annotated[bool, typer.Option(
-        "--resume", help="If --out already holds a run, continue it instead of refusing.",
-        rich_help_panel=OUTPUT)] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="If --out already holds a run, delete its checkpoints, samples and "
-        "logs and start again.", rich_help_panel=OUTPUT)] = False,
+    out: _Out = None,
+    config: _ConfigFile = None,
+    print_config: _PrintConfig = False,
+    resume_run: _ResumeRun = False,
+    overwrite: _Overwrite = False,
     json_mode: Json = False,
     gpus: Gpus = None,
     debug: Debug = False,
