@@ -70,25 +70,32 @@ _STYLEGAN2 = {"arch": "stylegan2", "loss": "bce", "z_dim": 512, "w_dim": 512, "g
               "conv_clamp": 256.0, "spectral_norm": "off", "d_arch": "resnet", "augment": ""}
 AUTO = "stylegan2-auto"
 
+
+def _spec(resolution: int, batch: int, mbstd: int, fmaps: float, lr: float, gamma: float,
+          ema_kimg: float, ramp: float, mapping: int) -> dict[str, Any]:
+    """One of NVlabs' --cfg specs (train.py's cfg_specs) as ganctl settings."""
+    return {**_STYLEGAN2, "resolution": resolution, "batch_size": batch, "mbstd_group": mbstd,
+            "channel_base": int(fmaps * 32768), "lr_g": lr, "lr_d": lr, "r1": gamma,
+            "ema_kimg": ema_kimg, "ema_rampup": ramp, "mapping_layers": mapping}
+
+
 PRESETS.update({
     "stylegan2-256": Preset(
         "StyleGAN2 at 256x256 (NVlabs' paper256): batch 64, half the feature maps, lr 0.0025, "
         "R1 gamma 1, mapping 8 layers, EMA half-life 20k images",
-        {**_STYLEGAN2, "resolution": 256, "batch_size": 64, "mbstd_group": 8,
-         "channel_base": 16384, "lr_g": 0.0025, "lr_d": 0.0025, "r1": 1.0, "ema_kimg": 20.0,
-         "ema_rampup": 0.0, "mapping_layers": 8}),
+        _spec(256, batch=64, mbstd=8, fmaps=0.5, lr=0.0025, gamma=1.0, ema_kimg=20.0, ramp=0.0,
+              mapping=8)),
     "stylegan2-1024": Preset(
         "StyleGAN2 at 1024x1024 (NVlabs' paper1024): batch 32, full feature maps, lr 0.002, "
         "R1 gamma 2, mapping 8 layers, EMA half-life 10k images",
-        {**_STYLEGAN2, "resolution": 1024, "batch_size": 32, "mbstd_group": 4,
-         "channel_base": 32768, "lr_g": 0.002, "lr_d": 0.002, "r1": 2.0, "ema_kimg": 10.0,
-         "ema_rampup": 0.0, "mapping_layers": 8}),
+        _spec(1024, batch=32, mbstd=4, fmaps=1.0, lr=0.002, gamma=2.0, ema_kimg=10.0, ramp=0.0,
+              mapping=8)),
     "stylegan2-cifar10": Preset(
         "StyleGAN2 on CIFAR-10 (NVlabs' cifar): mapping 2 layers, R1 gamma 0.01, no path-length "
         "regularisation or style mixing, a plain (orig) D, EMA half-life 500k images",
-        {**_STYLEGAN2, **_CIFAR, "batch_size": 64, "mbstd_group": 32, "channel_base": 32768,
-         "lr_g": 0.0025, "lr_d": 0.0025, "r1": 0.01, "ema_kimg": 500.0, "ema_rampup": 0.05,
-         "mapping_layers": 2, "pl_weight": 0.0, "style_mixing": 0.0, "d_arch": "orig"}),
+        {**_spec(32, batch=64, mbstd=32, fmaps=1.0, lr=0.0025, gamma=0.01, ema_kimg=500.0,
+                 ramp=0.05, mapping=2), **_CIFAR,
+         "pl_weight": 0.0, "style_mixing": 0.0, "d_arch": "orig"}),
     AUTO: Preset(
         "StyleGAN2 with NVlabs' auto config: batch, feature maps, lr, R1 gamma (0.0002 res^2 / "
         "batch) and EMA derived from the resolution and the number of GPUs (also what --arch "
@@ -103,11 +110,12 @@ def stylegan2_auto(resolution: int, gpus: int = 1) -> dict[str, Any]:
     feature maps from 512 px, lr 0.002 from 1024 px, R1 gamma 0.0002 res^2 / batch, EMA
     half-life batch * 10 / 32 thousand images with ramp-up 0.05, a mapping of 2 layers."""
     batch = max(min(gpus * min(4096 // resolution, 32), 64), gpus)
-    lr = 0.002 if resolution >= 1024 else 0.0025
-    return {**_STYLEGAN2, "batch_size": batch, "mbstd_group": min(batch // gpus, 4),
-            "channel_base": 32768 if resolution >= 512 else 16384, "lr_g": lr, "lr_d": lr,
-            "r1": 0.0002 * resolution**2 / batch, "ema_kimg": batch * 10 / 32,
-            "ema_rampup": 0.05, "mapping_layers": 2}
+    spec = _spec(resolution, batch=batch, mbstd=min(batch // gpus, 4),
+                 fmaps=1.0 if resolution >= 512 else 0.5,
+                 lr=0.002 if resolution >= 1024 else 0.0025, gamma=0.0002 * resolution**2 / batch,
+                 ema_kimg=batch * 10 / 32, ramp=0.05, mapping=2)
+    del spec["resolution"]  # the run's own (its data's or its flag's)
+    return spec
 
 
 def arch_defaults(values: dict[str, Any], gpus: int = 1) -> tuple[str, dict[str, Any]]:

@@ -559,3 +559,31 @@ class ToyAdaptive(Augmentation):
 
 
 seen: list[dict[str, float]] = []  # what ToyAdaptive.feedback was given, in order
+
+
+SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+
+
+def spy_host_reads(monkeypatch) -> list[str]:
+    """Record every call of a tensor method that reads a value back to the host (SYNCS) made
+    from ganctl's own code; the list fills while the spies are on (monkeypatch.undo ends them)."""
+    import inspect
+
+    from ganctl.engine import compiled
+
+    calls: list[str] = []
+    package = str(Path(compiled.__file__).resolve().parents[1])
+
+    def spy(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = inspect.stack()[1].filename
+            if caller.startswith(package):
+                calls.append(f"{name} from {caller}")
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    for name in SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    return calls

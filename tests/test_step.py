@@ -1,20 +1,28 @@
 """The step: losses as objects owning their phases, a schedule of phases as data, named statistics,
 labelled batches, the EMA, and nothing read back from the device."""
 
-import inspect
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import IMAGES, TINY, events, final_tensors, invoke, nan_batches, read_json, tiny_config
+from helpers import (
+    IMAGES,
+    TINY,
+    events,
+    final_tensors,
+    invoke,
+    nan_batches,
+    read_json,
+    spy_host_reads,
+    tiny_config,
+)
 from safetensors import safe_open
 
 from ganctl import losses, rundir
 from ganctl.config import Config
 from ganctl.data import shapes
-from ganctl.engine import compiled
 from ganctl.engine.state import init_state, state_tensors
 from ganctl.engine.step import train_step, update_ema
 from ganctl.losses import Phase, StepInputs
@@ -292,7 +300,6 @@ def test_diagnostics_may_be_infinite_and_a_step_may_run_no_phase(workdir, monkey
 
 # --- no host synchronisation in the step ----------------------------------------------------------
 
-SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
 
 
 @pytest.mark.parametrize("config", [
@@ -307,21 +314,7 @@ def test_the_step_reads_nothing_back_from_the_device(monkeypatch, config):
     labels = np.arange(len(IMAGES)) % 2 if config.conditional else None
     state = init_state(config, torch.device("cpu"), IMAGES, labels)
     phases = state.loss.phases()
-    calls = []
-    package = str(Path(compiled.__file__).resolve().parents[1])
-
-    def spy(name):
-        original = getattr(torch.Tensor, name)
-
-        def wrapper(self, *args, **kwargs):
-            caller = inspect.stack()[1].filename
-            if caller.startswith(package):
-                calls.append(f"{name} from {caller}")
-            return original(self, *args, **kwargs)
-        return wrapper
-
-    for name in SYNCS:
-        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    calls = spy_host_reads(monkeypatch)
     for _ in range(4):
         train_step(state, phases)
     monkeypatch.undo()

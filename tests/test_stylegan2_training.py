@@ -9,11 +9,9 @@ Tiny networks (32 px, widths 8, z and w 8, channel_base 256, batch 4, eager): se
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,13 +24,13 @@ from helpers import (
     nan_batches,
     read_json,
     signal_at,
+    spy_host_reads,
     valid_steps,
 )
 
 from ganctl import session
 from ganctl.config import Config
 from ganctl.data import shapes
-from ganctl.engine import compiled
 from ganctl.engine.state import init_state, load_state, snapshot, state_tensors
 from ganctl.engine.step import EMA_WARMUP, ema_decay, train_step
 from ganctl.losses import Phase, StepInputs
@@ -426,7 +424,6 @@ def test_sigterm_then_resume_equals_an_uninterrupted_stylegan2_run(workdir, monk
 
 # ---- 6. no host syncs ----------------------------------------------------------------------------
 
-SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
 
 
 @pytest.mark.parametrize("changes", [
@@ -436,21 +433,7 @@ SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu
 def test_the_stylegan2_step_reads_nothing_back_from_the_device(monkeypatch, changes):
     state = fresh(**changes)
     phases = state.loss.phases()
-    calls = []
-    package = str(Path(compiled.__file__).resolve().parents[1])
-
-    def spy(name):
-        original = getattr(torch.Tensor, name)
-
-        def wrapper(self, *args, **kwargs):
-            caller = inspect.stack()[1].filename
-            if caller.startswith(package):
-                calls.append(f"{name} from {caller}")
-            return original(self, *args, **kwargs)
-        return wrapper
-
-    for name in SYNCS:
-        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    calls = spy_host_reads(monkeypatch)
     seen = set()
     for _ in range(4):  # Greg at 2 and 4, Dreg at 3
         seen |= set(train_step(state, phases))
