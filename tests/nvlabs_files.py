@@ -16,6 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -253,3 +254,8 @@ def touch(marker: Path) -> dict[str, Call]:
 NAMED = {"os.system": f"{os.system.__module__}.system", "builtins.eval": "builtins.eval",
          "subprocess.Popen": "subprocess.Popen", "builtins.open": "io.open",
          "pathlib.Path.write_text": "pathlib.Path.write_text"}
+
+
+# NVlabs' reference networks with their own outputs (../shared/models/nvlabs; tests skip without)
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "models" / "nvlabs"
+NO_SHARED = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no NVlabs fixtures at {SHARED}")

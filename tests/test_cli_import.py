@@ -16,6 +16,8 @@ import torch
 from helpers import assert_one_line_error, image_folder, invoke
 from nvlabs_files import (
     NAMED,
+    NO_SHARED,
+    SHARED,
     as_persistent,
     config,
     d_kwargs,
@@ -30,9 +32,6 @@ from ganctl import checkpoint
 from ganctl.importers import unpickle
 from ganctl.importers.convert import IMPORTED
 from ganctl.stored import stored_config
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "models" / "nvlabs"
-NO_SHARED = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no NVlabs fixtures at {SHARED}")
 
 
 @pytest.fixture(scope="module")

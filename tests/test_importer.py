@@ -25,6 +25,8 @@ import pytest
 import torch
 from nvlabs_files import (
     NAMED,
+    NO_SHARED,
+    SHARED,
     Call,
     as_persistent,
     augment_pipe,
@@ -50,8 +52,6 @@ from ganctl.importers.convert import config_of, open_network
 from ganctl.importers.nvlabs import read_snapshot
 from ganctl.importers.unpickle import read
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "models" / "nvlabs"
-NO_SHARED = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no NVlabs fixtures at {SHARED}")
 REFUSED = "refused without running anything"
 
 
