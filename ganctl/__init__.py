@@ -7,7 +7,8 @@
 
 train, resume, load, evaluate, Generator and Run are ganctl.api's (see its docstrings), which
 also has a function for each other command (sample_to_file, export_images, interpolate,
-export, inspect, runs, plot, describe_data, caches, remove_caches). They are
+style_mix, export, import_network, inspect, runs, plot, describe_data, caches, remove_caches):
+`ganctl.api.style_mix(...)` works after a plain `import ganctl`. They are
 imported on first use: `import ganctl` stays cheap, as the command line imports it for
 __version__ before it knows whether a command needs torch.
 """
@@ -27,10 +28,11 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
 
 def __getattr__(name: str) -> object:
     """ganctl.train and the rest, from ganctl.api (imported with torch on the first access)."""
-    if name in _API:
-        from ganctl import api
+    if name in _API or name == "api":
+        import importlib
 
-        return getattr(api, name)
+        api = importlib.import_module("ganctl.api")
+        return api if name == "api" else getattr(api, name)
     raise AttributeError(f"module 'ganctl' has no attribute {name!r}")
 
 

@@ -26,8 +26,9 @@ def parse_styles(text: str, num_ws: int) -> list[int]:
     """--styles as ranges and lists of layer indices, each below num_ws (a UsageError: exit 2)."""
     try:
         layers = sorted(set(parse_seeds(text)))
-    except ConfigError as e:
-        raise UsageError(f"styles {text!r}: {e}", "--styles") from None
+    except ConfigError:
+        raise UsageError(f"styles {text!r} are not layers: give ranges and lists of layer "
+                         f"numbers from 0 to {num_ws - 1}, like 0-6 or 0,2,4", "--styles") from None
     if layers[-1] >= num_ws:
         raise UsageError(f"styles {text}: this generator's styles are layers 0 to {num_ws - 1}",
                          "--styles")
@@ -69,4 +70,5 @@ def style_mix(loaded: LoadedGenerator, rows: Sequence[int], cols: Sequence[int],
     width, height = write_image_file(torch.cat(figure), out, len(cols) + 1, scale)
     return {"out": str(out), "checkpoint": str(loaded.header.path), "step": loaded.header.step,
             "rows": compact_seeds(rows), "columns": compact_seeds(cols), "styles": layers,
+            "num_ws": int(G.num_ws),  # type: ignore[arg-type]
             "truncation": truncation, "width": width, "height": height, "device": str(device)}

@@ -84,7 +84,8 @@ def test_style_mixing_figure(sg2):
 @pytest.mark.parametrize("args, option, says", [
     (["--style-mix", "0-2", "10", "m.png", "-n", "4"], "--style-mix", "leave out -n"),
     (["--style-mix", "0-2", "10", "m.png", "--styles", "0-99"], "--styles", "layers 0 to 7"),
-    (["--style-mix", "0-2", "10", "m.png", "--styles", "a-b"], "--styles", "styles 'a-b'"),
+    (["--style-mix", "0-2", "10", "m.png", "--styles", "a-b"], "--styles", "are not layers"),
+    (["--style-mix", "0-2", "10"], "OUT", "give the figure's file"),
     (["--style-mix", "0-2", "x", "m.png"], "--style-mix", "x"),
     (["-n", "2", "m.png", "--styles", "0-2"], "--styles", "--styles is for --style-mix"),
     (["-n", "2", "m.png", "--noise-mode", "fresh"], "--noise-mode", "const, random, none"),
@@ -137,3 +138,18 @@ def test_a_bulk_export_keeps_its_noise_mode(sg2):
     assert_one_line_error(result, 1, "other settings (noise_mode 'const' -> 'random')")
     assert sorted(p.name for p in Path("many").glob("*.png")) == [
         "seed0000000000.png", "seed0000000001.png"]
+
+
+def test_the_python_api_takes_styles_as_a_list_and_the_noise_mode(sg2):
+    import ganctl  # ganctl.api is reached from the package alone
+
+    r = ganctl.api.style_mix(sg2, "mix.png", [0, 1], range(10, 12), styles=[0, 1, 2, 3])
+    assert r["styles"] == [0, 1, 2, 3] and r["num_ws"] == 8
+    G = ganctl.load(sg2)
+    assert G.noise_mode == "const"
+    assert torch.equal(G.sample(seeds=[3]), G.sample(seeds=[3]))
+    G.noise_mode = "random"
+    assert not torch.equal(G.sample(seeds=[3]), G.sample(seeds=[3]))
+    assert ganctl.load(sg2, noise_mode="none").noise_mode == "none"
+    with pytest.raises(ganctl.errors.UsageError, match="noise mode 'fresh' is not one of"):
+        G.noise_mode = "fresh"

@@ -19,6 +19,7 @@ from ganctl.errors import (
     ConfigError,
     DeviceError,
     GanctlError,
+    UsageError,
     did_you_mean,
     os_error_message,
     shorten,
@@ -159,3 +160,13 @@ def locate(target: PathLike | None, notes: Notes | None = None, verify: bool = T
         else:
             warnings.warn(message, stacklevel=4)  # at the line calling load() or evaluate()
     return header
+
+
+def check_noise_mode(noise_mode: object) -> str:
+    """A StyleGAN2's noise mode, as --noise-mode takes it (a UsageError: exit 2)."""
+    from ganctl.models.generator import NOISE_MODES
+
+    if noise_mode not in NOISE_MODES:
+        raise UsageError(f"noise mode {noise_mode!r} is not one of {', '.join(NOISE_MODES)}",
+                         "--noise-mode")
+    return str(noise_mode)

@@ -16,6 +16,7 @@ from ganctl.api.checks import (
     Notes,
     PathLike,
     callback,
+    check_noise_mode,
     device_name,
     flag,
     ganctl_errors,
@@ -31,7 +32,6 @@ from ganctl.device import resolve_device
 from ganctl.errors import ConfigError, UsageError
 from ganctl.imagefiles import IMAGE_FORMATS
 from ganctl.interpolate import MAX_SCALE  # (a grid's upscaling, as a walk's)
-from ganctl.models.generator import NOISE_MODES
 from ganctl.sample import (
     GENERATE_BATCH,
     LoadedGenerator,
@@ -40,7 +40,7 @@ from ganctl.sample import (
     load_generator,
     parse_class,
 )
-from ganctl.seeds import MAX_SEEDS, Seeds, whole
+from ganctl.seeds import MAX_SEEDS, Seeds, seed_list, whole
 
 MAX_GRID = 4096  # images in one grid file; more go to export_images (--out-dir)
 MAX_EXPORT = 10_000_000  # images of one export to files (`ganctl sample -n` at most)
@@ -54,9 +54,7 @@ def _open(target: PathLike | None, device: object, ema: bool, notes: Notes | Non
     noise (a generator that takes it) as noise_mode says, its seeds' latents NVlabs' with
     nvlabs_seeds."""
     flag("ema", ema)
-    if noise_mode not in NOISE_MODES:
-        raise UsageError(f"noise mode {noise_mode!r} is not one of {', '.join(NOISE_MODES)}",
-                         "--noise-mode")
+    check_noise_mode(noise_mode)
     header = locate(target, notes)
     dev = resolve_device(device_name(device))  # (a device missing is said before the choice)
     _say_chosen(target, header, notes)
@@ -203,14 +201,16 @@ def style_mix(target: PathLike | None, out: PathLike, rows: Seeds, cols: Seeds, 
     with a mapping network: each row seed's styles with the layers `styles` taken from each
     column seed's. Returns what `--json` prints.
 
+    styles: layers as text ("0-6", "0,2,4") or a list or range of them.
+
     Example: ganctl.api.style_mix("runs/m", "mix.png", "0-4", "10-14", styles="0-3")
     """
     from ganctl.stylemix import style_mix as draw
 
     out = _image_out(out)
     row_seeds, col_seeds = chosen_seeds(rows, None), chosen_seeds(cols, None)
-    if not isinstance(styles, str):
-        raise UsageError(f"styles must be layers as text, like '0-6', got {styles!r}", "--styles")
+    if not isinstance(styles, str):  # a list or range of layer numbers, as the seeds take them
+        styles = ",".join(map(str, seed_list(styles, MAX_SEEDS)))
     whole_number("scale", scale, 1, MAX_SCALE)
     truncation = _common(truncation, batch_size, nvlabs_seeds, [*row_seeds, *col_seeds])
     loaded, dev = _open(target, device, ema, notes, noise_mode, nvlabs_seeds)

@@ -8,12 +8,21 @@ import operator
 import torch
 from PIL import Image
 
-from ganctl.api.checks import PathLike, device_name, flag, ganctl_errors, locate, whole_number
+from ganctl.api.checks import (
+    PathLike,
+    check_noise_mode,
+    device_name,
+    flag,
+    ganctl_errors,
+    locate,
+    whole_number,
+)
 from ganctl.config import BOUNDS
 from ganctl.device import resolve_device
 from ganctl.errors import ConfigError
 from ganctl.imagefiles import GRID_PADDING, GridShape, make_grid, to_pil
 from ganctl.models.base import num_classes
+from ganctl.models.generator import set_noise_mode
 from ganctl.sample import (
     GENERATE_BATCH,
     LoadedGenerator,
@@ -53,6 +62,15 @@ class Generator:
     @property
     def z_dim(self) -> int:
         return self.config.z_dim
+
+    @property
+    def noise_mode(self) -> str | None:
+        """A StyleGAN2's per-pixel noise (const, random, none); None for a G without noise."""
+        return getattr(getattr(self.G, "synthesis", None), "noise_mode", None)
+
+    @noise_mode.setter
+    def noise_mode(self, mode: str) -> None:
+        set_noise_mode(self.G, check_noise_mode(mode))
 
     @property
     def num_classes(self) -> int:
@@ -156,7 +174,7 @@ def chosen_seeds(seeds: Seeds | None, n: int | None, default: int = DEFAULT_N,
 
 @ganctl_errors
 def load(target: PathLike | None = None, device: str = "auto", *, ema: bool = True,
-         nvlabs_seeds: bool = False) -> Generator:
+         nvlabs_seeds: bool = False, noise_mode: str = "const") -> Generator:
     """The EMA generator of a checkpoint, as `ganctl sample --ckpt` finds it.
 
     target: a run directory (its newest checkpoint that verifies), a checkpoint file, "latest"
@@ -167,13 +185,16 @@ def load(target: PathLike | None = None, device: str = "auto", *, ema: bool = Tr
     device: auto, cpu, cuda, cuda:K or mps. ema=False: G itself rather than its EMA G_ema.
     nvlabs_seeds=True: seeds give the latents NVlabs' generate.py draws
     (np.random.RandomState(seed).randn(1, z_dim)): their network, their images for their seeds.
+    noise_mode: a StyleGAN2's per-pixel noise: const (a seed's image never changes), random or
+    none (G.noise_mode changes it later).
 
     Example: G = ganctl.load("runs/m"); G.grid(n=64).save("grid.png")
     """
     flag("ema", ema)
     flag("nvlabs_seeds", nvlabs_seeds)
+    check_noise_mode(noise_mode)
     header = locate(target)
     dev = resolve_device(device_name(device))
-    return Generator(load_generator(header, dev, ema, nvlabs_seeds=nvlabs_seeds), dev)
+    return Generator(load_generator(header, dev, ema, noise_mode, nvlabs_seeds), dev)
 
 

@@ -74,8 +74,9 @@ _StyleMix = Annotated[tuple[str, str] | None, typer.Option(
     "--styles from the column's (e.g. --style-mix 0-4 10-14 mix.png).",
     show_default=False, rich_help_panel=MIXING)]
 _Styles = Annotated[str, typer.Option(
-    metavar="0-6", help="The layers --style-mix takes from the column seeds (0 is the "
-    "coarsest).", rich_help_panel=MIXING)]
+    metavar="0-6", help="The layers --style-mix takes from the column seeds, 0 the coarsest (a "
+    "model of R px has 2 log2(R) - 2: 8 at 32 px, 14 at 256, 18 at 1024; 0-6 are NVlabs' "
+    "coarse styles at 1024).", rich_help_panel=MIXING)]
 _Nrow = Annotated[int | None, typer.Option(min=1, help="Images per grid row.",
     show_default="square", rich_help_panel=SAMPLES)]
 _Scale = Annotated[int, typer.Option(min=1, max=64, help="Nearest-neighbour upscaling (a 32x32 "
@@ -88,7 +89,8 @@ _Fmt = Annotated[str | None, typer.Option(
     "--format", help="Bulk export: png, jpg, webp or npz (one file takes its format from "
     "OUT's suffix).", show_default="png", rich_help_panel=BULK)]
 _Interpolate = Annotated[bool, typer.Option(
-    "--interpolate", help="Spherical interpolation between the seeds' latents, looping: "
+    "--interpolate", help="Interpolation between the seeds' latents, looping (spherical in z; "
+    "in w, a straight line, for a model with a mapping network): "
     "OUT.gif, OUT.mp4 (needs ffmpeg) or OUT.png (a row per pair).",
     rich_help_panel=MOTION)]
 _Frames = Annotated[int, typer.Option(min=2, max=10_000, help="Frames of the whole loop.",
@@ -142,7 +144,7 @@ def sample(
     """
     from ganctl.sample import check_nvlabs_seeds, check_truncation
 
-    out = _output(out_text, out_dir)
+    out = _output(out_text, out_dir, style_mix is not None)
     _check_modes(out, out_dir, interpolate, fmt, scale, nrow, class_, frames != 60 or fps != 20
                  or not loop, seeds is not None and (n is not None or seed is not None))
     if style_mix is not None:
@@ -168,8 +170,12 @@ def sample(
     return _grid(ckpt, out, chosen, nrow, scale, drawing, json_mode, debug)
 
 
-def _output(out_text: str | None, out_dir: Path | None) -> Path | None:
-    """OUT as a path; OUT or --out-dir, exactly one of them."""
+def _output(out_text: str | None, out_dir: Path | None, figure: bool) -> Path | None:
+    """OUT as a path; OUT or --out-dir, exactly one of them (OUT alone for --style-mix's
+    `figure`)."""
+    if figure and out_text is None:
+        raise typer.BadParameter("--style-mix ROWS COLS OUT.png: give the figure's file after "
+                                 "the row and column seeds", param_hint="OUT")
     if out_text is not None and out_text.endswith(("/", os.sep)):  # as typed: "new/" is a folder
         raise typer.BadParameter(f"{out_text} names a folder; give a file's name, like "
                                  f"{out_text}grid.png (or --out-dir {out_text} for one file per "
@@ -222,7 +228,7 @@ def _check_style_mix(n: int | None, seed: int | None, seeds: str | None, class_:
 def _style_mix(ckpt: str | None, sides: tuple[str, str], out: Path | None, styles: str,
                scale: int, drawing: dict[str, Any], json_mode: bool, debug: bool) -> None:
     from ganctl import api
-    from ganctl.seeds import parse_seeds
+    from ganctl.seeds import compact_seeds, parse_seeds
 
     assert out is not None  # (sample checked that OUT or --out-dir is given, and not --out-dir)
     rows, cols = (_usage("--style-mix", parse_seeds, side) for side in sides)
@@ -230,8 +236,8 @@ def _style_mix(ckpt: str | None, sides: tuple[str, str], out: Path | None, style
     r = _call(debug, lambda: api.style_mix(ckpt, out, rows, cols, styles=styles, scale=scale,
                                            **drawing))
     _emit(json_mode, r, f"wrote {r['out']}: style mixing of rows {r['rows']} and columns "
-                        f"{r['columns']} (layers {r['styles'][0]}-{r['styles'][-1]} from the "
-                        f"columns), {r['width']}x{r['height']} px, from {r['checkpoint']}")
+                        f"{r['columns']} (layers {compact_seeds(r['styles'])} of {r['num_ws']} "
+                        f"from the columns), {r['width']}x{r['height']} px, from {r['checkpoint']}")
 
 
 def _check_modes(out: Path | None, out_dir: Path | None, interpolate: bool, fmt: str | None,
