@@ -35,7 +35,7 @@ from ganctl.errors import ConfigError, DataError
 from ganctl.finetune import init_weights
 from ganctl.importers import convert
 from ganctl.metrics import parse_metrics
-from ganctl.models import get_arch
+from ganctl.models import cpu_note, get_arch
 from ganctl.output.progress import RunLog
 from ganctl.output.sinks import check_sinks
 from ganctl.scoring import TRAIN_OPTIONS, Evaluator, make_evaluator
@@ -198,6 +198,8 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
                                                            log.info))
     for note in get_arch(config.arch).notes(config):
         log.info(note)
+    if device.type == "cpu" and (big := cpu_note(config)) is not None:
+        log.info(big)
     state = init_state(config, device, data.images, labels)  # fails (too big ...) before any file
     try:
         if initialise is not None:  # --init-from's weights: a mismatch fails before any file

@@ -5,6 +5,7 @@ spellings they may take (normalise), and --max-time's deadline. session.py opens
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,39 @@ def option_notes(values: dict[str, Any], config: Config) -> list[str]:
     if values.get("backbone_weights") and not _stands_on_backbone(config):
         notes.append(f"--backbone-weights is the file of a frozen network a D stands on; "
                      f"{config.arch}'s D stands on none, so it does nothing")
+    return notes + _style_notes(values, config)
+
+
+# what only a StyleGAN2 (a G with a mapping network and its D) takes
+STYLEGAN2_KEYS = ("w_dim", "mapping_layers", "channel_base", "reduced_res", "conv_clamp",
+                  "mbstd_group", "d_arch", "style_mixing", "pl_weight", "pl_every",
+                  "pl_batch_shrink")
+
+
+def _flags(keys: Sequence[str]) -> str:
+    return ", ".join(f"--{k.replace('_', '-')}" for k in keys)
+
+
+def _style_notes(values: dict[str, Any], config: Config) -> list[str]:
+    """Settings of StyleGAN2 and of the EMA by half-life given where they change nothing."""
+    notes = []
+    idle = [k for k in STYLEGAN2_KEYS if k in values]
+    if idle and config.arch != "stylegan2":
+        notes.append(f"{_flags(idle)} {'is' if len(idle) == 1 else 'are'} StyleGAN2's; with "
+                     f"--arch {config.arch} {'it does' if len(idle) == 1 else 'they do'} nothing")
+    elif config.arch == "stylegan2" and not config.pl_weight and (
+            idle := [k for k in ("pl_every", "pl_batch_shrink") if k in values]):
+        one = len(idle) == 1
+        notes.append(f"{_flags(idle)} {'shapes' if one else 'shape'} path-length "
+                     f"regularisation; with --pl-weight 0 it is off, so {'it does' if one else 'they do'} "
+                     "nothing")
+    if "ema_decay" in values and config.ema_kimg:
+        notes.append(f"--ema-decay is a decay per step; with --ema-kimg {config.ema_kimg:g} "
+                     "G_ema's half-life is that many thousand images instead (--ema-kimg 0 "
+                     "takes --ema-decay)")
+    if "ema_rampup" in values and not config.ema_kimg:
+        notes.append("--ema-rampup ramps up --ema-kimg's half-life; without --ema-kimg it does "
+                     "nothing")
     return notes
 
 

@@ -153,3 +153,33 @@ def test_the_python_api_takes_styles_as_a_list_and_the_noise_mode(sg2):
     assert ganctl.load(sg2, noise_mode="none").noise_mode == "none"
     with pytest.raises(ganctl.errors.UsageError, match="noise mode 'fresh' is not one of"):
         G.noise_mode = "fresh"
+
+
+def test_settings_that_change_nothing_are_pointed_out(workdir, run):
+    result = invoke("train", *TINY, "--steps", "1", "--style-mixing", "0.5", "--w-dim", "8",
+                    "--ema-rampup", "0.05", "--out", "dc")
+    assert result.exit_code == 0, result.output
+    assert "--w-dim, --style-mixing are StyleGAN2's; with --arch dcgan they do nothing" in result.stdout
+    assert "--ema-rampup ramps up --ema-kimg's half-life; without --ema-kimg it does nothing" \
+        in result.stdout
+    result = invoke("train", *TINY, *SG2, "--steps", "1", "--pl-weight", "0", "--pl-every", "3",
+                    "--ema-decay", "0.9", "--out", "sg")
+    assert result.exit_code == 0, result.output
+    assert "--pl-every shapes path-length regularisation; with --pl-weight 0 it is off, so it does " \
+        "nothing" in result.stdout
+    assert "--ema-decay is a decay per step; with --ema-kimg" in result.stdout
+    result = invoke("sample", "-n", "2", "x.png", "--ckpt", run, "--noise-mode", "random")
+    assert result.exit_code == 0, result.output
+    assert "--noise-mode is a StyleGAN2's per-pixel noise; dcgan's G takes none" in result.output
+
+
+def test_networks_too_large_for_a_cpu_are_pointed_out():
+    from ganctl.config import Config
+    from ganctl.models import cpu_note
+
+    note = cpu_note(Config(arch="stylegan2", resolution=256, z_dim=512, w_dim=512, g_width=512,
+                           d_width=512, channel_base=16384))
+    assert note is not None and note.startswith("G and D have ") and "M parameters, a GPU's work" in note
+    assert "lower --g-width and --d-width (32, say) and --z-dim and --w-dim" in note
+    assert cpu_note(Config(arch="stylegan2", g_width=16, d_width=16, z_dim=16, channel_base=256)) is None
+    assert cpu_note(Config()) is None  # the article's DCGAN

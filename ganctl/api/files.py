@@ -58,7 +58,12 @@ def _open(target: PathLike | None, device: object, ema: bool, notes: Notes | Non
     header = locate(target, notes)
     dev = resolve_device(device_name(device))  # (a device missing is said before the choice)
     _say_chosen(target, header, notes)
-    return load_generator(header, dev, ema, noise_mode, nvlabs_seeds), dev
+    loaded = load_generator(header, dev, ema, noise_mode, nvlabs_seeds)
+    if noise_mode != "const" and notes is not None and not hasattr(
+            getattr(loaded.G, "synthesis", None), "noise_mode"):
+        notes(f"--noise-mode is a StyleGAN2's per-pixel noise; {loaded.config.arch}'s G takes "
+              "none, so it does nothing")
+    return loaded, dev
 
 
 def _say_chosen(target: PathLike | None, header: Header, notes: Notes | None) -> None:

@@ -39,15 +39,33 @@ def build_generator(config: Config) -> nn.Module:
 MAX_PARAMETERS = 2**30  # per network: beyond the largest GANs published (about 1e9); 4 GiB of fp32
 
 
+CPU_PARAMETERS = 10_000_000  # G and D together: beyond this a CPU step takes seconds or more
+
+
+def parameter_counts(config: Config) -> dict[str, int]:
+    """G's and D's parameters, counted on the meta device (nothing is allocated)."""
+    arch = get_arch(config.arch)
+    with torch.device("meta"):
+        G, D = arch.build_generator(config), arch.build_discriminator(config)
+    return {name: sum(p.numel() for p in net.parameters()) for name, net in (("G", G), ("D", D))}
+
+
+def cpu_note(config: Config) -> str | None:
+    """What to say when networks this large are to train on a CPU (None: they are small)."""
+    total = sum(parameter_counts(config).values())
+    if total <= CPU_PARAMETERS:
+        return None
+    dims = "--z-dim and --w-dim" if get_arch(config.arch).mapping else "--z-dim"
+    return (f"G and D have {total / 1e6:.0f}M parameters, a GPU's work: on a CPU each step takes "
+            f"seconds or more; to try {config.arch} here, lower --g-width and --d-width (32, say) "
+            f"and {dims}")
+
+
 def check_config(config: Config) -> None:
     """Raise ConfigError if the architecture cannot be built for this config, or would be too
     large to build at all (counted on the meta device: nothing is allocated)."""
-    arch = get_arch(config.arch)
-    arch.check(config)
-    with torch.device("meta"):
-        G, D = arch.build_generator(config), arch.build_discriminator(config)
-    for name, net in (("G", G), ("D", D)):
-        count = sum(p.numel() for p in net.parameters())
+    get_arch(config.arch).check(config)
+    for name, count in parameter_counts(config).items():
         if count > MAX_PARAMETERS:
             raise ConfigError(f"{name} would have {count:,} parameters, more than ganctl builds "
                               f"({MAX_PARAMETERS:,}); lower --g-width, --d-width or --z-dim")
