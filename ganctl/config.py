@@ -83,8 +83,8 @@ class Model(Group):
                         "settings).")
     resolution: int = setting(32, "Image size: dcgan and resnet 32, 64 or 128; mlp 16, 28, 32 or "
                               "64; stylegan2 32, 64, 128, 256, 512 or 1024.", panel=DATA,
-                              bounds=(1, 4096), shown="the dataset's: 64 for celeba and folders, "
-                              "32 for the others")
+                              bounds=(1, 4096), shown="the dataset's: 64 for celeba and folders "
+                              "(stylegan2: a folder's own size, up to 1024), 32 for the others")
     channels: int = setting(3, "1 or 3.", panel=DATA, shown="the dataset's")
     z_dim: int = setting(100, "Latent size.", bounds=(1, 16384), min=1)
     g_width: int = setting(64, "G's base channel count (ngf).", bounds=(1, 4096), min=1)

@@ -19,7 +19,7 @@ from ganctl.distributed import from_environment
 from ganctl.engine.guard import deadline_after, parse_duration
 from ganctl.errors import ConfigError
 from ganctl.losses import augment
-from ganctl.models import get_arch
+from ganctl.models import ARCHS, get_arch
 from ganctl.models.backbone import attached
 from ganctl.stored import stored_config, validate
 from ganctl.values import shown
@@ -46,7 +46,8 @@ def resolve_layers(given: dict[str, dict[str, Any]], gpus: int | None = None
     values = {**named, **model, **values}
     dataset = values.get("dataset", DEFAULTS["dataset"])
     values = normalise(values)
-    data = preset(dataset, values)
+    arch = ARCHS.get(str(values.get("arch", DEFAULTS["arch"])))
+    data = preset(dataset, values, arch.folder_resolution if arch is not None else 0)
     own_name, own = presets.arch_defaults({**data, **values}, _processes() if gpus is None else gpus)
     config = Config.from_dict({**data, **own, **values})
     validate(config)

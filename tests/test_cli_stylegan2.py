@@ -183,3 +183,19 @@ def test_networks_too_large_for_a_cpu_are_pointed_out():
     assert "lower --g-width and --d-width (32, say) and --z-dim and --w-dim" in note
     assert cpu_note(Config(arch="stylegan2", g_width=16, d_width=16, z_dim=16, channel_base=256)) is None
     assert cpu_note(Config()) is None  # the article's DCGAN
+
+
+def test_a_folder_of_photos_trains_at_their_size_with_stylegan2(workdir):
+    from helpers import image_folder
+
+    image_folder(workdir / "photos", 4, size=(256, 256))
+    sizes = {}
+    for arch in ("stylegan2", "dcgan"):
+        result = invoke("train", "--dataset", "photos", "--arch", arch, "--print-config", "--json")
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        sizes[arch] = (doc["config"]["resolution"], doc["sources"]["resolution"])
+    assert sizes == {"stylegan2": (256, "dataset photos"), "dcgan": (64, "dataset photos")}
+    doc = json.loads(invoke("train", "--dataset", "photos", "--arch", "stylegan2", "--print-config",
+                            "--json").stdout)
+    assert doc["config"]["batch_size"] == 16 and doc["config"]["r1"] == pytest.approx(0.8192)

@@ -303,11 +303,12 @@ def open_source(config: Config, download: bool = True) -> sources.Source:
         return spec.open(root, split, max_bytes)
 
 
-def _probe(source: sources.Source) -> tuple[int, int]:
+def _probe(source: sources.Source, largest: int) -> tuple[int, int]:
     """A folder's or zip's default (channels, resolution) from its first few readable images:
     3 channels unless every one is grayscale; the resolution their median shorter side rounds
-    up to as a power of two, from MIN_PROBED (32) to FOLDER_PRESET's 64 (32x32 images, such as a
-    bulk export of a 32x32 model, train at 32; 28x28 ones at 32; photos at 64)."""
+    up to as a power of two, from MIN_PROBED (32) to `largest` (FOLDER_PRESET's 64 for the
+    2015-2018 architectures: 32x32 images, such as a bulk export of a 32x32 model, train at 32;
+    28x28 ones at 32; photos at 64; stylegan2 takes photos at their size, up to 1024)."""
     gray, sides = True, list[int]()
     for i in range(len(source)):
         if len(sides) >= CHANNEL_PROBE:
@@ -322,20 +323,21 @@ def _probe(source: sources.Source) -> tuple[int, int]:
         return 3, FOLDER_PRESET["resolution"]
     side = sorted(sides)[len(sides) // 2]
     resolution = MIN_PROBED
-    while resolution < min(side, FOLDER_PRESET["resolution"]):
+    while resolution < min(side, largest):
         resolution *= 2
     return (1 if gray else 3), resolution
 
 
-def preset(name: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+def preset(name: str, values: dict[str, Any] | None = None, largest: int = 0) -> dict[str, Any]:
     """The defaults dataset `name` brings; for a folder or zip, channels and resolution come
-    from its images (_probe), unless given."""
+    from its images (_probe: at most `largest` px, by default FOLDER_PRESET's), unless given."""
     if not is_path(name):
         return dict(_spec(name).preset)
     values = values or {}
     out = dict(FOLDER_PRESET)
     if "channels" not in values or "resolution" not in values:
-        channels, resolution = _probe(_path_source(name, sources.DEFAULT_MAX_BYTES))
+        channels, resolution = _probe(_path_source(name, sources.DEFAULT_MAX_BYTES),
+                                      largest or FOLDER_PRESET["resolution"])
         out["channels"] = values.get("channels", channels)
         out["resolution"] = values.get("resolution", resolution)
     return out

@@ -29,6 +29,7 @@ class Architecture(ABC):
     resolutions: ClassVar[tuple[int, ...]]
     spectral_norm_default: ClassVar[bool] = False  # what spectral_norm "auto" means here
     mapping: ClassVar[bool] = False  # G has a mapping network (models.generator): w, w_avg, styles
+    folder_resolution: ClassVar[int] = 64  # the largest a folder's images default to
     # G(z_dim, resolution, channels, width, classes) and D(resolution, channels, width, classes)
     generator: ClassVar[type[nn.Module]]
     discriminator: ClassVar[type[nn.Module]]

@@ -47,6 +47,7 @@ class StyleGAN2(Architecture):
     discriminator = Discriminator
     resolutions = (32, 64, 128, 256, 512, 1024)
     mapping = True
+    folder_resolution = 1024  # a folder of photos trains at their size, as NVlabs' does
 
     def check(self, config: Config) -> None:
         super().check(config)
