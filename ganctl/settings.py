@@ -17,7 +17,7 @@ from ganctl.config import BATCH_AUTO, DEFAULTS, FIELD_NAMES, Config, Model, chec
 from ganctl.data import is_path, preset
 from ganctl.distributed import from_environment
 from ganctl.engine.guard import deadline_after, parse_duration
-from ganctl.errors import ConfigError
+from ganctl.errors import ConfigError, UsageError
 from ganctl.losses import augment
 from ganctl.models import ARCHS, get_arch
 from ganctl.models.backbone import attached
@@ -43,6 +43,11 @@ def resolve_layers(given: dict[str, dict[str, Any]], gpus: int | None = None
     if _other_named_dataset(named, values):  # the preset's image shape is its dataset's
         named = {k: v for k, v in named.items() if k not in PRESET_DATA_SHAPE}
     model = init_model(values["init_from"]) if values.get("init_from") else {}
+    trained_on = model.pop(IMPORTED_FROM, None)
+    if trained_on is not None and "dataset" not in values and "dataset" not in named:
+        raise UsageError(f"{values['init_from']} is an NVlabs network trained on {trained_on}, "
+                         "which ganctl does not have: give the images to fine-tune it on, "
+                         "--dataset DIR", "--dataset")
     values = {**named, **model, **values}
     dataset = values.get("dataset", DEFAULTS["dataset"])
     values = normalise(values)
@@ -78,7 +83,13 @@ def init_model(target: str) -> dict[str, Any]:
 
     header = convert.locate(target, lambda _: None, verify=False)
     stored = stored_config(header)
-    return {**{key: getattr(stored, key) for key in MODEL_KEYS}, **convert.finetune_settings(header)}
+    source = convert.imported(header)
+    trained_on = (source.get("dataset") or {}).get("path") if source is not None else None
+    return {**{key: getattr(stored, key) for key in MODEL_KEYS}, **convert.finetune_settings(header),
+            **({IMPORTED_FROM: str(trained_on or "their own data")} if source is not None else {})}
+
+
+IMPORTED_FROM = "(imported from)"  # init_model's mark of an NVlabs network: what it trained on
 
 
 PRESET_DATA_SHAPE = ("resolution", "channels")

@@ -180,7 +180,7 @@ def test_import_from_python_reports_what_was_set_aside(workdir):
         api.import_network(pkl, "cond.onnx")
     info = ok("inspect", doc["out"])  # a checkpoint without D: G and G_ema counted
     assert list(info["params"]) == ["G"] and info["imported"]["imported"] == ["G", "G_ema"]
-    assert_one_line_error(invoke("train", "--init-from", pkl, "--steps", "1"), 1,
+    assert_one_line_error(invoke("train", "--init-from", pkl, "--dataset", "shapes", "--steps", "1"), 1,
                           "--init-from cond.pkl: no D to fine-tune (D left out")
 
 
@@ -285,7 +285,8 @@ def test_nvlabs_seeds_are_checked(made, run):
 
 # --- fine-tuning from an imported network ----------------------------------------------------
 
-FAST = ["--steps", "2", "--batch-size", "4", "--no-compile", "--no-curves", "--log-every", "1"]
+FAST = ["--dataset", "shapes", "--steps", "2", "--batch-size", "4", "--no-compile", "--no-curves",
+        "--log-every", "1"]
 
 
 @pytest.mark.parametrize("source", ["made", pytest.param("stylegan2-tiny-32", marks=NO_SHARED)])
@@ -324,20 +325,21 @@ def test_fine_tuning_settings_and_a_folder_at_another_size(made):
     """The network's settings come from the file, the augmentation from the small-data preset
     (a flag overrides it); a folder of 48 px images trains at the network's 32 px; another
     resolution is refused with the fix."""
-    doc = ok("train", "--init-from", made[0], "--print-config")
+    doc = ok("train", "--init-from", made[0], "--dataset", "shapes", "--print-config")
     assert doc["config"]["augment"] == "diffaug"
     assert doc["sources"]["augment"] == doc["sources"]["resolution"] == "init-from net.pkl"
-    doc = ok("train", "--init-from", made[0], "--augment", "none", "--print-config")
+    doc = ok("train", "--init-from", made[0], "--dataset", "shapes", "--augment", "none",
+             "--print-config")
     assert (doc["config"]["augment"], doc["sources"]["augment"]) == ("", "flag")
     image_folder(Path("photos"), 8, size=(48, 48))
     result = invoke("train", "--init-from", made[0], "--dataset", "photos", "--steps", "1",
                     "--batch-size", "4", "--no-compile", "--no-curves", "--out", "ft")
     assert result.exit_code == 0, result.output
     assert json.loads(Path("ft/config.json").read_text())["resolution"] == 32
-    assert_one_line_error(invoke("train", "--init-from", made[0], "--resolution", "64",
-                                 "--steps", "1"), 1, "--init-from net.pkl was trained with "
-                          "resolution 32, this run has resolution 64; fine-tuning needs the same "
-                          "model")
+    result = invoke("train", "--init-from", made[0], "--dataset", "shapes", "--resolution", "64",
+                    "--steps", "1")
+    assert_one_line_error(result, 1, "--init-from net.pkl was trained with resolution 32, this "
+                          "run has resolution 64; fine-tuning needs the same model")
 
 
 # --- nothing in a file runs, whichever command reads it ----------------------------------------
@@ -367,3 +369,15 @@ def test_import_is_listed_and_documented():
     assert "Example: ganctl import ffhq.pkl ffhq.safetensors" in help_text
     assert "[default: (FILE.safetensors, beside FILE)]" in help_text
     assert unpickle.MAX_BYTES == 4 * 2**30
+
+
+def test_fine_tuning_an_nvlabs_network_needs_the_data_to_tune_it_on(made):
+    """Their network was trained on their images: without --dataset, ganctl's default (shapes)
+    would tune FFHQ on coloured circles, so it asks (the .pkl and its import alike)."""
+    ok("import", made[0], "net.safetensors")
+    for source in (made[0], "net.safetensors"):
+        result = invoke("train", "--init-from", source, "--steps", "1")
+        assert result.exit_code == 2 and "--dataset" in result.output, result.output
+        assert "is an NVlabs network trained on" in result.output
+        assert "give the images to fine-tune it on" in result.output
+    assert not Path("runs").exists()

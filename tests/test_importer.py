@@ -15,6 +15,7 @@ import copyreg
 import hashlib
 import os
 import pickle
+import re
 import struct
 import time
 from collections import OrderedDict
@@ -682,3 +683,49 @@ def test_nvlabs_latents_are_numpy_s_random_state():
 def test_augment_pipe_p_out_of_range_is_not_taken(made, tmp_path):
     data = {**made[2], "augment_pipe": augment_pipe(p=7.0)}
     assert read_snapshot(write(tmp_path / "p.pkl", data)).augment_p is None
+
+
+# --- found by a hostile review: crashes and memory bombs in small files ----------------------------
+
+@pytest.mark.parametrize("body, opcode", [
+    (b"}" + b")" + b"\x85" * 300_000 + b"K\x01s", "SETITEM"),  # a dict keyed by a deep tuple
+    (b"\x8f(" + b")" + b"\x85" * 300_000 + b"\x90", "ADDITEMS"),  # a set holding one
+    (b"(" + b")" + b"\x85" * 300_000 + b"K\x01d", "DICT"),
+    (b"(" + b")" + b"\x85" * 300_000 + b"\x91", "FROZENSET"),
+])
+def test_a_deep_key_is_refused_before_python_hashes_it(tmp_path, body, opcode):
+    """Python hashes a nested tuple recursively in C: 300,000 levels would overflow the C stack
+    (a segfault, no error), so a dict key or set item must be a plain value."""
+    path = tmp_path / "deep.pkl"
+    path.write_bytes(b"\x80\x04" + body + b".")
+    with pytest.raises(CheckpointError, match=f"a tuple as a dict key or set item \\({opcode}\\)"):
+        read(path)
+
+
+def test_one_storage_named_many_times_is_not_copied_many_times(tmp_path):
+    """A file naming one storage 300 times would take 300 copies of it (a few MB of file, GBs of copies)."""
+    cfg = config()
+    nets = networks(cfg)
+    storage = call("torch.storage", "_load_from_bytes", legacy_storage(torch.zeros(60_000)))
+    shared = {f"w{i}": call("torch._utils", "_rebuild_tensor_v2", storage, 0, (60_000,), (1,),
+                            False, OrderedDict()) for i in range(300)}
+    state = module_state(nets["G_ema"], g_kwargs(cfg))
+    state["_parameters"] = OrderedDict({**state["_parameters"], **shared})
+    path = write(tmp_path / "bomb.pkl", snapshot(cfg, nets, G=None,
+                                                 G_ema=persistent("Generator", state)))
+    assert path.stat().st_size < 10 * 2**20
+    with pytest.raises(CheckpointError, match="tensors claim more bytes than the file holds"):
+        read_snapshot(path)
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"c_dim": 2**31 - 1}, "G's c_dim is 2147483647, more classes than ganctl holds (100000)"),
+    ({7: 8}, "the file is damaged or not NVlabs'"),  # a key that is no name
+    ({"c_dim": torch.zeros(2)}, "the file is damaged or not NVlabs'"),
+])
+def test_absurd_init_arguments_are_one_line_refusals(tmp_path, change, says):
+    cfg = config()
+    nets = networks(cfg)
+    data = snapshot(cfg, nets, G=None, G_ema=as_persistent(nets["G_ema"], {**g_kwargs(cfg), **change}))
+    with pytest.raises(CheckpointError, match=re.escape(says)):
+        read_snapshot(write(tmp_path / "odd.pkl", data), weights=False)

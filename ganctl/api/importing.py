@@ -13,7 +13,7 @@ from ganctl.api.checks import Notes, PathLike, callback, ganctl_errors, path
 from ganctl.api.outputs import check_out
 from ganctl.checkpoint import SUFFIX
 from ganctl.errors import ConfigError, UsageError
-from ganctl.importers.convert import write_checkpoint
+from ganctl.importers.convert import check_replaceable, write_checkpoint
 from ganctl.importers.nvlabs import read_snapshot
 
 
@@ -37,6 +37,7 @@ def import_network(source: PathLike, out: PathLike | None = None, *,
     started = time.perf_counter()
     snapshot = read_snapshot(src)
     target.parent.mkdir(parents=True, exist_ok=True)  # (OUT's missing folders, as sample's)
+    check_replaceable(target)  # again: a file made at OUT while the source was read is kept
     config = write_checkpoint(snapshot, target)
     for note in snapshot.notes:
         if notes is not None:

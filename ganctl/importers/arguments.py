@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ganctl.config import MAX_CLASSES
 from ganctl.errors import CheckpointError
 
 ADA, SG3 = "stylegan2-ada-pytorch", "stylegan3"
@@ -66,11 +67,15 @@ def generator_settings(kwargs: Mapping[str, Any], name: str) -> tuple[dict[str, 
     if resolution < 4 or 2 ** round(math.log2(resolution)) != resolution:
         raise Unbuildable(f"its resolution {resolution} is no power of two")
     precision = {**PRECISION[base], **synthesis}
+    classes = _whole(top, "c_dim", 0, "G", name)
+    if classes > MAX_CLASSES:  # before anything is made per class (their names)
+        raise CheckpointError(f"{name}: G's c_dim is {classes}, more classes than ganctl holds "
+                              f"({MAX_CLASSES}); the file is damaged or not NVlabs'")
     return {
         "arch": "stylegan2", "resolution": resolution,
         "channels": _whole(top, "img_channels", None, "G", name),
         "z_dim": _whole(top, "z_dim", None, "G", name), "w_dim": w_dim,
-        "c_dim": _whole(top, "c_dim", 0, "G", name), "conditional": bool(top.get("c_dim")),
+        "c_dim": classes, "conditional": bool(classes),
         "mapping_layers": _whole(mapping, "num_layers", 8, "G's mapping", name),
         "channel_base": _whole(synthesis, "channel_base", 32768, "G", name),
         "g_width": _whole(synthesis, "channel_max", 512, "G", name),
@@ -122,8 +127,9 @@ def discriminator_settings(kwargs: Mapping[str, Any], g: dict[str, Any], base: s
 def _class_mapping(d: dict[str, Any], g: dict[str, Any], width: int, name: str) -> None:
     """A conditional D's class mapping: NVlabs' default, which ganctl builds."""
     cmap = min(g["channel_base"] // 4, width)
-    if d.get("cmap_dim") not in (None, cmap):
-        raise Unbuildable(f"D's cmap_dim is {d['cmap_dim']}, not {cmap}; ganctl builds {cmap}")
+    theirs = d.get("cmap_dim")
+    if theirs is not None and not (type(theirs) is int and theirs == cmap):
+        raise Unbuildable(f"D's cmap_dim is {_text(theirs)}, not {cmap}; ganctl builds {cmap}")
     mapping = _part(d.get("mapping_kwargs", {}), "D's mapping_kwargs", name)
     layers = mapping.get("num_layers", D_MAPPING_LAYERS)
     if layers != D_MAPPING_LAYERS or any(mapping.get(k) not in (None, cmap)

@@ -51,6 +51,15 @@ def read_snapshot(path: Path, weights: bool = True) -> Snapshot:
     or one ganctl cannot build). weights=False: the tensors are on the meta device (shapes
     alone, no memory)."""
     data, sha256 = read(path, weights)
+    try:
+        return _snapshot(path, data, sha256, weights)
+    except (TypeError, ValueError, AttributeError, RuntimeError, RecursionError, KeyError,
+            IndexError) as e:  # values of a type no NVlabs file holds where settings should be
+        raise CheckpointError(f"{path.name} holds values no NVlabs network file does "
+                              f"({type(e).__name__}); the file is damaged or not NVlabs'") from None
+
+
+def _snapshot(path: Path, data: Any, sha256: str, weights: bool) -> Snapshot:
     name = path.name
     if not isinstance(data, dict) or not isinstance(data.get("G_ema"), Persistent):
         raise CheckpointError(f"{name} is a pickle but no NVlabs network snapshot (a dict with "
@@ -78,7 +87,10 @@ def read_snapshot(path: Path, weights: bool = True) -> Snapshot:
     if "G" not in nets:
         snapshot.notes.append("the file holds no G: G is G_ema")
     sources = {"G": nets.get("G", nets["G_ema"]), "D": nets.get("D"), "G_ema": nets["G_ema"]}
-    snapshot.networks = {k: tensors(net, name) for k, net in sources.items() if net is not None}
+    # bytes the copies may take: twice the file (G_ema stands for a missing G), never more
+    budget = [2 * path.stat().st_size]
+    snapshot.networks = {k: tensors(net, name, budget=budget) for k, net in sources.items()
+                         if net is not None}
     return snapshot
 
 
@@ -107,9 +119,12 @@ def _check_tree(net: Persistent, key: str, name: str) -> None:
                               f"StyleGAN2 {expected}")
 
 
-def tensors(net: Persistent, name: str, prefix: str = "") -> dict[str, torch.Tensor]:
+def tensors(net: Persistent, name: str, prefix: str = "", budget: list[int] | None = None
+            ) -> dict[str, torch.Tensor]:
     """The network's parameters and persistent buffers by their state-dict names, each its own
-    copy (a file can make two share one storage); on the meta device as they were read."""
+    copy (a file can make two share one storage); on the meta device as they were read. The
+    copies may take `budget[0]` bytes in all (the file's size: a file naming one storage a
+    thousand times must not make a thousand copies of it)."""
     state = net.state
     out: dict[str, torch.Tensor] = {}
     skip = state.get("_non_persistent_buffers_set") or ()
@@ -124,12 +139,18 @@ def tensors(net: Persistent, name: str, prefix: str = "") -> dict[str, torch.Ten
             if not (isinstance(key, str) and key.isidentifier() and isinstance(value, torch.Tensor)):
                 raise CheckpointError(f"{name}: {prefix}{str(key)[:40]} is no named tensor; the file "
                                       "is damaged")
+            if not value.is_meta and budget is not None:
+                budget[0] -= value.numel() * value.element_size()
+                if budget[0] < 0:
+                    raise CheckpointError(f"{name}: its tensors claim more bytes than the file "
+                                          "holds (names sharing one storage); the file is "
+                                          "damaged or hostile")
             out[prefix + key] = value if value.is_meta else value.detach().clone()
     for key, child in net.children().items():
         if not (isinstance(key, str) and key.isidentifier()):
             raise CheckpointError(f"{name}: a module of {prefix or 'the network'} is named "
                                   f"{str(key)[:40]!r}; the file is damaged")
-        out.update(tensors(child, name, f"{prefix}{key}."))
+        out.update(tensors(child, name, f"{prefix}{key}.", budget))
     return out
 
 

@@ -131,16 +131,18 @@ def _walk(ops: Iterator[tuple[str, Any]], found: list[tuple[str, str]], check: C
     memo: dict[int, Any] = {}
     top: list[Any] = []  # the values pushed, as far as naming a global needs them
     for op, arg in ops:
+        if len(top) > 2:  # only the last two are ever read: the scan's memory stays flat
+            del top[:-2]
         if op not in allowed_ops:
             raise Refused(f"pickle opcode {op}, which no NVlabs network file needs")
         if op in STRINGS:
             top.append(arg)
         elif op in ("BINGET", "LONG_BINGET", "GET"):
             top.append(memo.get(int(arg)))
-        elif op == "MEMOIZE":
-            memo[len(memo)] = top[-1] if top else None
+        elif op == "MEMOIZE":  # (only strings matter: a global's names)
+            memo[len(memo)] = top[-1] if top and isinstance(top[-1], str) else None
         elif op in ("BINPUT", "LONG_BINPUT", "PUT"):
-            memo[int(arg)] = top[-1] if top else None
+            memo[int(arg)] = top[-1] if top and isinstance(top[-1], str) else None
         elif op == "GLOBAL":
             module, _, name = str(arg).partition(" ")
             check(module, name)

@@ -258,17 +258,46 @@ def _refuse(opcode: str) -> Callable[[Any], None]:
     return refuse
 
 
+KEY_TYPES = (str, int, float, bool, bytes, type(None))  # what a dict key or set item may be
+
+
+def _plain_keys(self: Any, opcode: str) -> None:
+    """The keys (or set items) an opcode is about to hash must be plain values: a key nested a
+    hundred thousand tuples deep overflows the C stack as Python hashes it (a crash, no error)."""
+    if opcode == "SETITEM":
+        keys = [self.stack[-2]]
+    elif opcode in ("SETITEMS", "DICT"):
+        keys = self.stack[0::2]
+    else:  # ADDITEMS, FROZENSET: every item
+        keys = self.stack
+    for key in keys:
+        if not isinstance(key, KEY_TYPES):
+            raise Refused(f"a {type(key).__name__} as a dict key or set item ({opcode})")
+
+
 def _only_into(kind: type, opcode: str, depth: int) -> Callable[[Any], None]:
     """The opcode's own loading, once its target (`depth` below the top of the stack; 0: the
-    object under the MARK) is a `kind`."""
+    object under the MARK) is a `kind` and what it hashes is plain (_plain_keys)."""
     load: Callable[[Any], None] = pickle._Unpickler.dispatch[getattr(pickle, opcode)[0]]
 
     def into(self: _Reader) -> None:
         target = self.stack[-1 - depth] if depth else self.metastack[-1][-1]
         if not isinstance(target, kind):
             raise Refused(f"{opcode} into a {type(target).__name__}")
+        if kind is not list:
+            _plain_keys(self, opcode)
         load(self)
     return into
+
+
+def _hashing(opcode: str) -> Callable[[Any], None]:
+    """DICT and FROZENSET, once what they hash is plain."""
+    load: Callable[[Any], None] = pickle._Unpickler.dispatch[getattr(pickle, opcode)[0]]
+
+    def checked(self: _Reader) -> None:
+        _plain_keys(self, opcode)
+        load(self)
+    return checked
 
 
 for _op in ("INST", "OBJ", "PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "NEXT_BUFFER",
@@ -277,6 +306,8 @@ for _op in ("INST", "OBJ", "PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "NEXT_
 for _op, _kind, _depth in (("APPEND", list, 1), ("APPENDS", list, 0), ("SETITEM", dict, 2),
                            ("SETITEMS", dict, 0), ("ADDITEMS", set, 0)):
     _Reader.dispatch[getattr(pickle, _op)[0]] = _only_into(_kind, _op, _depth)
+for _op in ("DICT", "FROZENSET"):
+    _Reader.dispatch[getattr(pickle, _op)[0]] = _hashing(_op)
 _Reader.dispatch[pickle.REDUCE[0]] = _Reader.load_only_allowed
 _Reader.dispatch[pickle.NEWOBJ[0]] = _Reader.load_easydict
 _Reader.dispatch[pickle.BUILD[0]] = _Reader.load_dtype_state
