@@ -41,9 +41,8 @@ def init_weights(header: checkpoint.Header, config: Config) -> Restore:
         if len(source.classes) != len(state.config.classes) and source.conditional:
             raise ConfigError(f"--init-from {header.path} is conditional on {len(source.classes)} "
                               f"classes, dataset {state.config.dataset!r} has "
-                              f"{len(state.config.classes)}; fine-tune a conditional model on "
-                              "data with as many classes, or use --no-conditional from an "
-                              "unconditional run")
+                              f"{len(state.config.classes)}; a conditional network fine-tunes "
+                              f"on data with {len(source.classes)} classes (class folders)")
         if state.config.conditional:  # now that the data's classes shape it
             _same_structure(header, state.config)
         tensors = checkpoint.load_tensors(header, ("G.", "D.", "G_ema."))

@@ -40,8 +40,9 @@ def _date(value: Any) -> str:
 @app.command()
 def inspect(
     target: Annotated[str | None, typer.Argument(
-        metavar="CKPT|RUN_DIR", help="Checkpoint or run directory (default: the newest "
-        "checkpoint under ./runs).", show_default=False)] = None,
+        metavar="CKPT|RUN_DIR|PKL", help="Checkpoint or run directory, or an NVlabs network "
+        ".pkl (read without building its weights; default: the newest checkpoint under ./runs).",
+        show_default=False)] = None,
     verify: Annotated[bool, typer.Option(
         "--verify/--no-verify", help="Check the data against its checksum (--no-verify reads the "
         "header alone).")] = True,
@@ -139,8 +140,9 @@ def _network_rows(info: dict[str, Any]) -> list[tuple[str, Any]]:
 @app.command("eval")
 def eval_(
     target: Annotated[str | None, typer.Argument(
-        metavar="CKPT|RUN_DIR", help="Checkpoint or run directory, or latest / best (default: "
-        "the newest checkpoint under ./runs).", show_default=False)] = None,
+        metavar="CKPT|RUN_DIR|PKL", help="Checkpoint or run directory, latest / best, or an "
+        "NVlabs network .pkl (then --dataset is needed; default: the newest checkpoint under "
+        "./runs).", show_default=False)] = None,
     metrics: Annotated[str, typer.Option(help=f"{registry.names_help()}, comma-separated.")] = "fid,kid",
     num: Annotated[int, typer.Option("--num", min=2, max=10_000_000, help="Fakes to score (G_ema, "
                                      "latent seeds 0..N-1); 50000 is NVlabs' fid50k_full.")] = 50000,

@@ -332,9 +332,10 @@ def _interpolate(ckpt: str | None, seeds: Sequence[int], out: Path, motion: dict
 @app.command()
 def export(
     paths: Annotated[list[str], typer.Argument(
-        metavar="[CKPT|RUN_DIR] OUT", help="The checkpoint, run directory, latest or best (default: "
-        "the newest checkpoint under ./runs), then the file to write (.pt for torchscript, .onnx "
-        "for onnx, by convention).", show_default=False)],
+        metavar="[CKPT|RUN_DIR|PKL] OUT", help="The checkpoint, run directory, latest, best or an "
+        "NVlabs network .pkl (default: the newest checkpoint under ./runs), then the file to "
+        "write (.pt for torchscript, .onnx for onnx, by convention). A StyleGAN2 is written at "
+        "truncation 1 with its fixed noise, the mapping network inside.", show_default=False)],
     fmt: Annotated[str | None, typer.Option("--format", help="torchscript or onnx (needs: pip "
                                             "install onnx onnxruntime).",
                                             show_default="from OUT: .onnx is onnx, else torchscript")] = None,
