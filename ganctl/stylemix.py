@@ -15,7 +15,14 @@ import torch
 from ganctl.errors import ConfigError, UsageError
 from ganctl.imagefiles import write_image_file
 from ganctl.models.generator import has_mapping, ws
-from ganctl.sample import GENERATE_BATCH, LoadedGenerator, labels_for_seeds, latents_from_seeds, synthesize
+from ganctl.sample import (
+    GENERATE_BATCH,
+    LoadedGenerator,
+    check_file_size,
+    labels_for_seeds,
+    latents_from_seeds,
+    synthesize,
+)
 from ganctl.seeds import compact_seeds, parse_seeds
 
 DEFAULT_STYLES = "0-6"  # NVlabs' default: the coarse layers
@@ -54,6 +61,8 @@ def style_mix(loaded: LoadedGenerator, rows: Sequence[int], cols: Sequence[int],
                           "a stylegan2 model)")
     check_sides(rows, cols)
     layers = parse_styles(styles, int(G.num_ws))  # type: ignore[arg-type]
+    # the figure fits one file (its pixels, the format's longest side) before any is drawn
+    check_file_size(config, out, (len(rows) + 1) * (len(cols) + 1), None, len(cols) + 1, scale)
     seeds = [*rows, *cols]
     z = latents_from_seeds(seeds, config.z_dim, nvlabs=loaded.nvlabs_seeds).to(device)
     c = labels_for_seeds(seeds, config)

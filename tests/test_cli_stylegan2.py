@@ -199,3 +199,13 @@ def test_a_folder_of_photos_trains_at_their_size_with_stylegan2(workdir):
     doc = json.loads(invoke("train", "--dataset", "photos", "--arch", "stylegan2", "--print-config",
                             "--json").stdout)
     assert doc["config"]["batch_size"] == 16 and doc["config"]["r1"] == pytest.approx(0.8192)
+
+
+def test_a_figure_too_big_for_one_file_is_refused_before_drawing(sg2):
+    result = invoke("sample", "--style-mix", "0-63", "100-163", "m.png", "--ckpt", sg2,
+                    "--scale", "64")
+    assert_one_line_error(result, 1, "GB of pixels, more than one file holds")
+    assert not Path("m.png").exists()
+    result = invoke("sample", "--style-mix", "0-63", "100-163", "m.webp", "--ckpt", sg2,
+                    "--scale", "8")
+    assert_one_line_error(result, 1, "m.webp:")
