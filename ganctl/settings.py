@@ -43,6 +43,8 @@ def resolve_layers(given: dict[str, dict[str, Any]], gpus: int | None = None
     if _other_named_dataset(named, values):  # the preset's image shape is its dataset's
         named = {k: v for k, v in named.items() if k not in PRESET_DATA_SHAPE}
     model = init_model(values["init_from"]) if values.get("init_from") else {}
+    if model:  # G_ema is the network tuned from: no ramp-up that would replace it with G at once
+        model["ema_rampup"] = 0.0
     trained_on = model.pop(IMPORTED_FROM, None)
     if trained_on is not None and "dataset" not in values and "dataset" not in named:
         raise UsageError(f"{values['init_from']} is an NVlabs network trained on {trained_on}, "

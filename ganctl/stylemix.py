@@ -62,7 +62,11 @@ def style_mix(loaded: LoadedGenerator, rows: Sequence[int], cols: Sequence[int],
     check_sides(rows, cols)
     layers = parse_styles(styles, int(G.num_ws))  # type: ignore[arg-type]
     # the figure fits one file (its pixels, the format's longest side) before any is drawn
-    check_file_size(config, out, (len(rows) + 1) * (len(cols) + 1), None, len(cols) + 1, scale)
+    try:
+        check_file_size(config, out, (len(rows) + 1) * (len(cols) + 1), None, len(cols) + 1, scale)
+    except ConfigError as e:
+        raise ConfigError(f"{str(e).split(';')[0]}: give fewer row or column seeds, or a lower "
+                          "--scale (.png has no longest side)") from None
     seeds = [*rows, *cols]
     z = latents_from_seeds(seeds, config.z_dim, nvlabs=loaded.nvlabs_seeds).to(device)
     c = labels_for_seeds(seeds, config)

@@ -204,8 +204,19 @@ def test_a_folder_of_photos_trains_at_their_size_with_stylegan2(workdir):
 def test_a_figure_too_big_for_one_file_is_refused_before_drawing(sg2):
     result = invoke("sample", "--style-mix", "0-63", "100-163", "m.png", "--ckpt", sg2,
                     "--scale", "64")
-    assert_one_line_error(result, 1, "GB of pixels, more than one file holds")
+    assert_one_line_error(result, 1, "GB of pixels, more than one file holds", "give fewer row or "
+                          "column seeds, or a lower --scale")
     assert not Path("m.png").exists()
     result = invoke("sample", "--style-mix", "0-63", "100-163", "m.webp", "--ckpt", sg2,
                     "--scale", "8")
     assert_one_line_error(result, 1, "m.webp:")
+
+
+def test_init_from_keeps_the_g_ema_it_starts_from(sg2):
+    """No EMA ramp-up when fine-tuning: at step 1 it would make G_ema a copy of G, dropping the
+    network tuned from (NVlabs turn ramp-up off when they resume from a network, too)."""
+    doc = json.loads(invoke("train", "--init-from", sg2, "--print-config", "--json").stdout)
+    assert doc["config"]["ema_rampup"] == 0.0 and doc["sources"]["ema_rampup"].startswith("init-from")
+    doc = json.loads(invoke("train", "--init-from", sg2, "--ema-rampup", "0.05", "--print-config",
+                            "--json").stdout)
+    assert doc["config"]["ema_rampup"] == 0.05  # a flag still says otherwise

@@ -57,7 +57,8 @@ class StyleGAN2(Architecture):
                               f"give at least {config.resolution} (NVlabs use 16384 or 32768)")
         if config.spectral_norm == "on":
             raise ConfigError("stylegan2 does not use spectral normalisation (its D is regularised "
-                              "by R1: --r1); leave --spectral-norm out")
+                              "by R1: --r1); give --no-spectral-norm (a preset may have turned "
+                              "it on)")
 
     def build_generator(self, config: Config) -> nn.Module:
         self.check(config)
