@@ -613,3 +613,22 @@ def test_init_from_a_stylegan2_checkpoint(workdir, monkeypatch):
     stored = read_json(workdir / "ft" / "config.json")
     assert (stored["arch"], stored["channel_base"], stored["g_width"], stored["w_dim"],
             stored["mapping_layers"]) == ("stylegan2", 256, 8, 8, 2)  # the checkpoint's model
+
+
+def test_the_path_length_mean_is_averaged_over_the_processes():
+    """Each process measures path lengths on its share of the batch; after a Greg phase the
+    step averages their running means, so every process holds the checkpoint's value and a
+    several-process run resumes exactly (one process: unchanged, bit for bit)."""
+    from ganctl.losses import make_loss
+
+    loss = make_loss(Config(arch="stylegan2"))
+    loss.pl_mean = torch.tensor(0.3)
+    loss.share(lambda tensors: None)  # one process: the sum is itself
+    assert torch.equal(loss.pl_mean, torch.tensor(0.3))
+    other = torch.tensor([0.5, 1.0])  # another process's mean, and its count
+
+    def two(tensors):
+        tensors[0].add_(other)
+
+    loss.share(two)
+    assert torch.isclose(loss.pl_mean, torch.tensor(0.4))

@@ -59,6 +59,8 @@ def train_step(state: TrainState, phases: list[Phase]) -> Stats:
                 totals[name] = totals[name] + value if name in totals else value
                 runs[name] = runs.get(name, 0) + 1
     state.step = n
+    if any(phase.name == "Greg" for phase in due):
+        state.loss.share(state.total)  # the path lengths' mean, the same in every process
     lerp_ema(state.G_ema, state.G, ema_decay(state.config, n))
     augment = state.loss.augment
     if augment is not None and augment.interval and n % augment.interval == 0:

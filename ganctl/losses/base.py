@@ -284,6 +284,14 @@ class Loss(ABC):
         inputs.backward(penalty * phase.interval)
         return {"loss_Gpl": penalty.detach(), "pl_mean": mean.detach()}
 
+    def share(self, total: Callable[[list[torch.Tensor]], None]) -> None:
+        """After a path-length phase: the lengths' running mean averaged over the processes
+        (`total` sums over them in place; each measured its own share of the batch), so every
+        process holds the value the checkpoint keeps and a resumed run goes on exactly."""
+        pair = torch.stack([self.pl_mean, torch.ones_like(self.pl_mean)])
+        total([pair])
+        self.pl_mean = pair[0] / pair[1]
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Training state the loss keeps between steps, for checkpoints: its augmentation's
         (none for DiffAugment) and, with path-length regularisation, the lengths' mean."""
