@@ -99,10 +99,20 @@ def forward_mapped(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None = None,
     w_avg followed, the styles from `cut` on taken from mix_z's w, then synthesis (with
     `noise`, a (B, G.noise_size) tensor, where G takes noise). One call, so that a compiled G
     compiles all of it."""
+    return _synthesis(G, _training_ws(G, z, c, mix_z, cut), noise)
+
+
+def _training_ws(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None,
+                 mix_z: torch.Tensor | None, cut: torch.Tensor | None) -> torch.Tensor:
+    """Training's w of z: w_avg followed, the styles from `cut` on taken from mix_z's w."""
     w = G.mapping(z, c)  # type: ignore[operator]
     follow_w_avg(G, w)
     if mix_z is not None and cut is not None:
         w = mixed(w, G.mapping(mix_z, c), cut)  # type: ignore[operator]
+    return w
+
+
+def _synthesis(G: nn.Module, w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
     return G.synthesis(w) if noise is None else G.synthesis(w, noise=noise)  # type: ignore[operator]
 
 
@@ -123,11 +133,8 @@ def run_G(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None = None, *, mix: 
              if size else None)
     if not want_ws:
         return G(z, c, mix_z, cut, noise), None
-    w = G.mapping(z, c)  # type: ignore[operator]
-    follow_w_avg(G, w)
-    if mix_z is not None and cut is not None:
-        w = mixed(w, G.mapping(mix_z, c), cut)  # type: ignore[operator]
-    return (G.synthesis(w) if noise is None else G.synthesis(w, noise=noise)), w  # type: ignore[operator]
+    w = _training_ws(G, z, c, mix_z, cut)
+    return _synthesis(G, w, noise), w
 
 
 def _mixing(G: nn.Module, z: torch.Tensor, mix: float, generator: torch.Generator | None
