@@ -32,6 +32,7 @@ from ganctl.device import resolve_device
 from ganctl.errors import ConfigError, UsageError
 from ganctl.imagefiles import IMAGE_FORMATS
 from ganctl.interpolate import MAX_SCALE  # (a grid's upscaling, as a walk's)
+from ganctl.models.generator import current_noise_mode
 from ganctl.sample import (
     GENERATE_BATCH,
     LoadedGenerator,
@@ -59,8 +60,7 @@ def _open(target: PathLike | None, device: object, ema: bool, notes: Notes | Non
     dev = resolve_device(device_name(device))  # (a device missing is said before the choice)
     _say_chosen(target, header, notes)
     loaded = load_generator(header, dev, ema, noise_mode, nvlabs_seeds)
-    if noise_mode != "const" and notes is not None and not hasattr(
-            getattr(loaded.G, "synthesis", None), "noise_mode"):
+    if noise_mode != "const" and notes is not None and current_noise_mode(loaded.G) is None:
         notes(f"--noise-mode is a StyleGAN2's per-pixel noise; {loaded.config.arch}'s G takes "
               "none, so it does nothing")
     return loaded, dev

@@ -22,7 +22,7 @@ from ganctl.device import resolve_device
 from ganctl.errors import ConfigError
 from ganctl.imagefiles import GRID_PADDING, GridShape, make_grid, to_pil
 from ganctl.models.base import num_classes
-from ganctl.models.generator import set_noise_mode
+from ganctl.models.generator import current_noise_mode, set_noise_mode
 from ganctl.sample import (
     GENERATE_BATCH,
     LoadedGenerator,
@@ -66,7 +66,7 @@ class Generator:
     @property
     def noise_mode(self) -> str | None:
         """A StyleGAN2's per-pixel noise (const, random, none); None for a G without noise."""
-        return getattr(getattr(self.G, "synthesis", None), "noise_mode", None)
+        return current_noise_mode(self.G)
 
     @noise_mode.setter
     def noise_mode(self, mode: str) -> None:

@@ -15,6 +15,7 @@ import torch
 from ganctl import __version__
 from ganctl.errors import ConfigError
 from ganctl.fsutil import atomic_write, read_regular, sha256_file
+from ganctl.models.generator import current_noise_mode
 from ganctl.sample import LoadedGenerator
 from ganctl.seeds import MAX_SEED, SEED_PART
 
@@ -42,7 +43,7 @@ def manifest_for(loaded: LoadedGenerator, fmt: str, truncation: float | None, fi
             "truncation": None if truncation is None else float(truncation),
             "latents": "nvlabs" if loaded.nvlabs_seeds else None,  # None: ganctl's
             # a StyleGAN2's per-pixel noise (None: a generator without): const keeps a seed's image
-            "noise_mode": getattr(getattr(loaded.G, "synthesis", None), "noise_mode", None),
+            "noise_mode": current_noise_mode(loaded.G),
             "class_index": fixed, "format": fmt, "quality": quality if fmt in LOSSY else None,
             "shard_size": max(1, min(MAX_SHARD, SHARD_BYTES // image_bytes)) if fmt == "npz" else 0}
 

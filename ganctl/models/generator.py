@@ -38,11 +38,15 @@ def set_noise_mode(G: nn.Module, mode: str) -> None:
         synthesis.noise_mode = mode
 
 
+def current_noise_mode(G: nn.Module) -> str | None:
+    """The noise mode of a generator that takes per-pixel noise; None for one that takes none."""
+    return getattr(getattr(G, "synthesis", None), "noise_mode", None)
+
+
 @contextmanager
 def noise_mode(G: nn.Module, mode: str) -> Iterator[None]:
     """G with noise mode `mode` for the duration, then its own again."""
-    synthesis = getattr(G, "synthesis", None)
-    before = getattr(synthesis, "noise_mode", None)
+    before = current_noise_mode(G)
     set_noise_mode(G, mode)
     try:
         yield
