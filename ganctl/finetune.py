@@ -15,6 +15,7 @@ from ganctl import checkpoint
 from ganctl.config import Config
 from ganctl.engine.state import TrainState
 from ganctl.errors import CheckpointError, ConfigError
+from ganctl.importers.convert import imported
 from ganctl.models import get_arch
 from ganctl.settings import MODEL_KEYS
 from ganctl.stored import check_models, stored_config
@@ -45,11 +46,28 @@ def init_weights(header: checkpoint.Header, config: Config) -> Restore:
                               f"on data with {len(source.classes)} classes (class folders)")
         if state.config.conditional:  # now that the data's classes shape it
             _same_structure(header, state.config)
-        tensors = checkpoint.load_tensors(header, ("G.", "D.", "G_ema."))
+        tensors = checkpoint.load_tensors(header, ("G.", "D.", "G_ema.", AUGMENT))
         header.close()  # the file is not read again: no descriptor held for the whole run
         for name in ("G", "D", "G_ema"):
             checkpoint.load_module(getattr(state, name), tensors, name)
+        if state.loss.augment is not None:  # an adaptive p goes on from the source's
+            state.loss.augment.continue_from(_augment_state(header, tensors))
     return initialise
+
+
+AUGMENT = "loss.augment."  # the prefix of a checkpoint's augmentation state
+
+
+def _augment_state(header: checkpoint.Header, tensors: dict[str, torch.Tensor]
+                   ) -> dict[str, torch.Tensor]:
+    """The source's augmentation state by buffer name: a run's, or the p an imported NVlabs
+    network was saved with."""
+    state = {k[len(AUGMENT):]: v for k, v in tensors.items() if k.startswith(AUGMENT)}
+    source = imported(header)
+    p = None if source is None else source.get("augment_p")
+    if not state and isinstance(p, int | float) and not isinstance(p, bool):
+        state["p"] = torch.tensor(float(p))
+    return state
 
 
 def _same_structure(header: checkpoint.Header, config: Config) -> None:

@@ -34,7 +34,20 @@ def describe_checkpoint(header: checkpoint.Header) -> dict[str, Any]:
         "eval": header.eval,
         "best": _best(path),
         "imported": source,
+        "augment_p": _augment_p(header, source),
     }
+
+
+AUGMENT_P = "loss.augment.p"  # an adaptive augmentation's probability in a run's checkpoint
+
+
+def _augment_p(header: checkpoint.Header, source: dict[str, Any] | None) -> float | None:
+    """The adaptive augmentation's p the checkpoint holds (one number read from the file), or
+    the one an imported NVlabs network was saved with; None without one."""
+    if AUGMENT_P in header.tensors and header.tensors[AUGMENT_P].get("shape") == []:
+        return float(checkpoint.load_tensors(header, (AUGMENT_P,))[AUGMENT_P])
+    p = None if source is None else source.get("augment_p")
+    return float(p) if isinstance(p, int | float) and not isinstance(p, bool) else None
 
 
 MAX_PROCESS_DIGITS = 9  # a process count of more digits is no run's (and int() refuses 4,300)

@@ -39,7 +39,8 @@ WIDE = 1e3  # max|v| / median|v| beyond which a panel's y axis is logarithmic (a
 NOT_CURVES = ("step", "time")  # numbers of a record that are not drawn against step
 # title, the step records' keys ("loss_" stands for every loss a run reports); then the panels of
 # the scores of evaluations, the metric registry's (ganctl.metrics.panels)
-PANELS = (("losses", ("loss_",)), ("D outputs", ("D_real", "D_fake")), ("images/s", ("img_per_s",)))
+PANELS = (("losses", ("loss_",)), ("D outputs", ("D_real", "D_fake")),
+          ("augmentation", ("augment_p", "augment_rt")), ("images/s", ("img_per_s",)))
 
 
 @dataclass

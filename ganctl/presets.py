@@ -52,9 +52,9 @@ PRESETS: dict[str, Preset] = {
          "z_dim": 100, "g_width": 64, "d_width": 64, "batch_size": 64, "lr_g": 2e-4,
          "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999}),
     "small-data": Preset(
-        "a few thousand images of your own (--dataset FOLDER): DiffAugment and R1 keep D from "
-        "memorising them",
-        {"arch": "resnet", "loss": "hinge", "spectral_norm": "on", "augment": "diffaug",
+        "a few thousand images of your own (--dataset FOLDER): adaptive augmentation (ADA) and R1 "
+        "keep D from memorising them",
+        {"arch": "resnet", "loss": "hinge", "spectral_norm": "on", "augment": "ada",
          "r1": 1.0, "r1_every": 16, "z_dim": 128, "g_width": 32, "d_width": 64,
          "batch_size": 32, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.0, "beta2": 0.99}),
 }

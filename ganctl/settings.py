@@ -12,13 +12,12 @@ from typing import Any
 
 import torch
 
-from ganctl import presets
+from ganctl import augment, presets
 from ganctl.config import BATCH_AUTO, DEFAULTS, FIELD_NAMES, Config, Model, check_types
 from ganctl.data import is_path, preset
 from ganctl.distributed import from_environment
 from ganctl.engine.guard import deadline_after, parse_duration
 from ganctl.errors import ConfigError, UsageError
-from ganctl.losses import augment
 from ganctl.models import ARCHS, get_arch
 from ganctl.models.backbone import attached
 from ganctl.stored import stored_config, validate

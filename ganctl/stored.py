@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganctl import checkpoint
+from ganctl import augment, checkpoint
 from ganctl.config import BATCH_AUTO, Config
 from ganctl.errors import CheckpointError, ConfigError
-from ganctl.losses import augment, get_loss
+from ganctl.losses import get_loss
 from ganctl.metrics import parse_metrics
 from ganctl.models import build_generator, build_models, check_config
 

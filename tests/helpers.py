@@ -29,12 +29,12 @@ from torch import nn
 from typer.testing import CliRunner
 
 from ganctl import checkpoint, rundir
+from ganctl.augment import Augmentation
 from ganctl.cli import app
 from ganctl.config import Config
 from ganctl.data import shapes
 from ganctl.engine import loop
 from ganctl.engine.state import init_state
-from ganctl.losses.augment import Augmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = Path(__file__).resolve().parent / "launch.py"  # ganctl with faults injected, as a process

@@ -1,4 +1,4 @@
-"""Augmentations (ganctl/losses/augment.py): DiffAugment's policies, and a toy adaptive
+"""Augmentations (ganctl/augment/): DiffAugment's policies, and a toy adaptive
 augmentation, built through the public interface, that trains, checkpoints its state and resumes
 exactly."""
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 from helpers import TINY, ToyAdaptive, assert_same_tensors, final_tensors, invoke, seen
 
+from ganctl import augment
+from ganctl.augment import diffaug
+from ganctl.augment.diffaug import DiffAugment
 from ganctl.config import Config
 from ganctl.errors import ConfigError
-from ganctl.losses import augment
-from ganctl.losses.augment import DiffAugment
 from ganctl.models import build_models
 
 
@@ -86,14 +87,14 @@ def test_diffaugment_is_differentiable_and_keeps_the_shape():
     assert y.shape == x.shape and not torch.equal(x, y)
     y.square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
-    assert augment.parse("diffaug:color") == ["color"] and augment.make("") is None
+    assert diffaug.parse("diffaug:color") == ["color"] and augment.make("") is None
     with pytest.raises(Exception, match="unknown policy 'flip'"):
-        augment.parse("diffaug:flip")
-    assert augment.parse("none") == augment.parse("off") == augment.parse("") == []
-    assert augment.parse("diffaug") == list(augment.POLICIES)
+        diffaug.parse("diffaug:flip")
+    assert diffaug.parse("none") == diffaug.parse("off") == diffaug.parse("") == []
+    assert diffaug.parse("diffaug") == list(diffaug.POLICIES)
     for spec, message in (("diffaug:", "an empty policy"), ("diffaug:,", "an empty policy"),
                           ("diffaug:color,,cutout", "an empty policy"),
                           ("diffaug:cutout,cutout", "names a policy twice"),
                           ("flip", "the augmentation is diffaug")):
         with pytest.raises(ConfigError, match=message):
-            augment.parse(spec)
+            diffaug.parse(spec)

@@ -34,12 +34,14 @@ def aot_eager(monkeypatch):
 
 @pytest.mark.parametrize("arch,extra", [
     ("resnet", ["--loss", "hinge", "--conditional", "--augment", "diffaug"]),  # SN, 2 D calls
-    ("dcgan", ["--loss", "rpgan", "--r1", "1", "--r2", "1", "--r1-every", "2"]),  # double backward
+    # double backward, through adaptive augmentation too
+    ("dcgan", ["--loss", "rpgan", "--r1", "1", "--r2", "1", "--r1-every", "2",
+               "--augment", "ada:kimg=1,interval=1,pipe=bgcfnc"]),
     ("mlp", ["--loss", "wgan-gp", "--d-steps", "2"]),  # the penalty every D step, G without graph
     # noise and style mixing drawn outside G, bf16 blocks beside float32 ones, the path-length
     # phase's double backward through the plain G, a conditional projection D
     ("stylegan2", ["--z-dim", "8", "--channel-base", "256", "--conditional", "--r1", "1",
-                   "--r1-every", "2", "--pl-every", "2", "--reduced-res", "2"]),
+                   "--r1-every", "2", "--pl-every", "2", "--reduced-res", "2", "--augment", "ada"]),
 ])
 def test_compiled_runs_train_resume_and_save_plain_modules(workdir, aot_eager, arch, extra):
     from helpers import image_folder

@@ -19,6 +19,7 @@ from helpers import (
     ROOT,
     assert_clean,
     assert_one_line_error,
+    final_tensors,
     invoke,
     nan_batches,
     valid_steps,
@@ -26,10 +27,10 @@ from helpers import (
 )
 from safetensors.torch import load_file
 
-from ganctl import distributed
+from ganctl import augment, distributed
+from ganctl.augment import ada
 from ganctl.data import Batches
 from ganctl.errors import ConfigError
-from ganctl.losses import augment
 
 # a run whose steps take milliseconds: 8-channel DCGAN at 32x32 on the CPU, global batch 8
 TINY = ["--device", "cpu", "--batch-size", "8", "--g-width", "8", "--d-width", "8",
@@ -309,6 +310,9 @@ def test_a_rank_that_dies_joining_ends_gpus_in_one_line_after_the_ranks_own(work
 # the work. torch's elastic launcher (torchrun's) starts the ranks of the --gpus tests below.
 SEEDS = (3, 1, 2)  # seed 3: D 6e-4 apart after 2 steps when the variance was E[x²] - mean²
 STEPS = ["--steps", "3", "--ckpt-every", "3"]
+# 3 updates of p by 0.08 from 0.5: it ends elsewhere, whichever way each goes
+ADA = ["--steps", "6", "--ckpt-every", "6", "--sync-bn",
+       "--augment", "ada:kimg=0.2,interval=2,start=0.5,pipe=bgcfnc"]
 EVAL = ["--eval-every", "3", "--eval-num", "24", "--eval-num-real", "48"]  # the first seed's run
 # a tiny StyleGAN2 whose 4 steps run every phase: D, lazy R1, G and path length (every 2)
 STYLEGAN2 = ["--arch", "stylegan2", "--z-dim", "8", "--w-dim", "8", "--channel-base", "256",
@@ -338,6 +342,12 @@ def _rank_worker(rank: int, port: int, root: Path) -> None:
         result = invoke("train", *TINY, "--steps", "4", "--augment", "toy", "--out", root / "toy")
     assert result.exit_code == 0, result.output
     runs["toy"] = {"fed back": helpers.seen}
+    made: list[augment.Augmentation] = []  # adaptive augmentation: each rank's p at the end
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(augment.KINDS, "ada", lambda options: made.append(ada.make(options)) or made[-1])
+        result = invoke("train", *TINY, *ADA, "--out", root / "ada")
+    assert result.exit_code == 0, result.output
+    runs["ada"] = {"p": float(made[-1].p), "rt": float(made[-1].rt)}
     with pytest.MonkeyPatch.context() as patch:
         if rank == 1:  # rank 1's real batch of step 4 is NaN
             nan_batches(patch, steps={4})
@@ -432,7 +442,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(two_ranks, workdi
     assert printed[1] == {"stdout": "", "stderr": ""}  # the other rank is silent
     two = two_ranks / f"two-{seed}"
     assert sorted(p.parent.name for p in two_ranks.rglob("config.json")) == [
-        "nan", "one-process", "stylegan2", "toy", *(f"two-{s}" for s in sorted(SEEDS))]
+        "ada", "nan", "one-process", "stylegan2", "toy", *(f"two-{s}" for s in sorted(SEEDS))]
     assert [p.name for p in (two / "checkpoints").glob("*.safetensors")] == [
         "step-000000003.safetensors"]
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 4  # one writer: 3 steps, 1 eval
@@ -462,6 +472,22 @@ def test_an_augmentations_feedback_is_summed_over_the_processes(two_ranks):
     fed = [json.loads((two_ranks / f"rank-{r}.json").read_text())["runs"]["toy"]["fed back"]
            for r in (0, 1)]
     assert fed[0] == fed[1] and [d["count"] for d in fed[0]] == [16.0, 16.0]
+
+
+def test_adaptive_augmentations_p_is_the_same_on_every_rank_and_as_on_one_process(two_ranks,
+                                                                                 workdir):
+    """Each rank augments its rows of the global batch as one process would and the sign
+    statistic is summed over both: p moves the same on both ranks, and as a one-process run's."""
+    seen = [json.loads((two_ranks / f"rank-{r}.json").read_text())["runs"]["ada"] for r in (0, 1)]
+    assert seen[0] == seen[1]
+    result = invoke("train", *TINY, *ADA, "--out", "one")
+    assert result.exit_code == 0, result.output
+    _, one = final_tensors(Path("one"))
+    _, two = final_tensors(two_ranks / "ada")
+    assert float(one["loss.augment.p"]) == pytest.approx(seen[0]["p"], abs=1e-6)
+    assert float(two["loss.augment.p"]) == pytest.approx(seen[0]["p"], abs=1e-6)
+    assert float(one["loss.augment.rt"]) == seen[0]["rt"]
+    assert abs(seen[0]["p"] - 0.5) > 0.07  # it moved
 
 
 def test_stylegan2_trains_on_two_processes(two_ranks):

@@ -69,6 +69,7 @@ def inspect(
     params = "  ".join(f"{k} {v:,}" for k, v in info["params"].items())
     rows = [("version", f"{info['version']} (schema {info['schema']})"),
             ("step", info["step"]), ("created", _date(info["created"])),
+            *([("augment p", f"{info['augment_p']:.4g}")] if info["augment_p"] is not None else []),
             ("trained on", f"{info['device'] or '?'}" + (f", {info['processes']} processes"
                                                         if info["processes"] > 1 else "")),
             *_imported_rows(info["imported"]),

@@ -270,6 +270,7 @@ class Hook(Protocol):
 @dataclass
 class LogHook:
     run: Run
+    advised: bool = False  # whether the augmentation's advice was given (once a run)
 
     def due(self, tick: Tick) -> bool:
         return True  # a record on schedule, else perhaps a console line
@@ -279,6 +280,11 @@ class LogHook:
         if tick.due(config.log_every) or tick.stopping:  # a stopped run's last step too
             r.made.last = r.meter.record(tick.step, r.state.drawn)
             r.log.record(r.made.last, _learning_rates(r.state))
+            augment = r.state.loss.augment
+            advice = None if augment is None or self.advised else augment.advice(r.made.last)
+            if advice is not None:
+                r.log.info(f"step {tick.step}: {advice}")
+                self.advised = True
         elif r.log.line_due():  # a slow run's user sees it go (metrics.jsonl does not)
             r.log.show(r.meter.peek(tick.step, r.state.drawn))
 

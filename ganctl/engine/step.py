@@ -65,7 +65,10 @@ def train_step(state: TrainState, phases: list[Phase]) -> Stats:
     augment = state.loss.augment
     if augment is not None and augment.interval and n % augment.interval == 0:
         augment.deliver(state.total)  # what D said of the reals, summed over every process
-    return {name: value / runs[name] if runs[name] > 1 else value for name, value in totals.items()}
+    stats = {name: value / runs[name] if runs[name] > 1 else value for name, value in totals.items()}
+    if augment is not None:  # its state after the step (an adaptive p), logged with the losses
+        stats.update({name: value.detach().clone() for name, value in augment.stats().items()})
+    return stats
 
 
 def ema_decay(config: Config, step: int) -> float:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ganctl import augment
 from ganctl.config import Config
 from ganctl.data.batches import Batch
-from ganctl.losses import augment
 from ganctl.models import get_arch
 from ganctl.models.generator import run_G
 

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 
 
-LABELS = {"D_real": "D(x)", "D_fake": "D(G(z))"}  # how the progress line names a statistic
+# how the progress line (and curves.png) names a statistic
+LABELS = {"D_real": "D(x)", "D_fake": "D(G(z))", "augment_p": "p", "augment_rt": "r_t"}
 _NOT_STATS = frozenset({"step", "time", "img_per_s"})
 # Lines by time as well as by step: whatever --log-every is, a user sees the run is alive (and
 # how it goes) soon after it starts and then at least this often. The first step is left out:
@@ -55,6 +56,7 @@ def format_record(r: dict[str, Any], losses_only: bool = False) -> str:
         if losses_only and not is_loss:
             continue
         digits = 2 if losses_only or not is_loss else 3
+        digits = max(digits, 3) if name == "augment_p" else digits  # p moves by 1e-4 a few steps
         parts.append(f"{LABELS.get(name, name)} {value:.{digits}f}")
     return "  ".join([*parts, f"{r['img_per_s']:.0f} img/s"])
 

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 DEFAULT_WANDB_PROJECT = "ganctl"
 EXTRAS = ("tensorboard", "wandb")  # config switches, each a package and a pip extra of that name
 FLUSH_S = 30  # TensorBoard writes its events to disk at least this often
-_GROUPS = (("loss_", "loss/"), ("D_", "D/"), ("lr_", "lr/"))  # record key prefix -> tag group
+# record key prefix -> tag group (augment_p: augment/p)
+_GROUPS = (("loss_", "loss/"), ("D_", "D/"), ("lr_", "lr/"), ("augment_", "augment/"))
 
 
 class Sink(Protocol):
@@ -59,7 +60,7 @@ def _tag(name: str) -> str:
 
 def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
     """The numbers of a metrics record under grouped tags: loss/D, loss/R1, D/real, D/fake,
-    speed/img_per_s, lr/G; any other statistic a loss reports under stats/. Non-finite values
+    speed/img_per_s, lr/G, augment/p; any other statistic a loss reports under stats/. Non-finite values
     (text in a record) are left out."""
     return {_tag(k): float(v) for k, v in record.items()
             if k not in ("step", "time") and is_number(v)}

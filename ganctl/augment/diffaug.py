@@ -7,26 +7,18 @@ gets gradients through them. --augment diffaug (all three) or diffaug:translatio
   cutout       a zero square of half the size at a random place
 Each image draws its own parameters from the generator given (the run's, so it is resumed).
 
-Every augmentation is an Augmentation: a module applied by the loss to every image D sees, whose
-buffers are its state (checkpointed with the loss, resumed exactly) and which may learn from
-feedback: what measure() returns at each D phase is summed into its buffers, and every
-`interval` steps the engine sums those over the processes and hands them to feedback()
-(adaptive augmentation's p follows the sign of D on reals this way). DiffAugment has no state.
-A new augmentation is a subclass and one line in KINDS.
+DiffAugment has no state and no feedback (ada.py's adaptive augmentation has both).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ganctl.augment.base import OFF, Augmentation, Generator
 from ganctl.errors import ConfigError, shorten
-
-Generator = torch.Generator | None
 
 
 def _rand(x: torch.Tensor, g: Generator, *shape: int) -> torch.Tensor:
@@ -69,8 +61,6 @@ POLICIES: dict[str, Callable[[torch.Tensor, Generator], torch.Tensor]] = {
     "color": color, "translation": translation, "cutout": cutout}
 
 
-OFF = ("", "none", "off")  # the values that mean no augmentation
-
 
 def parse(spec: str) -> list[str]:
     """'', 'none', 'off' -> []; 'diffaug' -> every policy; 'diffaug:translation,color' -> those,
@@ -94,54 +84,6 @@ def parse(spec: str) -> list[str]:
     return policies
 
 
-class Augmentation(nn.Module):
-    """An augmentation of the images D sees, reals and fakes alike (subclasses: forward).
-
-    feedback_names: what measure() returns, each summed into a buffer `fb_<name>` until the
-    engine delivers the sums every `interval` steps (0: never), over every process, to feedback().
-    Buffers (those sums, and the state feedback moves, such as a probability) are checkpointed."""
-
-    feedback_names: ClassVar[tuple[str, ...]] = ()
-    interval: int = 0
-
-    def __init__(self) -> None:
-        super().__init__()
-        for name in self.feedback_names:
-            self.register_buffer(f"fb_{name}", torch.zeros(()))  # float32: exact counts to 2**24
-
-    def forward(self, x: torch.Tensor, generator: Generator) -> torch.Tensor:
-        raise NotImplementedError
-
-    def measure(self, real_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What this augmentation learns from D's logits on augmented reals, as sums (on the
-        device: nothing is read back here)."""
-        return {}
-
-    @torch.no_grad()
-    def observe(self, real_logits: torch.Tensor) -> None:
-        """Add measure()'s sums to the pending feedback."""
-        for name, value in self.measure(real_logits.detach()).items():
-            getattr(self, f"fb_{name}").add_(value)
-
-    def pending(self) -> dict[str, torch.Tensor]:
-        """The feedback summed since the last delivery, by name (the buffers themselves)."""
-        return {name: getattr(self, f"fb_{name}") for name in self.feedback_names}
-
-    def feedback(self, totals: dict[str, torch.Tensor]) -> None:  # noqa: B027 (optional)
-        """Learn from the sums of an interval over every process (state changes go to buffers)."""
-
-    @torch.no_grad()
-    def deliver(self, total: Callable[[list[torch.Tensor]], None]) -> None:
-        """The engine's part, every `interval` steps: `total` sums the pending feedback over the
-        processes in place; feedback() gets it, and the sums start again from zero."""
-        pending = self.pending()
-        if pending:
-            total(list(pending.values()))
-        self.feedback(pending)
-        for value in pending.values():
-            value.zero_()
-
-
 class DiffAugment(Augmentation):
     """DiffAugment's policies in order; no state, no feedback."""
 
@@ -153,25 +95,3 @@ class DiffAugment(Augmentation):
         for policy in self.policies:
             x = POLICIES[policy](x, generator)
         return x.contiguous()
-
-
-# name -> the augmentation for the spec's options (after "name:"; None without a colon)
-KINDS: dict[str, Callable[[str | None], Augmentation]] = {}
-
-
-def _diffaug(options: str | None) -> Augmentation:
-    return DiffAugment(parse("diffaug" if options is None else "diffaug:" + options))
-
-
-KINDS["diffaug"] = _diffaug
-
-
-def make(spec: str) -> Augmentation | None:
-    """The augmentation a config's `augment` names (None: off). A malformed spec is ConfigError."""
-    if spec.strip().lower() in OFF:
-        return None
-    name, colon, options = spec.partition(":")
-    if name not in KINDS:
-        raise ConfigError(f"augment {shorten(spec)}: the augmentation is {' or '.join(KINDS)}, e.g. "
-                          "diffaug or diffaug:translation,color,cutout (none turns it off)")
-    return KINDS[name](options if colon else None)
