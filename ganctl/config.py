@@ -150,9 +150,10 @@ class Objective(Group):
                             min=1)
     gp: float = setting(10.0, "WGAN-GP penalty weight.", bounds=(0.0, 1e6), min=0.0)
     augment: str = setting("", "Augment everything D sees: ada (adaptive, StyleGAN2-ADA's; "
-                           "ada:target=0.6,interval=4,kimg=500,pipe=bgc or ada:p=0.3 fixed), "
-                           "diffaug or diffaug:translation,color,cutout; none turns a preset's "
-                           "off.")
+                           "options ada:target=0.6,interval=4,kimg=500,pipe=bgc,start=0, pipes "
+                           "blit geom color filter noise cutout bg bgc bgcf bgcfn bgcfnc; "
+                           "ada:p=0.3 fixes p; --init-from continues the source's p), diffaug "
+                           "or diffaug:translation,color,cutout; none turns a preset's off.")
     ema_decay: float = setting(0.999, "Decay of G_ema per step (unless --ema-kimg).")
     ema_kimg: float = setting(0.0, "G_ema's half-life in thousands of images (0: --ema-decay per "
                               "step instead).", bounds=(0.0, 1e9), min=0.0)

@@ -247,25 +247,37 @@ def test_p_is_logged_shown_and_resumed_exactly_after_sigterm(workdir, monkeypatc
     result = invoke("train", *args, "--steps", "100", "--out", "r")
     assert result.exit_code == 143, result.output
     assert invoke("resume", "r", "--steps", "10").exit_code == 0
-    reference = invoke("train", *args, "--steps", "10", "--out", "ref")
+    reference = invoke("train", *args, "--steps", "10", "--log-every", "4", "--out", "ref")
     assert reference.exit_code == 0, reference.output
     (step_a, a), (step_b, b) = final_tensors(workdir / "r"), final_tensors(workdir / "ref")
     assert step_a == step_b == 10
     assert 0 < float(a["loss.augment.p"]) < 1
     assert_same_tensors(a, b)
     records = [json.loads(line) for line in (workdir / "ref" / "metrics.jsonl").read_text().splitlines()]
-    logged = [r["augment_p"] for r in records if "augment_p" in r]
-    assert len(logged) == 10 and logged[-1] == pytest.approx(float(b["loss.augment.p"]), abs=1e-5)
+    # a record shows p and r_t as they are after its last step, not averaged over its steps
+    logged = [(r["step"], r["augment_p"], r.get("augment_rt")) for r in records if "augment_p" in r]
+    assert [s for s, _, _ in logged] == [4, 8, 10]
+    assert logged[-1][1] == pytest.approx(float(b["loss.augment.p"]), abs=1e-6)
+    assert logged[-1][2] == pytest.approx(float(b["loss.augment.rt"]), abs=1e-6)
     assert "p 0." in reference.stdout and "r_t " in reference.stdout
+    first = invoke("train", *args, "--steps", "1", "--out", "one")  # r_t not measured yet
+    assert "r_t" not in first.stdout and "augment_rt" not in (workdir / "one" / "metrics.jsonl").read_text()
     shown = invoke("inspect", "ref", "--json")
     assert json.loads(shown.stdout)["augment_p"] == pytest.approx(float(b["loss.augment.p"]))
     assert "augment p" in invoke("inspect", "ref").stdout
 
 
 def test_a_high_p_says_once_that_the_data_is_too_small(workdir):
-    result = invoke("train", *TINY, "--steps", "4", "--augment", "ada:start=0.9", "--out", "r")
+    rising = "ada:start=0.75,target=-1,kimg=0.1,interval=1"  # up 0.08 a step
+    result = invoke("train", *TINY, "--steps", "4", "--augment", rising, "--out", "r")
     assert result.exit_code == 0, result.output
     assert result.stdout.count("the data is probably too small for this model") == 1
+    # a run that starts above (fine-tuned from that one, or resumed) was told already
+    for args in (["train", *TINY, "--steps", "2", "--augment", "ada", "--init-from", "r",
+                  "--out", "tuned"], ["resume", "r", "--steps", "6"]):
+        again = invoke(*args)
+        assert again.exit_code == 0, again.output
+        assert "too small" not in again.stdout
 
 
 def test_init_from_starts_with_the_source_runs_p_unless_told(workdir):

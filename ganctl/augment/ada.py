@@ -88,8 +88,8 @@ def _check(o: Options, spec: str) -> Options:
         return ConfigError(f"augment {shorten(spec)}: {what}")
 
     if not -1 <= o.target < 1:
-        raise bad(f"target={o.target:g} must be in [-1, 1): the share of reals D is sure of, "
-                  "as a mean sign (0.6: NVlabs')")
+        raise bad(f"target={o.target:g} must be in [-1, 1): the mean sign of D's outputs on "
+                  "reals that p steers toward (NVlabs' 0.6)")
     if o.interval < 1:
         raise bad(f"interval={o.interval} must be at least 1 (steps between updates of p)")
     if o.kimg <= 0:
@@ -123,6 +123,7 @@ class AdaptiveAugment(Augmentation):
         first = o.p if o.p is not None else (o.start or 0.0)
         self.register_buffer("p", torch.tensor(float(first)))
         self.register_buffer("rt", torch.zeros(()))  # r_t of the last interval
+        self._below: bool | None = first <= HIGH_P  # p was at most HIGH_P (None: not known)
 
     def forward(self, x: torch.Tensor, generator: Generator) -> torch.Tensor:
         n = x.shape[0]
@@ -145,18 +146,30 @@ class AdaptiveAugment(Augmentation):
             step = step * (images / (self.options.kimg * 1000))
             self.p.copy_((self.p + step).clamp(0, P_MAX))
 
-    def stats(self) -> dict[str, torch.Tensor]:
-        return {"augment_p": self.p, "augment_rt": self.rt}
+    def stats(self, step: int) -> dict[str, torch.Tensor]:
+        """p, and r_t once an interval has measured it (from step `interval` of the run)."""
+        return {"augment_p": self.p, **({"augment_rt": self.rt} if step >= self.interval else {})}
 
     def advice(self, record: dict[str, float]) -> str | None:
+        """Once p passes HIGH_P in this run (not when it started above: a fine-tuned or resumed
+        run whose p already was)."""
         p = record.get("augment_p")
-        if not self.adaptive or not isinstance(p, float) or not p > HIGH_P:
+        if not self.adaptive or not isinstance(p, float):
+            return None
+        if self._below is None or p <= HIGH_P:
+            self._below = p <= HIGH_P
+            return None
+        if not self._below:
             return None
         return (f"the augmentation probability p passed {HIGH_P} (now {p:.2f}): D still tells "
                 "the training images apart with most of what it sees augmented, so the data is "
-                "probably too small for this model; add images, make D smaller (--d-width), "
-                "raise --r1, or watch the samples for augmentations leaking into them")
+                "probably too small for this model; add images, make D smaller (--d-width) or "
+                "its R1 stronger (--r1), or move p more slowly (ada:kimg=); watch the samples "
+                "for augmentations leaking into them")
 
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._below = None  # resumed: the first record says where p was
     def continue_from(self, state: dict[str, torch.Tensor]) -> None:
         """An adaptive p starts from the source run's, unless p= or start= says otherwise."""
         source = state.get("p")
@@ -164,6 +177,7 @@ class AdaptiveAugment(Augmentation):
             value = source.detach().float().reshape(-1)[:1].to(self.p.device)
             if value.numel() == 1 and bool(torch.isfinite(value).all()):
                 self.p.copy_(value.clamp(0, P_MAX).reshape(()))
+                self._below = float(self.p) <= HIGH_P
 
 
 def make(options: str | None) -> AdaptiveAugment:

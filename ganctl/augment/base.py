@@ -76,8 +76,9 @@ class Augmentation(nn.Module):
         for value in pending.values():
             value.zero_()
 
-    def stats(self) -> dict[str, torch.Tensor]:
-        """Named statistics logged with each step's (on the device): an adaptive one's state."""
+    def stats(self, step: int) -> dict[str, torch.Tensor]:
+        """Named statistics logged with step `step`'s (on the device): an adaptive one's state,
+        named augment_* (a record shows its value after the record's last step)."""
         return {}
 
     def advice(self, record: dict[str, float]) -> str | None:

@@ -21,15 +21,21 @@ class _Window:
     t0: float
 
 
+STATE_PREFIX = "augment_"  # statistics that are state (an adaptive p): recorded as last seen
+
+
 class Meter:
     """Sums step statistics on the device; reads them back only when a record is made (or a
     line shown, see peek). Steps may report different names (a lazy phase's only on its steps):
-    each name is averaged over the steps that reported it."""
+    each name is averaged over the steps that reported it, except state (STATE_PREFIX), which a
+    record shows as it was after the last step."""
 
     def __init__(self, batch_size: int, drawn: int) -> None:
         self.batch_size = batch_size
         self.total: dict[tuple[str, ...], torch.Tensor] = {}
         self.count: dict[tuple[str, ...], int] = {}
+        self.latest: dict[tuple[str, ...], torch.Tensor] = {}  # groups holding state: last values
+        self.state: dict[str, float] = {}  # their host values at the last read
         self.drawn = drawn  # real batches drawn when the interval began
         self.t0 = time.perf_counter()
         self._shown = _Window({}, {}, drawn, self.t0)  # where the last peek left off
@@ -38,6 +44,8 @@ class Meter:
         seen = self.total.get(names)
         self.total[names] = values.clone() if seen is None else seen.add_(values)
         self.count[names] = self.count.get(names, 0) + 1
+        if any(name.startswith(STATE_PREFIX) for name in names):
+            self.latest[names] = values
 
     def exclude(self, seconds: float) -> None:
         """Leave `seconds` (compiling, evaluating: not training) out of images/s."""
@@ -48,19 +56,23 @@ class Meter:
         """Sum and number of steps of each name since the interval began."""
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
+        self.state = {}
         if self.total:
-            values = torch.cat(list(self.total.values())).tolist()  # the one host sync
+            values = torch.cat([*self.total.values(), *self.latest.values()]).tolist()  # one sync
             names = [(name, self.count[group]) for group in self.total for name in group]
-            for (name, n), value in zip(names, values, strict=True):
+            for (name, n), value in zip(names, values[:len(names)], strict=True):
                 sums[name] = sums.get(name, 0.0) + value
                 counts[name] = counts.get(name, 0) + n
+            last = [name for group in self.latest for name in group]
+            self.state = {name: value for name, value in zip(last, values[len(names):], strict=True)
+                          if name.startswith(STATE_PREFIX)}
         return sums, counts
 
     def _record(self, step: int, sums: dict[str, float], counts: dict[str, int], batches: int,
                 elapsed: float) -> dict[str, Any]:
         rec: dict[str, Any] = {"step": step, "time": round(time.time(), 3)}
         for name in sorted(sums, key=lambda k: not k.startswith("loss")):  # losses first
-            value = sums[name] / counts[name]
+            value = self.state.get(name, sums[name] / counts[name])
             # strict JSON has no inf or nan: a diagnostic that is not finite is written as text
             rec[name] = round(value, 5) if math.isfinite(value) else str(value)
         rec["img_per_s"] = round(batches * self.batch_size / max(elapsed, 1e-9), 1)
@@ -71,7 +83,7 @@ class Meter:
         (D's, d_steps included)."""
         sums, counts = self._sums()
         rec = self._record(step, sums, counts, drawn - self.drawn, time.perf_counter() - self.t0)
-        self.total, self.count, self.drawn = {}, {}, drawn
+        self.total, self.count, self.latest, self.drawn = {}, {}, {}, drawn
         self.t0 = time.perf_counter()
         self._shown = _Window({}, {}, drawn, self.t0)
         return rec

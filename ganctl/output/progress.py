@@ -56,7 +56,7 @@ def format_record(r: dict[str, Any], losses_only: bool = False) -> str:
         if losses_only and not is_loss:
             continue
         digits = 2 if losses_only or not is_loss else 3
-        digits = max(digits, 3) if name == "augment_p" else digits  # p moves by 1e-4 a few steps
+        digits = 4 if name == "augment_p" else digits  # p moves by 1e-4 every few steps
         parts.append(f"{LABELS.get(name, name)} {value:.{digits}f}")
     return "  ".join([*parts, f"{r['img_per_s']:.0f} img/s"])
 
