@@ -357,3 +357,47 @@ def test_p_rises_on_64_images_and_stays_lower_on_endless_shapes(workdir, data):
         assert p > 0.8 and too_small, p
     else:
         assert p < 0.65 and not too_small, p
+
+
+# ---- hostile state -----------------------------------------------------------------------------
+
+
+def test_a_tiny_kimg_moves_p_to_its_bounds_never_to_nan():
+    augment = make("ada:target=0,kimg=1e-300,interval=1")
+    augment.rows(8, 0)
+    for signs in ([1.0] * 8, [1.0] * 4 + [-1.0] * 4, [-1.0] * 8):  # up, r_t = target, down
+        augment.observe(torch.tensor(signs))
+        augment.deliver(lambda tensors: None)
+        assert math.isfinite(float(augment.p))
+    assert float(augment.p) == 0.0
+
+
+def test_a_fixed_p_that_rounds_to_1_stays_below_it():
+    assert float(make("ada:p=0.99999999999").p) < 1.0
+    assert float(make("ada:start=0.999999999").p) < 1.0
+
+
+@pytest.mark.parametrize("spec", ["ada:interval=1_0", "ada:interval=\u0663", "ada:kimg=1_000",
+                                  "ada:interval=99999999999999999999"])
+def test_numbers_are_plain_ascii_and_in_range(spec):
+    with pytest.raises(ConfigError, match="^augment "):
+        make(spec)
+
+
+@pytest.mark.parametrize("value, says", [
+    (torch.tensor(float("nan")), "loss.augment.p is nan: a probability from 0 to below 1"),
+    (torch.tensor(5.0), "loss.augment.p is 5.0: a probability from 0 to below 1"),
+    (torch.zeros(2, 3), "loss.augment.p holds 6 numbers"),
+])
+def test_a_damaged_p_is_refused_by_resume_and_init_from_in_one_line(workdir, value, says):
+    from helpers import rewrite
+
+    assert invoke("train", *TINY, "--steps", "2", "--augment", "ada", "--out", "r").exit_code == 0
+    ckpt = workdir / "r" / "checkpoints" / "step-000000002.safetensors"
+    rewrite(ckpt, ckpt, lambda tensors, meta: tensors.update({"loss.augment.p": value}))
+    for args in (["resume", "r", "--steps", "4"],
+                 ["train", *TINY, "--steps", "1", "--init-from", "r", "--augment", "ada",
+                  "--out", "tuned"]):
+        result = invoke(*args)
+        assert result.exit_code == 1, result.output
+        assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

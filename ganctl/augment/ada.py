@@ -14,6 +14,7 @@ resumed exactly, logged as augment_p and augment_rt; --init-from starts from the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,12 @@ import torch
 
 from ganctl.augment.base import Augmentation, Generator
 from ganctl.augment.pipeline import PIPES, Draws, Pipeline
+from ganctl.checkpoint.state_dicts import check_number
 from ganctl.errors import ConfigError, did_you_mean, shorten
 
 P_MAX = 1 - 2.0**-24  # p stays below 1 (the float32 just below): at 1 every image is transformed
 HIGH_P = 0.8  # past it, the data is probably too small for the model (said once)
+MAX_INTERVAL = 10**9  # steps between updates of p
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ def _value(key: str, text: str, spec: str) -> float | int | str:
                               f"{', '.join(PIPES)} (NVlabs' --augpipe)")
         return text
     try:
+        if not text.isascii() or "_" in text:  # int() and float() take "1_0" and other digits
+            raise ValueError(text)
         number = int(text) if key == "interval" else float(text)
     except ValueError:
         kind = "a whole number" if key == "interval" else "a number"
@@ -90,8 +95,9 @@ def _check(o: Options, spec: str) -> Options:
     if not -1 <= o.target < 1:
         raise bad(f"target={o.target:g} must be in [-1, 1): the mean sign of D's outputs on "
                   "reals that p steers toward (NVlabs' 0.6)")
-    if o.interval < 1:
-        raise bad(f"interval={o.interval} must be at least 1 (steps between updates of p)")
+    if not 1 <= o.interval <= MAX_INTERVAL:
+        raise bad(f"interval={o.interval} must be from 1 to {MAX_INTERVAL:,} (steps between "
+                  "updates of p)")
     if o.kimg <= 0:
         raise bad(f"kimg={o.kimg:g} must be positive (thousands of images for p to move by 1)")
     for key in ("p", "start"):
@@ -120,7 +126,7 @@ class AdaptiveAugment(Augmentation):
         self.pipeline = Pipeline(dict.fromkeys(PIPES[o.pipe], 1.0))
         self.interval = o.interval
         self.adaptive = o.p is None
-        first = o.p if o.p is not None else (o.start or 0.0)
+        first = min(o.p if o.p is not None else (o.start or 0.0), P_MAX)  # 0.99999999: float32's 1
         self.register_buffer("p", torch.tensor(float(first)))
         self.register_buffer("rt", torch.zeros(()))  # r_t of the last interval
         self._below: bool | None = first <= HIGH_P  # p was at most HIGH_P (None: not known)
@@ -142,9 +148,9 @@ class AdaptiveAugment(Augmentation):
         self.rt.copy_(rt)
         if self.adaptive:
             images = (self.batch or 1) * self.interval
+            size = min(images / (self.options.kimg * 1000), 1.0)  # finite: a tiny kimg overflows
             step = torch.nan_to_num(torch.sign(rt - self.options.target))  # 0 for a NaN logit
-            step = step * (images / (self.options.kimg * 1000))
-            self.p.copy_((self.p + step).clamp(0, P_MAX))
+            self.p.copy_((self.p + step * size).clamp(0, P_MAX))
 
     def stats(self, step: int) -> dict[str, torch.Tensor]:
         """p, and r_t once an interval has measured it (from step `interval` of the run)."""
@@ -170,14 +176,22 @@ class AdaptiveAugment(Augmentation):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._below = None  # resumed: the first record says where p was
+    def valid_state(self) -> dict[str, tuple[str, Callable[[Any], bool]]]:
+        return {"p": ("a probability from 0 to below 1", lambda n: 0 <= n < 1),
+                "rt": ("a mean sign from -1 to 1", lambda n: -1 <= n <= 1),
+                "fb_count": ("a count from 0", lambda n: 0 <= n),
+                "fb_signs": ("a sum of signs", lambda n: True)}
+
     def continue_from(self, state: dict[str, torch.Tensor]) -> None:
-        """An adaptive p starts from the source run's, unless p= or start= says otherwise."""
+        """An adaptive p starts from the source run's, unless p= or start= says otherwise (a
+        source p that is no probability is refused: CheckpointError)."""
         source = state.get("p")
         if self.adaptive and self.options.start is None and source is not None:
-            value = source.detach().float().reshape(-1)[:1].to(self.p.device)
-            if value.numel() == 1 and bool(torch.isfinite(value).all()):
-                self.p.copy_(value.clamp(0, P_MAX).reshape(()))
-                self._below = float(self.p) <= HIGH_P
+            what, valid = self.valid_state()["p"]
+            value = check_number("loss.augment.p", source, what + " (ada:start=0 starts afresh)",
+                                 valid)
+            self.p.fill_(min(float(value), P_MAX))
+            self._below = float(self.p) <= HIGH_P
 
 
 def make(options: str | None) -> AdaptiveAugment:

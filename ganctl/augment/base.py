@@ -11,7 +11,7 @@ back to the host: the state moves on the device, and stats() are logged with the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -84,6 +84,11 @@ class Augmentation(nn.Module):
     def advice(self, record: dict[str, float]) -> str | None:
         """A note for the user from a logged record (its values on the host), said once a run."""
         return None
+
+    def valid_state(self) -> dict[str, tuple[str, Callable[[Any], bool]]]:
+        """What each number of its state must be, by buffer name (what it is, and a test of a
+        value), for checkpoints read back: a damaged one is refused, not trained on."""
+        return {}
 
     def continue_from(self, state: dict[str, torch.Tensor]) -> None:  # noqa: B027 (optional)
         """Fine-tuning (--init-from): the source run's augmentation state, by buffer name, to

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ganctl import augment
+from ganctl.checkpoint.state_dicts import check_number
 from ganctl.config import Config
 from ganctl.data.batches import Batch
 from ganctl.models import get_arch
@@ -306,4 +307,11 @@ class Loss(ABC):
             self.pl_mean = tensors["pl_mean"].to(self.pl_mean.device, torch.float32).reshape([])
         if self.augment is not None:
             own = self.augment.state_dict()
-            self.augment.load_state_dict({k: tensors[f"augment.{k}"] for k in own})
+            given = {k: tensors[f"augment.{k}"] for k in own}
+            valid = self.augment.valid_state()
+            for k, value in given.items():  # one number each, and a sane one, or refused
+                if own[k].dim() == 0:
+                    what, test = valid.get(k, ("a number", lambda n: True))
+                    check_number(f"loss.augment.{k}", value, what, test)
+                    given[k] = value.reshape(())
+            self.augment.load_state_dict(given)
