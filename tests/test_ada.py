@@ -401,3 +401,13 @@ def test_a_damaged_p_is_refused_by_resume_and_init_from_in_one_line(workdir, val
         result = invoke(*args)
         assert result.exit_code == 1, result.output
         assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_curves_have_an_augmentation_panel():
+    from ganctl.plot import Series
+
+    series = Series()
+    series.add([{"step": s, "loss_D": 1.0, "augment_p": s / 10, "augment_rt": 0.5, "img_per_s": 9.0}
+                for s in (1, 2)])
+    panels = {panel.title: sorted(panel.curves) for panel in series.panels()}
+    assert panels["augmentation"] == ["p", "r_t"]

@@ -149,7 +149,7 @@ def inspect(target: PathLike | None = None, *, verify: bool = True,
 
 @ganctl_errors
 def plot(run: PathLike, out: PathLike | None = None) -> dict[str, Any]:
-    """Draw a run's losses, D outputs, img/s and scores against step into `out` (a .png;
+    """Draw a run's losses, D outputs, augmentation p, img/s and scores against step into `out` (a .png;
     default RUN/curves.png), as `ganctl plot` does; returns the run and the file written."""
     from ganctl.plot import plot_run
 

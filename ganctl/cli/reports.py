@@ -238,7 +238,7 @@ def plot(
     json_mode: Json = False,
     debug: Debug = False,
 ) -> None:
-    """Draw a run's losses, D outputs, img/s and evaluation scores against step as a PNG
+    """Draw a run's losses, D outputs, augmentation p, img/s and evaluation scores against step as a PNG
     (training refreshes RUN/curves.png at each sample step).
 
     Example: ganctl plot runs/0001-shapes-dcgan losses.png
