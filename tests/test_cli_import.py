@@ -304,10 +304,12 @@ def test_fine_tune_an_imported_network_then_resume_sample_and_export(made, sourc
         in result.output
     run_config = json.loads(Path("ft/config.json").read_text())
     assert {k: run_config[k] for k in ("arch", "resolution", "augment", "init_from")} == {
-        "arch": "stylegan2", "resolution": 32, "augment": "diffaug",
+        "arch": "stylegan2", "resolution": 32, "augment": "ada",
         "init_from": str(Path(pkl).absolute())}
     with checkpoint.open_checkpoint(Path("ft/checkpoints/step-000000002.safetensors")) as header:
-        after = checkpoint.load_tensors(header, ("D.", "opt_D."))
+        after = checkpoint.load_tensors(header, ("D.", "opt_D.", "loss.augment.p"))
+    saved = ok("inspect", pkl)["augment_p"]  # ADA goes on from the p their file was saved with
+    assert abs(float(after.pop("loss.augment.p")) - (saved or 0.0)) <= 2 * 4 / 500_000 + 1e-6
     moved = max((after[k] - v).abs().max().item() for k, v in start.items()
                 if v.is_floating_point())
     assert 0 < moved < 0.1  # two Adam steps from their D (a fresh D would differ by ~1)
@@ -326,7 +328,7 @@ def test_fine_tuning_settings_and_a_folder_at_another_size(made):
     (a flag overrides it); a folder of 48 px images trains at the network's 32 px; another
     resolution is refused with the fix."""
     doc = ok("train", "--init-from", made[0], "--dataset", "shapes", "--print-config")
-    assert doc["config"]["augment"] == "diffaug"
+    assert doc["config"]["augment"] == "ada"
     assert doc["sources"]["augment"] == doc["sources"]["resolution"] == "init-from net.pkl"
     doc = ok("train", "--init-from", made[0], "--dataset", "shapes", "--augment", "none",
              "--print-config")

@@ -22,7 +22,7 @@ def test_presets_are_listed_applied_and_overridden(workdir):
                     "4", "--out", "r")
     assert result.exit_code == 0, result.output
     config = read_json(workdir / "r" / "config.json")
-    assert config["preset"] == "small-data" and config["augment"] == "diffaug"
+    assert config["preset"] == "small-data" and config["augment"] == "ada"
     assert (config["arch"], config["r1"], config["g_width"]) == ("resnet", 1.0, 4)  # flags win
     assert_one_line_error(invoke("train", "--preset", "biggan"), 1, "unknown preset 'biggan'")
     # a preset on another built-in dataset: that dataset's image size, and a note
