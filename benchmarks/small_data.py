@@ -95,6 +95,8 @@ def main() -> int:
     ap.add_argument("--scale", type=int, default=2, help="pixels a side per generated pixel in the grids")
     ap.add_argument("--out", type=Path, default=IMAGES, help="folder for the PNGs")
     ap.add_argument("--tag", default=None, help="the device in the file names (default: cpu, h100 ...)")
+    ap.add_argument("--runs", default="none,diffaug,ada", help="which of the three to train "
+                    "(one again after a failure: the others' numbers stand, at the same budget)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("train", nargs=argparse.REMAINDER, help="-- then any `ganctl train` flags")
     args = ap.parse_args()
@@ -106,7 +108,9 @@ def main() -> int:
     for key in ("dataset", "augment"):
         if key in base:
             ap.error(f"--{key} is set by this script; leave it out of the train flags")
-    runs = [("none", "none"), ("diffaug", "diffaug"), ("ada", f"ada:kimg={args.ada_kimg:g}")]
+    runs = [(name, spec) for name, spec in (("none", "none"), ("diffaug", "diffaug"),
+                                            ("ada", f"ada:kimg={args.ada_kimg:g}"))
+            if name in args.runs.split(",")]
 
     console = Console(stderr=True, highlight=False)
     log = RunLog(console)
@@ -123,7 +127,8 @@ def main() -> int:
 
     configs = {name: resolve_config(train_values([*flags, "--augment", spec]) | {
         "dataset": str(folder), "resolution": resolution}) for name, spec in runs}
-    data = load_dataset(configs["none"], progress=log.task)
+    first = next(iter(configs.values()))
+    data = load_dataset(first, progress=log.task)
     tag = args.tag or device_tag(device)
     stem = f"small-data-{args.n}-{tag}"
     budget = args.images or args.minutes * 60
@@ -137,7 +142,8 @@ def main() -> int:
         row = train_and_score(state, evaluator, budget, budget, device, log,
                               by_images=bool(args.images))[-1]
         augment = state.loss.augment
-        p = float(augment.stats()["augment_p"]) if augment is not None and name == "ada" else None
+        p = float(augment.stats(state.step)["augment_p"]) if augment is not None and name == "ada" \
+            else None
         images = sample_grid(state.G_ema, config, args.grid, device)
         path = args.out / f"{stem}-{name}.png"
         write_image_file(images, path, scale=args.scale)
@@ -145,11 +151,11 @@ def main() -> int:
         rows.append({"run": name, "augment": spec, **row, "augment_p": p, "grid": rel(path)})
         del state
     side = args.out / f"{stem}.png"
-    title = (f"{args.n} CIFAR-10 images, {configs['none'].arch} {resolution}px, "
+    title = (f"{args.n} CIFAR-10 images, {first.arch} {resolution}px, "
              + (f"{args.images} images seen" if args.images else f"{args.minutes:g} min")
              + f", {tag}; {args.num} fakes vs {evaluator.real.count} reals")
     side_by_side(grids, title, side)
-    doc = {"config": configs["none"].to_dict(), "n": args.n, "subset_seed": args.subset_seed,
+    doc = {"config": first.to_dict(), "n": args.n, "subset_seed": args.subset_seed,
            "subset": rel(folder), "device": describe(device), "torch": torch.__version__,
            "machine": platform.processor() or platform.machine(), "budget":
            {"images": args.images} if args.images else {"minutes": args.minutes},
@@ -258,6 +264,8 @@ def side_by_side(grids: list[tuple[str, torch.Tensor]], title: str, path: Path) 
 def verdict(rows: list[dict]) -> dict[str, bool]:
     """Per metric (lower is better): whether the ada run scored below the run without."""
     by_run = {r["run"]: r for r in rows}
+    if "ada" not in by_run or "none" not in by_run:  # --runs left one out
+        return {}
     return {key: by_run["ada"][key] < by_run["none"][key] for key in ("fid", "kid")
             if key in by_run["none"]}
 
