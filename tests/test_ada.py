@@ -206,7 +206,7 @@ def test_a_fixed_p_does_not_move_but_r_t_is_measured():
 
 @pytest.mark.parametrize("spec, says", [
     ("ada:target=2", "target=2 must be in [-1, 1)"),
-    ("ada:interval=0", "interval=0 must be at least 1"),
+    ("ada:interval=0", "interval=0 must be from 1 to 1,000,000,000"),
     ("ada:interval=2.5", "interval=2.5 is not a whole number"),
     ("ada:targ=0.5", "unknown option 'targ' (did you mean 'target'?)"),
     ("ada:kimg=-1", "kimg=-1 must be positive"),
