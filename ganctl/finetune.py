@@ -15,7 +15,7 @@ from ganctl import checkpoint
 from ganctl.config import Config
 from ganctl.engine.state import TrainState
 from ganctl.errors import CheckpointError, ConfigError
-from ganctl.importers.convert import imported
+from ganctl.importers.convert import imported, saved_augment_p
 from ganctl.models import get_arch
 from ganctl.settings import MODEL_KEYS
 from ganctl.stored import check_models, stored_config
@@ -63,10 +63,9 @@ def _augment_state(header: checkpoint.Header, tensors: dict[str, torch.Tensor]
     """The source's augmentation state by buffer name: a run's, or the p an imported NVlabs
     network was saved with."""
     state = {k[len(AUGMENT):]: v for k, v in tensors.items() if k.startswith(AUGMENT)}
-    source = imported(header)
-    p = None if source is None else source.get("augment_p")
-    if not state and isinstance(p, int | float) and not isinstance(p, bool):
-        state["p"] = torch.tensor(float(p))
+    p = saved_augment_p(imported(header))
+    if not state and p is not None:
+        state["p"] = torch.tensor(p)
     return state
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ganctl import checkpoint, rundir
-from ganctl.importers.convert import imported
+from ganctl.importers.convert import imported, saved_augment_p
 from ganctl.stored import NETWORKS, check_models, stored_config
 
 
@@ -46,8 +46,7 @@ def _augment_p(header: checkpoint.Header, source: dict[str, Any] | None) -> floa
     the one an imported NVlabs network was saved with; None without one."""
     if AUGMENT_P in header.tensors and header.tensors[AUGMENT_P].get("shape") == []:
         return float(checkpoint.load_tensors(header, (AUGMENT_P,))[AUGMENT_P])
-    p = None if source is None else source.get("augment_p")
-    return float(p) if isinstance(p, int | float) and not isinstance(p, bool) else None
+    return saved_augment_p(source)
 
 
 MAX_PROCESS_DIGITS = 9  # a process count of more digits is no run's (and int() refuses 4,300)

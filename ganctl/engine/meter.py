@@ -35,7 +35,6 @@ class Meter:
         self.total: dict[tuple[str, ...], torch.Tensor] = {}
         self.count: dict[tuple[str, ...], int] = {}
         self.latest: dict[tuple[str, ...], torch.Tensor] = {}  # groups holding state: last values
-        self.state: dict[str, float] = {}  # their host values at the last read
         self.drawn = drawn  # real batches drawn when the interval began
         self.t0 = time.perf_counter()
         self._shown = _Window({}, {}, drawn, self.t0)  # where the last peek left off
@@ -52,11 +51,12 @@ class Meter:
         self.t0 += seconds
         self._shown.t0 += seconds
 
-    def _sums(self) -> tuple[dict[str, float], dict[str, int]]:
-        """Sum and number of steps of each name since the interval began."""
+    def _sums(self) -> tuple[dict[str, float], dict[str, int], dict[str, float]]:
+        """Sum and number of steps of each name since the interval began, and the state's
+        values after the last step."""
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        self.state = {}
+        state: dict[str, float] = {}
         if self.total:
             values = torch.cat([*self.total.values(), *self.latest.values()]).tolist()  # one sync
             names = [(name, self.count[group]) for group in self.total for name in group]
@@ -64,15 +64,15 @@ class Meter:
                 sums[name] = sums.get(name, 0.0) + value
                 counts[name] = counts.get(name, 0) + n
             last = [name for group in self.latest for name in group]
-            self.state = {name: value for name, value in zip(last, values[len(names):], strict=True)
-                          if name.startswith(STATE_PREFIX)}
-        return sums, counts
+            state = {name: value for name, value in zip(last, values[len(names):], strict=True)
+                     if name.startswith(STATE_PREFIX)}
+        return sums, counts, state
 
     def _record(self, step: int, sums: dict[str, float], counts: dict[str, int], batches: int,
-                elapsed: float) -> dict[str, Any]:
+                elapsed: float, state: dict[str, float]) -> dict[str, Any]:
         rec: dict[str, Any] = {"step": step, "time": round(time.time(), 3)}
         for name in sorted(sums, key=lambda k: not k.startswith("loss")):  # losses first
-            value = self.state.get(name, sums[name] / counts[name])
+            value = state.get(name, sums[name] / counts[name])
             # strict JSON has no inf or nan: a diagnostic that is not finite is written as text
             rec[name] = round(value, 5) if math.isfinite(value) else str(value)
         rec["img_per_s"] = round(batches * self.batch_size / max(elapsed, 1e-9), 1)
@@ -81,8 +81,9 @@ class Meter:
     def record(self, step: int, drawn: int) -> dict[str, Any]:
         """The interval's record, and a new interval; img_per_s counts the real images drawn
         (D's, d_steps included)."""
-        sums, counts = self._sums()
-        rec = self._record(step, sums, counts, drawn - self.drawn, time.perf_counter() - self.t0)
+        sums, counts, state = self._sums()
+        rec = self._record(step, sums, counts, drawn - self.drawn, time.perf_counter() - self.t0,
+                           state)
         self.total, self.count, self.latest, self.drawn = {}, {}, {}, drawn
         self.t0 = time.perf_counter()
         self._shown = _Window({}, {}, drawn, self.t0)
@@ -91,11 +92,11 @@ class Meter:
     def peek(self, step: int, drawn: int) -> dict[str, Any]:
         """A record of the steps since the last record or peek, for the console alone. The
         interval goes on untouched: the next record averages all of it, as without peeks."""
-        sums, counts = self._sums()
+        sums, counts, state = self._sums()
         last, now = self._shown, time.perf_counter()
         # the sums minus those the last peek read: float64 differences of float32 sums
         fresh = {k: n - last.counts.get(k, 0) for k, n in counts.items() if n > last.counts.get(k, 0)}
         rec = self._record(step, {k: sums[k] - last.sums.get(k, 0.0) for k in fresh}, fresh,
-                           drawn - last.drawn, now - last.t0)
+                           drawn - last.drawn, now - last.t0, state)
         self._shown = _Window(sums, counts, drawn, now)
         return rec

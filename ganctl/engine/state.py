@@ -113,8 +113,6 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
     backbones = load_backbones(D, config.backbone_weights)  # frozen, outside D's weights
     loss = make_loss(config)
     loss.to(device)  # its state (an augmentation's, path lengths' mean) beside the images
-    if loss.augment is not None:  # its random numbers: the global batch's, this process's rows
-        loss.augment.rows(config.batch_size, WORLD.rank * (config.batch_size // WORLD.size))
     fast = compiles(config, device)
     state = TrainState(
         config=config, G=G, D=D, G_ema=G_ema,
@@ -132,6 +130,8 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
         backbones=backbones,
     )
     state.updates = {name: _updates(state, name) for name in NETWORKS}
+    if loss.augment is not None:  # its random numbers: the global batch's, this process's rows
+        loss.augment.rows(state.batches.batch_size, state.batches.offset)
     return state
 
 

@@ -67,7 +67,7 @@ def train_step(state: TrainState, phases: list[Phase]) -> Stats:
         augment.deliver(state.total)  # what D said of the reals, summed over every process
     stats = {name: value / runs[name] if runs[name] > 1 else value for name, value in totals.items()}
     if augment is not None:  # its state after the step (an adaptive p), logged with the losses
-        stats.update({name: value.detach().clone() for name, value in augment.stats(n).items()})
+        stats.update(augment.stats(n))  # buffers: Run.observe stacks them into a copy
     return stats
 
 

@@ -156,6 +156,13 @@ def imported(header: checkpoint.Header) -> dict[str, Any] | None:
                           "of an import); import the network again")
 
 
+def saved_augment_p(source: dict[str, Any] | None) -> float | None:
+    """The adaptive augmentation's p an imported network's file was saved with (its provenance,
+    imported()'s), if it holds a number."""
+    p = None if source is None else source.get("augment_p")
+    return float(p) if isinstance(p, int | float) and not isinstance(p, bool) else None
+
+
 def check_replaceable(out: Path) -> None:
     """`ganctl import` writes over a checkpoint only if an import wrote it (the same network
     imported again, or another): never over one a run trained, nor any other file."""
