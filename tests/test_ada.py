@@ -411,3 +411,10 @@ def test_curves_have_an_augmentation_panel():
                 for s in (1, 2)])
     panels = {panel.title: sorted(panel.curves) for panel in series.panels()}
     assert panels["augmentation"] == ["p", "r_t"]
+
+
+def test_tensorboard_and_wandb_get_p_and_r_t_under_augment():
+    from ganctl.output.sinks import scalar_tags
+
+    tags = scalar_tags({"step": 3, "time": 1.0, "loss_D": 1.0, "augment_p": 0.25, "augment_rt": 0.5})
+    assert tags == {"loss/D": 1.0, "augment/p": 0.25, "augment/rt": 0.5}
