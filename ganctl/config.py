@@ -71,6 +71,9 @@ class Data(Group):
                               f"{MAX_CLASS_NAME} characters each, got {len(self.classes)}")
 
 
+DISCRIMINATORS = ("own", "projected")  # models.base.OWN, PROJECTED
+
+
 @dataclass(frozen=True)
 class Model(Group):
     """The shape of G and D: what a checkpoint's tensors need, and what fine-tuning takes from
@@ -110,6 +113,15 @@ class Model(Group):
                                "divisor of the batch up to it).", bounds=(1, 65536), min=1)
     d_arch: str = setting("resnet", "StyleGAN2 D: resnet (residual blocks) or orig (plain).",
                           choices=("resnet", "orig"))
+    discriminator: str = setting(
+        "own", "D: own (the architecture's) or projected (Projected GAN's: a small D on each of "
+        "four feature levels of a frozen ImageNet EfficientNet-Lite0, mixed by fixed random "
+        "projections; hinge loss, DiffAugment and spectral norm unless told otherwise; its "
+        "weights: --backbone-weights).", choices=DISCRIMINATORS)
+    backbone_resolution: int = setting(
+        0, "Projected D: images are resized to this size for the backbone, a multiple of 32 (0: "
+        "224 below 224 px, as it was trained, else the image size; smaller is faster and "
+        "coarser).", bounds=(0, 4096), min=0, max=4096, shown="224, or the image size above it")
 
     def check(self) -> None:
         if self.channels not in (1, 3):

@@ -118,16 +118,26 @@ def stylegan2_auto(resolution: int, gpus: int = 1) -> dict[str, Any]:
     return spec
 
 
+# what a projected D brings of its own, as Projected GAN trains one: the hinge loss, DiffAugment's
+# colour, translation and cutout on everything D sees, spectral norm on its trained layers, no
+# R1, R2 or path-length regularisation, and its own width (Projected GAN's 64) whatever G's
+PROJECTED = {"loss": "hinge", "augment": "diffaug", "spectral_norm": "auto", "r1": 0.0, "r2": 0.0,
+             "pl_weight": 0.0, "d_width": 64}
+
+
 def arch_defaults(values: dict[str, Any], gpus: int = 1) -> tuple[str, dict[str, Any]]:
     """The settings an architecture brings of its own (below a named preset, a file and the
-    flags), and the layer's name: stylegan2's are its auto config for the run's resolution."""
-    if values.get("arch") != "stylegan2":
-        return "", {}
+    flags), and the layer's name: stylegan2's are its auto config for the run's resolution; a
+    projected D's (--discriminator projected) come over them."""
+    own, names = {}, []
     resolution = int(values.get("resolution") or 0)
-    if resolution < 4:
-        return "", {}  # the architecture's check names the resolution
-    return f"{AUTO} ({resolution} px, {gpus} GPU{'s' if gpus > 1 else ''})", \
-        stylegan2_auto(resolution, gpus)
+    if values.get("arch") == "stylegan2" and resolution >= 4:  # else its check names the resolution
+        own = stylegan2_auto(resolution, gpus)
+        names.append(f"{AUTO} ({resolution} px, {gpus} GPU{'s' if gpus > 1 else ''})")
+    if values.get("discriminator") == "projected":
+        own.update(PROJECTED)
+        names.append("projected D")
+    return " + ".join(names), own
 
 
 def get(name: str) -> Preset:

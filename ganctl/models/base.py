@@ -12,9 +12,13 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ganctl.config import Config
+from ganctl.config import DISCRIMINATORS, Config
 from ganctl.errors import ConfigError
+from ganctl.models.efficientnet import STRIDE
 from ganctl.models.layers import spectral_norm_all
+from ganctl.models.projected import ProjectedD, backbone_size, check_size
+
+OWN, PROJECTED = DISCRIMINATORS  # --discriminator: the architecture's D, or Projected GAN's
 
 
 def num_classes(config: Config) -> int:
@@ -39,21 +43,28 @@ class Architecture(ABC):
         if config.resolution not in self.resolutions:
             raise ConfigError(f"{self.name} does not support resolution {config.resolution}; use "
                               f"one of {', '.join(map(str, self.resolutions))}")
+        if config.discriminator == PROJECTED:
+            size = backbone_size(config.resolution, config.backbone_resolution)
+            if wrong := check_size(size):
+                raise ConfigError(f"--backbone-resolution {size}: give {wrong}, such as "
+                                  f"{max(round(size / STRIDE), 1) * STRIDE}")
 
     def notes(self, config: Config) -> list[str]:
         """What the architecture changes on its own for `config`, to tell the user."""
         return []
 
     def spectral_norm(self, config: Config) -> bool:
-        return config.spectral_norm == "on" or (config.spectral_norm == "auto"
-                                                and self.spectral_norm_default)
+        """Whether D is spectrally normalised ("auto": the architecture's D as it is built by
+        default; a projected D's trained layers always, as Projected GAN's)."""
+        default = self.spectral_norm_default if config.discriminator == OWN else True
+        return config.spectral_norm == "on" or (config.spectral_norm == "auto" and default)
 
     def build(self, config: Config) -> tuple[nn.Module, nn.Module]:
         """Fresh (G, D) with their initial weights (drawn from torch's global generator), D
         spectrally normalised where asked. On the meta device (shapes only: inspect, checkpoint
-        checks) there is nothing to initialise."""
+        checks) there is nothing to initialise. A projected D keeps torch's initialisation."""
         G, D = self.build_generator(config), self.build_discriminator(config)
-        for net in (G, D):
+        for net in (G, D) if config.discriminator == OWN else (G,):
             if not any(p.is_meta for p in net.parameters()):
                 self.init_weights(net)
         if self.spectral_norm(config):
@@ -67,8 +78,15 @@ class Architecture(ABC):
                               num_classes(config))
 
     def build_discriminator(self, config: Config) -> nn.Module:
-        """D's structure."""
+        """D's structure: the architecture's own, or a projected D (--discriminator)."""
         self.check(config)
+        if config.discriminator == PROJECTED:
+            return ProjectedD(config.resolution, config.channels, config.d_width,
+                              num_classes(config), config.backbone_resolution)
+        return self.own_discriminator(config)
+
+    def own_discriminator(self, config: Config) -> nn.Module:
+        """The architecture's own D."""
         return self.discriminator(config.resolution, config.channels, config.d_width,
                                   num_classes(config), **self.discriminator_options(config))
 

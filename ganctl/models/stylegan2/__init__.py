@@ -16,7 +16,7 @@ from torch import nn
 
 from ganctl.config import Config
 from ganctl.errors import ConfigError
-from ganctl.models.base import Architecture, num_classes
+from ganctl.models.base import OWN, Architecture, num_classes
 from ganctl.models.stylegan2.discriminator import Discriminator
 from ganctl.models.stylegan2.generator import Generator
 
@@ -55,7 +55,7 @@ class StyleGAN2(Architecture):
             raise ConfigError(f"--channel-base {config.channel_base} leaves the {config.resolution} px "
                               f"blocks without feature maps (they get channel-base / resolution); "
                               f"give at least {config.resolution} (NVlabs use 16384 or 32768)")
-        if config.spectral_norm == "on":
+        if config.spectral_norm == "on" and config.discriminator == OWN:
             raise ConfigError("stylegan2 does not use spectral normalisation (its D is regularised "
                               "by R1: --r1); give --no-spectral-norm (a preset may have turned "
                               "it on)")
@@ -64,6 +64,5 @@ class StyleGAN2(Architecture):
         self.check(config)
         return Generator(**generator_kwargs(config))
 
-    def build_discriminator(self, config: Config) -> nn.Module:
-        self.check(config)
+    def own_discriminator(self, config: Config) -> nn.Module:
         return Discriminator(**discriminator_kwargs(config))
