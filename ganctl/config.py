@@ -27,7 +27,7 @@ CROPS = ("center", "none")
 SPECTRAL_NORM = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 COMPILE = ("auto", "on", "off")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MAX_D_STEPS = 100  # D updates per G update; WGAN-GP uses 5 (a step must stay interruptible)
 MAX_STEP = 999_999_999  # checkpoint names carry nine digits
 MAX_CLASSES = 100_000  # class names a config may hold (ImageNet-21k has 21,841)
@@ -226,8 +226,10 @@ class Runtime(Group):
     compile: str = setting("auto", "torch.compile G and D. The first step compiles; kernels are "
                            "cached for the next start.", resume=True, choices=COMPILE, type=bool,
                            shown="on for CUDA, off on a CPU")
-    compile_mode: str = setting("default", "torch.compile mode: default, reduce-overhead (CUDA "
-                                "graphs), max-autotune, max-autotune-no-cudagraphs.", resume=True,
+    compile_mode: str = setting("auto", "torch.compile mode: default, reduce-overhead (CUDA "
+                                "graphs), max-autotune, max-autotune-no-cudagraphs, or auto: "
+                                "reduce-overhead on CUDA for the models where it measured faster "
+                                "(dcgan with its own D), else default.", resume=True,
                                 choices=COMPILE_MODES)
     deterministic: bool = setting(False, "Deterministic GPU kernels: a resumed run matches an "
                                   "uninterrupted one exactly on a GPU too (slower).")

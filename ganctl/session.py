@@ -27,7 +27,7 @@ from ganctl.device import (
     resolve_device,
     resolve_precision,
 )
-from ganctl.engine.compiled import resolve_compile
+from ganctl.engine.compiled import resolve_compile, resolve_compile_mode
 from ganctl.engine.loop import RunResult, fit
 from ganctl.engine.memory import find_batch_size
 from ganctl.engine.state import TrainState, init_state
@@ -111,7 +111,8 @@ def on_device(config: Config, device: torch.device) -> Config:
     """The config with what "auto" means on `device` for precision and compile (the run records
     what it ran with); an explicit choice the device cannot run is a DeviceError now."""
     return config.replace(precision=resolve_precision(config.precision, device, config),
-                          compile=resolve_compile(config.compile, device))
+                          compile=resolve_compile(config.compile, device),
+                          compile_mode=resolve_compile_mode(config, device))
 
 
 def runtime_notes(config: Config, device: torch.device) -> list[str]:

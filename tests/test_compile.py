@@ -259,3 +259,48 @@ def test_stylegan2_g_and_d_compile_without_graph_breaks(autocast):
             explained = torch._dynamo.explain(net)(*inputs)
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
             explained.break_reasons
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_projected_d_compiles_with_its_backbone_in_one_graph(autocast):
+    """The frozen EfficientNet runs inside D's graph (compiled with the rest, in the run's
+    precision under autocast), conditional and resized, without a break."""
+    import torch._dynamo
+
+    from ganctl.config import Config
+    from ganctl.models import get_arch
+
+    config = Config(discriminator="projected", backbone_resolution=32, d_width=8, g_width=8,
+                    conditional=True, classes=("a", "b", "c"))
+    _, D = get_arch("dcgan").build(config)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        explained = torch._dynamo.explain(D)(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@pytest.mark.parametrize("arch, extra, device, mode", [
+    ("dcgan", {}, "cuda", "reduce-overhead"),  # measured faster with CUDA graphs
+    ("dcgan", {"discriminator": "projected"}, "cuda", "default"),  # not measured: the default
+    ("resnet", {}, "cuda", "default"),
+    ("stylegan2", {}, "cuda", "default"),
+    ("dcgan", {}, "cpu", "default"),  # no graphs on a CPU
+    ("dcgan", {"compile": "on"}, "cpu", "default"),
+    ("dcgan", {"compile": "off"}, "cuda", "default"),  # not compiled: nothing to pick
+    ("dcgan", {"compile_mode": "max-autotune-no-cudagraphs"}, "cuda", "max-autotune-no-cudagraphs"),
+    ("resnet", {"compile_mode": "reduce-overhead"}, "cuda", "reduce-overhead"),  # asked for
+])
+def test_compile_mode_auto_picks_cuda_graphs_where_they_measured_faster(arch, extra, device, mode):
+    from ganctl.config import Config
+    from ganctl.session import on_device
+
+    config = Config(arch=arch, resolution=32, **extra)
+    assert compiled.resolve_compile_mode(config, torch.device(device)) == mode
+    if device == "cpu":  # what a run records
+        assert on_device(config, torch.device(device)).compile_mode == mode
+
+
+def test_compile_mode_auto_is_recorded_as_what_it_became(workdir):
+    result = invoke("train", *TINY, "--compile-mode", "auto", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "does nothing" not in result.stdout
+    assert json.loads((workdir / "r" / "config.json").read_text())["compile_mode"] == "default"

@@ -19,6 +19,7 @@ from torch import nn
 
 from ganctl.config import COMPILE, Config
 from ganctl.errors import ConfigError, first_line
+from ganctl.models import get_arch
 
 # the user's own choice of torch's kernel cache, read before torch fills in its default (building
 # a fused Adam sets TORCHINDUCTOR_CACHE_DIR to /tmp/torchinductor_$USER)
@@ -40,6 +41,17 @@ def resolve_compile(spec: str, device: torch.device) -> str:
 
 def compiles(config: Config, device: torch.device) -> bool:
     return resolve_compile(config.compile, device) == "on"
+
+
+def resolve_compile_mode(config: Config, device: torch.device) -> str:
+    """--compile-mode: 'auto' is CUDA graphs (reduce-overhead) when compiling on CUDA a model
+    whose G and D measured faster with them (Architecture.graphs_faster; its own D), else
+    the default mode."""
+    if config.compile_mode != "auto":
+        return config.compile_mode
+    graphs = (compiles(config, device) and device.type == "cuda"
+              and config.discriminator == "own" and get_arch(config.arch).graphs_faster)
+    return "reduce-overhead" if graphs else "default"
 
 
 def cuda_graphs(mode: str, device: torch.device) -> bool:

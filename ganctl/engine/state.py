@@ -27,7 +27,8 @@ from ganctl.distributed import (
     sync_batchnorm,
 )
 from ganctl.engine.amp import Amp
-from ganctl.engine.compiled import compile_network, compiles, cuda_graphs, prepare_cache
+from ganctl.engine.compiled import (compile_network, compiles, cuda_graphs, prepare_cache,
+                                    resolve_compile_mode)
 from ganctl.errors import CheckpointError, ConfigError, first_line
 from ganctl.losses import NETWORKS, Loss, Phase, make_loss
 from ganctl.models import build_models
@@ -113,7 +114,7 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
     backbones = load_backbones(D, config.backbone_weights)  # frozen, outside D's weights
     loss = make_loss(config)
     loss.to(device)  # its state (an augmentation's, path lengths' mean) beside the images
-    fast = compiles(config, device)
+    fast, mode = compiles(config, device), resolve_compile_mode(config, device)
     state = TrainState(
         config=config, G=G, D=D, G_ema=G_ema,
         opt_G=_adam(G, config.lr_g, config, _updates_per_regulariser(loss.phases(), "G")),
@@ -123,9 +124,9 @@ def init_state(config: Config, device: torch.device, images: np.ndarray | torch.
                         labels=labels, memory_format=layout, rank=WORLD.rank, world=WORLD.size),
         noise=torch.Generator(device=device).manual_seed(config.seed),
         amp=Amp(precision),
-        variants=Variants(G=compile_network(G, config.compile_mode, device) if fast else G,
-                          D=compile_network(D, config.compile_mode, device) if fast else D,
-                          D_eager=D, cuda_graphs=fast and cuda_graphs(config.compile_mode, device)),
+        variants=Variants(G=compile_network(G, mode, device) if fast else G,
+                          D=compile_network(D, mode, device) if fast else D,
+                          D_eager=D, cuda_graphs=fast and cuda_graphs(mode, device)),
         normed={"G": spectral_norms(G), "D": spectral_norms(D)},
         backbones=backbones,
     )

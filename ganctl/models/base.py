@@ -34,6 +34,9 @@ class Architecture(ABC):
     spectral_norm_default: ClassVar[bool] = False  # what spectral_norm "auto" means here
     mapping: ClassVar[bool] = False  # G has a mapping network (models.generator): w, w_avg, styles
     folder_resolution: ClassVar[int] = 64  # the largest a folder's images default to
+    # compiled with CUDA graphs (reduce-overhead), G and D measured faster than in the default
+    # mode on a GPU: what --compile-mode auto picks there
+    graphs_faster: ClassVar[bool] = False
     # G(z_dim, resolution, channels, width, classes) and D(resolution, channels, width, classes)
     generator: ClassVar[type[nn.Module]]
     discriminator: ClassVar[type[nn.Module]]
