@@ -27,8 +27,7 @@ from ganctl.distributed import (
     sync_batchnorm,
 )
 from ganctl.engine.amp import Amp
-from ganctl.engine.compiled import (compile_network, compiles, cuda_graphs, prepare_cache,
-                                    resolve_compile_mode)
+from ganctl.engine.compiled import compile_network, compiles, cuda_graphs, prepare_cache, resolve_compile_mode
 from ganctl.errors import CheckpointError, ConfigError, first_line
 from ganctl.losses import NETWORKS, Loss, Phase, make_loss
 from ganctl.models import build_models
