@@ -35,14 +35,17 @@ from ganctl.data import load_dataset  # noqa: E402
 from ganctl.device import describe, resolve_device  # noqa: E402
 from ganctl.engine.state import init_state  # noqa: E402
 from ganctl.engine.step import train_step  # noqa: E402
+from ganctl.imagefiles import write_image_file  # noqa: E402
 from ganctl.metrics import parse_metrics  # noqa: E402
 from ganctl.metrics.scores import compute  # noqa: E402
 from ganctl.output.progress import RunLog  # noqa: E402
+from ganctl.sample import generate, labels_for_seeds, latents_from_seeds  # noqa: E402
 from ganctl.scoring import batch_size_for, extract, make_evaluator, real_batches  # noqa: E402
 from ganctl.session import fit_to_data  # noqa: E402
 from ganctl.settings import resolve_config  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "cifar10"
+GRID = 64  # the article's 8x8 grid
 GPU_STEPS_PER_SYNC = 20  # steps between reads of the clock on a GPU (each read waits for it)
 
 
@@ -61,7 +64,9 @@ def main() -> int:
     ap.add_argument("--every-images", type=int, default=0, help="with --images: images between scores")
     ap.add_argument("--num", type=int, default=10000, help="fakes per score (500 on a CPU)")
     ap.add_argument("--num-real", type=int, default=0, help="real images for the statistics (0: all)")
-    ap.add_argument("--metrics", default="fid,kid")
+    ap.add_argument("--metrics", default="fid,kid,pr", help="fid, kid, pr (precision and recall)")
+    ap.add_argument("--grid", type=Path, default=None, help="write G_ema's 64 images of seeds "
+                    "0-63 here at the end (PNG)")
     ap.add_argument("--inception", default=None, help="the Inception file (default: the usual lookup)")
     ap.add_argument("--test", type=Path, default=SHARED / "cifar10_test_jpg.zip",
                     help="held-out real images for the floor (a folder or zip)")
@@ -95,6 +100,8 @@ def main() -> int:
                                device, log, by_images=True)
     else:
         rows = train_and_score(state, evaluator, args.minutes * 60, args.every, device, log)
+    if args.grid:
+        write_image_file(sample_grid(state.G_ema, config, GRID, device), args.grid)
     doc = {"config": config.to_dict(), "device": describe(device), "torch": torch.__version__,
            "machine": platform.processor() or platform.machine(), "num_fake": args.num,
            "num_real": evaluator.real.count, "feature_net": evaluator.net.describe(),
@@ -104,6 +111,13 @@ def main() -> int:
     else:
         print_table(doc)
     return 0
+
+
+def sample_grid(G: torch.nn.Module, config, count: int, device: torch.device) -> torch.Tensor:
+    """G_ema's images for seeds 0..count-1, the same latents for every run."""
+    seeds = range(count)
+    c = labels_for_seeds(seeds, config)
+    return generate(G, latents_from_seeds(seeds, config.z_dim), device, c)
 
 
 def held_out_floor(test: Path, config, evaluator, log: RunLog) -> dict:
@@ -153,13 +167,17 @@ def print_table(doc: dict) -> None:
     print(f"{doc['num_fake']} fakes vs {doc['num_real']} reals; feature extraction "
           f"{doc['seconds_per_100_features']} s per 100 images; Inception "
           f"{doc['feature_net']['sha256'][:12]}")
-    print(f"{'train s':>8} {'step':>7} {'images':>9} {'FID':>8} {'KID':>9} {'KID std':>8}")
+    print(f"{'train s':>8} {'step':>7} {'images':>9} {'FID':>8} {'KID':>9} {'KID std':>8} "
+          f"{'prec':>6} {'recall':>6}")
     for r in doc["rows"]:
-        print(f"{r['seconds']:8.0f} {r['step']:7d} {r['images']:9d} {r.get('fid', np.nan):8.2f} "
-              f"{r.get('kid', np.nan):9.5f} {r.get('kid_std', np.nan):8.5f}")
+        print(f"{r['seconds']:8.0f} {r['step']:7d} {r['images']:9d} {_scores(r)}")
     if floor["num"]:
-        print(f"{'floor':>8} {'':>7} {floor['num']:9d} {floor.get('fid', np.nan):8.2f} "
-              f"{floor.get('kid', np.nan):9.5f} {floor.get('kid_std', np.nan):8.5f}")
+        print(f"{'floor':>8} {'':>7} {floor['num']:9d} {_scores(floor)}")
+
+
+def _scores(r: dict) -> str:
+    return (f"{r.get('fid', np.nan):8.2f} {r.get('kid', np.nan):9.5f} {r.get('kid_std', np.nan):8.5f} "
+            f"{r.get('precision', np.nan):6.3f} {r.get('recall', np.nan):6.3f}")
 
 
 if __name__ == "__main__":

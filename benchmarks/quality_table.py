@@ -17,22 +17,25 @@ def rows(path: Path) -> list[str]:
         doc = json.loads(path.read_text().strip().splitlines()[-1])
     except (OSError, ValueError, IndexError) as e:
         return [f"| {path.stem} | (no result: {type(e).__name__}; see {path.with_suffix('.log')}) "
-                "| | | | |"]
+                "| | | | | | |"]
     config = doc["config"]
     name = config.get("preset") or config["arch"]
     out = []
     for row in doc["rows"]:
         fid = row.get("fid")
         kid = row.get("kid")
+        precision, recall = row.get("precision"), row.get("recall")
         out.append(f"| {name} | {row['seconds']:.0f} | {row['step']} | {row['images']:,} | "
                    f"{'' if fid is None else f'{fid:.2f}'} | "
-                   f"{'' if kid is None else f'{kid * 1000:.2f}'} |")
+                   f"{'' if kid is None else f'{kid * 1000:.2f}'} | "
+                   f"{'' if precision is None else f'{precision:.3f}'} | "
+                   f"{'' if recall is None else f'{recall:.3f}'} |")
     return out
 
 
 def main(paths: list[str]) -> int:
-    print("| run | training s | step | images | FID | KID x1000 |")
-    print("|---|---|---|---|---|---|")
+    print("| run | training s | step | images | FID | KID x1000 | precision | recall |")
+    print("|---|---|---|---|---|---|---|---|")
     for path in paths:
         for line in rows(Path(path)):
             print(line)

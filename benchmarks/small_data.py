@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import ROOT, SHARED, held_out_floor, train_and_score  # noqa: E402
+from quality import ROOT, SHARED, held_out_floor, sample_grid, train_and_score  # noqa: E402
 
 from ganctl.cli import train_values  # noqa: E402
 from ganctl.data import load_dataset  # noqa: E402
@@ -55,7 +55,6 @@ from ganctl.fsutil import atomic_write  # noqa: E402
 from ganctl.imagefiles import make_grid, png_bytes, upscale, write_image_file  # noqa: E402
 from ganctl.metrics import parse_metrics  # noqa: E402
 from ganctl.output.progress import RunLog  # noqa: E402
-from ganctl.sample import generate, labels_for_seeds, latents_from_seeds  # noqa: E402
 from ganctl.scoring import make_evaluator  # noqa: E402
 from ganctl.session import fit_to_data  # noqa: E402
 from ganctl.settings import resolve_config  # noqa: E402
@@ -227,13 +226,6 @@ def device_tag(device: torch.device) -> str:
     name = torch.cuda.get_device_name(device)
     found = re.search(r"\b([A-Z]+\d+[A-Za-z]*)\b", name.replace("NVIDIA", ""))
     return found.group(1).lower() if found else "cuda"
-
-
-def sample_grid(G: torch.nn.Module, config, count: int, device: torch.device) -> torch.Tensor:
-    """G_ema's images for seeds 0..count-1, the same latents for every run."""
-    seeds = range(count)
-    c = labels_for_seeds(seeds, config)
-    return generate(G, latents_from_seeds(seeds, config.z_dim), device, c)
 
 
 def label(name: str, spec: str, row: dict, p: float | None) -> str:

@@ -57,6 +57,21 @@ PRESETS: dict[str, Preset] = {
         {"arch": "resnet", "loss": "hinge", "spectral_norm": "on", "augment": "ada",
          "r1": 1.0, "r1_every": 16, "z_dim": 128, "g_width": 32, "d_width": 64,
          "batch_size": 32, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.0, "beta2": 0.99}),
+    # Projected GAN's fastgan config (their train.py): hinge, DiffAugment colour, translation
+    # and cutout, Adam lr 2e-4 with betas (0, 0.99), batch 64, EMA half-life batch * 10 / 32
+    # thousand images without ramp-up; the backbone at 224 px
+    "projected-cifar10": Preset(
+        "Projected GAN on CIFAR-10: DCGAN's G against a projected D on a frozen ImageNet "
+        "EfficientNet-Lite0 (hinge, DiffAugment), Projected GAN's optimiser and EMA",
+        {**_CIFAR, "arch": "dcgan", "discriminator": "projected", "loss": "hinge",
+         "augment": "diffaug", "z_dim": 100, "g_width": 64, "d_width": 64, "batch_size": 64,
+         "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.0, "beta2": 0.99, "ema_kimg": 20.0}),
+    "projected-small-data": Preset(
+        "a few thousand images of your own (--dataset FOLDER) against a projected D: pretrained "
+        "features and DiffAugment keep D from memorising them (Projected GAN's data efficiency)",
+        {"arch": "resnet", "discriminator": "projected", "loss": "hinge", "augment": "diffaug",
+         "z_dim": 128, "g_width": 32, "d_width": 64, "batch_size": 32, "lr_g": 2e-4,
+         "lr_d": 2e-4, "beta1": 0.0, "beta2": 0.99, "ema_kimg": 10.0}),
 }
 
 

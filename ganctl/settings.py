@@ -138,6 +138,9 @@ def option_notes(values: dict[str, Any], config: Config) -> list[str]:
     if values.get("backbone_weights") and not _stands_on_backbone(config):
         notes.append(f"--backbone-weights is the file of a frozen network a D stands on; "
                      f"{config.arch}'s D stands on none, so it does nothing")
+    if "backbone_resolution" in values and config.discriminator != "projected":
+        notes.append("--backbone-resolution sizes the images a projected D's backbone sees; "
+                     "without --discriminator projected it does nothing")
     return notes + _style_notes(values, config)
 
 

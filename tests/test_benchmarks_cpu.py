@@ -214,13 +214,14 @@ def test_quality_table_sets_runs_side_by_side_and_names_a_missing_one(tmp_path, 
     """gpu_check.sh stylegan2-quality's table: a row per scoring of each run; a run that wrote
     no JSON (killed, failed) is a row that points at its log."""
     rows = [{"seconds": 120.4, "step": 900, "images": 57600, "fid": 81.234, "kid": 0.05},
-            {"seconds": 360.0, "step": 2800, "images": 179200, "fid": 40.5, "kid": 0.021}]
+            {"seconds": 360.0, "step": 2800, "images": 179200, "fid": 40.5, "kid": 0.021,
+             "precision": 0.6123, "recall": 0.25}]
     doc = {"config": {"preset": "stylegan2-cifar10", "arch": "stylegan2"}, "rows": rows}
     (tmp_path / "quality-stylegan2-cifar10.json").write_text("noise\n" + json.dumps(doc) + "\n")
     (tmp_path / "quality-dcgan-cifar10.json").write_text("")
     assert quality_table.main(sorted(str(p) for p in tmp_path.glob("*.json"))) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| run | training s | step | images | FID | KID x1000 |"
+    assert lines[0] == "| run | training s | step | images | FID | KID x1000 | precision | recall |"
     assert lines[2].startswith("| quality-dcgan-cifar10 | (no result: IndexError; see ")
-    assert lines[3] == "| stylegan2-cifar10 | 120 | 900 | 57,600 | 81.23 | 50.00 |"
-    assert lines[4] == "| stylegan2-cifar10 | 360 | 2800 | 179,200 | 40.50 | 21.00 |"
+    assert lines[3] == "| stylegan2-cifar10 | 120 | 900 | 57,600 | 81.23 | 50.00 |  |  |"
+    assert lines[4] == "| stylegan2-cifar10 | 360 | 2800 | 179,200 | 40.50 | 21.00 | 0.612 | 0.250 |"

@@ -380,3 +380,25 @@ def test_fine_tuning_keeps_the_sources_discriminator(workdir, backbone):
                     "--steps", "2", "--out", "ft2")
     assert_one_line_error(result, 1, "was trained with", "discriminator projected, this run has",
                           "discriminator own; fine-tuning needs the same model")
+
+
+def test_the_projected_presets_train_on_the_cpu(workdir, backbone):
+    from helpers import image_folder, read_json
+
+    image_folder(workdir / "pics", 12)
+    for preset, arch in (("projected-cifar10", "dcgan"), ("projected-small-data", "resnet")):
+        result = invoke("train", *ARGS, "--preset", preset, "--dataset", "pics", "--resolution",
+                        "32", "--steps", "2", "--out", preset)
+        assert result.exit_code == 0, result.output
+        config = read_json(workdir / preset / "config.json")
+        assert (config["discriminator"], config["loss"], config["augment"], config["arch"],
+                config["beta1"], config["d_width"]) == ("projected", "hinge", "diffaug", arch, 0.0, 8)
+
+
+def test_an_idle_backbone_resolution_is_pointed_out(workdir):
+    from helpers import TINY
+
+    result = invoke("train", *TINY, "--backbone-resolution", "64", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert ("--backbone-resolution sizes the images a projected D's backbone sees; without "
+            "--discriminator projected it does nothing") in result.stdout
