@@ -23,6 +23,14 @@
 #                 stylegan2-cifar10 and dcgan-cifar10 side by side on the one GPU for
 #                 SG2_QUALITY_MINUTES (6) of training each, FID of 10k fakes against the 50k
 #                 training JPEGs every 2 minutes; both JSON documents and a table in $OUT
+# The projected D's quality (issue 27), after `stage`, each preset alone on the GPU in turn for
+#                 PG_QUALITY_MINUTES (10) of training, scored at 2.5, 5 and 10 min (10k fakes
+#                 against the 50k training JPEGs, FID, KID, precision, recall) with a grid each;
+#                 EfficientNet-Lite0's file at .gpu/eval/efficientnet-lite0.safetensors (cp
+#                 ../shared/models/efficientnet-lite0.safetensors there; 19 MB beside the fp16
+#                 Inception). 4 presets x 10 min: one preset per lent machine if the budget is
+#                 short (PG_QUALITY_PRESETS="projected-cifar10").
+# Device call:    bash benchmarks/gpu_check.sh projected-quality  carry [".gpu/eval"]  timeout_s 600
 # On a CPU:       add --device cpu and tiny sizes (gpu_check.py's docstring has the lines);
 #                 stylegan2's is `python benchmarks/stylegan2_speed.py --quick`.
 set -euo pipefail
@@ -53,6 +61,19 @@ case "$what" in
     done
     wait || true
     exec python3 benchmarks/quality_table.py "$out"/quality-*.json ;;
-  *) echo "usage: $0 stage|run|cpu|stylegan2|stylegan2-quality [gpu_check.py," \
+  projected-quality)  # one preset at a time: each alone on the GPU, for the same wall time
+    out="${OUT:-.gpu}"
+    data="${GPU_CHECK_STAGE:-/tmp/gpu_check}/cifar10_train_jpg.zip"
+    export GANCTL_EFFICIENTNET="${GANCTL_EFFICIENTNET:-.gpu/eval/efficientnet-lite0.safetensors}"
+    minutes="${PG_QUALITY_MINUTES:-10}"
+    for preset in ${PG_QUALITY_PRESETS:-projected-cifar10 dcgan-cifar10 r3-cifar10 stylegan2-cifar10}; do
+      timeout "${PG_QUALITY_TIMEOUT:-900}" python3 benchmarks/quality.py \
+        --minutes "$minutes" --every "$(python3 -c "print($minutes * 15)")" --num 10000 \
+        --no-floor --inception .gpu/eval/inception-fp16.pt --grid "$out/quality-$preset.png" \
+        --json "$@" -- --preset "$preset" --dataset "$data" \
+        > "$out/quality-$preset.json" 2> "$out/quality-$preset.log" || true
+    done
+    exec python3 benchmarks/quality_table.py "$out"/quality-*.json ;;
+  *) echo "usage: $0 stage|run|cpu|stylegan2|stylegan2-quality|projected-quality [gpu_check.py," \
           "cpu_precision.py, stylegan2_speed.py or quality.py options]" >&2; exit 2 ;;
 esac

@@ -168,6 +168,7 @@ class Row:
     precision: str
     compile: str  # auto | on | off, as `ganctl train` takes it
     compile_mode: str
+    discriminator: str = "own"  # or projected: the arch's G against a projected D
 
 
 def plan(args) -> list[Row]:
@@ -177,6 +178,9 @@ def plan(args) -> list[Row]:
     rows += [Row(f"{arch} shapes", arch, "shapes", *asked) for arch in args.shapes_archs]
     rows += [Row(f"{arch} fp32 eager", arch, "folder", "fp32", "off", "default")
              for arch in args.baseline_archs]
+    # the backbone's cost per image: beside the arch's own row, the same G against a projected D
+    rows += [Row(f"{arch} projected", arch, "folder", *asked, discriminator="projected")
+             for arch in args.projected_archs]
     return rows
 
 
@@ -184,7 +188,8 @@ def row_config(row: Row, folder: Path, args):
     values = {"dataset": str(folder) if row.dataset == "folder" else row.dataset, "arch": row.arch,
               "resolution": args.resolution, "channels": 3, "batch_size": args.batch_size,
               "g_width": args.width, "d_width": args.width, "device": args.device,
-              "precision": row.precision, "compile": row.compile, "compile_mode": row.compile_mode}
+              "precision": row.precision, "compile": row.compile, "compile_mode": row.compile_mode,
+              "discriminator": row.discriminator}
     return resolve_config(values)
 
 
@@ -365,6 +370,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--shapes-archs", default="dcgan", help="archs also run on the built-in "
                     "shapes set ('' for none)")
     ap.add_argument("--baseline-archs", default="", help="archs also run in fp32 eager")
+    ap.add_argument("--projected-archs", default="", help="archs also run against a projected D "
+                    "(its EfficientNet at 224 px: the backbone's cost per image; its weights as "
+                    "ganctl finds them, e.g. GANCTL_EFFICIENTNET)")
     ap.add_argument("--precision", default="auto", help="ganctl's --precision (auto: bf16 on "
                     "CUDA GPUs that have it and for dcgan from 64 px on CPUs with native bf16, "
                     "else fp32)")
@@ -390,7 +398,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     args.compile = {None: "auto", True: "on", False: "off"}[args.compile]
-    for key in ("archs", "shapes_archs", "baseline_archs"):
+    for key in ("archs", "shapes_archs", "baseline_archs", "projected_archs"):
         setattr(args, key, [a for a in getattr(args, key).split(",") if a])
     return args
 
