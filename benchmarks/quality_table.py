@@ -20,6 +20,8 @@ def rows(path: Path) -> list[str]:
                 "| | | | | | |"]
     config = doc["config"]
     name = config.get("preset") or config["arch"]
+    if config.get("discriminator") == "projected" and config.get("backbone_resolution"):
+        name += f" (backbone {config['backbone_resolution']} px)"
     out = []
     for row in doc["rows"]:
         fid = row.get("fid")

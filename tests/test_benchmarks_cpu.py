@@ -77,6 +77,12 @@ def test_throughput_plan_passes_precision_and_compile_through() -> None:
     assert [r.name for r in rows] == ["dcgan", "resnet", "mlp", "dcgan shapes", "resnet fp32 eager"]
     assert all((r.precision, r.compile) == ("bf16", "off") for r in rows[:4])
     assert (rows[-1].precision, rows[-1].compile) == ("fp32", "off")
+    rows = throughput.plan(throughput.parse_args(["--archs", "dcgan", "--shapes-archs", "",
+                                                  "--projected-archs", "dcgan"]))
+    assert [(r.name, r.discriminator) for r in rows] == [("dcgan", "own"),
+                                                         ("dcgan projected", "projected")]
+    assert throughput.row_config(rows[1], Path("."), throughput.parse_args([])).discriminator \
+        == "projected"
 
 
 def test_the_table_comes_last_with_the_speed_ups(capsys: pytest.CaptureFixture[str]) -> None:
