@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ganctl.errors import lookup
+from ganctl.models.projected import backbone_size
 
 
 @dataclass(frozen=True)
@@ -140,19 +141,19 @@ PROJECTED = {"loss": "hinge", "augment": "diffaug", "spectral_norm": "auto", "r1
              "pl_weight": 0.0, "d_width": 64}
 
 
-def arch_defaults(values: dict[str, Any], gpus: int = 1) -> tuple[str, dict[str, Any]]:
+def arch_defaults(values: dict[str, Any], gpus: int = 1) -> list[tuple[str, dict[str, Any]]]:
     """The settings an architecture brings of its own (below a named preset, a file and the
-    flags), and the layer's name: stylegan2's are its auto config for the run's resolution; a
-    projected D's (--discriminator projected) come over them."""
-    own, names = {}, []
+    flags), as named layers, lowest first: stylegan2's auto config for the run's resolution,
+    then a projected D's (--discriminator projected), its backbone's size resolved."""
+    layers = []
     resolution = int(values.get("resolution") or 0)
     if values.get("arch") == "stylegan2" and resolution >= 4:  # else its check names the resolution
-        own = stylegan2_auto(resolution, gpus)
-        names.append(f"{AUTO} ({resolution} px, {gpus} GPU{'s' if gpus > 1 else ''})")
+        layers.append((f"{AUTO} ({resolution} px, {gpus} GPU{'s' if gpus > 1 else ''})",
+                       stylegan2_auto(resolution, gpus)))
     if values.get("discriminator") == "projected":
-        own.update(PROJECTED)
-        names.append("projected D")
-    return " + ".join(names), own
+        size = {"backbone_resolution": backbone_size(resolution)} if resolution >= 1 else {}
+        layers.append(("projected D", {**PROJECTED, **size}))
+    return layers
 
 
 def get(name: str) -> Preset:

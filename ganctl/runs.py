@@ -40,9 +40,11 @@ from ganctl.fsutil import FileTooLarge, NotRegularFile
 from ganctl.text import human_bytes, iso_time, minute, printable_cell
 
 STATUSES = ("running", "broken", "new", "diverged", "complete", "stopped")
-FIELDS = ("id", "path", "status", "problem", "dataset", "arch", "resolution", "step", "steps",
-          "logged_step", "losses", "best_fid", "best_step", "checkpoint", "updated", "bytes")
-SETTINGS = ("dataset", "arch", "resolution")  # of a run's config, shown in the listing
+FIELDS = ("id", "path", "status", "problem", "dataset", "arch", "discriminator", "resolution",
+          "step", "steps", "logged_step", "losses", "best_fid", "best_step", "checkpoint",
+          "updated", "bytes")
+# of a run's config, shown in the listing (the discriminator in the arch's column if projected)
+SETTINGS = ("dataset", "arch", "discriminator", "resolution")
 TAIL_BYTES = 64 << 10  # of metrics.jsonl: hundreds of records, far more than the last few needed
 # what a run's own files may raise as we read them: never more than that run's "broken"
 _RUN_ERRORS = (OSError, GanctlError, ValueError, TypeError, OverflowError, RecursionError)
@@ -324,7 +326,9 @@ def _row(run: dict[str, Any]) -> tuple[str, ...]:
         step = max(step or 0, run["logged_step"])  # its progress, past its last checkpoint
     best = (f"{_number(run['best_fid'], '.2f')} @{run['best_step']}"
             if run["best_fid"] is not None else "-")
-    cells = (run["id"], run["status"], _short(run["dataset"]), run["arch"] or "-",
+    arch = f"{run['arch']}+projected" if run["arch"] and run["discriminator"] == "projected" \
+        else run["arch"]
+    cells = (run["id"], run["status"], _short(run["dataset"]), arch or "-",
              run["resolution"] or "-",
              f"{'-' if step is None else step}/{'-' if run['steps'] is None else run['steps']}",
              _format_losses(run["losses"]) or "-", best, minute(run["updated"]),

@@ -35,7 +35,7 @@ from ganctl.errors import ConfigError, DataError
 from ganctl.finetune import init_weights
 from ganctl.importers import convert
 from ganctl.metrics import parse_metrics
-from ganctl.models import cpu_note, get_arch
+from ganctl.models import cpu_note, describe_model, fetch_backbones, get_arch
 from ganctl.output.progress import RunLog
 from ganctl.output.sinks import check_sinks
 from ganctl.scoring import TRAIN_OPTIONS, Evaluator, make_evaluator
@@ -201,6 +201,8 @@ def open_run(config: Config, log: RunLog, download: bool, out: Path | None, *,
         log.info(note)
     if device.type == "cpu" and (big := cpu_note(config)) is not None:
         log.info(big)
+    with distributed.local_first():  # a backbone's weights downloaded once per node, visibly
+        fetch_backbones(config, download, log.task)
     state = init_state(config, device, data.images, labels)  # fails (too big ...) before any file
     try:
         if initialise is not None:  # --init-from's weights: a mismatch fails before any file
@@ -245,7 +247,7 @@ def train(config: Config, out: Path | None, log: RunLog, download: bool = True,
         initialise = init_weights(header, config)
     with open_run(config, log, download, out, overwrite=overwrite, initialise=initialise) as run:
         c = run.state.config
-        log.info(f"run {run.run_dir}: {c.arch} {c.resolution}x{c.resolution}x{c.channels} on "
+        log.info(f"run {run.run_dir}: {describe_model(c)} {c.resolution}x{c.resolution}x{c.channels} on "
                  f"{c.dataset} ({len(run.data.images)} images), batch {c.batch_size}"
                  f"{per_process(c)}, {runtime(c, run.state.batches.device)}")
         if c.init_from:

@@ -10,16 +10,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ganctl import augment, presets
 from ganctl.config import BATCH_AUTO, DEFAULTS, FIELD_NAMES, Config, Model, check_types
 from ganctl.data import is_path, preset
 from ganctl.distributed import from_environment
 from ganctl.engine.guard import deadline_after, parse_duration
 from ganctl.errors import ConfigError, UsageError
-from ganctl.models import ARCHS, get_arch
-from ganctl.models.backbone import attached
+from ganctl.models import ARCHS, backbone_names
 from ganctl.stored import stored_config, validate
 from ganctl.values import shown
 
@@ -54,10 +51,11 @@ def resolve_layers(given: dict[str, dict[str, Any]], gpus: int | None = None
     values = normalise(values)
     arch = ARCHS.get(str(values.get("arch", DEFAULTS["arch"])))
     data = preset(dataset, values, arch.folder_resolution if arch is not None else 0)
-    own_name, own = presets.arch_defaults({**data, **values}, _processes() if gpus is None else gpus)
+    own_layers = presets.arch_defaults({**data, **values}, _processes() if gpus is None else gpus)
+    own = {k: v for _, layer in own_layers for k, v in layer.items()}
     config = Config.from_dict({**data, **own, **values})
     validate(config)
-    layers = [(f"dataset {dataset}", data), (own_name, own),
+    layers = [(f"dataset {dataset}", data), *own_layers,
               (f"preset {values.get('preset')}", named),
               (f"init-from {values.get('init_from')}", model), *given.items()]
     sources = {key: "default" for key in FIELD_NAMES}
@@ -178,9 +176,8 @@ def _style_notes(values: dict[str, Any], config: Config) -> list[str]:
 
 
 def _stands_on_backbone(config: Config) -> bool:
-    """Whether the config's D uses a frozen backbone (its structure, on the meta device)."""
-    with torch.device("meta"):
-        return bool(attached(get_arch(config.arch).build_discriminator(config)))
+    """Whether the config's D uses a frozen backbone."""
+    return bool(backbone_names(config))
 
 
 def normalise(values: dict[str, Any]) -> dict[str, Any]:

@@ -62,8 +62,9 @@ def locate(spec: WeightsFile, path: str | Path | None = None, download: bool = T
             if not found.is_file():
                 state = ("is a directory" if found.is_dir() else "is not a regular file"
                          if found.exists() else "does not exist")
+                source = f"made from {spec.url}" if spec.convert else spec.url
                 raise spec.error(f"{what} {found} {state}; give {spec.noun} itself "
-                                 f"({spec.file_name}: {spec.url})")
+                                 f"({spec.file_name}: {source})")
             return found
     cached = models_dir() / spec.file_name
     if cached.is_file():

@@ -90,6 +90,8 @@ def test_records_show_whatever_statistics_the_loss_named():
     assert format_record(record) == ("loss_D 1.000  loss_G 2.000  loss_R1 0.250  D(x) 0.75  "
                                      "grad_norm 3.50  10 img/s")
     assert format_record(record, losses_only=True) == "loss_D 1.00  loss_G 2.00  loss_R1 0.25  10 img/s"
+    for rate, shown in ((0.46, "0.5"), (9.96, "10"), (0.0, "0"), (1234.5, "1234")):
+        assert format_record({**record, "img_per_s": rate}).endswith(f"  {shown} img/s")
 
 
 # --- a closed standard output ---------------------------------------------------------------------
@@ -241,9 +243,9 @@ def test_run_log_shows_a_line_when_one_is_due(monkeypatch, tmp_path, terminal):
     assert log.line_due()
     log.close()
     out = buf.getvalue()
-    assert "loss_D 1.250" in out and "2 img/s" in out
+    assert "loss_D 1.250" in out and "2.0 img/s" in out  # a slow run's rate is not rounded to 0
     if not terminal:
-        assert out.splitlines()[0].startswith("step 3/20  loss_D 1.250  2 img/s  eta ")
+        assert out.splitlines()[0].startswith("step 3/20  loss_D 1.250  2.0 img/s  eta ")
     assert not (tmp_path / "metrics.jsonl").exists()  # shown, not recorded
 
 

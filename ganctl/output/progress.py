@@ -58,7 +58,8 @@ def format_record(r: dict[str, Any], losses_only: bool = False) -> str:
         digits = 2 if losses_only or not is_loss else 3
         digits = 4 if name == "augment_p" else digits  # p moves by 1e-4 every few steps
         parts.append(f"{LABELS.get(name, name)} {value:.{digits}f}")
-    return "  ".join([*parts, f"{r['img_per_s']:.0f} img/s"])
+    rate = r["img_per_s"]
+    return "  ".join([*parts, f"{rate:.{1 if 0 < rate < 9.95 else 0}f} img/s"])  # not "0 img/s"
 
 
 class RunLog:
