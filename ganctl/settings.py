@@ -182,8 +182,9 @@ def _stands_on_backbone(config: Config) -> bool:
 
 def normalise(values: dict[str, Any]) -> dict[str, Any]:
     """Values as they are stored, however flags and files spell them: a folder or zip dataset
-    absolute (resume finds it from anywhere), ~ expanded in data_dir, on/off switches from
-    booleans, choices in lower case, batch size auto as BATCH_AUTO."""
+    and the backbone's weights file absolute (resume finds them from anywhere), ~ expanded in
+    data_dir, on/off switches from booleans, choices in lower case, batch size auto as
+    BATCH_AUTO."""
     check_types(values)
     out = dict(values)
     dataset = out.get("dataset")
@@ -207,6 +208,10 @@ def normalise(values: dict[str, Any]) -> dict[str, Any]:
         out["batch_size"] = BATCH_AUTO  # found when the run starts, on its device
     if isinstance(out.get("data_dir"), str) and out["data_dir"]:
         out["data_dir"] = str(_expanded("data_dir", out["data_dir"]))
+    if isinstance(out.get("backbone_weights"), str) and out["backbone_weights"].strip():
+        # absolute, as the dataset: resume finds the file from any directory
+        out["backbone_weights"] = str(_expanded("backbone_weights",
+                                                out["backbone_weights"]).absolute())
     return out
 
 

@@ -74,7 +74,8 @@ def locate(spec: WeightsFile, path: str | Path | None = None, download: bool = T
             return _converted(spec, models_dir() / spec.download_name, cached)
         except (OSError, ValueError) as e:
             raise spec.error(f"{models_dir() / spec.download_name} could not be converted into "
-                             f"{spec.file_name} ({e}); {spec.how_to_get()}") from None
+                             f"{spec.file_name} ({e}); remove it and ganctl downloads it again, "
+                             f"or {spec.how_to_get()}") from None
     if not download:
         raise spec.error(f"{spec.what} ({spec.file_name}) is not in {models_dir()}/ and "
                          f"--no-download is set; {spec.how_to_get()}")

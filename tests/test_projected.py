@@ -433,3 +433,49 @@ def test_the_download_is_shown(workdir, backbone, offline_cache, monkeypatch):
     result = invoke("train", *ARGS, "--steps", "2", "--out", "r")
     assert result.exit_code == 0, result.output
     assert f"downloading {BACKBONES[BACKBONE].weights.url}" in result.output
+
+
+@pytest.mark.parametrize("size", [288, 512, 1024])
+def test_large_backbone_sizes_build_their_level_ds(size):
+    """Past four halvings a level's D keeps its width until the last four widen it."""
+    with torch.device("meta"):
+        D = ProjectedD(size, 3, 8, size=size)
+    widths = [m.out_channels for m in D.heads[0].main if isinstance(m, torch.nn.Conv2d)]
+    assert widths[-4:] == [8, 16, 32, 64] and set(widths[:-4]) <= {8}
+    assert all(isinstance(w, int) for head in D.heads for w in
+               [m.out_channels for m in head.modules() if isinstance(m, torch.nn.Conv2d)])
+
+
+@pytest.mark.parametrize("extra, note", [
+    (["--r1", "1"], "R1/R2: the projected D's level Ds are built without BatchNorm"),
+    (["--loss", "wgan-gp"], "wgan-gp: the projected D's level Ds are built without BatchNorm"),
+])
+def test_a_gradient_penalty_drops_the_level_ds_batchnorm_and_says_so(workdir, backbone, extra,
+                                                                     note):
+    result = invoke("train", *ARGS, *extra, "--arch", "resnet", "--steps", "2", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert note in result.stdout and "dcgan's D" not in result.stdout
+    _, tensors = final_tensors(workdir / "r")
+    assert not any("running_mean" in k for k in tensors if k.startswith("D."))
+
+
+def test_a_relative_weights_path_is_kept_absolute_and_resumes_from_anywhere(workdir, backbone,
+                                                                            monkeypatch):
+    monkeypatch.delenv("GANCTL_EFFICIENTNET")
+    result = invoke("train", *ARGS, "--steps", "2", "--backbone-weights", "effnet.safetensors",
+                    "--out", "r")
+    assert result.exit_code == 0, result.output
+    stored = json.loads((workdir / "r" / "config.json").read_text())["backbone_weights"]
+    assert stored == str(workdir / "effnet.safetensors")
+    (workdir / "elsewhere").mkdir()
+    monkeypatch.chdir(workdir / "elsewhere")
+    result = invoke("resume", workdir / "r", "--steps", "4")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_damaged_cached_file_says_to_remove_it(workdir, backbone, offline_cache, monkeypatch):
+    offline_cache.mkdir(parents=True)
+    (offline_cache / "efficientnet-lite0.safetensors").write_bytes(b"\x08" + b"\0" * 7 + b"{")
+    result = invoke("train", *ARGS, "--steps", "2", "--out", "r")
+    assert_one_line_error(result, 1, "is not a readable safetensors file of backbone",
+                          "remove it and ganctl downloads it again")

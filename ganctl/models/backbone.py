@@ -26,7 +26,7 @@ from torch import nn
 
 from ganctl.errors import CheckpointError, GanctlError, shorten
 from ganctl.models.efficientnet import EfficientNetLite0
-from ganctl.weights import WeightsFile, locate
+from ganctl.weights import WeightsFile, locate, models_dir
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def load_backbones(net: nn.Module, path: str = "", download: bool = True) -> dic
             raise GanctlError(f"backbone {shorten(name)!r} is not one ganctl knows; known: "
                               f"{', '.join(BACKBONES) or 'none'}")
         file = locate(spec.weights, path or None, download)
-        tensors = _read(file, name)
+        tensors = _read(file, name, spec.weights)
         loaded[name] = weights_digest(tensors)
         if spec.digest and loaded[name] != spec.digest:
             raise GanctlError(f"{file} does not hold {spec.weights.what} (its tensors' sha256 is "
@@ -129,15 +129,17 @@ def load_backbones(net: nn.Module, path: str = "", download: bool = True) -> dic
     return loaded
 
 
-def _read(file: Path, name: str) -> dict[str, Any]:
+def _read(file: Path, name: str, spec: WeightsFile) -> dict[str, Any]:
     from safetensors import SafetensorError  # noqa: PLC0415
     from safetensors.torch import load_file  # noqa: PLC0415
 
     try:
         return load_file(file)
     except (SafetensorError, OSError, ValueError) as e:
+        what = (f"remove it and ganctl downloads it again, or {spec.how_to_get()}"
+                if file.parent == models_dir() else "give its weights file")
         raise GanctlError(f"{file} is not a readable safetensors file of backbone {name!r} "
-                          f"({shorten(str(e), 200)}); give its weights file") from None
+                          f"({shorten(str(e), 200)}); {what}") from None
 
 
 def record(loaded: dict[str, str]) -> str:

@@ -21,6 +21,15 @@ from ganctl.models.projected import ProjectedD, backbone_size, check_size
 OWN, PROJECTED = DISCRIMINATORS  # --discriminator: the architecture's D, or Projected GAN's
 
 
+def penalised(config: Config) -> bool:
+    """A gradient penalty on D's input, which BatchNorm's batch statistics would blur."""
+    return config.loss == "wgan-gp" or config.r1 > 0 or config.r2 > 0
+
+
+def penalty_name(config: Config) -> str:
+    return "wgan-gp" if config.loss == "wgan-gp" else "R1/R2"
+
+
 def num_classes(config: Config) -> int:
     """Classes a conditional network is built for (0: unconditional)."""
     return len(config.classes) if config.conditional else 0
@@ -54,6 +63,14 @@ class Architecture(ABC):
 
     def notes(self, config: Config) -> list[str]:
         """What the architecture changes on its own for `config`, to tell the user."""
+        if config.discriminator == PROJECTED and penalised(config):
+            return [f"{penalty_name(config)}: the projected D's level Ds are built without "
+                    "BatchNorm (the gradient penalty is per image, and BatchNorm mixes the images "
+                    "of a batch)"]
+        return self.own_notes(config) if config.discriminator == OWN else []
+
+    def own_notes(self, config: Config) -> list[str]:
+        """What the architecture changes in its own D for `config`."""
         return []
 
     def spectral_norm(self, config: Config) -> bool:
@@ -85,7 +102,8 @@ class Architecture(ABC):
         self.check(config)
         if config.discriminator == PROJECTED:
             return ProjectedD(config.resolution, config.channels, config.d_width,
-                              num_classes(config), config.backbone_resolution)
+                              num_classes(config), config.backbone_resolution,
+                              batchnorm=not penalised(config))
         return self.own_discriminator(config)
 
     def own_discriminator(self, config: Config) -> nn.Module:

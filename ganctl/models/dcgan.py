@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ganctl.config import Config
-from ganctl.models.base import Architecture
+from ganctl.models.base import Architecture, penalised, penalty_name
 from ganctl.models.layers import ConditionalBatchNorm2d, ConditionalSequential, batch_norm, project
 
 BASE = 4  # spatial size of G's first feature map and D's last one
@@ -24,11 +24,6 @@ BASE = 4  # spatial size of G's first feature map and D's last one
 
 def _num_up(resolution: int) -> int:
     return int(math.log2(resolution // BASE))  # 2x up/down-sampling layers between 4 and R
-
-
-def _penalised(config: Config) -> bool:
-    """A gradient penalty on D's input, which BatchNorm's batch statistics would blur."""
-    return config.loss == "wgan-gp" or config.r1 > 0 or config.r2 > 0
 
 
 class Generator(nn.Module):
@@ -102,15 +97,14 @@ class DCGAN(Architecture):
     resolutions = (32, 64, 128)
     graphs_faster = True  # 21.5k against 12.1k img/s at batch 128 on an H200 (RESULTS.md)
 
-    def notes(self, config: Config) -> list[str]:
-        if _penalised(config):
-            which = "wgan-gp" if config.loss == "wgan-gp" else "R1/R2"
-            return [f"{which}: dcgan's D is built without BatchNorm (the gradient penalty is per "
-                    "image, and BatchNorm mixes the images of a batch)"]
+    def own_notes(self, config: Config) -> list[str]:
+        if penalised(config):
+            return [f"{penalty_name(config)}: dcgan's D is built without BatchNorm (the gradient "
+                    "penalty is per image, and BatchNorm mixes the images of a batch)"]
         return []
 
     def discriminator_options(self, config: Config) -> dict[str, Any]:
-        return {"batchnorm": not _penalised(config)}
+        return {"batchnorm": not penalised(config)}
 
     def init_weights(self, net: nn.Module) -> None:
         init_weights(net)

@@ -8,9 +8,10 @@ projections: a 1x1 convolution per level (cross-channel mixing, CCM) and a top-d
 adds each level, upsampled, to the one above it (cross-scale mixing, CSM). Those projections are
 drawn from the run's seed when D is built and never trained: they are buffers, so the optimizer
 never sees them, spectral normalisation never touches them, and a checkpoint restores them
-exactly. A small discriminator on each level (strided 4x4 convolutions with BatchNorm, then a 4x4
-convolution to one logit per patch) is all that trains; each level's patch logits are averaged
-and the four levels' logits summed into D's (B,) output.
+exactly. A small discriminator on each level (strided 4x4 convolutions with BatchNorm, left out
+under a gradient penalty as dcgan's D does, then a 4x4 convolution to one logit per patch) is all
+that trains; each level's patch logits are averaged and the four levels' logits summed into D's
+(B,) output.
 """
 
 from __future__ import annotations
@@ -82,15 +83,17 @@ class LevelD(nn.Module):
     logit per patch (to CMAP channels projected on the class's embedding, when conditional),
     averaged over the patches: (B,)."""
 
-    def __init__(self, cin: int, size: int, width: int, classes: int = 0) -> None:
+    def __init__(self, cin: int, size: int, width: int, classes: int = 0,
+                 batchnorm: bool = True) -> None:
         super().__init__()
         halvings = 0
         while size > FINAL_SIZE:
             size, halvings = size // 2, halvings + 1
         layers: list[nn.Module] = []
         for j in range(halvings):
-            cout = width * 2 ** (3 - (halvings - 1 - j))  # the last block has 8 x width
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
+            cout = width * 2 ** max(3 - (halvings - 1 - j), 0)  # the last 4 widen to 8 x width
+            norm = [nn.BatchNorm2d(cout)] if batchnorm else []
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1), *norm, nn.LeakyReLU(0.2)]
             cin = cout
         self.main = nn.Sequential(*layers)
         self.out = nn.Conv2d(cin, CMAP if classes else 1, min(4, size), bias=False)
@@ -107,13 +110,13 @@ class ProjectedD(WithFrozen):
     """D(x, c) -> (B,) logits for (B, C, R, R) images in [-1, 1] (grey ones seen as RGB)."""
 
     def __init__(self, resolution: int, channels: int, width: int, classes: int = 0,
-                 size: int = 0) -> None:
+                 size: int = 0, batchnorm: bool = True) -> None:
         super().__init__()
         self.size = backbone_size(resolution, size)
         self.attach(BACKBONE, EfficientNetLite0())
         self.project = RandomProjection(width)
         sizes = [2 * self.size // (4 * 2**i) for i in range(4)]  # CSM doubles each level's size
-        self.heads = nn.ModuleList(LevelD(cin, s, width, classes) for cin, s in
+        self.heads = nn.ModuleList(LevelD(cin, s, width, classes, batchnorm) for cin, s in
                                    zip(self.project.channels, sizes, strict=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
