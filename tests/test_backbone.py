@@ -128,11 +128,16 @@ def test_a_missing_or_wrong_backbone_file_is_one_line(workdir, toyproj, monkeypa
     assert not (workdir / "r").exists()
 
 
-def test_backbone_weights_on_an_arch_without_a_backbone_is_pointed_out(workdir):
-    result = invoke("train", *TINY, "--backbone-weights", "any.safetensors", "--out", "r")
+@pytest.mark.parametrize("flag, value, note", [
+    ("--backbone-weights", "any.safetensors", "--backbone-weights is the file of a frozen network "
+     "a D stands on; dcgan's D stands on none, so it does nothing"),
+    ("--backbone-resolution", "64", "--backbone-resolution sizes the images a projected D's "
+     "backbone sees; without --discriminator projected it does nothing"),
+])
+def test_backbone_settings_on_a_d_without_a_backbone_are_pointed_out(workdir, flag, value, note):
+    result = invoke("train", *TINY, flag, value, "--out", "r")
     assert result.exit_code == 0, result.output
-    assert ("--backbone-weights is the file of a frozen network a D stands on; dcgan's D stands "
-            "on none, so it does nothing") in result.stdout
+    assert note in result.stdout
 
 
 def test_backbone_weights_on_an_arch_with_one_is_not_pointed_out(workdir, toyproj):

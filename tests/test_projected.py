@@ -395,15 +395,6 @@ def test_the_projected_presets_train_on_the_cpu(workdir, backbone):
                 config["beta1"], config["d_width"]) == ("projected", "hinge", "diffaug", arch, 0.0, 8)
 
 
-def test_an_idle_backbone_resolution_is_pointed_out(workdir):
-    from helpers import TINY
-
-    result = invoke("train", *TINY, "--backbone-resolution", "64", "--out", "r")
-    assert result.exit_code == 0, result.output
-    assert ("--backbone-resolution sizes the images a projected D's backbone sees; without "
-            "--discriminator projected it does nothing") in result.stdout
-
-
 def test_a_projected_run_says_what_d_is_and_what_it_costs(workdir, backbone):
     result = invoke("train", *ARGS, "--steps", "2", "--out", "r")
     assert result.exit_code == 0, result.output
