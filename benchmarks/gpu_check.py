@@ -182,7 +182,8 @@ def child_env(parallel: int, **extra: str) -> dict:
 # --- preparing (here, before a lease) ------------------------------------------------------------
 
 def prepare() -> int:
-    """Here, before a lease: the fp16 Inception and the CIFAR-10 zips under the ignored .gpu/."""
+    """Here, before a lease: the fp16 Inception, EfficientNet-Lite0 and the CIFAR-10 zips under
+    the ignored .gpu/."""
     import torch
     for sub in ("train", "eval"):
         (GPU / sub).mkdir(parents=True, exist_ok=True)
@@ -190,7 +191,11 @@ def prepare() -> int:
     shutil.copy(SHARED / "data" / "cifar10" / TEST_ZIP, GPU / "eval" / TEST_ZIP)
     net = torch.jit.load(str(SHARED / "models" / "inception-2015-12-05.pt"), map_location="cpu")
     torch.jit.save(net.half(), str(GPU / "eval" / INCEPTION))
-    for sub in ("train", "eval"):
+    # gpu_check.sh projected-quality's carry: the fp16 Inception and EfficientNet-Lite0 (62 MiB)
+    (GPU / "projected").mkdir(parents=True, exist_ok=True)
+    shutil.copy(GPU / "eval" / INCEPTION, GPU / "projected" / INCEPTION)
+    shutil.copy(SHARED / "models" / "efficientnet-lite0.safetensors", GPU / "projected")
+    for sub in ("train", "eval", "projected"):
         size = sum(p.stat().st_size for p in (GPU / sub).iterdir()) / 2**20
         print(f".gpu/{sub}: {size:.1f} MiB")
     return 0

@@ -26,11 +26,12 @@
 # The projected D's quality (issue 27), after `stage`, each preset alone on the GPU in turn for
 #                 PG_QUALITY_MINUTES (10) of training, scored at 2.5, 5 and 10 min (10k fakes
 #                 against the 50k training JPEGs, FID, KID, precision, recall) with a grid each;
-#                 EfficientNet-Lite0's file at .gpu/eval/efficientnet-lite0.safetensors (cp
-#                 ../shared/models/efficientnet-lite0.safetensors there; 19 MB beside the fp16
-#                 Inception). 4 presets x 10 min: one preset per lent machine if the budget is
-#                 short (PG_QUALITY_PRESETS="projected-cifar10").
-# Device call:    bash benchmarks/gpu_check.sh projected-quality  carry [".gpu/eval"]  timeout_s 600
+#                 `prepare` puts the fp16 Inception and EfficientNet-Lite0 in .gpu/projected
+#                 (62 MiB). 4 presets x 10 min is 40 min: on the lent machines (600 s a call,
+#                 15 min a lease) one preset a call with PG_QUALITY_MINUTES=8 (scored at 2, 4, 6
+#                 and 8 min), e.g. PG_QUALITY_PRESETS="projected-cifar10"; the 10-minute point
+#                 needs a machine without that cap.
+# Device call:    bash benchmarks/gpu_check.sh projected-quality  carry [".gpu/projected"]  timeout_s 600
 # On a CPU:       add --device cpu and tiny sizes (gpu_check.py's docstring has the lines);
 #                 stylegan2's is `python benchmarks/stylegan2_speed.py --quick`.
 set -euo pipefail
@@ -64,12 +65,12 @@ case "$what" in
   projected-quality)  # one preset at a time: each alone on the GPU, for the same wall time
     out="${OUT:-.gpu}"
     data="${GPU_CHECK_STAGE:-/tmp/gpu_check}/cifar10_train_jpg.zip"
-    export GANCTL_EFFICIENTNET="${GANCTL_EFFICIENTNET:-.gpu/eval/efficientnet-lite0.safetensors}"
+    export GANCTL_EFFICIENTNET="${GANCTL_EFFICIENTNET:-.gpu/projected/efficientnet-lite0.safetensors}"
     minutes="${PG_QUALITY_MINUTES:-10}"
     for preset in ${PG_QUALITY_PRESETS:-projected-cifar10 dcgan-cifar10 r3-cifar10 stylegan2-cifar10}; do
       timeout "${PG_QUALITY_TIMEOUT:-900}" python3 benchmarks/quality.py \
         --minutes "$minutes" --every "$(python3 -c "print($minutes * 15)")" --num 10000 \
-        --no-floor --inception .gpu/eval/inception-fp16.pt --grid "$out/quality-$preset.png" \
+        --no-floor --inception .gpu/projected/inception-fp16.pt --grid "$out/quality-$preset.png" \
         --json "$@" -- --preset "$preset" --dataset "$data" \
         > "$out/quality-$preset.json" 2> "$out/quality-$preset.log" || true
     done
