@@ -120,7 +120,8 @@ def test_resume_refuses_a_backbone_file_with_another_digest(workdir, toyproj, mo
 def test_a_missing_or_wrong_backbone_file_is_one_line(workdir, toyproj, monkeypatch):
     result = invoke("train", *ARGS, "--steps", "2", "--backbone-weights", "nope.safetensors",
                     "--out", "r")
-    assert_one_line_error(result, 1, "--backbone-weights nope.safetensors does not exist")
+    # the path as stored: absolute (resume finds it from anywhere)
+    assert_one_line_error(result, 1, f"--backbone-weights {workdir / 'nope.safetensors'} does not exist")
     save_file({"x": torch.zeros(2)}, str(workdir / "bad.safetensors"))
     result = invoke("train", *ARGS, "--steps", "2", "--backbone-weights", "bad.safetensors",
                     "--out", "r")
