@@ -71,7 +71,8 @@ class Data(Group):
                               f"{MAX_CLASS_NAME} characters each, got {len(self.classes)}")
 
 
-DISCRIMINATORS = ("own", "projected")  # models.base.OWN, PROJECTED
+OWN, PROJECTED = "own", "projected"  # --discriminator: the architecture's D, or Projected GAN's
+DISCRIMINATORS = (OWN, PROJECTED)
 
 
 @dataclass(frozen=True)

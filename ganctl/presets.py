@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ganctl.config import PROJECTED
 from ganctl.errors import lookup
 from ganctl.models.projected import backbone_size
 
@@ -137,8 +138,8 @@ def stylegan2_auto(resolution: int, gpus: int = 1) -> dict[str, Any]:
 # what a projected D brings of its own, as Projected GAN trains one: the hinge loss, DiffAugment's
 # colour, translation and cutout on everything D sees, spectral norm on its trained layers, no
 # R1, R2 or path-length regularisation, and its own width (Projected GAN's 64) whatever G's
-PROJECTED = {"loss": "hinge", "augment": "diffaug", "spectral_norm": "auto", "r1": 0.0, "r2": 0.0,
-             "pl_weight": 0.0, "d_width": 64}
+PROJECTED_DEFAULTS = {"loss": "hinge", "augment": "diffaug", "spectral_norm": "auto", "r1": 0.0, "r2": 0.0,
+                      "pl_weight": 0.0, "d_width": 64}
 
 
 def arch_defaults(values: dict[str, Any], gpus: int = 1) -> list[tuple[str, dict[str, Any]]]:
@@ -150,9 +151,9 @@ def arch_defaults(values: dict[str, Any], gpus: int = 1) -> list[tuple[str, dict
     if values.get("arch") == "stylegan2" and resolution >= 4:  # else its check names the resolution
         layers.append((f"{AUTO} ({resolution} px, {gpus} GPU{'s' if gpus > 1 else ''})",
                        stylegan2_auto(resolution, gpus)))
-    if values.get("discriminator") == "projected":
+    if values.get("discriminator") == PROJECTED:
         size = {"backbone_resolution": backbone_size(resolution)} if resolution >= 1 else {}
-        layers.append(("projected D", {**PROJECTED, **size}))
+        layers.append(("projected D", {**PROJECTED_DEFAULTS, **size}))
     return layers
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from ganctl import checkpoint, metricsfile, rundir
 from ganctl.checkpoint import Header
-from ganctl.config import Config
+from ganctl.config import PROJECTED, Config
 from ganctl.errors import CheckpointError, GanctlError, RunError
 from ganctl.fsutil import FileTooLarge, NotRegularFile
 from ganctl.text import human_bytes, iso_time, minute, printable_cell
@@ -326,7 +326,7 @@ def _row(run: dict[str, Any]) -> tuple[str, ...]:
         step = max(step or 0, run["logged_step"])  # its progress, past its last checkpoint
     best = (f"{_number(run['best_fid'], '.2f')} @{run['best_step']}"
             if run["best_fid"] is not None else "-")
-    arch = f"{run['arch']}+projected" if run["arch"] and run["discriminator"] == "projected" \
+    arch = f"{run['arch']}+projected" if run["arch"] and run["discriminator"] == PROJECTED \
         else run["arch"]
     cells = (run["id"], run["status"], _short(run["dataset"]), arch or "-",
              run["resolution"] or "-",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ganctl import augment, presets
-from ganctl.config import BATCH_AUTO, DEFAULTS, FIELD_NAMES, Config, Model, check_types
+from ganctl.config import BATCH_AUTO, DEFAULTS, FIELD_NAMES, PROJECTED, Config, Model, check_types
 from ganctl.data import is_path, preset
 from ganctl.distributed import from_environment
 from ganctl.engine.guard import deadline_after, parse_duration
@@ -136,7 +136,7 @@ def option_notes(values: dict[str, Any], config: Config) -> list[str]:
     if values.get("backbone_weights") and not _stands_on_backbone(config):
         notes.append(f"--backbone-weights is the file of a frozen network a D stands on; "
                      f"{config.arch}'s D stands on none, so it does nothing")
-    if "backbone_resolution" in values and config.discriminator != "projected":
+    if "backbone_resolution" in values and config.discriminator != PROJECTED:
         notes.append("--backbone-resolution sizes the images a projected D's backbone sees; "
                      "without --discriminator projected it does nothing")
     return notes + _style_notes(values, config)

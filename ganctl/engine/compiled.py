@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganctl.config import COMPILE, Config
+from ganctl.config import COMPILE, OWN, Config
 from ganctl.errors import ConfigError, first_line
 from ganctl.models import get_arch
 
@@ -50,7 +50,7 @@ def resolve_compile_mode(config: Config, device: torch.device) -> str:
     if config.compile_mode != "auto":
         return config.compile_mode
     graphs = (compiles(config, device) and device.type == "cuda"
-              and config.discriminator == "own" and get_arch(config.arch).graphs_faster)
+              and config.discriminator == OWN and get_arch(config.arch).graphs_faster)
     return "reduce-overhead" if graphs else "default"
 
 

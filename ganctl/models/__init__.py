@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ganctl.config import Config
+from ganctl.config import PROJECTED, Config
 from ganctl.errors import ConfigError, lookup
 from ganctl.models.backbone import BACKBONES, attached
-from ganctl.models.base import PROJECTED, Architecture
+from ganctl.models.base import Architecture
 from ganctl.models.dcgan import DCGAN
 from ganctl.models.mlp import MLP
 from ganctl.models.projected import backbone_size

@@ -12,13 +12,11 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ganctl.config import DISCRIMINATORS, Config
+from ganctl.config import OWN, PROJECTED, Config
 from ganctl.errors import ConfigError
 from ganctl.models.efficientnet import STRIDE
 from ganctl.models.layers import spectral_norm_all
 from ganctl.models.projected import ProjectedD, backbone_size, check_size
-
-OWN, PROJECTED = DISCRIMINATORS  # --discriminator: the architecture's D, or Projected GAN's
 
 
 def penalised(config: Config) -> bool:

@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from ganctl.config import Config
+from ganctl.config import OWN, Config
 from ganctl.errors import ConfigError
-from ganctl.models.base import OWN, Architecture, num_classes
+from ganctl.models.base import Architecture, num_classes
 from ganctl.models.stylegan2.discriminator import Discriminator
 from ganctl.models.stylegan2.generator import Generator
 
